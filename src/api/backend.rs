@@ -1,0 +1,111 @@
+//! The `Backend` kind: where machines come from.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// The kind of provider behind a `Backend`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendType {
+    /// Pods in a Kubernetes cluster; needs no cloud credentials.
+    #[default]
+    Kubernetes,
+    /// Hosts you bring yourself, reached over SSH.
+    Ssh,
+    /// Amazon EC2.
+    Aws,
+    /// Lambda Cloud.
+    Lambda,
+}
+
+impl BackendType {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BackendType::Kubernetes => "kubernetes",
+            BackendType::Ssh => "ssh",
+            BackendType::Aws => "aws",
+            BackendType::Lambda => "lambda",
+        }
+    }
+}
+
+/// A reference to a `Secret` in the same namespace.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct SecretRef {
+    /// Name of the `Secret`.
+    pub name: String,
+}
+
+/// Credentials for the provider's API.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Credentials {
+    /// The `Secret` (same namespace) that holds the credentials.
+    pub secret_ref: SecretRef,
+}
+
+/// A reference to a `ConfigMap` in the same namespace.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ConfigMapRef {
+    /// Name of the `ConfigMap`.
+    pub name: String,
+}
+
+/// Where the offer catalog comes from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CatalogSource {
+    /// A `ConfigMap` (same namespace) whose data keys are gpuhunt v2 CSV files
+    /// (`aws.csv`, `lambdalabs.csv`, …). Without it, the backend's built-in catalog is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_ref: Option<ConfigMapRef>,
+}
+
+/// Where machines may come from, and how to reach the provider.
+#[derive(CustomResource, KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "kpool.dev",
+    version = "v1alpha1",
+    kind = "Backend",
+    namespaced,
+    status = "BackendStatus",
+    shortname = "kb",
+    category = "kpool",
+    doc = "A source of machines: a Kubernetes cluster, SSH hosts you own, or a cloud account.",
+    printcolumn(name = "Type", type_ = "string", json_path = ".spec.type"),
+    printcolumn(name = "Regions", type_ = "string", json_path = ".spec.regions"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendSpec {
+    /// The provider: `kubernetes`, `ssh`, `aws` or `lambda`.
+    #[serde(rename = "type")]
+    pub type_: BackendType,
+    /// Regions where machines may be launched. Empty: every region in the catalog.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub regions: Vec<String>,
+    /// Credentials for the provider's API, from a `Secret` in the same namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<Credentials>,
+    /// The offer catalog: machine types and prices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<CatalogSource>,
+    /// Override of the provider's API endpoint (e.g. a private endpoint or an emulator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+/// Observed state of a `Backend`.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendStatus {
+    /// `Ready`: whether the backend's configuration is valid and its offers could be read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// Number of offers in the backend's catalog at the last refresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offers: Option<u32>,
+}

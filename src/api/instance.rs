@@ -1,0 +1,151 @@
+//! The `Instance` kind: one machine in a pool.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::offer::Offer;
+use super::policy::PolicySpec;
+use super::resources::ResourcesSpec;
+
+/// Finalizer that guards the instance's cloud machine.
+pub const INSTANCE_FINALIZER: &str = "kpool.dev/machine";
+/// Label set on instances a run provisioned; its value is the run's name.
+pub const PROVISIONED_FOR_LABEL: &str = "kpool.dev/provisioned-for";
+/// Label carrying the pool name on instances kpool creates.
+pub const POOL_LABEL: &str = "kpool.dev/pool";
+
+/// Lifecycle phase of an instance.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum InstancePhase {
+    /// Accepted; waiting for an offer or for pool capacity.
+    #[default]
+    Pending,
+    /// A machine is being launched.
+    Provisioning,
+    /// Ready and free for a run.
+    Idle,
+    /// Running a run.
+    Busy,
+    /// The machine is being deleted.
+    Terminating,
+    /// The machine is gone.
+    Terminated,
+    /// Provisioning failed for good; see `attempts` and conditions.
+    Failed,
+}
+
+impl InstancePhase {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            InstancePhase::Pending => "Pending",
+            InstancePhase::Provisioning => "Provisioning",
+            InstancePhase::Idle => "Idle",
+            InstancePhase::Busy => "Busy",
+            InstancePhase::Terminating => "Terminating",
+            InstancePhase::Terminated => "Terminated",
+            InstancePhase::Failed => "Failed",
+        }
+    }
+}
+
+/// One machine in a pool: either provisioned from the cheapest fitting offer of the
+/// allowed backends, or added by hand.
+#[derive(CustomResource, KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "kpool.dev",
+    version = "v1alpha1",
+    kind = "Instance",
+    namespaced,
+    status = "InstanceStatus",
+    shortname = "kin",
+    category = "kpool",
+    doc = "A machine in a pool. Runs reuse idle instances; idle ones are terminated after their idle duration.",
+    printcolumn(name = "Pool", type_ = "string", json_path = ".status.pool"),
+    printcolumn(name = "Backend", type_ = "string", json_path = ".status.offer.backend"),
+    printcolumn(name = "Region", type_ = "string", json_path = ".status.offer.region"),
+    printcolumn(name = "Resources", type_ = "string", json_path = ".status.resources"),
+    printcolumn(name = "Spot", type_ = "boolean", json_path = ".status.offer.spot"),
+    printcolumn(name = "Price", type_ = "number", json_path = ".status.offer.price"),
+    printcolumn(name = "Status", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Run", type_ = "string", json_path = ".status.run"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceSpec {
+    /// The pool this instance belongs to. Defaults to the namespace's default pool.
+    /// Cannot be changed after creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("pool is immutable: create a new Instance"))]
+    pub pool: Option<String>,
+    /// Name of a `Profile` (same namespace) to take unset policies from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// What the machine must have, in dstack's syntax, e.g. `{gpu: "A100:80GB", disk: "200GB.."}`.
+    /// Cannot be changed after creation.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("resources are immutable: create a new Instance"))]
+    pub resources: ResourcesSpec,
+    /// Placement and lifetime policies; unset fields come from the profile and the pool.
+    #[serde(flatten)]
+    pub policy: PolicySpec,
+}
+
+/// One provisioning attempt that failed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProvisioningAttempt {
+    /// The offer that was tried.
+    pub offer: Offer,
+    /// Error category: `InsufficientCapacity`, `RateLimited`, `InvalidConfig`, `NotFound`, `Other`.
+    pub error: String,
+    /// What the backend said.
+    pub message: String,
+    /// When the attempt failed.
+    pub at: Time,
+}
+
+/// Observed state of an `Instance`.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceStatus {
+    /// Lifecycle phase.
+    #[serde(default)]
+    pub phase: InstancePhase,
+    /// The pool the instance belongs to (resolved from `spec.pool` or the default pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// The name the machine carries at the provider, derived from this object's UID.
+    /// Recorded before any cloud call, so a crash can never launch a second machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_name: Option<String>,
+    /// The offer the machine was launched from (or is being launched from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer: Option<Offer>,
+    /// Resources of the machine, e.g. `24xCPU, 220GB, 1xA100 (80GB), 100GB (disk)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<String>,
+    /// The provider's id of the machine, e.g. `i-0abc…`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_id: Option<String>,
+    /// Address where the machine can be reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// The run the instance is assigned to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    /// Since when the instance has been idle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_since: Option<Time>,
+    /// When provisioning started (the first attempt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioning_started_at: Option<Time>,
+    /// Offers tried and why each failed, oldest first (at most 20 kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<ProvisioningAttempt>,
+    /// `Ready` summarises the instance (True when Idle or Busy); `Provisioned`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,83 @@
+//! The `Pool` kind: a named group of instances with defaults and limits.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::policy::PolicySpec;
+
+/// Annotation that marks a pool as the namespace's default pool.
+pub const DEFAULT_POOL_ANNOTATION: &str = "kpool.dev/default";
+/// Name of the default pool created on first use when no pool is marked default.
+pub const DEFAULT_POOL_NAME: &str = "default-pool";
+
+/// A pool of instances that runs reuse. Objects without `spec.pool` belong to the
+/// namespace's default pool: the one annotated `kpool.dev/default: "true"`, else
+/// `default-pool`, which is created on first use.
+#[derive(CustomResource, KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "kpool.dev",
+    version = "v1alpha1",
+    kind = "Pool",
+    namespaced,
+    status = "PoolStatus",
+    shortname = "kpl",
+    category = "kpool",
+    doc = "A pool of machines that runs reuse, with default policies and limits.",
+    printcolumn(name = "Profile", type_ = "string", json_path = ".spec.profile"),
+    printcolumn(name = "Max", type_ = "integer", json_path = ".spec.maxInstances"),
+    printcolumn(name = "Idle", type_ = "integer", json_path = ".status.idle"),
+    printcolumn(name = "Busy", type_ = "integer", json_path = ".status.busy"),
+    printcolumn(name = "Provisioning", type_ = "integer", json_path = ".status.provisioning"),
+    printcolumn(name = "$/Hour", type_ = "number", json_path = ".status.pricePerHour"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolSpec {
+    /// Name of a `Profile` (same namespace) whose policies apply to everything in the pool,
+    /// unless the instance or run sets its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// The most instances (not terminated) the pool may hold. A run that would need one
+    /// more waits, with a condition that says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_instances: Option<u32>,
+    /// Default policies for the pool's instances and runs; below `profile` in precedence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defaults: Option<PolicySpec>,
+}
+
+/// Observed state of a `Pool`.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolStatus {
+    /// `Ready`; `AtCapacity` when `maxInstances` is reached.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// Instances that are not terminated.
+    #[serde(default)]
+    pub total: u32,
+    /// Instances waiting for or in provisioning.
+    #[serde(default)]
+    pub provisioning: u32,
+    /// Instances ready for a run.
+    #[serde(default)]
+    pub idle: u32,
+    /// Instances running a run.
+    #[serde(default)]
+    pub busy: u32,
+    /// Instances being terminated.
+    #[serde(default)]
+    pub terminating: u32,
+    /// Instances that failed to provision.
+    #[serde(default)]
+    pub failed: u32,
+    /// What the pool's running machines cost, in US dollars per hour.
+    #[serde(default)]
+    pub price_per_hour: f64,
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

@@ -1,0 +1,147 @@
+//! The `Run` kind: a workload that needs a machine.
+
+use k8s_openapi::api::core::v1::EnvVar;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::policy::PolicySpec;
+use super::resources::ResourcesSpec;
+
+/// Finalizer that frees the run's instance when the run is deleted.
+pub const RUN_FINALIZER: &str = "kpool.dev/run";
+
+/// Lifecycle phase of a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum RunPhase {
+    /// Waiting for an idle instance or for pool capacity.
+    #[default]
+    Pending,
+    /// A new instance is being provisioned for the run.
+    Provisioning,
+    /// The run's commands execute on its instance.
+    Running,
+    /// The commands exited with code 0.
+    Succeeded,
+    /// The commands failed, or no machine could be had within the retry window.
+    Failed,
+    /// Stopped by the user, by `maxDuration`, or because the instance went away.
+    Terminated,
+}
+
+impl RunPhase {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RunPhase::Pending => "Pending",
+            RunPhase::Provisioning => "Provisioning",
+            RunPhase::Running => "Running",
+            RunPhase::Succeeded => "Succeeded",
+            RunPhase::Failed => "Failed",
+            RunPhase::Terminated => "Terminated",
+        }
+    }
+
+    /// Whether the run has ended.
+    pub fn is_finished(&self) -> bool {
+        matches!(self, RunPhase::Succeeded | RunPhase::Failed | RunPhase::Terminated)
+    }
+}
+
+/// A workload: commands to run on a machine of the pool that meets its requirements.
+#[derive(CustomResource, KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "kpool.dev",
+    version = "v1alpha1",
+    kind = "Run",
+    namespaced,
+    status = "RunStatus",
+    shortname = "krun",
+    category = "kpool",
+    doc = "A workload. It reuses an idle instance of its pool that fits, or provisions the cheapest offer.",
+    printcolumn(name = "Instance", type_ = "string", json_path = ".status.instance"),
+    printcolumn(name = "Status", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.terminationReason", priority = 1),
+    printcolumn(name = "Exit", type_ = "integer", json_path = ".status.exitCode", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RunSpec {
+    /// The pool to take an instance from. Defaults to the namespace's default pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("pool is immutable"))]
+    pub pool: Option<String>,
+    /// Name of a `Profile` (same namespace) to take unset policies from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// Run on this instance of the pool and no other (it must fit and be idle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// What the machine must have, in dstack's syntax, e.g. `{gpu: "A100:80GB:1", memory: "64GB.."}`.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("resources are immutable: create a new Run"))]
+    pub resources: ResourcesSpec,
+    /// Container image to run the commands in; without it they run on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Shell commands, run in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<String>,
+    /// Environment variables: values, or `secretKeyRef`s to `Secret`s in the same namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "env_schema")]
+    pub env: Vec<EnvVar>,
+    /// Working directory for the commands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// Set to `true` to stop the run; its instance goes back to idle.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stop: bool,
+    /// Placement and lifetime policies; unset fields come from the profile and the pool.
+    #[serde(flatten)]
+    pub policy: PolicySpec,
+}
+
+fn env_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    <Vec<EnvVar> as JsonSchema>::json_schema(generator)
+}
+
+/// Observed state of a `Run`.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunStatus {
+    /// Lifecycle phase.
+    #[serde(default)]
+    pub phase: RunPhase,
+    /// The pool the run takes instances from (resolved from `spec.pool` or the default pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// The instance the run is assigned to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// The instance being provisioned for this run, when none could be reused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioning_instance: Option<String>,
+    /// When the run was first submitted for placement (start of the retry window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_at: Option<Time>,
+    /// When the commands started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When the run ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// Exit code of the commands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why the run ended, e.g. `ContainerExitedWithError`, `NoCapacity`, `Stopped`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_reason: Option<String>,
+    /// Number of placement attempts so far (retries included).
+    #[serde(default)]
+    pub attempts: u32,
+    /// `Scheduled` (an instance is assigned) and `Succeeded` (the summary).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}
