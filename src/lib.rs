@@ -2,5 +2,8 @@
 //! across runs.
 
 pub mod api;
+pub mod backends;
+pub mod controllers;
 pub mod core;
 pub mod crdgen;
+pub mod exec;

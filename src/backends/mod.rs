@@ -1,0 +1,128 @@
+//! The `Backend` trait — offers, create, get, delete, list-owned — and its typed errors.
+//!
+//! A backend is built from a `Backend` object by a [`BackendFactory`]. Every machine a
+//! backend launches carries the instance's UID-derived machine name and the tags in
+//! [`MachineSpec::tags`], so the garbage collector can find machines no `Instance` owns.
+
+pub mod fake;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::api::backend::Backend as BackendObject;
+use crate::api::offer::Offer;
+use crate::api::resources::Requirements;
+
+/// Tag carrying the owning `Instance`'s UID on every cloud resource.
+pub const TAG_INSTANCE_UID: &str = "kpool.dev/instance-uid";
+/// Tag carrying the owning `Instance`'s namespace/name.
+pub const TAG_INSTANCE: &str = "kpool.dev/instance";
+/// Tag carrying the pool name.
+pub const TAG_POOL: &str = "kpool.dev/pool";
+/// Tag that marks a machine as managed by kpool.
+pub const TAG_MANAGED_BY: &str = "kpool.dev/managed-by";
+
+/// The machine name kpool gives the machine of the instance with this UID.
+pub fn machine_name(uid: &str) -> String {
+    format!("kpool-{uid}")
+}
+
+/// Errors a backend reports, by what the caller should do about them.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum BackendError {
+    /// The machine (or the resource asked for) does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The provider has no capacity for this offer right now; try the next offer.
+    #[error("insufficient capacity: {0}")]
+    InsufficientCapacity(String),
+    /// The provider throttled us; retry after the delay.
+    #[error("rate limited: {message}")]
+    RateLimited { message: String, retry_after: Option<Duration> },
+    /// The backend's configuration (credentials, regions, endpoint) is wrong.
+    #[error("invalid backend configuration: {0}")]
+    InvalidConfig(String),
+    /// Anything else; retried with backoff.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl BackendError {
+    /// A bounded string for Event reasons, status and metric labels.
+    pub fn category(&self) -> &'static str {
+        match self {
+            BackendError::NotFound(_) => "NotFound",
+            BackendError::InsufficientCapacity(_) => "InsufficientCapacity",
+            BackendError::RateLimited { .. } => "RateLimited",
+            BackendError::InvalidConfig(_) => "InvalidConfig",
+            BackendError::Other(_) => "Other",
+        }
+    }
+}
+
+/// What to launch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MachineSpec {
+    /// UID-derived name; launching twice with the same name yields the same machine.
+    pub name: String,
+    /// The offer to launch.
+    pub offer: Offer,
+    /// Tags to put on every cloud resource of the machine.
+    pub tags: BTreeMap<String, String>,
+}
+
+/// The provider's view of a machine's lifecycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MachineState {
+    /// Launched, not ready yet.
+    Pending,
+    /// Up and reachable.
+    Running,
+    /// Being shut down or deleted.
+    Stopping,
+    /// Gone (terminated, deleted or reclaimed).
+    Terminated,
+}
+
+/// A machine as the provider reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Machine {
+    /// The UID-derived machine name.
+    pub name: String,
+    /// The provider's id (e.g. `i-0abc…`, a Pod name).
+    pub provider_id: String,
+    pub state: MachineState,
+    /// Address where the machine can be reached, once known.
+    pub address: Option<String>,
+    /// The tags the machine carries.
+    pub tags: BTreeMap<String, String>,
+}
+
+/// One source of machines. Implementations must be idempotent: `create` with a name
+/// that already exists returns that machine; `delete` of a missing machine returns
+/// `NotFound`.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// The `Backend` object's name; offers carry it.
+    fn name(&self) -> &str;
+    /// The offers that may fit `req` (a backend may pre-filter; callers rank and filter again).
+    async fn offers(&self, req: &Requirements) -> Result<Vec<Offer>, BackendError>;
+    /// Launches a machine, or returns the existing one with that name.
+    async fn create(&self, spec: &MachineSpec) -> Result<Machine, BackendError>;
+    /// Looks a machine up by its kpool machine name.
+    async fn get(&self, name: &str) -> Result<Machine, BackendError>;
+    /// Starts deleting a machine. `NotFound` once it is gone.
+    async fn delete(&self, name: &str) -> Result<(), BackendError>;
+    /// Every machine that carries kpool's tags, for the garbage collector.
+    async fn list_owned(&self) -> Result<Vec<Machine>, BackendError>;
+}
+
+/// Builds backends from `Backend` objects (credentials are read by the factory from
+/// `Secret`s of the object's own namespace, never logged).
+#[async_trait]
+pub trait BackendFactory: Send + Sync {
+    async fn build(&self, object: &BackendObject) -> Result<Arc<dyn Backend>, BackendError>;
+}

@@ -1,0 +1,226 @@
+//! What every reconciler shares: the client, the backends, the executor, the clock.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+
+use jiff::Timestamp;
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::Error;
+use crate::api::backend::Backend as BackendObject;
+use crate::api::offer::Offer;
+use crate::api::resources::Requirements;
+use crate::backends::{Backend, BackendFactory};
+use crate::core::offers::rank_offers;
+use crate::core::policy::EffectivePolicy;
+use crate::exec::Executor;
+
+/// The field manager of every status write. One manager for all of kpool's status
+/// writes, so that a field left out of an apply is removed.
+pub const FIELD_MANAGER: &str = "kpool-controller";
+/// How many ranked offers an instance keeps as candidates.
+pub const MAX_CANDIDATES: usize = 20;
+
+/// The source of `now`; injected so tests never sleep.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Timestamp;
+}
+
+/// The wall clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+/// A clock that tests move by hand.
+#[derive(Clone)]
+pub struct ManualClock(Arc<Mutex<Timestamp>>);
+
+impl ManualClock {
+    pub fn new(t: Timestamp) -> Self {
+        ManualClock(Arc::new(Mutex::new(t)))
+    }
+    pub fn set(&self, t: Timestamp) {
+        *self.0.lock().expect("clock") = t;
+    }
+    pub fn advance(&self, d: std::time::Duration) {
+        let mut t = self.0.lock().expect("clock");
+        *t = crate::core::add(*t, d);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        *self.0.lock().expect("clock")
+    }
+}
+
+/// Shared state of the controllers.
+pub struct Context {
+    pub client: Client,
+    pub factory: Arc<dyn BackendFactory>,
+    pub executor: Arc<dyn Executor>,
+    pub clock: Arc<dyn Clock>,
+    recorder: Recorder,
+    /// Instances this process admitted to a pool whose admission may not be visible in
+    /// the API yet, per (namespace, pool). With a single active controller this makes
+    /// `maxInstances` strict even when two instances are reconciled at once.
+    admissions: Mutex<HashMap<(String, String), HashSet<String>>>,
+    /// Built backends by (namespace, name, resourceVersion of the `Backend` object).
+    backends: Mutex<HashMap<(String, String), (String, Arc<dyn Backend>)>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        factory: Arc<dyn BackendFactory>,
+        executor: Arc<dyn Executor>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let reporter = Reporter { controller: "kpool".into(), instance: std::env::var("POD_NAME").ok() };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            factory,
+            executor,
+            clock,
+            admissions: Mutex::default(),
+            backends: Mutex::default(),
+        }
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Publishes an Event about `obj`. Failing to publish never fails a reconcile.
+    pub async fn event<K>(&self, obj: &K, warning: bool, reason: &str, note: String)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let ev = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.to_string(),
+            note: Some(note),
+            action: reason.to_string(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            tracing::debug!(error = %e, reason, "failed to publish event");
+        }
+    }
+
+    /// Writes `status` of `obj` by Server-Side Apply, with the observed resourceVersion
+    /// as a precondition so a decision made on stale state is rejected (409) and retried.
+    pub async fn write_status<K, S>(&self, obj: &K, status: &S) -> Result<K, Error>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+        S: Serialize,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), &obj.namespace().unwrap_or_default());
+        let body = serde_json::json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "metadata": {"name": obj.name_any(), "resourceVersion": obj.resource_version()},
+            "status": status,
+        });
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        Ok(api.patch_status(&obj.name_any(), &pp, &Patch::Apply(&body)).await?)
+    }
+
+    /// The backend built from the `Backend` object `name` of namespace `ns`.
+    pub async fn backend(&self, ns: &str, name: &str) -> Result<Arc<dyn Backend>, Error> {
+        let api: Api<BackendObject> = Api::namespaced(self.client.clone(), ns);
+        let obj = api
+            .get_opt(name)
+            .await?
+            .ok_or_else(|| Error::MissingBackend(name.to_string(), ns.to_string()))?;
+        self.build_backend(&obj).await
+    }
+
+    async fn build_backend(&self, obj: &BackendObject) -> Result<Arc<dyn Backend>, Error> {
+        let key = (obj.namespace().unwrap_or_default(), obj.name_any());
+        let version = obj.resource_version().unwrap_or_default();
+        if let Some((v, b)) = self.backends.lock().expect("backends").get(&key) {
+            if *v == version {
+                return Ok(b.clone());
+            }
+        }
+        let built = self
+            .factory
+            .build(obj)
+            .await
+            .map_err(|source| Error::Backend { backend: key.1.clone(), source })?;
+        self.backends.lock().expect("backends").insert(key, (version, built.clone()));
+        Ok(built)
+    }
+
+    /// The cheapest fitting offers across the namespace's allowed backends, and the
+    /// backends that could not be asked (name → error), so a status can say so.
+    pub async fn ranked_offers(
+        &self,
+        ns: &str,
+        req: &Requirements,
+        policy: &EffectivePolicy,
+    ) -> Result<(Vec<Offer>, BTreeMap<String, String>), Error> {
+        let api: Api<BackendObject> = Api::namespaced(self.client.clone(), ns);
+        let objects = api.list(&Default::default()).await?;
+        let mut offers = Vec::new();
+        let mut failed = BTreeMap::new();
+        for obj in objects.items.iter() {
+            let name = obj.name_any();
+            if !policy.backends.is_empty() && !policy.backends.contains(&name) {
+                continue;
+            }
+            let result = match self.build_backend(obj).await {
+                Ok(b) => b.offers(req).await.map_err(|e| e.to_string()),
+                Err(e) => Err(match e {
+                    Error::Backend { source, .. } => source.to_string(),
+                    other => other.to_string(),
+                }),
+            };
+            match result {
+                Ok(list) => offers.extend(list.into_iter().map(|o| Offer { backend: name.clone(), ..o })),
+                Err(msg) => {
+                    failed.insert(name, msg);
+                }
+            }
+        }
+        Ok((rank_offers(offers.iter(), req, policy, MAX_CANDIDATES), failed))
+    }
+
+    /// Admits `name` to (ns, pool) when fewer than `max` instances hold capacity.
+    /// `holding` are the instances the API shows holding capacity (self excluded).
+    pub fn admit(&self, ns: &str, pool: &str, name: &str, max: Option<u32>, holding: &HashSet<String>) -> bool {
+        let mut all = self.admissions.lock().expect("admissions");
+        let ledger = all.entry((ns.to_string(), pool.to_string())).or_default();
+        if ledger.contains(name) {
+            return true;
+        }
+        // Admissions the API already shows are counted once.
+        let pending_in_ledger = ledger.iter().filter(|n| !holding.contains(*n)).count();
+        let count = holding.len() + pending_in_ledger;
+        if crate::core::pool::has_room(max, count) {
+            ledger.insert(name.to_string());
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Forgets an admission once the API shows it (or the instance is gone).
+    pub fn forget_admission(&self, ns: &str, pool: &str, name: &str) {
+        if let Some(l) = self.admissions.lock().expect("admissions").get_mut(&(ns.to_string(), pool.to_string())) {
+            l.remove(name);
+        }
+    }
+}

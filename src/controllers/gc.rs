@@ -1,0 +1,114 @@
+//! The garbage collector: a periodic pass per `Backend` that deletes (or, in report-only
+//! mode, reports) machines tagged as kpool's that no `Instance` owns.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use kube::api::Api;
+use kube::ResourceExt;
+
+use super::{Context, Error};
+use crate::api::backend::Backend as BackendObject;
+use crate::api::instance::{Instance, InstancePhase};
+use crate::core::gc::orphans;
+
+/// Settings of the garbage collector.
+#[derive(Clone, Debug)]
+pub struct GcConfig {
+    /// Time between passes.
+    pub interval: Duration,
+    /// How long a machine must stay unowned before it is collected.
+    pub grace: Duration,
+    /// Only report orphans (Warning Events on the `Backend`), never delete.
+    pub report_only: bool,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig { interval: Duration::from_secs(300), grace: Duration::from_secs(900), report_only: false }
+    }
+}
+
+/// What one pass did.
+#[derive(Debug, Default, PartialEq)]
+pub struct GcReport {
+    pub deleted: Vec<String>,
+    pub reported: Vec<String>,
+}
+
+/// The collector's memory between passes.
+#[derive(Default)]
+pub struct Collector {
+    first_seen: HashMap<(String, String), HashMap<String, Timestamp>>,
+}
+
+impl Collector {
+    /// One pass over every `Backend` in the cluster (or in `namespace`).
+    pub async fn pass(&mut self, ctx: &Context, cfg: &GcConfig, namespace: Option<&str>) -> Result<GcReport, Error> {
+        let (backends, insts): (Api<BackendObject>, Api<Instance>) = match namespace {
+            Some(ns) => (Api::namespaced(ctx.client.clone(), ns), Api::namespaced(ctx.client.clone(), ns)),
+            None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
+        };
+        // Machine names of every instance that may still hold a machine.
+        let owned: HashSet<String> = insts
+            .list(&Default::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|i| i.status.as_ref().is_none_or(|s| s.phase != InstancePhase::Terminated))
+            .filter_map(|i| i.status.and_then(|s| s.machine_name))
+            .collect();
+        let mut report = GcReport::default();
+        let now = ctx.now();
+        for obj in backends.list(&Default::default()).await?.items {
+            let ns = obj.namespace().unwrap_or_default();
+            let backend = match ctx.backend(&ns, &obj.name_any()).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::debug!(backend = %obj.name_any(), error = %e, "skipping backend in gc");
+                    continue;
+                }
+            };
+            let machines = match backend.list_owned().await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(backend = %obj.name_any(), category = e.category(), "failed to list machines for gc");
+                    continue;
+                }
+            };
+            let seen = self.first_seen.entry((ns.clone(), obj.name_any())).or_default();
+            for name in orphans(&machines, &owned, seen, now, cfg.grace) {
+                if cfg.report_only {
+                    ctx.event(&obj, true, "OrphanedMachine", format!("machine {name} is tagged as kpool's but no Instance owns it")).await;
+                    report.reported.push(name);
+                    continue;
+                }
+                match backend.delete(&name).await {
+                    Ok(()) | Err(crate::backends::BackendError::NotFound(_)) => {
+                        ctx.event(&obj, true, "OrphanDeleted", format!("deleted machine {name}: no Instance owns it")).await;
+                        report.deleted.push(name);
+                    }
+                    Err(e) => tracing::warn!(machine = %name, category = e.category(), "failed to delete orphan"),
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Runs passes forever, every `cfg.interval`.
+pub async fn run(ctx: Arc<Context>, cfg: GcConfig) {
+    let mut collector = Collector::default();
+    loop {
+        match collector.pass(&ctx, &cfg, None).await {
+            Ok(r) if !r.deleted.is_empty() || !r.reported.is_empty() => {
+                tracing::info!(deleted = r.deleted.len(), reported = r.reported.len(), "garbage collection pass")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "garbage collection pass failed"),
+        }
+        tokio::time::sleep(cfg.interval).await;
+    }
+}

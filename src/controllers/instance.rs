@@ -1,0 +1,406 @@
+//! The `Instance` controller: provisions the machine behind an instance, keeps it while
+//! runs reuse it, and deletes it after its idle duration or when the object is deleted.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{finalizer, Event as Finalizer};
+use kube::ResourceExt;
+
+use super::observe::{holding_capacity, instances, policy_of, pool_of};
+use super::{Context, Error};
+use crate::api::conditions::{condition_tri, upsert};
+use crate::api::instance::{Instance, InstancePhase, InstanceStatus, INSTANCE_FINALIZER, PROVISIONED_FOR_LABEL};
+use crate::api::run::Run;
+use crate::backends::{machine_name, BackendError, MachineSpec, MachineState, TAG_INSTANCE, TAG_INSTANCE_UID, TAG_MANAGED_BY, TAG_POOL};
+use crate::core::instance::{self as sm, LaunchFailure, NoOffer, Step, POLL_INTERVAL};
+use crate::core::policy::{EffectivePolicy, Origin};
+
+/// Steps taken in one reconcile before handing back to the controller.
+const MAX_STEPS: usize = 8;
+/// How often an idle or busy instance is looked at even when nothing changes.
+pub const RECHECK: Duration = Duration::from_secs(300);
+/// How long a pending instance waits before asking its pool for room again.
+const CAPACITY_RECHECK: Duration = Duration::from_secs(30);
+
+/// Reconciles one `Instance`.
+pub async fn reconcile(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = inst.namespace().unwrap_or_default();
+    let api: Api<Instance> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, INSTANCE_FINALIZER, inst, |event| async {
+        match event {
+            Finalizer::Apply(i) => apply(i, ctx.clone()).await,
+            Finalizer::Cleanup(i) => cleanup(i, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Who created the instance decides its built-in idle duration.
+pub fn origin(inst: &Instance) -> Origin {
+    if inst.labels().contains_key(PROVISIONED_FOR_LABEL) {
+        Origin::Run
+    } else {
+        Origin::Manual
+    }
+}
+
+enum Next {
+    Continue(Instance),
+    Stop(Action),
+}
+
+async fn apply(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let mut inst = (*inst).clone();
+    for _ in 0..MAX_STEPS {
+        match step(inst, &ctx).await? {
+            Next::Continue(i) => inst = i,
+            Next::Stop(a) => return Ok(a),
+        }
+    }
+    Ok(Action::requeue(Duration::ZERO))
+}
+
+async fn step(inst: Instance, ctx: &Context) -> Result<Next, Error> {
+    let ns = inst.namespace().unwrap_or_default();
+    let now = ctx.now();
+    let status = inst.status.clone().unwrap_or_default();
+    let (pool_name, pool) = pool_of(ctx, &ns, status.pool.as_deref().or(inst.spec.pool.as_deref())).await?;
+    let policy = policy_of(ctx, &ns, &inst.spec.policy, inst.spec.profile.as_deref(), pool.as_ref(), origin(&inst)).await;
+    let policy = match policy {
+        Ok(p) => p,
+        Err(Error::Invalid(e)) if status.phase == InstancePhase::Pending => {
+            let mut st = status;
+            st.pool = Some(pool_name);
+            st.machine_name.get_or_insert_with(|| machine_name(&inst.uid().unwrap_or_default()));
+            st.phase = InstancePhase::Failed;
+            let msg = format!("{e}; fix the spec or the profile");
+            ready(&mut st, &inst, now, "InvalidSpec", &msg);
+            ctx.event(&inst, true, "InvalidSpec", msg).await;
+            ctx.write_status(&inst, &st).await?;
+            return Ok(Next::Stop(Action::await_change()));
+        }
+        // Once a machine may exist, a broken profile must not strand it: keep going
+        // with the built-in policy for the instance's origin.
+        Err(Error::Invalid(_)) => EffectivePolicy::defaults(origin(&inst)),
+        Err(e) => return Err(e),
+    };
+    let mut st = status.clone();
+    match sm::next_step(&status, &policy, now) {
+        Step::RecordIdentity => {
+            st.machine_name = Some(machine_name(&inst.uid().unwrap_or_default()));
+            st.pool = Some(pool_name);
+            ready(&mut st, &inst, now, "Pending", "waiting for an offer");
+            Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
+        }
+        Step::ChooseOffer => choose_offer(inst, st, &policy, pool.and_then(|p| p.spec.max_instances), ctx).await,
+        Step::Launch => launch(inst, st, &policy, ctx).await,
+        Step::Poll => poll(inst, st, &policy, ctx).await,
+        Step::IdleUntil(deadline) => {
+            let reason = if st.phase == InstancePhase::Busy { "Busy" } else { "Idle" };
+            let msg = match deadline {
+                Some(d) => format!("idle; terminates at {d} unless a run takes it"),
+                None => "idle; kept until removed".to_string(),
+            };
+            if st.phase == InstancePhase::Idle && ready(&mut st, &inst, now, reason, &msg) {
+                ctx.write_status(&inst, &st).await?;
+            }
+            let wait = deadline.map(|d| until(now, d)).unwrap_or(RECHECK).min(RECHECK);
+            Ok(Next::Stop(Action::requeue(wait)))
+        }
+        Step::Expire => {
+            sm::terminate(&mut st);
+            let msg = "idle duration elapsed; terminating the machine".to_string();
+            ready(&mut st, &inst, now, "IdleTimeout", &msg);
+            ctx.event(&inst, false, "IdleTimeout", msg).await;
+            Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
+        }
+        Step::CheckRun(run) => check_run(inst, st, &run, ctx).await,
+        Step::Teardown => teardown(inst, st, ctx).await,
+        Step::Done => {
+            ctx.forget_admission(&ns, st.pool.as_deref().unwrap_or_default(), &inst.name_any());
+            Ok(Next::Stop(Action::await_change()))
+        }
+    }
+}
+
+async fn choose_offer(
+    inst: Instance,
+    mut st: InstanceStatus,
+    policy: &EffectivePolicy,
+    max_instances: Option<u32>,
+    ctx: &Context,
+) -> Result<Next, Error> {
+    let ns = inst.namespace().unwrap_or_default();
+    let now = ctx.now();
+    let pool = st.pool.clone().unwrap_or_default();
+    let req = match inst.spec.resources.resolve() {
+        Ok(r) => r,
+        Err(e) => {
+            st.phase = InstancePhase::Failed;
+            let msg = format!("{e}; create a new Instance with valid resources");
+            ready(&mut st, &inst, now, "InvalidSpec", &msg);
+            ctx.event(&inst, true, "InvalidSpec", msg).await;
+            ctx.write_status(&inst, &st).await?;
+            return Ok(Next::Stop(Action::await_change()));
+        }
+    };
+    let all = instances(ctx, &ns).await?;
+    let holding = holding_capacity(&all, &pool, &inst.name_any());
+    if !ctx.admit(&ns, &pool, &inst.name_any(), max_instances, &holding) {
+        let msg = format!("pool {pool} has reached maxInstances ({}); waiting for room", max_instances.unwrap_or(0));
+        if ready(&mut st, &inst, now, "PoolAtCapacity", &msg) {
+            ctx.event(&inst, false, "PoolAtCapacity", msg).await;
+            ctx.write_status(&inst, &st).await?;
+        }
+        return Ok(Next::Stop(Action::requeue(CAPACITY_RECHECK)));
+    }
+    let (ranked, failed) = ctx.ranked_offers(&ns, &req, policy).await?;
+    match sm::choose_offer(&st, &ranked, policy, now) {
+        Ok(offer) => {
+            let msg = format!(
+                "launching {} in {} on {} at ${}/h",
+                offer.instance_type, offer.region, offer.backend, offer.price
+            );
+            sm::start_provisioning(&mut st, offer, now);
+            ready(&mut st, &inst, now, "Provisioning", &msg);
+            ctx.event(&inst, false, "Provisioning", msg).await;
+            Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
+        }
+        Err(no) => {
+            let mut msg = format!("no offer fits {}", req_summary(&inst));
+            if !failed.is_empty() {
+                msg.push_str(&format!("; backends not reachable: {}", join(&failed)));
+            }
+            match no {
+                NoOffer::RetryAt(at) => {
+                    if st.provisioning_started_at.is_none() {
+                        st.provisioning_started_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
+                    }
+                    ready(&mut st, &inst, now, "WaitingForCapacity", &format!("{msg}; retrying"));
+                    ctx.write_status(&inst, &st).await?;
+                    Ok(Next::Stop(Action::requeue(until(now, at))))
+                }
+                NoOffer::Fail(reason) => {
+                    st.phase = InstancePhase::Failed;
+                    ready(&mut st, &inst, now, reason, &msg);
+                    ctx.event(&inst, true, reason, msg).await;
+                    ctx.write_status(&inst, &st).await?;
+                    ctx.forget_admission(&ns, &pool, &inst.name_any());
+                    Ok(Next::Stop(Action::await_change()))
+                }
+            }
+        }
+    }
+}
+
+async fn launch(inst: Instance, mut st: InstanceStatus, policy: &EffectivePolicy, ctx: &Context) -> Result<Next, Error> {
+    let ns = inst.namespace().unwrap_or_default();
+    let now = ctx.now();
+    let Some(offer) = st.offer.clone() else {
+        st.phase = InstancePhase::Pending;
+        return Ok(Next::Continue(ctx.write_status(&inst, &st).await?));
+    };
+    let backend = ctx.backend(&ns, &offer.backend).await?;
+    let name = st.machine_name.clone().unwrap_or_default();
+    let tags = BTreeMap::from([
+        (TAG_MANAGED_BY.to_string(), "kpool".to_string()),
+        (TAG_INSTANCE_UID.to_string(), inst.uid().unwrap_or_default()),
+        (TAG_INSTANCE.to_string(), format!("{ns}/{}", inst.name_any())),
+        (TAG_POOL.to_string(), st.pool.clone().unwrap_or_default()),
+    ]);
+    let spec = MachineSpec { name, offer: offer.clone(), tags };
+    match backend.create(&spec).await {
+        Ok(machine) => {
+            sm::launched(&mut st, &machine, now);
+            let msg = format!("machine {} launched ({})", machine.provider_id, offer.instance_type);
+            let reason = if st.phase == InstancePhase::Idle { "Idle" } else { "Provisioning" };
+            ready(&mut st, &inst, now, reason, &msg);
+            ctx.event(&inst, false, "Launched", msg).await;
+            Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
+        }
+        Err(err) => launch_failed(inst, st, policy, err, ctx).await,
+    }
+}
+
+async fn launch_failed(
+    inst: Instance,
+    mut st: InstanceStatus,
+    policy: &EffectivePolicy,
+    err: BackendError,
+    ctx: &Context,
+) -> Result<Next, Error> {
+    let ns = inst.namespace().unwrap_or_default();
+    let now = ctx.now();
+    let req = inst.spec.resources.resolve()?;
+    let (ranked, _) = ctx.ranked_offers(&ns, &req, policy).await?;
+    let tried = st.offer.as_ref().map(|o| format!("{} in {}", o.instance_type, o.region)).unwrap_or_default();
+    ctx.event(&inst, true, err.category(), format!("failed to launch {tried}: {err}")).await;
+    match sm::launch_failed(&mut st, &err, &ranked, policy, now) {
+        LaunchFailure::NextOffer => {
+            let o = st.offer.clone().unwrap_or_default();
+            let msg = format!("{tried} failed ({}); trying {} in {}", err.category(), o.instance_type, o.region);
+            ready(&mut st, &inst, now, "Provisioning", &msg);
+            Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
+        }
+        LaunchFailure::RetryAt(at) => {
+            ready(&mut st, &inst, now, "WaitingForCapacity", &format!("{tried} failed: {err}; retrying"));
+            ctx.write_status(&inst, &st).await?;
+            Ok(Next::Stop(Action::requeue(until(now, at))))
+        }
+        LaunchFailure::Fail(reason) => {
+            let msg = format!("every offer failed, the last with: {err}");
+            ready(&mut st, &inst, now, reason, &msg);
+            ctx.event(&inst, true, reason, msg).await;
+            ctx.write_status(&inst, &st).await?;
+            ctx.forget_admission(&ns, st.pool.as_deref().unwrap_or_default(), &inst.name_any());
+            Ok(Next::Stop(Action::await_change()))
+        }
+    }
+}
+
+async fn poll(inst: Instance, mut st: InstanceStatus, policy: &EffectivePolicy, ctx: &Context) -> Result<Next, Error> {
+    let ns = inst.namespace().unwrap_or_default();
+    let now = ctx.now();
+    let offer = st.offer.clone().unwrap_or_default();
+    let backend = ctx.backend(&ns, &offer.backend).await?;
+    let name = st.machine_name.clone().unwrap_or_default();
+    match backend.get(&name).await {
+        Ok(m) if m.state == MachineState::Running => {
+            sm::observe_machine(&mut st, &m, now);
+            ready(&mut st, &inst, now, "Idle", "machine is up; ready for runs");
+            ctx.event(&inst, false, "Ready", format!("machine {} is up", m.provider_id)).await;
+            Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
+        }
+        Ok(m) if m.state == MachineState::Pending => {
+            if m.address.is_some() && m.address != st.address {
+                sm::observe_machine(&mut st, &m, now);
+                ctx.write_status(&inst, &st).await?;
+            }
+            Ok(Next::Stop(Action::requeue(POLL_INTERVAL)))
+        }
+        // Gone or going while provisioning: this offer failed.
+        Ok(_) | Err(BackendError::NotFound(_)) => {
+            st.provider_id = None;
+            let err = BackendError::InsufficientCapacity("the machine went away while starting".into());
+            launch_failed(inst, st, policy, err, ctx).await
+        }
+        Err(e) => Err(Error::Backend { backend: offer.backend, source: e }),
+    }
+}
+
+/// A busy instance whose run no longer holds it (deleted, finished, or placed
+/// elsewhere) goes back to idle.
+async fn check_run(inst: Instance, mut st: InstanceStatus, run: &str, ctx: &Context) -> Result<Next, Error> {
+    let ns = inst.namespace().unwrap_or_default();
+    let api: Api<Run> = Api::namespaced(ctx.client.clone(), &ns);
+    let holds = api.get_opt(run).await?.is_some_and(|r| {
+        r.status.as_ref().is_some_and(|s| !s.phase.is_finished() && s.instance.as_deref() == Some(&inst.name_any()))
+            || r.metadata.deletion_timestamp.is_none()
+                && r.status.as_ref().is_none_or(|s| !s.phase.is_finished() && s.instance.is_none())
+    });
+    if holds {
+        return Ok(Next::Stop(Action::requeue(RECHECK)));
+    }
+    let now = ctx.now();
+    sm::release(&mut st, now);
+    ready(&mut st, &inst, now, "Idle", &format!("run {run} no longer holds the instance"));
+    ctx.event(&inst, false, "Released", format!("run {run} is gone or finished")).await;
+    Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
+}
+
+async fn teardown(inst: Instance, mut st: InstanceStatus, ctx: &Context) -> Result<Next, Error> {
+    let ns = inst.namespace().unwrap_or_default();
+    let now = ctx.now();
+    if delete_machine(&inst, &st, ctx).await? {
+        sm::gone(&mut st);
+        let reason = crate::api::conditions::find(&st.conditions, "Ready")
+            .map(|c| c.reason.clone())
+            .filter(|r| r != "Terminating")
+            .unwrap_or_else(|| "Terminated".into());
+        ready(&mut st, &inst, now, &reason, "the machine is deleted");
+        ctx.event(&inst, false, "Terminated", "the machine is deleted".into()).await;
+        ctx.forget_admission(&ns, st.pool.as_deref().unwrap_or_default(), &inst.name_any());
+        return Ok(Next::Continue(ctx.write_status(&inst, &st).await?));
+    }
+    Ok(Next::Stop(Action::requeue(POLL_INTERVAL)))
+}
+
+/// Deletes the instance's machine. `true` once the backend says it is gone.
+async fn delete_machine(inst: &Instance, st: &InstanceStatus, ctx: &Context) -> Result<bool, Error> {
+    let (Some(name), Some(offer)) = (st.machine_name.as_deref(), st.offer.as_ref()) else {
+        // No offer was ever chosen, so no machine was ever launched.
+        return Ok(true);
+    };
+    let ns = inst.namespace().unwrap_or_default();
+    let backend = ctx.backend(&ns, &offer.backend).await?;
+    let wrap = |source| Error::Backend { backend: offer.backend.clone(), source };
+    match backend.get(name).await {
+        Err(BackendError::NotFound(_)) => return Ok(true),
+        Ok(m) if m.state == MachineState::Terminated => return Ok(true),
+        Ok(_) => {}
+        Err(e) => return Err(wrap(e)),
+    }
+    match backend.delete(name).await {
+        Err(BackendError::NotFound(_)) => Ok(true),
+        Ok(()) => Ok(false),
+        Err(e) => Err(wrap(e)),
+    }
+}
+
+/// Deletion: the machine is deleted and confirmed gone before the finalizer is removed.
+/// Never validates the spec, so a bad spec cannot block deletion.
+async fn cleanup(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = inst.namespace().unwrap_or_default();
+    let mut st = inst.status.clone().unwrap_or_default();
+    if delete_machine(&inst, &st, &ctx).await? {
+        ctx.forget_admission(&ns, st.pool.as_deref().unwrap_or_default(), &inst.name_any());
+        ctx.event(&*inst, false, "Deleted", "the machine is gone; removing the instance".into()).await;
+        return Ok(Action::await_change());
+    }
+    if st.phase != InstancePhase::Terminating {
+        let now = ctx.now();
+        if let Some(run) = &st.run {
+            ctx.event(&*inst, true, "Terminating", format!("instance deleted while run {run} was using it")).await;
+        }
+        sm::terminate(&mut st);
+        ready(&mut st, &inst, now, "Terminating", "instance deleted; deleting the machine");
+        // Best effort: the object is going away; a conflict is retried by the next pass.
+        if let Err(e) = ctx.write_status(&*inst, &st).await {
+            tracing::debug!(error = %e, "failed to record Terminating");
+        }
+    }
+    Err(Error::StillDeleting(st.machine_name.unwrap_or_default()))
+}
+
+/// Sets the `Ready` condition from the phase. Returns true when it changed.
+fn ready(st: &mut InstanceStatus, inst: &Instance, now: Timestamp, reason: &str, message: &str) -> bool {
+    let status = match st.phase {
+        InstancePhase::Idle | InstancePhase::Busy => "True",
+        InstancePhase::Pending | InstancePhase::Provisioning => "Unknown",
+        _ => "False",
+    };
+    let c = condition_tri(&st.conditions, "Ready", status, reason, message, inst.metadata.generation, now);
+    let changed = crate::api::conditions::find(&st.conditions, "Ready")
+        .is_none_or(|old| old.status != c.status || old.reason != c.reason || old.message != c.message);
+    upsert(&mut st.conditions, c);
+    changed
+}
+
+fn req_summary(inst: &Instance) -> String {
+    inst.spec.resources.resolve().map(|r| r.render()).unwrap_or_default()
+}
+
+fn join(m: &BTreeMap<String, String>) -> String {
+    m.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join("; ")
+}
+
+/// Time from `now` until `t`, zero if past.
+pub fn until(now: Timestamp, t: Timestamp) -> Duration {
+    Duration::try_from(t.duration_since(now)).unwrap_or(Duration::ZERO)
+}

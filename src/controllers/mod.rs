@@ -1,0 +1,88 @@
+//! One module per kind: observe → `core` decides → apply → status (Server-Side Apply).
+
+pub mod context;
+pub mod gc;
+pub mod instance;
+pub mod observe;
+pub mod pool;
+pub mod run;
+pub mod runtime;
+
+pub use context::{Clock, Context, ManualClock, SystemClock};
+
+use std::time::Duration;
+
+use kube::runtime::controller::Action;
+
+use crate::api::resources::SpecError;
+use crate::backends::BackendError;
+use crate::exec::ExecError;
+
+/// Errors of the reconcilers. Messages say what failed; the source says why.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to call the Kubernetes API")]
+    Kube(#[from] kube::Error),
+    #[error("failed to call backend {backend}")]
+    Backend {
+        backend: String,
+        #[source]
+        source: BackendError,
+    },
+    #[error("failed to control the run's job")]
+    Exec(#[from] ExecError),
+    #[error("invalid spec")]
+    Invalid(#[from] SpecError),
+    #[error("machine {0} is still being deleted")]
+    StillDeleting(String),
+    #[error("backend {0} is not defined in namespace {1}")]
+    MissingBackend(String, String),
+    #[error("failed to run the finalizer")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// A bounded string for Event reasons and metric labels.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "Conflict",
+            Error::Kube(_) => "KubeApi",
+            Error::Backend { source, .. } => source.category(),
+            Error::Exec(e) => e.category(),
+            Error::Invalid(_) => "InvalidSpec",
+            Error::StillDeleting(_) => "StillDeleting",
+            Error::MissingBackend(..) => "MissingBackend",
+            Error::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.category(),
+                _ => "Finalizer",
+            },
+        }
+    }
+
+    /// How soon to try again after this error.
+    pub fn retry_after(&self) -> Duration {
+        match self.category() {
+            "Conflict" => Duration::from_millis(200),
+            "StillDeleting" => Duration::from_secs(5),
+            "RateLimited" => Duration::from_secs(30),
+            _ => Duration::from_secs(15),
+        }
+    }
+}
+
+/// Shared `error_policy`: requeue after a delay that depends on the error.
+pub fn error_policy<K>(_obj: std::sync::Arc<K>, err: &Error, _ctx: std::sync::Arc<Context>) -> Action {
+    tracing::warn!(error = %err, category = err.category(), "reconcile failed");
+    Action::requeue(err.retry_after())
+}
+
+/// `true` when the error is an API conflict (409).
+pub fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+/// `true` when the error is an API not-found (404).
+pub fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}

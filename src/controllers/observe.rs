@@ -1,0 +1,74 @@
+//! Reading what a reconcile needs: the object's pool, profiles and instances.
+
+use std::collections::HashSet;
+
+use kube::api::Api;
+use kube::ResourceExt;
+
+use super::{Context, Error};
+use crate::api::instance::Instance;
+use crate::api::policy::PolicySpec;
+use crate::api::pool::Pool;
+use crate::api::profile::Profile;
+use crate::api::resources::SpecError;
+use crate::core::policy::{effective_policy, EffectivePolicy, Origin};
+use crate::core::pool::{holds_capacity, resolve_pool_name};
+
+/// The pool an object belongs to, and the `Pool` object if it exists.
+pub async fn pool_of(ctx: &Context, ns: &str, spec_pool: Option<&str>) -> Result<(String, Option<Pool>), Error> {
+    let api: Api<Pool> = Api::namespaced(ctx.client.clone(), ns);
+    let pools = api.list(&Default::default()).await?.items;
+    let refs: Vec<&Pool> = pools.iter().collect();
+    let name = resolve_pool_name(spec_pool, &refs);
+    let pool = pools.into_iter().find(|p| p.name_any() == name);
+    Ok((name, pool))
+}
+
+/// The effective policy: own spec > own profile > the pool's profile > the pool's defaults.
+pub async fn policy_of(
+    ctx: &Context,
+    ns: &str,
+    own: &PolicySpec,
+    own_profile: Option<&str>,
+    pool: Option<&Pool>,
+    origin: Origin,
+) -> Result<EffectivePolicy, Error> {
+    let api: Api<Profile> = Api::namespaced(ctx.client.clone(), ns);
+    let mut profiles = Vec::new();
+    for (field, name) in [("profile", own_profile), ("pool.profile", pool.and_then(|p| p.spec.profile.as_deref()))] {
+        if let Some(name) = name {
+            let p = api.get_opt(name).await?.ok_or_else(|| SpecError {
+                field: field.to_string(),
+                token: name.to_string(),
+                reason: format!("no Profile named {name} in namespace {ns}"),
+            })?;
+            profiles.push(p.spec.policy);
+        }
+    }
+    let mut layers: Vec<&PolicySpec> = vec![own];
+    layers.extend(profiles.iter());
+    if let Some(d) = pool.and_then(|p| p.spec.defaults.as_ref()) {
+        layers.push(d);
+    }
+    Ok(effective_policy(&layers, origin)?)
+}
+
+/// Every instance of the namespace.
+pub async fn instances(ctx: &Context, ns: &str) -> Result<Vec<Instance>, Error> {
+    let api: Api<Instance> = Api::namespaced(ctx.client.clone(), ns);
+    Ok(api.list(&Default::default()).await?.items)
+}
+
+/// The pool an instance was resolved to, if it was.
+pub fn instance_pool(i: &Instance) -> Option<&str> {
+    i.status.as_ref().and_then(|s| s.pool.as_deref())
+}
+
+/// Names of the instances of `pool` that hold capacity, `except` one.
+pub fn holding_capacity(all: &[Instance], pool: &str, except: &str) -> HashSet<String> {
+    all.iter()
+        .filter(|i| instance_pool(i) == Some(pool) && i.name_any() != except)
+        .filter(|i| i.status.as_ref().is_some_and(|s| holds_capacity(s.phase)))
+        .map(|i| i.name_any())
+        .collect()
+}

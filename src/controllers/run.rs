@@ -1,0 +1,442 @@
+//! The `Run` controller: places a run on an idle instance of its pool, or provisions a
+//! new instance for it; follows its job; frees the instance when it ends.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{finalizer, Event as Finalizer};
+use kube::ResourceExt;
+
+use super::instance::until;
+use super::observe::{instance_pool, instances, policy_of, pool_of};
+use super::{is_conflict, Context, Error};
+use crate::api::conditions::{condition_tri, upsert};
+use crate::api::instance::{Instance, InstancePhase, InstanceSpec, POOL_LABEL, PROVISIONED_FOR_LABEL};
+use crate::api::pool::{Pool, PoolSpec, DEFAULT_POOL_NAME};
+use crate::api::run::{Run, RunPhase, RunStatus, RUN_FINALIZER};
+use crate::core::matching::{pick_instance, IdleInstance, PendingRun};
+use crate::core::policy::{EffectivePolicy, Origin};
+use crate::core::pool::has_room;
+use crate::core::run::{self as sm, JobState, NoFit};
+use crate::exec::ExecError;
+
+const MAX_STEPS: usize = 8;
+/// How often a running job is polled.
+pub const JOB_POLL: Duration = Duration::from_secs(15);
+/// How often a waiting run looks again when nothing else wakes it.
+pub const WAIT_RECHECK: Duration = Duration::from_secs(60);
+
+/// Reconciles one `Run`.
+pub async fn reconcile(run: Arc<Run>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = run.namespace().unwrap_or_default();
+    let api: Api<Run> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, RUN_FINALIZER, run, |event| async {
+        match event {
+            Finalizer::Apply(r) => apply(r, ctx.clone()).await,
+            Finalizer::Cleanup(r) => cleanup(r, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+enum Next {
+    Continue(Run),
+    Stop(Action),
+}
+
+async fn apply(run: Arc<Run>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let mut run = (*run).clone();
+    for _ in 0..MAX_STEPS {
+        match step(run, &ctx).await? {
+            Next::Continue(r) => run = r,
+            Next::Stop(a) => return Ok(a),
+        }
+    }
+    Ok(Action::requeue(Duration::ZERO))
+}
+
+async fn step(run: Run, ctx: &Context) -> Result<Next, Error> {
+    let ns = run.namespace().unwrap_or_default();
+    let now = ctx.now();
+    let mut st = run.status.clone().unwrap_or_default();
+
+    if st.pool.is_none() {
+        let (pool_name, pool) = pool_of(ctx, &ns, run.spec.pool.as_deref()).await?;
+        if pool.is_none() && pool_name == DEFAULT_POOL_NAME {
+            create_default_pool(ctx, &ns).await?;
+        }
+        st.pool = Some(pool_name);
+        st.submitted_at = Some(Time(now));
+        st.phase = RunPhase::Pending;
+        scheduled(&mut st, &run, now, false, "Pending", "looking for an idle instance");
+        return Ok(Next::Continue(ctx.write_status(&run, &st).await?));
+    }
+    if st.phase.is_finished() {
+        release_instance(ctx, &run, st.instance.as_deref()).await?;
+        return Ok(Next::Stop(Action::await_change()));
+    }
+    let pool_name = st.pool.clone().unwrap_or_default();
+    let (_, pool) = pool_of(ctx, &ns, Some(&pool_name)).await?;
+    let resolved = match policy_of(ctx, &ns, &run.spec.policy, run.spec.profile.as_deref(), pool.as_ref(), Origin::Run).await {
+        Ok(p) => run.spec.resources.resolve().map(|r| (r, p)).map_err(Error::from),
+        Err(e) => Err(e),
+    };
+    let (req, policy) = match resolved {
+        Ok(v) => v,
+        Err(Error::Invalid(e)) => {
+            let msg = format!("{e}; fix the spec or the profile and create the run again");
+            return finish(ctx, run, st, RunPhase::Failed, "InvalidSpec", None, &msg).await;
+        }
+        Err(e) => return Err(e),
+    };
+
+    if run.spec.stop {
+        stop_job(ctx, &run, st.instance.as_deref()).await?;
+        return finish(ctx, run, st, RunPhase::Terminated, "Stopped", None, "stopped by the user").await;
+    }
+
+    match st.phase {
+        RunPhase::Running => follow(run, st, &policy, ctx).await,
+        _ => place(run, st, req, policy, pool, ctx).await,
+    }
+}
+
+/// Pending or Provisioning: take a fitting idle instance, or provision one.
+async fn place(
+    run: Run,
+    mut st: RunStatus,
+    req: crate::api::resources::Requirements,
+    policy: EffectivePolicy,
+    pool: Option<Pool>,
+    ctx: &Context,
+) -> Result<Next, Error> {
+    let ns = run.namespace().unwrap_or_default();
+    let now = ctx.now();
+    let pool_name = st.pool.clone().unwrap_or_default();
+    let all = instances(ctx, &ns).await?;
+
+    // An instance that already names this run (a claim whose run status write was lost).
+    if let Some(held) = all.iter().find(|i| {
+        i.status.as_ref().is_some_and(|s| s.phase == InstancePhase::Busy && s.run.as_deref() == Some(&run.name_any()))
+    }) {
+        return start(run, st, held.clone(), ctx).await;
+    }
+
+    // An instance provisioned for a run is reserved for it while that run waits for it.
+    let runs: Api<Run> = Api::namespaced(ctx.client.clone(), &ns);
+    let reservations: std::collections::HashMap<String, String> = runs
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|r| {
+            let s = r.status.as_ref()?;
+            let p = s.provisioning_instance.clone().filter(|_| !s.phase.is_finished())?;
+            Some((p, r.name_any()))
+        })
+        .collect();
+    let idle: Vec<IdleInstance> = all
+        .iter()
+        .filter(|i| i.metadata.deletion_timestamp.is_none())
+        .filter_map(|i| {
+            let s = i.status.as_ref()?;
+            if s.phase != InstancePhase::Idle || s.run.is_some() {
+                return None;
+            }
+            Some(IdleInstance {
+                name: i.name_any(),
+                namespace: ns.clone(),
+                pool: s.pool.clone()?,
+                offer: s.offer.clone()?,
+                reserved_for: reservations.get(&i.name_any()).cloned(),
+            })
+        })
+        .collect();
+    let pending = PendingRun {
+        name: run.name_any(),
+        namespace: ns.clone(),
+        pool: pool_name.clone(),
+        requirements: req,
+        policy: policy.clone(),
+        pinned_instance: run.spec.instance.clone(),
+    };
+    if let Some(ix) = pick_instance(&pending, &idle) {
+        let chosen = all.iter().find(|i| i.name_any() == idle[ix].name).cloned().expect("picked from all");
+        let mut ist = chosen.status.clone().unwrap_or_default();
+        crate::core::instance::claim(&mut ist, &run.name_any());
+        // The claim carries the instance's resourceVersion: if anything else changed
+        // the instance since we looked (another run claimed it), this fails with 409.
+        let claimed = match ctx.write_status(&chosen, &ist).await {
+            Ok(i) => i,
+            Err(Error::Kube(e)) if is_conflict(&e) => return Ok(Next::Stop(Action::requeue(Duration::ZERO))),
+            Err(e) => return Err(e),
+        };
+        // A pending instance provisioned for this run is no longer needed.
+        if let Some(p) = st.provisioning_instance.clone().filter(|p| *p != claimed.name_any()) {
+            delete_if_unlaunched(ctx, &ns, &p).await?;
+        }
+        return start(run, st, claimed, ctx).await;
+    }
+
+    // Nothing idle fits. Follow an instance being provisioned for us, if any.
+    if let Some(name) = st.provisioning_instance.clone() {
+        let inst = all.iter().find(|i| i.name_any() == name);
+        let phase = inst.and_then(|i| i.status.as_ref()).map(|s| s.phase);
+        match phase {
+            Some(InstancePhase::Failed) | Some(InstancePhase::Terminated) | Some(InstancePhase::Terminating) | None
+                if inst.is_none_or(|i| i.status.is_some()) =>
+            {
+                let why = inst
+                    .and_then(|i| i.status.as_ref())
+                    .and_then(|s| crate::api::conditions::find(&s.conditions, "Ready"))
+                    .map(|c| c.message.clone())
+                    .unwrap_or_else(|| format!("instance {name} is gone"));
+                let open = sm::retry_deadline(&st, &policy, crate::api::policy::RetryEvent::NoCapacity).is_some_and(|d| now < d);
+                if !open {
+                    return finish(ctx, run, st, RunPhase::Failed, "NoCapacity", None, &format!("could not provision: {why}")).await;
+                }
+                st.provisioning_instance = None;
+                st.attempts += 1;
+                st.phase = RunPhase::Pending;
+                scheduled(&mut st, &run, now, false, "Retrying", &format!("provisioning failed ({why}); retrying"));
+                return Ok(Next::Continue(ctx.write_status(&run, &st).await?));
+            }
+            _ => {
+                let why = inst
+                    .and_then(|i| i.status.as_ref())
+                    .and_then(|s| crate::api::conditions::find(&s.conditions, "Ready"))
+                    .map(|c| format!("{}: {}", c.reason, c.message))
+                    .unwrap_or_else(|| "waiting for the instance to start".into());
+                if scheduled(&mut st, &run, now, false, "Provisioning", &format!("instance {name}: {why}")) {
+                    return Ok(Next::Continue(ctx.write_status(&run, &st).await?));
+                }
+                return Ok(Next::Stop(Action::requeue(WAIT_RECHECK)));
+            }
+        }
+    }
+
+    let max = pool.as_ref().and_then(|p| p.spec.max_instances);
+    let in_pool = all
+        .iter()
+        .filter(|i| instance_pool(i).is_none_or(|p| p == pool_name))
+        .filter(|i| {
+            i.status.as_ref().is_none_or(|s| !matches!(s.phase, InstancePhase::Terminated | InstancePhase::Failed))
+        })
+        .count();
+    match sm::no_fit(&st, &policy, &pool_name, has_room(max, in_pool), run.spec.instance.as_deref(), now) {
+        NoFit::Provision => {
+            let name = format!("{}-{}", run.name_any(), st.attempts);
+            sm::provisioning(&mut st, &name);
+            scheduled(&mut st, &run, now, false, "Provisioning", &format!("no idle instance fits; provisioning {name}"));
+            // Record the name first: a crash after this write cannot create a second one.
+            let run = ctx.write_status(&run, &st).await?;
+            create_instance(ctx, &run, &name, &pool_name).await?;
+            ctx.event(&run, false, "Provisioning", format!("no idle instance fits; provisioning instance {name}")).await;
+            Ok(Next::Continue(run))
+        }
+        NoFit::Wait { reason, message, retry_at } => {
+            if scheduled(&mut st, &run, now, false, reason, &message) {
+                ctx.event(&run, false, reason, message).await;
+                ctx.write_status(&run, &st).await?;
+            }
+            let wait = retry_at.map(|t| until(now, t)).unwrap_or(WAIT_RECHECK).min(WAIT_RECHECK);
+            Ok(Next::Stop(Action::requeue(wait)))
+        }
+        NoFit::Fail { reason, message } => finish(ctx, run, st, RunPhase::Failed, reason, None, &message).await,
+    }
+}
+
+async fn start(run: Run, mut st: RunStatus, inst: Instance, ctx: &Context) -> Result<Next, Error> {
+    let now = ctx.now();
+    match ctx.executor.start(&run, &inst).await {
+        Ok(()) => {}
+        Err(e @ ExecError::Unsupported(_)) => {
+            release_instance(ctx, &run, Some(&inst.name_any())).await?;
+            let msg = e.to_string();
+            return finish(ctx, run, st, RunPhase::Failed, "Unsupported", None, &msg).await;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    sm::assigned(&mut st, &inst.name_any(), now);
+    scheduled(&mut st, &run, now, true, "Assigned", &format!("running on instance {}", inst.name_any()));
+    ctx.event(&run, false, "Assigned", format!("running on instance {}", inst.name_any())).await;
+    Ok(Next::Continue(ctx.write_status(&run, &st).await?))
+}
+
+/// Running: the instance must still hold the run; the job's exit ends the run.
+async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Context) -> Result<Next, Error> {
+    let ns = run.namespace().unwrap_or_default();
+    let now = ctx.now();
+    let name = st.instance.clone().unwrap_or_default();
+    let api: Api<Instance> = Api::namespaced(ctx.client.clone(), &ns);
+    let inst = api.get_opt(&name).await?;
+    let holds = inst.as_ref().is_some_and(|i| {
+        i.status.as_ref().is_some_and(|s| s.phase == InstancePhase::Busy && s.run.as_deref() == Some(&run.name_any()))
+    });
+    let Some(inst) = inst.filter(|_| holds) else {
+        let msg = format!("instance {name} went away while the run was on it");
+        ctx.event(&run, true, "Interrupted", msg.clone()).await;
+        if sm::interrupted(&mut st, policy, "Interrupted", now) {
+            scheduled(&mut st, &run, now, false, "Retrying", &format!("{msg}; retrying"));
+        } else {
+            summary(&mut st, &run, now, &msg);
+        }
+        return Ok(Next::Continue(ctx.write_status(&run, &st).await?));
+    };
+    if let Some(deadline) = sm::max_duration_deadline(&st, policy) {
+        if now >= deadline {
+            ctx.executor.stop(&run, &inst).await?;
+            return finish(ctx, run, st, RunPhase::Terminated, "MaxDurationExceeded", None, "maxDuration reached; stopped").await;
+        }
+    }
+    match ctx.executor.status(&run, &inst).await? {
+        JobState::Running => {
+            let poll = sm::max_duration_deadline(&st, policy).map(|d| until(now, d)).unwrap_or(JOB_POLL).min(JOB_POLL);
+            Ok(Next::Stop(Action::requeue(poll)))
+        }
+        JobState::Exited(code) => {
+            release_instance(ctx, &run, Some(&name)).await?;
+            let retried = sm::job_exited(&mut st, policy, code, now);
+            let msg = format!("the job exited with code {code}");
+            if retried {
+                scheduled(&mut st, &run, now, false, "Retrying", &format!("{msg}; retrying"));
+            } else {
+                summary(&mut st, &run, now, &msg);
+            }
+            ctx.event(&run, code != 0, if code == 0 { "Succeeded" } else { "Failed" }, msg).await;
+            Ok(Next::Continue(ctx.write_status(&run, &st).await?))
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    ctx: &Context,
+    run: Run,
+    mut st: RunStatus,
+    phase: RunPhase,
+    reason: &str,
+    exit: Option<i32>,
+    message: &str,
+) -> Result<Next, Error> {
+    let now = ctx.now();
+    release_instance(ctx, &run, st.instance.as_deref()).await?;
+    sm::finish(&mut st, phase, reason, exit, now);
+    summary(&mut st, &run, now, message);
+    ctx.event(&run, phase != RunPhase::Succeeded, reason, message.to_string()).await;
+    Ok(Next::Continue(ctx.write_status(&run, &st).await?))
+}
+
+async fn stop_job(ctx: &Context, run: &Run, instance: Option<&str>) -> Result<(), Error> {
+    let Some(name) = instance else { return Ok(()) };
+    let api: Api<Instance> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
+    if let Some(inst) = api.get_opt(name).await? {
+        ctx.executor.stop(run, &inst).await?;
+    }
+    Ok(())
+}
+
+/// Frees the instance if this run holds it: Busy → Idle, the idle clock starts now.
+async fn release_instance(ctx: &Context, run: &Run, instance: Option<&str>) -> Result<(), Error> {
+    let Some(name) = instance else { return Ok(()) };
+    let api: Api<Instance> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
+    let Some(inst) = api.get_opt(name).await? else { return Ok(()) };
+    let Some(mut ist) = inst.status.clone() else { return Ok(()) };
+    if ist.run.as_deref() != Some(&run.name_any()) || ist.phase != InstancePhase::Busy {
+        return Ok(());
+    }
+    let now = ctx.now();
+    crate::core::instance::release(&mut ist, now);
+    let c = condition_tri(&ist.conditions, "Ready", "True", "Idle", format!("run {} ended; idle", run.name_any()), inst.metadata.generation, now);
+    upsert(&mut ist.conditions, c);
+    ctx.write_status(&inst, &ist).await?;
+    ctx.event(&inst, false, "Released", format!("run {} ended; the instance is idle", run.name_any())).await;
+    Ok(())
+}
+
+async fn create_instance(ctx: &Context, run: &Run, name: &str, pool: &str) -> Result<(), Error> {
+    let ns = run.namespace().unwrap_or_default();
+    let api: Api<Instance> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut inst = Instance::new(
+        name,
+        InstanceSpec {
+            pool: Some(pool.to_string()),
+            profile: run.spec.profile.clone(),
+            resources: run.spec.resources.clone(),
+            policy: run.spec.policy.clone(),
+        },
+    );
+    inst.metadata.namespace = Some(ns);
+    inst.metadata.labels = Some(BTreeMap::from([
+        (PROVISIONED_FOR_LABEL.to_string(), run.name_any()),
+        (POOL_LABEL.to_string(), pool.to_string()),
+    ]));
+    match api.create(&PostParams::default(), &inst).await {
+        Ok(_) => Ok(()),
+        // Created by an earlier pass that crashed before recording progress.
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn delete_if_unlaunched(ctx: &Context, ns: &str, name: &str) -> Result<(), Error> {
+    let api: Api<Instance> = Api::namespaced(ctx.client.clone(), ns);
+    if let Some(i) = api.get_opt(name).await? {
+        let unlaunched = i.status.as_ref().is_none_or(|s| s.phase == InstancePhase::Pending);
+        if unlaunched {
+            api.delete(name, &Default::default()).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn create_default_pool(ctx: &Context, ns: &str) -> Result<(), Error> {
+    let api: Api<Pool> = Api::namespaced(ctx.client.clone(), ns);
+    let mut pool = Pool::new(DEFAULT_POOL_NAME, PoolSpec::default());
+    pool.metadata.namespace = Some(ns.to_string());
+    match api.create(&PostParams::default(), &pool).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Deletion: stop the job, free the instance, drop an unlaunched instance made for it.
+async fn cleanup(run: Arc<Run>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let st = run.status.clone().unwrap_or_default();
+    if !st.phase.is_finished() {
+        stop_job(&ctx, &run, st.instance.as_deref()).await?;
+    }
+    release_instance(&ctx, &run, st.instance.as_deref()).await?;
+    if let Some(p) = &st.provisioning_instance {
+        delete_if_unlaunched(&ctx, &run.namespace().unwrap_or_default(), p).await?;
+    }
+    Ok(Action::await_change())
+}
+
+/// Sets `Scheduled`; returns true when it changed.
+fn scheduled(st: &mut RunStatus, run: &Run, now: Timestamp, assigned: bool, reason: &str, message: &str) -> bool {
+    let c = condition_tri(&st.conditions, "Scheduled", if assigned { "True" } else { "False" }, reason, message, run.metadata.generation, now);
+    let changed = crate::api::conditions::find(&st.conditions, "Scheduled")
+        .is_none_or(|old| old.status != c.status || old.reason != c.reason || old.message != c.message);
+    upsert(&mut st.conditions, c);
+    summary(st, run, now, message);
+    changed
+}
+
+/// Sets the root `Succeeded` condition from the phase.
+fn summary(st: &mut RunStatus, run: &Run, now: Timestamp, message: &str) {
+    let (status, reason) = match st.phase {
+        RunPhase::Succeeded => ("True", "Succeeded".to_string()),
+        RunPhase::Failed | RunPhase::Terminated => ("False", st.termination_reason.clone().unwrap_or_default()),
+        p => ("Unknown", p.as_str().to_string()),
+    };
+    let c = condition_tri(&st.conditions, "Succeeded", status, &reason, message, run.metadata.generation, now);
+    upsert(&mut st.conditions, c);
+}

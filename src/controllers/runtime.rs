@@ -1,0 +1,79 @@
+//! Wires the reconcilers into kube-runtime controllers and runs them until shutdown.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{watcher, Controller};
+use kube::ResourceExt;
+
+use super::gc::{self, GcConfig};
+use super::{error_policy, instance, pool, run, Context};
+use crate::api::instance::{Instance, PROVISIONED_FOR_LABEL};
+use crate::api::pool::Pool;
+use crate::api::run::Run;
+
+/// Runs the Instance, Run and Pool controllers and the garbage collector, until a
+/// shutdown signal arrives.
+pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig) {
+    let client = ctx.client.clone();
+    let instances: Api<Instance> = Api::all(client.clone());
+    let runs: Api<Run> = Api::all(client.clone());
+    let pools: Api<Pool> = Api::all(client.clone());
+    let cfg = watcher::Config::default();
+
+    let instance_ctl = Controller::new(instances.clone(), cfg.clone())
+        .shutdown_on_signal()
+        .run(instance::reconcile, error_policy, ctx.clone())
+        .for_each(|r| async move { log_result("instance", r) });
+
+    // A run wakes up when an instance it holds or waits for changes, and pending runs
+    // of the namespace wake up when an instance there becomes idle.
+    let run_controller = Controller::new(runs, cfg.clone());
+    let run_store = run_controller.store();
+    let run_ctl = run_controller
+        .watches(instances.clone(), cfg.clone(), move |inst: Instance| {
+            let ns = inst.namespace().unwrap_or_default();
+            let mut refs: Vec<ObjectRef<Run>> = Vec::new();
+            if let Some(r) = inst.status.as_ref().and_then(|s| s.run.clone()) {
+                refs.push(ObjectRef::new(&r).within(&ns));
+            }
+            if let Some(r) = inst.labels().get(PROVISIONED_FOR_LABEL) {
+                refs.push(ObjectRef::new(r).within(&ns));
+            }
+            for r in run_store.state() {
+                let waiting = r.status.as_ref().is_none_or(|s| s.instance.is_none() && !s.phase.is_finished());
+                if r.namespace().as_deref() == Some(ns.as_str()) && waiting {
+                    refs.push(ObjectRef::from_obj(&*r));
+                }
+            }
+            refs
+        })
+        .shutdown_on_signal()
+        .run(run::reconcile, error_policy, ctx.clone())
+        .for_each(|r| async move { log_result("run", r) });
+
+    let pool_ctl = Controller::new(pools, cfg.clone())
+        .watches(instances, cfg, |inst: Instance| {
+            let ns = inst.namespace().unwrap_or_default();
+            inst.status
+                .as_ref()
+                .and_then(|s| s.pool.clone())
+                .map(|p| ObjectRef::new(&p).within(&ns))
+        })
+        .shutdown_on_signal()
+        .run(pool::reconcile, error_policy, ctx.clone())
+        .for_each(|r| async move { log_result("pool", r) });
+
+    let gc = tokio::spawn(gc::run(ctx.clone(), gc_config));
+    tokio::join!(instance_ctl, run_ctl, pool_ctl);
+    gc.abort();
+}
+
+fn log_result<T: std::fmt::Debug, E: std::fmt::Display>(kind: &str, r: Result<T, E>) {
+    match r {
+        Ok(o) => tracing::debug!(kind, object = ?o, "reconciled"),
+        Err(e) => tracing::debug!(kind, error = %e, "reconcile error"),
+    }
+}

@@ -1,0 +1,222 @@
+//! The instance state machine: Pending → Provisioning → Idle ⇄ Busy → Terminating →
+//! Terminated, plus Failed. Each transition is a function of (status, facts, now).
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::offers::next_offer;
+use super::add;
+use super::policy::EffectivePolicy;
+use crate::api::instance::{InstancePhase, InstanceStatus, ProvisioningAttempt};
+use crate::api::offer::Offer;
+use crate::api::policy::RetryEvent;
+use crate::backends::{BackendError, Machine, MachineState};
+
+/// At most this many failed attempts are kept in status.
+pub const MAX_ATTEMPTS_KEPT: usize = 20;
+/// How often a provisioning machine is polled.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
+/// How long to wait before looking for offers again while a retry window is open.
+pub const RETRY_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What the controller should do next for an instance that is not being deleted.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// Write the UID-derived machine name and the pool into status; nothing else yet.
+    RecordIdentity,
+    /// Rank offers and choose one (the instance is admitted to its pool).
+    ChooseOffer,
+    /// Launch the machine for `status.offer` (or adopt the one that already exists).
+    Launch,
+    /// Ask the backend how the machine is doing.
+    Poll,
+    /// Idle: nothing to do until the deadline (`None`: kept forever).
+    IdleUntil(Option<Timestamp>),
+    /// The idle duration ran out: terminate.
+    Expire,
+    /// Busy with a run; check that the run still holds the instance.
+    CheckRun(String),
+    /// Delete the machine and confirm it is gone.
+    Teardown,
+    /// Terminated or Failed: nothing left to do.
+    Done,
+}
+
+/// Decides the next step from status, policy and `now`.
+pub fn next_step(status: &InstanceStatus, policy: &EffectivePolicy, now: Timestamp) -> Step {
+    if status.machine_name.is_none() || status.pool.is_none() {
+        return Step::RecordIdentity;
+    }
+    match status.phase {
+        InstancePhase::Pending => Step::ChooseOffer,
+        InstancePhase::Provisioning if status.provider_id.is_none() => Step::Launch,
+        InstancePhase::Provisioning => Step::Poll,
+        InstancePhase::Idle => match idle_deadline(status, policy) {
+            Some(deadline) if now >= deadline => Step::Expire,
+            deadline => Step::IdleUntil(deadline),
+        },
+        InstancePhase::Busy => match &status.run {
+            Some(run) => Step::CheckRun(run.clone()),
+            None => Step::IdleUntil(None),
+        },
+        InstancePhase::Terminating => Step::Teardown,
+        InstancePhase::Terminated | InstancePhase::Failed => Step::Done,
+    }
+}
+
+/// When an idle instance is due for termination; `None` when it is kept.
+pub fn idle_deadline(status: &InstanceStatus, policy: &EffectivePolicy) -> Option<Timestamp> {
+    let since = status.idle_since.as_ref()?.0;
+    let limit = policy.idle_limit()?;
+    since.checked_add(jiff::SignedDuration::try_from(limit).ok()?).ok()
+}
+
+/// Pending → Provisioning with the chosen offer, before any cloud call.
+pub fn start_provisioning(status: &mut InstanceStatus, offer: Offer, now: Timestamp) {
+    status.resources = Some(offer.resources_summary());
+    status.offer = Some(offer);
+    status.phase = InstancePhase::Provisioning;
+    if status.provisioning_started_at.is_none() {
+        status.provisioning_started_at = Some(Time(now));
+    }
+}
+
+/// The outcome of looking for an offer when none is left to try.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NoOffer {
+    /// Look again at this time (the retry window is still open).
+    RetryAt(Timestamp),
+    /// Give up: Failed with this reason.
+    Fail(&'static str),
+}
+
+/// Chooses the next offer to try from the ranked list, skipping offers already tried
+/// in this provisioning round. `None` plus what to do when nothing is left.
+pub fn choose_offer(
+    status: &InstanceStatus,
+    ranked: &[Offer],
+    policy: &EffectivePolicy,
+    now: Timestamp,
+) -> Result<Offer, NoOffer> {
+    if let Some(o) = next_offer(ranked, &status.attempts) {
+        return Ok(o.clone());
+    }
+    // Every offer failed (or none fits): retry within the window, or fail.
+    let started = status.provisioning_started_at.as_ref().map(|t| t.0).unwrap_or(now);
+    match &policy.retry {
+        Some(r) if r.retries_on(RetryEvent::NoCapacity) => {
+            let end = add(started, r.duration);
+            if now < end {
+                Err(NoOffer::RetryAt(std::cmp::min(end, add(now, RETRY_BACKOFF))))
+            } else {
+                Err(NoOffer::Fail("NoCapacity"))
+            }
+        }
+        _ if ranked.is_empty() => Err(NoOffer::Fail("NoOffers")),
+        _ => Err(NoOffer::Fail("NoCapacity")),
+    }
+}
+
+/// The launch succeeded (or the machine already existed): record it and move on.
+pub fn launched(status: &mut InstanceStatus, machine: &Machine, now: Timestamp) {
+    status.provider_id = Some(machine.provider_id.clone());
+    observe_machine(status, machine, now);
+}
+
+/// Applies the provider's view of a provisioning machine.
+pub fn observe_machine(status: &mut InstanceStatus, machine: &Machine, now: Timestamp) {
+    if machine.address.is_some() {
+        status.address = machine.address.clone();
+    }
+    if status.phase == InstancePhase::Provisioning && machine.state == MachineState::Running {
+        status.phase = InstancePhase::Idle;
+        status.idle_since = Some(Time(now));
+        // A fresh round of attempts starts the next time the instance provisions.
+        status.provisioning_started_at = None;
+    }
+}
+
+/// What to do after a launch attempt failed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LaunchFailure {
+    /// Try this offer next (already written into `status.offer`).
+    NextOffer,
+    /// Try again later (rate limit, transient error, or retry window still open).
+    RetryAt(Timestamp),
+    /// Failed for good with this reason.
+    Fail(&'static str),
+}
+
+/// Records a failed launch and decides what comes next: the next offer for capacity
+/// and per-offer errors, a later retry for throttling, or failure.
+pub fn launch_failed(
+    status: &mut InstanceStatus,
+    err: &BackendError,
+    ranked: &[Offer],
+    policy: &EffectivePolicy,
+    now: Timestamp,
+) -> LaunchFailure {
+    if let BackendError::RateLimited { retry_after, .. } = err {
+        return LaunchFailure::RetryAt(add(now, retry_after.unwrap_or(RETRY_BACKOFF)));
+    }
+    if let Some(offer) = status.offer.clone() {
+        status.attempts.push(ProvisioningAttempt {
+            offer,
+            error: err.category().to_string(),
+            message: err.to_string(),
+            at: Time(now),
+        });
+        let excess = status.attempts.len().saturating_sub(MAX_ATTEMPTS_KEPT);
+        status.attempts.drain(..excess);
+    }
+    match choose_offer(status, ranked, policy, now) {
+        Ok(offer) => {
+            status.resources = Some(offer.resources_summary());
+            status.offer = Some(offer);
+            LaunchFailure::NextOffer
+        }
+        Err(NoOffer::RetryAt(t)) => {
+            // Back to Pending: the next round ranks offers afresh.
+            status.phase = InstancePhase::Pending;
+            status.offer = None;
+            status.resources = None;
+            status.attempts.clear();
+            LaunchFailure::RetryAt(t)
+        }
+        Err(NoOffer::Fail(reason)) => {
+            status.phase = InstancePhase::Failed;
+            LaunchFailure::Fail(reason)
+        }
+    }
+}
+
+/// Idle → Busy for `run`.
+pub fn claim(status: &mut InstanceStatus, run: &str) {
+    status.phase = InstancePhase::Busy;
+    status.run = Some(run.to_string());
+    status.idle_since = None;
+}
+
+/// Busy → Idle; the idle clock starts now.
+pub fn release(status: &mut InstanceStatus, now: Timestamp) {
+    status.phase = InstancePhase::Idle;
+    status.run = None;
+    status.idle_since = Some(Time(now));
+}
+
+/// Any live phase → Terminating.
+pub fn terminate(status: &mut InstanceStatus) {
+    status.phase = InstancePhase::Terminating;
+}
+
+/// The backend says the machine is gone.
+pub fn gone(status: &mut InstanceStatus) {
+    status.phase = InstancePhase::Terminated;
+    status.address = None;
+}
+
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,150 @@
+use super::*;
+use crate::api::policy::{PolicySpec, RetrySpec, TerminationPolicy};
+use crate::core::policy::{effective_policy, Origin};
+
+fn t(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+fn offer(name: &str, price: f64) -> Offer {
+    Offer { backend: "b".into(), region: "r".into(), instance_type: name.into(), cpu: 8, memory: 32.0, price, ..Offer::default() }
+}
+
+fn identified() -> InstanceStatus {
+    InstanceStatus { machine_name: Some("kpool-uid".into()), pool: Some("p".into()), ..InstanceStatus::default() }
+}
+
+fn policy(spec: PolicySpec, origin: Origin) -> EffectivePolicy {
+    effective_policy(&[&spec], origin).unwrap()
+}
+
+#[test]
+fn identity_is_recorded_before_anything_else() {
+    let p = policy(PolicySpec::default(), Origin::Manual);
+    assert_eq!(next_step(&InstanceStatus::default(), &p, t("2026-01-01T00:00:00Z")), Step::RecordIdentity);
+    assert_eq!(next_step(&identified(), &p, t("2026-01-01T00:00:00Z")), Step::ChooseOffer);
+}
+
+#[test]
+fn full_lifecycle_pending_to_terminated() {
+    let now = t("2026-01-01T00:00:00Z");
+    let p = policy(PolicySpec::default(), Origin::Run);
+    let mut s = identified();
+    start_provisioning(&mut s, offer("a", 1.0), now);
+    assert_eq!(s.phase, InstancePhase::Provisioning);
+    assert_eq!(next_step(&s, &p, now), Step::Launch);
+    let m = Machine {
+        name: "kpool-uid".into(),
+        provider_id: "i-1".into(),
+        state: MachineState::Pending,
+        address: None,
+        tags: Default::default(),
+    };
+    launched(&mut s, &m, now);
+    assert_eq!(s.phase, InstancePhase::Provisioning);
+    assert_eq!(next_step(&s, &p, now), Step::Poll);
+    let running = Machine { state: MachineState::Running, address: Some("10.1.1.1".into()), ..m };
+    observe_machine(&mut s, &running, now);
+    assert_eq!(s.phase, InstancePhase::Idle);
+    assert_eq!(s.address.as_deref(), Some("10.1.1.1"));
+    // Idle for 5 minutes (run-provisioned default), then expired.
+    assert_eq!(next_step(&s, &p, now), Step::IdleUntil(Some(t("2026-01-01T00:05:00Z"))));
+    claim(&mut s, "run-1");
+    assert_eq!(next_step(&s, &p, t("2026-01-01T01:00:00Z")), Step::CheckRun("run-1".into()));
+    release(&mut s, t("2026-01-01T01:00:00Z"));
+    assert_eq!(next_step(&s, &p, t("2026-01-01T01:04:59Z")), Step::IdleUntil(Some(t("2026-01-01T01:05:00Z"))));
+    assert_eq!(next_step(&s, &p, t("2026-01-01T01:05:00Z")), Step::Expire);
+    terminate(&mut s);
+    assert_eq!(next_step(&s, &p, now), Step::Teardown);
+    gone(&mut s);
+    assert_eq!(next_step(&s, &p, now), Step::Done);
+}
+
+#[test]
+fn manual_instances_idle_72h_and_dont_destroy_never_expires() {
+    let now = t("2026-01-01T00:00:00Z");
+    let mut s = identified();
+    s.phase = InstancePhase::Idle;
+    s.idle_since = Some(Time(now));
+    let manual = policy(PolicySpec::default(), Origin::Manual);
+    assert_eq!(idle_deadline(&s, &manual), Some(t("2026-01-04T00:00:00Z")));
+    let keep = policy(PolicySpec { termination_policy: Some(TerminationPolicy::DontDestroy), ..Default::default() }, Origin::Run);
+    assert_eq!(next_step(&s, &keep, t("2030-01-01T00:00:00Z")), Step::IdleUntil(None));
+}
+
+#[test]
+fn launch_failure_falls_back_to_the_next_offer_and_records_why() {
+    let now = t("2026-01-01T00:00:00Z");
+    let p = policy(PolicySpec::default(), Origin::Run);
+    let ranked = vec![offer("a", 1.0), offer("b", 2.0)];
+    let mut s = identified();
+    start_provisioning(&mut s, choose_offer(&s, &ranked, &p, now).unwrap(), now);
+    assert_eq!(s.offer.as_ref().unwrap().instance_type, "a");
+    let err = BackendError::InsufficientCapacity("none left".into());
+    assert_eq!(launch_failed(&mut s, &err, &ranked, &p, now), LaunchFailure::NextOffer);
+    assert_eq!(s.offer.as_ref().unwrap().instance_type, "b");
+    assert_eq!(s.attempts.len(), 1);
+    assert_eq!(s.attempts[0].error, "InsufficientCapacity");
+    assert_eq!(s.attempts[0].offer.instance_type, "a");
+    // The last offer fails too: without a retry policy, the instance fails.
+    assert_eq!(launch_failed(&mut s, &err, &ranked, &p, now), LaunchFailure::Fail("NoCapacity"));
+    assert_eq!(s.phase, InstancePhase::Failed);
+    assert_eq!(s.attempts.len(), 2);
+}
+
+#[test]
+fn retry_window_sends_the_instance_back_to_pending_until_it_ends() {
+    let start = t("2026-01-01T00:00:00Z");
+    let p = policy(
+        PolicySpec { retry: Some(RetrySpec { on: None, duration: Some("10m".into()) }), ..Default::default() },
+        Origin::Run,
+    );
+    let ranked = vec![offer("a", 1.0)];
+    let mut s = identified();
+    start_provisioning(&mut s, offer("a", 1.0), start);
+    let err = BackendError::InsufficientCapacity("x".into());
+    let later = t("2026-01-01T00:09:50Z");
+    assert_eq!(launch_failed(&mut s, &err, &ranked, &p, later), LaunchFailure::RetryAt(t("2026-01-01T00:10:00Z")));
+    assert_eq!(s.phase, InstancePhase::Pending);
+    assert!(s.attempts.is_empty(), "a new round starts fresh");
+    // provisioning_started_at is kept, so the window does not restart.
+    start_provisioning(&mut s, offer("a", 1.0), t("2026-01-01T00:10:00Z"));
+    assert_eq!(s.provisioning_started_at.as_ref().unwrap().0, start);
+    assert_eq!(
+        launch_failed(&mut s, &err, &ranked, &p, t("2026-01-01T00:10:00Z")),
+        LaunchFailure::Fail("NoCapacity")
+    );
+}
+
+#[test]
+fn no_offers_at_all_fails_with_no_offers() {
+    let p = policy(PolicySpec::default(), Origin::Run);
+    let s = identified();
+    assert_eq!(choose_offer(&s, &[], &p, t("2026-01-01T00:00:00Z")), Err(NoOffer::Fail("NoOffers")));
+}
+
+#[test]
+fn rate_limits_retry_later_without_burning_the_offer() {
+    let now = t("2026-01-01T00:00:00Z");
+    let p = policy(PolicySpec::default(), Origin::Run);
+    let mut s = identified();
+    start_provisioning(&mut s, offer("a", 1.0), now);
+    let err = BackendError::RateLimited { message: "slow down".into(), retry_after: Some(Duration::from_secs(7)) };
+    assert_eq!(launch_failed(&mut s, &err, &[offer("a", 1.0)], &p, now), LaunchFailure::RetryAt(t("2026-01-01T00:00:07Z")));
+    assert!(s.attempts.is_empty());
+    assert_eq!(s.phase, InstancePhase::Provisioning);
+}
+
+#[test]
+fn attempts_are_bounded() {
+    let now = t("2026-01-01T00:00:00Z");
+    let p = policy(PolicySpec::default(), Origin::Run);
+    let ranked: Vec<Offer> = (0..50).map(|i| offer(&format!("t{i:02}"), 1.0 + i as f64)).collect();
+    let mut s = identified();
+    start_provisioning(&mut s, ranked[0].clone(), now);
+    let err = BackendError::Other("boom".into());
+    for _ in 0..30 {
+        launch_failed(&mut s, &err, &ranked, &p, now);
+    }
+    assert_eq!(s.attempts.len(), MAX_ATTEMPTS_KEPT);
+}

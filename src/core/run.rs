@@ -1,0 +1,155 @@
+//! The run state machine: Pending → Provisioning → Running → Succeeded / Failed /
+//! Terminated. Each transition is a function of (status, facts, now).
+
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::add;
+use super::policy::EffectivePolicy;
+use crate::api::policy::{CreationPolicy, RetryEvent};
+use crate::api::run::{RunPhase, RunStatus};
+
+/// How the job on the instance is doing, as the executor reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum JobState {
+    Running,
+    Exited(i32),
+}
+
+/// What placement should do when no idle instance fits.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NoFit {
+    /// Create a new instance for the run.
+    Provision,
+    /// Wait (Pending) and say why; look again at `retry_at` at the latest.
+    Wait { reason: &'static str, message: String, retry_at: Option<Timestamp> },
+    /// Give up: the run fails with this reason.
+    Fail { reason: &'static str, message: String },
+}
+
+/// The end of the run's retry window (no-capacity), if it retries.
+pub fn retry_deadline(status: &RunStatus, policy: &EffectivePolicy, event: RetryEvent) -> Option<Timestamp> {
+    let r = policy.retry.as_ref().filter(|r| r.retries_on(event))?;
+    let from = status.submitted_at.as_ref()?.0;
+    Some(add(from, r.duration))
+}
+
+/// Decides what to do when no idle instance in the pool fits the run.
+pub fn no_fit(
+    status: &RunStatus,
+    policy: &EffectivePolicy,
+    pool: &str,
+    pool_has_room: bool,
+    pinned: Option<&str>,
+    now: Timestamp,
+) -> NoFit {
+    let deadline = retry_deadline(status, policy, RetryEvent::NoCapacity);
+    if let Some(name) = pinned {
+        return wait_or_fail(
+            deadline,
+            now,
+            "InstanceNotAvailable",
+            format!("instance {name} is not idle in pool {pool} or does not fit the run"),
+        );
+    }
+    if policy.creation_policy == CreationPolicy::Reuse {
+        return wait_or_fail(
+            deadline,
+            now,
+            "NoIdleInstance",
+            format!("no idle instance in pool {pool} fits; creationPolicy Reuse never provisions"),
+        );
+    }
+    if !pool_has_room {
+        return wait_or_fail(
+            deadline,
+            now,
+            "PoolAtCapacity",
+            format!("pool {pool} has reached maxInstances; waiting for an instance to free up"),
+        );
+    }
+    NoFit::Provision
+}
+
+fn wait_or_fail(deadline: Option<Timestamp>, now: Timestamp, reason: &'static str, message: String) -> NoFit {
+    match deadline {
+        Some(d) if now >= d => NoFit::Fail { reason: "NoCapacity", message: format!("retry window ended: {message}") },
+        d => NoFit::Wait { reason, message, retry_at: d },
+    }
+}
+
+/// The run was placed on `instance` and starts now.
+pub fn assigned(status: &mut RunStatus, instance: &str, now: Timestamp) {
+    status.phase = RunPhase::Running;
+    status.instance = Some(instance.to_string());
+    status.provisioning_instance = None;
+    status.started_at = Some(Time(now));
+}
+
+/// A new instance is being provisioned for the run.
+pub fn provisioning(status: &mut RunStatus, instance: &str) {
+    status.phase = RunPhase::Provisioning;
+    status.provisioning_instance = Some(instance.to_string());
+}
+
+/// When a running run must be stopped for exceeding `maxDuration`.
+pub fn max_duration_deadline(status: &RunStatus, policy: &EffectivePolicy) -> Option<Timestamp> {
+    let started = status.started_at.as_ref()?.0;
+    Some(add(started, policy.max_duration?))
+}
+
+/// Ends the run.
+pub fn finish(status: &mut RunStatus, phase: RunPhase, reason: &str, exit_code: Option<i32>, now: Timestamp) {
+    debug_assert!(phase.is_finished());
+    status.phase = phase;
+    status.termination_reason = Some(reason.to_string());
+    if exit_code.is_some() {
+        status.exit_code = exit_code;
+    }
+    status.finished_at = Some(Time(now));
+    status.provisioning_instance = None;
+}
+
+/// The job exited: Succeeded on 0; on an error, retried when the policy says so.
+/// Returns true when the run goes back to Pending for another attempt.
+pub fn job_exited(status: &mut RunStatus, policy: &EffectivePolicy, code: i32, now: Timestamp) -> bool {
+    if code == 0 {
+        finish(status, RunPhase::Succeeded, "Completed", Some(0), now);
+        return false;
+    }
+    if retry_open(status, policy, RetryEvent::Error, now) {
+        resubmit(status, Some(code));
+        return true;
+    }
+    finish(status, RunPhase::Failed, "ContainerExitedWithError", Some(code), now);
+    false
+}
+
+/// The run's instance went away (terminated, reclaimed, unreachable). Returns true
+/// when the run is resubmitted.
+pub fn interrupted(status: &mut RunStatus, policy: &EffectivePolicy, reason: &str, now: Timestamp) -> bool {
+    if retry_open(status, policy, RetryEvent::Interruption, now) {
+        resubmit(status, None);
+        return true;
+    }
+    finish(status, RunPhase::Terminated, reason, None, now);
+    false
+}
+
+fn retry_open(status: &RunStatus, policy: &EffectivePolicy, event: RetryEvent, now: Timestamp) -> bool {
+    retry_deadline(status, policy, event).is_some_and(|d| now < d)
+}
+
+fn resubmit(status: &mut RunStatus, exit_code: Option<i32>) {
+    status.phase = RunPhase::Pending;
+    status.instance = None;
+    status.provisioning_instance = None;
+    status.started_at = None;
+    status.exit_code = exit_code;
+    status.attempts += 1;
+}
+
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,109 @@
+use super::*;
+use crate::api::policy::{PolicySpec, RetrySpec};
+use crate::core::policy::{effective_policy, Origin};
+
+fn t(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+fn policy(spec: PolicySpec) -> EffectivePolicy {
+    effective_policy(&[&spec], Origin::Run).unwrap()
+}
+
+fn submitted(at: &str) -> RunStatus {
+    RunStatus { submitted_at: Some(Time(t(at))), ..RunStatus::default() }
+}
+
+#[test]
+fn reuse_or_create_provisions_when_the_pool_has_room() {
+    let s = submitted("2026-01-01T00:00:00Z");
+    let p = policy(PolicySpec::default());
+    assert_eq!(no_fit(&s, &p, "gpu", true, None, t("2026-01-01T00:00:00Z")), NoFit::Provision);
+    match no_fit(&s, &p, "gpu", false, None, t("2026-01-01T00:00:00Z")) {
+        NoFit::Wait { reason, message, .. } => {
+            assert_eq!(reason, "PoolAtCapacity");
+            assert!(message.contains("pool gpu"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn reuse_never_provisions_and_says_why() {
+    let s = submitted("2026-01-01T00:00:00Z");
+    let p = policy(PolicySpec { creation_policy: Some(CreationPolicy::Reuse), ..Default::default() });
+    match no_fit(&s, &p, "default-pool", true, None, t("2026-01-01T00:00:00Z")) {
+        NoFit::Wait { reason, message, retry_at } => {
+            assert_eq!(reason, "NoIdleInstance");
+            assert!(message.contains("Reuse never provisions"));
+            assert_eq!(retry_at, None);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn waiting_fails_when_the_retry_window_ends() {
+    let s = submitted("2026-01-01T00:00:00Z");
+    let p = policy(PolicySpec {
+        creation_policy: Some(CreationPolicy::Reuse),
+        retry: Some(RetrySpec { on: Some(vec![RetryEvent::NoCapacity]), duration: Some("1h".into()) }),
+        ..Default::default()
+    });
+    match no_fit(&s, &p, "p", true, None, t("2026-01-01T00:30:00Z")) {
+        NoFit::Wait { retry_at, .. } => assert_eq!(retry_at, Some(t("2026-01-01T01:00:00Z"))),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(no_fit(&s, &p, "p", true, None, t("2026-01-01T01:00:00Z")), NoFit::Fail { reason: "NoCapacity", .. }));
+}
+
+#[test]
+fn pinned_instance_waits_for_that_instance() {
+    let s = submitted("2026-01-01T00:00:00Z");
+    let p = policy(PolicySpec::default());
+    match no_fit(&s, &p, "p", true, Some("a100-1"), t("2026-01-01T00:00:00Z")) {
+        NoFit::Wait { reason, message, .. } => {
+            assert_eq!(reason, "InstanceNotAvailable");
+            assert!(message.contains("a100-1"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn lifecycle_and_max_duration() {
+    let now = t("2026-01-01T00:00:00Z");
+    let p = policy(PolicySpec { max_duration: Some("2h".into()), ..Default::default() });
+    let mut s = submitted("2026-01-01T00:00:00Z");
+    provisioning(&mut s, "run-1-r0");
+    assert_eq!(s.phase, RunPhase::Provisioning);
+    assigned(&mut s, "run-1-r0", now);
+    assert_eq!((s.phase, s.instance.as_deref(), s.provisioning_instance.as_deref()), (RunPhase::Running, Some("run-1-r0"), None));
+    assert_eq!(max_duration_deadline(&s, &p), Some(t("2026-01-01T02:00:00Z")));
+    assert!(!job_exited(&mut s, &p, 0, t("2026-01-01T01:00:00Z")));
+    assert_eq!((s.phase, s.exit_code, s.termination_reason.as_deref()), (RunPhase::Succeeded, Some(0), Some("Completed")));
+    assert!(s.finished_at.is_some());
+}
+
+#[test]
+fn errors_and_interruptions_retry_only_when_the_policy_says() {
+    let now = t("2026-01-01T00:10:00Z");
+    let none = policy(PolicySpec::default());
+    let mut s = submitted("2026-01-01T00:00:00Z");
+    assigned(&mut s, "i", now);
+    assert!(!job_exited(&mut s, &none, 3, now));
+    assert_eq!((s.phase, s.exit_code, s.termination_reason.as_deref()), (RunPhase::Failed, Some(3), Some("ContainerExitedWithError")));
+
+    let retry = policy(PolicySpec { retry: Some(RetrySpec::default()), ..Default::default() });
+    let mut s = submitted("2026-01-01T00:00:00Z");
+    assigned(&mut s, "i", now);
+    assert!(job_exited(&mut s, &retry, 3, now));
+    assert_eq!((s.phase, s.attempts, s.instance.as_deref()), (RunPhase::Pending, 1, None));
+    assigned(&mut s, "j", now);
+    assert!(interrupted(&mut s, &retry, "Interrupted", now));
+    assert_eq!(s.attempts, 2);
+    // After the window: terminated with the reason given.
+    assigned(&mut s, "k", now);
+    assert!(!interrupted(&mut s, &retry, "InstanceUnreachable", t("2026-01-01T01:00:00Z")));
+    assert_eq!((s.phase, s.termination_reason.as_deref()), (RunPhase::Terminated, Some("InstanceUnreachable")));
+}

@@ -1,0 +1,110 @@
+//! The seam between the run controller and whatever executes a run's commands on its
+//! instance. Jobs are detached from the controller: `status` can be asked by a
+//! controller that did not `start` the job.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+
+use crate::api::instance::Instance;
+use crate::api::run::Run;
+pub use crate::core::run::JobState;
+
+/// A failure to start, query or stop a job.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ExecError {
+    /// The instance could not be reached.
+    #[error("instance unreachable: {0}")]
+    Unreachable(String),
+    /// The job cannot run there (e.g. an image was given but the host has no container runtime).
+    #[error("cannot run the job: {0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl ExecError {
+    pub fn category(&self) -> &'static str {
+        match self {
+            ExecError::Unreachable(_) => "Unreachable",
+            ExecError::Unsupported(_) => "Unsupported",
+            ExecError::Other(_) => "Other",
+        }
+    }
+}
+
+/// Starts, follows and stops runs' jobs on instances.
+#[async_trait]
+pub trait Executor: Send + Sync {
+    /// Starts the run's job on the instance; starting an already started job is a no-op.
+    async fn start(&self, run: &Run, instance: &Instance) -> Result<(), ExecError>;
+    /// How the job is doing.
+    async fn status(&self, run: &Run, instance: &Instance) -> Result<JobState, ExecError>;
+    /// Stops the job; stopping a job that is not running is a no-op.
+    async fn stop(&self, run: &Run, instance: &Instance) -> Result<(), ExecError>;
+}
+
+/// Holds the instance for the run without executing anything: the run stays Running
+/// until it is stopped (`spec.stop`, deletion) or reaches `maxDuration`. This is what
+/// the controller uses until command execution over SSH and in Pods is built.
+pub struct HoldExecutor;
+
+#[async_trait]
+impl Executor for HoldExecutor {
+    async fn start(&self, _run: &Run, _instance: &Instance) -> Result<(), ExecError> {
+        Ok(())
+    }
+    async fn status(&self, _run: &Run, _instance: &Instance) -> Result<JobState, ExecError> {
+        Ok(JobState::Running)
+    }
+    async fn stop(&self, _run: &Run, _instance: &Instance) -> Result<(), ExecError> {
+        Ok(())
+    }
+}
+
+/// A test double: jobs run until a test finishes them with [`ScriptedExecutor::exit`].
+#[derive(Clone, Default)]
+pub struct ScriptedExecutor {
+    jobs: Arc<Mutex<HashMap<String, JobState>>>,
+    stopped: Arc<Mutex<Vec<String>>>,
+}
+
+impl ScriptedExecutor {
+    /// The job of run `name` exits with `code`.
+    pub fn exit(&self, run: &str, code: i32) {
+        self.jobs.lock().expect("jobs").insert(run.to_string(), JobState::Exited(code));
+    }
+    /// Runs whose jobs were started, with their state.
+    pub fn jobs(&self) -> HashMap<String, JobState> {
+        self.jobs.lock().expect("jobs").clone()
+    }
+    /// Runs whose jobs were stopped, in order.
+    pub fn stopped(&self) -> Vec<String> {
+        self.stopped.lock().expect("stopped").clone()
+    }
+}
+
+fn run_name(run: &Run) -> String {
+    run.metadata.name.clone().unwrap_or_default()
+}
+
+#[async_trait]
+impl Executor for ScriptedExecutor {
+    async fn start(&self, run: &Run, _instance: &Instance) -> Result<(), ExecError> {
+        self.jobs.lock().expect("jobs").entry(run_name(run)).or_insert(JobState::Running);
+        Ok(())
+    }
+    async fn status(&self, run: &Run, _instance: &Instance) -> Result<JobState, ExecError> {
+        self.jobs
+            .lock()
+            .expect("jobs")
+            .get(&run_name(run))
+            .cloned()
+            .ok_or_else(|| ExecError::Other(format!("no job for run {}", run_name(run))))
+    }
+    async fn stop(&self, run: &Run, _instance: &Instance) -> Result<(), ExecError> {
+        self.stopped.lock().expect("stopped").push(run_name(run));
+        Ok(())
+    }
+}

@@ -1,0 +1,334 @@
+//! Reconcile tests against the in-memory API: the controllers' decisions end to end,
+//! with the fake backend and executor.
+
+mod support;
+
+use std::time::Duration;
+
+use kpool::api::conditions::find;
+use kpool::api::instance::{InstancePhase, InstanceSpec, INSTANCE_FINALIZER, PROVISIONED_FOR_LABEL};
+use kpool::api::policy::{CreationPolicy, PolicySpec};
+use kpool::api::pool::PoolSpec;
+use kpool::api::resources::ResourcesSpec;
+use kpool::api::run::{RunPhase, RunSpec};
+use kpool::backends::fake::Call;
+use kpool::backends::BackendError;
+use kube::ResourceExt;
+use support::*;
+
+fn gpu(spec: &str) -> ResourcesSpec {
+    ResourcesSpec { gpu: Some(spec.into()), ..Default::default() }
+}
+
+fn cpu(spec: &str) -> ResourcesSpec {
+    ResourcesSpec { cpu: Some(spec.into()), ..Default::default() }
+}
+
+async fn idle_instance(h: &Harness, name: &str, resources: ResourcesSpec) {
+    h.instance(name, InstanceSpec { resources, ..Default::default() }).await;
+    h.settle(2).await;
+    let i = h.get_instance(name).await;
+    assert_eq!(i.status.as_ref().unwrap().phase, InstancePhase::Idle, "{name}: {:?}", i.status);
+}
+
+#[tokio::test]
+async fn a_run_reuses_a_fitting_idle_instance() {
+    let h = Harness::new().await;
+    idle_instance(&h, "a10g", gpu("A10G")).await;
+    idle_instance(&h, "cpu", cpu("4..")).await;
+    let creates_before = h.backend.creates().len();
+
+    h.run("train", RunSpec { resources: gpu("24GB"), ..Default::default() }).await;
+    let errors = h.settle(2).await;
+    assert!(errors.is_empty(), "{errors:?}");
+
+    let run = h.get_run("train").await;
+    let st = run.status.unwrap();
+    assert_eq!(st.phase, RunPhase::Running);
+    assert_eq!(st.instance.as_deref(), Some("a10g"));
+    assert!(find(&st.conditions, "Scheduled").is_some_and(|c| c.status == "True"));
+    let inst = h.get_instance("a10g").await.status.unwrap();
+    assert_eq!((inst.phase, inst.run.as_deref()), (InstancePhase::Busy, Some("train")));
+    assert_eq!(h.backend.creates().len(), creates_before, "reuse must not provision");
+    assert_eq!(h.get_instance("cpu").await.status.unwrap().phase, InstancePhase::Idle);
+}
+
+#[tokio::test]
+async fn a_run_provisions_when_none_fits_then_the_instance_idles_and_is_torn_down() {
+    let h = Harness::new().await;
+    idle_instance(&h, "cpu", cpu("4..")).await;
+
+    h.run("train", RunSpec { resources: gpu("A100:80GB:8"), ..Default::default() }).await;
+    let errors = h.settle(3).await;
+    assert!(errors.is_empty(), "{errors:?}");
+
+    let st = h.get_run("train").await.status.unwrap();
+    assert_eq!(st.phase, RunPhase::Running, "{st:?}");
+    let name = st.instance.clone().unwrap();
+    assert_eq!(name, "train-0");
+    let inst = h.get_instance(&name).await;
+    assert_eq!(inst.labels().get(PROVISIONED_FOR_LABEL).map(String::as_str), Some("train"));
+    let ist = inst.status.unwrap();
+    assert_eq!(ist.offer.as_ref().unwrap().instance_type, "p4de.24xlarge", "cheapest fitting offer");
+    assert_eq!(ist.pool.as_deref(), Some("default-pool"));
+    assert!(h.api::<kpool::api::pool::Pool>().get("default-pool").await.is_ok(), "default pool created on first use");
+
+    // The job ends: the instance goes back to idle, its clock starts now.
+    h.exec.exit("train", 0);
+    h.settle(1).await;
+    let st = h.get_run("train").await.status.unwrap();
+    assert_eq!((st.phase, st.exit_code), (RunPhase::Succeeded, Some(0)));
+    let ist = h.get_instance(&name).await.status.unwrap();
+    assert_eq!(ist.phase, InstancePhase::Idle);
+    assert_eq!(ist.idle_since.unwrap().0, t0());
+
+    // 4m59s later it is still there; at 5m (run-provisioned default) it is torn down.
+    h.advance(Duration::from_secs(299));
+    h.settle(1).await;
+    assert_eq!(h.get_instance(&name).await.status.unwrap().phase, InstancePhase::Idle);
+    h.advance(Duration::from_secs(1));
+    h.settle(2).await;
+    let ist = h.get_instance(&name).await.status.unwrap();
+    assert_eq!(ist.phase, InstancePhase::Terminated, "{ist:?}");
+    assert_eq!(find(&ist.conditions, "Ready").unwrap().reason, "IdleTimeout");
+    let machine = ist.machine_name.unwrap();
+    assert!(h.backend.calls().contains(&Call::Delete { name: machine.clone() }));
+    assert!(h.backend.live_machines().iter().all(|m| m.name != machine));
+    // The hand-added CPU instance (72h default) is untouched.
+    assert_eq!(h.get_instance("cpu").await.status.unwrap().phase, InstancePhase::Idle);
+}
+
+#[tokio::test]
+async fn reuse_never_provisions_and_reports_why_it_waits() {
+    let h = Harness::new().await;
+    idle_instance(&h, "cpu", cpu("4..")).await;
+    let creates_before = h.backend.creates().len();
+    h.run(
+        "eval",
+        RunSpec {
+            resources: gpu("A100"),
+            policy: PolicySpec { creation_policy: Some(CreationPolicy::Reuse), ..Default::default() },
+            ..Default::default()
+        },
+    )
+    .await;
+    h.settle(3).await;
+    let st = h.get_run("eval").await.status.unwrap();
+    assert_eq!(st.phase, RunPhase::Pending);
+    let c = find(&st.conditions, "Scheduled").unwrap();
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "NoIdleInstance"));
+    assert!(c.message.contains("Reuse never provisions"), "{}", c.message);
+    assert_eq!(h.backend.creates().len(), creates_before);
+    assert_eq!(h.api::<kpool::api::instance::Instance>().list(&Default::default()).await.unwrap().items.len(), 1);
+}
+
+#[tokio::test]
+async fn provisioning_falls_back_to_the_next_offer() {
+    let h = Harness::new().await;
+    h.backend.no_capacity_for("g5.xlarge");
+    h.instance("a10g", InstanceSpec { resources: gpu("A10G"), ..Default::default() }).await;
+    h.settle(2).await;
+    let st = h.get_instance("a10g").await.status.unwrap();
+    assert_eq!(st.phase, InstancePhase::Idle, "{st:?}");
+    assert_eq!(st.offer.as_ref().unwrap().instance_type, "g5.2xlarge");
+    assert_eq!(st.attempts.len(), 1);
+    assert_eq!(st.attempts[0].offer.instance_type, "g5.xlarge");
+    assert_eq!(st.attempts[0].error, "InsufficientCapacity");
+    let tried: Vec<String> = h
+        .backend
+        .creates()
+        .into_iter()
+        .map(|c| match c {
+            Call::Create { instance_type, .. } => instance_type,
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(tried, vec!["g5.xlarge", "g5.2xlarge"]);
+    assert_eq!(h.backend.live_machines().len(), 1, "one machine, not two");
+}
+
+#[tokio::test]
+async fn every_offer_failing_marks_the_instance_failed_with_the_reason() {
+    let h = Harness::new().await;
+    h.backend.no_capacity_for("g5.xlarge");
+    h.backend.no_capacity_for("g5.2xlarge");
+    h.instance("a10g", InstanceSpec { resources: gpu("A10G"), ..Default::default() }).await;
+    h.settle(2).await;
+    let st = h.get_instance("a10g").await.status.unwrap();
+    assert_eq!(st.phase, InstancePhase::Failed);
+    assert_eq!(find(&st.conditions, "Ready").unwrap().reason, "NoCapacity");
+    assert_eq!(st.attempts.len(), 2);
+    assert!(h.backend.live_machines().is_empty());
+}
+
+#[tokio::test]
+async fn deleting_a_busy_instance_deletes_the_machine_and_interrupts_the_run() {
+    let h = Harness::new().await;
+    idle_instance(&h, "a10g", gpu("A10G")).await;
+    h.run("train", RunSpec { resources: gpu("A10G"), ..Default::default() }).await;
+    h.settle(1).await;
+    assert_eq!(h.get_instance("a10g").await.status.unwrap().phase, InstancePhase::Busy);
+    let machine = h.get_instance("a10g").await.status.unwrap().machine_name.unwrap();
+
+    // First pass: delete requested at the backend; the finalizer stays until it is gone.
+    let r = h.delete_instance("a10g").await;
+    assert!(r.is_err(), "cleanup waits for the backend to confirm");
+    let i = h.get_instance("a10g").await;
+    assert!(i.finalizers().contains(&INSTANCE_FINALIZER.to_string()));
+    assert_eq!(i.status.unwrap().phase, InstancePhase::Terminating);
+    // Second pass: the backend reports NotFound; the finalizer goes and the object with it.
+    h.delete_instance("a10g").await.expect("cleanup done");
+    assert!(h.api::<kpool::api::instance::Instance>().get_opt("a10g").await.unwrap().is_none());
+    assert!(h.backend.live_machines().iter().all(|m| m.name != machine));
+
+    // The run notices and ends as interrupted (no retry policy).
+    h.settle(1).await;
+    let st = h.get_run("train").await.status.unwrap();
+    assert_eq!((st.phase, st.termination_reason.as_deref()), (RunPhase::Terminated, Some("Interrupted")));
+}
+
+#[tokio::test]
+async fn deleting_an_instance_whose_machine_is_already_gone() {
+    let h = Harness::new().await;
+    idle_instance(&h, "cpu", cpu("4..")).await;
+    let machine = h.get_instance("cpu").await.status.unwrap().machine_name.unwrap();
+    h.backend.vanish(&machine);
+    h.delete_instance("cpu").await.expect("NotFound means done");
+    assert!(h.api::<kpool::api::instance::Instance>().get_opt("cpu").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn deleting_an_instance_that_never_launched_needs_no_backend() {
+    let h = Harness::new().await;
+    h.instance("bad", InstanceSpec { resources: gpu("A100:x:y:z"), ..Default::default() }).await;
+    h.settle(1).await;
+    let st = h.get_instance("bad").await.status.unwrap();
+    assert_eq!(st.phase, InstancePhase::Failed);
+    let c = find(&st.conditions, "Ready").unwrap();
+    assert_eq!(c.reason, "InvalidSpec");
+    assert!(c.message.contains("resources.gpu"), "{}", c.message);
+    h.delete_instance("bad").await.expect("nothing to delete");
+    assert!(h.backend.creates().is_empty());
+}
+
+#[tokio::test]
+async fn a_conflict_on_a_status_write_is_retried() {
+    let h = Harness::new().await;
+    h.instance("cpu", InstanceSpec { resources: cpu("4.."), ..Default::default() }).await;
+    // Add the finalizer first.
+    h.reconcile_instance("cpu").await.unwrap();
+    h.fail_status_writes.store(1, std::sync::atomic::Ordering::SeqCst);
+    let err = h.reconcile_instance("cpu").await.unwrap_err();
+    assert_eq!(err.category(), "Conflict");
+    assert!(err.retry_after() < Duration::from_secs(1), "conflicts are retried quickly");
+    assert!(h.backend.creates().is_empty(), "nothing launched on a failed status write");
+    // The retry goes through.
+    h.settle(2).await;
+    assert_eq!(h.get_instance("cpu").await.status.unwrap().phase, InstancePhase::Idle);
+    assert_eq!(h.backend.creates().len(), 1);
+}
+
+#[tokio::test]
+async fn a_stale_claim_is_rejected_so_two_runs_never_share_an_instance() {
+    let h = Harness::new().await;
+    idle_instance(&h, "a10g", gpu("A10G")).await;
+    h.run("a", RunSpec { resources: gpu("A10G"), policy: reuse(), ..Default::default() }).await;
+    h.run("b", RunSpec { resources: gpu("A10G"), policy: reuse(), ..Default::default() }).await;
+    // Both runs get their first status; both then see the same idle instance.
+    h.reconcile_run("a").await.unwrap();
+    h.reconcile_run("b").await.unwrap();
+    let stale_b = h.get_run("b").await;
+    h.reconcile_run("a").await.unwrap();
+    // b decides on the instance as it was before a's claim: its claim must fail.
+    let _ = kpool::controllers::run::reconcile(std::sync::Arc::new(stale_b), h.ctx.clone()).await;
+    h.settle(2).await;
+    let a = h.get_run("a").await.status.unwrap();
+    let b = h.get_run("b").await.status.unwrap();
+    assert_eq!((a.phase, a.instance.as_deref()), (RunPhase::Running, Some("a10g")));
+    assert_eq!((b.phase, b.instance.as_deref()), (RunPhase::Pending, None));
+    assert_eq!(h.get_instance("a10g").await.status.unwrap().run.as_deref(), Some("a"));
+}
+
+fn reuse() -> PolicySpec {
+    PolicySpec { creation_policy: Some(CreationPolicy::Reuse), ..Default::default() }
+}
+
+#[tokio::test]
+async fn max_instances_is_never_exceeded_and_the_run_says_why_it_waits() {
+    let h = Harness::new().await;
+    h.pool("small", PoolSpec { max_instances: Some(1), ..Default::default() }).await;
+    h.run("r1", RunSpec { pool: Some("small".into()), resources: gpu("A10G"), ..Default::default() }).await;
+    h.run("r2", RunSpec { pool: Some("small".into()), resources: gpu("A100"), ..Default::default() }).await;
+    h.settle(3).await;
+    let r1 = h.get_run("r1").await.status.unwrap();
+    let r2 = h.get_run("r2").await.status.unwrap();
+    assert_eq!(r1.phase, RunPhase::Running);
+    assert_eq!(r2.phase, RunPhase::Pending);
+    let c = find(&r2.conditions, "Scheduled").unwrap();
+    assert_eq!(c.reason, "PoolAtCapacity", "{c:?}");
+    assert_eq!(h.backend.live_machines().len(), 1);
+    let pool = h.api::<kpool::api::pool::Pool>().get("small").await.unwrap().status.unwrap();
+    assert_eq!((pool.busy, pool.total), (1, 1));
+    assert!(find(&pool.conditions, "AtCapacity").is_some_and(|c| c.status == "True"));
+}
+
+#[tokio::test]
+async fn stopping_a_run_frees_its_instance_and_starts_the_idle_clock() {
+    let h = Harness::new().await;
+    idle_instance(&h, "a10g", gpu("A10G")).await;
+    h.run("train", RunSpec { resources: gpu("A10G"), ..Default::default() }).await;
+    h.settle(1).await;
+    h.advance(Duration::from_secs(3600));
+    let mut run = h.get_run("train").await;
+    run.spec.stop = true;
+    h.api::<kpool::api::run::Run>().replace("train", &Default::default(), &run).await.unwrap();
+    h.settle(1).await;
+    let st = h.get_run("train").await.status.unwrap();
+    assert_eq!((st.phase, st.termination_reason.as_deref()), (RunPhase::Terminated, Some("Stopped")));
+    assert_eq!(h.exec.stopped(), vec!["train".to_string()]);
+    let ist = h.get_instance("a10g").await.status.unwrap();
+    assert_eq!((ist.phase, ist.run.as_deref()), (InstancePhase::Idle, None));
+    assert_eq!(ist.idle_since.unwrap().0, h.clock_now());
+}
+
+#[tokio::test]
+async fn deleting_a_running_run_stops_the_job_and_frees_the_instance() {
+    let h = Harness::new().await;
+    idle_instance(&h, "a10g", gpu("A10G")).await;
+    h.run("train", RunSpec { resources: gpu("A10G"), ..Default::default() }).await;
+    h.settle(1).await;
+    h.delete_run("train").await.unwrap();
+    assert!(h.api::<kpool::api::run::Run>().get_opt("train").await.unwrap().is_none());
+    assert_eq!(h.exec.stopped(), vec!["train".to_string()]);
+    assert_eq!(h.get_instance("a10g").await.status.unwrap().phase, InstancePhase::Idle);
+}
+
+#[tokio::test]
+async fn a_pool_profile_applies_to_its_runs() {
+    let h = Harness::new().await;
+    h.create(kpool::api::profile::Profile::new(
+        "cheap",
+        kpool::api::profile::ProfileSpec { policy: PolicySpec { max_price: Some(0.5), ..Default::default() } },
+    ))
+    .await;
+    h.pool("p", PoolSpec { profile: Some("cheap".into()), ..Default::default() }).await;
+    h.run("gpu", RunSpec { pool: Some("p".into()), resources: gpu("A10G"), ..Default::default() }).await;
+    h.settle(3).await;
+    let st = h.get_run("gpu").await.status.unwrap();
+    assert_eq!((st.phase, st.termination_reason.as_deref()), (RunPhase::Failed, Some("NoCapacity")), "{st:?}");
+    let inst = h.get_instance("gpu-0").await.status.unwrap();
+    assert_eq!(find(&inst.conditions, "Ready").unwrap().reason, "NoOffers");
+}
+
+#[tokio::test]
+async fn rate_limits_are_retried_later_without_marking_the_offer_failed() {
+    let h = Harness::new().await;
+    h.backend.fail_next_create(BackendError::RateLimited { message: "slow down".into(), retry_after: None });
+    h.instance("cpu", InstanceSpec { resources: cpu("4.."), ..Default::default() }).await;
+    h.settle(1).await;
+    let st = h.get_instance("cpu").await.status.unwrap();
+    assert_eq!(st.phase, InstancePhase::Provisioning);
+    assert!(st.attempts.is_empty());
+    h.settle(1).await;
+    assert_eq!(h.get_instance("cpu").await.status.unwrap().phase, InstancePhase::Idle);
+}

@@ -1,0 +1,275 @@
+//! Test support: the in-memory API (kube-fake-client) set up for kpool's kinds, the
+//! fake backend and executor, a manual clock, and a small driver that plays the role
+//! of the controller loops.
+//!
+//! Two gaps of the in-memory API are closed here, as the real API server behaves:
+//! - Server-Side Apply of a status is stored as a merge patch by the fake; with one
+//!   field manager writing whole statuses (kpool's rule) the real server replaces the
+//!   status, so the `patch_status` interceptor below replaces it too, after checking the
+//!   `resourceVersion` precondition (409 on mismatch).
+//! - DELETE removes an object at once even with finalizers; [`Harness::delete_instance`]
+//!   and [`Harness::delete_run`] set `deletionTimestamp` on the object handed to the
+//!   reconciler and remove the stored object only once its finalizers are gone.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, PostParams};
+use kube::runtime::controller::Action;
+use kube::{Client, Resource, ResourceExt};
+use kube_fake_client::interceptor::{Funcs, PatchStatusContext};
+use kube_fake_client::ClientBuilder;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use kpool::api::backend::{Backend, BackendSpec, BackendType};
+use kpool::api::instance::{Instance, InstanceSpec};
+use kpool::api::offer::Offer;
+use kpool::api::pool::{Pool, PoolSpec};
+use kpool::api::profile::Profile;
+use kpool::api::run::{Run, RunSpec};
+use kpool::backends::fake::{FakeBackend, FakeFactory};
+use kpool::controllers::{instance, pool, run, Context, Error, ManualClock};
+use kpool::exec::ScriptedExecutor;
+
+pub const NS: &str = "ml";
+
+pub fn t0() -> Timestamp {
+    "2026-11-28T10:00:00Z".parse().unwrap()
+}
+
+pub fn offer(instance_type: &str, cpu: u32, memory: f64, gpus: u32, gpu: &str, gpu_mem: f64, price: f64) -> Offer {
+    Offer {
+        backend: String::new(),
+        region: "us-east-1".into(),
+        instance_type: instance_type.into(),
+        cpu,
+        memory,
+        disk: None,
+        gpu_count: gpus,
+        gpu_name: (gpus > 0).then(|| gpu.to_string()),
+        gpu_memory: gpu_mem,
+        gpu_vendor: (gpus > 0).then_some(kpool::api::resources::GpuVendor::Nvidia),
+        compute_capability: None,
+        spot: false,
+        price,
+        cpu_arch: None,
+    }
+}
+
+/// A sample catalog: CPU machines and A10G / A100 machines.
+pub fn catalog() -> Vec<Offer> {
+    vec![
+        offer("m5.xlarge", 4, 16.0, 0, "", 0.0, 0.192),
+        offer("m5.2xlarge", 8, 32.0, 0, "", 0.0, 0.384),
+        offer("g5.xlarge", 4, 16.0, 1, "A10G", 24.0, 1.006),
+        offer("g5.2xlarge", 8, 32.0, 1, "A10G", 24.0, 1.212),
+        offer("p4d.24xlarge", 96, 1152.0, 8, "A100", 40.0, 32.77),
+        offer("p4de.24xlarge", 96, 1152.0, 8, "A100", 80.0, 40.96),
+    ]
+}
+
+pub struct Harness {
+    pub client: Client,
+    pub ctx: Arc<Context>,
+    pub clock: ManualClock,
+    pub backend: FakeBackend,
+    pub exec: ScriptedExecutor,
+    /// The next N status writes fail with 409 Conflict.
+    pub fail_status_writes: Arc<AtomicUsize>,
+}
+
+fn conflict(msg: String) -> kube_fake_client::Error {
+    kube_fake_client::Error::Conflict(msg)
+}
+
+/// Replaces the status of a `K` from an apply patch, honouring its resourceVersion.
+fn replace_status<K>(ctx: &PatchStatusContext) -> kube_fake_client::Result<Option<Value>>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let mut current: K = ctx.client.get(ctx.namespace, ctx.name)?;
+    let want = ctx.patch.pointer("/metadata/resourceVersion").and_then(Value::as_str);
+    let have = current.meta().resource_version.clone();
+    if let Some(want) = want {
+        if have.as_deref() != Some(want) {
+            return Err(conflict(format!(
+                "the object has been modified: resourceVersion {want} is stale (now {})",
+                have.unwrap_or_default()
+            )));
+        }
+    }
+    let mut value = serde_json::to_value(&current)?;
+    value["status"] = ctx.patch.get("status").cloned().unwrap_or(Value::Null);
+    current = serde_json::from_value(value)?;
+    let updated = ctx.client.update_status(ctx.namespace, &current, &PostParams::default())?;
+    Ok(Some(serde_json::to_value(updated)?))
+}
+
+impl Harness {
+    pub async fn new() -> Harness {
+        Self::with_offers(catalog()).await
+    }
+
+    pub async fn with_offers(offers: Vec<Offer>) -> Harness {
+        let fail_status_writes = Arc::new(AtomicUsize::new(0));
+        let fail = fail_status_writes.clone();
+        let funcs = Funcs::new().patch_status(move |ctx: PatchStatusContext| {
+            if fail.load(Ordering::SeqCst) > 0 {
+                fail.fetch_sub(1, Ordering::SeqCst);
+                return Err(conflict("injected conflict".into()));
+            }
+            if ctx.patch_type != kube_fake_client::PatchType::ApplyPatch {
+                return Ok(None);
+            }
+            match ctx.patch.get("kind").and_then(Value::as_str) {
+                Some("Instance") => replace_status::<Instance>(&ctx),
+                Some("Run") => replace_status::<Run>(&ctx),
+                Some("Pool") => replace_status::<Pool>(&ctx),
+                Some("Backend") => replace_status::<Backend>(&ctx),
+                _ => Ok(None),
+            }
+        });
+        let client = ClientBuilder::new()
+            .with_resource::<Instance>()
+            .with_status_subresource::<Instance>()
+            .with_resource::<Run>()
+            .with_status_subresource::<Run>()
+            .with_resource::<Pool>()
+            .with_status_subresource::<Pool>()
+            .with_resource::<Profile>()
+            .with_resource::<Backend>()
+            .with_status_subresource::<Backend>()
+            .with_resource::<k8s_openapi::api::events::v1::Event>()
+            .with_interceptor_funcs(funcs)
+            .build()
+            .await
+            .expect("fake client");
+        let backend = FakeBackend::new("aws", offers);
+        let clock = ManualClock::new(t0());
+        let exec = ScriptedExecutor::default();
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            Arc::new(FakeFactory::with([backend.clone()])),
+            Arc::new(exec.clone()),
+            Arc::new(clock.clone()),
+        ));
+        let h = Harness { client, ctx, clock, backend, exec, fail_status_writes };
+        h.create(Backend::new("aws", BackendSpec { type_: BackendType::Aws, ..Default::default() })).await;
+        h
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    pub async fn create<K>(&self, mut obj: K) -> K
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        obj.meta_mut().namespace = Some(NS.into());
+        if obj.meta().creation_timestamp.is_none() {
+            obj.meta_mut().creation_timestamp = Some(Time(self.clock_now()));
+        }
+        self.api::<K>().create(&PostParams::default(), &obj).await.expect("create")
+    }
+
+    pub fn clock_now(&self) -> Timestamp {
+        use kpool::controllers::Clock;
+        self.clock.now()
+    }
+
+    pub async fn pool(&self, name: &str, spec: PoolSpec) -> Pool {
+        self.create(Pool::new(name, spec)).await
+    }
+
+    pub async fn instance(&self, name: &str, spec: InstanceSpec) -> Instance {
+        self.create(Instance::new(name, spec)).await
+    }
+
+    pub async fn run(&self, name: &str, spec: RunSpec) -> Run {
+        self.create(Run::new(name, spec)).await
+    }
+
+    pub async fn get_instance(&self, name: &str) -> Instance {
+        self.api::<Instance>().get(name).await.expect("instance exists")
+    }
+
+    pub async fn get_run(&self, name: &str) -> Run {
+        self.api::<Run>().get(name).await.expect("run exists")
+    }
+
+    pub async fn reconcile_instance(&self, name: &str) -> Result<Action, Error> {
+        let obj = self.get_instance(name).await;
+        instance::reconcile(Arc::new(obj), self.ctx.clone()).await
+    }
+
+    pub async fn reconcile_run(&self, name: &str) -> Result<Action, Error> {
+        let obj = self.get_run(name).await;
+        run::reconcile(Arc::new(obj), self.ctx.clone()).await
+    }
+
+    /// Plays the controllers: reconciles every Run, Instance and Pool, `rounds` times.
+    /// Errors are tolerated (the real loop requeues them); the last ones are returned.
+    pub async fn settle(&self, rounds: usize) -> Vec<String> {
+        let mut errors = Vec::new();
+        for _ in 0..rounds {
+            errors.clear();
+            for r in self.api::<Run>().list(&Default::default()).await.unwrap().items {
+                if let Err(e) = run::reconcile(Arc::new(r.clone()), self.ctx.clone()).await {
+                    errors.push(format!("run {}: {e}", r.name_any()));
+                }
+            }
+            for i in self.api::<Instance>().list(&Default::default()).await.unwrap().items {
+                if let Err(e) = instance::reconcile(Arc::new(i.clone()), self.ctx.clone()).await {
+                    errors.push(format!("instance {}: {e}", i.name_any()));
+                }
+            }
+            for p in self.api::<Pool>().list(&Default::default()).await.unwrap().items {
+                if let Err(e) = pool::reconcile(Arc::new(p.clone()), self.ctx.clone()).await {
+                    errors.push(format!("pool {}: {e}", p.name_any()));
+                }
+            }
+        }
+        errors
+    }
+
+    /// Deletes an instance the way the API server does with finalizers: marks it,
+    /// reconciles it, and removes it once no finalizer is left.
+    pub async fn delete_instance(&self, name: &str) -> Result<Action, Error> {
+        let mut obj = self.get_instance(name).await;
+        obj.metadata.deletion_timestamp = Some(Time(self.clock_now()));
+        let r = instance::reconcile(Arc::new(obj), self.ctx.clone()).await;
+        if self.get_instance(name).await.finalizers().is_empty() {
+            self.api::<Instance>().delete(name, &Default::default()).await.expect("delete");
+        }
+        r
+    }
+
+    /// As [`Harness::delete_instance`], for a run.
+    pub async fn delete_run(&self, name: &str) -> Result<Action, Error> {
+        let mut obj = self.get_run(name).await;
+        obj.metadata.deletion_timestamp = Some(Time(self.clock_now()));
+        let r = run::reconcile(Arc::new(obj), self.ctx.clone()).await;
+        if self.get_run(name).await.finalizers().is_empty() {
+            self.api::<Run>().delete(name, &Default::default()).await.expect("delete");
+        }
+        r
+    }
+
+    pub fn advance(&self, d: Duration) {
+        self.clock.advance(d);
+    }
+}
