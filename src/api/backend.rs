@@ -69,6 +69,7 @@ pub struct CatalogSource {
     version = "v1alpha1",
     kind = "Backend",
     namespaced,
+    derive = "Default",
     status = "BackendStatus",
     shortname = "kb",
     category = "kpool",

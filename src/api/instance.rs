@@ -58,6 +58,7 @@ impl InstancePhase {
     version = "v1alpha1",
     kind = "Instance",
     namespaced,
+    derive = "Default",
     status = "InstanceStatus",
     shortname = "kin",
     category = "kpool",

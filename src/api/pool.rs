@@ -20,6 +20,7 @@ pub const DEFAULT_POOL_NAME: &str = "default-pool";
     version = "v1alpha1",
     kind = "Pool",
     namespaced,
+    derive = "Default",
     status = "PoolStatus",
     shortname = "kpl",
     category = "kpool",

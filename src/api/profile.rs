@@ -14,6 +14,7 @@ use super::policy::PolicySpec;
     version = "v1alpha1",
     kind = "Profile",
     namespaced,
+    derive = "Default",
     status = "ProfileStatus",
     shortname = "kprof",
     category = "kpool",

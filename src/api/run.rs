@@ -55,6 +55,7 @@ impl RunPhase {
     version = "v1alpha1",
     kind = "Run",
     namespaced,
+    derive = "Default",
     status = "RunStatus",
     shortname = "krun",
     category = "kpool",

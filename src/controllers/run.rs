@@ -16,7 +16,7 @@ use super::instance::until;
 use super::observe::{instance_pool, instances, policy_of, pool_of};
 use super::{is_conflict, Context, Error};
 use crate::api::conditions::{condition_tri, upsert};
-use crate::api::instance::{Instance, InstancePhase, InstanceSpec, POOL_LABEL, PROVISIONED_FOR_LABEL};
+use crate::api::instance::{Instance, InstancePhase, InstanceSpec, INSTANCE_FINALIZER, POOL_LABEL, PROVISIONED_FOR_LABEL};
 use crate::api::pool::{Pool, PoolSpec, DEFAULT_POOL_NAME};
 use crate::api::run::{Run, RunPhase, RunStatus, RUN_FINALIZER};
 use crate::core::matching::{pick_instance, IdleInstance, PendingRun};
@@ -373,6 +373,8 @@ async fn create_instance(ctx: &Context, run: &Run, name: &str, pool: &str) -> Re
         },
     );
     inst.metadata.namespace = Some(ns);
+    // Born with its finalizer: no window in which its machine could outlive it.
+    inst.metadata.finalizers = Some(vec![INSTANCE_FINALIZER.to_string()]);
     inst.metadata.labels = Some(BTreeMap::from([
         (PROVISIONED_FOR_LABEL.to_string(), run.name_any()),
         (POOL_LABEL.to_string(), pool.to_string()),

@@ -10,6 +10,9 @@
 //! - DELETE removes an object at once even with finalizers; [`Harness::delete_instance`]
 //!   and [`Harness::delete_run`] set `deletionTimestamp` on the object handed to the
 //!   reconciler and remove the stored object only once its finalizers are gone.
+//! - A JSON patch `test` of a missing `/metadata/finalizers` fails in the fake (the real
+//!   server treats it as null), so objects made here start with a placeholder
+//!   finalizer, [`HOLD`], which deletion ignores.
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -38,6 +41,8 @@ use kpool::controllers::{instance, pool, run, Context, Error, ManualClock};
 use kpool::exec::ScriptedExecutor;
 
 pub const NS: &str = "ml";
+/// Placeholder finalizer on objects made by the harness (see the module docs).
+pub const HOLD: &str = "test.kpool.dev/hold";
 
 pub fn t0() -> Timestamp {
     "2026-11-28T10:00:00Z".parse().unwrap()
@@ -91,7 +96,7 @@ fn conflict(msg: String) -> kube_fake_client::Error {
 /// Replaces the status of a `K` from an apply patch, honouring its resourceVersion.
 fn replace_status<K>(ctx: &PatchStatusContext) -> kube_fake_client::Result<Option<Value>>
 where
-    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug + Default,
 {
     let mut current: K = ctx.client.get(ctx.namespace, ctx.name)?;
     let want = ctx.patch.pointer("/metadata/resourceVersion").and_then(Value::as_str);
@@ -180,6 +185,7 @@ impl Harness {
             + std::fmt::Debug,
     {
         obj.meta_mut().namespace = Some(NS.into());
+        obj.meta_mut().finalizers.get_or_insert_with(Vec::new).push(HOLD.to_string());
         if obj.meta().creation_timestamp.is_none() {
             obj.meta_mut().creation_timestamp = Some(Time(self.clock_now()));
         }
@@ -221,11 +227,23 @@ impl Harness {
         run::reconcile(Arc::new(obj), self.ctx.clone()).await
     }
 
-    /// Plays the controllers: reconciles every Run, Instance and Pool, `rounds` times.
-    /// Errors are tolerated (the real loop requeues them); the last ones are returned.
+    /// A fingerprint of every object's resourceVersion, to tell when nothing changes.
+    async fn versions(&self) -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        v.extend(self.api::<Run>().list(&Default::default()).await.unwrap().items.iter().map(|o| format!("r/{}/{:?}", o.name_any(), o.resource_version())));
+        v.extend(self.api::<Instance>().list(&Default::default()).await.unwrap().items.iter().map(|o| format!("i/{}/{:?}", o.name_any(), o.resource_version())));
+        v.extend(self.api::<Pool>().list(&Default::default()).await.unwrap().items.iter().map(|o| format!("p/{}/{:?}", o.name_any(), o.resource_version())));
+        v
+    }
+
+    /// Plays the controllers: reconciles every Run, Instance and Pool, at least `rounds`
+    /// times and then until a round changes nothing (at most 30 rounds), as the watch
+    /// loops would. Errors are tolerated (the real loop requeues them); the errors of
+    /// the last round are returned.
     pub async fn settle(&self, rounds: usize) -> Vec<String> {
         let mut errors = Vec::new();
-        for _ in 0..rounds {
+        for round in 0..30 {
+            let before = self.versions().await;
             errors.clear();
             for r in self.api::<Run>().list(&Default::default()).await.unwrap().items {
                 if let Err(e) = run::reconcile(Arc::new(r.clone()), self.ctx.clone()).await {
@@ -242,6 +260,9 @@ impl Harness {
                     errors.push(format!("pool {}: {e}", p.name_any()));
                 }
             }
+            if round + 1 >= rounds && before == self.versions().await {
+                break;
+            }
         }
         errors
     }
@@ -252,7 +273,7 @@ impl Harness {
         let mut obj = self.get_instance(name).await;
         obj.metadata.deletion_timestamp = Some(Time(self.clock_now()));
         let r = instance::reconcile(Arc::new(obj), self.ctx.clone()).await;
-        if self.get_instance(name).await.finalizers().is_empty() {
+        if self.get_instance(name).await.finalizers().iter().all(|f| f == HOLD) {
             self.api::<Instance>().delete(name, &Default::default()).await.expect("delete");
         }
         r
@@ -263,7 +284,7 @@ impl Harness {
         let mut obj = self.get_run(name).await;
         obj.metadata.deletion_timestamp = Some(Time(self.clock_now()));
         let r = run::reconcile(Arc::new(obj), self.ctx.clone()).await;
-        if self.get_run(name).await.finalizers().is_empty() {
+        if self.get_run(name).await.finalizers().iter().all(|f| f == HOLD) {
             self.api::<Run>().delete(name, &Default::default()).await.expect("delete");
         }
         r
