@@ -326,9 +326,18 @@ async fn rate_limits_are_retried_later_without_marking_the_offer_failed() {
     h.backend.fail_next_create(BackendError::RateLimited { message: "slow down".into(), retry_after: None });
     h.instance("cpu", InstanceSpec { resources: cpu("4.."), ..Default::default() }).await;
     h.settle(1).await;
+    // Settled: the backoff holds, no second call was made while it runs.
     let st = h.get_instance("cpu").await.status.unwrap();
-    assert_eq!(st.phase, InstancePhase::Provisioning);
-    assert!(st.attempts.is_empty());
+    assert_ne!(st.phase, InstancePhase::Idle);
+    assert!(st.attempts.is_empty(), "throttling is not the offer's fault: {:?}", st.attempts);
+    let at = st.next_attempt_at.expect("backoff recorded").0;
+    assert_eq!(at, h.clock_now() + jiff::SignedDuration::from_secs(30));
+    assert_eq!(h.backend.creates().len(), 1);
+    h.advance(Duration::from_secs(31));
     h.settle(1).await;
-    assert_eq!(h.get_instance("cpu").await.status.unwrap().phase, InstancePhase::Idle);
+    let st = h.get_instance("cpu").await.status.unwrap();
+    assert_eq!(st.phase, InstancePhase::Idle);
+    assert_eq!(h.backend.creates().len(), 2);
+    let Call::Create { instance_type, .. } = &h.backend.creates()[1] else { panic!("not a create") };
+    assert_eq!(&st.offer.unwrap().instance_type, instance_type);
 }

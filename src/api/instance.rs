@@ -142,6 +142,10 @@ pub struct InstanceStatus {
     /// When provisioning started (the first attempt).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provisioning_started_at: Option<Time>,
+    /// No provisioning call before this time: the backoff after throttling, or the next
+    /// look for capacity while the retry window is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<Time>,
     /// Offers tried and why each failed, oldest first (at most 20 kept).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<ProvisioningAttempt>,

@@ -4,7 +4,9 @@
 //! backend launches carries the instance's UID-derived machine name and the tags in
 //! [`MachineSpec::tags`], so the garbage collector can find machines no `Instance` owns.
 
+pub mod factory;
 pub mod fake;
+pub mod kubernetes;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

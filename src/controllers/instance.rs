@@ -100,6 +100,7 @@ async fn step(inst: Instance, ctx: &Context) -> Result<Next, Error> {
         }
         Step::ChooseOffer => choose_offer(inst, st, &policy, pool.and_then(|p| p.spec.max_instances), ctx).await,
         Step::Launch => launch(inst, st, &policy, ctx).await,
+        Step::WaitUntil(at) => Ok(Next::Stop(Action::requeue(until(now, at)))),
         Step::Poll => poll(inst, st, &policy, ctx).await,
         Step::IdleUntil(deadline) => {
             let reason = if st.phase == InstancePhase::Busy { "Busy" } else { "Idle" };
@@ -182,6 +183,7 @@ async fn choose_offer(
                     if st.provisioning_started_at.is_none() {
                         st.provisioning_started_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
                     }
+                    st.next_attempt_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at));
                     ready(&mut st, &inst, now, "WaitingForCapacity", &format!("{msg}; retrying"));
                     ctx.write_status(&inst, &st).await?;
                     Ok(Next::Stop(Action::requeue(until(now, at))))

@@ -30,6 +30,8 @@ pub enum Step {
     ChooseOffer,
     /// Launch the machine for `status.offer` (or adopt the one that already exists).
     Launch,
+    /// Backing off: no provisioning call before this time.
+    WaitUntil(Timestamp),
     /// Ask the backend how the machine is doing.
     Poll,
     /// Idle: nothing to do until the deadline (`None`: kept forever).
@@ -49,7 +51,11 @@ pub fn next_step(status: &InstanceStatus, policy: &EffectivePolicy, now: Timesta
     if status.machine_name.is_none() || status.pool.is_none() {
         return Step::RecordIdentity;
     }
+    let backoff = status.next_attempt_at.as_ref().map(|t| t.0).filter(|t| *t > now);
     match status.phase {
+        InstancePhase::Pending | InstancePhase::Provisioning if backoff.is_some() && status.provider_id.is_none() => {
+            Step::WaitUntil(backoff.unwrap_or(now))
+        }
         InstancePhase::Pending => Step::ChooseOffer,
         InstancePhase::Provisioning if status.provider_id.is_none() => Step::Launch,
         InstancePhase::Provisioning => Step::Poll,
@@ -122,6 +128,7 @@ pub fn choose_offer(
 /// The launch succeeded (or the machine already existed): record it and move on.
 pub fn launched(status: &mut InstanceStatus, machine: &Machine, now: Timestamp) {
     status.provider_id = Some(machine.provider_id.clone());
+    status.next_attempt_at = None;
     observe_machine(status, machine, now);
 }
 
@@ -159,7 +166,9 @@ pub fn launch_failed(
     now: Timestamp,
 ) -> LaunchFailure {
     if let BackendError::RateLimited { retry_after, .. } = err {
-        return LaunchFailure::RetryAt(add(now, retry_after.unwrap_or(RETRY_BACKOFF)));
+        let at = add(now, retry_after.unwrap_or(RETRY_BACKOFF));
+        status.next_attempt_at = Some(Time(at));
+        return LaunchFailure::RetryAt(at);
     }
     if let Some(offer) = status.offer.clone() {
         status.attempts.push(ProvisioningAttempt {
@@ -183,6 +192,7 @@ pub fn launch_failed(
             status.offer = None;
             status.resources = None;
             status.attempts.clear();
+            status.next_attempt_at = Some(Time(t));
             LaunchFailure::RetryAt(t)
         }
         Err(NoOffer::Fail(reason)) => {

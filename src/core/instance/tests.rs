@@ -78,7 +78,8 @@ fn launch_failure_falls_back_to_the_next_offer_and_records_why() {
     let p = policy(PolicySpec::default(), Origin::Run);
     let ranked = vec![offer("a", 1.0), offer("b", 2.0)];
     let mut s = identified();
-    start_provisioning(&mut s, choose_offer(&s, &ranked, &p, now).unwrap(), now);
+    let chosen = choose_offer(&s, &ranked, &p, now).unwrap();
+    start_provisioning(&mut s, chosen, now);
     assert_eq!(s.offer.as_ref().unwrap().instance_type, "a");
     let err = BackendError::InsufficientCapacity("none left".into());
     assert_eq!(launch_failed(&mut s, &err, &ranked, &p, now), LaunchFailure::NextOffer);
@@ -147,4 +148,18 @@ fn attempts_are_bounded() {
         launch_failed(&mut s, &err, &ranked, &p, now);
     }
     assert_eq!(s.attempts.len(), MAX_ATTEMPTS_KEPT);
+}
+
+#[test]
+fn throttling_backs_off_without_blaming_the_offer() {
+    let now = t("2026-01-01T00:00:00Z");
+    let p = policy(PolicySpec::default(), Origin::Run);
+    let mut s = identified();
+    start_provisioning(&mut s, offer("a", 1.0), now);
+    let err = BackendError::RateLimited { message: "slow down".into(), retry_after: Some(Duration::from_secs(7)) };
+    let out = launch_failed(&mut s, &err, &[offer("a", 1.0)], &p, now);
+    assert_eq!(out, LaunchFailure::RetryAt(t("2026-01-01T00:00:07Z")));
+    assert!(s.attempts.is_empty());
+    assert_eq!(next_step(&s, &p, t("2026-01-01T00:00:06Z")), Step::WaitUntil(t("2026-01-01T00:00:07Z")));
+    assert_eq!(next_step(&s, &p, t("2026-01-01T00:00:07Z")), Step::Launch);
 }

@@ -1,0 +1,1 @@
+//! Pods in a Kubernetes cluster as machines.
