@@ -267,6 +267,45 @@ impl Harness {
         errors
     }
 
+    /// As [`Harness::settle`], but each round reconciles every object concurrently, in
+    /// an order drawn from `seed`, so that two reconcilers race for the same objects
+    /// as the controller's worker pool lets them.
+    pub async fn settle_racing(&self, seed: &mut u64) -> Vec<String> {
+        let mut errors = Vec::new();
+        for _ in 0..30 {
+            let before = self.versions().await;
+            let mut jobs: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + '_>>> = Vec::new();
+            for r in self.api::<Run>().list(&Default::default()).await.unwrap().items {
+                let name = format!("run {}", r.name_any());
+                jobs.push(Box::pin(async move {
+                    run::reconcile(Arc::new(r), self.ctx.clone()).await.map(|_| name.clone()).map_err(|e| format!("{name}: {e}"))
+                }));
+            }
+            for i in self.api::<Instance>().list(&Default::default()).await.unwrap().items {
+                let name = format!("instance {}", i.name_any());
+                jobs.push(Box::pin(async move {
+                    instance::reconcile(Arc::new(i), self.ctx.clone()).await.map(|_| name.clone()).map_err(|e| format!("{name}: {e}"))
+                }));
+            }
+            for p in self.api::<Pool>().list(&Default::default()).await.unwrap().items {
+                let name = format!("pool {}", p.name_any());
+                jobs.push(Box::pin(async move {
+                    pool::reconcile(Arc::new(p), self.ctx.clone()).await.map(|_| name.clone()).map_err(|e| format!("{name}: {e}"))
+                }));
+            }
+            // Fisher-Yates with a small LCG: reproducible from the seed.
+            for k in (1..jobs.len()).rev() {
+                *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                jobs.swap(k, (*seed >> 33) as usize % (k + 1));
+            }
+            errors = futures::future::join_all(jobs).await.into_iter().filter_map(Result::err).collect();
+            if before == self.versions().await {
+                break;
+            }
+        }
+        errors
+    }
+
     /// Deletes an instance the way the API server does with finalizers: marks it,
     /// reconciles it, and removes it once no finalizer is left.
     pub async fn delete_instance(&self, name: &str) -> Result<Action, Error> {
