@@ -57,17 +57,9 @@ fn random_offer(rng: &mut Rng) -> Offer {
         backend: rng.pick(BACKENDS).to_string(),
         region: rng.pick(REGIONS).to_string(),
         cpu,
-        cpu_arch: Some(if rng.chance(0.2) {
-            CpuArch::Arm
-        } else {
-            CpuArch::X86
-        }),
+        cpu_arch: Some(if rng.chance(0.2) { CpuArch::Arm } else { CpuArch::X86 }),
         memory: f64::from(cpu * 4),
-        disk: if rng.chance(0.5) {
-            Some(100.0 * (1 + rng.below(5)) as f64)
-        } else {
-            None
-        },
+        disk: if rng.chance(0.5) { Some(100.0 * (1 + rng.below(5)) as f64) } else { None },
         spot: rng.chance(0.3),
         price: 0.05 * f64::from(cpu),
         ..Offer::default()
@@ -88,42 +80,23 @@ fn random_offer(rng: &mut Rng) -> Offer {
         offer.price *= 0.4;
     }
     // Cents, so that equal prices (and tie-breaks) happen.
-    offer.price =
-        (offer.price * (0.9 + 0.2 * rng.below(100) as f64 / 100.0) * 100.0).round() / 100.0;
+    offer.price = (offer.price * (0.9 + 0.2 * rng.below(100) as f64 / 100.0) * 100.0).round() / 100.0;
     offer
 }
 
 fn random_requirements(rng: &mut Rng) -> Requirements {
     let mut req = Requirements {
-        cpu: CpuSpec {
-            arch: None,
-            count: Range::at_least(2u32 << rng.below(3)),
-        },
+        cpu: CpuSpec { arch: None, count: Range::at_least(2u32 << rng.below(3)) },
         memory: Range::at_least(8.0),
         disk: Some(Range::at_least(100.0)),
         gpu: None,
     };
     if rng.chance(0.6) {
-        let names = (0..rng.below(3))
-            .map(|_| rng.pick(GPUS).0.to_string())
-            .collect();
-        let count = if rng.chance(0.5) {
-            Range::at_least(1)
-        } else {
-            Range::exact(1u32 << rng.below(3))
-        };
-        let memory = rng
-            .chance(0.3)
-            .then(|| Range::at_least(*rng.pick(&[24.0, 40.0, 80.0])));
+        let names = (0..rng.below(3)).map(|_| rng.pick(GPUS).0.to_string()).collect();
+        let count = if rng.chance(0.5) { Range::at_least(1) } else { Range::exact(1u32 << rng.below(3)) };
+        let memory = rng.chance(0.3).then(|| Range::at_least(*rng.pick(&[24.0, 40.0, 80.0])));
         let compute_capability = rng.chance(0.1).then_some((8, 0));
-        req.gpu = Some(GpuSpec {
-            vendor: None,
-            names,
-            count,
-            memory,
-            total_memory: None,
-            compute_capability,
-        });
+        req.gpu = Some(GpuSpec { vendor: None, names, count, memory, total_memory: None, compute_capability });
     }
     req
 }
@@ -132,11 +105,7 @@ fn random_policy(rng: &mut Rng) -> EffectivePolicy {
     EffectivePolicy {
         spot_policy: *rng.pick(&[SpotPolicy::OnDemand, SpotPolicy::Spot, SpotPolicy::Auto]),
         max_price: rng.chance(0.5).then(|| *rng.pick(&[1.0, 5.0, 20.0, 50.0])),
-        backends: if rng.chance(0.2) {
-            vec![rng.pick(BACKENDS).to_string()]
-        } else {
-            vec![]
-        },
+        backends: if rng.chance(0.2) { vec![rng.pick(BACKENDS).to_string()] } else { vec![] },
         ..EffectivePolicy::defaults(Origin::Run)
     }
 }
@@ -164,9 +133,7 @@ fn matching_data(n: usize) -> (Vec<PendingRun>, Vec<IdleInstance>) {
             pool: rng.pick(&pools).to_string(),
             requirements: random_requirements(&mut rng),
             policy: random_policy(&mut rng),
-            pinned_instance: rng
-                .chance(0.01)
-                .then(|| format!("inst-{:05}", rng.below(n))),
+            pinned_instance: rng.chance(0.01).then(|| format!("inst-{:05}", rng.below(n))),
         })
         .collect();
     (runs, idle)
@@ -201,23 +168,15 @@ fn bench_assign(c: &mut Criterion) {
         let (runs, idle) = matching_data(n);
         let fast = assign(&runs, &idle);
         if n <= 2_000 {
-            assert_eq!(
-                fast,
-                assign_naive(&runs, &idle),
-                "assign and assign_naive disagree"
-            );
+            assert_eq!(fast, assign_naive(&runs, &idle), "assign and assign_naive disagree");
         }
         println!("assign {n}x{n}: {} of {n} runs matched", fast.len());
         let case = format!("assign/{n}x{n}");
-        group
-            .sampling_mode(SamplingMode::Auto)
-            .measurement_time(Duration::from_secs(3));
+        group.sampling_mode(SamplingMode::Auto).measurement_time(Duration::from_secs(3));
         group.bench_function(&case, |b| timed(b, &case, || assign(&runs, &idle)));
         // The naive loop takes most of a second at 10,000: ten flat samples of one call.
         if n > 2_000 {
-            group
-                .sampling_mode(SamplingMode::Flat)
-                .measurement_time(Duration::from_secs(9));
+            group.sampling_mode(SamplingMode::Flat).measurement_time(Duration::from_secs(9));
         }
         let case = format!("assign_naive/{n}x{n}");
         group.bench_function(&case, |b| timed(b, &case, || assign_naive(&runs, &idle)));
@@ -228,15 +187,9 @@ fn bench_assign(c: &mut Criterion) {
 fn bench_rank(c: &mut Criterion) {
     let mut rng = Rng(7);
     let offers: Vec<Offer> = (0..100_000).map(|_| random_offer(&mut rng)).collect();
-    let policy = EffectivePolicy {
-        spot_policy: SpotPolicy::Auto,
-        ..EffectivePolicy::defaults(Origin::Run)
-    };
+    let policy = EffectivePolicy { spot_policy: SpotPolicy::Auto, ..EffectivePolicy::defaults(Origin::Run) };
     let broad = Requirements {
-        cpu: CpuSpec {
-            arch: None,
-            count: Range::at_least(2),
-        },
+        cpu: CpuSpec { arch: None, count: Range::at_least(2) },
         memory: Range::at_least(8.0),
         disk: Some(Range::at_least(100.0)),
         gpu: None,
@@ -253,24 +206,15 @@ fn bench_rank(c: &mut Criterion) {
         ..broad.clone()
     };
     let naive = |req: &Requirements| {
-        let mut fit: Vec<&Offer> = offers
-            .iter()
-            .filter(|o| offer_fits(req, &policy, o))
-            .collect();
+        let mut fit: Vec<&Offer> = offers.iter().filter(|o| offer_fits(req, &policy, o)).collect();
         fit.sort_by(|a, b| offer_order(a, b));
         fit.into_iter().take(50).cloned().collect::<Vec<_>>()
     };
     let mut group = c.benchmark_group("rank_offers");
     for (label, req) in [("cpu", &broad), ("gpu", &gpu)] {
-        assert_eq!(
-            rank_offers(&offers, req, &policy, 50),
-            naive(req),
-            "rank_offers and naive disagree"
-        );
+        assert_eq!(rank_offers(&offers, req, &policy, 50), naive(req), "rank_offers and naive disagree");
         let case = format!("rank_offers/{label}/100k/limit50");
-        group.bench_function(&case, |b| {
-            timed(b, &case, || rank_offers(&offers, req, &policy, 50))
-        });
+        group.bench_function(&case, |b| timed(b, &case, || rank_offers(&offers, req, &policy, 50)));
         let case = format!("naive_sort/{label}/100k/limit50");
         group.bench_function(&case, |b| timed(b, &case, || naive(req)));
     }
@@ -291,9 +235,6 @@ fn main() {
     Criterion::default().configure_from_args().final_summary();
     println!("\nsummary (mean per call over every call criterion made, warm-up included):");
     for (case, n, total) in SUMMARY.lock().unwrap().iter() {
-        println!(
-            "  {case:<36} {:>12.3} ms  ({n} calls)",
-            total.as_secs_f64() * 1e3 / *n as f64
-        );
+        println!("  {case:<36} {:>12.3} ms  ({n} calls)", total.as_secs_f64() * 1e3 / *n as f64);
     }
 }

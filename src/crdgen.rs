@@ -16,11 +16,7 @@ pub fn render() -> Vec<(String, String)> {
 
 /// All CRDs in one multi-document YAML stream.
 pub fn render_all() -> String {
-    render()
-        .into_iter()
-        .map(|(_, y)| format!("---\n{y}"))
-        .collect::<Vec<_>>()
-        .join("")
+    render().into_iter().map(|(_, y)| format!("---\n{y}")).collect::<Vec<_>>().join("")
 }
 
 #[cfg(test)]

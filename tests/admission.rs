@@ -24,7 +24,8 @@ fn schema(kind: &str) -> Value {
 /// Every error the API server would report for creating `obj` (or updating `old` to it).
 fn admit(obj: &Value, old: Option<&Value>) -> Vec<String> {
     let schema = schema(obj["kind"].as_str().expect("kind"));
-    let structural = jsonschema::options().with_draft(jsonschema::Draft::Draft4).build(&schema).expect("schema compiles");
+    let structural =
+        jsonschema::options().with_draft(jsonschema::Draft::Draft4).build(&schema).expect("schema compiles");
     let mut errors: Vec<String> =
         structural.iter_errors(obj).map(|e| format!("{}: {}", e.instance_path(), e)).collect();
     if let Err(cel) = Validator::new().validate(&schema, obj, old) {

@@ -35,7 +35,10 @@ fn config(report_only: bool) -> GcConfig {
 }
 
 async fn owned_instance(h: &Harness) -> String {
-    let spec = InstanceSpec { resources: ResourcesSpec { cpu: Some("4..".into()), ..Default::default() }, ..Default::default() };
+    let spec = InstanceSpec {
+        resources: ResourcesSpec { cpu: Some("4..".into()), ..Default::default() },
+        ..Default::default()
+    };
     h.instance("kept", spec).await;
     h.settle(2).await;
     let st = h.get_instance("kept").await.status.unwrap();

@@ -101,9 +101,18 @@ fn check(h: &Harness, w: &World, step: usize) {
         .filter(|s| matches!(s.phase, InstancePhase::Idle | InstancePhase::Busy))
         .filter_map(|s| s.machine_name.clone())
         .collect();
-    assert!(owned.is_subset(&live), "step {step}: instances without machines: {:?}", owned.difference(&live).collect::<Vec<_>>());
-    let known: BTreeSet<String> = w.instances.values().filter_map(|i| i.status.as_ref()?.machine_name.clone()).collect();
-    assert!(live.is_subset(&known), "step {step}: machines without an instance: {:?}", live.difference(&known).collect::<Vec<_>>());
+    assert!(
+        owned.is_subset(&live),
+        "step {step}: instances without machines: {:?}",
+        owned.difference(&live).collect::<Vec<_>>()
+    );
+    let known: BTreeSet<String> =
+        w.instances.values().filter_map(|i| i.status.as_ref()?.machine_name.clone()).collect();
+    assert!(
+        live.is_subset(&known),
+        "step {step}: machines without an instance: {:?}",
+        live.difference(&known).collect::<Vec<_>>()
+    );
 }
 
 async fn simulate(seed: u64) {
@@ -116,7 +125,8 @@ async fn simulate(seed: u64) {
     for step in 0..steps {
         if step < steps - 20 && rng.chance(35) {
             submitted += 1;
-            let spec = RunSpec { resources: rng.pick(&shapes).clone(), commands: vec!["train".into()], ..Default::default() };
+            let spec =
+                RunSpec { resources: rng.pick(&shapes).clone(), commands: vec!["train".into()], ..Default::default() };
             h.run(&format!("run-{submitted}"), spec).await;
         }
         if rng.chance(5) {
@@ -158,7 +168,10 @@ async fn simulate(seed: u64) {
     let w = observe(&h).await;
     let finished = w.runs.values().filter(|r| r.status.as_ref().is_some_and(|s| s.phase.is_finished())).count();
     let launched = h.backend.creates().len();
-    println!("seed {seed}: {submitted} runs, {finished} finished, {launched} create calls, {} instances", w.instances.len());
+    println!(
+        "seed {seed}: {submitted} runs, {finished} finished, {launched} create calls, {} instances",
+        w.instances.len()
+    );
     assert_eq!(finished, submitted, "every run ends");
     assert!(h.backend.live_machines().is_empty(), "idle machines were torn down: {:?}", h.backend.live_machines());
     for (name, inst) in &w.instances {

@@ -21,18 +21,13 @@ pub fn parse_duration(field: &str, s: &str) -> Result<Duration, SpecError> {
     let spec = s.trim_matches(|c: char| c.is_ascii_whitespace());
     let err = |token: &str, reason: &str| SpecError::new(field, token, reason);
     if spec.is_empty() {
-        return Err(err(
-            spec,
-            "empty duration: give one such as `300`, `5m` or `1h30m`",
-        ));
+        return Err(err(spec, "empty duration: give one such as `300`, `5m` or `1h30m`"));
     }
     if spec.starts_with('-') {
         return Err(err(spec, "negative durations are not allowed"));
     }
     if spec.bytes().all(|b| b.is_ascii_digit()) {
-        let secs: u64 = spec
-            .parse()
-            .map_err(|_| err(spec, "duration is too large"))?;
+        let secs: u64 = spec.parse().map_err(|_| err(spec, "duration is too large"))?;
         return Ok(Duration::from_secs(secs));
     }
     let bytes = spec.as_bytes();
@@ -61,10 +56,7 @@ pub fn parse_duration(field: &str, s: &str) -> Result<Duration, SpecError> {
             return Err(err(token, reason));
         }
         let Some(&unit) = bytes.get(i) else {
-            return Err(err(
-                token,
-                "missing unit after the number: use s, m, h, d or w",
-            ));
+            return Err(err(token, "missing unit after the number: use s, m, h, d or w"));
         };
         let Some(index) = UNITS.iter().position(|(u, _)| *u == unit) else {
             let reason = if unit == b'.' || unit == b',' {
@@ -75,15 +67,10 @@ pub fn parse_duration(field: &str, s: &str) -> Result<Duration, SpecError> {
             return Err(err(token, reason));
         };
         if previous.is_some_and(|p| index <= p) {
-            return Err(err(
-                token,
-                "units must go from largest to smallest, each once, e.g. `1h30m`",
-            ));
+            return Err(err(token, "units must go from largest to smallest, each once, e.g. `1h30m`"));
         }
         previous = Some(index);
-        let amount: u64 = digits
-            .parse()
-            .map_err(|_| err(token, "duration is too large"))?;
+        let amount: u64 = digits.parse().map_err(|_| err(token, "duration is too large"))?;
         total = amount
             .checked_mul(UNITS[index].1)
             .and_then(|secs| total.checked_add(secs))
@@ -97,13 +84,7 @@ pub fn parse_duration(field: &str, s: &str) -> Result<Duration, SpecError> {
 }
 
 /// Units from largest to smallest, in seconds.
-const UNITS: [(u8, u64); 5] = [
-    (b'w', 7 * 86_400),
-    (b'd', 86_400),
-    (b'h', 3_600),
-    (b'm', 60),
-    (b's', 1),
-];
+const UNITS: [(u8, u64); 5] = [(b'w', 7 * 86_400), (b'd', 86_400), (b'h', 3_600), (b'm', 60), (b's', 1)];
 
 /// Formats whole seconds compactly in hours, minutes and seconds, leaving out zero parts:
 /// `45s`, `5m`, `1h30m`, `72h`, `0s`. Fractions of a second are dropped, so

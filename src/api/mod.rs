@@ -1,5 +1,8 @@
 //! Custom resource types of `kpool.dev/v1alpha1` and the resource-spec grammar.
 
+// kube's `#[kube(printcolumn(..))]` repeats `type_ =` once per column by design.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod backend;
 pub mod conditions;
 pub mod duration;

@@ -64,6 +64,9 @@ impl Clock for ManualClock {
     }
 }
 
+/// Built backends by (namespace, name), with the resourceVersion they were built from.
+type BackendCache = HashMap<(String, String), (String, Arc<dyn Backend>)>;
+
 /// Shared state of the controllers.
 pub struct Context {
     pub client: Client,
@@ -76,7 +79,7 @@ pub struct Context {
     /// `maxInstances` strict even when two instances are reconciled at once.
     admissions: Mutex<HashMap<(String, String), HashSet<String>>>,
     /// Built backends by (namespace, name, resourceVersion of the `Backend` object).
-    backends: Mutex<HashMap<(String, String), (String, Arc<dyn Backend>)>>,
+    backends: Mutex<BackendCache>,
 }
 
 impl Context {
@@ -140,10 +143,7 @@ impl Context {
     /// The backend built from the `Backend` object `name` of namespace `ns`.
     pub async fn backend(&self, ns: &str, name: &str) -> Result<Arc<dyn Backend>, Error> {
         let api: Api<BackendObject> = Api::namespaced(self.client.clone(), ns);
-        let obj = api
-            .get_opt(name)
-            .await?
-            .ok_or_else(|| Error::MissingBackend(name.to_string(), ns.to_string()))?;
+        let obj = api.get_opt(name).await?.ok_or_else(|| Error::MissingBackend(name.to_string(), ns.to_string()))?;
         self.build_backend(&obj).await
     }
 
@@ -155,11 +155,8 @@ impl Context {
                 return Ok(b.clone());
             }
         }
-        let built = self
-            .factory
-            .build(obj)
-            .await
-            .map_err(|source| Error::Backend { backend: key.1.clone(), source })?;
+        let built =
+            self.factory.build(obj).await.map_err(|source| Error::Backend { backend: key.1.clone(), source })?;
         self.backends.lock().expect("backends").insert(key, (version, built.clone()));
         Ok(built)
     }

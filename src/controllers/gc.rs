@@ -81,13 +81,20 @@ impl Collector {
             let seen = self.first_seen.entry((ns.clone(), obj.name_any())).or_default();
             for name in orphans(&machines, &owned, seen, now, cfg.grace) {
                 if cfg.report_only {
-                    ctx.event(&obj, true, "OrphanedMachine", format!("machine {name} is tagged as kpool's but no Instance owns it")).await;
+                    ctx.event(
+                        &obj,
+                        true,
+                        "OrphanedMachine",
+                        format!("machine {name} is tagged as kpool's but no Instance owns it"),
+                    )
+                    .await;
                     report.reported.push(name);
                     continue;
                 }
                 match backend.delete(&name).await {
                     Ok(()) | Err(crate::backends::BackendError::NotFound(_)) => {
-                        ctx.event(&obj, true, "OrphanDeleted", format!("deleted machine {name}: no Instance owns it")).await;
+                        ctx.event(&obj, true, "OrphanDeleted", format!("deleted machine {name}: no Instance owns it"))
+                            .await;
                         report.deleted.push(name);
                     }
                     Err(e) => tracing::warn!(machine = %name, category = e.category(), "failed to delete orphan"),

@@ -16,7 +16,9 @@ use super::{Context, Error};
 use crate::api::conditions::{condition_tri, upsert};
 use crate::api::instance::{Instance, InstancePhase, InstanceStatus, INSTANCE_FINALIZER, PROVISIONED_FOR_LABEL};
 use crate::api::run::Run;
-use crate::backends::{machine_name, BackendError, MachineSpec, MachineState, TAG_INSTANCE, TAG_INSTANCE_UID, TAG_MANAGED_BY, TAG_POOL};
+use crate::backends::{
+    machine_name, BackendError, MachineSpec, MachineState, TAG_INSTANCE, TAG_INSTANCE_UID, TAG_MANAGED_BY, TAG_POOL,
+};
 use crate::core::instance::{self as sm, LaunchFailure, NoOffer, Step, POLL_INTERVAL};
 use crate::core::policy::{EffectivePolicy, Origin};
 
@@ -50,6 +52,8 @@ pub fn origin(inst: &Instance) -> Origin {
     }
 }
 
+// A transient return value, moved once per step: boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Next {
     Continue(Instance),
     Stop(Action),
@@ -71,7 +75,8 @@ async fn step(inst: Instance, ctx: &Context) -> Result<Next, Error> {
     let now = ctx.now();
     let status = inst.status.clone().unwrap_or_default();
     let (pool_name, pool) = pool_of(ctx, &ns, status.pool.as_deref().or(inst.spec.pool.as_deref())).await?;
-    let policy = policy_of(ctx, &ns, &inst.spec.policy, inst.spec.profile.as_deref(), pool.as_ref(), origin(&inst)).await;
+    let policy =
+        policy_of(ctx, &ns, &inst.spec.policy, inst.spec.profile.as_deref(), pool.as_ref(), origin(&inst)).await;
     let policy = match policy {
         Ok(p) => p,
         Err(Error::Invalid(e)) if status.phase == InstancePhase::Pending => {
@@ -201,7 +206,12 @@ async fn choose_offer(
     }
 }
 
-async fn launch(inst: Instance, mut st: InstanceStatus, policy: &EffectivePolicy, ctx: &Context) -> Result<Next, Error> {
+async fn launch(
+    inst: Instance,
+    mut st: InstanceStatus,
+    policy: &EffectivePolicy,
+    ctx: &Context,
+) -> Result<Next, Error> {
     let ns = inst.namespace().unwrap_or_default();
     let now = ctx.now();
     let Some(offer) = st.offer.clone() else {

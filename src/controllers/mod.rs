@@ -53,8 +53,9 @@ impl Error {
             Error::StillDeleting(_) => "StillDeleting",
             Error::MissingBackend(..) => "MissingBackend",
             Error::Finalizer(e) => match e.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e)
-                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.category(),
+                kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
+                    e.category()
+                }
                 _ => "Finalizer",
             },
         }

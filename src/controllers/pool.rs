@@ -28,7 +28,15 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action, Err
         None => format!("{holding} instances; no limit"),
     };
     st.conditions = vec![
-        condition(&previous.conditions, "Ready", true, "Reconciled", "counts are up to date", pool.metadata.generation, now),
+        condition(
+            &previous.conditions,
+            "Ready",
+            true,
+            "Reconciled",
+            "counts are up to date",
+            pool.metadata.generation,
+            now,
+        ),
         condition(
             &previous.conditions,
             "AtCapacity",

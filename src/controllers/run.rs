@@ -16,7 +16,9 @@ use super::instance::until;
 use super::observe::{instance_pool, instances, policy_of, pool_of};
 use super::{is_conflict, Context, Error};
 use crate::api::conditions::{condition_tri, upsert};
-use crate::api::instance::{Instance, InstancePhase, InstanceSpec, INSTANCE_FINALIZER, POOL_LABEL, PROVISIONED_FOR_LABEL};
+use crate::api::instance::{
+    Instance, InstancePhase, InstanceSpec, INSTANCE_FINALIZER, POOL_LABEL, PROVISIONED_FOR_LABEL,
+};
 use crate::api::pool::{Pool, PoolSpec, DEFAULT_POOL_NAME};
 use crate::api::run::{Run, RunPhase, RunStatus, RUN_FINALIZER};
 use crate::core::matching::{pick_instance, IdleInstance, PendingRun};
@@ -45,6 +47,8 @@ pub async fn reconcile(run: Arc<Run>, ctx: Arc<Context>) -> Result<Action, Error
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
+// A transient return value, moved once per step: boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Next {
     Continue(Run),
     Stop(Action),
@@ -83,10 +87,11 @@ async fn step(run: Run, ctx: &Context) -> Result<Next, Error> {
     }
     let pool_name = st.pool.clone().unwrap_or_default();
     let (_, pool) = pool_of(ctx, &ns, Some(&pool_name)).await?;
-    let resolved = match policy_of(ctx, &ns, &run.spec.policy, run.spec.profile.as_deref(), pool.as_ref(), Origin::Run).await {
-        Ok(p) => run.spec.resources.resolve().map(|r| (r, p)).map_err(Error::from),
-        Err(e) => Err(e),
-    };
+    let resolved =
+        match policy_of(ctx, &ns, &run.spec.policy, run.spec.profile.as_deref(), pool.as_ref(), Origin::Run).await {
+            Ok(p) => run.spec.resources.resolve().map(|r| (r, p)).map_err(Error::from),
+            Err(e) => Err(e),
+        };
     let (req, policy) = match resolved {
         Ok(v) => v,
         Err(Error::Invalid(e)) => {
@@ -197,9 +202,19 @@ async fn place(
                     .and_then(|s| crate::api::conditions::find(&s.conditions, "Ready"))
                     .map(|c| c.message.clone())
                     .unwrap_or_else(|| format!("instance {name} is gone"));
-                let open = sm::retry_deadline(&st, &policy, crate::api::policy::RetryEvent::NoCapacity).is_some_and(|d| now < d);
+                let open = sm::retry_deadline(&st, &policy, crate::api::policy::RetryEvent::NoCapacity)
+                    .is_some_and(|d| now < d);
                 if !open {
-                    return finish(ctx, run, st, RunPhase::Failed, "NoCapacity", None, &format!("could not provision: {why}")).await;
+                    return finish(
+                        ctx,
+                        run,
+                        st,
+                        RunPhase::Failed,
+                        "NoCapacity",
+                        None,
+                        &format!("could not provision: {why}"),
+                    )
+                    .await;
                 }
                 st.provisioning_instance = None;
                 st.attempts += 1;
@@ -233,11 +248,19 @@ async fn place(
         NoFit::Provision => {
             let name = format!("{}-{}", run.name_any(), st.attempts);
             sm::provisioning(&mut st, &name);
-            scheduled(&mut st, &run, now, false, "Provisioning", &format!("no idle instance fits; provisioning {name}"));
+            scheduled(
+                &mut st,
+                &run,
+                now,
+                false,
+                "Provisioning",
+                &format!("no idle instance fits; provisioning {name}"),
+            );
             // Record the name first: a crash after this write cannot create a second one.
             let run = ctx.write_status(&run, &st).await?;
             create_instance(ctx, &run, &name, &pool_name).await?;
-            ctx.event(&run, false, "Provisioning", format!("no idle instance fits; provisioning instance {name}")).await;
+            ctx.event(&run, false, "Provisioning", format!("no idle instance fits; provisioning instance {name}"))
+                .await;
             Ok(Next::Continue(run))
         }
         NoFit::Wait { reason, message, retry_at } => {
@@ -292,7 +315,16 @@ async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Con
     if let Some(deadline) = sm::max_duration_deadline(&st, policy) {
         if now >= deadline {
             ctx.executor.stop(&run, &inst).await?;
-            return finish(ctx, run, st, RunPhase::Terminated, "MaxDurationExceeded", None, "maxDuration reached; stopped").await;
+            return finish(
+                ctx,
+                run,
+                st,
+                RunPhase::Terminated,
+                "MaxDurationExceeded",
+                None,
+                "maxDuration reached; stopped",
+            )
+            .await;
         }
     }
     match ctx.executor.status(&run, &inst).await? {
@@ -353,7 +385,15 @@ async fn release_instance(ctx: &Context, run: &Run, instance: Option<&str>) -> R
     }
     let now = ctx.now();
     crate::core::instance::release(&mut ist, now);
-    let c = condition_tri(&ist.conditions, "Ready", "True", "Idle", format!("run {} ended; idle", run.name_any()), inst.metadata.generation, now);
+    let c = condition_tri(
+        &ist.conditions,
+        "Ready",
+        "True",
+        "Idle",
+        format!("run {} ended; idle", run.name_any()),
+        inst.metadata.generation,
+        now,
+    );
     upsert(&mut ist.conditions, c);
     ctx.write_status(&inst, &ist).await?;
     ctx.event(&inst, false, "Released", format!("run {} ended; the instance is idle", run.name_any())).await;
@@ -424,7 +464,15 @@ async fn cleanup(run: Arc<Run>, ctx: Arc<Context>) -> Result<Action, Error> {
 
 /// Sets `Scheduled`; returns true when it changed.
 fn scheduled(st: &mut RunStatus, run: &Run, now: Timestamp, assigned: bool, reason: &str, message: &str) -> bool {
-    let c = condition_tri(&st.conditions, "Scheduled", if assigned { "True" } else { "False" }, reason, message, run.metadata.generation, now);
+    let c = condition_tri(
+        &st.conditions,
+        "Scheduled",
+        if assigned { "True" } else { "False" },
+        reason,
+        message,
+        run.metadata.generation,
+        now,
+    );
     let changed = crate::api::conditions::find(&st.conditions, "Scheduled")
         .is_none_or(|old| old.status != c.status || old.reason != c.reason || old.message != c.message);
     upsert(&mut st.conditions, c);

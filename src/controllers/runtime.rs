@@ -57,10 +57,7 @@ pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig) {
     let pool_ctl = Controller::new(pools, cfg.clone())
         .watches(instances, cfg, |inst: Instance| {
             let ns = inst.namespace().unwrap_or_default();
-            inst.status
-                .as_ref()
-                .and_then(|s| s.pool.clone())
-                .map(|p| ObjectRef::new(&p).within(&ns))
+            inst.status.as_ref().and_then(|s| s.pool.clone()).map(|p| ObjectRef::new(&p).within(&ns))
         })
         .shutdown_on_signal()
         .run(pool::reconcile, error_policy, ctx.clone())

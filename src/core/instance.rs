@@ -6,8 +6,8 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::offers::next_offer;
 use super::add;
+use super::offers::next_offer;
 use super::policy::EffectivePolicy;
 use crate::api::instance::{InstancePhase, InstanceStatus, ProvisioningAttempt};
 use crate::api::offer::Offer;
@@ -226,7 +226,6 @@ pub fn gone(status: &mut InstanceStatus) {
     status.phase = InstancePhase::Terminated;
     status.address = None;
 }
-
 
 #[cfg(test)]
 mod tests;

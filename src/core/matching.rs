@@ -54,25 +54,15 @@ pub struct PendingRun {
 fn eligible(run: &PendingRun, query: &OfferQuery<'_>, instance: &IdleInstance) -> bool {
     instance.namespace == run.namespace
         && instance.pool == run.pool
-        && run
-            .pinned_instance
-            .as_ref()
-            .is_none_or(|pin| *pin == instance.name)
-        && instance
-            .reserved_for
-            .as_ref()
-            .is_none_or(|r| *r == run.name)
+        && run.pinned_instance.as_ref().is_none_or(|pin| *pin == instance.name)
+        && instance.reserved_for.as_ref().is_none_or(|r| *r == run.name)
         && query.fits(&instance.offer)
 }
 
 /// Preference between two candidate instances: cheaper, then by name, then by position.
 fn better(idle: &[IdleInstance], a: usize, b: usize) -> Ordering {
     let (x, y) = (&idle[a], &idle[b]);
-    x.offer
-        .price
-        .total_cmp(&y.offer.price)
-        .then_with(|| x.name.cmp(&y.name))
-        .then(a.cmp(&b))
+    x.offer.price.total_cmp(&y.offer.price).then_with(|| x.name.cmp(&y.name)).then(a.cmp(&b))
 }
 
 /// The instance `run` should take, as an index into `idle`: one of the run's namespace
@@ -250,9 +240,7 @@ impl Bucket<'_> {
             // Shapes are in price order: nothing further on is cheaper than the best so
             // far, or within the run's price limit once this one is over it.
             let over = |limit: f64| example.price.total_cmp(&limit) == Ordering::Greater;
-            if best.is_some_and(|b| over(idle[b].offer.price))
-                || run.policy.max_price.is_some_and(over)
-            {
+            if best.is_some_and(|b| over(idle[b].offer.price)) || run.policy.max_price.is_some_and(over) {
                 break;
             }
             if let Some(i) = self.head(s, taken) {
@@ -302,39 +290,22 @@ impl<'a> Buckets<'a> {
                 buckets.len() - 1
             });
             let bucket = &mut buckets[b];
-            bucket
-                .by_name
-                .entry(inst.name.as_str())
-                .or_default()
-                .push(i);
+            bucket.by_name.entry(inst.name.as_str()).or_default().push(i);
             if let Some(run) = &inst.reserved_for {
                 bucket.reserved.entry(run.as_str()).or_default().push(i);
                 continue;
             }
-            let s = *shape_index[b]
-                .entry(ShapeKey::of(&inst.offer))
-                .or_insert_with(|| {
-                    bucket.shapes.push(Shape {
-                        example: i,
-                        queue: Vec::new(),
-                        head: 0,
-                    });
-                    bucket.shapes.len() - 1
-                });
+            let s = *shape_index[b].entry(ShapeKey::of(&inst.offer)).or_insert_with(|| {
+                bucket.shapes.push(Shape { example: i, queue: Vec::new(), head: 0 });
+                bucket.shapes.len() - 1
+            });
             bucket.shapes[s].queue.push(i);
         }
         for bucket in &mut buckets {
             for shape in &mut bucket.shapes {
-                shape
-                    .queue
-                    .sort_by(|&a, &b| idle[a].name.cmp(&idle[b].name).then(a.cmp(&b)));
+                shape.queue.sort_by(|&a, &b| idle[a].name.cmp(&idle[b].name).then(a.cmp(&b)));
             }
-            bucket.shapes.sort_by(|x, y| {
-                idle[x.example]
-                    .offer
-                    .price
-                    .total_cmp(&idle[y.example].offer.price)
-            });
+            bucket.shapes.sort_by(|x, y| idle[x.example].offer.price.total_cmp(&idle[y.example].offer.price));
             bucket.next = (0..=bucket.shapes.len()).collect();
         }
         Buckets { index, buckets }

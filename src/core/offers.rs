@@ -72,17 +72,9 @@ impl<'r> OfferQuery<'r> {
             SpotPolicy::OnDemand => Some(false),
             SpotPolicy::Auto => None,
         };
-        let gpu_names = req
-            .gpu
-            .as_ref()
-            .map(|g| g.names.iter().map(|n| n.to_lowercase()).collect())
-            .unwrap_or_default();
-        OfferQuery {
-            req,
-            policy,
-            spot,
-            gpu_names,
-        }
+        let gpu_names =
+            req.gpu.as_ref().map(|g| g.names.iter().map(|n| n.to_lowercase()).collect()).unwrap_or_default();
+        OfferQuery { req, policy, spot, gpu_names }
     }
 
     /// Whether `offer` fits; see [`offer_fits`] for the rules.
@@ -95,9 +87,7 @@ impl<'r> OfferQuery<'r> {
         if self.spot.is_some_and(|spot| offer.spot != spot) {
             return false;
         }
-        if p.max_price
-            .is_some_and(|max| offer.price.is_nan() || offer.price > max)
-        {
+        if p.max_price.is_some_and(|max| offer.price.is_nan() || offer.price > max) {
             return false;
         }
         allowed(&p.backends, &offer.backend)
@@ -107,11 +97,7 @@ impl<'r> OfferQuery<'r> {
 
     fn fits_resources(&self, offer: &Offer) -> bool {
         let req = self.req;
-        if req
-            .cpu
-            .arch
-            .is_some_and(|arch| offer.cpu_arch.unwrap_or(CpuArch::X86) != arch)
-        {
+        if req.cpu.arch.is_some_and(|arch| offer.cpu_arch.unwrap_or(CpuArch::X86) != arch) {
             return false;
         }
         if !req.cpu.count.contains(offer.cpu) || !req.memory.contains(offer.memory) {
@@ -154,14 +140,9 @@ impl<'r> OfferQuery<'r> {
                 return false;
             }
         }
-        let per_gpu = if offer.gpu_count > 0 {
-            offer.gpu_memory
-        } else {
-            0.0
-        };
+        let per_gpu = if offer.gpu_count > 0 { offer.gpu_memory } else { 0.0 };
         let total = per_gpu * f64::from(offer.gpu_count);
-        gpu.memory.is_none_or(|r| r.contains(per_gpu))
-            && gpu.total_memory.is_none_or(|r| r.contains(total))
+        gpu.memory.is_none_or(|r| r.contains(per_gpu)) && gpu.total_memory.is_none_or(|r| r.contains(total))
     }
 }
 
@@ -196,12 +177,7 @@ fn compute_capability(offer: &Offer) -> Option<(u32, u32)> {
         .compute_capability
         .as_deref()
         .and_then(parse_compute_capability)
-        .or_else(|| {
-            offer
-                .gpu_name
-                .as_deref()
-                .and_then(known_gpus::nvidia_compute_capability)
-        })
+        .or_else(|| offer.gpu_name.as_deref().and_then(known_gpus::nvidia_compute_capability))
 }
 
 fn parse_compute_capability(s: &str) -> Option<(u32, u32)> {
@@ -283,26 +259,18 @@ pub fn rank_offers<'a, I: IntoIterator<Item = &'a Offer>>(
             *worst = entry;
         }
     }
-    heap.into_sorted_vec()
-        .into_iter()
-        .map(|r| r.offer.clone())
-        .collect()
+    heap.into_sorted_vec().into_iter().map(|r| r.offer.clone()).collect()
 }
 
 /// Whether two offers are the same machine type at the same place: backend, region,
 /// instance type and spot-ness (not the price, which may have moved).
 pub fn same_offer(a: &Offer, b: &Offer) -> bool {
-    a.backend == b.backend
-        && a.region == b.region
-        && a.instance_type == b.instance_type
-        && a.spot == b.spot
+    a.backend == b.backend && a.region == b.region && a.instance_type == b.instance_type && a.spot == b.spot
 }
 
 /// The first offer of `ranked` (cheapest first, as [`rank_offers`] returns them) that has
 /// not been tried yet: after a failed attempt, provisioning falls back to the next offer.
 /// `None` when every offer has been tried.
 pub fn next_offer<'a>(ranked: &'a [Offer], tried: &[ProvisioningAttempt]) -> Option<&'a Offer> {
-    ranked
-        .iter()
-        .find(|o| !tried.iter().any(|t| same_offer(o, &t.offer)))
+    ranked.iter().find(|o| !tried.iter().any(|t| same_offer(o, &t.offer)))
 }

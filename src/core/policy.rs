@@ -113,10 +113,8 @@ pub fn effective_policy(layers: &[&PolicySpec], origin: Origin) -> Result<Effect
             Some(d) => parse_duration("retry.duration", d)?,
             None => DEFAULT_RETRY_DURATION,
         };
-        let on = r
-            .on
-            .clone()
-            .unwrap_or_else(|| vec![RetryEvent::NoCapacity, RetryEvent::Interruption, RetryEvent::Error]);
+        let on =
+            r.on.clone().unwrap_or_else(|| vec![RetryEvent::NoCapacity, RetryEvent::Interruption, RetryEvent::Error]);
         p.retry = Some(RetryPolicy { on, duration });
     }
     if let Some(v) = first(layers, |l| l.idle_duration.as_deref()) {

@@ -14,11 +14,7 @@ pub fn resolve_pool_name(spec_pool: Option<&str>, pools_in_namespace: &[&Pool]) 
     let mut marked: Vec<&&Pool> = pools_in_namespace
         .iter()
         .filter(|p| {
-            p.metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(DEFAULT_POOL_ANNOTATION))
-                .is_some_and(|v| v == "true")
+            p.metadata.annotations.as_ref().and_then(|a| a.get(DEFAULT_POOL_ANNOTATION)).is_some_and(|v| v == "true")
         })
         .collect();
     marked.sort_by(|a, b| {
@@ -26,10 +22,7 @@ pub fn resolve_pool_name(spec_pool: Option<&str>, pools_in_namespace: &[&Pool]) 
         let kb = (b.metadata.creation_timestamp.as_ref().map(|t| t.0), b.metadata.name.as_deref());
         ka.cmp(&kb)
     });
-    marked
-        .first()
-        .and_then(|p| p.metadata.name.clone())
-        .unwrap_or_else(|| DEFAULT_POOL_NAME.to_string())
+    marked.first().and_then(|p| p.metadata.name.clone()).unwrap_or_else(|| DEFAULT_POOL_NAME.to_string())
 }
 
 /// Whether an instance in this phase holds (or is about to hold) a machine and so
@@ -87,7 +80,8 @@ mod tests {
         if default {
             p.metadata.annotations = Some(BTreeMap::from([(DEFAULT_POOL_ANNOTATION.to_string(), "true".to_string())]));
         }
-        p.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(created.parse().unwrap()));
+        p.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(created.parse().unwrap()));
         p
     }
 

@@ -1,7 +1,6 @@
 //! The run state machine: Pending → Provisioning → Running → Succeeded / Failed /
 //! Terminated. Each transition is a function of (status, facts, now).
 
-
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -149,7 +148,6 @@ fn resubmit(status: &mut RunStatus, exit_code: Option<i32>) {
     status.exit_code = exit_code;
     status.attempts += 1;
 }
-
 
 #[cfg(test)]
 mod tests;

@@ -230,9 +230,33 @@ impl Harness {
     /// A fingerprint of every object's resourceVersion, to tell when nothing changes.
     async fn versions(&self) -> Vec<String> {
         let mut v: Vec<String> = Vec::new();
-        v.extend(self.api::<Run>().list(&Default::default()).await.unwrap().items.iter().map(|o| format!("r/{}/{:?}", o.name_any(), o.resource_version())));
-        v.extend(self.api::<Instance>().list(&Default::default()).await.unwrap().items.iter().map(|o| format!("i/{}/{:?}", o.name_any(), o.resource_version())));
-        v.extend(self.api::<Pool>().list(&Default::default()).await.unwrap().items.iter().map(|o| format!("p/{}/{:?}", o.name_any(), o.resource_version())));
+        v.extend(
+            self.api::<Run>()
+                .list(&Default::default())
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .map(|o| format!("r/{}/{:?}", o.name_any(), o.resource_version())),
+        );
+        v.extend(
+            self.api::<Instance>()
+                .list(&Default::default())
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .map(|o| format!("i/{}/{:?}", o.name_any(), o.resource_version())),
+        );
+        v.extend(
+            self.api::<Pool>()
+                .list(&Default::default())
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .map(|o| format!("p/{}/{:?}", o.name_any(), o.resource_version())),
+        );
         v
     }
 
@@ -274,23 +298,32 @@ impl Harness {
         let mut errors = Vec::new();
         for _ in 0..30 {
             let before = self.versions().await;
-            let mut jobs: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + '_>>> = Vec::new();
+            let mut jobs: Vec<futures::future::LocalBoxFuture<'_, Result<String, String>>> = Vec::new();
             for r in self.api::<Run>().list(&Default::default()).await.unwrap().items {
                 let name = format!("run {}", r.name_any());
                 jobs.push(Box::pin(async move {
-                    run::reconcile(Arc::new(r), self.ctx.clone()).await.map(|_| name.clone()).map_err(|e| format!("{name}: {e}"))
+                    run::reconcile(Arc::new(r), self.ctx.clone())
+                        .await
+                        .map(|_| name.clone())
+                        .map_err(|e| format!("{name}: {e}"))
                 }));
             }
             for i in self.api::<Instance>().list(&Default::default()).await.unwrap().items {
                 let name = format!("instance {}", i.name_any());
                 jobs.push(Box::pin(async move {
-                    instance::reconcile(Arc::new(i), self.ctx.clone()).await.map(|_| name.clone()).map_err(|e| format!("{name}: {e}"))
+                    instance::reconcile(Arc::new(i), self.ctx.clone())
+                        .await
+                        .map(|_| name.clone())
+                        .map_err(|e| format!("{name}: {e}"))
                 }));
             }
             for p in self.api::<Pool>().list(&Default::default()).await.unwrap().items {
                 let name = format!("pool {}", p.name_any());
                 jobs.push(Box::pin(async move {
-                    pool::reconcile(Arc::new(p), self.ctx.clone()).await.map(|_| name.clone()).map_err(|e| format!("{name}: {e}"))
+                    pool::reconcile(Arc::new(p), self.ctx.clone())
+                        .await
+                        .map(|_| name.clone())
+                        .map_err(|e| format!("{name}: {e}"))
                 }));
             }
             // Fisher-Yates with a small LCG: reproducible from the seed.

@@ -58,22 +58,13 @@ pub struct Range<T> {
 
 impl<T: PartialOrd + Copy> Range<T> {
     pub fn exact(v: T) -> Self {
-        Range {
-            min: Some(v),
-            max: Some(v),
-        }
+        Range { min: Some(v), max: Some(v) }
     }
     pub fn at_least(v: T) -> Self {
-        Range {
-            min: Some(v),
-            max: None,
-        }
+        Range { min: Some(v), max: None }
     }
     pub fn any() -> Self {
-        Range {
-            min: None,
-            max: None,
-        }
+        Range { min: None, max: None }
     }
     pub fn contains(&self, v: T) -> bool {
         self.min.is_none_or(|m| v >= m) && self.max.is_none_or(|m| v <= m)
@@ -189,49 +180,26 @@ pub struct SpecError {
 }
 
 impl SpecError {
-    pub fn new(
-        field: impl Into<String>,
-        token: impl Into<String>,
-        reason: impl Into<String>,
-    ) -> Self {
-        SpecError {
-            field: field.into(),
-            token: token.into(),
-            reason: reason.into(),
-        }
+    pub fn new(field: impl Into<String>, token: impl Into<String>, reason: impl Into<String>) -> Self {
+        SpecError { field: field.into(), token: token.into(), reason: reason.into() }
     }
 }
 
 /// Default CPU count: `2..`.
-pub const DEFAULT_CPU_COUNT: Range<u32> = Range {
-    min: Some(2),
-    max: None,
-};
+pub const DEFAULT_CPU_COUNT: Range<u32> = Range { min: Some(2), max: None };
 /// Default memory: `8GB..`.
-pub const DEFAULT_MEMORY: Range<f64> = Range {
-    min: Some(8.0),
-    max: None,
-};
+pub const DEFAULT_MEMORY: Range<f64> = Range { min: Some(8.0), max: None };
 /// Default disk: `100GB..`.
-pub const DEFAULT_DISK: Range<f64> = Range {
-    min: Some(100.0),
-    max: None,
-};
+pub const DEFAULT_DISK: Range<f64> = Range { min: Some(100.0), max: None };
 /// GPU count when a GPU is asked for without a count: `1..`.
-pub const DEFAULT_GPU_COUNT: Range<u32> = Range {
-    min: Some(1),
-    max: None,
-};
+pub const DEFAULT_GPU_COUNT: Range<u32> = Range { min: Some(1), max: None };
 
 impl ResourcesSpec {
     /// Parses every field and applies the defaults.
     pub fn resolve(&self) -> Result<Requirements, SpecError> {
         let cpu = match &self.cpu {
             Some(s) => parse_cpu("resources.cpu", s)?,
-            None => CpuSpec {
-                arch: None,
-                count: DEFAULT_CPU_COUNT,
-            },
+            None => CpuSpec { arch: None, count: DEFAULT_CPU_COUNT },
         };
         let memory = match &self.memory {
             Some(s) => parse_memory("resources.memory", s)?,
@@ -241,16 +209,9 @@ impl ResourcesSpec {
             Some(s) => parse_memory("resources.disk", s)?,
             None => DEFAULT_DISK,
         };
-        let mut gpu = self
-            .gpu
-            .as_deref()
-            .map(|s| parse_gpu("resources.gpu", s))
-            .transpose()?;
-        let total_memory = self
-            .gpu_total_memory
-            .as_deref()
-            .map(|s| parse_memory("resources.gpuTotalMemory", s))
-            .transpose()?;
+        let mut gpu = self.gpu.as_deref().map(|s| parse_gpu("resources.gpu", s)).transpose()?;
+        let total_memory =
+            self.gpu_total_memory.as_deref().map(|s| parse_memory("resources.gpuTotalMemory", s)).transpose()?;
         let compute_capability = self
             .compute_capability
             .as_deref()
@@ -268,12 +229,7 @@ impl ResourcesSpec {
             g.total_memory = total_memory;
             g.compute_capability = compute_capability;
         }
-        Ok(Requirements {
-            cpu,
-            memory,
-            disk: Some(disk),
-            gpu,
-        })
+        Ok(Requirements { cpu, memory, disk: Some(disk), gpu })
     }
 }
 
@@ -314,11 +270,7 @@ impl fmt::Display for Requirements {
 pub fn parse_cpu(field: &str, s: &str) -> Result<CpuSpec, SpecError> {
     let spec = strip_ws(s);
     if spec.is_empty() {
-        return Err(SpecError::new(
-            field,
-            spec,
-            "empty CPU spec: give a count such as `2..`",
-        ));
+        return Err(SpecError::new(field, spec, "empty CPU spec: give a count such as `2..`"));
     }
     let mut arch = None;
     let mut count = None;
@@ -332,23 +284,15 @@ pub fn parse_cpu(field: &str, s: &str) -> Result<CpuSpec, SpecError> {
             }
             count = Some(parse_count_range(field, token)?);
         } else {
-            let a = parse_arch(token).ok_or_else(|| {
-                SpecError::new(field, token, "unknown CPU architecture: use `x86` or `arm`")
-            })?;
+            let a = parse_arch(token)
+                .ok_or_else(|| SpecError::new(field, token, "unknown CPU architecture: use `x86` or `arm`"))?;
             if arch.is_some() {
-                return Err(SpecError::new(
-                    field,
-                    token,
-                    "more than one CPU architecture",
-                ));
+                return Err(SpecError::new(field, token, "more than one CPU architecture"));
             }
             arch = Some(a);
         }
     }
-    Ok(CpuSpec {
-        arch,
-        count: count.unwrap_or(DEFAULT_CPU_COUNT),
-    })
+    Ok(CpuSpec { arch, count: count.unwrap_or(DEFAULT_CPU_COUNT) })
 }
 
 /// Parses a size or a range of sizes in GB: `8GB`, `512MB..`, `..1TB`, `64..128`
@@ -356,11 +300,7 @@ pub fn parse_cpu(field: &str, s: &str) -> Result<CpuSpec, SpecError> {
 pub fn parse_memory(field: &str, s: &str) -> Result<Range<f64>, SpecError> {
     let spec = strip_ws(s);
     if spec.is_empty() {
-        return Err(SpecError::new(
-            field,
-            spec,
-            "empty size: give a size such as `16GB` or `16GB..`",
-        ));
+        return Err(SpecError::new(field, spec, "empty size: give a size such as `16GB` or `16GB..`"));
     }
     parse_range(field, &spec, size_value, show_gb)
 }
@@ -369,11 +309,7 @@ pub fn parse_memory(field: &str, s: &str) -> Result<Range<f64>, SpecError> {
 pub fn parse_count_range(field: &str, s: &str) -> Result<Range<u32>, SpecError> {
     let spec = strip_ws(s);
     if spec.is_empty() {
-        return Err(SpecError::new(
-            field,
-            spec,
-            "empty count: give a number such as `2` or `2..`",
-        ));
+        return Err(SpecError::new(field, spec, "empty count: give a number such as `2` or `2..`"));
     }
     parse_range(field, &spec, count_value, |v| v.to_string())
 }
@@ -383,11 +319,7 @@ pub fn parse_count_range(field: &str, s: &str) -> Result<Range<u32>, SpecError> 
 pub fn parse_gpu(field: &str, s: &str) -> Result<GpuSpec, SpecError> {
     let spec = strip_ws(s);
     if spec.is_empty() {
-        return Err(SpecError::new(
-            field,
-            spec,
-            "empty GPU spec: give a name, count or memory such as `A100:2`",
-        ));
+        return Err(SpecError::new(field, spec, "empty GPU spec: give a name, count or memory such as `A100:2`"));
     }
     let mut vendor = None;
     let mut names: Option<Vec<String>> = None;
@@ -399,13 +331,7 @@ pub fn parse_gpu(field: &str, s: &str) -> Result<GpuSpec, SpecError> {
         if token.is_empty() {
             return Err(empty_part(field, &spec));
         }
-        let dup = |what: &str| {
-            SpecError::new(
-                field,
-                token,
-                format!("more than one GPU {what} in the spec"),
-            )
-        };
+        let dup = |what: &str| SpecError::new(field, token, format!("more than one GPU {what} in the spec"));
         if let Some(v) = parse_vendor(token) {
             if vendor.is_some() {
                 return Err(dup("vendor"));
@@ -422,29 +348,19 @@ pub fn parse_gpu(field: &str, s: &str) -> Result<GpuSpec, SpecError> {
             let mut list = Vec::new();
             for name in token.split(',') {
                 let (name, tpu) = parse_gpu_name(field, token, name)?;
-                implied.push(if tpu {
-                    Some(GpuVendor::Tpu)
-                } else {
-                    known_vendor(name)
-                });
+                implied.push(if tpu { Some(GpuVendor::Tpu) } else { known_vendor(name) });
                 list.push(name.to_string());
             }
             names = Some(list);
         } else if token.contains(|c: char| c.is_ascii_alphabetic()) {
-            if !token
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
-            {
+            if !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') {
                 return Err(SpecError::new(field, token, "unknown GPU token"));
             }
             if memory.is_some() {
                 return Err(dup("memory"));
             }
             memory = Some(parse_range(field, token, size_value, show_gb)?);
-        } else if token
-            .bytes()
-            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+'))
-        {
+        } else if token.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+')) {
             if count.is_some() {
                 return Err(dup("count"));
             }
@@ -465,21 +381,8 @@ pub fn parse_gpu(field: &str, s: &str) -> Result<GpuSpec, SpecError> {
     let names = names.unwrap_or_default();
     let count = count.unwrap_or(DEFAULT_GPU_COUNT);
     // As dstack: no inference when no GPU is asked for (`0`).
-    let vendor = vendor.or_else(|| {
-        if count.max == Some(0) {
-            None
-        } else {
-            single_vendor(implied)
-        }
-    });
-    Ok(GpuSpec {
-        vendor,
-        names,
-        count,
-        memory,
-        total_memory: None,
-        compute_capability: None,
-    })
+    let vendor = vendor.or_else(|| if count.max == Some(0) { None } else { single_vendor(implied) });
+    Ok(GpuSpec { vendor, names, count, memory, total_memory: None, compute_capability: None })
 }
 
 /// Parses a compute capability `MAJOR.MINOR`, e.g. `8.0`, `9.0`, `12.0`.
@@ -522,9 +425,7 @@ fn parse_range<T: PartialOrd + Copy>(
         if s.is_empty() {
             Ok(None)
         } else {
-            value(s)
-                .map(Some)
-                .map_err(|reason| SpecError::new(field, s, reason))
+            value(s).map(Some).map_err(|reason| SpecError::new(field, s, reason))
         }
     };
     let Some((lo, hi)) = token.split_once("..") else {
@@ -532,27 +433,15 @@ fn parse_range<T: PartialOrd + Copy>(
         return Ok(Range::exact(v));
     };
     if hi.contains("..") {
-        return Err(SpecError::new(
-            field,
-            token,
-            "more than one `..` in a range",
-        ));
+        return Err(SpecError::new(field, token, "more than one `..` in a range"));
     }
     if lo.is_empty() && hi.is_empty() {
-        return Err(SpecError::new(
-            field,
-            token,
-            "empty range: give a minimum, a maximum or both, e.g. `2..`",
-        ));
+        return Err(SpecError::new(field, token, "empty range: give a minimum, a maximum or both, e.g. `2..`"));
     }
     let (min, max) = (side(lo)?, side(hi)?);
     if let (Some(a), Some(b)) = (min, max) {
         if a > b {
-            return Err(SpecError::new(
-                field,
-                token,
-                format!("min {} is greater than max {}", show(a), show(b)),
-            ));
+            return Err(SpecError::new(field, token, format!("min {} is greater than max {}", show(a), show(b))));
         }
     }
     Ok(Range { min, max })
@@ -585,9 +474,7 @@ fn size_value(s: &str) -> Result<f64, String> {
     if !is_decimal(num) {
         return Err(format!("`{num}` is not a number"));
     }
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("`{num}` is not a number"))?;
+    let value: f64 = num.parse().map_err(|_| format!("`{num}` is not a number"))?;
     let value = match unit.to_ascii_lowercase().as_str() {
         "" | "gb" => value,
         "mb" => value / 1024.0,
@@ -634,34 +521,15 @@ fn parse_vendor(token: &str) -> Option<GpuVendor> {
 
 /// Checks one name of a names list; returns it without a `tpu-` prefix and whether it
 /// had one.
-fn parse_gpu_name<'a>(
-    field: &str,
-    token: &str,
-    name: &'a str,
-) -> Result<(&'a str, bool), SpecError> {
+fn parse_gpu_name<'a>(field: &str, token: &str, name: &'a str) -> Result<(&'a str, bool), SpecError> {
     if name.is_empty() {
-        return Err(SpecError::new(
-            field,
-            token,
-            "empty GPU name: check the `,` separators",
-        ));
+        return Err(SpecError::new(field, token, "empty GPU name: check the `,` separators"));
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err(SpecError::new(
-            field,
-            name,
-            "invalid GPU name: use letters, digits, `-` and `_`",
-        ));
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err(SpecError::new(field, name, "invalid GPU name: use letters, digits, `-` and `_`"));
     }
     if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
-        return Err(SpecError::new(
-            field,
-            name,
-            "invalid GPU name: names start with a letter",
-        ));
+        return Err(SpecError::new(field, name, "invalid GPU name: names start with a letter"));
     }
     // The name is ASCII from here on.
     if name.len() >= 4 && name[..4].eq_ignore_ascii_case("tpu-") {
@@ -711,10 +579,7 @@ pub fn known_vendor(name: &str) -> Option<GpuVendor> {
     }
     // TPUs are named VERSION-CORES, e.g. `v5p-8`.
     if let Some((version, cores)) = n.split_once('-') {
-        if KNOWN_TPU_VERSIONS.contains(&version)
-            && !cores.is_empty()
-            && cores.bytes().all(|b| b.is_ascii_digit())
-        {
+        if KNOWN_TPU_VERSIONS.contains(&version) && !cores.is_empty() && cores.bytes().all(|b| b.is_ascii_digit()) {
             return Some(GpuVendor::Tpu);
         }
     }
@@ -750,19 +615,10 @@ const KNOWN_TPU_VERSIONS: &[&str] = &["v2", "v3", "v4", "v5p", "v5litepod", "v6e
 // Display: back into the grammar
 // ---------------------------------------------------------------------------------------
 
-fn fmt_range<T: PartialEq + Copy>(
-    r: &Range<T>,
-    f: &mut fmt::Formatter<'_>,
-    show: impl Fn(T) -> String,
-) -> fmt::Result {
+fn fmt_range<T: PartialEq + Copy>(r: &Range<T>, f: &mut fmt::Formatter<'_>, show: impl Fn(T) -> String) -> fmt::Result {
     match (r.min, r.max) {
         (Some(a), Some(b)) if a == b => f.write_str(&show(a)),
-        (min, max) => write!(
-            f,
-            "{}..{}",
-            min.map(&show).unwrap_or_default(),
-            max.map(&show).unwrap_or_default()
-        ),
+        (min, max) => write!(f, "{}..{}", min.map(&show).unwrap_or_default(), max.map(&show).unwrap_or_default()),
     }
 }
 
@@ -830,11 +686,7 @@ impl fmt::Display for CpuSpec {
 impl fmt::Display for GpuSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(vendor) = self.vendor {
-            let implied = if self.count.max == Some(0) {
-                None
-            } else {
-                infer_vendor(&self.names)
-            };
+            let implied = if self.count.max == Some(0) { None } else { infer_vendor(&self.names) };
             if self.names.is_empty() || implied != Some(vendor) {
                 write!(f, "{vendor}:")?;
             }

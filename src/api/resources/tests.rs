@@ -14,20 +14,8 @@ fn names(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
-fn gpu(
-    vendor: Option<GpuVendor>,
-    n: &[&str],
-    count: Range<u32>,
-    memory: Option<Range<f64>>,
-) -> GpuSpec {
-    GpuSpec {
-        vendor,
-        names: names(n),
-        count,
-        memory,
-        total_memory: None,
-        compute_capability: None,
-    }
+fn gpu(vendor: Option<GpuVendor>, n: &[&str], count: Range<u32>, memory: Option<Range<f64>>) -> GpuSpec {
+    GpuSpec { vendor, names: names(n), count, memory, total_memory: None, compute_capability: None }
 }
 
 /// Asserts an error names the field and token, and its reason contains `reason`.
@@ -35,11 +23,7 @@ fn assert_err<T: fmt::Debug>(input: &str, got: Result<T, SpecError>, token: &str
     let e = got.expect_err(&format!("{input:?} should be rejected"));
     assert_eq!(e.field, F, "field for {input:?}");
     assert_eq!(e.token, token, "token for {input:?} ({e})");
-    assert!(
-        e.reason.contains(reason),
-        "reason for {input:?}: {:?} lacks {reason:?}",
-        e.reason
-    );
+    assert!(e.reason.contains(reason), "reason for {input:?}: {:?} lacks {reason:?}", e.reason);
 }
 
 #[test]
@@ -311,10 +295,7 @@ fn resolve_applies_defaults() {
     assert_eq!(
         req,
         Requirements {
-            cpu: CpuSpec {
-                arch: None,
-                count: r(Some(2), None)
-            },
+            cpu: CpuSpec { arch: None, count: r(Some(2), None) },
             memory: r(Some(8.0), None),
             disk: Some(r(Some(100.0), None)),
             gpu: None,
@@ -334,13 +315,7 @@ fn resolve_parses_every_field() {
         compute_capability: Some("8.0".into()),
     };
     let req = s.resolve().unwrap();
-    assert_eq!(
-        req.cpu,
-        CpuSpec {
-            arch: Some(CpuArch::Arm),
-            count: r(Some(16), None)
-        }
-    );
+    assert_eq!(req.cpu, CpuSpec { arch: Some(CpuArch::Arm), count: r(Some(16), None) });
     assert_eq!(req.memory, r(Some(64.0), Some(256.0)));
     assert_eq!(req.disk, Some(Range::exact(1024.0)));
     let g = req.gpu.clone().unwrap();
@@ -358,25 +333,16 @@ fn resolve_parses_every_field() {
 
 #[test]
 fn resolve_gpu_from_total_memory_or_compute_capability() {
-    let s = ResourcesSpec {
-        gpu_total_memory: Some("160GB..".into()),
-        ..spec()
-    };
+    let s = ResourcesSpec { gpu_total_memory: Some("160GB..".into()), ..spec() };
     let g = s.resolve().unwrap().gpu.unwrap();
     assert_eq!(g.count, DEFAULT_GPU_COUNT);
     assert_eq!(g.total_memory, Some(r(Some(160.0), None)));
     assert_eq!((g.vendor, g.names.len(), g.memory), (None, 0, None));
 
-    let s = ResourcesSpec {
-        compute_capability: Some("9.0".into()),
-        ..spec()
-    };
+    let s = ResourcesSpec { compute_capability: Some("9.0".into()), ..spec() };
     let req = s.resolve().unwrap();
     assert_eq!(req.gpu.as_ref().unwrap().compute_capability, Some((9, 0)));
-    assert_eq!(
-        req.render(),
-        "cpu=2.. mem=8GB.. disk=100GB.. gpu=1.. computeCapability=9.0"
-    );
+    assert_eq!(req.render(), "cpu=2.. mem=8GB.. disk=100GB.. gpu=1.. computeCapability=9.0");
 }
 
 #[test]
@@ -443,19 +409,9 @@ fn range_display() {
 fn schema_has_descriptions_and_patterns() {
     let schema = serde_json::to_value(schemars::schema_for!(ResourcesSpec)).unwrap();
     let props = &schema["properties"];
-    for field in [
-        "cpu",
-        "memory",
-        "disk",
-        "gpu",
-        "gpuTotalMemory",
-        "computeCapability",
-    ] {
+    for field in ["cpu", "memory", "disk", "gpu", "gpuTotalMemory", "computeCapability"] {
         let p = &props[field];
-        assert!(
-            p["description"].as_str().is_some_and(|d| d.len() > 40),
-            "{field}: {p}"
-        );
+        assert!(p["description"].as_str().is_some_and(|d| d.len() > 40), "{field}: {p}");
         assert!(p["pattern"].as_str().is_some(), "{field}: {p}");
     }
 }
@@ -465,25 +421,14 @@ fn schema_has_descriptions_and_patterns() {
 #[test]
 fn patterns_admit_everything_the_parser_accepts() {
     let schema = serde_json::to_value(schemars::schema_for!(ResourcesSpec)).unwrap();
-    let pattern = |field: &str| {
-        schema["properties"][field]["pattern"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let pattern = |field: &str| schema["properties"][field]["pattern"].as_str().unwrap().to_string();
     let check = |field: &str, inputs: &[&str]| {
         let p = pattern(field);
         for input in inputs {
-            assert!(
-                matches_pattern(&p, input),
-                "{field}: {input:?} accepted by the parser but not by {p}"
-            );
+            assert!(matches_pattern(&p, input), "{field}: {input:?} accepted by the parser but not by {p}");
         }
     };
-    check(
-        "cpu",
-        &["8", "2..", "arm:8..", "x86_64 : 4", " 4 .. 8 ", "AARCH64:2"],
-    );
+    check("cpu", &["8", "2..", "arm:8..", "x86_64 : 4", " 4 .. 8 ", "AARCH64:2"]);
     check("memory", &["8", "8GB", "512mb..", "8 GB .. 16 GB", "0.5TB"]);
     check("disk", &["100GB..", "1TB..2TB"]);
     check("gpuTotalMemory", &["160GB.."]);
@@ -512,10 +457,7 @@ fn patterns_admit_everything_the_parser_accepts() {
 /// `+`, or a literal/`[0-9]+` sequence. Enough to check the schema's patterns without a
 /// regex dependency.
 fn matches_pattern(pattern: &str, input: &str) -> bool {
-    let body = pattern
-        .strip_prefix('^')
-        .and_then(|p| p.strip_suffix('$'))
-        .expect("anchored pattern");
+    let body = pattern.strip_prefix('^').and_then(|p| p.strip_suffix('$')).expect("anchored pattern");
     let items = parse_items(body);
     match_items(&items, input.as_bytes())
 }
@@ -589,19 +531,17 @@ fn match_items(items: &[Item], s: &[u8]) -> bool {
 // ---------------------------------------------------------------------------------------
 
 fn count_range() -> impl Strategy<Value = Range<u32>> {
-    (any::<Option<u32>>(), any::<Option<u32>>())
-        .prop_filter("a bound", |(a, b)| a.is_some() || b.is_some())
-        .prop_map(|(a, b)| match (a, b) {
+    (any::<Option<u32>>(), any::<Option<u32>>()).prop_filter("a bound", |(a, b)| a.is_some() || b.is_some()).prop_map(
+        |(a, b)| match (a, b) {
             (Some(a), Some(b)) => r(Some(a.min(b)), Some(a.max(b))),
             (a, b) => r(a, b),
-        })
+        },
+    )
 }
 
 fn size() -> impl Strategy<Value = f64> {
     prop_oneof![
-        any::<f64>()
-            .prop_map(f64::abs)
-            .prop_filter("finite", |v| v.is_finite()),
+        any::<f64>().prop_map(f64::abs).prop_filter("finite", |v| v.is_finite()),
         (0u32..100_000).prop_map(f64::from),
         (0u32..100_000, 0u32..4).prop_map(|(n, k)| f64::from(n) / f64::from(10u32.pow(k))),
     ]
@@ -616,18 +556,8 @@ fn size_range() -> impl Strategy<Value = Range<f64>> {
         })
 }
 
-const GPU_NAMES: &[&str] = &[
-    "A100",
-    "H100",
-    "a10g",
-    "MI300X",
-    "v5p-8",
-    "Gaudi2",
-    "n150",
-    "A100x",
-    "Foo_1",
-    "tt-galaxy-wh",
-];
+const GPU_NAMES: &[&str] =
+    &["A100", "H100", "a10g", "MI300X", "v5p-8", "Gaudi2", "n150", "A100x", "Foo_1", "tt-galaxy-wh"];
 
 fn gpu_spec() -> impl Strategy<Value = GpuSpec> {
     let vendor = proptest::option::of(prop_oneof![
@@ -638,31 +568,12 @@ fn gpu_spec() -> impl Strategy<Value = GpuSpec> {
         Just(GpuVendor::Tenstorrent),
     ]);
     let names = proptest::sample::subsequence(GPU_NAMES, 0..4).prop_shuffle();
-    (
-        vendor,
-        names,
-        count_range(),
-        proptest::option::of(size_range()),
-    )
-        .prop_map(|(vendor, names, count, memory)| {
-            let names: Vec<String> = names.into_iter().map(String::from).collect();
-            // Parsing always infers the vendor of known names; generate only such specs.
-            let vendor = vendor.or_else(|| {
-                if count.max == Some(0) {
-                    None
-                } else {
-                    infer_vendor(&names)
-                }
-            });
-            GpuSpec {
-                vendor,
-                names,
-                count,
-                memory,
-                total_memory: None,
-                compute_capability: None,
-            }
-        })
+    (vendor, names, count_range(), proptest::option::of(size_range())).prop_map(|(vendor, names, count, memory)| {
+        let names: Vec<String> = names.into_iter().map(String::from).collect();
+        // Parsing always infers the vendor of known names; generate only such specs.
+        let vendor = vendor.or_else(|| if count.max == Some(0) { None } else { infer_vendor(&names) });
+        GpuSpec { vendor, names, count, memory, total_memory: None, compute_capability: None }
+    })
 }
 
 proptest! {

@@ -7,7 +7,15 @@ fn t(s: &str) -> Timestamp {
 }
 
 fn offer(name: &str, price: f64) -> Offer {
-    Offer { backend: "b".into(), region: "r".into(), instance_type: name.into(), cpu: 8, memory: 32.0, price, ..Offer::default() }
+    Offer {
+        backend: "b".into(),
+        region: "r".into(),
+        instance_type: name.into(),
+        cpu: 8,
+        memory: 32.0,
+        price,
+        ..Offer::default()
+    }
 }
 
 fn identified() -> InstanceStatus {
@@ -68,7 +76,10 @@ fn manual_instances_idle_72h_and_dont_destroy_never_expires() {
     s.idle_since = Some(Time(now));
     let manual = policy(PolicySpec::default(), Origin::Manual);
     assert_eq!(idle_deadline(&s, &manual), Some(t("2026-01-04T00:00:00Z")));
-    let keep = policy(PolicySpec { termination_policy: Some(TerminationPolicy::DontDestroy), ..Default::default() }, Origin::Run);
+    let keep = policy(
+        PolicySpec { termination_policy: Some(TerminationPolicy::DontDestroy), ..Default::default() },
+        Origin::Run,
+    );
     assert_eq!(next_step(&s, &keep, t("2030-01-01T00:00:00Z")), Step::IdleUntil(None));
 }
 
@@ -111,10 +122,7 @@ fn retry_window_sends_the_instance_back_to_pending_until_it_ends() {
     // provisioning_started_at is kept, so the window does not restart.
     start_provisioning(&mut s, offer("a", 1.0), t("2026-01-01T00:10:00Z"));
     assert_eq!(s.provisioning_started_at.as_ref().unwrap().0, start);
-    assert_eq!(
-        launch_failed(&mut s, &err, &ranked, &p, t("2026-01-01T00:10:00Z")),
-        LaunchFailure::Fail("NoCapacity")
-    );
+    assert_eq!(launch_failed(&mut s, &err, &ranked, &p, t("2026-01-01T00:10:00Z")), LaunchFailure::Fail("NoCapacity"));
 }
 
 #[test]
@@ -131,7 +139,10 @@ fn rate_limits_retry_later_without_burning_the_offer() {
     let mut s = identified();
     start_provisioning(&mut s, offer("a", 1.0), now);
     let err = BackendError::RateLimited { message: "slow down".into(), retry_after: Some(Duration::from_secs(7)) };
-    assert_eq!(launch_failed(&mut s, &err, &[offer("a", 1.0)], &p, now), LaunchFailure::RetryAt(t("2026-01-01T00:00:07Z")));
+    assert_eq!(
+        launch_failed(&mut s, &err, &[offer("a", 1.0)], &p, now),
+        LaunchFailure::RetryAt(t("2026-01-01T00:00:07Z"))
+    );
     assert!(s.attempts.is_empty());
     assert_eq!(s.phase, InstancePhase::Provisioning);
 }

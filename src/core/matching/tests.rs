@@ -35,48 +35,24 @@ fn names(idle: &[IdleInstance], pick: Option<usize>) -> Option<&str> {
 #[test]
 fn only_the_same_namespace_and_pool() {
     let idle = vec![
-        IdleInstance {
-            namespace: "other".into(),
-            ..inst("a", 1.0)
-        },
-        IdleInstance {
-            pool: "other".into(),
-            ..inst("b", 1.0)
-        },
+        IdleInstance { namespace: "other".into(), ..inst("a", 1.0) },
+        IdleInstance { pool: "other".into(), ..inst("b", 1.0) },
         inst("c", 5.0),
     ];
     assert_eq!(names(&idle, pick_instance(&run("r"), &idle)), Some("c"));
-    assert_eq!(
-        pick_instance(
-            &PendingRun {
-                pool: "nope".into(),
-                ..run("r")
-            },
-            &idle
-        ),
-        None
-    );
+    assert_eq!(pick_instance(&PendingRun { pool: "nope".into(), ..run("r") }, &idle), None);
 }
 
 #[test]
 fn cheapest_fitting_wins_ties_by_name() {
     let gpu = IdleInstance {
-        offer: Offer {
-            gpu_count: 1,
-            gpu_name: Some("A100".into()),
-            gpu_memory: 80.0,
-            ..cpu_offer("p4d", 4.0)
-        },
+        offer: Offer { gpu_count: 1, gpu_name: Some("A100".into()), gpu_memory: 80.0, ..cpu_offer("p4d", 4.0) },
         ..inst("gpu", 4.0)
     };
     let idle = vec![inst("b", 2.0), inst("a", 2.0), inst("c", 1.0), gpu];
     assert_eq!(names(&idle, pick_instance(&run("r"), &idle)), Some("c"));
     let idle2 = idle[..2].to_vec();
-    assert_eq!(
-        names(&idle2, pick_instance(&run("r"), &idle2)),
-        Some("a"),
-        "equal price: by name"
-    );
+    assert_eq!(names(&idle2, pick_instance(&run("r"), &idle2)), Some("a"), "equal price: by name");
     let wants_gpu = PendingRun {
         requirements: Requirements {
             gpu: Some(GpuSpec {
@@ -97,41 +73,19 @@ fn cheapest_fitting_wins_ties_by_name() {
 #[test]
 fn the_policy_must_fit_too() {
     let idle = vec![
-        IdleInstance {
-            offer: Offer {
-                spot: true,
-                ..cpu_offer("m", 0.5)
-            },
-            ..inst("spot", 0.5)
-        },
+        IdleInstance { offer: Offer { spot: true, ..cpu_offer("m", 0.5) }, ..inst("spot", 0.5) },
         inst("pricey", 9.0),
         inst("ok", 2.0),
     ];
     let on_demand = PendingRun {
-        policy: EffectivePolicy {
-            spot_policy: SpotPolicy::OnDemand,
-            max_price: Some(5.0),
-            ..auto()
-        },
+        policy: EffectivePolicy { spot_policy: SpotPolicy::OnDemand, max_price: Some(5.0), ..auto() },
         ..run("r")
     };
     assert_eq!(names(&idle, pick_instance(&on_demand, &idle)), Some("ok"));
-    let elsewhere = PendingRun {
-        policy: EffectivePolicy {
-            regions: vec!["eu-west-1".into()],
-            ..auto()
-        },
-        ..run("r")
-    };
+    let elsewhere = PendingRun { policy: EffectivePolicy { regions: vec!["eu-west-1".into()], ..auto() }, ..run("r") };
     assert_eq!(pick_instance(&elsewhere, &idle), None);
     let big = PendingRun {
-        requirements: Requirements {
-            cpu: CpuSpec {
-                arch: None,
-                count: Range::at_least(64),
-            },
-            ..any_req()
-        },
+        requirements: Requirements { cpu: CpuSpec { arch: None, count: Range::at_least(64) }, ..any_req() },
         ..run("r")
     };
     assert_eq!(pick_instance(&big, &idle), None);
@@ -139,30 +93,11 @@ fn the_policy_must_fit_too() {
 
 #[test]
 fn reserved_instances_go_only_to_their_run() {
-    let idle = vec![
-        IdleInstance {
-            reserved_for: Some("owner".into()),
-            ..inst("held", 1.0)
-        },
-        inst("free", 3.0),
-    ];
-    assert_eq!(
-        names(&idle, pick_instance(&run("other"), &idle)),
-        Some("free")
-    );
-    assert_eq!(
-        names(&idle, pick_instance(&run("owner"), &idle)),
-        Some("held")
-    );
-    let owner_elsewhere = PendingRun {
-        namespace: "other".into(),
-        ..run("owner")
-    };
-    assert_eq!(
-        pick_instance(&owner_elsewhere, &idle),
-        None,
-        "same name, other namespace"
-    );
+    let idle = vec![IdleInstance { reserved_for: Some("owner".into()), ..inst("held", 1.0) }, inst("free", 3.0)];
+    assert_eq!(names(&idle, pick_instance(&run("other"), &idle)), Some("free"));
+    assert_eq!(names(&idle, pick_instance(&run("owner"), &idle)), Some("held"));
+    let owner_elsewhere = PendingRun { namespace: "other".into(), ..run("owner") };
+    assert_eq!(pick_instance(&owner_elsewhere, &idle), None, "same name, other namespace");
 }
 
 #[test]
@@ -170,42 +105,16 @@ fn a_pinned_run_takes_that_instance_or_nothing() {
     let idle = vec![
         inst("cheap", 1.0),
         inst("pinned", 3.0),
-        IdleInstance {
-            reserved_for: Some("someone".into()),
-            ..inst("held", 1.0)
-        },
-        IdleInstance {
-            pool: "other".into(),
-            ..inst("away", 1.0)
-        },
+        IdleInstance { reserved_for: Some("someone".into()), ..inst("held", 1.0) },
+        IdleInstance { pool: "other".into(), ..inst("away", 1.0) },
     ];
-    let pinned = |pin: &str| PendingRun {
-        pinned_instance: Some(pin.into()),
-        ..run("r")
-    };
-    assert_eq!(
-        names(&idle, pick_instance(&pinned("pinned"), &idle)),
-        Some("pinned")
-    );
+    let pinned = |pin: &str| PendingRun { pinned_instance: Some(pin.into()), ..run("r") };
+    assert_eq!(names(&idle, pick_instance(&pinned("pinned"), &idle)), Some("pinned"));
     assert_eq!(pick_instance(&pinned("missing"), &idle), None);
-    assert_eq!(
-        pick_instance(&pinned("held"), &idle),
-        None,
-        "reserved for another run"
-    );
+    assert_eq!(pick_instance(&pinned("held"), &idle), None, "reserved for another run");
     assert_eq!(pick_instance(&pinned("away"), &idle), None, "another pool");
-    let too_cheap = PendingRun {
-        policy: EffectivePolicy {
-            max_price: Some(2.0),
-            ..auto()
-        },
-        ..pinned("pinned")
-    };
-    assert_eq!(
-        pick_instance(&too_cheap, &idle),
-        None,
-        "a pinned instance must still fit"
-    );
+    let too_cheap = PendingRun { policy: EffectivePolicy { max_price: Some(2.0), ..auto() }, ..pinned("pinned") };
+    assert_eq!(pick_instance(&too_cheap, &idle), None, "a pinned instance must still fit");
     // Taken by an earlier run: the pinned run gets nothing, not another instance.
     let runs = vec![pinned("pinned"), pinned("pinned")];
     assert_eq!(assign(&runs, &idle), vec![(0, 1)]);
@@ -214,13 +123,7 @@ fn a_pinned_run_takes_that_instance_or_nothing() {
 #[test]
 fn assign_serves_runs_oldest_first_and_each_instance_once() {
     let idle = vec![inst("b", 2.0), inst("a", 1.0), inst("c", 3.0)];
-    let big = PendingRun {
-        requirements: Requirements {
-            memory: Range::at_least(1000.0),
-            ..any_req()
-        },
-        ..run("big")
-    };
+    let big = PendingRun { requirements: Requirements { memory: Range::at_least(1000.0), ..any_req() }, ..run("big") };
     let runs = vec![run("r0"), big, run("r2"), run("r3"), run("r4")];
     let expected = vec![(0, 1), (2, 0), (3, 2)];
     assert_eq!(assign(&runs, &idle), expected);
@@ -232,15 +135,9 @@ fn assign_serves_runs_oldest_first_and_each_instance_once() {
 #[test]
 fn assign_prefers_a_cheaper_reserved_instance_and_leaves_it_otherwise() {
     let idle = vec![
-        IdleInstance {
-            reserved_for: Some("r1".into()),
-            ..inst("mine", 1.0)
-        },
+        IdleInstance { reserved_for: Some("r1".into()), ..inst("mine", 1.0) },
         inst("shared", 2.0),
-        IdleInstance {
-            reserved_for: Some("r1".into()),
-            ..inst("mine-pricey", 5.0)
-        },
+        IdleInstance { reserved_for: Some("r1".into()), ..inst("mine-pricey", 5.0) },
     ];
     let runs = vec![run("r0"), run("r1"), run("r2")];
     // r0 cannot take r1's instances; r1 takes its cheaper reserved one; r2 gets nothing.

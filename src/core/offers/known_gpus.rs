@@ -103,10 +103,7 @@ const OTHERS: &[(&str, GpuVendor)] = &[
 
 /// Compute capability of a well-known NVIDIA GPU (gpuhunt's `get_compute_capability`).
 pub(super) fn nvidia_compute_capability(name: &str) -> Option<(u32, u32)> {
-    NVIDIA
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|&(_, cc)| cc)
+    NVIDIA.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|&(_, cc)| cc)
 }
 
 /// Vendor of a well-known accelerator (gpuhunt's `get_gpu_vendor`).
@@ -114,8 +111,5 @@ pub(super) fn vendor_of(name: &str) -> Option<GpuVendor> {
     if nvidia_compute_capability(name).is_some() {
         return Some(GpuVendor::Nvidia);
     }
-    OTHERS
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|&(_, v)| v)
+    OTHERS.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|&(_, v)| v)
 }

@@ -51,10 +51,7 @@ prop_compose! {
 fn arb_range_u32(values: Vec<u32>) -> impl Strategy<Value = Range<u32>> {
     let v = prop::sample::select(values);
     (prop::option::of(v.clone()), prop::option::of(v)).prop_map(|(a, b)| match (a, b) {
-        (Some(a), Some(b)) => Range {
-            min: Some(a.min(b)),
-            max: Some(a.max(b)),
-        },
+        (Some(a), Some(b)) => Range { min: Some(a.min(b)), max: Some(a.max(b)) },
         (min, max) => Range { min, max },
     })
 }
@@ -62,10 +59,7 @@ fn arb_range_u32(values: Vec<u32>) -> impl Strategy<Value = Range<u32>> {
 fn arb_range_f64(values: Vec<f64>) -> impl Strategy<Value = Range<f64>> {
     let v = prop::sample::select(values);
     (prop::option::of(v.clone()), prop::option::of(v)).prop_map(|(a, b)| match (a, b) {
-        (Some(a), Some(b)) => Range {
-            min: Some(a.min(b)),
-            max: Some(a.max(b)),
-        },
+        (Some(a), Some(b)) => Range { min: Some(a.min(b)), max: Some(a.max(b)) },
         (min, max) => Range { min, max },
     })
 }
@@ -73,26 +67,21 @@ fn arb_range_f64(values: Vec<f64>) -> impl Strategy<Value = Range<f64>> {
 /// Requirements over the same small domains as [`arb_offer`].
 pub(crate) fn arb_requirements() -> impl Strategy<Value = Requirements> {
     let gpu = (
-        prop::option::of(prop::sample::select(vec![
-            GpuVendor::Nvidia,
-            GpuVendor::Amd,
-        ])),
+        prop::option::of(prop::sample::select(vec![GpuVendor::Nvidia, GpuVendor::Amd])),
         prop::sample::subsequence(vec!["a100", "A10", "h100", "MI300X"], 0..=2),
         arb_range_u32(vec![0, 1, 2, 4]),
         prop::option::of(arb_range_f64(vec![24.0, 40.0, 80.0])),
         prop::option::of(arb_range_f64(vec![40.0, 80.0, 160.0])),
         prop::option::of(prop::sample::select(vec![(7, 5), (8, 0), (9, 0)])),
     )
-        .prop_map(
-            |(vendor, names, count, memory, total_memory, compute_capability)| GpuSpec {
-                vendor,
-                names: names.into_iter().map(String::from).collect(),
-                count,
-                memory,
-                total_memory,
-                compute_capability,
-            },
-        );
+        .prop_map(|(vendor, names, count, memory, total_memory, compute_capability)| GpuSpec {
+            vendor,
+            names: names.into_iter().map(String::from).collect(),
+            count,
+            memory,
+            total_memory,
+            compute_capability,
+        });
     (
         arb_range_u32(vec![2, 4, 8, 16]),
         arb_range_f64(vec![8.0, 16.0, 64.0]),
@@ -110,24 +99,18 @@ pub(crate) fn arb_requirements() -> impl Strategy<Value = Requirements> {
 /// Policies over the same small domains as [`arb_offer`].
 pub(crate) fn arb_policy() -> impl Strategy<Value = EffectivePolicy> {
     (
-        prop::sample::select(vec![
-            SpotPolicy::Spot,
-            SpotPolicy::OnDemand,
-            SpotPolicy::Auto,
-        ]),
+        prop::sample::select(vec![SpotPolicy::Spot, SpotPolicy::OnDemand, SpotPolicy::Auto]),
         prop::option::of(prop::sample::select(vec![1.0, 2.5, 5.0])),
         prop::sample::subsequence(vec!["aws", "gcp", "lambda"], 0..=2),
         prop::sample::subsequence(vec!["us-east-1", "eu-west-1"], 0..=1),
     )
-        .prop_map(
-            |(spot_policy, max_price, backends, regions)| EffectivePolicy {
-                spot_policy,
-                max_price,
-                backends: backends.into_iter().map(String::from).collect(),
-                regions: regions.into_iter().map(String::from).collect(),
-                ..EffectivePolicy::defaults(Origin::Run)
-            },
-        )
+        .prop_map(|(spot_policy, max_price, backends, regions)| EffectivePolicy {
+            spot_policy,
+            max_price,
+            backends: backends.into_iter().map(String::from).collect(),
+            regions: regions.into_iter().map(String::from).collect(),
+            ..EffectivePolicy::defaults(Origin::Run)
+        })
 }
 
 proptest! {

@@ -54,7 +54,10 @@ fn waiting_fails_when_the_retry_window_ends() {
         NoFit::Wait { retry_at, .. } => assert_eq!(retry_at, Some(t("2026-01-01T01:00:00Z"))),
         other => panic!("{other:?}"),
     }
-    assert!(matches!(no_fit(&s, &p, "p", true, None, t("2026-01-01T01:00:00Z")), NoFit::Fail { reason: "NoCapacity", .. }));
+    assert!(matches!(
+        no_fit(&s, &p, "p", true, None, t("2026-01-01T01:00:00Z")),
+        NoFit::Fail { reason: "NoCapacity", .. }
+    ));
 }
 
 #[test]
@@ -78,10 +81,16 @@ fn lifecycle_and_max_duration() {
     provisioning(&mut s, "run-1-r0");
     assert_eq!(s.phase, RunPhase::Provisioning);
     assigned(&mut s, "run-1-r0", now);
-    assert_eq!((s.phase, s.instance.as_deref(), s.provisioning_instance.as_deref()), (RunPhase::Running, Some("run-1-r0"), None));
+    assert_eq!(
+        (s.phase, s.instance.as_deref(), s.provisioning_instance.as_deref()),
+        (RunPhase::Running, Some("run-1-r0"), None)
+    );
     assert_eq!(max_duration_deadline(&s, &p), Some(t("2026-01-01T02:00:00Z")));
     assert!(!job_exited(&mut s, &p, 0, t("2026-01-01T01:00:00Z")));
-    assert_eq!((s.phase, s.exit_code, s.termination_reason.as_deref()), (RunPhase::Succeeded, Some(0), Some("Completed")));
+    assert_eq!(
+        (s.phase, s.exit_code, s.termination_reason.as_deref()),
+        (RunPhase::Succeeded, Some(0), Some("Completed"))
+    );
     assert!(s.finished_at.is_some());
 }
 
@@ -92,7 +101,10 @@ fn errors_and_interruptions_retry_only_when_the_policy_says() {
     let mut s = submitted("2026-01-01T00:00:00Z");
     assigned(&mut s, "i", now);
     assert!(!job_exited(&mut s, &none, 3, now));
-    assert_eq!((s.phase, s.exit_code, s.termination_reason.as_deref()), (RunPhase::Failed, Some(3), Some("ContainerExitedWithError")));
+    assert_eq!(
+        (s.phase, s.exit_code, s.termination_reason.as_deref()),
+        (RunPhase::Failed, Some(3), Some("ContainerExitedWithError"))
+    );
 
     let retry = policy(PolicySpec { retry: Some(RetrySpec::default()), ..Default::default() });
     let mut s = submitted("2026-01-01T00:00:00Z");
