@@ -260,16 +260,32 @@ async fn max_instances_is_never_exceeded_and_the_run_says_why_it_waits() {
     h.run("r1", RunSpec { pool: Some("small".into()), resources: gpu("A10G"), ..Default::default() }).await;
     h.run("r2", RunSpec { pool: Some("small".into()), resources: gpu("A100"), ..Default::default() }).await;
     h.settle(3).await;
-    let r1 = h.get_run("r1").await.status.unwrap();
-    let r2 = h.get_run("r2").await.status.unwrap();
-    assert_eq!(r1.phase, RunPhase::Running);
-    assert_eq!(r2.phase, RunPhase::Pending);
-    let c = find(&r2.conditions, "Scheduled").unwrap();
+    // Whichever run is reconciled first takes the one slot (the in-memory API lists in
+    // no fixed order, as informers deliver in no fixed order); the other waits.
+    let mut runs = vec![h.get_run("r1").await.status.unwrap(), h.get_run("r2").await.status.unwrap()];
+    runs.sort_by_key(|r| r.phase != RunPhase::Running);
+    let (running, waiting) = (&runs[0], &runs[1]);
+    assert_eq!(running.phase, RunPhase::Running);
+    assert_eq!(waiting.phase, RunPhase::Pending);
+    let c = find(&waiting.conditions, "Scheduled").unwrap();
     assert_eq!(c.reason, "PoolAtCapacity", "{c:?}");
     assert_eq!(h.backend.live_machines().len(), 1);
     let pool = h.api::<kpool::api::pool::Pool>().get("small").await.unwrap().status.unwrap();
     assert_eq!((pool.busy, pool.total), (1, 1));
     assert!(find(&pool.conditions, "AtCapacity").is_some_and(|c| c.status == "True"));
+
+    // The first run ends; its instance fits only runs like it, so the other run gets the
+    // slot once that instance's idle duration has passed and it is gone.
+    let first = running.instance.clone().unwrap().trim_end_matches("-0").to_string();
+    let second = if first == "r1" { "r2" } else { "r1" };
+    h.exec.exit(&first, 0);
+    h.settle(1).await;
+    assert_eq!(h.get_run(second).await.status.unwrap().phase, RunPhase::Pending);
+    h.advance(Duration::from_secs(301));
+    h.settle(1).await;
+    let st = h.get_run(second).await.status.unwrap();
+    assert_eq!(st.phase, RunPhase::Running, "{:?}", st.conditions);
+    assert_eq!(h.backend.live_machines().len(), 1);
 }
 
 #[tokio::test]
@@ -340,4 +356,39 @@ async fn rate_limits_are_retried_later_without_marking_the_offer_failed() {
     assert_eq!(h.backend.creates().len(), 2);
     let Call::Create { instance_type, .. } = &h.backend.creates()[1] else { panic!("not a create") };
     assert_eq!(&st.offer.unwrap().instance_type, instance_type);
+}
+
+#[tokio::test]
+async fn a_stale_copy_of_an_instance_never_launches_a_second_machine() {
+    let h = Harness::new().await;
+    h.instance("cpu", InstanceSpec { resources: cpu("4.."), ..Default::default() }).await;
+    h.reconcile_instance("cpu").await.unwrap(); // the finalizer
+    let stale = h.get_instance("cpu").await;
+    h.settle(1).await;
+    assert_eq!(h.get_instance("cpu").await.status.unwrap().phase, InstancePhase::Idle);
+    // A lagging cache hands the reconciler the object from before the launch.
+    let err = kpool::controllers::instance::reconcile(std::sync::Arc::new(stale), h.ctx.clone()).await.unwrap_err();
+    assert_eq!(err.category(), "Conflict");
+    assert_eq!(h.backend.creates().len(), 1);
+    assert_eq!(h.backend.live_machines().len(), 1);
+}
+
+#[tokio::test]
+async fn a_crash_between_launch_and_status_write_adopts_the_machine() {
+    let h = Harness::new().await;
+    h.instance("cpu", InstanceSpec { resources: cpu("4.."), ..Default::default() }).await;
+    h.settle(1).await;
+    let launched = h.get_instance("cpu").await.status.unwrap();
+    // The write that recorded the launch is lost: status says Provisioning, no provider id.
+    let lost = serde_json::json!({"status": {"phase": "Provisioning", "providerId": null, "idleSince": null}});
+    h.api::<kpool::api::instance::Instance>()
+        .patch_status("cpu", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&lost))
+        .await
+        .unwrap();
+    h.settle(1).await;
+    let st = h.get_instance("cpu").await.status.unwrap();
+    assert_eq!(st.phase, InstancePhase::Idle);
+    assert_eq!(st.provider_id, launched.provider_id, "the same machine, adopted");
+    let names: Vec<String> = h.backend.live_machines().into_iter().map(|m| m.name).collect();
+    assert_eq!(names, vec![launched.machine_name.unwrap()]);
 }
