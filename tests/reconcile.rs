@@ -262,7 +262,7 @@ async fn max_instances_is_never_exceeded_and_the_run_says_why_it_waits() {
     h.settle(3).await;
     // Whichever run is reconciled first takes the one slot (the in-memory API lists in
     // no fixed order, as informers deliver in no fixed order); the other waits.
-    let mut runs = vec![h.get_run("r1").await.status.unwrap(), h.get_run("r2").await.status.unwrap()];
+    let mut runs = [h.get_run("r1").await.status.unwrap(), h.get_run("r2").await.status.unwrap()];
     runs.sort_by_key(|r| r.phase != RunPhase::Running);
     let (running, waiting) = (&runs[0], &runs[1]);
     assert_eq!(running.phase, RunPhase::Running);

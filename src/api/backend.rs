@@ -1,5 +1,7 @@
 //! The `Backend` kind: where machines come from.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -62,6 +64,34 @@ pub struct CatalogSource {
     pub config_map_ref: Option<ConfigMapRef>,
 }
 
+/// Settings of a `kubernetes` backend: each machine is a Pod pinned to a node of the
+/// cluster kpool runs in, holding that node's CPU, memory and GPUs for the instance.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesBackendConfig {
+    /// Namespace where the machine Pods are created. Defaults to the namespace of this
+    /// `Backend`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Container image of the Pod that holds a machine's resources. Defaults to
+    /// `registry.k8s.io/pause:3.10`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Extended resource name under which nodes advertise GPUs. Defaults to
+    /// `nvidia.com/gpu`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_resource: Option<String>,
+    /// Price reported for every offer of this backend, in US dollars per hour (used to
+    /// rank it against other backends). Defaults to `0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub price_per_hour: Option<f64>,
+    /// Only nodes with all these labels are offered, and machine Pods carry this node
+    /// selector. Empty: every schedulable, ready node.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+}
+
 /// Where machines may come from, and how to reach the provider.
 #[derive(CustomResource, KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[kube(
@@ -96,6 +126,10 @@ pub struct BackendSpec {
     /// Override of the provider's API endpoint (e.g. a private endpoint or an emulator).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// Settings of a `kubernetes` backend (ignored by the other types). Optional: every
+    /// setting has a default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesBackendConfig>,
 }
 
 /// Observed state of a `Backend`.
