@@ -79,6 +79,9 @@ pub fn catalog() -> Vec<Offer> {
     ]
 }
 
+/// A pending reconcile; yields its error, if any.
+type Job<'a> = futures::future::LocalBoxFuture<'a, Option<String>>;
+
 pub struct Harness {
     pub client: Client,
     pub ctx: Arc<Context>,
@@ -260,29 +263,45 @@ impl Harness {
         v
     }
 
-    /// Plays the controllers: reconciles every Run, Instance and Pool, at least `rounds`
-    /// times and then until a round changes nothing (at most 30 rounds), as the watch
-    /// loops would. Errors are tolerated (the real loop requeues them); the errors of
-    /// the last round are returned.
+    /// One reconcile of every `K` listed now, each a future that yields the error, if any.
+    async fn reconcile_each<'a, K, F, Fut>(&'a self, kind: &'static str, reconcile: F) -> Vec<Job<'a>>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug
+            + 'a,
+        F: Fn(Arc<K>, Arc<Context>) -> Fut + Copy + 'a,
+        Fut: std::future::Future<Output = Result<Action, Error>> + 'a,
+    {
+        let objects = self.api::<K>().list(&Default::default()).await.unwrap().items;
+        let jobs = objects.into_iter().map(move |obj| {
+            let name = format!("{kind} {}", obj.name_any());
+            let job: Job<'a> = Box::pin(async move {
+                reconcile(Arc::new(obj), self.ctx.clone()).await.err().map(|e| format!("{name}: {e}"))
+            });
+            job
+        });
+        jobs.collect()
+    }
+
+    /// Plays the controllers: reconciles every Run, then every Instance, then every Pool
+    /// (each kind listed afresh), at least `rounds` times and then until a round changes
+    /// nothing (at most 30 rounds), as the watch loops would. Errors are tolerated (the
+    /// real loop requeues them); the errors of the last round are returned.
     pub async fn settle(&self, rounds: usize) -> Vec<String> {
         let mut errors = Vec::new();
         for round in 0..30 {
             let before = self.versions().await;
             errors.clear();
-            for r in self.api::<Run>().list(&Default::default()).await.unwrap().items {
-                if let Err(e) = run::reconcile(Arc::new(r.clone()), self.ctx.clone()).await {
-                    errors.push(format!("run {}: {e}", r.name_any()));
-                }
+            for job in self.reconcile_each("run", run::reconcile).await {
+                errors.extend(job.await);
             }
-            for i in self.api::<Instance>().list(&Default::default()).await.unwrap().items {
-                if let Err(e) = instance::reconcile(Arc::new(i.clone()), self.ctx.clone()).await {
-                    errors.push(format!("instance {}: {e}", i.name_any()));
-                }
+            for job in self.reconcile_each("instance", instance::reconcile).await {
+                errors.extend(job.await);
             }
-            for p in self.api::<Pool>().list(&Default::default()).await.unwrap().items {
-                if let Err(e) = pool::reconcile(Arc::new(p.clone()), self.ctx.clone()).await {
-                    errors.push(format!("pool {}: {e}", p.name_any()));
-                }
+            for job in self.reconcile_each("pool", pool::reconcile).await {
+                errors.extend(job.await);
             }
             if round + 1 >= rounds && before == self.versions().await {
                 break;
@@ -298,40 +317,15 @@ impl Harness {
         let mut errors = Vec::new();
         for _ in 0..30 {
             let before = self.versions().await;
-            let mut jobs: Vec<futures::future::LocalBoxFuture<'_, Result<String, String>>> = Vec::new();
-            for r in self.api::<Run>().list(&Default::default()).await.unwrap().items {
-                let name = format!("run {}", r.name_any());
-                jobs.push(Box::pin(async move {
-                    run::reconcile(Arc::new(r), self.ctx.clone())
-                        .await
-                        .map(|_| name.clone())
-                        .map_err(|e| format!("{name}: {e}"))
-                }));
-            }
-            for i in self.api::<Instance>().list(&Default::default()).await.unwrap().items {
-                let name = format!("instance {}", i.name_any());
-                jobs.push(Box::pin(async move {
-                    instance::reconcile(Arc::new(i), self.ctx.clone())
-                        .await
-                        .map(|_| name.clone())
-                        .map_err(|e| format!("{name}: {e}"))
-                }));
-            }
-            for p in self.api::<Pool>().list(&Default::default()).await.unwrap().items {
-                let name = format!("pool {}", p.name_any());
-                jobs.push(Box::pin(async move {
-                    pool::reconcile(Arc::new(p), self.ctx.clone())
-                        .await
-                        .map(|_| name.clone())
-                        .map_err(|e| format!("{name}: {e}"))
-                }));
-            }
+            let mut jobs = self.reconcile_each("run", run::reconcile).await;
+            jobs.extend(self.reconcile_each("instance", instance::reconcile).await);
+            jobs.extend(self.reconcile_each("pool", pool::reconcile).await);
             // Fisher-Yates with a small LCG: reproducible from the seed.
             for k in (1..jobs.len()).rev() {
                 *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 jobs.swap(k, (*seed >> 33) as usize % (k + 1));
             }
-            errors = futures::future::join_all(jobs).await.into_iter().filter_map(Result::err).collect();
+            errors = futures::future::join_all(jobs).await.into_iter().flatten().collect();
             if before == self.versions().await {
                 break;
             }
