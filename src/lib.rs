@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod backends;
+pub mod cli;
 pub mod controllers;
 pub mod core;
 pub mod crdgen;

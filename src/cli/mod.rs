@@ -1,0 +1,233 @@
+//! `kubectl pool`: dstack's pool workflow as a kubectl plugin. The binary
+//! (`src/bin/kubectl-pool.rs`) only parses arguments and builds a client; every command
+//! is a function of a client, a namespace and the terminal, so tests drive them against
+//! the in-memory API.
+
+pub mod flags;
+pub mod instances;
+pub mod offers;
+pub mod output;
+pub mod pools;
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use self::flags::{PolicyFlags, ResourceFlags};
+
+/// Pools of machines, reused across runs: add, list and remove instances, see offers.
+#[derive(Parser, Debug)]
+#[command(name = "kubectl-pool", bin_name = "kubectl pool", version, about)]
+pub struct Cli {
+    /// The kubeconfig context to use (default: the current context).
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+    /// Path to a kubeconfig file (default: KUBECONFIG or ~/.kube/config).
+    #[arg(long, global = true)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The namespace (default: the context's namespace, else `default`).
+    #[arg(short = 'n', long, global = true)]
+    pub namespace: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Show the best offers for the requirements, without creating anything.
+    #[command(after_help = "Examples:\n  kubectl pool offers --gpu A100:80GB\n  \
+        kubectl pool offers --gpu 24GB.. --spot-auto --max-price 2 -o json\n  \
+        kubectl pool offers --catalog ./catalogs --gpu H100:8   # offline, gpuhunt CSV files")]
+    Offers(OffersArgs),
+    /// Add an instance to a pool: shows the offers, asks, creates it and follows it.
+    #[command(after_help = "Examples:\n  kubectl pool add --gpu 80GB\n  \
+        kubectl pool add --gpu A10G --spot --idle-duration 2h -y\n  \
+        kubectl pool add --cpu 16.. --dry-run -o yaml")]
+    Add(AddArgs),
+    /// List instances: busy, idle, provisioning, …
+    #[command(
+        after_help = "Examples:\n  kubectl pool ps\n  kubectl pool ps --pool training -w\n  kubectl pool ps -o json"
+    )]
+    Ps(PsArgs),
+    /// Remove instances (their machines are terminated).
+    #[command(after_help = "Examples:\n  kubectl pool remove a100-1\n  kubectl pool remove a100-1 a100-2 --force -y")]
+    Remove(RemoveArgs),
+    /// List the namespace's pools.
+    List,
+    /// Create a pool.
+    #[command(after_help = "Example:\n  kubectl pool create training --max-instances 8 --default")]
+    Create(CreateArgs),
+    /// Delete a pool (with --force, also its instances).
+    Delete(DeleteArgs),
+    /// Make a pool the namespace's default.
+    SetDefault {
+        /// The pool.
+        name: String,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct OffersArgs {
+    #[command(flatten)]
+    pub resources: ResourceFlags,
+    #[command(flatten)]
+    pub policy: PolicyFlags,
+    /// Read offers from gpuhunt v2 CSV files in this directory (`aws.csv`, …) instead of the
+    /// cluster's backends; needs no cluster.
+    #[arg(long, value_name = "DIR")]
+    pub catalog: Option<PathBuf>,
+    /// Show at most this many offers (default: 20 in tables, all in JSON).
+    #[arg(long, value_name = "N")]
+    pub max_offers: Option<usize>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AddArgs {
+    #[command(flatten)]
+    pub resources: ResourceFlags,
+    #[command(flatten)]
+    pub policy: PolicyFlags,
+    /// The pool (default: the namespace's default pool).
+    #[arg(long)]
+    pub pool: Option<String>,
+    /// A `Profile` of the namespace whose policies apply.
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// The instance's name (default: generated from the requirements).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Offers to show.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub max_offers: usize,
+    /// Do not ask for confirmation.
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+    /// Print the Instance that would be created and stop.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run: read offers from gpuhunt CSV files in this directory.
+    #[arg(long, value_name = "DIR")]
+    pub catalog: Option<PathBuf>,
+    /// With --dry-run: the format of the printed Instance.
+    #[arg(short = 'o', long, value_enum, default_value_t = ObjectFormat::Yaml)]
+    pub output: ObjectFormat,
+    /// Return once the Instance is created, without following it.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PsArgs {
+    /// Only this pool.
+    #[arg(long)]
+    pub pool: Option<String>,
+    /// Keep watching and print the table again when it changes.
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+    /// Also list terminated and failed instances.
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = PsFormat::Table)]
+    pub output: PsFormat,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RemoveArgs {
+    /// Instances to remove.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+    /// Also remove busy instances, stopping their runs.
+    #[arg(long)]
+    pub force: bool,
+    /// Do not ask for confirmation.
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CreateArgs {
+    /// The pool's name.
+    pub name: String,
+    /// The most instances the pool may hold.
+    #[arg(long)]
+    pub max_instances: Option<u32>,
+    /// A `Profile` whose policies the pool's instances and runs use.
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Make it the namespace's default pool.
+    #[arg(long)]
+    pub default: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DeleteArgs {
+    /// The pool's name.
+    pub name: String,
+    /// Also remove the pool's instances (terminating their machines).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PsFormat {
+    Table,
+    Wide,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ObjectFormat {
+    Yaml,
+    Json,
+}
+
+/// A command's failure: one line for the user, saying what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Failed(String),
+    #[error("cannot reach the cluster: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<crate::api::resources::SpecError> for CliError {
+    fn from(e: crate::api::resources::SpecError) -> Self {
+        CliError::Usage(e.to_string())
+    }
+}
+
+/// The terminal: output, errors, answers to prompts, and whether a person is there.
+pub struct Term<'a> {
+    pub out: &'a mut dyn Write,
+    pub input: &'a mut dyn BufRead,
+    pub interactive: bool,
+}
+
+impl Term<'_> {
+    /// Asks `question [y/n]`; without a person at the terminal, `-y` is required.
+    pub fn confirm(&mut self, question: &str) -> Result<bool, CliError> {
+        if !self.interactive {
+            return Err(CliError::Usage(format!("{question} needs confirmation: pass -y to proceed without a prompt")));
+        }
+        write!(self.out, "{question} [y/n]: ")?;
+        self.out.flush()?;
+        let mut answer = String::new();
+        self.input.read_line(&mut answer)?;
+        Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+    }
+}

@@ -1,0 +1,186 @@
+//! The `kubectl pool` plugin: its commands against the in-memory API, and the binary
+//! itself for what needs no cluster (help, offline offers, flag errors).
+
+mod support;
+
+use std::io::Cursor;
+use std::process::Command as Process;
+
+use kpool::api::instance::{InstancePhase, InstanceSpec};
+use kpool::api::pool::PoolSpec;
+use kpool::api::resources::ResourcesSpec;
+use kpool::api::run::RunSpec;
+use kpool::cli::{self, Cli, CliError, Command, Term};
+use kube::ResourceExt;
+use support::*;
+
+/// Runs one plugin command line against the harness's API; returns what it printed.
+async fn pool_cmd(h: &Harness, line: &str, answer: Option<&str>) -> Result<String, CliError> {
+    let args = std::iter::once("kubectl-pool").chain(line.split_whitespace());
+    let cli = <Cli as clap::Parser>::try_parse_from(args).map_err(|e| CliError::Usage(e.to_string()))?;
+    let mut out = Vec::new();
+    let mut input = Cursor::new(answer.unwrap_or_default().as_bytes().to_vec());
+    let mut term = Term { out: &mut out, input: &mut input, interactive: answer.is_some() };
+    let client = h.client.clone();
+    let r = match &cli.command {
+        Command::Ps(a) => cli::instances::ps(a, &client, NS, &mut term).await,
+        Command::Remove(a) => cli::instances::remove(a, &client, NS, &mut term).await,
+        Command::Add(a) => cli::instances::add(a, Some(&client), NS, &mut term).await,
+        Command::List => cli::pools::list(&client, NS, &mut term).await,
+        Command::Create(a) => cli::pools::create(a, &client, NS, &mut term).await,
+        Command::Delete(a) => cli::pools::delete(a, &client, NS, &mut term).await,
+        Command::SetDefault { name } => cli::pools::set_default(name, &client, NS, &mut term).await,
+        Command::Offers(a) => cli::offers::run(a, Some(&client), NS, &mut term).await,
+    };
+    r.map(|_| String::from_utf8(out).unwrap())
+}
+
+fn cpu(spec: &str) -> ResourcesSpec {
+    ResourcesSpec { cpu: Some(spec.into()), ..Default::default() }
+}
+
+/// An idle instance `idle` and one `busy` with run `train`.
+async fn two_instances(h: &Harness) {
+    h.instance("idle", InstanceSpec { resources: cpu("4.."), ..Default::default() }).await;
+    h.instance("busy", InstanceSpec { resources: cpu("8.."), ..Default::default() }).await;
+    h.settle(2).await;
+    h.run("train", RunSpec { resources: cpu("8.."), instance: Some("busy".into()), ..Default::default() }).await;
+    h.settle(2).await;
+    assert_eq!(h.get_instance("busy").await.status.unwrap().phase, InstancePhase::Busy);
+}
+
+#[tokio::test]
+async fn ps_shows_busy_and_idle_instances_with_their_run() {
+    let h = Harness::new().await;
+    two_instances(&h).await;
+    let out = pool_cmd(&h, "ps", None).await.unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[0].starts_with("INSTANCE") && lines[0].contains("IDLE FOR") && lines[0].contains("CREATED"));
+    let idle = lines.iter().find(|l| l.starts_with("idle ")).expect("idle row");
+    assert!(idle.contains("m5.xlarge") || idle.contains("4xCPU"), "{idle}");
+    assert!(idle.contains(" idle "), "{idle}");
+    let busy = lines.iter().find(|l| l.starts_with("busy ")).expect("busy row");
+    assert!(busy.contains(" busy ") && busy.contains(" train "), "{busy}");
+    assert!(busy.contains("$0.384") && busy.contains("on-demand") && busy.contains("us-east-1"), "{busy}");
+
+    let json: serde_json::Value = serde_json::from_str(&pool_cmd(&h, "ps -o json", None).await.unwrap()).unwrap();
+    assert_eq!(json["items"].as_array().unwrap().len(), 2);
+    let wide = pool_cmd(&h, "ps -o wide", None).await.unwrap();
+    assert!(wide.lines().next().unwrap().contains("ADDRESS"), "{wide}");
+    assert_eq!(pool_cmd(&h, "ps --pool elsewhere", None).await.unwrap().lines().count(), 1, "only the hint");
+}
+
+#[tokio::test]
+async fn removing_a_busy_instance_needs_force_and_names_the_run() {
+    let h = Harness::new().await;
+    two_instances(&h).await;
+    let err = pool_cmd(&h, "remove busy -y", None).await.unwrap_err().to_string();
+    assert!(err.contains("busy with run train") && err.contains("--force"), "{err}");
+    let err = pool_cmd(&h, "remove idle", None).await.unwrap_err().to_string();
+    assert!(err.contains("pass -y"), "without a terminal, -y is required: {err}");
+    let out = pool_cmd(&h, "remove idle", Some("n\n")).await.unwrap();
+    assert!(out.contains("Nothing removed"), "{out}");
+    assert!(h.api::<kpool::api::instance::Instance>().get_opt("idle").await.unwrap().is_some());
+
+    let out = pool_cmd(&h, "remove busy idle --force", Some("y\n")).await.unwrap();
+    assert!(out.contains("busy (stops run train), idle?"), "{out}");
+    let left = h.api::<kpool::api::instance::Instance>().list(&Default::default()).await.unwrap().items;
+    assert!(left.is_empty(), "{:?}", left.iter().map(|i| i.name_any()).collect::<Vec<_>>());
+    let err = pool_cmd(&h, "remove ghost -y", None).await.unwrap_err().to_string();
+    assert!(err.contains("ghost not found"), "{err}");
+}
+
+#[tokio::test]
+async fn pools_are_created_listed_made_default_and_deleted() {
+    let h = Harness::new().await;
+    pool_cmd(&h, "create training --max-instances 4 --default", None).await.unwrap();
+    pool_cmd(&h, "create batch", None).await.unwrap();
+    let out = pool_cmd(&h, "list", None).await.unwrap();
+    let training = out.lines().find(|l| l.starts_with("training")).unwrap();
+    assert!(training.contains("yes") && training.contains(" 4 "), "{out}");
+    assert!(!out.lines().find(|l| l.starts_with("batch")).unwrap().contains("yes"), "{out}");
+
+    pool_cmd(&h, "set-default batch", None).await.unwrap();
+    let out = pool_cmd(&h, "list", None).await.unwrap();
+    assert!(out.lines().find(|l| l.starts_with("batch")).unwrap().contains("yes"), "{out}");
+    assert!(!out.lines().find(|l| l.starts_with("training")).unwrap().contains("yes"), "{out}");
+    let err = pool_cmd(&h, "create batch", None).await.unwrap_err().to_string();
+    assert!(err.contains("already exists"), "{err}");
+
+    h.pool("gpu", PoolSpec::default()).await;
+    h.instance("g1", InstanceSpec { pool: Some("gpu".into()), resources: cpu("4.."), ..Default::default() }).await;
+    h.settle(2).await;
+    let err = pool_cmd(&h, "delete gpu", None).await.unwrap_err().to_string();
+    assert!(err.contains("still has instances (g1)") && err.contains("--force"), "{err}");
+    let out = pool_cmd(&h, "delete gpu --force", None).await.unwrap();
+    assert!(out.contains("instance g1 removed") && out.contains("pool gpu deleted"), "{out}");
+}
+
+#[tokio::test]
+async fn add_dry_run_prints_the_instance_it_would_create() {
+    let h = Harness::new().await;
+    let out = pool_cmd(&h, "add --gpu A10G --spot --idle-duration 2h --name g --pool p --dry-run -o json", None)
+        .await
+        .unwrap();
+    let inst: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(inst["kind"], "Instance");
+    assert_eq!(inst["metadata"]["name"], "g");
+    assert_eq!(inst["spec"]["resources"]["gpu"], "A10G");
+    assert_eq!(inst["spec"]["spotPolicy"], "spot");
+    assert_eq!(inst["spec"]["idleDuration"], "2h");
+    assert_eq!(inst["spec"]["pool"], "p");
+    assert!(h.api::<kpool::api::instance::Instance>().list(&Default::default()).await.unwrap().items.is_empty());
+}
+
+// The binary, for what needs no cluster.
+
+fn plugin(args: &[&str]) -> (i32, String, String) {
+    let out = Process::new(env!("CARGO_BIN_EXE_kubectl-pool"))
+        .args(args)
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .expect("run kubectl-pool");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn every_command_has_help_with_examples() {
+    for cmd in ["offers", "add", "ps", "remove", "create"] {
+        let (code, out, _) = plugin(&[cmd, "--help"]);
+        assert_eq!(code, 0, "{cmd}");
+        assert!(out.contains("Examples") || out.contains("Example:"), "{cmd}: {out}");
+    }
+    let (code, out, _) = plugin(&["--help"]);
+    assert_eq!(code, 0);
+    for cmd in ["offers", "add", "ps", "remove", "list", "create", "delete", "set-default"] {
+        assert!(out.contains(cmd), "{cmd} missing from {out}");
+    }
+}
+
+#[test]
+fn a_bad_flag_value_names_the_flag_and_the_token() {
+    let dir = env!("CARGO_MANIFEST_DIR").to_string() + "/catalogs/sample";
+    let (code, _, err) = plugin(&["offers", "--catalog", &dir, "--gpu", "A100:2:3"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--gpu") && err.contains("\"3\""), "{err}");
+    let (code, _, err) = plugin(&["offers", "--catalog", &dir, "--max-price", "-1"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--max-price"), "{err}");
+    let (code, _, err) = plugin(&["offers", "--catalog", &dir, "--idle-duration", "5 minutes"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--idle-duration") && err.contains("5 minutes"), "{err}");
+}
+
+#[test]
+fn without_a_cluster_the_error_says_what_to_do() {
+    let (code, _, err) = plugin(&["ps"]);
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error: no usable kube context") && err.contains("KUBECONFIG"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
