@@ -9,6 +9,8 @@ use kpool::api::duration::parse_duration;
 use kpool::backends::factory::DefaultFactory;
 use kpool::controllers::context::{Context, SystemClock};
 use kpool::controllers::gc::GcConfig;
+use kpool::controllers::leader::{Elector, LeaderConfig};
+use kpool::controllers::metrics::serve;
 use kpool::controllers::runtime::run_all;
 use kpool::exec::HoldExecutor;
 use tracing_subscriber::EnvFilter;
@@ -48,6 +50,15 @@ struct ControllerArgs {
     /// Only report orphaned machines (Warning Events on the Backend); never delete them.
     #[arg(long, env = "KPOOL_GC_REPORT_ONLY", global = true)]
     gc_report_only: bool,
+    /// Where to serve /metrics, /healthz and /readyz.
+    #[arg(long, env = "KPOOL_METRICS_ADDR", default_value = "0.0.0.0:8080", global = true)]
+    metrics_addr: std::net::SocketAddr,
+    /// Elect a leader with a Lease so that only one replica acts (needed for replicas > 1).
+    #[arg(long, env = "KPOOL_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    leader_elect: bool,
+    /// Namespace of the leader Lease (default: the Pod's namespace, else kpool-system).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kpool-system", global = true)]
+    leader_election_namespace: String,
     /// Log format.
     #[arg(long, env = "KPOOL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
@@ -107,8 +118,38 @@ fn controller(args: ControllerArgs) -> Result<(), Box<dyn std::error::Error>> {
         ));
         let gc = GcConfig { interval: args.gc_interval, grace: args.gc_grace, report_only: args.gc_report_only };
         tracing::info!(version = env!("CARGO_PKG_VERSION"), ?gc, "kpool controller starting");
-        run_all(ctx, gc).await;
-        tracing::info!("kpool controller stopped");
+        let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+            .await
+            .map_err(|e| format!("--metrics-addr {}: {e}", args.metrics_addr))?;
+        tokio::spawn(serve(listener, ctx.metrics.clone()));
+        ctx.metrics.set_ready(true);
+        if !args.leader_elect {
+            ctx.metrics.set_leader(true);
+            run_all(ctx, gc).await;
+            tracing::info!("kpool controller stopped");
+            return Ok(());
+        }
+        let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("kpool-{}", std::process::id()));
+        let elector = Elector::new(ctx.client.clone(), LeaderConfig::new(&args.leader_election_namespace, &identity));
+        tokio::select! {
+            _ = elector.acquire() => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+        tracing::info!(%identity, "leading: this replica now provisions and deletes machines");
+        ctx.metrics.set_leader(true);
+        let lost = tokio::select! {
+            _ = run_all(ctx.clone(), gc) => false,
+            _ = elector.keep() => true,
+        };
+        ctx.metrics.set_leader(false);
+        if lost {
+            // Another replica may lead now: stop acting at once; Kubernetes restarts us.
+            return Err("lost the leader lease; exiting so that only one replica acts".into());
+        }
+        if let Err(e) = elector.release().await {
+            tracing::warn!(error = %e, "could not release the leader lease; a standby takes over when it expires");
+        }
+        tracing::info!("kpool controller stopped; leader lease released");
         Ok::<_, Box<dyn std::error::Error>>(())
     })
 }

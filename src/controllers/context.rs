@@ -1,5 +1,6 @@
 //! What every reconciler shares: the client, the backends, the executor, the clock.
 
+use super::metrics::Metrics;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
@@ -73,6 +74,7 @@ pub struct Context {
     pub factory: Arc<dyn BackendFactory>,
     pub executor: Arc<dyn Executor>,
     pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
     recorder: Recorder,
     /// Instances this process admitted to a pool whose admission may not be visible in
     /// the API yet, per (namespace, pool). With a single active controller this makes
@@ -96,6 +98,7 @@ impl Context {
             factory,
             executor,
             clock,
+            metrics: Arc::new(Metrics::new()),
             admissions: Mutex::default(),
             backends: Mutex::default(),
         }

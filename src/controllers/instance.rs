@@ -11,6 +11,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::ResourceExt;
 
+use super::metrics::InstanceSample;
 use super::observe::{holding_capacity, instances, policy_of, pool_of};
 use super::{Context, Error};
 use crate::api::conditions::{condition_tri, upsert};
@@ -70,10 +71,21 @@ async fn apply(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action, Error> 
     Ok(Action::requeue(Duration::ZERO))
 }
 
+/// What the instance contributes to the instance and cost gauges.
+fn sample(st: &InstanceStatus) -> InstanceSample {
+    let holds = matches!(st.phase, InstancePhase::Idle | InstancePhase::Busy | InstancePhase::Terminating);
+    InstanceSample {
+        phase: st.phase.as_str(),
+        backend: st.offer.as_ref().map(|o| o.backend.clone()).unwrap_or_default(),
+        price: st.offer.as_ref().filter(|_| holds).map(|o| o.price),
+    }
+}
+
 async fn step(inst: Instance, ctx: &Context) -> Result<Next, Error> {
     let ns = inst.namespace().unwrap_or_default();
     let now = ctx.now();
     let status = inst.status.clone().unwrap_or_default();
+    ctx.metrics.observe_instance(&inst.uid().unwrap_or_default(), Some(sample(&status)));
     let (pool_name, pool) = pool_of(ctx, &ns, status.pool.as_deref().or(inst.spec.pool.as_deref())).await?;
     let policy =
         policy_of(ctx, &ns, &inst.spec.policy, inst.spec.profile.as_deref(), pool.as_ref(), origin(&inst)).await;
@@ -227,6 +239,7 @@ async fn launch(
         (TAG_POOL.to_string(), st.pool.clone().unwrap_or_default()),
     ]);
     let spec = MachineSpec { name, offer: offer.clone(), tags };
+    ctx.metrics.launch_attempted(&offer.backend);
     match backend.create(&spec).await {
         Ok(machine) => {
             sm::launched(&mut st, &machine, now);
@@ -253,6 +266,7 @@ async fn launch_failed(
     let (ranked, _) = ctx.ranked_offers(&ns, &req, policy).await?;
     let tried = st.offer.as_ref().map(|o| format!("{} in {}", o.instance_type, o.region)).unwrap_or_default();
     ctx.event(&inst, true, err.category(), format!("failed to launch {tried}: {err}")).await;
+    ctx.metrics.launch_failed(st.offer.as_ref().map(|o| o.backend.as_str()).unwrap_or_default(), err.category());
     match sm::launch_failed(&mut st, &err, &ranked, policy, now) {
         LaunchFailure::NextOffer => {
             let o = st.offer.clone().unwrap_or_default();
@@ -371,6 +385,7 @@ async fn cleanup(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action, Error
     let ns = inst.namespace().unwrap_or_default();
     let mut st = inst.status.clone().unwrap_or_default();
     if delete_machine(&inst, &st, &ctx).await? {
+        ctx.metrics.observe_instance(&inst.uid().unwrap_or_default(), None);
         ctx.forget_admission(&ns, st.pool.as_deref().unwrap_or_default(), &inst.name_any());
         ctx.event(&*inst, false, "Deleted", "the machine is gone; removing the instance".into()).await;
         return Ok(Action::await_change());

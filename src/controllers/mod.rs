@@ -3,6 +3,8 @@
 pub mod context;
 pub mod gc;
 pub mod instance;
+pub mod leader;
+pub mod metrics;
 pub mod observe;
 pub mod pool;
 pub mod run;
@@ -73,8 +75,13 @@ impl Error {
 }
 
 /// Shared `error_policy`: requeue after a delay that depends on the error.
-pub fn error_policy<K>(_obj: std::sync::Arc<K>, err: &Error, _ctx: std::sync::Arc<Context>) -> Action {
-    tracing::warn!(error = %err, category = err.category(), "reconcile failed");
+pub fn error_policy<K>(_obj: std::sync::Arc<K>, err: &Error, ctx: std::sync::Arc<Context>) -> Action
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    let kind = K::kind(&()).to_lowercase();
+    ctx.metrics.failed(&kind, err.category());
+    tracing::warn!(error = %err, category = err.category(), kind, "reconcile failed");
     Action::requeue(err.retry_after())
 }
 

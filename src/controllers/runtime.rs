@@ -25,7 +25,7 @@ pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig) {
 
     let instance_ctl = Controller::new(instances.clone(), cfg.clone())
         .shutdown_on_signal()
-        .run(instance::reconcile, error_policy, ctx.clone())
+        .run(|o, c| timed("instance", c.clone(), instance::reconcile(o, c)), error_policy, ctx.clone())
         .for_each(|r| async move { log_result("instance", r) });
 
     // A run wakes up when an instance it holds or waits for changes, and pending runs
@@ -51,7 +51,7 @@ pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig) {
             refs
         })
         .shutdown_on_signal()
-        .run(run::reconcile, error_policy, ctx.clone())
+        .run(|o, c| timed("run", c.clone(), run::reconcile(o, c)), error_policy, ctx.clone())
         .for_each(|r| async move { log_result("run", r) });
 
     let pool_ctl = Controller::new(pools, cfg.clone())
@@ -60,12 +60,23 @@ pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig) {
             inst.status.as_ref().and_then(|s| s.pool.clone()).map(|p| ObjectRef::new(&p).within(&ns))
         })
         .shutdown_on_signal()
-        .run(pool::reconcile, error_policy, ctx.clone())
+        .run(|o, c| timed("pool", c.clone(), pool::reconcile(o, c)), error_policy, ctx.clone())
         .for_each(|r| async move { log_result("pool", r) });
 
     let gc = tokio::spawn(gc::run(ctx.clone(), gc_config));
     tokio::join!(instance_ctl, run_ctl, pool_ctl);
     gc.abort();
+}
+
+/// Runs one reconcile and records how long it took.
+async fn timed<F>(kind: &'static str, ctx: Arc<Context>, reconcile: F) -> F::Output
+where
+    F: std::future::Future,
+{
+    let started = std::time::Instant::now();
+    let out = reconcile.await;
+    ctx.metrics.reconciled(kind, started.elapsed());
+    out
 }
 
 fn log_result<T: std::fmt::Debug, E: std::fmt::Display>(kind: &str, r: Result<T, E>) {

@@ -1,0 +1,274 @@
+//! Prometheus metrics, and the small HTTP server for `/metrics`, `/healthz` and `/readyz`.
+//!
+//! Labels are bounded: controller kind, error category, instance phase, backend name
+//! (Backend objects are few and made by administrators), provisioning failure category.
+//! No object names other than backends, no error strings.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    kind: String,
+    category: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    backend: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: String,
+    backend: String,
+}
+
+/// What one instance contributes to the gauges.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InstanceSample {
+    pub phase: &'static str,
+    /// `""` before an offer is chosen.
+    pub backend: String,
+    /// $/hour of the machine, when it holds one.
+    pub price: Option<f64>,
+}
+
+/// The controller's metrics.
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Family<KindLabels, Counter>,
+    failures: Family<FailureLabels, Counter>,
+    durations: Family<KindLabels, Histogram>,
+    attempts: Family<BackendLabels, Counter>,
+    launch_failures: Family<ReasonLabels, Counter>,
+    instances: Family<PhaseLabels, Gauge>,
+    price: Family<BackendLabels, Gauge<f64, AtomicU64>>,
+    idle_cost: Family<BackendLabels, Gauge<f64, AtomicU64>>,
+    leader: Gauge,
+    samples: Mutex<HashMap<String, InstanceSample>>,
+    ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("kpool");
+        let reconciles = Family::<KindLabels, Counter>::default();
+        let failures = Family::<FailureLabels, Counter>::default();
+        let durations = Family::<KindLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 14))
+        });
+        let attempts = Family::<BackendLabels, Counter>::default();
+        let launch_failures = Family::<ReasonLabels, Counter>::default();
+        let instances = Family::<PhaseLabels, Gauge>::default();
+        let price = Family::<BackendLabels, Gauge<f64, AtomicU64>>::default();
+        let idle_cost = Family::<BackendLabels, Gauge<f64, AtomicU64>>::default();
+        let leader = Gauge::default();
+        registry.register("reconciles", "Reconciles, by controller", reconciles.clone());
+        registry.register(
+            "reconcile_failures",
+            "Failed reconciles, by controller and error category",
+            failures.clone(),
+        );
+        registry.register("reconcile_duration_seconds", "Time spent in one reconcile", durations.clone());
+        registry.register("provisioning_attempts", "Machine launches attempted, by backend", attempts.clone());
+        registry.register(
+            "provisioning_failures",
+            "Failed machine launches, by backend and error category",
+            launch_failures.clone(),
+        );
+        registry.register("instances", "Instances, by phase and backend", instances.clone());
+        registry.register("price_dollars_per_hour", "What the machines held cost, by backend", price.clone());
+        registry.register("idle_cost_dollars_per_hour", "What the idle machines cost, by backend", idle_cost.clone());
+        registry.register("leader", "1 when this replica leads and acts, 0 on standby", leader.clone());
+        Metrics {
+            registry,
+            reconciles,
+            failures,
+            durations,
+            attempts,
+            launch_failures,
+            instances,
+            price,
+            idle_cost,
+            leader,
+            samples: Mutex::default(),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    pub fn reconciled(&self, kind: &str, took: Duration) {
+        let labels = KindLabels { kind: kind.to_string() };
+        self.reconciles.get_or_create(&labels).inc();
+        self.durations.get_or_create(&labels).observe(took.as_secs_f64());
+    }
+
+    pub fn failed(&self, kind: &str, category: &str) {
+        self.failures.get_or_create(&FailureLabels { kind: kind.to_string(), category: category.to_string() }).inc();
+    }
+
+    pub fn launch_attempted(&self, backend: &str) {
+        self.attempts.get_or_create(&BackendLabels { backend: backend.to_string() }).inc();
+    }
+
+    pub fn launch_failed(&self, backend: &str, reason: &str) {
+        let labels = ReasonLabels { backend: backend.to_string(), reason: reason.to_string() };
+        self.launch_failures.get_or_create(&labels).inc();
+    }
+
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// Records what an instance (by UID) looks like now; `None` forgets it.
+    pub fn observe_instance(&self, uid: &str, sample: Option<InstanceSample>) {
+        let mut samples = self.samples.lock().expect("samples");
+        match sample {
+            Some(s) => {
+                if samples.get(uid) == Some(&s) {
+                    return;
+                }
+                samples.insert(uid.to_string(), s);
+            }
+            None => {
+                if samples.remove(uid).is_none() {
+                    return;
+                }
+            }
+        }
+        self.instances.clear();
+        self.price.clear();
+        self.idle_cost.clear();
+        let mut price: HashMap<&str, f64> = HashMap::new();
+        let mut idle: HashMap<&str, f64> = HashMap::new();
+        for s in samples.values() {
+            self.instances.get_or_create(&PhaseLabels { phase: s.phase.to_string(), backend: s.backend.clone() }).inc();
+            if let Some(p) = s.price {
+                *price.entry(&s.backend).or_default() += p;
+                if s.phase == "Idle" {
+                    *idle.entry(&s.backend).or_default() += p;
+                }
+            }
+        }
+        for (b, p) in price {
+            self.price.get_or_create(&BackendLabels { backend: b.to_string() }).set(p);
+        }
+        for (b, p) in idle {
+            self.idle_cost.get_or_create(&BackendLabels { backend: b.to_string() }).set(p);
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+fn respond(status: &str, content_type: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Serves `/metrics`, `/healthz` (the process is up) and `/readyz` (the controllers are
+/// running, as leader or standby) on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let n = match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let reply = match path {
+                "/metrics" => {
+                    respond("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", &metrics.render())
+                }
+                "/healthz" => respond("200 OK", "text/plain", "ok\n"),
+                "/readyz" if metrics.ready.load(Ordering::SeqCst) => respond("200 OK", "text/plain", "ok\n"),
+                "/readyz" => respond("503 Service Unavailable", "text/plain", "starting\n"),
+                _ => respond("404 Not Found", "text/plain", "not found\n"),
+            };
+            let _ = stream.write_all(reply.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_gauges_follow_the_samples() {
+        let m = Metrics::new();
+        let sample = |phase, price| InstanceSample { phase, backend: "aws".into(), price };
+        m.observe_instance("a", Some(sample("Idle", Some(1.5))));
+        m.observe_instance("b", Some(sample("Busy", Some(2.0))));
+        m.observe_instance("c", Some(sample("Pending", None)));
+        let text = m.render();
+        assert!(text.contains("kpool_instances{phase=\"Idle\",backend=\"aws\"} 1"), "{text}");
+        assert!(text.contains("kpool_price_dollars_per_hour{backend=\"aws\"} 3.5"), "{text}");
+        assert!(text.contains("kpool_idle_cost_dollars_per_hour{backend=\"aws\"} 1.5"), "{text}");
+        m.observe_instance("a", None);
+        let text = m.render();
+        assert!(!text.contains("phase=\"Idle\""), "{text}");
+        assert!(text.contains("kpool_price_dollars_per_hour{backend=\"aws\"} 2.0"), "{text}");
+        assert!(!text.contains("kpool_idle_cost_dollars_per_hour{"), "{text}");
+    }
+
+    #[test]
+    fn reconciles_and_failures_are_counted_by_bounded_labels() {
+        let m = Metrics::new();
+        m.reconciled("instance", Duration::from_millis(3));
+        m.reconciled("instance", Duration::from_millis(30));
+        m.failed("run", "Conflict");
+        m.launch_attempted("aws");
+        m.launch_failed("aws", "InsufficientCapacity");
+        let text = m.render();
+        assert!(text.contains("kpool_reconciles_total{kind=\"instance\"} 2"), "{text}");
+        assert!(text.contains("kpool_reconcile_duration_seconds_count{kind=\"instance\"} 2"), "{text}");
+        assert!(text.contains("kpool_reconcile_failures_total{kind=\"run\",category=\"Conflict\"} 1"), "{text}");
+        assert!(text.contains("kpool_provisioning_failures_total{backend=\"aws\",reason=\"InsufficientCapacity\"} 1"));
+    }
+}
