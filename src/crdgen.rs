@@ -23,19 +23,19 @@ pub fn render_all() -> String {
 mod tests {
     use super::*;
 
-    /// `crds/` is generated from the Rust types; this fails when it drifts.
-    /// Regenerate with `cargo run --bin kpool -- crdgen --out crds`.
+    /// `crds/` and the Helm chart's `charts/kpool/crds/` are generated from the Rust
+    /// types; this fails when either drifts. Regenerate both with
+    /// `cargo run --bin kpool -- crdgen --out crds --out charts/kpool/crds`.
     #[test]
     fn committed_crds_match_the_code() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
-        for (file, yaml) in render() {
-            let committed = std::fs::read_to_string(dir.join(&file)).unwrap_or_else(|e| {
-                panic!("crds/{file} is missing ({e}); run `cargo run --bin kpool -- crdgen --out crds`")
-            });
-            assert!(
-                committed == yaml,
-                "crds/{file} differs from the Rust types; run `cargo run --bin kpool -- crdgen --out crds`"
-            );
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let fix = "run `cargo run --bin kpool -- crdgen --out crds --out charts/kpool/crds`";
+        for dir in ["crds", "charts/kpool/crds"] {
+            for (file, yaml) in render() {
+                let committed = std::fs::read_to_string(root.join(dir).join(&file))
+                    .unwrap_or_else(|e| panic!("{dir}/{file} is missing ({e}); {fix}"));
+                assert!(committed == yaml, "{dir}/{file} differs from the Rust types; {fix}");
+            }
         }
     }
 }

@@ -77,7 +77,7 @@ async fn runs_reuse_an_instance_and_the_pool_drains_after_the_idle_duration() {
         Arc::new(HoldExecutor),
         Arc::new(SystemClock),
     ));
-    let controllers = tokio::spawn(runtime::run_all(ctx, GcConfig::default()));
+    let controllers = tokio::spawn(runtime::run_all(ctx, GcConfig::default(), Some(NS.to_string())));
 
     let pp = PostParams::default();
     let backends: Api<Backend> = Api::namespaced(client.clone(), NS);

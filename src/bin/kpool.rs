@@ -32,10 +32,10 @@ struct Cli {
 enum Command {
     /// Run the controllers and the garbage collector (the default).
     Controller,
-    /// Print the CRDs as YAML, or write one file per kind into --out.
+    /// Print the CRDs as YAML, or write one file per kind into each --out directory.
     Crdgen {
         #[arg(long)]
-        out: Option<PathBuf>,
+        out: Vec<PathBuf>,
     },
 }
 
@@ -59,6 +59,9 @@ struct ControllerArgs {
     /// Namespace of the leader Lease (default: the Pod's namespace, else kpool-system).
     #[arg(long, env = "POD_NAMESPACE", default_value = "kpool-system", global = true)]
     leader_election_namespace: String,
+    /// Watch only this namespace (default: every namespace).
+    #[arg(long, env = "KPOOL_WATCH_NAMESPACE", global = true)]
+    watch_namespace: Option<String>,
     /// Log format.
     #[arg(long, env = "KPOOL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
@@ -84,14 +87,16 @@ fn main() {
 fn real_main() -> Result<(), Box<dyn std::error::Error>> {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Crdgen { out: Some(dir) }) => {
-            std::fs::create_dir_all(&dir)?;
-            for (file, yaml) in kpool::crdgen::render() {
-                std::fs::write(dir.join(file), yaml)?;
+        Some(Command::Crdgen { out }) if !out.is_empty() => {
+            for dir in out {
+                std::fs::create_dir_all(&dir)?;
+                for (file, yaml) in kpool::crdgen::render() {
+                    std::fs::write(dir.join(file), yaml)?;
+                }
             }
             Ok(())
         }
-        Some(Command::Crdgen { out: None }) => {
+        Some(Command::Crdgen { .. }) => {
             print!("{}", kpool::crdgen::render_all());
             Ok(())
         }
@@ -125,7 +130,7 @@ fn controller(args: ControllerArgs) -> Result<(), Box<dyn std::error::Error>> {
         ctx.metrics.set_ready(true);
         if !args.leader_elect {
             ctx.metrics.set_leader(true);
-            run_all(ctx, gc).await;
+            run_all(ctx, gc, args.watch_namespace.clone()).await;
             tracing::info!("kpool controller stopped");
             return Ok(());
         }
@@ -138,7 +143,7 @@ fn controller(args: ControllerArgs) -> Result<(), Box<dyn std::error::Error>> {
         tracing::info!(%identity, "leading: this replica now provisions and deletes machines");
         ctx.metrics.set_leader(true);
         let lost = tokio::select! {
-            _ = run_all(ctx.clone(), gc) => false,
+            _ = run_all(ctx.clone(), gc, args.watch_namespace.clone()) => false,
             _ = elector.keep() => true,
         };
         ctx.metrics.set_leader(false);

@@ -106,10 +106,10 @@ impl Collector {
 }
 
 /// Runs passes forever, every `cfg.interval`.
-pub async fn run(ctx: Arc<Context>, cfg: GcConfig) {
+pub async fn run(ctx: Arc<Context>, cfg: GcConfig, namespace: Option<String>) {
     let mut collector = Collector::default();
     loop {
-        match collector.pass(&ctx, &cfg, None).await {
+        match collector.pass(&ctx, &cfg, namespace.as_deref()).await {
             Ok(r) if !r.deleted.is_empty() || !r.reported.is_empty() => {
                 tracing::info!(deleted = r.deleted.len(), reported = r.reported.len(), "garbage collection pass")
             }

@@ -16,11 +16,15 @@ use crate::api::run::Run;
 
 /// Runs the Instance, Run and Pool controllers and the garbage collector, until a
 /// shutdown signal arrives.
-pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig) {
+/// `namespace`: watch only that namespace (`None`: every namespace).
+pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig, namespace: Option<String>) {
     let client = ctx.client.clone();
-    let instances: Api<Instance> = Api::all(client.clone());
-    let runs: Api<Run> = Api::all(client.clone());
-    let pools: Api<Pool> = Api::all(client.clone());
+    let (instances, runs, pools): (Api<Instance>, Api<Run>, Api<Pool>) = match &namespace {
+        Some(ns) => {
+            (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns), Api::namespaced(client, ns))
+        }
+        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client)),
+    };
     let cfg = watcher::Config::default();
 
     let instance_ctl = Controller::new(instances.clone(), cfg.clone())
@@ -63,7 +67,7 @@ pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig) {
         .run(|o, c| timed("pool", c.clone(), pool::reconcile(o, c)), error_policy, ctx.clone())
         .for_each(|r| async move { log_result("pool", r) });
 
-    let gc = tokio::spawn(gc::run(ctx.clone(), gc_config));
+    let gc = tokio::spawn(gc::run(ctx.clone(), gc_config, namespace));
     tokio::join!(instance_ctl, run_ctl, pool_ctl);
     gc.abort();
 }
