@@ -90,6 +90,58 @@ pub struct Harness {
     pub exec: ScriptedExecutor,
     /// The next N status writes fail with 409 Conflict.
     pub fail_status_writes: Arc<AtomicUsize>,
+    /// Every API request the controllers made (through `ctx.client`), as RBAC sees it.
+    pub api_calls: Arc<std::sync::Mutex<Vec<ApiCall>>>,
+}
+
+/// One API request as RBAC authorizes it: verb, API group, resource (with subresource).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ApiCall {
+    pub verb: String,
+    pub group: String,
+    pub resource: String,
+}
+
+/// Reads an API request the way the API server's authorizer does.
+pub fn api_call(method: &http::Method, uri: &http::Uri) -> ApiCall {
+    let parts: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
+    // /api/v1/... or /apis/GROUP/VERSION/...
+    let (group, rest) = match parts.first() {
+        Some(&"api") => ("".to_string(), &parts[2..]),
+        _ => (parts[1].to_string(), &parts[3..]),
+    };
+    let rest: &[&str] = if rest.first() == Some(&"namespaces") && rest.len() > 2 { &rest[2..] } else { rest };
+    let resource = match rest {
+        [plural, _name, sub] => format!("{plural}/{sub}"),
+        [plural, ..] => plural.to_string(),
+        [] => String::new(),
+    };
+    let named = rest.len() >= 2;
+    let query = uri.query().unwrap_or_default();
+    let verb = match *method {
+        http::Method::GET if query.contains("watch=true") => "watch",
+        http::Method::GET if named => "get",
+        http::Method::GET => "list",
+        http::Method::POST => "create",
+        http::Method::PUT => "update",
+        http::Method::PATCH => "patch",
+        http::Method::DELETE if named => "delete",
+        http::Method::DELETE => "deletecollection",
+        _ => "unknown",
+    };
+    ApiCall { verb: verb.to_string(), group, resource }
+}
+
+/// Wraps a client so that every request it sends is recorded.
+pub fn recording(inner: Client) -> (Client, Arc<std::sync::Mutex<Vec<ApiCall>>>) {
+    let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = calls.clone();
+    let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+        log.lock().unwrap().push(api_call(req.method(), req.uri()));
+        let inner = inner.clone();
+        async move { inner.send(req).await }
+    });
+    (Client::new(service, NS), calls)
 }
 
 fn conflict(msg: String) -> kube_fake_client::Error {
@@ -154,20 +206,28 @@ impl Harness {
             .with_resource::<Backend>()
             .with_status_subresource::<Backend>()
             .with_resource::<k8s_openapi::api::events::v1::Event>()
+            .with_resource::<k8s_openapi::api::coordination::v1::Lease>()
+            .with_resource::<k8s_openapi::api::core::v1::Pod>()
+            .with_status_subresource::<k8s_openapi::api::core::v1::Pod>()
+            .with_resource::<k8s_openapi::api::core::v1::Node>()
+            .with_resource::<k8s_openapi::api::core::v1::Secret>()
+            .with_resource::<k8s_openapi::api::core::v1::ConfigMap>()
             .with_interceptor_funcs(funcs)
             .build()
             .await
             .expect("fake client");
+        // The controllers talk through a recording client; the test's own calls do not.
+        let (controller_client, api_calls) = recording(client.clone());
         let backend = FakeBackend::new("aws", offers);
         let clock = ManualClock::new(t0());
         let exec = ScriptedExecutor::default();
         let ctx = Arc::new(Context::new(
-            client.clone(),
+            controller_client,
             Arc::new(FakeFactory::with([backend.clone()])),
             Arc::new(exec.clone()),
             Arc::new(clock.clone()),
         ));
-        let h = Harness { client, ctx, clock, backend, exec, fail_status_writes };
+        let h = Harness { client, ctx, clock, backend, exec, fail_status_writes, api_calls };
         h.create(Backend::new("aws", BackendSpec { type_: BackendType::Aws, ..Default::default() })).await;
         h
     }
