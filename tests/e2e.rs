@@ -3,7 +3,9 @@
 //! its instance reused by a second run, and the pool drained after the idle duration.
 //!
 //! Run with: `cargo test --test e2e -- --ignored` (KUBECONFIG pointing at a disposable
-//! cluster with one schedulable node that has 1 CPU and 1 GiB free).
+//! cluster with one schedulable node that has 1 CPU and 1 GiB free). With
+//! `KPOOL_E2E_INSTALLED=1` the test uses the controller installed in the cluster (by the
+//! Helm chart: `scripts/e2e-kind.sh` does it all on kind) instead of running one in-process.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,7 +65,9 @@ fn small() -> ResourcesSpec {
 #[ignore = "needs cluster"]
 async fn runs_reuse_an_instance_and_the_pool_drains_after_the_idle_duration() {
     let client = Client::try_default().await.expect("a kube context (KUBECONFIG)");
-    install_crds(&client).await;
+    if std::env::var("KPOOL_E2E_INSTALLED").is_err() {
+        install_crds(&client).await;
+    }
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns = Namespace {
         metadata: kube::api::ObjectMeta { name: Some(NS.into()), ..Default::default() },
@@ -71,13 +75,16 @@ async fn runs_reuse_an_instance_and_the_pool_drains_after_the_idle_duration() {
     };
     let _ = namespaces.create(&PostParams::default(), &ns).await;
 
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        Arc::new(DefaultFactory::new(client.clone())),
-        Arc::new(HoldExecutor),
-        Arc::new(SystemClock),
-    ));
-    let controllers = tokio::spawn(runtime::run_all(ctx, GcConfig::default(), Some(NS.to_string())));
+    let installed = std::env::var("KPOOL_E2E_INSTALLED").is_ok_and(|v| v == "1");
+    let controllers = (!installed).then(|| {
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            Arc::new(DefaultFactory::new(client.clone())),
+            Arc::new(HoldExecutor),
+            Arc::new(SystemClock),
+        ));
+        tokio::spawn(runtime::run_all(ctx, GcConfig::default(), Some(NS.to_string())))
+    });
 
     let pp = PostParams::default();
     let backends: Api<Backend> = Api::namespaced(client.clone(), NS);
@@ -121,6 +128,8 @@ async fn runs_reuse_an_instance_and_the_pool_drains_after_the_idle_duration() {
     })
     .await;
 
-    controllers.abort();
+    if let Some(c) = controllers {
+        c.abort();
+    }
     namespaces.delete(NS, &DeleteParams::default()).await.expect("cleanup");
 }
