@@ -92,6 +92,54 @@ pub struct KubernetesBackendConfig {
     pub node_selector: BTreeMap<String, String>,
 }
 
+/// Settings of an `ssh` backend: hosts you own, reached over SSH with the private key in
+/// `spec.credentials.secretRef`. Each host is one offer, its whole CPU, memory, disk and
+/// GPUs as probed over SSH. Add a host to a pool with an `Instance` whose `backends` is
+/// this backend and whose `instanceTypes` is the host's name. kpool never runs anything
+/// on a host to add or remove it, and never shuts it down.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SshBackendConfig {
+    /// The hosts of this backend. Host names (`name`, else `host`) must be unique.
+    #[schemars(length(min = 1, max = 128))]
+    #[x_kube(validation = Rule::new(
+        "self.all(h, self.filter(o, (has(o.name) ? o.name : o.host) == (has(h.name) ? h.name : h.host)).size() == 1)"
+    ).message("host names must be unique (a host without a name is named by its host)"))]
+    pub hosts: Vec<SshHost>,
+    /// How long to wait for a host to accept the connection and the login, in seconds.
+    /// Defaults to `10`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 300))]
+    pub connect_timeout_seconds: Option<u32>,
+    /// Price reported for every host of this backend, in US dollars per hour (used to
+    /// rank it against other backends). Defaults to `0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub price_per_hour: Option<f64>,
+}
+
+/// One host of an `ssh` backend.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SshHost {
+    /// The host's name in kpool: the `instanceType` of its offer, which an `Instance`
+    /// names in `instanceTypes` to take this host. Defaults to `host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub name: Option<String>,
+    /// DNS name or IP address of the host.
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+    /// SSH port. Defaults to `22`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u16>,
+    /// User to log in as. Defaults to `root`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub user: Option<String>,
+}
+
 /// Where machines may come from, and how to reach the provider.
 #[derive(CustomResource, KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[kube(
@@ -110,6 +158,8 @@ pub struct KubernetesBackendConfig {
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.type != 'ssh' || (has(self.ssh) && has(self.credentials))")
+    .message("an ssh backend needs spec.ssh (its hosts) and spec.credentials (the Secret with the private key)"))]
 pub struct BackendSpec {
     /// The provider: `kubernetes`, `ssh`, `aws` or `lambda`.
     #[serde(rename = "type")]
@@ -130,6 +180,10 @@ pub struct BackendSpec {
     /// setting has a default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubernetesBackendConfig>,
+    /// Settings of an `ssh` backend (ignored by the other types); required for it, since it
+    /// lists the hosts. The private key comes from `credentials.secretRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<SshBackendConfig>,
 }
 
 /// Observed state of a `Backend`.

@@ -1,22 +1,124 @@
-//! Builds the backend for each `Backend` object.
+//! Builds the backend for each `Backend` object: reads its credentials from a `Secret`
+//! and its offer catalog from a `ConfigMap` of the object's own namespace (never logged),
+//! and keeps what must outlive a rebuild (SSH host keys) per object.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::Api;
+use kube::ResourceExt;
 
 use super::kubernetes::KubernetesBackend;
+use super::ssh::{HostClaims, KnownHosts, SshBackend};
 use super::{Backend, BackendError, BackendFactory};
 use crate::api::backend::{Backend as BackendObject, BackendType};
+use crate::api::instance::{Instance, InstancePhase};
 
-/// The production factory: `kubernetes` backends are built in; the other types are not
-/// yet, and are rejected with an `InvalidConfig` error naming `spec.type`.
+/// The production factory.
 pub struct DefaultFactory {
     client: kube::Client,
+    known_hosts: Mutex<HashMap<(String, String), KnownHosts>>,
 }
 
 impl DefaultFactory {
     pub fn new(client: kube::Client) -> Self {
-        DefaultFactory { client }
+        DefaultFactory { client, known_hosts: Mutex::default() }
+    }
+
+    /// The data of the credentials `Secret` named by `spec.credentials.secretRef`.
+    async fn secret(&self, object: &BackendObject) -> Result<BTreeMap<String, Vec<u8>>, BackendError> {
+        let ns = object.namespace().unwrap_or_default();
+        let Some(creds) = &object.spec.credentials else {
+            return Err(BackendError::InvalidConfig(format!(
+                "spec.credentials: a {} backend needs a Secret with its credentials",
+                object.spec.type_.as_str()
+            )));
+        };
+        let name = &creds.secret_ref.name;
+        let secret = Api::<Secret>::namespaced(self.client.clone(), &ns)
+            .get_opt(name)
+            .await
+            .map_err(|e| BackendError::Other(format!("reading Secret {name} of spec.credentials.secretRef: {e}")))?;
+        let secret = secret.ok_or_else(|| {
+            BackendError::InvalidConfig(format!(
+                "spec.credentials.secretRef: Secret {name} not found in namespace {ns}"
+            ))
+        })?;
+        Ok(secret.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect())
+    }
+
+    /// The catalog files (`aws.csv`, …) of the `ConfigMap` named by `spec.catalog`.
+    pub async fn catalog_files(&self, object: &BackendObject) -> Result<Vec<(String, String)>, BackendError> {
+        let ns = object.namespace().unwrap_or_default();
+        let Some(name) = object.spec.catalog.as_ref().and_then(|c| c.config_map_ref.as_ref()).map(|r| r.name.clone())
+        else {
+            return Err(BackendError::InvalidConfig(format!(
+                "spec.catalog.configMapRef: a {} backend needs an offer catalog (gpuhunt v2 CSV files in a ConfigMap)",
+                object.spec.type_.as_str()
+            )));
+        };
+        let cm = Api::<ConfigMap>::namespaced(self.client.clone(), &ns)
+            .get_opt(&name)
+            .await
+            .map_err(|e| BackendError::Other(format!("reading ConfigMap {name} of spec.catalog.configMapRef: {e}")))?;
+        let cm = cm.ok_or_else(|| {
+            BackendError::InvalidConfig(format!(
+                "spec.catalog.configMapRef: ConfigMap {name} not found in namespace {ns}"
+            ))
+        })?;
+        Ok(cm.data.unwrap_or_default().into_iter().filter(|(k, _)| k.ends_with(".csv")).collect())
+    }
+
+    async fn ssh(&self, object: &BackendObject) -> Result<Arc<dyn Backend>, BackendError> {
+        let ns = object.namespace().unwrap_or_default();
+        let name = object.name_any();
+        let config = object.spec.ssh.clone().ok_or_else(|| {
+            BackendError::InvalidConfig("spec.ssh: an ssh backend needs its hosts in spec.ssh".into())
+        })?;
+        let data = self.secret(object).await?;
+        let key = data.get("ssh-privatekey").ok_or_else(|| {
+            BackendError::InvalidConfig(
+                "spec.credentials.secretRef: the Secret needs the private key under `ssh-privatekey` (type kubernetes.io/ssh-auth)"
+                    .into(),
+            )
+        })?;
+        let key = String::from_utf8(key.clone()).map_err(|_| {
+            BackendError::InvalidConfig("spec.credentials.secretRef: ssh-privatekey is not a text key".into())
+        })?;
+        let claims =
+            Arc::new(InstanceClaims { client: self.client.clone(), namespace: ns.clone(), backend: name.clone() });
+        let known = self.known_hosts.lock().expect("known hosts").entry((ns, name.clone())).or_default().clone();
+        Ok(Arc::new(SshBackend::new(&name, config, &key, claims)?.with_known_hosts(known)))
+    }
+}
+
+/// Which hosts of an ssh backend are held, from the Instances of its namespace: a live
+/// instance whose offer came from this backend holds the host its offer names.
+struct InstanceClaims {
+    client: kube::Client,
+    namespace: String,
+    backend: String,
+}
+
+#[async_trait]
+impl HostClaims for InstanceClaims {
+    async fn held(&self) -> Result<HashMap<String, String>, BackendError> {
+        let list = Api::<Instance>::namespaced(self.client.clone(), &self.namespace)
+            .list(&Default::default())
+            .await
+            .map_err(|e| BackendError::Other(format!("listing instances: {e}")))?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter_map(|i| i.status)
+            .filter(|s| !matches!(s.phase, InstancePhase::Terminated | InstancePhase::Failed))
+            .filter_map(|s| {
+                let offer = s.offer.filter(|o| o.backend == self.backend)?;
+                Some((offer.instance_type, s.machine_name?))
+            })
+            .collect())
     }
 }
 
@@ -25,12 +127,11 @@ impl BackendFactory for DefaultFactory {
     async fn build(&self, object: &BackendObject) -> Result<Arc<dyn Backend>, BackendError> {
         match object.spec.type_ {
             BackendType::Kubernetes => Ok(Arc::new(KubernetesBackend::new(self.client.clone(), object)?)),
-            other @ (BackendType::Ssh | BackendType::Aws | BackendType::Lambda) => {
-                Err(BackendError::InvalidConfig(format!(
-                    "spec.type: backend type {:?} is not supported by this build (supported: \"kubernetes\")",
-                    other.as_str()
-                )))
-            }
+            BackendType::Ssh => self.ssh(object).await,
+            other @ (BackendType::Aws | BackendType::Lambda) => Err(BackendError::InvalidConfig(format!(
+                "spec.type: backend type {:?} is not supported by this build (supported: \"kubernetes\", \"ssh\")",
+                other.as_str()
+            ))),
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod factory;
 pub mod fake;
 pub mod kubernetes;
+pub mod ssh;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,0 +1,89 @@
+//! The production backend factory against the in-memory API: credentials from Secrets,
+//! errors that name the field to fix.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::ByteString;
+use kpool::api::backend::{Backend, BackendSpec, BackendType, Credentials, SecretRef, SshBackendConfig, SshHost};
+use kpool::backends::factory::DefaultFactory;
+use kpool::backends::{BackendError, BackendFactory};
+use kube::api::ObjectMeta;
+use support::*;
+
+/// An unencrypted OpenSSH ed25519 key made for these tests only.
+const KEY: &str = "-----BEGIN OPENSSH PRIVATE KEY-----
+b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW
+QyNTUxOQAAACBgcIzzgI01uA+VIDiLlxDIi1/sAF3yu9NxPXadvlRKlwAAAJDijsm24o7J
+tgAAAAtzc2gtZWQyNTUxOQAAACBgcIzzgI01uA+VIDiLlxDIi1/sAF3yu9NxPXadvlRKlw
+AAAEDRqOjLjj5XuAt8RgSbBhUd1p61d6iIQaIe1X78YaW96WBwjPOAjTW4D5UgOIuXEMiL
+X+wAXfK703E9dp2+VEqXAAAACHRlc3Qta2V5AQIDBAU=
+-----END OPENSSH PRIVATE KEY-----
+";
+
+fn ssh_backend(secret: &str) -> Backend {
+    Backend::new(
+        "hosts",
+        BackendSpec {
+            type_: BackendType::Ssh,
+            credentials: Some(Credentials { secret_ref: SecretRef { name: secret.into() } }),
+            ssh: Some(SshBackendConfig {
+                hosts: vec![SshHost { host: "10.0.0.7".into(), ..Default::default() }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+}
+
+async fn secret(h: &Harness, name: &str, key: &str, value: &str) {
+    let s = Secret {
+        metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+        data: Some(BTreeMap::from([(key.to_string(), ByteString(value.as_bytes().to_vec()))])),
+        type_: Some("kubernetes.io/ssh-auth".into()),
+        ..Default::default()
+    };
+    h.create(s).await;
+}
+
+fn invalid(r: Result<std::sync::Arc<dyn kpool::backends::Backend>, BackendError>) -> String {
+    match r {
+        Err(BackendError::InvalidConfig(m)) => m,
+        Err(e) => panic!("expected InvalidConfig, got {e}"),
+        Ok(_) => panic!("expected InvalidConfig, got a backend"),
+    }
+}
+
+#[tokio::test]
+async fn an_ssh_backend_is_built_from_its_secret() {
+    let h = Harness::new().await;
+    secret(&h, "host-key", "ssh-privatekey", KEY).await;
+    let obj = h.create(ssh_backend("host-key")).await;
+    let factory = DefaultFactory::new(h.client.clone());
+    let backend = factory.build(&obj).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(backend.name(), "hosts");
+}
+
+#[tokio::test]
+async fn a_missing_secret_or_key_names_the_field() {
+    let h = Harness::new().await;
+    let factory = DefaultFactory::new(h.client.clone());
+    let obj = h.create(ssh_backend("nowhere")).await;
+    let msg = invalid(factory.build(&obj).await);
+    assert!(msg.contains("spec.credentials.secretRef") && msg.contains("nowhere"), "{msg}");
+
+    secret(&h, "wrong-field", "id_rsa", KEY).await;
+    let mut obj = ssh_backend("wrong-field");
+    obj.metadata.name = Some("hosts2".into());
+    let obj = h.create(obj).await;
+    let msg = invalid(factory.build(&obj).await);
+    assert!(msg.contains("ssh-privatekey"), "{msg}");
+
+    let mut no_hosts = ssh_backend("wrong-field");
+    no_hosts.metadata.name = Some("hosts3".into());
+    no_hosts.spec.ssh = None;
+    let obj = h.create(no_hosts).await;
+    assert!(invalid(factory.build(&obj).await).starts_with("spec.ssh"));
+}
