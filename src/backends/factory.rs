@@ -13,7 +13,7 @@ use kube::ResourceExt;
 use super::kubernetes::KubernetesBackend;
 use super::ssh::{HostClaims, KnownHosts, SshBackend};
 use super::{Backend, BackendError, BackendFactory};
-use crate::api::backend::{Backend as BackendObject, BackendType};
+use crate::api::backend::{Backend as BackendObject, BackendType, SshBackendConfig};
 use crate::api::instance::{Instance, InstancePhase};
 
 /// The production factory.
@@ -71,9 +71,13 @@ impl DefaultFactory {
         Ok(cm.data.unwrap_or_default().into_iter().filter(|(k, _)| k.ends_with(".csv")).collect())
     }
 
-    async fn ssh(&self, object: &BackendObject) -> Result<Arc<dyn Backend>, BackendError> {
+    /// What logging in to the hosts of an ssh `Backend` takes: its config, the private
+    /// key from its Secret, and the host keys seen so far (shared across rebuilds).
+    pub async fn ssh_login(
+        &self,
+        object: &BackendObject,
+    ) -> Result<(SshBackendConfig, String, KnownHosts), BackendError> {
         let ns = object.namespace().unwrap_or_default();
-        let name = object.name_any();
         let config = object.spec.ssh.clone().ok_or_else(|| {
             BackendError::InvalidConfig("spec.ssh: an ssh backend needs its hosts in spec.ssh".into())
         })?;
@@ -87,9 +91,15 @@ impl DefaultFactory {
         let key = String::from_utf8(key.clone()).map_err(|_| {
             BackendError::InvalidConfig("spec.credentials.secretRef: ssh-privatekey is not a text key".into())
         })?;
-        let claims =
-            Arc::new(InstanceClaims { client: self.client.clone(), namespace: ns.clone(), backend: name.clone() });
-        let known = self.known_hosts.lock().expect("known hosts").entry((ns, name.clone())).or_default().clone();
+        let known = self.known_hosts.lock().expect("known hosts").entry((ns, object.name_any())).or_default().clone();
+        Ok((config, key, known))
+    }
+
+    async fn ssh(&self, object: &BackendObject) -> Result<Arc<dyn Backend>, BackendError> {
+        let ns = object.namespace().unwrap_or_default();
+        let name = object.name_any();
+        let (config, key, known) = self.ssh_login(object).await?;
+        let claims = Arc::new(InstanceClaims { client: self.client.clone(), namespace: ns, backend: name.clone() });
         Ok(Arc::new(SshBackend::new(&name, config, &key, claims)?.with_known_hosts(known)))
     }
 }
