@@ -492,10 +492,10 @@ async fn the_factory_builds_kubernetes_and_rejects_other_types() {
     assert_eq!(node_names(&offers), ["node-a"]);
     assert_eq!(offers[0].backend, "local");
 
-    let mut aws = backend_object("aws", None);
-    aws.spec.type_ = BackendType::Aws;
-    let err = factory.build(&aws).await.err().expect("aws is not built");
+    let mut lambda = backend_object("lambda", None);
+    lambda.spec.type_ = BackendType::Lambda;
+    let err = factory.build(&lambda).await.err().expect("lambda is not built");
     assert_eq!(err.category(), "InvalidConfig");
     let msg = err.to_string();
-    assert!(msg.contains("spec.type") && msg.contains("\"aws\""), "{msg}");
+    assert!(msg.contains("spec.type") && msg.contains("\"lambda\""), "{msg}");
 }

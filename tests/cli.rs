@@ -184,3 +184,55 @@ fn without_a_cluster_the_error_says_what_to_do() {
     assert!(err.starts_with("error: no usable kube context") && err.contains("KUBECONFIG"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+#[test]
+fn offline_offers_follow_the_json_contract() {
+    let dir = env!("CARGO_MANIFEST_DIR").to_string() + "/catalogs/sample";
+    let (code, out, err) = plugin(&["offers", "--catalog", &dir, "--gpu", "A100", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let req = &v["requirements"];
+    assert_eq!(req["cpu"], serde_json::json!({"min": 2, "max": null}));
+    assert_eq!(req["memory"]["min"], 8.0);
+    assert_eq!(req["disk"]["min"], 100.0);
+    assert_eq!(req["gpu"]["names"], serde_json::json!(["A100"]));
+    assert_eq!(req["gpu"]["count"], serde_json::json!({"min": 1, "max": null}));
+    assert_eq!(req["spotPolicy"], "on-demand");
+    assert_eq!(req["maxPrice"], serde_json::Value::Null);
+    let offers = v["offers"].as_array().unwrap();
+    assert!(!offers.is_empty(), "the sample catalog has A100 offers");
+    let keys = ["backend", "region", "instanceType", "cpu", "memory", "disk", "gpuCount", "gpuName", "gpuMemory", "spot", "price"];
+    for o in offers {
+        let mut have: Vec<&str> = o.as_object().unwrap().keys().map(String::as_str).collect();
+        have.sort();
+        let mut want = keys.to_vec();
+        want.sort();
+        assert_eq!(have, want, "{o}");
+        assert_eq!(o["gpuName"], "A100");
+        assert_eq!(o["spot"], false, "on-demand by default");
+        assert!(["aws", "gcp", "lambdalabs"].contains(&o["backend"].as_str().unwrap()), "{o}");
+    }
+    let prices: Vec<f64> = offers.iter().map(|o| o["price"].as_f64().unwrap()).collect();
+    assert!(prices.windows(2).all(|w| w[0] <= w[1]), "cheapest first: {prices:?}");
+
+    let (code, out, _) = plugin(&["offers", "--catalog", &dir, "--gpu", "A100", "-o", "json", "--max-offers", "2"]);
+    assert_eq!(code, 0);
+    let bounded: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(bounded["offers"].as_array().unwrap().len(), 2.min(offers.len()));
+    assert_eq!(bounded["offers"][0], offers[0]);
+}
+
+#[test]
+fn offline_offers_table_fits_a_terminal() {
+    let dir = env!("CARGO_MANIFEST_DIR").to_string() + "/catalogs/sample";
+    let (code, out, err) = plugin(&["offers", "--catalog", &dir, "--gpu", "24GB..", "--spot-auto", "--max-offers", "5"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("Requirements: cpu=2.. mem=8GB.. disk=100GB.. gpu=24GB..:1.."), "{out}");
+    assert!(lines[1].starts_with("#") && lines[1].contains("BACKEND") && lines[1].contains("PRICE"), "{out}");
+    assert_eq!(lines.len(), 2 + 5, "{out}");
+    assert!(!out.contains('\u{1b}'), "no colour when not a terminal");
+    let (code, _, err) = plugin(&["offers", "--catalog", "/nonexistent"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--catalog /nonexistent"), "{err}");
+}

@@ -87,3 +87,57 @@ async fn a_missing_secret_or_key_names_the_field() {
     let obj = h.create(no_hosts).await;
     assert!(invalid(factory.build(&obj).await).starts_with("spec.ssh"));
 }
+
+fn aws_backend(catalog: &str) -> Backend {
+    Backend::new(
+        "aws",
+        BackendSpec {
+            type_: BackendType::Aws,
+            regions: vec!["us-east-1".into()],
+            credentials: Some(Credentials { secret_ref: SecretRef { name: "aws-creds".into() } }),
+            catalog: Some(kpool::api::backend::CatalogSource {
+                config_map_ref: Some(kpool::api::backend::ConfigMapRef { name: catalog.into() }),
+            }),
+            aws: Some(kpool::api::backend::AwsBackendConfig {
+                image_id: "ami-0123456789abcdef0".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+}
+
+#[tokio::test]
+async fn an_aws_backend_takes_its_offers_from_the_catalog_config_map() {
+    let h = Harness::new().await;
+    let creds = Secret {
+        metadata: ObjectMeta { name: Some("aws-creds".into()), ..Default::default() },
+        data: Some(BTreeMap::from([
+            ("aws_access_key_id".to_string(), ByteString(b"AKIAEXAMPLE".to_vec())),
+            ("aws_secret_access_key".to_string(), ByteString(b"not-a-real-secret".to_vec())),
+        ])),
+        ..Default::default()
+    };
+    h.create(creds).await;
+    let csv = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/catalogs/sample/aws.csv")).unwrap();
+    let cm = k8s_openapi::api::core::v1::ConfigMap {
+        metadata: ObjectMeta { name: Some("catalog".into()), ..Default::default() },
+        data: Some(BTreeMap::from([("aws.csv".to_string(), csv)])),
+        ..Default::default()
+    };
+    h.create(cm).await;
+    let factory = DefaultFactory::new(h.client.clone());
+    let obj = h.create(aws_backend("catalog")).await;
+    let backend = factory.build(&obj).await.unwrap_or_else(|e| panic!("{e}"));
+    let req =
+        kpool::api::resources::ResourcesSpec { gpu: Some("A10G".into()), ..Default::default() }.resolve().unwrap();
+    let offers = backend.offers(&req).await.unwrap();
+    assert!(!offers.is_empty());
+    assert!(offers.iter().all(|o| o.backend == "aws" && o.region == "us-east-1"), "{offers:?}");
+
+    let mut missing = aws_backend("no-such-map");
+    missing.metadata.name = Some("aws2".into());
+    let obj = h.create(missing).await;
+    let msg = invalid(factory.build(&obj).await);
+    assert!(msg.contains("spec.catalog.configMapRef") && msg.contains("no-such-map"), "{msg}");
+}

@@ -160,6 +160,8 @@ pub struct SshHost {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.type != 'ssh' || (has(self.ssh) && has(self.credentials))")
     .message("an ssh backend needs spec.ssh (its hosts) and spec.credentials (the Secret with the private key)"))]
+#[x_kube(validation = Rule::new("self.type != 'aws' || (has(self.aws) && has(self.credentials) && has(self.catalog) && has(self.regions) && size(self.regions) > 0)")
+    .message("an aws backend needs spec.aws (the AMI), spec.credentials (the access key Secret), spec.catalog (the offers) and spec.regions"))]
 pub struct BackendSpec {
     /// The provider: `kubernetes`, `ssh`, `aws` or `lambda`.
     #[serde(rename = "type")]
@@ -184,6 +186,31 @@ pub struct BackendSpec {
     /// lists the hosts. The private key comes from `credentials.secretRef`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh: Option<SshBackendConfig>,
+    /// Settings of an `aws` backend (ignored by the other types); required for it. The
+    /// access key comes from `credentials.secretRef` (keys `aws_access_key_id`,
+    /// `aws_secret_access_key`, optional `aws_session_token`), the offers from `catalog`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<AwsBackendConfig>,
+}
+
+/// Settings of an `aws` (EC2) backend.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsBackendConfig {
+    /// The AMI to launch, e.g. `ami-0abcdef1234567890` (one that exists in every region of
+    /// `spec.regions`, or launches there fail with InvalidConfig).
+    #[schemars(regex(pattern = r"^ami-[0-9a-f]{8,17}$"))]
+    pub image_id: String,
+    /// Subnet to launch into (default: the region's default VPC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^subnet-[0-9a-f]{8,17}$"))]
+    pub subnet_id: Option<String>,
+    /// Security groups of the machines.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_group_ids: Vec<String>,
+    /// An SSH public key put into the machines' authorized keys at launch (cloud-init).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_public_key: Option<String>,
 }
 
 /// Observed state of a `Backend`.

@@ -10,6 +10,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::Api;
 use kube::ResourceExt;
 
+use super::aws::{AwsBackend, AwsConfig};
+use super::catalog::Catalog;
 use super::kubernetes::KubernetesBackend;
 use super::ssh::{HostClaims, KnownHosts, SshBackend};
 use super::{Backend, BackendError, BackendFactory};
@@ -95,6 +97,40 @@ impl DefaultFactory {
         Ok((config, key, known))
     }
 
+    async fn aws(&self, object: &BackendObject) -> Result<Arc<dyn Backend>, BackendError> {
+        let settings = object
+            .spec
+            .aws
+            .clone()
+            .ok_or_else(|| BackendError::InvalidConfig("spec.aws: an aws backend needs spec.aws.imageId".into()))?;
+        let data = self.secret(object).await?;
+        let text = |keys: &[&str]| -> Option<String> {
+            keys.iter()
+                .find_map(|k| data.get(*k))
+                .and_then(|v| String::from_utf8(v.clone()).ok())
+                .map(|s| s.trim().to_string())
+        };
+        let missing =
+            |k: &str| BackendError::InvalidConfig(format!("spec.credentials.secretRef: the Secret has no `{k}`"));
+        let config = AwsConfig {
+            regions: object.spec.regions.clone(),
+            endpoint: object.spec.endpoint.clone(),
+            access_key_id: text(&["aws_access_key_id", "AWS_ACCESS_KEY_ID"])
+                .ok_or_else(|| missing("aws_access_key_id"))?,
+            secret_access_key: text(&["aws_secret_access_key", "AWS_SECRET_ACCESS_KEY"])
+                .ok_or_else(|| missing("aws_secret_access_key"))?,
+            session_token: text(&["aws_session_token", "AWS_SESSION_TOKEN"]),
+            image_id: Some(settings.image_id),
+            ssh_public_key: settings.ssh_public_key,
+            subnet_id: settings.subnet_id,
+            security_group_ids: settings.security_group_ids,
+        };
+        let files = self.catalog_files(object).await?;
+        let catalog = Catalog::from_files(files, &object.name_any())
+            .map_err(|e| BackendError::InvalidConfig(format!("spec.catalog.configMapRef: {e}")))?;
+        Ok(Arc::new(AwsBackend::new(&object.name_any(), config, catalog.offers().to_vec())?))
+    }
+
     async fn ssh(&self, object: &BackendObject) -> Result<Arc<dyn Backend>, BackendError> {
         let ns = object.namespace().unwrap_or_default();
         let name = object.name_any();
@@ -138,10 +174,11 @@ impl BackendFactory for DefaultFactory {
         match object.spec.type_ {
             BackendType::Kubernetes => Ok(Arc::new(KubernetesBackend::new(self.client.clone(), object)?)),
             BackendType::Ssh => self.ssh(object).await,
-            other @ (BackendType::Aws | BackendType::Lambda) => Err(BackendError::InvalidConfig(format!(
-                "spec.type: backend type {:?} is not supported by this build (supported: \"kubernetes\", \"ssh\")",
-                other.as_str()
-            ))),
+            BackendType::Aws => self.aws(object).await,
+            BackendType::Lambda => Err(BackendError::InvalidConfig(
+                "spec.type: backend type \"lambda\" is not supported by this build (supported: \"kubernetes\", \"ssh\", \"aws\")"
+                    .into(),
+            )),
         }
     }
 }

@@ -4,6 +4,8 @@
 //! backend launches carries the instance's UID-derived machine name and the tags in
 //! [`MachineSpec::tags`], so the garbage collector can find machines no `Instance` owns.
 
+pub mod aws;
+pub mod catalog;
 pub mod factory;
 pub mod fake;
 pub mod kubernetes;

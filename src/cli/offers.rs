@@ -33,7 +33,7 @@ pub fn catalog_offers(dir: &Path) -> Result<Vec<Offer>, CliError> {
             continue;
         };
         let text = std::fs::read_to_string(&path).map_err(|e| failed(&e))?;
-        offers.extend(catalog_parse(stem, &text).map_err(|e| failed(&e))?);
+        offers.extend(crate::backends::catalog::Catalog::parse(stem, stem, &text).map_err(|e| failed(&e))?);
         files += 1;
     }
     if files == 0 {
@@ -115,8 +115,4 @@ pub async fn run(
         }
     }
     Ok(())
-}
-
-fn catalog_parse(_provider: &str, _text: &str) -> Result<Vec<Offer>, String> {
-    Err("TEMPORARY".into())
 }

@@ -1,0 +1,373 @@
+//! EC2 instances as machines.
+//!
+//! An `aws` backend offers the catalog it is given (gpuhunt's AWS offers, loaded by the
+//! factory) in its configured regions, and turns an instance into one EC2 instance. It
+//! talks to EC2's query API with its own small client ([`client`]): SigV4-signed POSTs
+//! over hyper and rustls (ring), XML answers read with quick-xml.
+//!
+//! Machines (`create`, `get`, `delete`, `list_owned`):
+//! - Every instance carries the tags of [`MachineSpec::tags`], `Name` = the machine name,
+//!   [`TAG_MACHINE`] = the machine name, and `kpool.dev/managed-by=kpool` (unless the spec
+//!   sets it); its volumes carry the same tags.
+//! - `create` is idempotent twice over: it first looks for an instance tagged with the
+//!   machine name in state pending, running, stopping or stopped, in every configured
+//!   region (a launch that timed out in one region must not be repeated in another), and
+//!   returns it; otherwise it calls `RunInstances` in the offer's region with the offer's
+//!   instance type, one instance, a client token that starts as the machine name (EC2
+//!   answers a repeated launch with the instance it already started; the `launch` module
+//!   says how tokens move on past dead instances), the spot market when the offer is spot
+//!   (one-time, terminate on interruption), the SSH public key as cloud-init
+//!   `ssh_authorized_keys` user data, and the subnet and security groups when set.
+//! - `get` looks the instance up by [`TAG_MACHINE`] in the region it was last seen in,
+//!   then in every region; when several carry the name, the most alive wins (running,
+//!   pending, stopping/stopped, shutting-down, terminated), then the newest. States:
+//!   pending -> Pending, running -> Running (address = the public IPv4, else the private
+//!   one), shutting-down/stopping/stopped -> Stopping, terminated -> Terminated (EC2 keeps
+//!   terminated instances for about an hour); none -> NotFound.
+//! - `delete` terminates every instance of that name that is not terminated yet, in every
+//!   region (so a double launch cannot leak); none -> NotFound.
+//! - `list_owned` lists the instances with a `kpool.dev/managed-by` tag, in every
+//!   region, except terminated ones. `DescribeInstances` is always read page by page.
+//!
+//! Errors (EC2 error codes): `Insufficient*Capacity`, `SpotMaxPriceTooLow`,
+//! `MaxSpotInstanceCountExceeded`, `Unsupported`, `InstanceLimitExceeded`,
+//! `VcpuLimitExceeded` -> InsufficientCapacity (the caller moves on to its next offer);
+//! `RequestLimitExceeded`, `Throttling` -> RateLimited; credential, permission and
+//! parameter errors (`AuthFailure`, `UnauthorizedOperation`, `InvalidAMIID.*`,
+//! `InvalidKeyPair.*`, `InvalidSubnetID.*`, `InvalidParameterValue`, …) -> InvalidConfig;
+//! `InvalidInstanceID.NotFound` -> NotFound; anything else, 5xx and transport failures
+//! (including no answer within the timeout) -> Other. Messages carry the AWS code and
+//! message, never a credential.
+//!
+//! Permissions: `ec2:DescribeInstances`, `ec2:RunInstances`, `ec2:CreateTags` (tags at
+//! launch), `ec2:TerminateInstances`.
+//!
+//! Limits: the boot disk is the AMI's (an offer's `disk` is not applied); offers are the
+//! catalog's, not checked against the account's quotas or the region's instance types.
+
+pub mod client;
+mod errors;
+mod launch;
+mod model;
+pub mod sigv4;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use self::client::{from_xml, Ec2Client, Params};
+use self::errors::map_error;
+use self::model::{machine_of, state_rank, DescribeInstancesResponse, Instance};
+use self::sigv4::Credentials;
+use super::{Backend, BackendError, Machine, MachineSpec, TAG_MANAGED_BY};
+use crate::api::offer::Offer;
+use crate::api::resources::Requirements;
+
+/// Tag carrying the machine name on every instance and volume.
+pub const TAG_MACHINE: &str = "kpool.dev/machine";
+/// Value of the `kpool.dev/managed-by` tag when the spec does not set one.
+pub const MANAGED_BY: &str = "kpool";
+/// How long one EC2 call may take, answer included, unless set with
+/// [`AwsBackend::with_timeout`].
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Instances per `DescribeInstances` page unless set with [`AwsBackend::with_page_size`].
+pub const DEFAULT_PAGE_SIZE: u32 = 1000;
+
+/// States in which an instance counts as the machine `create` would launch.
+const LIVE: [&str; 4] = ["pending", "running", "stopping", "stopped"];
+/// Every state but terminated.
+const NOT_TERMINATED: [&str; 5] = ["pending", "running", "shutting-down", "stopping", "stopped"];
+
+/// How to reach EC2 and what to launch. Built by the factory from a `Backend` object of
+/// type `aws` and its credentials `Secret`.
+#[derive(Clone, Default, PartialEq)]
+pub struct AwsConfig {
+    /// Regions machines may run in, e.g. `us-east-1`; at least one. Offers outside them
+    /// are dropped, and machines are looked for in all of them.
+    pub regions: Vec<String>,
+    /// An EC2 endpoint URL used for every region instead of AWS's
+    /// (`https://ec2.REGION.amazonaws.com/`), e.g. a VPC endpoint or a local emulator.
+    pub endpoint: Option<String>,
+    /// Access key id of the IAM user or role.
+    pub access_key_id: String,
+    /// Its secret access key. Never logged.
+    pub secret_access_key: String,
+    /// Session token of temporary credentials (STS). Never logged.
+    pub session_token: Option<String>,
+    /// The AMI to launch, e.g. `ami-0abcdef1234567890`; it must exist in every region of
+    /// `regions`. Required to launch machines (finding and deleting them works without).
+    pub image_id: Option<String>,
+    /// An SSH public key (`ssh-ed25519 AAAA… comment`) that cloud-init authorises for the
+    /// image's default user.
+    pub ssh_public_key: Option<String>,
+    /// Subnet to launch into (it fixes the availability zone); the default VPC's otherwise.
+    pub subnet_id: Option<String>,
+    /// Security groups of the instances (ids, `sg-…`); the VPC's default group otherwise.
+    pub security_group_ids: Vec<String>,
+}
+
+impl fmt::Debug for AwsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AwsConfig")
+            .field("regions", &self.regions)
+            .field("endpoint", &self.endpoint)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field("session_token", &self.session_token.as_ref().map(|_| "<redacted>"))
+            .field("image_id", &self.image_id)
+            .field("ssh_public_key", &self.ssh_public_key)
+            .field("subnet_id", &self.subnet_id)
+            .field("security_group_ids", &self.security_group_ids)
+            .finish()
+    }
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct AwsBackend {
+    name: String,
+    regions: Vec<String>,
+    image_id: Option<String>,
+    ssh_public_key: Option<String>,
+    subnet_id: Option<String>,
+    security_group_ids: Vec<String>,
+    offers: Vec<Offer>,
+    client: Ec2Client,
+    page_size: u32,
+    /// Region each machine was last seen in.
+    seen_in: Mutex<HashMap<String, String>>,
+}
+
+impl AwsBackend {
+    /// Builds the backend `name` (offers carry it) with the offer catalog `offers`.
+    pub fn new(name: &str, config: AwsConfig, offers: Vec<Offer>) -> Result<AwsBackend, BackendError> {
+        if config.regions.is_empty() {
+            return Err(invalid("regions", "at least one region is required"));
+        }
+        let mut regions: Vec<String> = Vec::new();
+        for r in &config.regions {
+            if r.is_empty()
+                || r.starts_with('-')
+                || !r.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            {
+                return Err(invalid("regions", &format!("{r:?} is not a region name (e.g. \"us-east-1\")")));
+            }
+            if !regions.contains(r) {
+                regions.push(r.clone());
+            }
+        }
+        if config.access_key_id.trim().is_empty() || config.secret_access_key.trim().is_empty() {
+            return Err(invalid("credentials", "access_key_id and secret_access_key are required"));
+        }
+        let image_id = config.image_id.filter(|i| !i.trim().is_empty());
+        if let Some(image) = &image_id {
+            if !image.starts_with("ami-") {
+                return Err(invalid("image_id", &format!("{image:?} is not an AMI id (ami-…)")));
+            }
+        }
+        let ssh_public_key = config.ssh_public_key.map(|k| k.trim().to_string()).filter(|k| !k.is_empty());
+        if ssh_public_key.as_ref().is_some_and(|k| k.contains('\n') || k.split_whitespace().count() < 2) {
+            return Err(invalid("ssh_public_key", "must be one line: TYPE KEY [COMMENT]"));
+        }
+        let credentials = Credentials {
+            access_key_id: config.access_key_id.trim().to_string(),
+            secret_access_key: config.secret_access_key.trim().to_string(),
+            session_token: config.session_token.filter(|t| !t.is_empty()),
+        };
+        let client = Ec2Client::new(credentials, config.endpoint.as_deref().filter(|e| !e.is_empty()), DEFAULT_TIMEOUT)
+            .map_err(BackendError::InvalidConfig)?;
+        let offers = offers
+            .into_iter()
+            .filter(|o| regions.contains(&o.region))
+            .map(|o| Offer { backend: name.to_string(), ..o })
+            .collect();
+        Ok(AwsBackend {
+            name: name.to_string(),
+            regions,
+            image_id,
+            ssh_public_key,
+            subnet_id: config.subnet_id.filter(|s| !s.is_empty()),
+            security_group_ids: config.security_group_ids,
+            offers,
+            client,
+            page_size: DEFAULT_PAGE_SIZE,
+            seen_in: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Sets how long one EC2 call may take.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.client.set_timeout(timeout);
+        self
+    }
+
+    /// Sets the `DescribeInstances` page size (EC2 accepts 5 to 1000).
+    pub fn with_page_size(mut self, size: u32) -> Self {
+        self.page_size = size.clamp(5, 1000);
+        self
+    }
+
+    /// The region `name` was last seen in (when known and still configured), and the others.
+    fn regions_for(&self, name: &str) -> (Option<String>, Vec<String>) {
+        let seen = self.seen_in.lock().expect("seen_in").get(name).cloned().filter(|r| self.regions.contains(r));
+        let others = self.regions.iter().filter(|r| Some(*r) != seen.as_ref()).cloned().collect();
+        (seen, others)
+    }
+
+    fn remember(&self, name: &str, region: &str) {
+        self.seen_in.lock().expect("seen_in").insert(name.to_string(), region.to_string());
+    }
+
+    /// Every instance matching `params` in `region`, page by page.
+    async fn describe(&self, region: &str, params: &Params) -> Result<Vec<Instance>, BackendError> {
+        let mut instances = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut page = params.clone();
+            page.set("MaxResults", self.page_size.to_string());
+            if let Some(t) = &token {
+                page.set("NextToken", t.clone());
+            }
+            let body = self
+                .client
+                .call(region, "DescribeInstances", &page)
+                .await
+                .map_err(|e| map_error(&format!("failed to describe instances in {region}"), e))?;
+            let answer: DescribeInstancesResponse = from_xml("DescribeInstances", &body)
+                .map_err(|e| map_error(&format!("failed to describe instances in {region}"), e))?;
+            instances.extend(answer.reservations.items.into_iter().flat_map(|r| r.instances.items));
+            match answer.next_token.filter(|t| !t.is_empty()) {
+                Some(t) if Some(&t) != token.as_ref() => token = Some(t),
+                _ => return Ok(instances),
+            }
+        }
+    }
+
+    /// Instances named `name` in one of `states` (any state when empty), in `regions`.
+    async fn find_in(
+        &self,
+        regions: &[String],
+        name: &str,
+        states: &[&str],
+    ) -> Result<Vec<(String, Instance)>, BackendError> {
+        let mut params = Params::new();
+        params.filter(&format!("tag:{TAG_MACHINE}"), &[name]);
+        if !states.is_empty() {
+            params.filter("instance-state-name", states);
+        }
+        let found = futures::future::try_join_all(regions.iter().map(|r| self.describe(r, &params))).await?;
+        Ok(regions.iter().zip(found).flat_map(|(r, list)| list.into_iter().map(move |i| (r.clone(), i))).collect())
+    }
+
+    /// The best instance named `name` in one of `states`: the region it was last seen in
+    /// is asked first, then the others.
+    async fn find(&self, name: &str, states: &[&str]) -> Result<Option<(String, Instance)>, BackendError> {
+        let (seen, others) = self.regions_for(name);
+        let mut found = match &seen {
+            Some(region) => self.find_in(std::slice::from_ref(region), name, states).await?,
+            None => Vec::new(),
+        };
+        if found.is_empty() {
+            found = self.find_in(&others, name, states).await?;
+        }
+        let best = found.into_iter().min_by(|(_, a), (_, b)| {
+            state_rank(&a.instance_state.name)
+                .cmp(&state_rank(&b.instance_state.name))
+                .then_with(|| b.launch_time.cmp(&a.launch_time))
+        });
+        if let Some((region, _)) = &best {
+            self.remember(name, region);
+        }
+        Ok(best)
+    }
+}
+
+#[async_trait]
+impl Backend for AwsBackend {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn offers(&self, _req: &Requirements) -> Result<Vec<Offer>, BackendError> {
+        Ok(self.offers.clone())
+    }
+
+    async fn create(&self, spec: &MachineSpec) -> Result<Machine, BackendError> {
+        let offer = &spec.offer;
+        if !self.regions.contains(&offer.region) {
+            return Err(BackendError::InvalidConfig(format!(
+                "offer region {:?} is not one of the backend's regions {:?}",
+                offer.region, self.regions
+            )));
+        }
+        if offer.instance_type.is_empty() {
+            return Err(BackendError::InvalidConfig("offer has no instance type".into()));
+        }
+        let Some(image_id) = self.image_id.as_deref() else {
+            return Err(invalid("image_id", "the AMI to launch is not set"));
+        };
+        if let Some((_, instance)) = self.find(&spec.name, &LIVE).await? {
+            return Ok(machine_of(&instance));
+        }
+        let instance = self.run_instance(spec, image_id).await?;
+        self.remember(&spec.name, &offer.region);
+        tracing::info!(machine = %spec.name, instance = %instance.instance_id, region = %offer.region, "launched");
+        Ok(machine_of(&instance))
+    }
+
+    async fn get(&self, name: &str) -> Result<Machine, BackendError> {
+        match self.find(name, &[]).await? {
+            Some((_, instance)) => Ok(machine_of(&instance)),
+            None => {
+                self.seen_in.lock().expect("seen_in").remove(name);
+                Err(BackendError::NotFound(format!("no EC2 instance tagged {TAG_MACHINE}={name}")))
+            }
+        }
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), BackendError> {
+        let found = self.find_in(&self.regions, name, &NOT_TERMINATED).await?;
+        if found.is_empty() {
+            return Err(BackendError::NotFound(format!("no live EC2 instance tagged {TAG_MACHINE}={name}")));
+        }
+        let mut by_region: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (region, instance) in &found {
+            by_region.entry(region).or_default().push(&instance.instance_id);
+        }
+        for (region, ids) in by_region {
+            let mut p = Params::new();
+            for (i, id) in ids.iter().enumerate() {
+                p.set(format!("InstanceId.{}", i + 1), *id);
+            }
+            let context = format!("failed to terminate {} in {region}", ids.join(", "));
+            self.client.call(region, "TerminateInstances", &p).await.map_err(|e| map_error(&context, e))?;
+            tracing::info!(machine = %name, instances = ?ids, %region, "terminating");
+        }
+        Ok(())
+    }
+
+    async fn list_owned(&self) -> Result<Vec<Machine>, BackendError> {
+        let mut params = Params::new();
+        params.filter("tag-key", &[TAG_MANAGED_BY]).filter("instance-state-name", &NOT_TERMINATED);
+        let found = futures::future::try_join_all(self.regions.iter().map(|r| self.describe(r, &params))).await?;
+        let mut machines = Vec::new();
+        for (region, instances) in self.regions.iter().zip(found) {
+            for instance in instances {
+                let machine = machine_of(&instance);
+                self.remember(&machine.name, region);
+                machines.push(machine);
+            }
+        }
+        Ok(machines)
+    }
+}
+
+fn invalid(field: &str, why: &str) -> BackendError {
+    BackendError::InvalidConfig(format!("{field}: {why}"))
+}
+
+#[cfg(test)]
+mod tests;
