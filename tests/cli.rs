@@ -25,6 +25,7 @@ async fn pool_cmd(h: &Harness, line: &str, answer: Option<&str>) -> Result<Strin
     let r = match &cli.command {
         Command::Ps(a) => cli::instances::ps(a, &client, NS, &mut term).await,
         Command::Remove(a) => cli::instances::remove(a, &client, NS, &mut term).await,
+        Command::AddSsh(a) => cli::ssh::add_ssh(a, &client, NS, &mut term).await,
         Command::Add(a) => cli::instances::add(a, Some(&client), NS, &mut term).await,
         Command::List => cli::pools::list(&client, NS, &mut term).await,
         Command::Create(a) => cli::pools::create(a, &client, NS, &mut term).await,
@@ -201,7 +202,19 @@ fn offline_offers_follow_the_json_contract() {
     assert_eq!(req["maxPrice"], serde_json::Value::Null);
     let offers = v["offers"].as_array().unwrap();
     assert!(!offers.is_empty(), "the sample catalog has A100 offers");
-    let keys = ["backend", "region", "instanceType", "cpu", "memory", "disk", "gpuCount", "gpuName", "gpuMemory", "spot", "price"];
+    let keys = [
+        "backend",
+        "region",
+        "instanceType",
+        "cpu",
+        "memory",
+        "disk",
+        "gpuCount",
+        "gpuName",
+        "gpuMemory",
+        "spot",
+        "price",
+    ];
     for o in offers {
         let mut have: Vec<&str> = o.as_object().unwrap().keys().map(String::as_str).collect();
         have.sort();
@@ -225,7 +238,8 @@ fn offline_offers_follow_the_json_contract() {
 #[test]
 fn offline_offers_table_fits_a_terminal() {
     let dir = env!("CARGO_MANIFEST_DIR").to_string() + "/catalogs/sample";
-    let (code, out, err) = plugin(&["offers", "--catalog", &dir, "--gpu", "24GB..", "--spot-auto", "--max-offers", "5"]);
+    let (code, out, err) =
+        plugin(&["offers", "--catalog", &dir, "--gpu", "24GB..", "--spot-auto", "--max-offers", "5"]);
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("Requirements: cpu=2.. mem=8GB.. disk=100GB.. gpu=24GB..:1.."), "{out}");
@@ -235,4 +249,40 @@ fn offline_offers_table_fits_a_terminal() {
     let (code, _, err) = plugin(&["offers", "--catalog", "/nonexistent"]);
     assert_eq!(code, 1);
     assert!(err.contains("--catalog /nonexistent"), "{err}");
+}
+
+#[tokio::test]
+async fn add_ssh_extends_the_ssh_backend_and_pins_an_instance_to_the_host() {
+    use kpool::api::backend::Backend;
+    let h = Harness::new().await;
+    let err = pool_cmd(&h, "add-ssh ubuntu@10.0.0.9 --no-wait", None).await.unwrap_err().to_string();
+    assert!(err.contains("pass -i KEY"), "{err}");
+
+    let key = std::env::temp_dir().join(format!("kpool-cli-key-{}", std::process::id()));
+    std::fs::write(&key, "-----BEGIN OPENSSH PRIVATE KEY-----\nnot checked here\n").unwrap();
+    let out = pool_cmd(&h, &format!("add-ssh ubuntu@10.0.0.9 -i {} --no-wait", key.display()), None).await.unwrap();
+    assert!(out.contains("backend ssh created") && out.contains("instance 10.0.0.9 created"), "{out}");
+    let out = pool_cmd(&h, "add-ssh gpu.lan -p 2222 --name box --no-wait", None).await.unwrap();
+    assert!(out.contains("host box added to backend ssh"), "{out}");
+    std::fs::remove_file(&key).unwrap();
+
+    let b = h.api::<Backend>().get("ssh").await.unwrap();
+    let hosts = b.spec.ssh.unwrap().hosts;
+    assert_eq!(hosts.len(), 2);
+    assert_eq!((hosts[0].host.as_str(), hosts[0].user.as_deref()), ("10.0.0.9", Some("ubuntu")));
+    assert_eq!(
+        (hosts[1].name.as_deref(), hosts[1].port, hosts[1].user.as_deref()),
+        (Some("box"), Some(2222), Some("root"))
+    );
+    assert_eq!(b.spec.credentials.unwrap().secret_ref.name, "ssh-key");
+    let secret = h.api::<k8s_openapi::api::core::v1::Secret>().get("ssh-key").await.unwrap();
+    assert!(secret.data.unwrap().contains_key("ssh-privatekey"));
+
+    let inst = h.api::<kpool::api::instance::Instance>().get("box").await.unwrap();
+    assert_eq!(inst.spec.policy.backends, Some(vec!["ssh".to_string()]));
+    assert_eq!(inst.spec.policy.instance_types, Some(vec!["box".to_string()]));
+    assert_eq!(inst.spec.policy.idle_duration.as_deref(), Some("off"));
+
+    let err = pool_cmd(&h, "add-ssh other@10.0.0.1 --name box --no-wait", None).await.unwrap_err().to_string();
+    assert!(err.contains("already has a different host named box"), "{err}");
 }

@@ -248,7 +248,7 @@ async fn pool_name(client: &Client, namespace: &str, args: &AddArgs) -> Result<S
 }
 
 /// Prints each phase the instance goes through until it is idle (success) or failed.
-async fn follow(api: &Api<Instance>, name: &str, term: &mut Term<'_>) -> Result<(), CliError> {
+pub async fn follow(api: &Api<Instance>, name: &str, term: &mut Term<'_>) -> Result<(), CliError> {
     let mut last = String::new();
     loop {
         let inst = api.get(name).await?;

@@ -8,6 +8,7 @@ pub mod instances;
 pub mod offers;
 pub mod output;
 pub mod pools;
+pub mod ssh;
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -53,6 +54,10 @@ pub enum Command {
     /// Remove instances (their machines are terminated).
     #[command(after_help = "Examples:\n  kubectl pool remove a100-1\n  kubectl pool remove a100-1 a100-2 --force -y")]
     Remove(RemoveArgs),
+    /// Add a host you own, reached over SSH (creates or extends an `ssh` Backend and its key Secret).
+    #[command(after_help = "Examples:\n  kubectl pool add-ssh ubuntu@10.0.0.11 -i ~/.ssh/id_ed25519\n  \
+        kubectl pool add-ssh root@gpu-box.lan -p 2222 --name gpu-box --backend lab")]
+    AddSsh(AddSshArgs),
     /// List the namespace's pools.
     List,
     /// Create a pool.
@@ -115,6 +120,30 @@ pub struct AddArgs {
     /// With --dry-run: the format of the printed Instance.
     #[arg(short = 'o', long, value_enum, default_value_t = ObjectFormat::Yaml)]
     pub output: ObjectFormat,
+    /// Return once the Instance is created, without following it.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AddSshArgs {
+    /// `user@host` (user defaults to root).
+    pub destination: String,
+    /// Private key file; stored in the Secret `<backend>-key` (needed the first time).
+    #[arg(short = 'i', long = "identity", value_name = "KEY")]
+    pub identity: Option<PathBuf>,
+    /// SSH port.
+    #[arg(short = 'p', long, default_value_t = 22)]
+    pub port: u16,
+    /// Name of the host and of its Instance (default: the host, made a valid name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The `ssh` Backend to add the host to (created when missing).
+    #[arg(long, default_value = "ssh")]
+    pub backend: String,
+    /// The pool (default: the namespace's default pool).
+    #[arg(long)]
+    pub pool: Option<String>,
     /// Return once the Instance is created, without following it.
     #[arg(long)]
     pub no_wait: bool,
