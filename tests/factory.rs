@@ -90,7 +90,7 @@ async fn a_missing_secret_or_key_names_the_field() {
 
 fn aws_backend(catalog: &str) -> Backend {
     Backend::new(
-        "aws",
+        "ec2",
         BackendSpec {
             type_: BackendType::Aws,
             regions: vec!["us-east-1".into()],
@@ -133,10 +133,10 @@ async fn an_aws_backend_takes_its_offers_from_the_catalog_config_map() {
         kpool::api::resources::ResourcesSpec { gpu: Some("A10G".into()), ..Default::default() }.resolve().unwrap();
     let offers = backend.offers(&req).await.unwrap();
     assert!(!offers.is_empty());
-    assert!(offers.iter().all(|o| o.backend == "aws" && o.region == "us-east-1"), "{offers:?}");
+    assert!(offers.iter().all(|o| o.backend == "ec2" && o.region == "us-east-1"), "{offers:?}");
 
     let mut missing = aws_backend("no-such-map");
-    missing.metadata.name = Some("aws2".into());
+    missing.metadata.name = Some("ec2-b".into());
     let obj = h.create(missing).await;
     let msg = invalid(factory.build(&obj).await);
     assert!(msg.contains("spec.catalog.configMapRef") && msg.contains("no-such-map"), "{msg}");
