@@ -392,3 +392,31 @@ async fn a_crash_between_launch_and_status_write_adopts_the_machine() {
     let names: Vec<String> = h.backend.live_machines().into_iter().map(|m| m.name).collect();
     assert_eq!(names, vec![launched.machine_name.unwrap()]);
 }
+
+#[tokio::test]
+async fn site_defaults_sit_below_pool_defaults_and_above_the_built_in_ones() {
+    let mut h = Harness::new().await;
+    std::sync::Arc::get_mut(&mut h.ctx).expect("sole owner").site_defaults.run.idle_duration = Some("1m".into());
+    h.pool(
+        "long",
+        PoolSpec {
+            defaults: Some(PolicySpec { idle_duration: Some("10m".into()), ..Default::default() }),
+            ..Default::default()
+        },
+    )
+    .await;
+    h.run("short", RunSpec { resources: cpu("4.."), ..Default::default() }).await;
+    h.run("kept", RunSpec { pool: Some("long".into()), resources: cpu("8.."), ..Default::default() }).await;
+    h.settle(2).await;
+    let short = h.get_run("short").await.status.unwrap().instance.unwrap();
+    let kept = h.get_run("kept").await.status.unwrap().instance.unwrap();
+    h.exec.exit("short", 0);
+    h.exec.exit("kept", 0);
+    h.settle(1).await;
+    h.advance(Duration::from_secs(61));
+    h.settle(1).await;
+    let short = h.get_instance(&short).await.status.unwrap().phase;
+    assert_ne!(short, InstancePhase::Idle, "the site's 1m replaced the built-in 5m");
+    let kept = h.get_instance(&kept).await.status.unwrap().phase;
+    assert_eq!(kept, InstancePhase::Idle, "the pool's 10m wins over the site's 1m");
+}

@@ -59,6 +59,13 @@ struct ControllerArgs {
     /// Namespace of the leader Lease (default: the Pod's namespace, else kpool-system).
     #[arg(long, env = "POD_NAMESPACE", default_value = "kpool-system", global = true)]
     leader_election_namespace: String,
+    /// Idle duration of instances runs provision, unless a pool or profile says otherwise
+    /// (built-in: 5m; `off` keeps them).
+    #[arg(long, env = "KPOOL_DEFAULT_IDLE_RUN", value_parser = idle_arg("--default-idle-duration-run"), global = true)]
+    default_idle_duration_run: Option<String>,
+    /// Idle duration of instances added by hand (built-in: 72h; `off` keeps them).
+    #[arg(long, env = "KPOOL_DEFAULT_IDLE_MANUAL", value_parser = idle_arg("--default-idle-duration-manual"), global = true)]
+    default_idle_duration_manual: Option<String>,
     /// Watch only this namespace (default: every namespace).
     #[arg(long, env = "KPOOL_WATCH_NAMESPACE", global = true)]
     watch_namespace: Option<String>,
@@ -71,6 +78,13 @@ struct ControllerArgs {
 enum LogFormat {
     Text,
     Json,
+}
+
+fn idle_arg(flag: &'static str) -> impl Fn(&str) -> Result<String, String> + Clone {
+    move |s: &str| match s {
+        "off" => Ok(s.to_string()),
+        _ => parse_duration(flag, s).map(|_| s.to_string()).map_err(|e| e.to_string()),
+    }
 }
 
 fn duration_arg(flag: &'static str) -> impl Fn(&str) -> Result<Duration, String> + Clone {
@@ -115,12 +129,15 @@ fn controller(args: ControllerArgs) -> Result<(), Box<dyn std::error::Error>> {
         let client = kube::Client::try_default().await.map_err(|e| {
             format!("cannot reach the Kubernetes API ({e}); check the current kube context or KUBECONFIG")
         })?;
-        let ctx = Arc::new(Context::new(
+        let mut ctx = Context::new(
             client.clone(),
             Arc::new(DefaultFactory::new(client)),
             Arc::new(HoldExecutor),
             Arc::new(SystemClock),
-        ));
+        );
+        ctx.site_defaults.run.idle_duration = args.default_idle_duration_run.clone();
+        ctx.site_defaults.manual.idle_duration = args.default_idle_duration_manual.clone();
+        let ctx = Arc::new(ctx);
         let gc = GcConfig { interval: args.gc_interval, grace: args.gc_grace, report_only: args.gc_report_only };
         tracing::info!(version = env!("CARGO_PKG_VERSION"), ?gc, "kpool controller starting");
         let listener = tokio::net::TcpListener::bind(args.metrics_addr)

@@ -68,6 +68,23 @@ impl Clock for ManualClock {
 /// Built backends by (namespace, name), with the resourceVersion they were built from.
 type BackendCache = HashMap<(String, String), (String, Arc<dyn Backend>)>;
 
+/// Policy defaults of this installation (e.g. the chart's idle durations), by who created
+/// the instance; the last layer before the built-in defaults.
+#[derive(Clone, Debug, Default)]
+pub struct SiteDefaults {
+    pub run: crate::api::policy::PolicySpec,
+    pub manual: crate::api::policy::PolicySpec,
+}
+
+impl SiteDefaults {
+    pub fn for_origin(&self, origin: crate::core::policy::Origin) -> &crate::api::policy::PolicySpec {
+        match origin {
+            crate::core::policy::Origin::Run => &self.run,
+            crate::core::policy::Origin::Manual => &self.manual,
+        }
+    }
+}
+
 /// Shared state of the controllers.
 pub struct Context {
     pub client: Client,
@@ -75,6 +92,8 @@ pub struct Context {
     pub executor: Arc<dyn Executor>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
+    /// The installation's defaults, below pools' defaults and above the built-in ones.
+    pub site_defaults: SiteDefaults,
     recorder: Recorder,
     /// Instances this process admitted to a pool whose admission may not be visible in
     /// the API yet, per (namespace, pool). With a single active controller this makes
@@ -99,6 +118,7 @@ impl Context {
             executor,
             clock,
             metrics: Arc::new(Metrics::new()),
+            site_defaults: SiteDefaults::default(),
             admissions: Mutex::default(),
             backends: Mutex::default(),
         }

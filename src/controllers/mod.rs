@@ -10,7 +10,7 @@ pub mod pool;
 pub mod run;
 pub mod runtime;
 
-pub use context::{Clock, Context, ManualClock, SystemClock};
+pub use context::{Clock, Context, ManualClock, SiteDefaults, SystemClock};
 
 use std::time::Duration;
 

@@ -50,6 +50,7 @@ pub async fn policy_of(
     if let Some(d) = pool.and_then(|p| p.spec.defaults.as_ref()) {
         layers.push(d);
     }
+    layers.push(ctx.site_defaults.for_origin(origin));
     Ok(effective_policy(&layers, origin)?)
 }
 
