@@ -1,6 +1,15 @@
 //! The seam between the run controller and whatever executes a run's commands on its
 //! instance. Jobs are detached from the controller: `status` can be asked by a
 //! controller that did not `start` the job.
+//!
+//! Executors:
+//! - [`ssh::SshExecutor`] runs the commands on hosts reached over SSH (instances of
+//!   `ssh` backends), detached from the connection, in a job directory on the host
+//!   (see the [`ssh`] module for the layout, and [`JobLogs`] for reading the output);
+//! - [`HoldExecutor`] holds the instance without running anything;
+//! - [`ScriptedExecutor`] is the test double.
+//!
+//! The environment of a job comes from `spec.env`, resolved by [`env::resolve_env`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,6 +19,11 @@ use async_trait::async_trait;
 use crate::api::instance::Instance;
 use crate::api::run::Run;
 pub use crate::core::run::JobState;
+
+pub mod env;
+pub mod ssh;
+
+pub use self::ssh::SshExecutor;
 
 /// A failure to start, query or stop a job.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -43,6 +57,15 @@ pub trait Executor: Send + Sync {
     async fn status(&self, run: &Run, instance: &Instance) -> Result<JobState, ExecError>;
     /// Stops the job; stopping a job that is not running is a no-op.
     async fn stop(&self, run: &Run, instance: &Instance) -> Result<(), ExecError>;
+}
+
+/// Reads what a run's job printed (standard output and standard error, interleaved as
+/// written), from a byte offset on, so that a client can follow it (`-f`).
+#[async_trait]
+pub trait JobLogs: Send + Sync {
+    /// The output from byte `from_byte` on (at most a chunk of it), and the offset to ask
+    /// from next time. An offset past the end gives no text and the same offset back.
+    async fn logs(&self, run: &Run, instance: &Instance, from_byte: u64) -> Result<(String, u64), ExecError>;
 }
 
 /// Holds the instance for the run without executing anything: the run stays Running
