@@ -26,6 +26,7 @@ async fn pool_cmd(h: &Harness, line: &str, answer: Option<&str>) -> Result<Strin
         Command::Ps(a) => cli::instances::ps(a, &client, NS, &mut term).await,
         Command::Remove(a) => cli::instances::remove(a, &client, NS, &mut term).await,
         Command::AddSsh(a) => cli::ssh::add_ssh(a, &client, NS, &mut term).await,
+        Command::Logs(a) => cli::logs::logs(a, &client, NS, &mut term).await,
         Command::Add(a) => cli::instances::add(a, Some(&client), NS, &mut term).await,
         Command::List => cli::pools::list(&client, NS, &mut term).await,
         Command::Create(a) => cli::pools::create(a, &client, NS, &mut term).await,

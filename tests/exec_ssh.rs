@@ -8,12 +8,13 @@
 //! comes from the in-memory API (kube-fake-client). Install sshd with
 //! `scripts/peers/sshd.sh`.
 
+mod support_ssh;
+
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
-use kpool::api::backend::{Backend, BackendSpec, BackendType, Credentials, SecretRef, SshBackendConfig, SshHost};
+use kpool::api::backend::{Backend, BackendSpec, BackendType, Credentials, SecretRef, SshBackendConfig};
 use kpool::api::instance::{Instance, InstanceSpec, InstanceStatus};
 use kpool::api::offer::Offer;
 use kpool::api::run::{Run, RunSpec};
@@ -33,152 +34,7 @@ use kpool::exec::ssh::{KnownHosts, SshExecutor, SshLogin, SshTargets, Target};
 use kpool::exec::{ExecError, Executor, JobLogs, JobState};
 use kube::api::{Api, PostParams};
 use kube_fake_client::ClientBuilder;
-use russh::keys::ssh_key::private::Ed25519Keypair;
-use russh::keys::ssh_key::LineEnding;
-use russh::keys::PrivateKey;
-
-const SSHD: &str = "/usr/sbin/sshd";
-const CLIENT_SEED: u8 = 7;
-const NS: &str = "ml";
-/// PATH of sessions of an sshd started with [`Sshd::with_path`]: no `/usr/local/bin`
-/// (where a docker CLI may live) unless the test puts a directory first.
-const SYSTEM_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
-
-fn key(seed: u8) -> PrivateKey {
-    PrivateKey::from(Ed25519Keypair::from_seed(&[seed; 32]))
-}
-
-fn key_pem(seed: u8) -> String {
-    key(seed).to_openssh(LineEnding::LF).unwrap().to_string()
-}
-
-fn current_user() -> String {
-    let out = Command::new("id").arg("-un").output().expect("id -un");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// The current user's home directory, as sshd sees it (from the password database).
-fn home() -> PathBuf {
-    let out = Command::new("getent").args(["passwd", &current_user()]).output().expect("getent passwd");
-    let line = String::from_utf8(out.stdout).unwrap();
-    PathBuf::from(line.trim().split(':').nth(5).expect("home field"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn unique(prefix: &str) -> String {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst))
-}
-
-/// An sshd of this test, killed (and its directory removed) on drop.
-struct Sshd {
-    dir: PathBuf,
-    port: u16,
-    extra: String,
-    child: Option<Child>,
-}
-
-impl Sshd {
-    fn start() -> Sshd {
-        Self::start_with("")
-    }
-
-    /// An sshd whose sessions get this PATH.
-    fn with_path(path: &str) -> Sshd {
-        Self::start_with(&format!("SetEnv PATH={path}\n"))
-    }
-
-    fn start_with(extra: &str) -> Sshd {
-        assert!(
-            Path::new(SSHD).exists(),
-            "{SSHD} is missing: run scripts/peers/sshd.sh (installs openssh-server) before these tests"
-        );
-        let dir = std::env::temp_dir().join(unique("kpool-exec-sshd"));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        let public = key(CLIENT_SEED).public_key().to_openssh().unwrap();
-        fs::write(dir.join("authorized_keys"), format!("{public}\n")).unwrap();
-        let mut sshd = Sshd { dir, port: free_port(), extra: extra.to_string(), child: None };
-        sshd.run();
-        sshd
-    }
-
-    fn run(&mut self) {
-        let host_key = self.dir.join("host_key");
-        fs::write(&host_key, key_pem(31).as_bytes()).unwrap();
-        set_mode(&host_key, 0o600);
-        let dir = self.dir.display();
-        let config = format!(
-            "ListenAddress 127.0.0.1\nPort {port}\nHostKey {key}\nPidFile {dir}/sshd.pid\n\
-             AuthorizedKeysFile {dir}/authorized_keys\nPubkeyAuthentication yes\nPasswordAuthentication no\n\
-             KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n\
-             LogLevel VERBOSE\n{extra}",
-            port = self.port,
-            key = host_key.display(),
-            extra = self.extra,
-        );
-        fs::write(self.dir.join("sshd_config"), config).unwrap();
-        let _ = fs::create_dir_all("/run/sshd");
-        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join("sshd.log")).unwrap();
-        let child = Command::new(SSHD)
-            .args(["-D", "-e", "-f"])
-            .arg(self.dir.join("sshd_config"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start sshd");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("sshd exited with {status}: {}", self.log());
-            }
-            assert!(Instant::now() < deadline, "sshd did not listen within 10s: {}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Kills the listening sshd (sessions already open are separate processes).
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default()
-    }
-
-    fn login(&self) -> SshLogin {
-        SshLogin {
-            target: Target { host: "127.0.0.1".into(), port: self.port, user: current_user() },
-            private_key: key_pem(CLIENT_SEED),
-            known_hosts: KnownHosts::default(),
-            connect_timeout: Some(Duration::from_secs(5)),
-        }
-    }
-
-    fn host(&self, name: &str) -> SshHost {
-        SshHost { name: Some(name.into()), host: "127.0.0.1".into(), port: Some(self.port), user: Some(current_user()) }
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn set_mode(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
-}
+use support_ssh::*;
 
 /// Every instance is on the test's sshd.
 struct TestTargets(SshLogin);

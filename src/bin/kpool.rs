@@ -12,7 +12,7 @@ use kpool::controllers::gc::GcConfig;
 use kpool::controllers::leader::{Elector, LeaderConfig};
 use kpool::controllers::metrics::serve;
 use kpool::controllers::runtime::run_all;
-use kpool::exec::HoldExecutor;
+use kpool::exec::DispatchExecutor;
 use tracing_subscriber::EnvFilter;
 
 /// kpool: pools of machines, reused across runs.
@@ -129,12 +129,9 @@ fn controller(args: ControllerArgs) -> Result<(), Box<dyn std::error::Error>> {
         let client = kube::Client::try_default().await.map_err(|e| {
             format!("cannot reach the Kubernetes API ({e}); check the current kube context or KUBECONFIG")
         })?;
-        let mut ctx = Context::new(
-            client.clone(),
-            Arc::new(DefaultFactory::new(client)),
-            Arc::new(HoldExecutor),
-            Arc::new(SystemClock),
-        );
+        let factory = Arc::new(DefaultFactory::new(client.clone()));
+        let executor = Arc::new(DispatchExecutor::new(client.clone(), factory.clone()));
+        let mut ctx = Context::new(client, factory, executor, Arc::new(SystemClock));
         ctx.site_defaults.run.idle_duration = args.default_idle_duration_run.clone();
         ctx.site_defaults.manual.idle_duration = args.default_idle_duration_manual.clone();
         let ctx = Arc::new(ctx);

@@ -5,6 +5,7 @@
 
 pub mod flags;
 pub mod instances;
+pub mod logs;
 pub mod offers;
 pub mod output;
 pub mod pools;
@@ -58,6 +59,9 @@ pub enum Command {
     #[command(after_help = "Examples:\n  kubectl pool add-ssh ubuntu@10.0.0.11 -i ~/.ssh/id_ed25519\n  \
         kubectl pool add-ssh root@gpu-box.lan -p 2222 --name gpu-box --backend lab")]
     AddSsh(AddSshArgs),
+    /// A run's output, following it while it runs with -f.
+    #[command(after_help = "Examples:\n  kubectl pool logs finetune\n  kubectl pool logs finetune -f")]
+    Logs(LogsArgs),
     /// List the namespace's pools.
     List,
     /// Create a pool.
@@ -147,6 +151,15 @@ pub struct AddSshArgs {
     /// Return once the Instance is created, without following it.
     #[arg(long)]
     pub no_wait: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LogsArgs {
+    /// The run.
+    pub run: String,
+    /// Keep printing new output until the run ends.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
 }
 
 #[derive(clap::Args, Debug)]

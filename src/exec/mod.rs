@@ -20,9 +20,11 @@ use crate::api::instance::Instance;
 use crate::api::run::Run;
 pub use crate::core::run::JobState;
 
+pub mod dispatch;
 pub mod env;
 pub mod ssh;
 
+pub use self::dispatch::DispatchExecutor;
 pub use self::ssh::SshExecutor;
 
 /// A failure to start, query or stop a job.

@@ -176,7 +176,17 @@ impl Harness {
         Self::with_offers(catalog()).await
     }
 
+    /// The production backend factory and executor (real ssh, kubernetes and aws backends,
+    /// jobs over SSH) instead of the fakes; the manual clock and in-memory API as usual.
+    pub async fn with_real_backends() -> Harness {
+        Self::build(catalog(), true).await
+    }
+
     pub async fn with_offers(offers: Vec<Offer>) -> Harness {
+        Self::build(offers, false).await
+    }
+
+    async fn build(offers: Vec<Offer>, real: bool) -> Harness {
         let fail_status_writes = Arc::new(AtomicUsize::new(0));
         let fail = fail_status_writes.clone();
         let funcs = Funcs::new().patch_status(move |ctx: PatchStatusContext| {
@@ -221,12 +231,13 @@ impl Harness {
         let backend = FakeBackend::new("aws", offers);
         let clock = ManualClock::new(t0());
         let exec = ScriptedExecutor::default();
-        let ctx = Arc::new(Context::new(
-            controller_client,
-            Arc::new(FakeFactory::with([backend.clone()])),
-            Arc::new(exec.clone()),
-            Arc::new(clock.clone()),
-        ));
+        let (factory, executor): (Arc<dyn kpool::backends::BackendFactory>, Arc<dyn kpool::exec::Executor>) = if real {
+            let factory = Arc::new(kpool::backends::factory::DefaultFactory::new(controller_client.clone()));
+            (factory.clone(), Arc::new(kpool::exec::DispatchExecutor::new(controller_client.clone(), factory)))
+        } else {
+            (Arc::new(FakeFactory::with([backend.clone()])), Arc::new(exec.clone()))
+        };
+        let ctx = Arc::new(Context::new(controller_client, factory, executor, Arc::new(clock.clone())));
         let h = Harness { client, ctx, clock, backend, exec, fail_status_writes, api_calls };
         h.create(Backend::new("aws", BackendSpec { type_: BackendType::Aws, ..Default::default() })).await;
         h
