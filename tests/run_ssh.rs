@@ -90,6 +90,13 @@ async fn runs_execute_on_an_ssh_host_and_the_host_is_reused() {
     let (text, _) = executor.logs(&run, &h.get_instance("box").await, 0).await.unwrap();
     assert!(text.contains("it's 42\n") && text.contains("to-stderr\n"), "{text:?}");
     assert_eq!(h.get_instance("box").await.status.unwrap().phase, InstancePhase::Idle, "released after the run");
+    // The same output through `kubectl pool logs first -f` (it returns: the run has ended).
+    let mut out = Vec::new();
+    let mut input = std::io::Cursor::new(Vec::new());
+    let mut term = kpool::cli::Term { out: &mut out, input: &mut input, interactive: false };
+    let args = kpool::cli::LogsArgs { run: "first".into(), follow: true };
+    kpool::cli::logs::logs(&args, &h.client, support::NS, &mut term).await.unwrap();
+    assert_eq!(String::from_utf8(out).unwrap(), text);
 
     h.run("second", RunSpec { resources: small, commands: vec!["true".into()], ..Default::default() }).await;
     let st = until_finished(&h, "second").await;
