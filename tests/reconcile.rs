@@ -420,3 +420,40 @@ async fn site_defaults_sit_below_pool_defaults_and_above_the_built_in_ones() {
     let kept = h.get_instance(&kept).await.status.unwrap().phase;
     assert_eq!(kept, InstancePhase::Idle, "the pool's 10m wins over the site's 1m");
 }
+
+#[tokio::test]
+async fn an_unreachable_instance_is_flagged_at_once_and_given_up_after_the_grace() {
+    let h = Harness::new().await;
+    idle_instance(&h, "cpu", cpu("4..")).await;
+    h.run("job", RunSpec { resources: cpu("4.."), ..Default::default() }).await;
+    h.settle(2).await;
+    assert_eq!(h.get_run("job").await.status.unwrap().phase, RunPhase::Running);
+
+    // A blip: flagged at once, cleared when the host answers again.
+    h.exec.set_unreachable(true);
+    h.settle(1).await;
+    let st = h.get_run("job").await.status.unwrap();
+    assert_eq!(st.phase, RunPhase::Running);
+    let c = find(&st.conditions, "InstanceReachable").expect("condition");
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "InstanceUnreachable"), "{c:?}");
+    h.advance(Duration::from_secs(120));
+    h.exec.set_unreachable(false);
+    h.settle(1).await;
+    let st = h.get_run("job").await.status.unwrap();
+    assert_eq!(find(&st.conditions, "InstanceReachable").unwrap().status, "True");
+
+    // Gone for good: after the grace the run is interrupted and the instance removed.
+    h.exec.set_unreachable(true);
+    h.settle(1).await;
+    h.advance(Duration::from_secs(299));
+    h.settle(1).await;
+    assert_eq!(h.get_run("job").await.status.unwrap().phase, RunPhase::Running, "still within the grace");
+    h.advance(Duration::from_secs(2));
+    h.settle(1).await;
+    let st = h.get_run("job").await.status.unwrap();
+    assert_eq!((st.phase, st.termination_reason.as_deref()), (RunPhase::Terminated, Some("InstanceUnreachable")));
+    assert!(
+        h.api::<kpool::api::instance::Instance>().get_opt("cpu").await.unwrap().is_none(),
+        "the instance is removed"
+    );
+}

@@ -15,7 +15,7 @@ use kube::ResourceExt;
 use super::instance::until;
 use super::observe::{instance_pool, instances, policy_of, pool_of};
 use super::{is_conflict, Context, Error};
-use crate::api::conditions::{condition_tri, upsert};
+use crate::api::conditions::{condition_tri, find, upsert};
 use crate::api::instance::{
     Instance, InstancePhase, InstanceSpec, INSTANCE_FINALIZER, POOL_LABEL, PROVISIONED_FOR_LABEL,
 };
@@ -30,6 +30,10 @@ use crate::exec::ExecError;
 const MAX_STEPS: usize = 8;
 /// How often a running job is polled.
 pub const JOB_POLL: Duration = Duration::from_secs(15);
+/// How long a running run's instance may stay unreachable before the run is interrupted.
+pub const UNREACHABLE_GRACE: Duration = Duration::from_secs(300);
+/// The run condition that says whether its instance answers.
+const REACHABLE: &str = "InstanceReachable";
 /// How often a waiting run looks again when nothing else wakes it.
 pub const WAIT_RECHECK: Duration = Duration::from_secs(60);
 
@@ -327,7 +331,25 @@ async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Con
             .await;
         }
     }
-    match ctx.executor.status(&run, &inst).await? {
+    let state = match ctx.executor.status(&run, &inst).await {
+        Err(ExecError::Unreachable(why)) => return unreachable(run, st, policy, &inst, &why, ctx).await,
+        other => other?,
+    };
+    if find(&st.conditions, REACHABLE).is_some_and(|c| c.status == "False") {
+        let c = condition_tri(
+            &st.conditions,
+            REACHABLE,
+            "True",
+            "Reachable",
+            "the instance answers again",
+            run.metadata.generation,
+            now,
+        );
+        upsert(&mut st.conditions, c);
+        ctx.event(&run, false, "Reachable", format!("instance {name} answers again")).await;
+        st = ctx.write_status(&run, &st).await?.status.unwrap_or_default();
+    }
+    match state {
         JobState::Running => {
             let poll = sm::max_duration_deadline(&st, policy).map(|d| until(now, d)).unwrap_or(JOB_POLL).min(JOB_POLL);
             Ok(Next::Stop(Action::requeue(poll)))
@@ -345,6 +367,47 @@ async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Con
             Ok(Next::Continue(ctx.write_status(&run, &st).await?))
         }
     }
+}
+
+/// The run's instance does not answer. Marked at once in the `InstanceReachable`
+/// condition; after [`UNREACHABLE_GRACE`] the run is interrupted (retried when the policy
+/// retries on interruption, else Terminated with `InstanceUnreachable`) and the instance,
+/// which cannot be trusted any more, is deleted (its machine with it).
+async fn unreachable(
+    run: Run,
+    mut st: RunStatus,
+    policy: &EffectivePolicy,
+    inst: &Instance,
+    why: &str,
+    ctx: &Context,
+) -> Result<Next, Error> {
+    let now = ctx.now();
+    let name = inst.name_any();
+    let first = !find(&st.conditions, REACHABLE).is_some_and(|c| c.status == "False");
+    let msg = format!("instance {name} does not answer ({why})");
+    let c =
+        condition_tri(&st.conditions, REACHABLE, "False", "InstanceUnreachable", &msg, run.metadata.generation, now);
+    let since = c.last_transition_time.0;
+    upsert(&mut st.conditions, c);
+    let deadline = crate::core::add(since, UNREACHABLE_GRACE);
+    if now < deadline {
+        if first {
+            ctx.event(&run, true, "InstanceUnreachable", format!("{msg}; giving up at {deadline} if it stays so"))
+                .await;
+            ctx.write_status(&run, &st).await?;
+        }
+        return Ok(Next::Stop(Action::requeue(until(now, deadline).min(JOB_POLL))));
+    }
+    let msg = format!("{msg} for {}s; the instance is removed", UNREACHABLE_GRACE.as_secs());
+    ctx.event(&run, true, "InstanceUnreachable", msg.clone()).await;
+    let api: Api<Instance> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
+    api.delete(&name, &Default::default()).await?;
+    if sm::interrupted(&mut st, policy, "InstanceUnreachable", now) {
+        scheduled(&mut st, &run, now, false, "Retrying", &format!("{msg}; retrying"));
+    } else {
+        summary(&mut st, &run, now, &msg);
+    }
+    Ok(Next::Continue(ctx.write_status(&run, &st).await?))
 }
 
 #[allow(clippy::too_many_arguments)]

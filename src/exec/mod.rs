@@ -93,6 +93,7 @@ impl Executor for HoldExecutor {
 pub struct ScriptedExecutor {
     jobs: Arc<Mutex<HashMap<String, JobState>>>,
     stopped: Arc<Mutex<Vec<String>>>,
+    unreachable: Arc<Mutex<bool>>,
 }
 
 impl ScriptedExecutor {
@@ -108,6 +109,16 @@ impl ScriptedExecutor {
     pub fn stopped(&self) -> Vec<String> {
         self.stopped.lock().expect("stopped").clone()
     }
+    /// While set, every call fails with `Unreachable` (the host is gone from the network).
+    pub fn set_unreachable(&self, unreachable: bool) {
+        *self.unreachable.lock().expect("unreachable") = unreachable;
+    }
+    fn reach(&self) -> Result<(), ExecError> {
+        match *self.unreachable.lock().expect("unreachable") {
+            true => Err(ExecError::Unreachable("scripted: host down".into())),
+            false => Ok(()),
+        }
+    }
 }
 
 fn run_name(run: &Run) -> String {
@@ -121,6 +132,7 @@ impl Executor for ScriptedExecutor {
         Ok(())
     }
     async fn status(&self, run: &Run, _instance: &Instance) -> Result<JobState, ExecError> {
+        self.reach()?;
         self.jobs
             .lock()
             .expect("jobs")
