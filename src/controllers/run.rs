@@ -383,7 +383,7 @@ async fn unreachable(
 ) -> Result<Next, Error> {
     let now = ctx.now();
     let name = inst.name_any();
-    let first = !find(&st.conditions, REACHABLE).is_some_and(|c| c.status == "False");
+    let first = find(&st.conditions, REACHABLE).is_none_or(|c| c.status != "False");
     let msg = format!("instance {name} does not answer ({why})");
     let c =
         condition_tri(&st.conditions, REACHABLE, "False", "InstanceUnreachable", &msg, run.metadata.generation, now);
