@@ -3,6 +3,10 @@
 //! Run with `cargo bench --bench catalog`; it prints where it wrote the file, so that
 //! `benches/gpuhunt_bench.py PATH` can measure gpuhunt on the same file.
 
+mod support;
+
+use support::Rng;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -13,28 +17,6 @@ use kpool::core::policy::{EffectivePolicy, Origin};
 
 const ROWS: usize = 100_000;
 const SEED: u64 = 0x6b70_6f6f_6c21;
-
-/// SplitMix64: small, fast, and good enough for test data.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn chance(&mut self, p: f64) -> bool {
-        ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
 
 /// (name, vendor, memory GB, $/h per GPU)
 const GPUS: &[(&str, &str, f64, f64)] = &[

@@ -3,6 +3,10 @@
 //! inputs. Run with `cargo bench --bench core`; a summary of mean times per case is
 //! printed at the end.
 
+mod support;
+
+use support::Rng;
+
 use std::hint::black_box;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -14,28 +18,6 @@ use kpool::api::resources::{CpuArch, CpuSpec, GpuSpec, GpuVendor, Range, Require
 use kpool::core::matching::{assign, assign_naive, IdleInstance, PendingRun};
 use kpool::core::offers::{offer_fits, offer_order, rank_offers};
 use kpool::core::policy::{EffectivePolicy, Origin};
-
-/// SplitMix64: small, fast, and good enough for test data.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn chance(&mut self, p: f64) -> bool {
-        ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
 
 const BACKENDS: &[&str] = &["aws", "gcp", "lambda"];
 const REGIONS: &[&str] = &["us-east-1", "us-west-2", "eu-west-1"];

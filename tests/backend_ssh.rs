@@ -7,147 +7,21 @@
 //! (`LogLevel VERBOSE`) shows every login, which is how the tests see that `delete`
 //! runs nothing on the host. Install sshd with `scripts/peers/sshd.sh`.
 
+mod support_ssh;
+
 use std::fs;
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kpool::api::backend::{Backend as BackendObject, BackendType, SshBackendConfig, SshHost};
 use kpool::api::offer::Offer;
 use kpool::api::resources::{CpuArch, CpuSpec, Range, Requirements, ResourcesSpec};
 use kpool::backends::ssh::{MemoryClaims, SshBackend};
 use kpool::backends::{Backend, BackendError, MachineSpec, MachineState};
-use russh::keys::ssh_key::private::Ed25519Keypair;
-use russh::keys::ssh_key::LineEnding;
-use russh::keys::PrivateKey;
 use serde_json::json;
-
-const SSHD: &str = "/usr/sbin/sshd";
-const CLIENT_SEED: u8 = 7;
-
-fn key(seed: u8) -> PrivateKey {
-    PrivateKey::from(Ed25519Keypair::from_seed(&[seed; 32]))
-}
-
-fn key_pem(seed: u8) -> String {
-    key(seed).to_openssh(LineEnding::LF).unwrap().to_string()
-}
-
-fn current_user() -> String {
-    let out = Command::new("id").arg("-un").output().expect("id -un");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// An sshd of this test, killed (and its directory removed) on drop.
-struct Sshd {
-    dir: PathBuf,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Sshd {
-    fn start(host_key_seed: u8) -> Sshd {
-        assert!(
-            Path::new(SSHD).exists(),
-            "{SSHD} is missing: run scripts/peers/sshd.sh (installs openssh-server) before these tests"
-        );
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "kpool-sshd-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        let public = key(CLIENT_SEED).public_key().to_openssh().unwrap();
-        fs::write(dir.join("authorized_keys"), format!("{public}\n")).unwrap();
-        let mut sshd = Sshd { dir, port: free_port(), child: None };
-        sshd.run(host_key_seed);
-        sshd
-    }
-
-    /// Starts sshd with the host key of this seed, on this sshd's port.
-    fn run(&mut self, host_key_seed: u8) {
-        let host_key = self.dir.join(format!("host_key_{host_key_seed}"));
-        fs::write(&host_key, key_pem(host_key_seed).as_bytes()).unwrap();
-        set_mode(&host_key, 0o600);
-        let dir = self.dir.display();
-        let config = format!(
-            "ListenAddress 127.0.0.1\nPort {port}\nHostKey {key}\nPidFile {dir}/sshd.pid\n\
-             AuthorizedKeysFile {dir}/authorized_keys\nPubkeyAuthentication yes\nPasswordAuthentication no\n\
-             KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n\
-             LogLevel VERBOSE\n",
-            port = self.port,
-            key = host_key.display(),
-        );
-        fs::write(self.dir.join("sshd_config"), config).unwrap();
-        // sshd started as root wants its privilege separation directory.
-        let _ = fs::create_dir_all("/run/sshd");
-        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join("sshd.log")).unwrap();
-        let child = Command::new(SSHD)
-            .args(["-D", "-e", "-f"])
-            .arg(self.dir.join("sshd_config"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start sshd");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("sshd exited with {status}: {}", self.log());
-            }
-            assert!(Instant::now() < deadline, "sshd did not listen within 10s: {}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Stops sshd and starts it again on the same port with another host key.
-    fn restart_with_host_key(&mut self, seed: u8) {
-        self.stop();
-        self.run(seed);
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default()
-    }
-
-    /// Successful logins so far.
-    fn logins(&self) -> usize {
-        self.log().matches("Accepted publickey").count()
-    }
-
-    fn host(&self, name: &str) -> SshHost {
-        SshHost { name: Some(name.into()), host: "127.0.0.1".into(), port: Some(self.port), user: Some(current_user()) }
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn set_mode(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
-}
+use support_ssh::*;
 
 fn backend_with(hosts: Vec<SshHost>, key_seed: u8, claims: &MemoryClaims) -> SshBackend {
     let config = SshBackendConfig { hosts, connect_timeout_seconds: Some(5), price_per_hour: Some(0.25) };
@@ -185,7 +59,7 @@ fn this_machine_memory_gb() -> f64 {
 
 #[tokio::test]
 async fn a_reachable_host_offers_what_it_has() {
-    let sshd = Sshd::start(21);
+    let sshd = Sshd::start_with_host_key(21);
     let b = backend(vec![sshd.host("box-1")]);
     let offers = b.offers(&anything()).await.unwrap();
     assert_eq!(offers.len(), 1, "{offers:?}\n{}", sshd.log());
@@ -210,7 +84,7 @@ async fn a_reachable_host_offers_what_it_has() {
 
 #[tokio::test]
 async fn an_unreachable_host_gives_no_offer_and_no_error() {
-    let sshd = Sshd::start(22);
+    let sshd = Sshd::start_with_host_key(22);
     let closed = SshHost { port: Some(free_port()), ..sshd.host("closed") };
     let b = backend(vec![closed, sshd.host("open")]);
     let offers = b.offers(&anything()).await.unwrap();
@@ -220,7 +94,7 @@ async fn an_unreachable_host_gives_no_offer_and_no_error() {
 
 #[tokio::test]
 async fn a_key_the_host_refuses_gives_no_offer_and_cannot_create() {
-    let sshd = Sshd::start(23);
+    let sshd = Sshd::start_with_host_key(23);
     let good = backend(vec![sshd.host("box")]);
     let offer = good.offers(&anything()).await.unwrap().remove(0);
 
@@ -235,7 +109,7 @@ async fn a_key_the_host_refuses_gives_no_offer_and_cannot_create() {
 
 #[tokio::test]
 async fn create_claims_a_host_for_one_machine_only() {
-    let sshd = Sshd::start(24);
+    let sshd = Sshd::start_with_host_key(24);
     let b = backend(vec![sshd.host("box")]);
     let offer = b.offers(&anything()).await.unwrap().remove(0);
 
@@ -257,7 +131,7 @@ async fn create_claims_a_host_for_one_machine_only() {
 
 #[tokio::test]
 async fn concurrent_creates_for_one_host_claim_it_once() {
-    let sshd = Sshd::start(25);
+    let sshd = Sshd::start_with_host_key(25);
     let b = backend(vec![sshd.host("box")]);
     let offer = b.offers(&anything()).await.unwrap().remove(0);
     let (sx, sy) = (spec("kpool-x", &offer), spec("kpool-y", &offer));
@@ -269,7 +143,7 @@ async fn concurrent_creates_for_one_host_claim_it_once() {
 
 #[tokio::test]
 async fn delete_releases_the_host_without_running_anything_on_it() {
-    let sshd = Sshd::start(26);
+    let sshd = Sshd::start_with_host_key(26);
     let b = backend(vec![sshd.host("box")]);
     let offer = b.offers(&anything()).await.unwrap().remove(0);
     b.create(&spec("kpool-a", &offer)).await.unwrap();
@@ -289,7 +163,7 @@ async fn delete_releases_the_host_without_running_anything_on_it() {
 
 #[tokio::test]
 async fn a_host_an_instance_holds_is_neither_offered_nor_claimed() {
-    let sshd = Sshd::start(27);
+    let sshd = Sshd::start_with_host_key(27);
     let claims = MemoryClaims::new();
     let b = backend_with(vec![sshd.host("box")], CLIENT_SEED, &claims);
     let offer = b.offers(&anything()).await.unwrap().remove(0);
@@ -306,7 +180,7 @@ async fn a_host_an_instance_holds_is_neither_offered_nor_claimed() {
 
 #[tokio::test]
 async fn a_changed_host_key_is_refused() {
-    let mut sshd = Sshd::start(28);
+    let mut sshd = Sshd::start_with_host_key(28);
     let b = backend(vec![sshd.host("box")]).with_probe_ttl(Duration::ZERO);
     let offer = b.offers(&anything()).await.unwrap().remove(0);
     b.create(&spec("kpool-a", &offer)).await.unwrap();
@@ -329,7 +203,7 @@ async fn a_changed_host_key_is_refused() {
 
 #[tokio::test]
 async fn an_unreachable_claimed_host_is_pending() {
-    let mut sshd = Sshd::start(30);
+    let mut sshd = Sshd::start_with_host_key(30);
     let b = backend(vec![sshd.host("box")]);
     let offer = b.offers(&anything()).await.unwrap().remove(0);
     b.create(&spec("kpool-a", &offer)).await.unwrap();
@@ -343,7 +217,7 @@ async fn an_unreachable_claimed_host_is_pending() {
 
 #[tokio::test]
 async fn requirements_the_host_does_not_meet_give_no_offer() {
-    let sshd = Sshd::start(31);
+    let sshd = Sshd::start_with_host_key(31);
     let b = backend(vec![sshd.host("box")]);
     let cpus = this_machine_cpus();
     let too_many_cpus = Requirements { cpu: CpuSpec { arch: None, count: Range::at_least(cpus + 1) }, ..anything() };
@@ -358,7 +232,7 @@ async fn requirements_the_host_does_not_meet_give_no_offer() {
 
 #[tokio::test]
 async fn create_checks_the_host_still_meets_the_offer() {
-    let sshd = Sshd::start(32);
+    let sshd = Sshd::start_with_host_key(32);
     let b = backend(vec![sshd.host("box")]);
     let mut offer = b.offers(&anything()).await.unwrap().remove(0);
     offer.cpu += 64;

@@ -56,6 +56,7 @@ pub struct Sshd {
     pub dir: PathBuf,
     pub port: u16,
     extra: String,
+    host_key_seed: u8,
     child: Option<Child>,
 }
 
@@ -79,14 +80,14 @@ impl Sshd {
         fs::create_dir_all(&dir).unwrap();
         let public = key(CLIENT_SEED).public_key().to_openssh().unwrap();
         fs::write(dir.join("authorized_keys"), format!("{public}\n")).unwrap();
-        let mut sshd = Sshd { dir, port: free_port(), extra: extra.to_string(), child: None };
+        let mut sshd = Sshd { dir, port: free_port(), extra: extra.to_string(), host_key_seed: 31, child: None };
         sshd.run();
         sshd
     }
 
     pub fn run(&mut self) {
-        let host_key = self.dir.join("host_key");
-        fs::write(&host_key, key_pem(31).as_bytes()).unwrap();
+        let host_key = self.dir.join(format!("host_key_{}", self.host_key_seed));
+        fs::write(&host_key, key_pem(self.host_key_seed).as_bytes()).unwrap();
         set_mode(&host_key, 0o600);
         let dir = self.dir.display();
         let config = format!(
@@ -126,6 +127,25 @@ impl Sshd {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// An sshd whose host key is made from this seed.
+    pub fn start_with_host_key(seed: u8) -> Sshd {
+        let mut sshd = Self::start();
+        sshd.restart_with_host_key(seed);
+        sshd
+    }
+
+    /// Stops sshd and starts it again on the same port with another host key.
+    pub fn restart_with_host_key(&mut self, seed: u8) {
+        self.stop();
+        self.host_key_seed = seed;
+        self.run();
+    }
+
+    /// Successful logins so far.
+    pub fn logins(&self) -> usize {
+        self.log().matches("Accepted publickey").count()
     }
 
     pub fn log(&self) -> String {
