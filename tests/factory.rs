@@ -141,3 +141,31 @@ async fn an_aws_backend_takes_its_offers_from_the_catalog_config_map() {
     let msg = invalid(factory.build(&obj).await);
     assert!(msg.contains("spec.catalog.configMapRef") && msg.contains("no-such-map"), "{msg}");
 }
+
+#[tokio::test]
+async fn a_lambda_backend_is_built_from_its_api_key() {
+    let h = Harness::new().await;
+    let key = Secret {
+        metadata: ObjectMeta { name: Some("lambda-key".into()), ..Default::default() },
+        data: Some(BTreeMap::from([("api_key".to_string(), ByteString(b"secret_abc.123\n".to_vec()))])),
+        ..Default::default()
+    };
+    h.create(key).await;
+    let spec = BackendSpec {
+        type_: BackendType::Lambda,
+        regions: vec!["us-east-1".into()],
+        credentials: Some(Credentials { secret_ref: SecretRef { name: "lambda-key".into() } }),
+        ..Default::default()
+    };
+    let obj = h.create(Backend::new("lambda", spec.clone())).await;
+    let factory = DefaultFactory::new(h.client.clone());
+    let backend = factory.build(&obj).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(backend.name(), "lambda");
+
+    let mut wrong = Backend::new("lambda-b", spec);
+    wrong.spec.credentials = Some(Credentials { secret_ref: SecretRef { name: "host-key".into() } });
+    secret(&h, "host-key", "ssh-privatekey", KEY).await;
+    let obj = h.create(wrong).await;
+    let msg = invalid(factory.build(&obj).await);
+    assert!(msg.contains("api_key"), "{msg}");
+}

@@ -162,6 +162,8 @@ pub struct SshHost {
     .message("an ssh backend needs spec.ssh (its hosts) and spec.credentials (the Secret with the private key)"))]
 #[x_kube(validation = Rule::new("self.type != 'aws' || (has(self.aws) && has(self.credentials) && has(self.catalog) && has(self.regions) && size(self.regions) > 0)")
     .message("an aws backend needs spec.aws (the AMI), spec.credentials (the access key Secret), spec.catalog (the offers) and spec.regions"))]
+#[x_kube(validation = Rule::new("self.type != 'lambda' || has(self.credentials)")
+    .message("a lambda backend needs spec.credentials (the Secret with its API key under api_key)"))]
 pub struct BackendSpec {
     /// The provider: `kubernetes`, `ssh`, `aws` or `lambda`.
     #[serde(rename = "type")]
@@ -191,6 +193,19 @@ pub struct BackendSpec {
     /// `aws_secret_access_key`, optional `aws_session_token`), the offers from `catalog`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws: Option<AwsBackendConfig>,
+    /// Settings of a `lambda` (Lambda Cloud) backend. The API key comes from
+    /// `credentials.secretRef` (key `api_key`); offers and prices from the provider's API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lambda: Option<LambdaBackendConfig>,
+}
+
+/// Settings of a `lambda` (Lambda Cloud) backend.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LambdaBackendConfig {
+    /// Names of SSH keys registered with Lambda Cloud to install on the machines.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_key_names: Vec<String>,
 }
 
 /// Settings of an `aws` (EC2) backend.

@@ -13,6 +13,7 @@ use kube::ResourceExt;
 use super::aws::{AwsBackend, AwsConfig};
 use super::catalog::Catalog;
 use super::kubernetes::KubernetesBackend;
+use super::lambda::{LambdaBackend, LambdaConfig};
 use super::ssh::{HostClaims, KnownHosts, SshBackend};
 use super::{Backend, BackendError, BackendFactory};
 use crate::api::backend::{Backend as BackendObject, BackendType, SshBackendConfig};
@@ -131,6 +132,25 @@ impl DefaultFactory {
         Ok(Arc::new(AwsBackend::new(&object.name_any(), config, catalog.offers().to_vec())?))
     }
 
+    async fn lambda(&self, object: &BackendObject) -> Result<Arc<dyn Backend>, BackendError> {
+        let data = self.secret(object).await?;
+        let api_key = ["api_key", "LAMBDA_API_KEY"]
+            .iter()
+            .find_map(|k| data.get(*k))
+            .and_then(|v| String::from_utf8(v.clone()).ok())
+            .map(|s| s.trim().to_string())
+            .ok_or_else(|| {
+                BackendError::InvalidConfig("spec.credentials.secretRef: the Secret has no `api_key`".into())
+            })?;
+        let config = LambdaConfig {
+            api_key,
+            endpoint: object.spec.endpoint.clone(),
+            regions: object.spec.regions.clone(),
+            ssh_key_names: object.spec.lambda.as_ref().map(|l| l.ssh_key_names.clone()).unwrap_or_default(),
+        };
+        Ok(Arc::new(LambdaBackend::new(&object.name_any(), config)?))
+    }
+
     async fn ssh(&self, object: &BackendObject) -> Result<Arc<dyn Backend>, BackendError> {
         let ns = object.namespace().unwrap_or_default();
         let name = object.name_any();
@@ -175,10 +195,7 @@ impl BackendFactory for DefaultFactory {
             BackendType::Kubernetes => Ok(Arc::new(KubernetesBackend::new(self.client.clone(), object)?)),
             BackendType::Ssh => self.ssh(object).await,
             BackendType::Aws => self.aws(object).await,
-            BackendType::Lambda => Err(BackendError::InvalidConfig(
-                "spec.type: backend type \"lambda\" is not supported by this build (supported: \"kubernetes\", \"ssh\", \"aws\")"
-                    .into(),
-            )),
+            BackendType::Lambda => self.lambda(object).await,
         }
     }
 }

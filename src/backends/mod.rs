@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod factory;
 pub mod fake;
 pub mod kubernetes;
+pub mod lambda;
 pub mod ssh;
 
 use std::collections::BTreeMap;
