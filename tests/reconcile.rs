@@ -457,3 +457,125 @@ async fn an_unreachable_instance_is_flagged_at_once_and_given_up_after_the_grace
         "the instance is removed"
     );
 }
+
+fn retry_on_interruption() -> PolicySpec {
+    PolicySpec {
+        spot_policy: Some(kpool::api::policy::SpotPolicy::Auto),
+        retry: Some(kpool::api::policy::RetrySpec {
+            on: Some(vec![kpool::api::policy::RetryEvent::Interruption]),
+            duration: Some("1h".into()),
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_reclaimed_spot_machine_interrupts_its_run_which_is_retried_on_a_new_instance() {
+    let mut spot = offer("g5.xlarge", 4, 16.0, 1, "A10G", 24.0, 0.4);
+    spot.spot = true;
+    let h = Harness::with_offers(vec![spot]).await;
+    h.run("train", RunSpec { resources: gpu("A10G"), policy: retry_on_interruption(), ..Default::default() }).await;
+    h.settle(3).await;
+    let st = h.get_run("train").await.status.unwrap();
+    assert_eq!(st.phase, RunPhase::Running, "{st:?}");
+    let first = st.instance.clone().unwrap();
+    let machine = h.get_instance(&first).await.status.unwrap().machine_name.unwrap();
+
+    // The provider takes the machine back; nothing happens before the next health check.
+    h.backend.reclaim(&machine);
+    h.settle(1).await;
+    assert_eq!(h.get_instance(&first).await.status.unwrap().phase, InstancePhase::Busy);
+    h.advance(Duration::from_secs(61));
+    h.settle(3).await;
+
+    let lost = h.get_instance(&first).await.status.unwrap();
+    assert_eq!(lost.phase, InstancePhase::Terminated);
+    let ready = find(&lost.conditions, "Ready").unwrap();
+    assert_eq!(ready.reason, "Reclaimed", "{ready:?}");
+    assert!(ready.message.contains("run train is interrupted"), "{}", ready.message);
+
+    let st = h.get_run("train").await.status.unwrap();
+    assert_eq!(st.phase, RunPhase::Running, "retried: {st:?}");
+    assert_eq!(st.attempts, 1, "one retry recorded");
+    assert_ne!(st.instance.as_deref(), Some(first.as_str()), "placed on a new instance");
+    assert_eq!(h.backend.creates().len(), 2);
+}
+
+#[tokio::test]
+async fn a_machine_deleted_outside_kpool_is_noticed_and_its_run_ends_interrupted() {
+    let h = Harness::new().await;
+    idle_instance(&h, "cpu", cpu("4..")).await;
+    idle_instance(&h, "spare", cpu("8..")).await;
+    h.run("job", RunSpec { resources: cpu("4"), instance: Some("cpu".into()), ..Default::default() }).await;
+    h.settle(2).await;
+    let machine = h.get_instance("cpu").await.status.unwrap().machine_name.unwrap();
+    let spare = h.get_instance("spare").await.status.unwrap().machine_name.unwrap();
+    h.backend.vanish(&machine);
+    h.advance(Duration::from_secs(60));
+    h.settle(3).await;
+
+    let st = h.get_instance("cpu").await.status.unwrap();
+    assert_eq!(st.phase, InstancePhase::Terminated);
+    assert_eq!(find(&st.conditions, "Ready").unwrap().reason, "MachineGone");
+    let run = h.get_run("job").await.status.unwrap();
+    assert_eq!((run.phase, run.termination_reason.as_deref()), (RunPhase::Terminated, Some("Interrupted")));
+    let summary = find(&run.conditions, "Succeeded").unwrap();
+    assert!(summary.message.contains("no longer has the machine"), "{}", summary.message);
+    // The healthy idle instance was asked too and left alone.
+    assert_eq!(h.get_instance("spare").await.status.unwrap().phase, InstancePhase::Idle);
+    assert!(h.backend.calls().contains(&Call::Get { name: spare }));
+}
+
+#[tokio::test]
+async fn an_idle_instance_that_stops_answering_is_flagged_then_terminated_after_the_grace() {
+    let h = Harness::new().await;
+    idle_instance(&h, "cpu", cpu("4..")).await;
+    let machine = h.get_instance("cpu").await.status.unwrap().machine_name.unwrap();
+
+    // A blip: flagged at the next check, cleared at the one after.
+    h.backend.set_unreachable(&machine, true);
+    h.advance(Duration::from_secs(60));
+    h.settle(1).await;
+    let st = h.get_instance("cpu").await.status.unwrap();
+    assert_eq!(st.phase, InstancePhase::Idle);
+    let c = find(&st.conditions, "Reachable").expect("condition");
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Unreachable"));
+    h.backend.set_unreachable(&machine, false);
+    h.advance(Duration::from_secs(60));
+    h.settle(1).await;
+    assert_eq!(find(&h.get_instance("cpu").await.status.unwrap().conditions, "Reachable").unwrap().status, "True");
+
+    // Down for good: terminated once the grace (5m by default) has passed since it went.
+    h.backend.set_unreachable(&machine, true);
+    h.advance(Duration::from_secs(60));
+    h.settle(1).await;
+    for _ in 0..4 {
+        h.advance(Duration::from_secs(60));
+        h.settle(1).await;
+        assert_eq!(h.get_instance("cpu").await.status.unwrap().phase, InstancePhase::Idle, "within the grace");
+    }
+    h.advance(Duration::from_secs(60));
+    h.settle(2).await;
+    let st = h.get_instance("cpu").await.status.unwrap();
+    assert_eq!(st.phase, InstancePhase::Terminated);
+    assert_eq!(find(&st.conditions, "Ready").unwrap().reason, "Unreachable");
+    assert!(h.backend.live_machines().is_empty(), "the machine is deleted");
+}
+
+#[tokio::test]
+async fn a_provider_outage_during_a_health_check_changes_nothing() {
+    let h = Harness::new().await;
+    idle_instance(&h, "cpu", cpu("4..")).await;
+    let before = h.backend.calls().len();
+    // Health checks are paced: settling again right away asks nothing.
+    h.settle(2).await;
+    assert!(!h.backend.calls()[before..].iter().any(|c| matches!(c, Call::Get { .. })), "checked too often");
+    let machine = h.get_instance("cpu").await.status.unwrap().machine_name.unwrap();
+    h.backend.vanish(&machine);
+    h.api::<kpool::api::backend::Backend>().delete("aws", &Default::default()).await.unwrap();
+    h.advance(Duration::from_secs(60));
+    h.settle(2).await;
+    let st = h.get_instance("cpu").await.status.unwrap();
+    assert_eq!(st.phase, InstancePhase::Idle, "a provider that cannot be asked is not a lost machine");
+    assert!(find(&st.conditions, "Reachable").is_none());
+}

@@ -36,6 +36,8 @@ struct State {
     /// How many `get` calls a new machine stays `Pending` for.
     pending_polls: u32,
     polls: HashMap<String, u32>,
+    /// Machines whose `get` says `Pending` (the provider cannot reach them).
+    unreachable: std::collections::HashSet<String>,
     next_id: u64,
 }
 
@@ -100,6 +102,25 @@ impl FakeBackend {
     pub fn insert_machine(&self, machine: Machine) {
         self.state().machines.insert(machine.name.clone(), machine);
     }
+
+    /// The provider takes the machine back (a spot reclaim, a termination outside kpool):
+    /// it reads as shutting down, then gone.
+    pub fn reclaim(&self, name: &str) {
+        if let Some(m) = self.state().machines.get_mut(name) {
+            m.state = MachineState::Stopping;
+        }
+    }
+
+    /// While set, `get` of the machine reports it `Pending` (up at the provider, but not
+    /// answering), as the ssh backend does for a host it cannot log in to.
+    pub fn set_unreachable(&self, name: &str, unreachable: bool) {
+        let mut s = self.state();
+        if unreachable {
+            s.unreachable.insert(name.to_string());
+        } else {
+            s.unreachable.remove(name);
+        }
+    }
 }
 
 #[async_trait]
@@ -163,7 +184,11 @@ impl Backend for FakeBackend {
             s.machines.remove(&name);
             return Err(BackendError::NotFound(name));
         }
-        Ok(m.clone())
+        let mut m = m.clone();
+        if s.unreachable.contains(name) && m.state == MachineState::Running {
+            m.state = MachineState::Pending;
+        }
+        Ok(m)
     }
 
     async fn delete(&self, name: &str) -> Result<(), BackendError> {

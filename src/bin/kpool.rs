@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use kpool::api::duration::parse_duration;
 use kpool::backends::factory::DefaultFactory;
-use kpool::controllers::context::{Context, SystemClock};
+use kpool::controllers::context::{Context, HealthConfig, SystemClock};
 use kpool::controllers::gc::GcConfig;
 use kpool::controllers::leader::{Elector, LeaderConfig};
 use kpool::controllers::metrics::serve;
@@ -66,6 +66,14 @@ struct ControllerArgs {
     /// Idle duration of instances added by hand (built-in: 72h; `off` keeps them).
     #[arg(long, env = "KPOOL_DEFAULT_IDLE_MANUAL", value_parser = idle_arg("--default-idle-duration-manual"), global = true)]
     default_idle_duration_manual: Option<String>,
+    /// How often the provider is asked about each idle or busy instance's machine (spot
+    /// reclaims, machines deleted outside kpool, hosts that stop answering).
+    #[arg(long, env = "KPOOL_HEALTH_CHECK_INTERVAL", default_value = "1m", value_parser = duration_arg("--health-check-interval"), global = true)]
+    health_check_interval: Duration,
+    /// How long an instance may stay unreachable before it is terminated and its run
+    /// interrupted (retried when the run's retry policy covers interruptions).
+    #[arg(long, env = "KPOOL_UNREACHABLE_GRACE", default_value = "5m", value_parser = duration_arg("--unreachable-grace"), global = true)]
+    unreachable_grace: Duration,
     /// Watch only this namespace (default: every namespace).
     #[arg(long, env = "KPOOL_WATCH_NAMESPACE", global = true)]
     watch_namespace: Option<String>,
@@ -134,6 +142,7 @@ fn controller(args: ControllerArgs) -> Result<(), Box<dyn std::error::Error>> {
         let mut ctx = Context::new(client, factory, executor, Arc::new(SystemClock));
         ctx.site_defaults.run.idle_duration = args.default_idle_duration_run.clone();
         ctx.site_defaults.manual.idle_duration = args.default_idle_duration_manual.clone();
+        ctx.health = HealthConfig { interval: args.health_check_interval, unreachable_grace: args.unreachable_grace };
         let ctx = Arc::new(ctx);
         let gc = GcConfig { interval: args.gc_interval, grace: args.gc_grace, report_only: args.gc_report_only };
         tracing::info!(version = env!("CARGO_PKG_VERSION"), ?gc, "kpool controller starting");

@@ -85,6 +85,25 @@ impl SiteDefaults {
     }
 }
 
+/// How kpool watches the health of live instances.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// How often the provider is asked about each Idle or Busy instance's machine.
+    pub interval: std::time::Duration,
+    /// How long an instance may stay unreachable before it is given up (terminated, its
+    /// run interrupted).
+    pub unreachable_grace: std::time::Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval: std::time::Duration::from_secs(60),
+            unreachable_grace: std::time::Duration::from_secs(300),
+        }
+    }
+}
+
 /// Shared state of the controllers.
 pub struct Context {
     pub client: Client,
@@ -94,6 +113,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The installation's defaults, below pools' defaults and above the built-in ones.
     pub site_defaults: SiteDefaults,
+    /// Health checks of live instances.
+    pub health: HealthConfig,
     recorder: Recorder,
     /// Instances this process admitted to a pool whose admission may not be visible in
     /// the API yet, per (namespace, pool). With a single active controller this makes
@@ -101,6 +122,8 @@ pub struct Context {
     admissions: Mutex<HashMap<(String, String), HashSet<String>>>,
     /// Built backends by (namespace, name, resourceVersion of the `Backend` object).
     backends: Mutex<BackendCache>,
+    /// When each live instance's machine was last looked at (by instance UID).
+    health_checked: Mutex<HashMap<String, Timestamp>>,
 }
 
 impl Context {
@@ -119,8 +142,10 @@ impl Context {
             clock,
             metrics: Arc::new(Metrics::new()),
             site_defaults: SiteDefaults::default(),
+            health: HealthConfig::default(),
             admissions: Mutex::default(),
             backends: Mutex::default(),
+            health_checked: Mutex::default(),
         }
     }
 
@@ -235,6 +260,29 @@ impl Context {
         } else {
             false
         }
+    }
+
+    /// Whether the instance with this UID is due for a health check at `now`; when it is,
+    /// the check is recorded as done now. Kept in memory: a restarted controller checks
+    /// every live instance once at start.
+    pub fn health_due(&self, uid: &str, now: Timestamp) -> bool {
+        let mut checked = self.health_checked.lock().expect("health");
+        let due = checked.get(uid).is_none_or(|last| crate::core::add(*last, self.health.interval) <= now);
+        if due {
+            checked.insert(uid.to_string(), now);
+        }
+        due
+    }
+
+    /// When the instance with this UID is next due for a health check.
+    pub fn next_health_check(&self, uid: &str, now: Timestamp) -> std::time::Duration {
+        let last = self.health_checked.lock().expect("health").get(uid).copied().unwrap_or(now);
+        super::instance::until(now, crate::core::add(last, self.health.interval))
+    }
+
+    /// Drops what is kept about an instance that is gone.
+    pub fn forget_health(&self, uid: &str) {
+        self.health_checked.lock().expect("health").remove(uid);
     }
 
     /// Forgets an admission once the API shows it (or the instance is gone).

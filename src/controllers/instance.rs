@@ -120,6 +120,9 @@ async fn step(inst: Instance, ctx: &Context) -> Result<Next, Error> {
         Step::WaitUntil(at) => Ok(Next::Stop(Action::requeue(until(now, at)))),
         Step::Poll => poll(inst, st, &policy, ctx).await,
         Step::IdleUntil(deadline) => {
+            if let Some(next) = check_health(&inst, &mut st, ctx).await? {
+                return Ok(next);
+            }
             let reason = if st.phase == InstancePhase::Busy { "Busy" } else { "Idle" };
             let msg = match deadline {
                 Some(d) => format!("idle; terminates at {d} unless a run takes it"),
@@ -129,7 +132,7 @@ async fn step(inst: Instance, ctx: &Context) -> Result<Next, Error> {
                 ctx.write_status(&inst, &st).await?;
             }
             let wait = deadline.map(|d| until(now, d)).unwrap_or(RECHECK).min(RECHECK);
-            Ok(Next::Stop(Action::requeue(wait)))
+            Ok(Next::Stop(Action::requeue(wait.min(health_wait(&inst, ctx)))))
         }
         Step::Expire => {
             sm::terminate(&mut st);
@@ -141,6 +144,7 @@ async fn step(inst: Instance, ctx: &Context) -> Result<Next, Error> {
         Step::CheckRun(run) => check_run(inst, st, &run, ctx).await,
         Step::Teardown => teardown(inst, st, ctx).await,
         Step::Done => {
+            ctx.forget_health(&inst.uid().unwrap_or_default());
             ctx.forget_admission(&ns, st.pool.as_deref().unwrap_or_default(), &inst.name_any());
             Ok(Next::Stop(Action::await_change()))
         }
@@ -331,7 +335,10 @@ async fn check_run(inst: Instance, mut st: InstanceStatus, run: &str, ctx: &Cont
                 && r.status.as_ref().is_none_or(|s| !s.phase.is_finished() && s.instance.is_none())
     });
     if holds {
-        return Ok(Next::Stop(Action::requeue(RECHECK)));
+        if let Some(next) = check_health(&inst, &mut st, ctx).await? {
+            return Ok(next);
+        }
+        return Ok(Next::Stop(Action::requeue(RECHECK.min(health_wait(&inst, ctx)))));
     }
     let now = ctx.now();
     sm::release(&mut st, now);
@@ -340,16 +347,119 @@ async fn check_run(inst: Instance, mut st: InstanceStatus, run: &str, ctx: &Cont
     Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
 }
 
+/// `Ready` reasons of instances the health check gave up on.
+pub const LOST_REASONS: [&str; 3] = ["Reclaimed", "MachineGone", "Unreachable"];
+
+/// The condition that says whether the instance's machine answers.
+pub const REACHABLE: &str = "Reachable";
+
+/// Time until the instance's next health check (a floor of a second, so a requeue
+/// never spins).
+fn health_wait(inst: &Instance, ctx: &Context) -> Duration {
+    ctx.next_health_check(&inst.uid().unwrap_or_default(), ctx.now()).max(Duration::from_secs(1))
+}
+
+/// The health check of an Idle or Busy instance, at most once per
+/// [`HealthConfig::interval`](super::context::HealthConfig): asks the backend how the
+/// machine is. `Running` -> reachable; `Pending` -> up at the provider but not answering
+/// (the `Reachable` condition goes False at once; after the unreachable grace the
+/// instance is terminated with reason `Unreachable`); `Stopping`, `Terminated` or
+/// `NotFound` -> the provider took it back (a spot reclaim, a termination outside kpool):
+/// terminated at once with reason `Reclaimed` (spot) or `MachineGone`. A run on it is
+/// then interrupted by the run controller. A failing provider call changes nothing (the
+/// provider's outage is not the machine's).
+///
+/// `Some(next)` when the instance changed phase and the caller must go on from there.
+async fn check_health(inst: &Instance, st: &mut InstanceStatus, ctx: &Context) -> Result<Option<Next>, Error> {
+    let now = ctx.now();
+    let (Some(offer), Some(name)) = (st.offer.clone(), st.machine_name.clone()) else { return Ok(None) };
+    if !ctx.health_due(&inst.uid().unwrap_or_default(), now) {
+        return Ok(None);
+    }
+    let backend = match ctx.backend(&inst.namespace().unwrap_or_default(), &offer.backend).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(instance = %inst.name_any(), error = %e, "health check skipped: backend unavailable");
+            return Ok(None);
+        }
+    };
+    let verdict = match backend.get(&name).await {
+        Ok(m) if m.state == MachineState::Running => None,
+        Ok(m) if m.state == MachineState::Pending => Some(("Unreachable", "the machine does not answer".to_string())),
+        Ok(m) => Some(("Gone", format!("the provider reports machine {} {:?}", m.provider_id, m.state))),
+        Err(BackendError::NotFound(_)) => Some(("Gone", "the provider no longer has the machine".to_string())),
+        Err(e) => {
+            tracing::warn!(instance = %inst.name_any(), error = %e, "health check failed: provider did not answer");
+            ctx.metrics.health_check_failed(&offer.backend);
+            return Ok(None);
+        }
+    };
+    let gen = inst.metadata.generation;
+    let was_unreachable = crate::api::conditions::find(&st.conditions, REACHABLE).is_some_and(|c| c.status == "False");
+    match verdict {
+        None if was_unreachable => {
+            let c =
+                condition_tri(&st.conditions, REACHABLE, "True", "Reachable", "the machine answers again", gen, now);
+            upsert(&mut st.conditions, c);
+            ctx.event(inst, false, "Reachable", "the machine answers again".into()).await;
+            Ok(Some(Next::Continue(ctx.write_status(inst, st).await?)))
+        }
+        None => Ok(None),
+        Some(("Unreachable", msg)) => {
+            let c = condition_tri(&st.conditions, REACHABLE, "False", "Unreachable", &msg, gen, now);
+            let deadline = crate::core::add(c.last_transition_time.0, ctx.health.unreachable_grace);
+            upsert(&mut st.conditions, c);
+            if now < deadline {
+                if !was_unreachable {
+                    let note = format!("{msg}; the instance is terminated at {deadline} if it stays so");
+                    ctx.event(inst, true, "Unreachable", note).await;
+                    return Ok(Some(Next::Continue(ctx.write_status(inst, st).await?)));
+                }
+                return Ok(None);
+            }
+            let msg = format!("{msg} for {}s; terminating the instance", ctx.health.unreachable_grace.as_secs());
+            give_up(inst, st, "Unreachable", &msg, ctx).await.map(Some)
+        }
+        Some((_, msg)) => {
+            let reason = if offer.spot { "Reclaimed" } else { "MachineGone" };
+            let msg = match &st.run {
+                Some(run) => format!("{msg}; run {run} is interrupted"),
+                None => msg,
+            };
+            give_up(inst, st, reason, &msg, ctx).await.map(Some)
+        }
+    }
+}
+
+/// A live instance that cannot be used any more: Terminating with `reason`, so that the
+/// teardown deletes (or confirms the loss of) its machine.
+async fn give_up(
+    inst: &Instance,
+    st: &mut InstanceStatus,
+    reason: &str,
+    msg: &str,
+    ctx: &Context,
+) -> Result<Next, Error> {
+    let now = ctx.now();
+    sm::terminate(st);
+    ready(st, inst, now, reason, msg);
+    ctx.event(inst, true, reason, msg.to_string()).await;
+    ctx.metrics.instance_lost(st.offer.as_ref().map(|o| o.backend.as_str()).unwrap_or_default(), reason);
+    Ok(Next::Continue(ctx.write_status(inst, st).await?))
+}
+
 async fn teardown(inst: Instance, mut st: InstanceStatus, ctx: &Context) -> Result<Next, Error> {
     let ns = inst.namespace().unwrap_or_default();
     let now = ctx.now();
     if delete_machine(&inst, &st, ctx).await? {
         sm::gone(&mut st);
-        let reason = crate::api::conditions::find(&st.conditions, "Ready")
-            .map(|c| c.reason.clone())
-            .filter(|r| r != "Terminating")
-            .unwrap_or_else(|| "Terminated".into());
-        ready(&mut st, &inst, now, &reason, "the machine is deleted");
+        let (reason, message) = match crate::api::conditions::find(&st.conditions, "Ready") {
+            // Lost by the health check: the message says what happened, keep it.
+            Some(c) if LOST_REASONS.contains(&c.reason.as_str()) => (c.reason.clone(), c.message.clone()),
+            Some(c) if c.reason != "Terminating" => (c.reason.clone(), "the machine is deleted".into()),
+            _ => ("Terminated".into(), "the machine is deleted".into()),
+        };
+        ready(&mut st, &inst, now, &reason, &message);
         ctx.event(&inst, false, "Terminated", "the machine is deleted".into()).await;
         ctx.forget_admission(&ns, st.pool.as_deref().unwrap_or_default(), &inst.name_any());
         return Ok(Next::Continue(ctx.write_status(&inst, &st).await?));

@@ -65,6 +65,8 @@ pub struct Metrics {
     durations: Family<KindLabels, Histogram>,
     attempts: Family<BackendLabels, Counter>,
     launch_failures: Family<ReasonLabels, Counter>,
+    lost: Family<ReasonLabels, Counter>,
+    health_failures: Family<BackendLabels, Counter>,
     instances: Family<PhaseLabels, Gauge>,
     price: Family<BackendLabels, Gauge<f64, AtomicU64>>,
     idle_cost: Family<BackendLabels, Gauge<f64, AtomicU64>>,
@@ -89,6 +91,8 @@ impl Metrics {
         });
         let attempts = Family::<BackendLabels, Counter>::default();
         let launch_failures = Family::<ReasonLabels, Counter>::default();
+        let lost = Family::<ReasonLabels, Counter>::default();
+        let health_failures = Family::<BackendLabels, Counter>::default();
         let instances = Family::<PhaseLabels, Gauge>::default();
         let price = Family::<BackendLabels, Gauge<f64, AtomicU64>>::default();
         let idle_cost = Family::<BackendLabels, Gauge<f64, AtomicU64>>::default();
@@ -106,6 +110,16 @@ impl Metrics {
             "Failed machine launches, by backend and error category",
             launch_failures.clone(),
         );
+        registry.register(
+            "instances_lost",
+            "Live instances given up by the health check, by backend and reason (Reclaimed, MachineGone, Unreachable)",
+            lost.clone(),
+        );
+        registry.register(
+            "health_check_failures",
+            "Health checks the provider did not answer, by backend",
+            health_failures.clone(),
+        );
         registry.register("instances", "Instances, by phase and backend", instances.clone());
         registry.register("price_dollars_per_hour", "What the machines held cost, by backend", price.clone());
         registry.register("idle_cost_dollars_per_hour", "What the idle machines cost, by backend", idle_cost.clone());
@@ -117,6 +131,8 @@ impl Metrics {
             durations,
             attempts,
             launch_failures,
+            lost,
+            health_failures,
             instances,
             price,
             idle_cost,
@@ -143,6 +159,15 @@ impl Metrics {
     pub fn launch_failed(&self, backend: &str, reason: &str) {
         let labels = ReasonLabels { backend: backend.to_string(), reason: reason.to_string() };
         self.launch_failures.get_or_create(&labels).inc();
+    }
+
+    pub fn instance_lost(&self, backend: &str, reason: &str) {
+        let labels = ReasonLabels { backend: backend.to_string(), reason: reason.to_string() };
+        self.lost.get_or_create(&labels).inc();
+    }
+
+    pub fn health_check_failed(&self, backend: &str) {
+        self.health_failures.get_or_create(&BackendLabels { backend: backend.to_string() }).inc();
     }
 
     pub fn set_leader(&self, leading: bool) {

@@ -30,8 +30,6 @@ use crate::exec::ExecError;
 const MAX_STEPS: usize = 8;
 /// How often a running job is polled.
 pub const JOB_POLL: Duration = Duration::from_secs(15);
-/// How long a running run's instance may stay unreachable before the run is interrupted.
-pub const UNREACHABLE_GRACE: Duration = Duration::from_secs(300);
 /// The run condition that says whether its instance answers.
 const REACHABLE: &str = "InstanceReachable";
 /// How often a waiting run looks again when nothing else wakes it.
@@ -306,10 +304,21 @@ async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Con
     let holds = inst.as_ref().is_some_and(|i| {
         i.status.as_ref().is_some_and(|s| s.phase == InstancePhase::Busy && s.run.as_deref() == Some(&run.name_any()))
     });
-    let Some(inst) = inst.filter(|_| holds) else {
-        let msg = format!("instance {name} went away while the run was on it");
-        ctx.event(&run, true, "Interrupted", msg.clone()).await;
-        if sm::interrupted(&mut st, policy, "Interrupted", now) {
+    let Some(inst) = inst.clone().filter(|_| holds) else {
+        // Why it went, as the instance says (the health check's reason), if it still exists.
+        let lost = inst
+            .as_ref()
+            .and_then(|i| i.status.as_ref())
+            .and_then(|s| find(&s.conditions, "Ready"))
+            .filter(|c| super::instance::LOST_REASONS.contains(&c.reason.as_str()))
+            .map(|c| (c.reason.clone(), c.message.clone()));
+        let (reason, msg) = match lost {
+            Some((r, m)) if r == "Unreachable" => ("InstanceUnreachable", format!("instance {name}: {m}")),
+            Some((_, m)) => ("Interrupted", format!("instance {name}: {m}")),
+            None => ("Interrupted", format!("instance {name} went away while the run was on it")),
+        };
+        ctx.event(&run, true, reason, msg.clone()).await;
+        if sm::interrupted(&mut st, policy, reason, now) {
             scheduled(&mut st, &run, now, false, "Retrying", &format!("{msg}; retrying"));
         } else {
             summary(&mut st, &run, now, &msg);
@@ -370,7 +379,7 @@ async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Con
 }
 
 /// The run's instance does not answer. Marked at once in the `InstanceReachable`
-/// condition; after [`UNREACHABLE_GRACE`] the run is interrupted (retried when the policy
+/// condition; after the unreachable grace (`--unreachable-grace`) the run is interrupted (retried when the policy
 /// retries on interruption, else Terminated with `InstanceUnreachable`) and the instance,
 /// which cannot be trusted any more, is deleted (its machine with it).
 async fn unreachable(
@@ -389,7 +398,8 @@ async fn unreachable(
         condition_tri(&st.conditions, REACHABLE, "False", "InstanceUnreachable", &msg, run.metadata.generation, now);
     let since = c.last_transition_time.0;
     upsert(&mut st.conditions, c);
-    let deadline = crate::core::add(since, UNREACHABLE_GRACE);
+    let grace = ctx.health.unreachable_grace;
+    let deadline = crate::core::add(since, grace);
     if now < deadline {
         if first {
             ctx.event(&run, true, "InstanceUnreachable", format!("{msg}; giving up at {deadline} if it stays so"))
@@ -398,7 +408,7 @@ async fn unreachable(
         }
         return Ok(Next::Stop(Action::requeue(until(now, deadline).min(JOB_POLL))));
     }
-    let msg = format!("{msg} for {}s; the instance is removed", UNREACHABLE_GRACE.as_secs());
+    let msg = format!("{msg} for {}s; the instance is removed", grace.as_secs());
     ctx.event(&run, true, "InstanceUnreachable", msg.clone()).await;
     let api: Api<Instance> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
     api.delete(&name, &Default::default()).await?;

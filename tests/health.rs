@@ -1,0 +1,160 @@
+//! Health checks of live instances against real peers: the controllers (in-memory API,
+//! production backend factory) ask moto's EC2 about a spot machine that AWS takes back,
+//! and a real sshd that goes away under an idle host.
+
+mod support;
+#[allow(dead_code)] // the fault proxy is for the backend tests
+mod support_aws;
+mod support_ssh;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::ByteString;
+use kpool::api::backend::{
+    AwsBackendConfig, Backend, BackendSpec, BackendType, CatalogSource, ConfigMapRef, Credentials, SecretRef,
+    SshBackendConfig,
+};
+use kpool::api::conditions::find;
+use kpool::api::instance::{InstancePhase, InstanceSpec};
+use kpool::api::policy::{PolicySpec, SpotPolicy};
+use kpool::api::resources::ResourcesSpec;
+use kpool::backends::aws::client::{Ec2Client, Params};
+use kpool::backends::aws::sigv4::Credentials as AwsCredentials;
+use kube::api::ObjectMeta;
+use support::*;
+use support_aws::moto;
+use support_ssh::*;
+
+fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
+    Secret {
+        metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+        data: Some(data.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect()),
+        ..Default::default()
+    }
+}
+
+fn small() -> ResourcesSpec {
+    ResourcesSpec {
+        cpu: Some("1..".into()),
+        memory: Some("0.5GB..".into()),
+        disk: Some("1GB..".into()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_spot_machine_aws_takes_back_is_seen_as_reclaimed() {
+    let moto = moto();
+    let h = Harness::with_real_backends().await;
+    h.create(secret(
+        "aws-creds",
+        &[("aws_access_key_id", &moto.access_key_id), ("aws_secret_access_key", &moto.secret_access_key)],
+    ))
+    .await;
+    let csv = "instance_name,location,price,cpu,memory,gpu_count,gpu_name,gpu_memory,spot,disk_size,gpu_vendor,flags,cpu_arch,provider_data\n\
+               t3.micro,us-east-1,0.0031,2,1.0,0,,,True,,,,x86,{}\n";
+    h.create(ConfigMap {
+        metadata: ObjectMeta { name: Some("ec2-offers".into()), ..Default::default() },
+        data: Some(BTreeMap::from([("aws.csv".to_string(), csv.to_string())])),
+        ..Default::default()
+    })
+    .await;
+    h.create(Backend::new(
+        "ec2",
+        BackendSpec {
+            type_: BackendType::Aws,
+            regions: vec!["us-east-1".into()],
+            endpoint: Some(moto.endpoint.clone()),
+            credentials: Some(Credentials { secret_ref: SecretRef { name: "aws-creds".into() } }),
+            catalog: Some(CatalogSource { config_map_ref: Some(ConfigMapRef { name: "ec2-offers".into() }) }),
+            aws: Some(AwsBackendConfig { image_id: moto.image_id.clone(), ..Default::default() }),
+            ..Default::default()
+        },
+    ))
+    .await;
+    let policy = PolicySpec {
+        backends: Some(vec!["ec2".into()]),
+        spot_policy: Some(SpotPolicy::Spot),
+        idle_duration: Some("off".into()),
+        ..Default::default()
+    };
+    h.instance("spot", InstanceSpec { resources: small(), policy, ..Default::default() }).await;
+    h.settle(3).await;
+    let st = h.get_instance("spot").await.status.unwrap();
+    assert_eq!(st.phase, InstancePhase::Idle, "{:?}", st.conditions);
+    assert!(st.offer.as_ref().unwrap().spot);
+    let id = st.provider_id.clone().unwrap();
+
+    // Still there at the next check: nothing changes.
+    h.advance(Duration::from_secs(60));
+    h.settle(1).await;
+    assert_eq!(h.get_instance("spot").await.status.unwrap().phase, InstancePhase::Idle);
+
+    // AWS reclaims the machine (terminated behind kpool's back, straight at moto).
+    let raw = Ec2Client::new(
+        AwsCredentials {
+            access_key_id: moto.access_key_id.clone(),
+            secret_access_key: moto.secret_access_key.clone(),
+            session_token: None,
+        },
+        Some(&moto.endpoint),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let mut p = Params::new();
+    p.set("InstanceId.1", id.clone());
+    raw.call("us-east-1", "TerminateInstances", &p).await.expect("terminate");
+
+    h.advance(Duration::from_secs(60));
+    h.settle(2).await;
+    let st = h.get_instance("spot").await.status.unwrap();
+    assert_eq!(st.phase, InstancePhase::Terminated, "{:?}", st.conditions);
+    let ready = find(&st.conditions, "Ready").unwrap();
+    assert_eq!(ready.reason, "Reclaimed", "{ready:?}");
+    assert!(ready.message.contains(&id) || ready.message.contains("no longer has"), "{}", ready.message);
+}
+
+#[tokio::test]
+async fn an_ssh_host_that_stops_answering_is_released_after_the_grace() {
+    let mut sshd = Sshd::start();
+    let h = Harness::with_real_backends().await;
+    h.create(Secret { type_: Some("kubernetes.io/ssh-auth".into()), ..secret("lab-key", &[]) }).await;
+    let mut key = h.api::<Secret>().get("lab-key").await.unwrap();
+    key.data = Some(BTreeMap::from([("ssh-privatekey".to_string(), ByteString(key_pem(CLIENT_SEED).into_bytes()))]));
+    h.api::<Secret>().replace("lab-key", &Default::default(), &key).await.unwrap();
+    h.create(Backend::new(
+        "lab",
+        BackendSpec {
+            type_: BackendType::Ssh,
+            credentials: Some(Credentials { secret_ref: SecretRef { name: "lab-key".into() } }),
+            ssh: Some(SshBackendConfig { hosts: vec![sshd.host("box")], ..Default::default() }),
+            ..Default::default()
+        },
+    ))
+    .await;
+    let pin = PolicySpec {
+        backends: Some(vec!["lab".into()]),
+        instance_types: Some(vec!["box".into()]),
+        idle_duration: Some("off".into()),
+        ..Default::default()
+    };
+    h.instance("box", InstanceSpec { resources: small(), policy: pin, ..Default::default() }).await;
+    h.settle(2).await;
+    assert_eq!(h.get_instance("box").await.status.unwrap().phase, InstancePhase::Idle);
+
+    sshd.stop();
+    h.advance(Duration::from_secs(60));
+    h.settle(1).await;
+    let st = h.get_instance("box").await.status.unwrap();
+    assert_eq!(st.phase, InstancePhase::Idle, "within the grace");
+    let c = find(&st.conditions, "Reachable").expect("flagged at once");
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Unreachable"));
+
+    h.advance(Duration::from_secs(300));
+    h.settle(2).await;
+    let st = h.get_instance("box").await.status.unwrap();
+    assert_eq!(st.phase, InstancePhase::Terminated, "{:?}", st.conditions);
+    assert_eq!(find(&st.conditions, "Ready").unwrap().reason, "Unreachable");
+}
