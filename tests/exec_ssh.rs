@@ -689,3 +689,35 @@ async fn api_targets_reach_the_host_of_the_instance_offer() {
     let err = exec.status(&job.run, &instance()).await.unwrap_err();
     assert!(matches!(err, ExecError::Other(ref m) if m.contains("no offer")), "{err:?}");
 }
+
+#[tokio::test]
+async fn starting_a_job_prunes_directories_of_jobs_that_ended_long_ago() {
+    let sshd = Sshd::start();
+    let exec = executor(&sshd).await;
+    let runs = home().join(".kpool/runs");
+    let make = |name: &str, files: &[&str], days_old: u32| {
+        let dir = runs.join(unique(name));
+        fs::create_dir_all(&dir).unwrap();
+        for f in files {
+            let path = dir.join(f);
+            fs::write(&path, "0\n").unwrap();
+            let stamp = format!("{days_old} days ago");
+            assert!(Command::new("touch").args(["-d", &stamp]).arg(&path).status().unwrap().success());
+        }
+        dir
+    };
+    let ended_long_ago = make("kpool-test-old", &["output.log", "exit_code"], 10);
+    let ended_recently = make("kpool-test-recent", &["output.log", "exit_code"], 2);
+    let running_long = make("kpool-test-running", &["output.log", "pid"], 30);
+
+    let job = Job::new(&["true"]);
+    exec.start(&job.run, &instance()).await.unwrap_or_else(|e| panic!("{e}\n{}", sshd.log()));
+    assert_eq!(wait_exit(&exec, &job, Duration::from_secs(20)).await, 0);
+
+    assert!(!ended_long_ago.exists(), "a job that ended 10 days ago is pruned");
+    assert!(ended_recently.exists(), "a job that ended 2 days ago keeps its logs");
+    assert!(running_long.exists(), "a job without an exit code is never pruned");
+    assert!(job.dir.exists());
+    let _ = fs::remove_dir_all(ended_recently);
+    let _ = fs::remove_dir_all(running_long);
+}

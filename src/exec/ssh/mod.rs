@@ -11,6 +11,9 @@
 //! - `exit_code`: written when the job has ended;
 //! - `boot_id`, `lock`, and `container` for a job in a container.
 //!
+//! A job's directory stays for [`script::JOB_RETENTION_DAYS`] days after the job ended;
+//! the next job started on the host removes older ones.
+//!
 //! The files are written through the SSH channel's standard input, never through a shell
 //! command line, so commands and values with quotes, `$`, newlines or `;` arrive unchanged.
 //!

@@ -185,6 +185,9 @@ command -v nvidia-smi >/dev/null 2>&1 && echo nvidia
     s
 }
 
+/// How long the directory of a finished job (its output, exit code) stays on the host.
+pub const JOB_RETENTION_DAYS: u32 = 7;
+
 /// Writes standard input to `file` of the job directory (created private), atomically.
 pub fn write_script(uid: &str, file: &str) -> String {
     format!(
@@ -195,8 +198,19 @@ pub fn write_script(uid: &str, file: &str) -> String {
 
 /// Starts the runner detached (own session, no terminal, standard streams away from the
 /// SSH channel) unless the job has started, and waits until it has recorded its pid.
+///
+/// Before starting, it removes the directories of jobs that ended (their `exit_code` is
+/// there) more than [`JOB_RETENTION_DAYS`] days ago; directories of running jobs stay.
 pub fn launch_script(uid: &str) -> String {
     let mut s = dir_line(uid);
+    s.push_str(&format!(
+        r#"for old in "${{D%/*}}"/*/; do
+  old=${{old%/}}
+  [ "$old" != "$D" ] && [ -e "$old/exit_code" ] || continue
+  [ -n "$(find "$old/exit_code" -mtime +{JOB_RETENTION_DAYS} 2>/dev/null)" ] && rm -rf "$old"
+done
+"#
+    ));
     s.push_str(
         r#"cd "$D" || exit 1
 if [ -e exit_code ] || [ -e pid ]; then exit 0; fi
