@@ -497,6 +497,8 @@ async fn a_reclaimed_spot_machine_interrupts_its_run_which_is_retried_on_a_new_i
     let st = h.get_run("train").await.status.unwrap();
     assert_eq!(st.phase, RunPhase::Running, "retried: {st:?}");
     assert_eq!(st.attempts, 1, "one retry recorded");
+    let past: Vec<_> = st.history.iter().map(|a| (a.instance.as_deref(), a.reason.as_str())).collect();
+    assert_eq!(past, vec![(Some(first.as_str()), "Interrupted")]);
     assert_ne!(st.instance.as_deref(), Some(first.as_str()), "placed on a new instance");
     assert_eq!(h.backend.creates().len(), 2);
 }

@@ -141,8 +141,30 @@ pub struct RunStatus {
     /// Number of placement attempts so far (retries included).
     #[serde(default)]
     pub attempts: u32,
+    /// Attempts that ended, oldest first (at most 20 kept): where each ran and why it ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<RunAttempt>,
     /// `Scheduled` (an instance is assigned) and `Succeeded` (the summary).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+}
+
+/// One attempt of a run that ended (retried or final).
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunAttempt {
+    /// The instance it ran on (or was being provisioned), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// When its commands started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When it ended.
+    pub finished_at: Time,
+    /// Exit code of its commands, when they exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why it ended, e.g. `ContainerExitedWithError`, `Interrupted`, `NoCapacity`, `Completed`.
+    pub reason: String,
 }

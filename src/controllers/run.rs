@@ -218,9 +218,7 @@ async fn place(
                     )
                     .await;
                 }
-                st.provisioning_instance = None;
-                st.attempts += 1;
-                st.phase = RunPhase::Pending;
+                sm::provisioning_failed(&mut st, now);
                 scheduled(&mut st, &run, now, false, "Retrying", &format!("provisioning failed ({why}); retrying"));
                 return Ok(Next::Continue(ctx.write_status(&run, &st).await?));
             }

@@ -7,7 +7,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::add;
 use super::policy::EffectivePolicy;
 use crate::api::policy::{CreationPolicy, RetryEvent};
-use crate::api::run::{RunPhase, RunStatus};
+use crate::api::run::{RunAttempt, RunPhase, RunStatus};
+
+/// At most this many ended attempts are kept in `status.history`.
+pub const MAX_HISTORY: usize = 20;
 
 /// How the job on the instance is doing, as the executor reports it.
 #[derive(Clone, Debug, PartialEq)]
@@ -101,6 +104,7 @@ pub fn max_duration_deadline(status: &RunStatus, policy: &EffectivePolicy) -> Op
 /// Ends the run.
 pub fn finish(status: &mut RunStatus, phase: RunPhase, reason: &str, exit_code: Option<i32>, now: Timestamp) {
     debug_assert!(phase.is_finished());
+    record(status, reason, exit_code, now);
     status.phase = phase;
     status.termination_reason = Some(reason.to_string());
     if exit_code.is_some() {
@@ -118,6 +122,7 @@ pub fn job_exited(status: &mut RunStatus, policy: &EffectivePolicy, code: i32, n
         return false;
     }
     if retry_open(status, policy, RetryEvent::Error, now) {
+        record(status, "ContainerExitedWithError", Some(code), now);
         resubmit(status, Some(code));
         return true;
     }
@@ -129,11 +134,34 @@ pub fn job_exited(status: &mut RunStatus, policy: &EffectivePolicy, code: i32, n
 /// when the run is resubmitted.
 pub fn interrupted(status: &mut RunStatus, policy: &EffectivePolicy, reason: &str, now: Timestamp) -> bool {
     if retry_open(status, policy, RetryEvent::Interruption, now) {
+        record(status, reason, None, now);
         resubmit(status, None);
         return true;
     }
     finish(status, RunPhase::Terminated, reason, None, now);
     false
+}
+
+/// Provisioning an instance for the run failed and the retry window is open: back to
+/// Pending for another attempt.
+pub fn provisioning_failed(status: &mut RunStatus, now: Timestamp) {
+    record(status, "NoCapacity", None, now);
+    status.provisioning_instance = None;
+    status.attempts += 1;
+    status.phase = RunPhase::Pending;
+}
+
+/// Appends the attempt that ends now to the history (bounded).
+fn record(status: &mut RunStatus, reason: &str, exit_code: Option<i32>, now: Timestamp) {
+    status.history.push(RunAttempt {
+        instance: status.instance.clone().or_else(|| status.provisioning_instance.clone()),
+        started_at: status.started_at.clone(),
+        finished_at: Time(now),
+        exit_code,
+        reason: reason.to_string(),
+    });
+    let excess = status.history.len().saturating_sub(MAX_HISTORY);
+    status.history.drain(..excess);
 }
 
 fn retry_open(status: &RunStatus, policy: &EffectivePolicy, event: RetryEvent, now: Timestamp) -> bool {

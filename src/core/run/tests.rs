@@ -119,3 +119,47 @@ fn errors_and_interruptions_retry_only_when_the_policy_says() {
     assert!(!interrupted(&mut s, &retry, "InstanceUnreachable", t("2026-01-01T01:00:00Z")));
     assert_eq!((s.phase, s.termination_reason.as_deref()), (RunPhase::Terminated, Some("InstanceUnreachable")));
 }
+
+#[test]
+fn every_ended_attempt_is_recorded_with_where_it_ran_and_why_it_ended() {
+    let retry = PolicySpec { retry: Some(RetrySpec { on: None, duration: Some("1h".into()) }), ..Default::default() };
+    let p = policy(retry);
+    let mut s = submitted("2026-01-01T00:00:00Z");
+    provisioning(&mut s, "r-0");
+    provisioning_failed(&mut s, t("2026-01-01T00:01:00Z"));
+    assigned(&mut s, "a", t("2026-01-01T00:02:00Z"));
+    assert!(job_exited(&mut s, &p, 2, t("2026-01-01T00:03:00Z")), "retried on error");
+    assigned(&mut s, "b", t("2026-01-01T00:04:00Z"));
+    assert!(interrupted(&mut s, &p, "Interrupted", t("2026-01-01T00:05:00Z")));
+    assigned(&mut s, "c", t("2026-01-01T00:06:00Z"));
+    assert!(!job_exited(&mut s, &p, 0, t("2026-01-01T00:07:00Z")));
+
+    let seen: Vec<(Option<&str>, Option<i32>, &str)> =
+        s.history.iter().map(|a| (a.instance.as_deref(), a.exit_code, a.reason.as_str())).collect();
+    assert_eq!(
+        seen,
+        vec![
+            (Some("r-0"), None, "NoCapacity"),
+            (Some("a"), Some(2), "ContainerExitedWithError"),
+            (Some("b"), None, "Interrupted"),
+            (Some("c"), Some(0), "Completed"),
+        ]
+    );
+    assert_eq!(s.history[1].started_at, Some(Time(t("2026-01-01T00:02:00Z"))));
+    assert_eq!(s.history[3].finished_at, Time(t("2026-01-01T00:07:00Z")));
+    assert_eq!(s.attempts, 3);
+    assert_eq!(s.phase, RunPhase::Succeeded);
+}
+
+#[test]
+fn the_history_is_bounded() {
+    let p =
+        policy(PolicySpec { retry: Some(RetrySpec { on: None, duration: Some("1d".into()) }), ..Default::default() });
+    let mut s = submitted("2026-01-01T00:00:00Z");
+    for i in 0..(MAX_HISTORY + 5) {
+        assigned(&mut s, &format!("i{i}"), t("2026-01-01T00:00:00Z"));
+        assert!(interrupted(&mut s, &p, "Interrupted", t("2026-01-01T01:00:00Z")));
+    }
+    assert_eq!(s.history.len(), MAX_HISTORY);
+    assert_eq!(s.history[0].instance.as_deref(), Some("i5"), "the oldest go first");
+}
