@@ -287,3 +287,104 @@ async fn add_ssh_extends_the_ssh_backend_and_pins_an_instance_to_the_host() {
     let err = pool_cmd(&h, "add-ssh other@10.0.0.1 --name box --no-wait", None).await.unwrap_err().to_string();
     assert!(err.contains("already has a different host named box"), "{err}");
 }
+
+/// A ready node of the in-memory cluster, for the `kubernetes` backend's offers.
+fn node(name: &str) -> k8s_openapi::api::core::v1::Node {
+    use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus};
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    let alloc = [("cpu", "16"), ("memory", "64Gi"), ("pods", "110")];
+    Node {
+        metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() },
+        spec: Some(NodeSpec::default()),
+        status: Some(NodeStatus {
+            allocatable: Some(alloc.iter().map(|(k, v)| (k.to_string(), Quantity(v.to_string()))).collect()),
+            conditions: Some(vec![NodeCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Plays the kubelet for the in-memory cluster: every Pod without a phase starts and
+/// becomes Ready.
+async fn kubelet(h: &Harness) {
+    use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus};
+    let pods: kube::Api<Pod> = kube::Api::all(h.client.clone());
+    for mut pod in pods.list(&Default::default()).await.unwrap().items {
+        if pod.status.as_ref().is_some_and(|s| s.phase.is_some()) {
+            continue;
+        }
+        pod.status = Some(PodStatus {
+            phase: Some("Running".into()),
+            pod_ip: Some("10.1.2.3".into()),
+            conditions: Some(vec![PodCondition { type_: "Ready".into(), status: "True".into(), ..Default::default() }]),
+            ..Default::default()
+        });
+        let api: kube::Api<Pod> = kube::Api::namespaced(h.client.clone(), &pod.namespace().unwrap_or_default());
+        api.replace_status(&pod.name_any(), &Default::default(), &pod).await.unwrap();
+    }
+}
+
+/// Gives instances the plugin created the harness's hold finalizer: the in-memory API
+/// rejects the JSON patch that adds a first finalizer (its `test` of an absent list),
+/// which the real API server accepts (see tests/support).
+async fn hold_new_instances(h: &Harness) {
+    use kube::api::{Patch, PatchParams};
+    for i in h.api::<kpool::api::instance::Instance>().list(&Default::default()).await.unwrap().items {
+        if i.finalizers().is_empty() {
+            let patch = serde_json::json!({"metadata": {"finalizers": [HOLD]}});
+            h.api::<kpool::api::instance::Instance>()
+                .patch(&i.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// `add` on a cluster: offers from the namespace's backends, the question, the Instance,
+/// and its progress until it is idle, while the controllers (and a stand-in kubelet) run.
+#[tokio::test]
+async fn add_asks_then_creates_the_instance_and_follows_it_until_it_is_idle() {
+    use kpool::api::backend::{Backend, BackendSpec, BackendType};
+    let h = Harness::with_real_backends().await;
+    h.api::<Backend>().delete("aws", &Default::default()).await.unwrap();
+    h.create(Backend::new("k8s", BackendSpec { type_: BackendType::Kubernetes, ..Default::default() })).await;
+    kube::Api::<k8s_openapi::api::core::v1::Node>::all(h.client.clone())
+        .create(&Default::default(), &node("node-a"))
+        .await
+        .unwrap();
+
+    // Declined: nothing is created.
+    let out = pool_cmd(&h, "add --cpu 4.. --memory 8GB.. --name box", Some("n")).await.unwrap();
+    assert!(out.contains("BACKEND") && out.contains("node-a") && out.contains("Continue? [y/n]"), "{out}");
+    assert!(out.contains("Nothing added."), "{out}");
+    assert!(h.api::<kpool::api::instance::Instance>().get_opt("box").await.unwrap().is_none());
+
+    // Accepted: created, then followed while the controllers bring it up.
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (out, ()) = tokio::join!(
+        async {
+            let r = pool_cmd(&h, "add --cpu 4.. --memory 8GB.. --name box", Some("y")).await;
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            r
+        },
+        async {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while !done.load(std::sync::atomic::Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                hold_new_instances(&h).await;
+                h.settle(1).await;
+                kubelet(&h).await;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    );
+    let out = out.unwrap();
+    assert!(out.contains("instance box created"), "{out}");
+    assert!(out.contains("instance box is ready: 4xCPU, 8GB"), "{out}");
+    let st = h.get_instance("box").await.status.unwrap();
+    assert_eq!(st.phase, InstancePhase::Idle);
+    assert_eq!(st.offer.unwrap().instance_type, "node-a");
+}
