@@ -93,6 +93,7 @@ fn spec(name: &str, offer: Offer) -> MachineSpec {
             (TAG_INSTANCE.to_string(), format!("ml/{name}")),
             (TAG_POOL.to_string(), "default".to_string()),
         ]),
+        ssh_public_key: None,
     }
 }
 

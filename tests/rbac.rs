@@ -126,7 +126,7 @@ async fn exercise(h: &Harness) {
     let backend = DefaultFactory::new(h.ctx.client.clone()).build(&obj).await.unwrap();
     let req = cpu("2..").resolve().unwrap();
     let offer = backend.offers(&req).await.unwrap().remove(0);
-    let spec = MachineSpec { name: "kpool-x".into(), offer, tags: Default::default() };
+    let spec = MachineSpec { name: "kpool-x".into(), offer, tags: Default::default(), ssh_public_key: None };
     backend.create(&spec).await.unwrap();
     backend.get("kpool-x").await.unwrap();
     backend.list_owned().await.unwrap();

@@ -45,6 +45,7 @@
 //! [`ExecError::Unreachable`]. Each call opens its own connection and closes it.
 
 mod conn;
+pub mod instance_key;
 pub mod script;
 mod targets;
 
@@ -94,6 +95,10 @@ pub struct SshLogin {
     pub known_hosts: KnownHosts,
     /// Login timeout; the executor's default when `None`.
     pub connect_timeout: Option<Duration>,
+    /// Scope of the host key the executor trusts on first use and then pins (with
+    /// `host:port`): the instance's UID for cloud instances, whose addresses are reused by
+    /// other machines later; `None` pins by `host:port` alone (hosts you own).
+    pub pin_as: Option<String>,
 }
 
 /// Tells how to reach an instance's host.
