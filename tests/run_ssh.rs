@@ -204,7 +204,7 @@ async fn runs_execute_over_ssh_on_an_aws_instance_with_its_own_key() {
     let data = secret.data.unwrap();
     let public = String::from_utf8(data["ssh-publickey"].0.clone()).unwrap();
     let keys = authorized_keys_in_user_data(moto, &provider_id).await;
-    assert_eq!(keys, [public.clone()], "user data carries the instance's key (the backend sets none)");
+    assert_eq!(keys, [public], "user data carries the instance's key (the backend sets none)");
     // cloud-init's part: the "machine" authorises exactly the keys of its user data (the
     // harness's own client key is gone, so only the instance's key logs in).
     std::fs::write(sshd.dir.join("authorized_keys"), format!("{}\n", keys.join("\n"))).unwrap();

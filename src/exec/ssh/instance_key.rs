@@ -63,7 +63,7 @@ pub enum KeyError {
     #[error("failed to generate an SSH key: {0}")]
     Generate(String),
     #[error("failed to read or create Secret {0}")]
-    Kube(String, #[source] kube::Error),
+    Kube(String, #[source] Box<kube::Error>),
 }
 
 /// The name of the Secret holding the key of `inst`: `<instance>-ssh`, or
@@ -147,7 +147,7 @@ pub async fn read(client: &kube::Client, inst: &Instance) -> Result<InstanceKey,
     let ns = inst.namespace().unwrap_or_default();
     let name = secret_name(inst);
     let api: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    match api.get_opt(&name).await.map_err(|e| KeyError::Kube(name.clone(), e))? {
+    match api.get_opt(&name).await.map_err(|e| KeyError::Kube(name.clone(), Box::new(e)))? {
         Some(secret) => key_of(&secret, inst),
         None => Err(KeyError::Missing { secret: name, instance: inst.name_any(), namespace: ns }),
     }
@@ -170,7 +170,7 @@ pub async fn ensure(client: &kube::Client, inst: &Instance) -> Result<InstanceKe
             Ok(key)
         }
         Err(kube::Error::Api(s)) if s.code == 409 => read(client, inst).await,
-        Err(e) => Err(KeyError::Kube(secret_name(inst), e)),
+        Err(e) => Err(KeyError::Kube(secret_name(inst), Box::new(e))),
     }
 }
 

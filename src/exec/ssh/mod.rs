@@ -130,8 +130,9 @@ impl SshExecutor {
         }
     }
 
-    /// The production executor: hosts from the instances' ssh `Backend`s ([`ApiTargets`]),
-    /// environment from the API ([`ApiEnv`]).
+    /// The production executor: hosts from the instances' `Backend`s and, for cloud
+    /// machines, their status and key Secret ([`ApiTargets`]); environment from the API
+    /// ([`ApiEnv`]).
     pub fn from_api(client: kube::Client, factory: Arc<DefaultFactory>) -> Self {
         Self::new(Arc::new(ApiTargets::new(client.clone(), factory)), Arc::new(ApiEnv::new(client)))
     }
