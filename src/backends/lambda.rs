@@ -27,8 +27,10 @@
 //!   other content is deleted first) and launches with that key alone; the configured
 //!   `ssh_key_names` are used only for specs without a key. A failed launch deletes the
 //!   key again. `delete` deletes the key of that name (`DELETE /ssh-keys/{id}`) once the
-//!   instance is terminating. A key registered just before a controller crash, for a
-//!   launch that never happened, stays in the account (named `kpool-…`).
+//!   instance is terminating. Keys stay in the account (named `kpool-<uid>`, public halves
+//!   only) when kpool never terminates their machine itself: a launch lost to a controller
+//!   crash, a machine Lambda preempted or someone terminated outside kpool. The garbage
+//!   collector does not sweep keys yet.
 //! - `get` finds the instance by name in `GET /instances` (the most alive one when several
 //!   carry it). States: booting -> Pending; active -> Running (address = `ip`); unhealthy ->
 //!   Running (the VM is up but failing Lambda's health checks; kpool's own readiness
