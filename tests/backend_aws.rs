@@ -93,6 +93,7 @@ fn spec(name: &str, offer: Offer) -> MachineSpec {
             (TAG_INSTANCE.to_string(), format!("ml/{name}")),
             (TAG_POOL.to_string(), "default".to_string()),
         ]),
+        ssh_public_key: None,
     }
 }
 
@@ -195,6 +196,32 @@ async fn the_ssh_key_reaches_the_instance_as_cloud_init_user_data() {
     let decoded = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(encoded.trim()).unwrap()).unwrap();
     assert!(decoded.starts_with("#cloud-config\n"), "{decoded}");
     assert!(decoded.contains(&format!("ssh_authorized_keys:\n  - \"{SSH_KEY}\"")), "{decoded}");
+}
+
+#[tokio::test]
+async fn the_instance_key_reaches_the_instance_next_to_the_backend_key() {
+    let env = Env::new().await;
+    let own = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGkpoolOwnKeyOfTheInstance kpool:ml/gpu-1";
+    let mut spec = on_demand("kpool-own-key");
+    spec.ssh_public_key = Some(own.into());
+    let created = env.backend().create(&spec).await.unwrap();
+    // What EC2 stored (moto keeps the user data of the launch request).
+    let mut p = Params::new();
+    p.set("InstanceId", &created.provider_id).set("Attribute", "userData");
+    let answer = env.raw().call("us-east-1", "DescribeInstanceAttribute", &p).await.unwrap();
+    let encoded = answer.split("<value>").nth(1).and_then(|v| v.split("</value>").next()).expect("user data");
+    let decoded = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(encoded.trim()).unwrap()).unwrap();
+    assert_eq!(decoded, format!("#cloud-config\nssh_authorized_keys:\n  - \"{SSH_KEY}\"\n  - \"{own}\"\n"));
+    // And what was sent.
+    let launches = env.proxy.seen("RunInstances");
+    assert_eq!(launches.len(), 1);
+    assert_eq!(launches[0].params.get("UserData").map(String::as_str), Some(encoded.trim()));
+
+    // A key that is not one line is refused before any launch.
+    let mut bad = on_demand("kpool-bad-key");
+    bad.ssh_public_key = Some("ssh-ed25519\nAAAA".into());
+    assert_eq!(env.backend().create(&bad).await.unwrap_err().category(), "InvalidConfig");
+    assert_eq!(env.proxy.seen("RunInstances").len(), 1);
 }
 
 #[tokio::test]

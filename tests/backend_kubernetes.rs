@@ -136,6 +136,7 @@ fn machine_spec(name: &str, offer: Offer) -> MachineSpec {
             (TAG_INSTANCE, "ml/a100-1"),
             (TAG_POOL, "default-pool"),
         ]),
+        ssh_public_key: None,
     }
 }
 

@@ -231,6 +231,7 @@ fn spec(name: &str, region: &str, instance_type: &str) -> MachineSpec {
             ..Default::default()
         },
         tags: BTreeMap::from([("kpool.dev/pool".to_string(), "p".to_string())]),
+        ssh_public_key: None,
     }
 }
 
@@ -381,4 +382,100 @@ async fn answers_outside_the_document_rate_limits_and_server_errors() {
     assert_eq!(c.backend(&[]).get("kpool-x").await.unwrap_err().category(), "Other");
     c.stub(500, "", r#"{"error":{"code":"global/internal-error","message":"boom","suggestion":"later"}}"#);
     assert_eq!(c.backend(&[]).offers(&any()).await.unwrap_err().category(), "Other");
+}
+
+/// The public key of the `kpool-keys` example (Lambda's own sample key).
+const REGISTERED: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICN+lJwsONkwrdsSnQsu1ydUkIuIg5oOC+Eslvmtt60T noname";
+/// An instance's own key, as kpool generates it.
+const OWN_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGkpoolOwnKeyOfTheInstanceXXXXXXXXXXXXXXXXXX kpool:ml/a10";
+
+fn with_key(mut spec: MachineSpec, key: &str) -> MachineSpec {
+    spec.ssh_public_key = Some(key.into());
+    spec
+}
+
+fn calls(log: &[Exchange]) -> Vec<(&str, &str)> {
+    log.iter().map(|e| (e.method.as_str(), e.path.as_str())).collect()
+}
+
+#[tokio::test]
+async fn the_instance_key_is_registered_under_the_machine_name_and_launched_with() {
+    let c = Contract::start().await;
+    c.prefer("GET", "/ssh-keys", "example=none");
+    let spec = with_key(spec("kpool-new", "us-east-1", "gpu_1x_a10"), OWN_KEY);
+    let m = c.backend(&[]).create(&spec).await.unwrap();
+    assert_eq!(m.state, MachineState::Pending);
+    let log = c.exchanges();
+    assert_eq!(
+        calls(&log),
+        [
+            ("GET", "/api/v1/instances"),
+            ("GET", "/api/v1/ssh-keys"),
+            ("POST", "/api/v1/ssh-keys"),
+            ("POST", "/api/v1/instance-operations/launch")
+        ]
+    );
+    assert_eq!(log[2].json(), serde_json::json!({"name": "kpool-new", "public_key": OWN_KEY}));
+    // Lambda takes one key per launch: the instance's own, not the backend's `kpool`.
+    assert_eq!(log[3].json()["ssh_key_names"], serde_json::json!(["kpool-new"]));
+    assert!(log.iter().all(|e| e.status == 200), "{log:?}");
+}
+
+#[tokio::test]
+async fn a_registered_key_is_reused_and_a_stale_one_replaced() {
+    // `kpool-keys` lists `kpool-new` with REGISTERED.
+    let c = Contract::start().await;
+    c.backend(&[]).create(&with_key(spec("kpool-new", "us-east-1", "gpu_1x_a10"), REGISTERED)).await.unwrap();
+    let log = c.exchanges();
+    assert_eq!(
+        calls(&log),
+        [("GET", "/api/v1/instances"), ("GET", "/api/v1/ssh-keys"), ("POST", "/api/v1/instance-operations/launch")]
+    );
+    assert_eq!(log[2].json()["ssh_key_names"], serde_json::json!(["kpool-new"]));
+
+    let c = Contract::start().await;
+    c.backend(&[]).create(&with_key(spec("kpool-new", "us-east-1", "gpu_1x_a10"), OWN_KEY)).await.unwrap();
+    let log = c.exchanges();
+    assert_eq!(
+        calls(&log),
+        [
+            ("GET", "/api/v1/instances"),
+            ("GET", "/api/v1/ssh-keys"),
+            ("DELETE", "/api/v1/ssh-keys/7e57ab1e00aa11bb22cc33dd44ee55ff"),
+            ("POST", "/api/v1/ssh-keys"),
+            ("POST", "/api/v1/instance-operations/launch")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn terminating_deletes_the_registered_key_and_so_does_a_failed_launch() {
+    let c = Contract::start().await;
+    c.backend(&[]).delete("kpool-active").await.unwrap();
+    let log = c.exchanges();
+    assert_eq!(
+        calls(&log),
+        [
+            ("GET", "/api/v1/instances"),
+            ("POST", "/api/v1/instance-operations/terminate"),
+            ("GET", "/api/v1/ssh-keys"),
+            ("DELETE", "/api/v1/ssh-keys/5c0ffee0aa11bb22cc33dd44ee55ff66")
+        ]
+    );
+    assert!(log.iter().all(|e| e.status == 200), "{log:?}");
+
+    let c = Contract::start().await;
+    c.prefer("POST", "/instance-operations/launch", "code=400, example=insufficient-capacity");
+    let err =
+        c.backend(&[]).create(&with_key(spec("kpool-new", "us-east-1", "gpu_1x_a10"), REGISTERED)).await.unwrap_err();
+    assert_eq!(err.category(), "InsufficientCapacity", "{err}");
+    let log = c.exchanges();
+    assert_eq!(
+        calls(&log)[2..],
+        [
+            ("POST", "/api/v1/instance-operations/launch"),
+            ("GET", "/api/v1/ssh-keys"),
+            ("DELETE", "/api/v1/ssh-keys/7e57ab1e00aa11bb22cc33dd44ee55ff")
+        ]
+    );
 }

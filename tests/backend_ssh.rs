@@ -42,7 +42,7 @@ fn requirements(spec: ResourcesSpec) -> Requirements {
 }
 
 fn spec(name: &str, offer: &Offer) -> MachineSpec {
-    MachineSpec { name: name.into(), offer: offer.clone(), tags: Default::default() }
+    MachineSpec { name: name.into(), offer: offer.clone(), tags: Default::default(), ssh_public_key: None }
 }
 
 fn this_machine_cpus() -> u32 {

@@ -485,6 +485,7 @@ async fn a_host_that_does_not_answer_is_unreachable_within_the_timeout() {
         private_key: key_pem(CLIENT_SEED),
         known_hosts: KnownHosts::default(),
         connect_timeout: Some(Duration::from_millis(500)),
+        pin_as: None,
     };
     let exec = SshExecutor::new(Arc::new(TestTargets(login)), Arc::new(ApiEnv::new(api().await)));
     let job = Job::new(&["true"]);
@@ -660,6 +661,9 @@ async fn api_targets_reach_the_host_of_the_instance_offer() {
     let mut cloud = Backend::new("cloud", BackendSpec { type_: BackendType::Aws, ..Default::default() });
     cloud.metadata.namespace = Some(NS.into());
     backends.create(&PostParams::default(), &cloud).await.unwrap();
+    let mut cluster = Backend::new("cluster", BackendSpec { type_: BackendType::Kubernetes, ..Default::default() });
+    cluster.metadata.namespace = Some(NS.into());
+    backends.create(&PostParams::default(), &cluster).await.unwrap();
 
     let on = |backend: &str, host: &str| {
         let mut i = instance();
@@ -680,8 +684,14 @@ async fn api_targets_reach_the_host_of_the_instance_offer() {
     assert_eq!(exec.status(&job.run, &on("byo", "box-1")).await.unwrap(), JobState::Exited(0));
     assert_eq!(exec.logs(&job.run, &on("byo", "box-1"), 0).await.unwrap().0, "via the API\n");
 
+    // Cloud machines are reached at their address (tests/run_ssh.rs runs a job on one).
     let err = exec.start(&job.run, &on("cloud", "m5.xlarge")).await.unwrap_err();
-    assert!(matches!(err, ExecError::Unsupported(ref m) if m.contains("backend cloud of type aws")), "{err:?}");
+    assert!(matches!(err, ExecError::Other(ref m) if m.contains("no address yet")), "{err:?}");
+    let err = exec.start(&job.run, &on("cluster", "node-1")).await.unwrap_err();
+    assert!(
+        matches!(err, ExecError::Unsupported(ref m) if m.contains("backend cluster of type kubernetes")),
+        "{err:?}"
+    );
     let err = exec.status(&job.run, &on("byo", "box-9")).await.unwrap_err();
     assert!(matches!(err, ExecError::Other(ref m) if m.contains("\"box-9\"")), "{err:?}");
     let err = exec.status(&job.run, &on("gone", "box-1")).await.unwrap_err();

@@ -1,18 +1,27 @@
-//! Runs end to end on a host you own: the controllers (against the in-memory API) with
-//! the production backend factory and executor, a real sshd on loopback as the host. An
-//! instance takes the host, a run executes there over SSH, its exit code and output come
-//! back, and the host goes back to idle for the next run.
+//! Runs end to end over SSH: the controllers (against the in-memory API) with the
+//! production backend factory and executor, a real sshd on loopback as the host.
+//! - A host you own: an instance takes the host, a run executes there over SSH, its exit
+//!   code and output come back, and the host goes back to idle for the next run.
+//! - A cloud machine: an instance of an `aws` Backend is launched through moto (EC2 on
+//!   loopback, from scripts/peers/moto.sh) with its own key in the launch's user data; the
+//!   sshd plays the machine, authorising exactly the keys of that user data, and the run
+//!   executes there with the private key from the instance's Secret.
 
 mod support;
+#[allow(dead_code)]
+mod support_aws;
 mod support_ssh;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::ByteString;
-use kpool::api::backend::{Backend, BackendSpec, BackendType, Credentials, SecretRef, SshBackendConfig};
+use kpool::api::backend::{
+    AwsBackendConfig, Backend, BackendSpec, BackendType, CatalogSource, ConfigMapRef, Credentials, SecretRef,
+    SshBackendConfig,
+};
 use kpool::api::instance::{InstancePhase, InstanceSpec};
 use kpool::api::policy::PolicySpec;
 use kpool::api::resources::ResourcesSpec;
@@ -105,5 +114,129 @@ async fn runs_execute_on_an_ssh_host_and_the_host_is_reused() {
         std::path::Path::new(&std::env::var("HOME").unwrap())
             .join(".kpool/runs")
             .join(h.get_run("first").await.metadata.uid.unwrap_or_default()),
+    );
+}
+
+/// The `ssh_authorized_keys` entries of the cloud-config user data of EC2 instance `id`,
+/// as moto stored them from the launch request.
+async fn authorized_keys_in_user_data(moto: &support_aws::Moto, id: &str) -> Vec<String> {
+    use base64::Engine;
+    use kpool::backends::aws::client::{Ec2Client, Params};
+    let creds = kpool::backends::aws::sigv4::Credentials {
+        access_key_id: moto.access_key_id.clone(),
+        secret_access_key: moto.secret_access_key.clone(),
+        session_token: None,
+    };
+    let ec2 = Ec2Client::new(creds, Some(&moto.endpoint), Duration::from_secs(30)).unwrap();
+    let mut p = Params::new();
+    p.set("InstanceId", id).set("Attribute", "userData");
+    let answer = ec2.call("us-east-1", "DescribeInstanceAttribute", &p).await.unwrap();
+    let encoded = answer.split("<value>").nth(1).and_then(|v| v.split("</value>").next()).expect("user data");
+    let text = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(encoded.trim()).unwrap()).unwrap();
+    assert!(text.starts_with("#cloud-config\nssh_authorized_keys:\n"), "{text}");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("  - "))
+        .map(|quoted| serde_json::from_str::<String>(quoted).expect("a JSON string"))
+        .collect()
+}
+
+#[tokio::test]
+async fn runs_execute_over_ssh_on_an_aws_instance_with_its_own_key() {
+    let moto = support_aws::moto();
+    let sshd = Sshd::start();
+    let h = Harness::with_real_backends().await;
+    h.create(Secret {
+        metadata: ObjectMeta { name: Some("aws-creds".into()), ..Default::default() },
+        data: Some(BTreeMap::from([
+            ("aws_access_key_id".to_string(), ByteString(moto.access_key_id.clone().into_bytes())),
+            ("aws_secret_access_key".to_string(), ByteString(moto.secret_access_key.clone().into_bytes())),
+        ])),
+        ..Default::default()
+    })
+    .await;
+    h.create(ConfigMap {
+        metadata: ObjectMeta { name: Some("catalog".into()), ..Default::default() },
+        data: Some(BTreeMap::from([(
+            "aws.csv".to_string(),
+            "instance_name,location,price,cpu,memory,gpu_count,gpu_name,gpu_memory,spot,disk_size,gpu_vendor,flags,cpu_arch,provider_data\n\
+             t3.micro,us-east-1,0.0104,2,1.0,0,,,False,,,,x86,{}\n"
+                .to_string(),
+        )])),
+        ..Default::default()
+    })
+    .await;
+    h.create(Backend::new(
+        "cloud",
+        BackendSpec {
+            type_: BackendType::Aws,
+            regions: vec!["us-east-1".into()],
+            endpoint: Some(moto.endpoint.clone()),
+            credentials: Some(Credentials { secret_ref: SecretRef { name: "aws-creds".into() } }),
+            catalog: Some(CatalogSource { config_map_ref: Some(ConfigMapRef { name: "catalog".into() }) }),
+            aws: Some(AwsBackendConfig {
+                image_id: moto.image_id.clone(),
+                // The sshd plays the machine: its port, and the user it runs as.
+                ssh_port: Some(sshd.port),
+                ssh_user: Some(current_user()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ))
+    .await;
+    let small = ResourcesSpec { cpu: Some("1..".into()), memory: Some("1GB..".into()), ..Default::default() };
+    let pin =
+        PolicySpec { backends: Some(vec!["cloud".into()]), idle_duration: Some("off".into()), ..Default::default() };
+    h.instance("vm", InstanceSpec { resources: small.clone(), policy: pin, ..Default::default() }).await;
+    h.settle(3).await;
+    let inst = h.get_instance("vm").await;
+    let st = inst.status.clone().unwrap();
+    assert_eq!(st.phase, InstancePhase::Idle, "{:?}", st.conditions);
+    let provider_id = st.provider_id.clone().expect("an EC2 instance id");
+    assert!(st.address.is_some(), "moto reports an address: {st:?}");
+
+    // The key Secret: owned by the instance, and its public key is in the launch's user data.
+    let secret = h.api::<Secret>().get("vm-ssh").await.expect("the instance's key Secret");
+    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/ssh-auth"));
+    assert_eq!(secret.metadata.labels.as_ref().unwrap()["kpool.dev/managed-by"], "kpool");
+    let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!((owner.kind.as_str(), Some(owner.uid.clone())), ("Instance", inst.metadata.uid.clone()));
+    let data = secret.data.unwrap();
+    let public = String::from_utf8(data["ssh-publickey"].0.clone()).unwrap();
+    let keys = authorized_keys_in_user_data(moto, &provider_id).await;
+    assert_eq!(keys, [public], "user data carries the instance's key (the backend sets none)");
+    // cloud-init's part: the "machine" authorises exactly the keys of its user data (the
+    // harness's own client key is gone, so only the instance's key logs in).
+    std::fs::write(sshd.dir.join("authorized_keys"), format!("{}\n", keys.join("\n"))).unwrap();
+
+    // moto's addresses are made up and lead nowhere: point the instance at the loopback
+    // sshd, as the machine's real public address would be.
+    h.api::<kpool::api::instance::Instance>()
+        .patch_status(
+            "vm",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"status": {"address": "127.0.0.1"}})),
+        )
+        .await
+        .unwrap();
+
+    let spec = RunSpec {
+        resources: small,
+        commands: vec!["echo \"cloud $((40 + 2)) as $(id -un)\"".into(), "exit 5".into()],
+        ..Default::default()
+    };
+    h.run("on-vm", spec).await;
+    let st = until_finished(&h, "on-vm").await;
+    assert_eq!((st.phase, st.exit_code, st.instance.as_deref()), (RunPhase::Failed, Some(5), Some("vm")), "{st:?}");
+    let executor = DispatchExecutor::new(h.client.clone(), Arc::new(DefaultFactory::new(h.client.clone())));
+    let run = h.get_run("on-vm").await;
+    let (text, _) = executor.logs(&run, &h.get_instance("vm").await, 0).await.unwrap();
+    assert_eq!(text, format!("cloud 42 as {}\n", current_user()));
+    assert!(sshd.logins() >= 2, "the job ran over SSH: {}", sshd.log());
+    assert_eq!(h.get_instance("vm").await.status.unwrap().phase, InstancePhase::Idle, "released after the run");
+    let _ = std::fs::remove_dir_all(
+        std::path::Path::new(&std::env::var("HOME").unwrap())
+            .join(".kpool/runs")
+            .join(run.metadata.uid.unwrap_or_default()),
     );
 }

@@ -203,9 +203,22 @@ pub struct BackendSpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LambdaBackendConfig {
-    /// Names of SSH keys registered with Lambda Cloud to install on the machines.
+    /// Names of SSH keys registered with Lambda Cloud to install on machines launched
+    /// without a key of their own. kpool gives every instance its own key (registered under
+    /// the machine name, deleted with the machine) and Lambda takes one key per launch, so
+    /// instances of a Lambda backend carry only their own key; reach one by hand with the
+    /// key in its Secret `<instance>-ssh`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ssh_key_names: Vec<String>,
+    /// User kpool logs in as to run jobs on the machines. Defaults to `ubuntu` (Lambda
+    /// Stack images).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), extend("default" = "ubuntu"))]
+    pub ssh_user: Option<String>,
+    /// SSH port of the machines. Defaults to `22`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535), extend("default" = 22))]
+    pub ssh_port: Option<u16>,
 }
 
 /// Settings of an `aws` (EC2) backend.
@@ -223,9 +236,47 @@ pub struct AwsBackendConfig {
     /// Security groups of the machines.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub security_group_ids: Vec<String>,
-    /// An SSH public key put into the machines' authorized keys at launch (cloud-init).
+    /// An SSH public key put into the machines' authorized keys at launch (cloud-init),
+    /// next to the instance's own key, which kpool generates, keeps in the Secret
+    /// `<instance>-ssh` and runs jobs with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_public_key: Option<String>,
+    /// User kpool logs in as to run jobs on the machines: the AMI's default user, which
+    /// cloud-init gives the keys to. Defaults to `ubuntu` (Ubuntu AMIs; `ec2-user` on
+    /// Amazon Linux).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), extend("default" = "ubuntu"))]
+    pub ssh_user: Option<String>,
+    /// SSH port of the machines. Defaults to `22`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535), extend("default" = 22))]
+    pub ssh_port: Option<u16>,
+}
+
+/// User kpool logs in as on machines of `aws` and `lambda` backends unless `sshUser` says.
+pub const DEFAULT_CLOUD_SSH_USER: &str = "ubuntu";
+/// SSH port of machines of `aws` and `lambda` backends unless `sshPort` says.
+pub const DEFAULT_CLOUD_SSH_PORT: u16 = 22;
+
+impl BackendSpec {
+    /// Whether instances of this backend are VMs that kpool reaches over SSH at their
+    /// address, with a key of their own (`aws`, `lambda`).
+    pub fn is_cloud_vm(&self) -> bool {
+        matches!(self.type_, BackendType::Aws | BackendType::Lambda)
+    }
+
+    /// User and port to log in to an instance of a cloud VM backend ([`Self::is_cloud_vm`]).
+    pub fn cloud_ssh(&self) -> (String, u16) {
+        let (user, port) = match self.type_ {
+            BackendType::Aws => self.aws.as_ref().map(|a| (a.ssh_user.clone(), a.ssh_port)).unwrap_or_default(),
+            BackendType::Lambda => self.lambda.as_ref().map(|l| (l.ssh_user.clone(), l.ssh_port)).unwrap_or_default(),
+            _ => (None, None),
+        };
+        (
+            user.filter(|u| !u.is_empty()).unwrap_or_else(|| DEFAULT_CLOUD_SSH_USER.to_string()),
+            port.unwrap_or(DEFAULT_CLOUD_SSH_PORT),
+        )
+    }
 }
 
 /// Observed state of a `Backend`.

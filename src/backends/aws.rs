@@ -16,8 +16,11 @@
 //!   instance type, one instance, a client token that starts as the machine name (EC2
 //!   answers a repeated launch with the instance it already started; the `launch` module
 //!   says how tokens move on past dead instances), the spot market when the offer is spot
-//!   (one-time, terminate on interruption), the SSH public key as cloud-init
-//!   `ssh_authorized_keys` user data, and the subnet and security groups when set.
+//!   (one-time, terminate on interruption), cloud-init user data whose
+//!   `ssh_authorized_keys` hold the backend's SSH public key and the instance's own
+//!   ([`MachineSpec::ssh_public_key`], the key kpool runs jobs with), and the subnet and
+//!   security groups when set. EC2 cannot change user data of a running instance: an
+//!   instance found by `create` keeps the keys it was launched with.
 //! - `get` looks the instance up by [`TAG_MACHINE`] in the region it was last seen in,
 //!   then in every region; when several carry the name, the most alive wins (running,
 //!   pending, stopping/stopped, shutting-down, terminated), then the newest. States:
@@ -169,7 +172,7 @@ impl AwsBackend {
             }
         }
         let ssh_public_key = config.ssh_public_key.map(|k| k.trim().to_string()).filter(|k| !k.is_empty());
-        if ssh_public_key.as_ref().is_some_and(|k| k.contains('\n') || k.split_whitespace().count() < 2) {
+        if ssh_public_key.as_deref().is_some_and(|k| !is_public_key_line(k)) {
             return Err(invalid("ssh_public_key", "must be one line: TYPE KEY [COMMENT]"));
         }
         let credentials = Credentials {
@@ -306,6 +309,9 @@ impl Backend for AwsBackend {
         if offer.instance_type.is_empty() {
             return Err(BackendError::InvalidConfig("offer has no instance type".into()));
         }
+        if spec.ssh_public_key.as_deref().is_some_and(|k| !is_public_key_line(k)) {
+            return Err(BackendError::InvalidConfig("the instance's SSH public key is not one line".into()));
+        }
         let Some(image_id) = self.image_id.as_deref() else {
             return Err(invalid("image_id", "the AMI to launch is not set"));
         };
@@ -363,6 +369,12 @@ impl Backend for AwsBackend {
         }
         Ok(machines)
     }
+}
+
+/// Whether `key` looks like one `authorized_keys` line: `TYPE KEY [COMMENT]`.
+fn is_public_key_line(key: &str) -> bool {
+    let key = key.trim();
+    !key.contains('\n') && !key.contains('\r') && key.split_whitespace().count() >= 2
 }
 
 fn invalid(field: &str, why: &str) -> BackendError {

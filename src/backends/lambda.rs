@@ -19,6 +19,18 @@
 //!   the live one (booting, active, unhealthy) with that name; otherwise it calls
 //!   `POST /instance-operations/launch` with `region_name`, `instance_type_name`,
 //!   `ssh_key_names`, `file_system_names: []`, `quantity: 1` and `name`.
+//! - SSH keys: Lambda installs keys registered in the account, and takes exactly one per
+//!   launch. When the machine spec carries the instance's own public key
+//!   ([`MachineSpec::ssh_public_key`], which kpool runs jobs with), `create` registers it
+//!   under the machine name (`GET /ssh-keys`, then `POST /ssh-keys` with `name` and
+//!   `public_key` unless a key of that name and content is there; a key of that name with
+//!   other content is deleted first) and launches with that key alone; the configured
+//!   `ssh_key_names` are used only for specs without a key. A failed launch deletes the
+//!   key again. `delete` deletes the key of that name (`DELETE /ssh-keys/{id}`) once the
+//!   instance is terminating. Keys stay in the account (named `kpool-<uid>`, public halves
+//!   only) when kpool never terminates their machine itself: a launch lost to a controller
+//!   crash, a machine Lambda preempted or someone terminated outside kpool. The garbage
+//!   collector does not sweep keys yet.
 //! - `get` finds the instance by name in `GET /instances` (the most alive one when several
 //!   carry it). States: booting -> Pending; active -> Running (address = `ip`); unhealthy ->
 //!   Running (the VM is up but failing Lambda's health checks; kpool's own readiness
@@ -38,7 +50,9 @@
 //! 429 -> RateLimited (with `Retry-After`); 5xx, anything else and transport failures ->
 //! Other.
 //!
-//! Limits: Lambda accepts exactly one SSH key per launch; the boot disk is the type's.
+//! Limits: Lambda accepts exactly one SSH key per launch, so a machine launched with the
+//! instance's own key does not get the configured `ssh_key_names` (reach it by hand with the
+//! key from the instance's Secret); the boot disk is the type's.
 
 pub mod client;
 
@@ -154,6 +168,51 @@ impl LambdaBackend {
         Ok(found)
     }
 
+    /// The SSH keys registered under `name`.
+    async fn keys_named(&self, name: &str) -> Result<Vec<SshKey>, BackendError> {
+        let keys: Vec<SshKey> =
+            self.client.get("/ssh-keys").await.map_err(|e| map_error("failed to list SSH keys", Op::Other, e))?;
+        Ok(keys.into_iter().filter(|k| k.name == name).collect())
+    }
+
+    /// Registers `public_key` under `name`, unless that very key is registered already.
+    async fn register_key(&self, name: &str, public_key: &str) -> Result<(), BackendError> {
+        let existing = self.keys_named(name).await?;
+        if existing.iter().any(|k| same_key(&k.public_key, public_key)) {
+            return Ok(());
+        }
+        for stale in existing {
+            self.delete_key(name, &stale.id).await?;
+        }
+        let body = json!({ "name": name, "public_key": public_key });
+        let added: SshKey = self
+            .client
+            .post("/ssh-keys", &body)
+            .await
+            .map_err(|e| map_error(&format!("failed to register the SSH key of {name}"), Op::Other, e))?;
+        tracing::info!(machine = %name, key = %added.id, "registered the instance's SSH key");
+        Ok(())
+    }
+
+    /// Deletes every SSH key registered under `name`.
+    async fn forget_key(&self, name: &str) -> Result<(), BackendError> {
+        for key in self.keys_named(name).await? {
+            self.delete_key(name, &key.id).await?;
+        }
+        Ok(())
+    }
+
+    async fn delete_key(&self, name: &str, id: &str) -> Result<(), BackendError> {
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(BackendError::Other(format!("SSH key {name} has an unexpected id {id:?}")));
+        }
+        let deleted: Result<serde_json::Value, _> = self.client.delete(&format!("/ssh-keys/{id}")).await;
+        match deleted.map_err(|e| map_error(&format!("failed to delete the SSH key of {name}"), Op::Other, e)) {
+            Ok(_) | Err(BackendError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     fn machine(&self, instance: &Instance, tags: BTreeMap<String, String>) -> Machine {
         let state = state_of(&instance.status);
         Machine {
@@ -216,23 +275,41 @@ impl Backend for LambdaBackend {
         if offer.instance_type.is_empty() || offer.region.is_empty() {
             return Err(BackendError::InvalidConfig("the offer has no instance type or region".into()));
         }
-        if self.ssh_key_names.is_empty() {
+        let own_key = spec.ssh_public_key.as_deref().map(str::trim).filter(|k| !k.is_empty());
+        if own_key.is_none() && self.ssh_key_names.is_empty() {
             return Err(invalid("ssh_key_names", "an SSH key name is required to launch instances"));
         }
         if let Some(live) = self.named(&spec.name).await?.into_iter().find(|i| is_live(&i.status)) {
             return Ok(self.machine(&live, spec.tags.clone()));
         }
+        let key_names = match own_key {
+            Some(key) => {
+                self.register_key(&spec.name, key).await?;
+                vec![spec.name.clone()]
+            }
+            None => self.ssh_key_names.clone(),
+        };
         let body = json!({
             "region_name": offer.region,
             "instance_type_name": offer.instance_type,
-            "ssh_key_names": self.ssh_key_names,
+            "ssh_key_names": key_names,
             "file_system_names": [],
             "quantity": 1,
             "name": spec.name,
         });
-        let launched: LaunchResponse = self.client.post("/instance-operations/launch", &body).await.map_err(|e| {
-            map_error(&format!("failed to launch {} in {}", offer.instance_type, offer.region), Op::Launch, e)
-        })?;
+        let launched: Result<LaunchResponse, _> = self.client.post("/instance-operations/launch", &body).await;
+        let launched = match launched {
+            Ok(l) => l,
+            Err(e) => {
+                if own_key.is_some() {
+                    if let Err(forget) = self.forget_key(&spec.name).await {
+                        tracing::warn!(machine = %spec.name, error = %forget, "failed to delete the SSH key of a failed launch");
+                    }
+                }
+                let context = format!("failed to launch {} in {}", offer.instance_type, offer.region);
+                return Err(map_error(&context, Op::Launch, e));
+            }
+        };
         let id = launched
             .instance_ids
             .into_iter()
@@ -265,16 +342,15 @@ impl Backend for LambdaBackend {
             .filter(|i| !matches!(i.status.as_str(), "terminating" | "terminated" | "preempted"))
             .map(|i| i.id.as_str())
             .collect();
-        if ids.is_empty() {
-            return Ok(());
+        if !ids.is_empty() {
+            let _: serde_json::Value = self
+                .client
+                .post("/instance-operations/terminate", &json!({ "instance_ids": ids }))
+                .await
+                .map_err(|e| map_error(&format!("failed to terminate {name}"), Op::Other, e))?;
+            tracing::info!(machine = %name, instances = ?ids, "terminating Lambda instances");
         }
-        let _: serde_json::Value = self
-            .client
-            .post("/instance-operations/terminate", &json!({ "instance_ids": ids }))
-            .await
-            .map_err(|e| map_error(&format!("failed to terminate {name}"), Op::Other, e))?;
-        tracing::info!(machine = %name, instances = ?ids, "terminating Lambda instances");
-        Ok(())
+        self.forget_key(name).await
     }
 
     async fn list_owned(&self) -> Result<Vec<Machine>, BackendError> {
@@ -332,6 +408,22 @@ impl Instance {
     fn name(&self) -> &str {
         self.name.as_deref().unwrap_or("")
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct SshKey {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    public_key: String,
+}
+
+/// Whether two `authorized_keys` lines hold the same key (type and data; comments aside).
+fn same_key(a: &str, b: &str) -> bool {
+    let fields = |s: &str| s.split_whitespace().take(2).map(str::to_string).collect::<Vec<_>>();
+    fields(a).len() == 2 && fields(a) == fields(b)
 }
 
 #[derive(Debug, Deserialize)]
@@ -453,6 +545,13 @@ mod tests {
         assert_eq!(parse_gpu("GH200 (96 GB)"), (Some("GH200".into()), 96.0));
         assert_eq!(parse_gpu("B200"), (Some("B200".into()), 0.0));
         assert_eq!(parse_gpu(""), (None, 0.0));
+    }
+
+    #[test]
+    fn compares_keys_without_comments() {
+        assert!(same_key("ssh-ed25519 AAAA kpool-1", "ssh-ed25519 AAAA"));
+        assert!(!same_key("ssh-ed25519 AAAA", "ssh-ed25519 BBBB"));
+        assert!(!same_key("", ""));
     }
 
     #[test]

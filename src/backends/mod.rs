@@ -78,6 +78,10 @@ pub struct MachineSpec {
     pub offer: Offer,
     /// Tags to put on every cloud resource of the machine.
     pub tags: BTreeMap<String, String>,
+    /// The instance's own SSH public key (`ssh-ed25519 AAAA… comment`), which backends of
+    /// VM-like machines (aws, lambda) install for the login user at launch, so that runs can
+    /// be executed over SSH with the private half kept in the instance's Secret.
+    pub ssh_public_key: Option<String>,
 }
 
 /// The provider's view of a machine's lifecycle.

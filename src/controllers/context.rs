@@ -190,9 +190,14 @@ impl Context {
 
     /// The backend built from the `Backend` object `name` of namespace `ns`.
     pub async fn backend(&self, ns: &str, name: &str) -> Result<Arc<dyn Backend>, Error> {
+        Ok(self.backend_and_object(ns, name).await?.0)
+    }
+
+    /// The backend built from the `Backend` object `name` of namespace `ns`, and the object.
+    pub async fn backend_and_object(&self, ns: &str, name: &str) -> Result<(Arc<dyn Backend>, BackendObject), Error> {
         let api: Api<BackendObject> = Api::namespaced(self.client.clone(), ns);
         let obj = api.get_opt(name).await?.ok_or_else(|| Error::MissingBackend(name.to_string(), ns.to_string()))?;
-        self.build_backend(&obj).await
+        Ok((self.build_backend(&obj).await?, obj))
     }
 
     async fn build_backend(&self, obj: &BackendObject) -> Result<Arc<dyn Backend>, Error> {

@@ -22,6 +22,7 @@ use crate::backends::{
 };
 use crate::core::instance::{self as sm, LaunchFailure, NoOffer, Step, POLL_INTERVAL};
 use crate::core::policy::{EffectivePolicy, Origin};
+use crate::exec::ssh::instance_key;
 
 /// Steps taken in one reconcile before handing back to the controller.
 const MAX_STEPS: usize = 8;
@@ -234,7 +235,14 @@ async fn launch(
         st.phase = InstancePhase::Pending;
         return Ok(Next::Continue(ctx.write_status(&inst, &st).await?));
     };
-    let backend = ctx.backend(&ns, &offer.backend).await?;
+    let (backend, object) = ctx.backend_and_object(&ns, &offer.backend).await?;
+    // Instances of cloud VM backends get a key of their own before their machine exists,
+    // so the machine is launched with it and jobs run over SSH with it. An existing key is
+    // reused: a launch that timed out may have started the machine with it.
+    let ssh_public_key = match object.spec.is_cloud_vm() {
+        true => Some(instance_key::ensure(&ctx.client, &inst).await?.public_key),
+        false => None,
+    };
     let name = st.machine_name.clone().unwrap_or_default();
     let tags = BTreeMap::from([
         (TAG_MANAGED_BY.to_string(), "kpool".to_string()),
@@ -242,7 +250,7 @@ async fn launch(
         (TAG_INSTANCE.to_string(), format!("{ns}/{}", inst.name_any())),
         (TAG_POOL.to_string(), st.pool.clone().unwrap_or_default()),
     ]);
-    let spec = MachineSpec { name, offer: offer.clone(), tags };
+    let spec = MachineSpec { name, offer: offer.clone(), tags, ssh_public_key };
     ctx.metrics.launch_attempted(&offer.backend);
     match backend.create(&spec).await {
         Ok(machine) => {

@@ -39,6 +39,8 @@ pub enum Error {
     StillDeleting(String),
     #[error("backend {0} is not defined in namespace {1}")]
     MissingBackend(String, String),
+    #[error("failed to set up the instance's SSH key")]
+    InstanceKey(#[from] crate::exec::ssh::instance_key::KeyError),
     #[error("failed to run the finalizer")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -54,6 +56,7 @@ impl Error {
             Error::Invalid(_) => "InvalidSpec",
             Error::StillDeleting(_) => "StillDeleting",
             Error::MissingBackend(..) => "MissingBackend",
+            Error::InstanceKey(_) => "InstanceKey",
             Error::Finalizer(e) => match e.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
                     e.category()

@@ -1,7 +1,8 @@
 //! The production executor: picks how to run a job from the instance's backend type.
-//! Instances of `ssh` backends run jobs over SSH; the other backends have no job runner
-//! yet, so their runs hold the instance (as [`HoldExecutor`](super::HoldExecutor) does)
-//! until stopped, deleted or `maxDuration`.
+//! Instances of `ssh`, `aws` and `lambda` backends run jobs over SSH (hosts you own with
+//! the backend's key; cloud machines at their address with the instance's own key); the
+//! other backends (`kubernetes`) have no job runner yet, so their runs hold the instance
+//! (as [`HoldExecutor`](super::HoldExecutor) does) until stopped, deleted or `maxDuration`.
 
 use std::sync::Arc;
 
@@ -38,7 +39,7 @@ impl DispatchExecutor {
 
     async fn pick(&self, instance: &Instance) -> Result<&dyn Executor, ExecError> {
         Ok(match self.backend_type(instance).await? {
-            Some(BackendType::Ssh) => &self.ssh,
+            Some(t) if runs_over_ssh(t) => &self.ssh,
             _ => &self.hold,
         })
     }
@@ -61,11 +62,16 @@ impl Executor for DispatchExecutor {
 impl JobLogs for DispatchExecutor {
     async fn logs(&self, run: &Run, instance: &Instance, from_byte: u64) -> Result<(String, u64), ExecError> {
         match self.backend_type(instance).await? {
-            Some(BackendType::Ssh) => self.ssh.logs(run, instance, from_byte).await,
+            Some(t) if runs_over_ssh(t) => self.ssh.logs(run, instance, from_byte).await,
             other => Err(ExecError::Unsupported(format!(
                 "runs on {} backends execute nothing yet, so they have no logs",
                 other.map(|t| t.as_str()).unwrap_or("unknown")
             ))),
         }
     }
+}
+
+/// Whether jobs on instances of backends of type `t` run over SSH.
+fn runs_over_ssh(t: BackendType) -> bool {
+    matches!(t, BackendType::Ssh | BackendType::Aws | BackendType::Lambda)
 }

@@ -4,8 +4,10 @@
 //!
 //! Executors:
 //! - [`ssh::SshExecutor`] runs the commands on hosts reached over SSH (instances of
-//!   `ssh` backends), detached from the connection, in a job directory on the host
-//!   (see the [`ssh`] module for the layout, and [`JobLogs`] for reading the output);
+//!   `ssh` backends with the backend's key; instances of `aws` and `lambda` backends at
+//!   their address with their own key, see [`ssh::instance_key`]), detached from the
+//!   connection, in a job directory on the host (see the [`ssh`] module for the layout,
+//!   and [`JobLogs`] for reading the output);
 //! - [`HoldExecutor`] holds the instance without running anything;
 //! - [`ScriptedExecutor`] is the test double.
 //!

@@ -158,6 +158,7 @@ impl Sshd {
             private_key: key_pem(CLIENT_SEED),
             known_hosts: KnownHosts::default(),
             connect_timeout: Some(Duration::from_secs(5)),
+            pin_as: None,
         }
     }
 

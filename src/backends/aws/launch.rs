@@ -45,8 +45,9 @@ impl AwsBackend {
                 .set("InstanceMarketOptions.SpotOptions.SpotInstanceType", "one-time")
                 .set("InstanceMarketOptions.SpotOptions.InstanceInterruptionBehavior", "terminate");
         }
-        if let Some(key) = &self.ssh_public_key {
-            p.set("UserData", user_data(key));
+        let keys: Vec<&str> = self.ssh_public_key.iter().chain(&spec.ssh_public_key).map(String::as_str).collect();
+        if !keys.is_empty() {
+            p.set("UserData", user_data(&keys));
         }
         if let Some(subnet) = &self.subnet_id {
             p.set("SubnetId", subnet);
@@ -118,9 +119,14 @@ fn sha256_hex(s: &str) -> String {
     sigv4::hex(ring::digest::digest(&ring::digest::SHA256, s.as_bytes()).as_ref())
 }
 
-/// Base64 cloud-config that authorises `key` for the image's default user.
-pub(super) fn user_data(key: &str) -> String {
-    // A JSON string is a YAML scalar: no quoting rules to get wrong.
-    let quoted = serde_json::to_string(key).expect("a string serialises");
-    base64::engine::general_purpose::STANDARD.encode(format!("#cloud-config\nssh_authorized_keys:\n  - {quoted}\n"))
+/// Base64 cloud-config that authorises `keys` (the backend's, then the instance's own)
+/// for the image's default user.
+pub(super) fn user_data(keys: &[&str]) -> String {
+    let mut text = String::from("#cloud-config\nssh_authorized_keys:\n");
+    for key in keys {
+        // A JSON string is a YAML scalar: no quoting rules to get wrong.
+        let quoted = serde_json::to_string(key.trim()).expect("a string serialises");
+        text.push_str(&format!("  - {quoted}\n"));
+    }
+    base64::engine::general_purpose::STANDARD.encode(text)
 }

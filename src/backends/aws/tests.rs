@@ -52,6 +52,7 @@ fn spec(name: &str, offer: Offer) -> MachineSpec {
             (TAG_MANAGED_BY.to_string(), "kpool".to_string()),
             ("kpool.dev/pool".to_string(), "default".to_string()),
         ]),
+        ssh_public_key: None,
     }
 }
 
@@ -205,6 +206,30 @@ fn launch_parameters() {
 
     let p = backend.launch_params(&spec("kpool-abc", offer("us-east-1", "g5.xlarge", false)), "ami-1");
     assert_eq!(p.get("InstanceMarketOptions.MarketType"), None);
+
+    // The instance's own key goes next to the backend's.
+    let mut own = spec("kpool-abc", offer("us-east-1", "g5.xlarge", false));
+    own.ssh_public_key = Some("ssh-ed25519 AAAAinstance kpool-abc".into());
+    let p = backend.launch_params(&own, "ami-1");
+    let user_data = base64::engine::general_purpose::STANDARD.decode(p.get("UserData").unwrap()).unwrap();
+    assert_eq!(
+        String::from_utf8(user_data).unwrap(),
+        "#cloud-config\nssh_authorized_keys:\n  - \"ssh-ed25519 AAAAC3Nz me@host\"\n  - \"ssh-ed25519 AAAAinstance kpool-abc\"\n"
+    );
+}
+
+#[test]
+fn the_instance_key_alone_makes_user_data() {
+    let backend = AwsBackend::new("aws", config(), vec![]).unwrap();
+    let mut s = spec("kpool-abc", offer("us-east-1", "t3.micro", false));
+    s.ssh_public_key = Some("ssh-ed25519 AAAAinstance kpool-abc".into());
+    let user_data = base64::engine::general_purpose::STANDARD
+        .decode(backend.launch_params(&s, "ami-1").get("UserData").unwrap())
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(user_data).unwrap(),
+        "#cloud-config\nssh_authorized_keys:\n  - \"ssh-ed25519 AAAAinstance kpool-abc\"\n"
+    );
 }
 
 #[test]

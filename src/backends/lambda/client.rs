@@ -117,6 +117,11 @@ impl LambdaClient {
         self.call(hyper::Method::POST, path, Some(body.to_string())).await
     }
 
+    /// `DELETE base+path`; the `data` of a 2xx answer.
+    pub async fn delete<T: for<'de> Deserialize<'de>>(&self, path: &str) -> Result<T, CallError> {
+        self.call(hyper::Method::DELETE, path, None).await
+    }
+
     async fn call<T: for<'de> Deserialize<'de>>(
         &self,
         method: hyper::Method,

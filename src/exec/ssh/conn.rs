@@ -3,7 +3,10 @@
 //!
 //! Host keys: the backend's record ([`KnownHosts`], filled when the backend probed the
 //! host) is authoritative for the hosts it has seen; a host it has not seen is trusted on
-//! first use and remembered in the executor's own record ([`Tofu`]).
+//! first use and remembered in the executor's own record ([`Tofu`]), by `host:port`, or
+//! by [`SshLogin::pin_as`] and `host:port` when the login says (cloud instances: their
+//! UID, so a new machine that reuses an address is not refused, while the machine of one
+//! instance showing another key is).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -106,7 +109,10 @@ pub(crate) async fn connect(login: &SshLogin, tofu: &Tofu, timeout: Duration) ->
             ..client::Config::default()
         });
         let handler = Handler {
-            id: format!("{}:{}", t.host, t.port),
+            id: match &login.pin_as {
+                Some(scope) => format!("{scope}@{}:{}", t.host, t.port),
+                None => format!("{}:{}", t.host, t.port),
+            },
             known: login.known_hosts.clone(),
             tofu: tofu.clone(),
             host: t.host.clone(),

@@ -48,6 +48,7 @@
 //! [`ExecError::Unreachable`]. Each call opens its own connection and closes it.
 
 mod conn;
+pub mod instance_key;
 pub mod script;
 mod targets;
 
@@ -97,6 +98,10 @@ pub struct SshLogin {
     pub known_hosts: KnownHosts,
     /// Login timeout; the executor's default when `None`.
     pub connect_timeout: Option<Duration>,
+    /// Scope of the host key the executor trusts on first use and then pins (with
+    /// `host:port`): the instance's UID for cloud instances, whose addresses are reused by
+    /// other machines later; `None` pins by `host:port` alone (hosts you own).
+    pub pin_as: Option<String>,
 }
 
 /// Tells how to reach an instance's host.
@@ -128,8 +133,9 @@ impl SshExecutor {
         }
     }
 
-    /// The production executor: hosts from the instances' ssh `Backend`s ([`ApiTargets`]),
-    /// environment from the API ([`ApiEnv`]).
+    /// The production executor: hosts from the instances' `Backend`s and, for cloud
+    /// machines, their status and key Secret ([`ApiTargets`]); environment from the API
+    /// ([`ApiEnv`]).
     pub fn from_api(client: kube::Client, factory: Arc<DefaultFactory>) -> Self {
         Self::new(Arc::new(ApiTargets::new(client.clone(), factory)), Arc::new(ApiEnv::new(client)))
     }
