@@ -531,3 +531,44 @@ async fn a_token_used_by_another_launch_returns_its_live_instance_or_moves_on() 
     assert_eq!(env.proxy.seen("RunInstances").len(), 3, "no launch after the mismatch");
     assert_eq!(count_instances(&env.instances_named("us-east-1", "kpool-mismatch").await), 1);
 }
+
+#[tokio::test]
+async fn the_boot_volume_is_sized_to_the_offers_disk() {
+    let env = Env::new().await;
+    let mut sized = on_demand("kpool-disk");
+    sized.offer.disk = Some(120.0);
+    let created = env.backend().create(&sized).await.unwrap();
+    // The AMI's root device was read once and mapped to a gp3 volume of that size.
+    let images = env.proxy.seen("DescribeImages");
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0].params.get("ImageId.1"), Some(&env.moto.image_id));
+    let run = env.proxy.seen("RunInstances");
+    let params = &run.last().unwrap().params;
+    assert_eq!(params.get("BlockDeviceMapping.1.Ebs.VolumeSize").map(String::as_str), Some("120"));
+    assert!(params.get("BlockDeviceMapping.1.DeviceName").is_some_and(|d| d.starts_with("/dev/")), "{params:?}");
+    // What EC2 made: a 120 GB volume attached to the instance.
+    let mut p = Params::new();
+    p.filter("attachment.instance-id", &[&created.provider_id]);
+    let volumes = env.raw().call("us-east-1", "DescribeVolumes", &p).await.unwrap();
+    assert!(volumes.contains("<size>120</size>"), "{volumes}");
+
+    // Without a disk size, no mapping and no image lookup.
+    env.backend().create(&on_demand("kpool-no-disk")).await.unwrap();
+    assert_eq!(env.proxy.seen("DescribeImages").len(), 1);
+    assert!(env.proxy.seen("RunInstances").last().unwrap().params.get("BlockDeviceMapping.1.DeviceName").is_none());
+}
+
+#[tokio::test]
+async fn a_disk_size_with_an_ami_the_region_lacks_is_invalid_config() {
+    let env = Env::new().await;
+    let mut cfg = env.config();
+    cfg.image_id = Some("ami-0000000000000dead".into());
+    let backend = AwsBackend::new("aws", cfg, catalog()).unwrap();
+    let mut sized = on_demand("kpool-disk-bad-ami");
+    sized.offer.disk = Some(50.0);
+    match backend.create(&sized).await {
+        Err(BackendError::InvalidConfig(msg)) => assert!(msg.contains("ami-0000000000000dead"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(env.proxy.seen("RunInstances").is_empty(), "nothing launched");
+}

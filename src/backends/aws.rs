@@ -42,11 +42,16 @@
 //! (including no answer within the timeout) -> Other. Messages carry the AWS code and
 //! message, never a credential.
 //!
-//! Permissions: `ec2:DescribeInstances`, `ec2:RunInstances`, `ec2:CreateTags` (tags at
-//! launch), `ec2:TerminateInstances`.
+//! Permissions: `ec2:DescribeInstances`, `ec2:DescribeImages`, `ec2:RunInstances`,
+//! `ec2:CreateTags` (tags at launch), `ec2:TerminateInstances`.
 //!
-//! Limits: the boot disk is the AMI's (an offer's `disk` is not applied); offers are the
-//! catalog's, not checked against the account's quotas or the region's instance types.
+//! Boot disk: catalog offers without a `disk_size` take the requirement's minimum disk
+//! (`offers`); a launch with a disk size reads the AMI's root device name
+//! (`DescribeImages`, once per region) and maps it to a gp3 volume of that many GB
+//! (rounded up), deleted with the instance. Without a disk size the AMI's default applies.
+//!
+//! Limits: offers are the catalog's, not checked against the account's quotas or the
+//! region's instance types.
 
 pub mod client;
 mod errors;
@@ -142,6 +147,8 @@ pub struct AwsBackend {
     page_size: u32,
     /// Region each machine was last seen in.
     seen_in: Mutex<HashMap<String, String>>,
+    /// Root device name of the AMI, by region (read once with `DescribeImages`).
+    root_devices: Mutex<HashMap<String, String>>,
 }
 
 impl AwsBackend {
@@ -198,6 +205,7 @@ impl AwsBackend {
             client,
             page_size: DEFAULT_PAGE_SIZE,
             seen_in: Mutex::new(HashMap::new()),
+            root_devices: Mutex::new(HashMap::new()),
         })
     }
 
@@ -218,6 +226,31 @@ impl AwsBackend {
         let seen = self.seen_in.lock().expect("seen_in").get(name).cloned().filter(|r| self.regions.contains(r));
         let others = self.regions.iter().filter(|r| Some(*r) != seen.as_ref()).cloned().collect();
         (seen, others)
+    }
+
+    /// The root device name of the AMI in `region` (`DescribeImages`, cached). An AMI the
+    /// region does not have is InvalidConfig.
+    async fn root_device(&self, region: &str, image_id: &str) -> Result<String, BackendError> {
+        if let Some(d) = self.root_devices.lock().expect("root_devices").get(region) {
+            return Ok(d.clone());
+        }
+        let mut p = Params::new();
+        p.set("ImageId.1", image_id);
+        let context = format!("failed to read AMI {image_id} in {region}");
+        let body = self.client.call(region, "DescribeImages", &p).await.map_err(|e| map_error(&context, e))?;
+        let answer: model::DescribeImagesResponse =
+            client::from_xml("DescribeImages", &body).map_err(|e| map_error(&context, e))?;
+        let device = answer
+            .images
+            .items
+            .into_iter()
+            .find(|i| i.image_id == image_id)
+            .and_then(|i| i.root_device_name)
+            .ok_or_else(|| {
+                invalid("image_id", &format!("AMI {image_id} not found in {region} (or it has no root device)"))
+            })?;
+        self.root_devices.lock().expect("root_devices").insert(region.to_string(), device.clone());
+        Ok(device)
     }
 
     fn remember(&self, name: &str, region: &str) {
@@ -294,8 +327,11 @@ impl Backend for AwsBackend {
         &self.name
     }
 
-    async fn offers(&self, _req: &Requirements) -> Result<Vec<Offer>, BackendError> {
-        Ok(self.offers.clone())
+    /// The catalog's offers; an offer whose disk is chosen at launch (no `disk_size`) gets
+    /// the requirement's minimum disk, which the launch then sizes the boot volume to.
+    async fn offers(&self, req: &Requirements) -> Result<Vec<Offer>, BackendError> {
+        let disk = req.disk.as_ref().and_then(|d| d.min);
+        Ok(self.offers.iter().map(|o| Offer { disk: o.disk.or(disk), ..o.clone() }).collect())
     }
 
     async fn create(&self, spec: &MachineSpec) -> Result<Machine, BackendError> {
@@ -318,7 +354,11 @@ impl Backend for AwsBackend {
         if let Some((_, instance)) = self.find(&spec.name, &LIVE).await? {
             return Ok(machine_of(&instance));
         }
-        let instance = self.run_instance(spec, image_id).await?;
+        let root_device = match spec.offer.disk {
+            Some(_) => Some(self.root_device(&offer.region, image_id).await?),
+            None => None,
+        };
+        let instance = self.run_instance(spec, image_id, root_device.as_deref()).await?;
         self.remember(&spec.name, &offer.region);
         tracing::info!(machine = %spec.name, instance = %instance.instance_id, region = %offer.region, "launched");
         Ok(machine_of(&instance))

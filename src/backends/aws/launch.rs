@@ -23,7 +23,8 @@ const MAX_TOKENS: usize = 5;
 
 impl AwsBackend {
     /// The `RunInstances` parameters of `spec`, but the client token.
-    pub(super) fn launch_params(&self, spec: &MachineSpec, image_id: &str) -> Params {
+    /// `root_device`: the AMI's root device, to size the boot volume to the offer's disk.
+    pub(super) fn launch_params(&self, spec: &MachineSpec, image_id: &str, root_device: Option<&str>) -> Params {
         let mut p = Params::new();
         p.set("ImageId", image_id)
             .set("InstanceType", &spec.offer.instance_type)
@@ -49,6 +50,12 @@ impl AwsBackend {
         if !keys.is_empty() {
             p.set("UserData", user_data(&keys));
         }
+        if let (Some(device), Some(gb)) = (root_device, spec.offer.disk) {
+            p.set("BlockDeviceMapping.1.DeviceName", device)
+                .set("BlockDeviceMapping.1.Ebs.VolumeSize", format!("{}", gb.ceil().max(1.0) as u64))
+                .set("BlockDeviceMapping.1.Ebs.VolumeType", "gp3")
+                .set("BlockDeviceMapping.1.Ebs.DeleteOnTermination", "true");
+        }
         if let Some(subnet) = &self.subnet_id {
             p.set("SubnetId", subnet);
         }
@@ -59,10 +66,15 @@ impl AwsBackend {
     }
 
     /// Launches the instance of `spec` (see the module docs).
-    pub(super) async fn run_instance(&self, spec: &MachineSpec, image_id: &str) -> Result<Instance, BackendError> {
+    pub(super) async fn run_instance(
+        &self,
+        spec: &MachineSpec,
+        image_id: &str,
+        root_device: Option<&str>,
+    ) -> Result<Instance, BackendError> {
         let region = &spec.offer.region;
         let context = format!("failed to launch {} in {region}", spec.offer.instance_type);
-        let params = self.launch_params(spec, image_id);
+        let params = self.launch_params(spec, image_id, root_device);
         let mut token = first_token(&spec.name);
         for _ in 0..MAX_TOKENS {
             let mut request = params.clone();

@@ -27,6 +27,21 @@ pub struct Reservation {
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct DescribeImagesResponse {
+    #[serde(rename = "imagesSet", default = "ItemSet::default")]
+    pub images: ItemSet<Image>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Image {
+    pub image_id: String,
+    /// The device of the root volume, e.g. `/dev/sda1` (Ubuntu) or `/dev/xvda` (Amazon Linux).
+    #[serde(default)]
+    pub root_device_name: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 pub struct RunInstancesResponse {
     #[serde(rename = "instancesSet", default = "ItemSet::default")]
     pub instances: ItemSet<Instance>,

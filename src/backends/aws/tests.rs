@@ -163,7 +163,7 @@ fn launch_parameters() {
     cfg.subnet_id = Some("subnet-1".into());
     cfg.security_group_ids = vec!["sg-1".into(), "sg-2".into()];
     let backend = AwsBackend::new("aws", cfg, vec![]).unwrap();
-    let p = backend.launch_params(&spec("kpool-abc", offer("us-east-1", "g5.xlarge", true)), "ami-1");
+    let p = backend.launch_params(&spec("kpool-abc", offer("us-east-1", "g5.xlarge", true)), "ami-1", None);
     for (k, v) in [
         ("ImageId", "ami-1"),
         ("InstanceType", "g5.xlarge"),
@@ -204,13 +204,13 @@ fn launch_parameters() {
         "#cloud-config\nssh_authorized_keys:\n  - \"ssh-ed25519 AAAAC3Nz me@host\"\n"
     );
 
-    let p = backend.launch_params(&spec("kpool-abc", offer("us-east-1", "g5.xlarge", false)), "ami-1");
+    let p = backend.launch_params(&spec("kpool-abc", offer("us-east-1", "g5.xlarge", false)), "ami-1", None);
     assert_eq!(p.get("InstanceMarketOptions.MarketType"), None);
 
     // The instance's own key goes next to the backend's.
     let mut own = spec("kpool-abc", offer("us-east-1", "g5.xlarge", false));
     own.ssh_public_key = Some("ssh-ed25519 AAAAinstance kpool-abc".into());
-    let p = backend.launch_params(&own, "ami-1");
+    let p = backend.launch_params(&own, "ami-1", None);
     let user_data = base64::engine::general_purpose::STANDARD.decode(p.get("UserData").unwrap()).unwrap();
     assert_eq!(
         String::from_utf8(user_data).unwrap(),
@@ -224,7 +224,7 @@ fn the_instance_key_alone_makes_user_data() {
     let mut s = spec("kpool-abc", offer("us-east-1", "t3.micro", false));
     s.ssh_public_key = Some("ssh-ed25519 AAAAinstance kpool-abc".into());
     let user_data = base64::engine::general_purpose::STANDARD
-        .decode(backend.launch_params(&s, "ami-1").get("UserData").unwrap())
+        .decode(backend.launch_params(&s, "ami-1", None).get("UserData").unwrap())
         .unwrap();
     assert_eq!(
         String::from_utf8(user_data).unwrap(),
@@ -237,7 +237,7 @@ fn managed_by_defaults_to_kpool() {
     let backend = AwsBackend::new("aws", config(), vec![]).unwrap();
     let mut s = spec("kpool-abc", offer("us-east-1", "t3.micro", false));
     s.tags.clear();
-    let p = backend.launch_params(&s, "ami-1");
+    let p = backend.launch_params(&s, "ami-1", None);
     assert_eq!(p.get("TagSpecification.1.Tag.3.Key"), Some(TAG_MANAGED_BY));
     assert_eq!(p.get("TagSpecification.1.Tag.3.Value"), Some(MANAGED_BY));
     assert_eq!(p.get("UserData"), None);
@@ -312,4 +312,39 @@ fn debug_output_hides_credentials() {
     let shown = format!("{cfg:?} {:?}", AwsBackend::new("aws", cfg.clone(), vec![]).unwrap());
     assert!(shown.contains("AKIAEXAMPLE"));
     assert!(!shown.contains("very-secret") && !shown.contains("token-secret"), "{shown}");
+}
+
+#[test]
+fn a_disk_size_maps_the_root_device_to_a_gp3_volume() {
+    let backend = AwsBackend::new("aws", config(), vec![]).unwrap();
+    let mut o = offer("us-east-1", "g5.xlarge", false);
+    o.disk = Some(99.5);
+    let p = backend.launch_params(&spec("kpool-abc", o.clone()), "ami-1", Some("/dev/sda1"));
+    for (k, v) in [
+        ("BlockDeviceMapping.1.DeviceName", "/dev/sda1"),
+        ("BlockDeviceMapping.1.Ebs.VolumeSize", "100"),
+        ("BlockDeviceMapping.1.Ebs.VolumeType", "gp3"),
+        ("BlockDeviceMapping.1.Ebs.DeleteOnTermination", "true"),
+    ] {
+        assert_eq!(p.get(k), Some(v), "{k}");
+    }
+    // No root device known, or no disk size: the AMI's default volume.
+    assert_eq!(
+        backend.launch_params(&spec("kpool-abc", o), "ami-1", None).get("BlockDeviceMapping.1.DeviceName"),
+        None
+    );
+    let p =
+        backend.launch_params(&spec("kpool-abc", offer("us-east-1", "g5.xlarge", false)), "ami-1", Some("/dev/xvda"));
+    assert_eq!(p.get("BlockDeviceMapping.1.Ebs.VolumeSize"), None);
+}
+
+#[tokio::test]
+async fn offers_without_a_disk_size_take_the_required_minimum() {
+    let mut sized = offer("us-east-1", "m5.large", false);
+    sized.disk = Some(50.0);
+    let backend = AwsBackend::new("aws", config(), vec![offer("us-east-1", "g5.xlarge", false), sized]).unwrap();
+    let req =
+        crate::api::resources::ResourcesSpec { disk: Some("200GB..".into()), ..Default::default() }.resolve().unwrap();
+    let disks: Vec<Option<f64>> = backend.offers(&req).await.unwrap().iter().map(|o| o.disk).collect();
+    assert_eq!(disks, [Some(200.0), Some(50.0)], "a catalog disk size is kept as is");
 }
