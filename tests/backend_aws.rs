@@ -555,7 +555,7 @@ async fn the_boot_volume_is_sized_to_the_offers_disk() {
     // Without a disk size, no mapping and no image lookup.
     env.backend().create(&on_demand("kpool-no-disk")).await.unwrap();
     assert_eq!(env.proxy.seen("DescribeImages").len(), 1);
-    assert!(env.proxy.seen("RunInstances").last().unwrap().params.get("BlockDeviceMapping.1.DeviceName").is_none());
+    assert!(!env.proxy.seen("RunInstances").last().unwrap().params.contains_key("BlockDeviceMapping.1.DeviceName"));
 }
 
 #[tokio::test]
