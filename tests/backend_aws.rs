@@ -413,7 +413,7 @@ async fn slow_answers_time_out_as_other() {
     let backend = env.backend().with_timeout(Duration::from_millis(300));
     env.proxy.fail_next("DescribeInstances", 2, Fault::Delay(Duration::from_millis(1500)));
     let err = backend.get("kpool-slow").await.unwrap_err();
-    assert!(matches!(&err, BackendError::Other(m) if m.contains("no answer within")), "{err:?}");
+    assert!(matches!(&err, BackendError::Other(m) if m.contains("no answer from EC2 within")), "{err:?}");
 
     env.proxy.fail_next("DescribeInstances", 2, Fault::Delay(Duration::from_millis(500)));
     let patient = env.backend().with_timeout(Duration::from_secs(10));

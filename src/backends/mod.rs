@@ -8,6 +8,7 @@ pub mod aws;
 pub mod catalog;
 pub mod factory;
 pub mod fake;
+pub mod http;
 pub mod kubernetes;
 pub mod lambda;
 pub mod ssh;

@@ -6,16 +6,13 @@
 //! endpoint override is given, and the signature carries the region either way.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::http::uri::Uri;
-use hyper_rustls::{ConfigBuilderExt, HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+
+use crate::backends::http::{exchange, truncate, HttpsClient, USER_AGENT};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
@@ -24,7 +21,6 @@ use super::sigv4::{self, Credentials};
 /// The EC2 API version kpool speaks.
 pub const API_VERSION: &str = "2016-11-15";
 const CONTENT_TYPE: &str = "application/x-www-form-urlencoded; charset=utf-8";
-const USER_AGENT: &str = concat!("kpool/", env!("CARGO_PKG_VERSION"));
 /// Larger answers are refused (a page of 1000 instances is a few MB).
 const MAX_BODY: usize = 64 << 20;
 
@@ -93,7 +89,7 @@ impl fmt::Display for CallError {
 
 /// See the module docs.
 pub struct Ec2Client {
-    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    http: HttpsClient,
     endpoint: Option<Uri>,
     credentials: Credentials,
     timeout: Duration,
@@ -116,21 +112,8 @@ impl Ec2Client {
     /// CA certificates cannot be loaded.
     pub fn new(credentials: Credentials, endpoint: Option<&str>, timeout: Duration) -> Result<Self, String> {
         let endpoint = endpoint.map(parse_endpoint).transpose()?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("failed to set up TLS: {e}"))?;
-        let tls = if endpoint.as_ref().is_some_and(|u| u.scheme_str() == Some("http")) {
-            tls.with_root_certificates(rustls::RootCertStore::empty())
-        } else {
-            tls.with_native_roots().map_err(|e| format!("failed to load the system's CA certificates: {e}"))?
-        };
-        let connector = HttpsConnectorBuilder::new()
-            .with_tls_config(tls.with_no_client_auth())
-            .https_or_http()
-            .enable_http1()
-            .build();
-        let http = Client::builder(TokioExecutor::new()).build(connector);
+        let http_only = endpoint.as_ref().is_some_and(|u| u.scheme_str() == Some("http"));
+        let http = crate::backends::http::client(http_only)?;
         Ok(Ec2Client { http, endpoint, credentials, timeout })
     }
 
@@ -181,25 +164,10 @@ impl Ec2Client {
             .header("user-agent", USER_AGENT)
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| CallError::Transport(format!("failed to build the request: {e}")))?;
-        let exchange = async {
-            let response = self.http.request(request).await.map_err(|e| CallError::Transport(transport_message(&e)))?;
-            let status = response.status().as_u16();
-            let retry_after = response
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
-            let bytes = Limited::new(response.into_body(), MAX_BODY)
-                .collect()
-                .await
-                .map_err(|e| CallError::Transport(format!("failed to read the response: {e}")))?
-                .to_bytes();
-            Ok::<_, CallError>((status, retry_after, String::from_utf8_lossy(&bytes).into_owned()))
-        };
-        let (status, retry_after, text) = tokio::time::timeout(self.timeout, exchange)
-            .await
-            .map_err(|_| CallError::Transport(format!("no answer within {:?}", self.timeout)))??;
+        let answer =
+            exchange(&self.http, request, self.timeout, MAX_BODY, "EC2").await.map_err(CallError::Transport)?;
+        let (status, retry_after) = (answer.status, answer.retry_after);
+        let text = String::from_utf8_lossy(&answer.body).into_owned();
         if (200..300).contains(&status) {
             return Ok(text);
         }
@@ -218,24 +186,6 @@ fn parse_endpoint(s: &str) -> Result<Uri, String> {
     match (uri.scheme_str(), uri.authority(), uri.query()) {
         (Some("http" | "https"), Some(_), None) => Ok(uri),
         _ => Err(format!("endpoint: {s:?} must be an http:// or https:// URL with a host and no query")),
-    }
-}
-
-/// The error chain of a hyper error (the top level alone says little: "client error").
-fn transport_message(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = format!("failed to reach EC2: {err}");
-    let mut source = err.source();
-    while let Some(e) = source {
-        message.push_str(&format!(": {e}"));
-        source = e.source();
-    }
-    message
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_string(),
     }
 }
 
@@ -319,11 +269,5 @@ mod tests {
         for bad in ["127.0.0.1:5000", "ftp://host/", "http://host/?a=b", "not a url"] {
             assert!(Ec2Client::new(creds.clone(), Some(bad), Duration::from_secs(1)).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn truncates_on_char_boundaries() {
-        assert_eq!(truncate("ééé", 2), "éé…");
-        assert_eq!(truncate("ab", 2), "ab");
     }
 }

@@ -5,19 +5,15 @@
 //! trusting the system's CA certificates (none are needed for an `http://` endpoint).
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::http::uri::Uri;
-use hyper_rustls::{ConfigBuilderExt, HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+
+use crate::backends::http::{exchange, truncate, HttpsClient, USER_AGENT};
 use serde::Deserialize;
 
-const USER_AGENT: &str = concat!("kpool/", env!("CARGO_PKG_VERSION"));
 /// Larger answers are refused.
 const MAX_BODY: usize = 16 << 20;
 
@@ -44,7 +40,7 @@ impl fmt::Display for CallError {
 
 /// See the module docs.
 pub struct LambdaClient {
-    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    http: HttpsClient,
     /// The API base, without a trailing slash (e.g. `https://cloud.lambda.ai/api/v1`).
     base: String,
     api_key: String,
@@ -75,21 +71,7 @@ impl LambdaClient {
                 ))
             }
         };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("failed to set up TLS: {e}"))?;
-        let tls = if http_only {
-            tls.with_root_certificates(rustls::RootCertStore::empty())
-        } else {
-            tls.with_native_roots().map_err(|e| format!("failed to load the system's CA certificates: {e}"))?
-        };
-        let connector = HttpsConnectorBuilder::new()
-            .with_tls_config(tls.with_no_client_auth())
-            .https_or_http()
-            .enable_http1()
-            .build();
-        let http = Client::builder(TokioExecutor::new()).build(connector);
+        let http = crate::backends::http::client(http_only)?;
         Ok(LambdaClient { http, base: endpoint.trim_end_matches('/').to_string(), api_key, timeout })
     }
 
@@ -141,25 +123,10 @@ impl LambdaClient {
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| CallError::Transport(format!("failed to build the request to {url}: {e}")))?;
-        let exchange = async {
-            let response = self.http.request(request).await.map_err(|e| CallError::Transport(transport_message(&e)))?;
-            let status = response.status().as_u16();
-            let retry_after = response
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
-            let bytes = Limited::new(response.into_body(), MAX_BODY)
-                .collect()
-                .await
-                .map_err(|e| CallError::Transport(format!("failed to read the response: {e}")))?
-                .to_bytes();
-            Ok::<_, CallError>((status, retry_after, bytes))
-        };
-        let (status, retry_after, bytes) = tokio::time::timeout(self.timeout, exchange)
+        let answer = exchange(&self.http, request, self.timeout, MAX_BODY, "Lambda Cloud")
             .await
-            .map_err(|_| CallError::Transport(format!("no answer from Lambda within {:?}", self.timeout)))??;
+            .map_err(CallError::Transport)?;
+        let (status, retry_after, bytes) = (answer.status, answer.retry_after, answer.body);
         if (200..300).contains(&status) {
             #[derive(Deserialize)]
             struct Envelope<T> {
@@ -195,22 +162,4 @@ pub fn parse_error(body: &str) -> Option<(String, String)> {
         None => doc.error.message,
     };
     Some((doc.error.code, message))
-}
-
-/// The error chain of a hyper error (the top level alone says little: "client error").
-fn transport_message(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = format!("failed to reach Lambda Cloud: {err}");
-    let mut source = err.source();
-    while let Some(e) = source {
-        message.push_str(&format!(": {e}"));
-        source = e.source();
-    }
-    message
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_string(),
-    }
 }

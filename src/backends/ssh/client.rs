@@ -176,10 +176,5 @@ fn append(buf: &mut Vec<u8>, data: &[u8]) {
 }
 
 fn truncate(stderr: &[u8]) -> String {
-    let text = String::from_utf8_lossy(stderr);
-    let text = text.trim();
-    match text.char_indices().nth(200) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text.to_string(),
-    }
+    crate::backends::http::truncate(String::from_utf8_lossy(stderr).trim(), 200)
 }
