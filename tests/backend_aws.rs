@@ -13,7 +13,6 @@ use std::time::Duration;
 use base64::Engine;
 use kpool::api::offer::Offer;
 use kpool::backends::aws::client::{Ec2Client, Params};
-use kpool::backends::aws::sigv4::Credentials;
 use kpool::backends::aws::{AwsBackend, AwsConfig, TAG_MACHINE};
 use kpool::backends::{Backend, BackendError, MachineSpec, MachineState, TAG_INSTANCE, TAG_MANAGED_BY, TAG_POOL};
 use support_aws::proxy::{parse_form, Fault, Proxy};
@@ -51,12 +50,7 @@ impl Env {
 
     /// A client straight to moto, past the proxy, for checks the backend cannot make.
     fn raw(&self) -> Ec2Client {
-        let creds = Credentials {
-            access_key_id: self.moto.access_key_id.clone(),
-            secret_access_key: self.moto.secret_access_key.clone(),
-            session_token: None,
-        };
-        Ec2Client::new(creds, Some(&self.moto.endpoint), Duration::from_secs(30)).expect("raw client")
+        self.moto.ec2()
     }
 
     /// Raw `DescribeInstances` of the instances named `name` in `region`.

@@ -10,18 +10,14 @@ mod support_ssh;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
-use kpool::api::backend::{
-    AwsBackendConfig, Backend, BackendSpec, BackendType, CatalogSource, ConfigMapRef, Credentials, SecretRef,
-    SshBackendConfig,
-};
+use kpool::api::backend::{Backend, BackendSpec, BackendType, Credentials, SecretRef, SshBackendConfig};
 use kpool::api::conditions::find;
 use kpool::api::instance::{InstancePhase, InstanceSpec};
 use kpool::api::policy::{PolicySpec, SpotPolicy};
 use kpool::api::resources::ResourcesSpec;
-use kpool::backends::aws::client::{Ec2Client, Params};
-use kpool::backends::aws::sigv4::Credentials as AwsCredentials;
+use kpool::backends::aws::client::Params;
 use kube::api::ObjectMeta;
 use support::*;
 use support_aws::moto;
@@ -48,32 +44,11 @@ fn small() -> ResourcesSpec {
 async fn a_spot_machine_aws_takes_back_is_seen_as_reclaimed() {
     let moto = moto();
     let h = Harness::with_real_backends().await;
-    h.create(secret(
-        "aws-creds",
-        &[("aws_access_key_id", &moto.access_key_id), ("aws_secret_access_key", &moto.secret_access_key)],
-    ))
-    .await;
-    let csv = "instance_name,location,price,cpu,memory,gpu_count,gpu_name,gpu_memory,spot,disk_size,gpu_vendor,flags,cpu_arch,provider_data\n\
-               t3.micro,us-east-1,0.0031,2,1.0,0,,,True,,,,x86,{}\n";
-    h.create(ConfigMap {
-        metadata: ObjectMeta { name: Some("ec2-offers".into()), ..Default::default() },
-        data: Some(BTreeMap::from([("aws.csv".to_string(), csv.to_string())])),
-        ..Default::default()
-    })
-    .await;
-    h.create(Backend::new(
-        "ec2",
-        BackendSpec {
-            type_: BackendType::Aws,
-            regions: vec!["us-east-1".into()],
-            endpoint: Some(moto.endpoint.clone()),
-            credentials: Some(Credentials { secret_ref: SecretRef { name: "aws-creds".into() } }),
-            catalog: Some(CatalogSource { config_map_ref: Some(ConfigMapRef { name: "ec2-offers".into() }) }),
-            aws: Some(AwsBackendConfig { image_id: moto.image_id.clone(), ..Default::default() }),
-            ..Default::default()
-        },
-    ))
-    .await;
+    let (creds, catalog, backend) =
+        moto.backend_objects("ec2", "t3.micro,us-east-1,0.0031,2,1.0,0,,,True,,,,x86,{}\n", Default::default());
+    h.create(creds).await;
+    h.create(catalog).await;
+    h.create(backend).await;
     let policy = PolicySpec {
         backends: Some(vec!["ec2".into()]),
         spot_policy: Some(SpotPolicy::Spot),
@@ -93,16 +68,7 @@ async fn a_spot_machine_aws_takes_back_is_seen_as_reclaimed() {
     assert_eq!(h.get_instance("spot").await.status.unwrap().phase, InstancePhase::Idle);
 
     // AWS reclaims the machine (terminated behind kpool's back, straight at moto).
-    let raw = Ec2Client::new(
-        AwsCredentials {
-            access_key_id: moto.access_key_id.clone(),
-            secret_access_key: moto.secret_access_key.clone(),
-            session_token: None,
-        },
-        Some(&moto.endpoint),
-        Duration::from_secs(30),
-    )
-    .unwrap();
+    let raw = moto.ec2();
     let mut p = Params::new();
     p.set("InstanceId.1", id.clone());
     raw.call("us-east-1", "TerminateInstances", &p).await.expect("terminate");

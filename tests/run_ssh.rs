@@ -16,11 +16,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
 use kpool::api::backend::{
-    AwsBackendConfig, Backend, BackendSpec, BackendType, CatalogSource, ConfigMapRef, Credentials, SecretRef,
-    SshBackendConfig,
+    AwsBackendConfig, Backend, BackendSpec, BackendType, Credentials, SecretRef, SshBackendConfig,
 };
 use kpool::api::instance::{InstancePhase, InstanceSpec};
 use kpool::api::policy::PolicySpec;
@@ -121,13 +120,8 @@ async fn runs_execute_on_an_ssh_host_and_the_host_is_reused() {
 /// as moto stored them from the launch request.
 async fn authorized_keys_in_user_data(moto: &support_aws::Moto, id: &str) -> Vec<String> {
     use base64::Engine;
-    use kpool::backends::aws::client::{Ec2Client, Params};
-    let creds = kpool::backends::aws::sigv4::Credentials {
-        access_key_id: moto.access_key_id.clone(),
-        secret_access_key: moto.secret_access_key.clone(),
-        session_token: None,
-    };
-    let ec2 = Ec2Client::new(creds, Some(&moto.endpoint), Duration::from_secs(30)).unwrap();
+    use kpool::backends::aws::client::Params;
+    let ec2 = moto.ec2();
     let mut p = Params::new();
     p.set("InstanceId", id).set("Attribute", "userData");
     let answer = ec2.call("us-east-1", "DescribeInstanceAttribute", &p).await.unwrap();
@@ -145,45 +139,13 @@ async fn runs_execute_over_ssh_on_an_aws_instance_with_its_own_key() {
     let moto = support_aws::moto();
     let sshd = Sshd::start();
     let h = Harness::with_real_backends().await;
-    h.create(Secret {
-        metadata: ObjectMeta { name: Some("aws-creds".into()), ..Default::default() },
-        data: Some(BTreeMap::from([
-            ("aws_access_key_id".to_string(), ByteString(moto.access_key_id.clone().into_bytes())),
-            ("aws_secret_access_key".to_string(), ByteString(moto.secret_access_key.clone().into_bytes())),
-        ])),
-        ..Default::default()
-    })
-    .await;
-    h.create(ConfigMap {
-        metadata: ObjectMeta { name: Some("catalog".into()), ..Default::default() },
-        data: Some(BTreeMap::from([(
-            "aws.csv".to_string(),
-            "instance_name,location,price,cpu,memory,gpu_count,gpu_name,gpu_memory,spot,disk_size,gpu_vendor,flags,cpu_arch,provider_data\n\
-             t3.micro,us-east-1,0.0104,2,1.0,0,,,False,,,,x86,{}\n"
-                .to_string(),
-        )])),
-        ..Default::default()
-    })
-    .await;
-    h.create(Backend::new(
-        "cloud",
-        BackendSpec {
-            type_: BackendType::Aws,
-            regions: vec!["us-east-1".into()],
-            endpoint: Some(moto.endpoint.clone()),
-            credentials: Some(Credentials { secret_ref: SecretRef { name: "aws-creds".into() } }),
-            catalog: Some(CatalogSource { config_map_ref: Some(ConfigMapRef { name: "catalog".into() }) }),
-            aws: Some(AwsBackendConfig {
-                image_id: moto.image_id.clone(),
-                // The sshd plays the machine: its port, and the user it runs as.
-                ssh_port: Some(sshd.port),
-                ssh_user: Some(current_user()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-    ))
-    .await;
+    // The sshd plays the machine: its port, and the user it runs as.
+    let config = AwsBackendConfig { ssh_port: Some(sshd.port), ssh_user: Some(current_user()), ..Default::default() };
+    let (creds, catalog, backend) =
+        moto.backend_objects("cloud", "t3.micro,us-east-1,0.0104,2,1.0,0,,,False,,,,x86,{}\n", config);
+    h.create(creds).await;
+    h.create(catalog).await;
+    h.create(backend).await;
     let small = ResourcesSpec { cpu: Some("1..".into()), memory: Some("1GB..".into()), ..Default::default() };
     let pin =
         PolicySpec { backends: Some(vec!["cloud".into()]), idle_duration: Some("off".into()), ..Default::default() };

@@ -70,3 +70,68 @@ fn start_moto() -> Moto {
     moto._keepalive = Some(Mutex::new((child, stdin)));
     moto
 }
+
+#[allow(dead_code)] // used by the controller-level tests
+/// Header of gpuhunt v2 catalogs, for the catalog rows tests write.
+pub const CATALOG_HEADER: &str = "instance_name,location,price,cpu,memory,gpu_count,gpu_name,gpu_memory,spot,\
+                                  disk_size,gpu_vendor,flags,cpu_arch,provider_data";
+
+impl Moto {
+    /// An EC2 client straight to moto, for what the backend under test cannot do or see.
+    pub fn ec2(&self) -> kpool::backends::aws::client::Ec2Client {
+        let creds = kpool::backends::aws::sigv4::Credentials {
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+            session_token: None,
+        };
+        kpool::backends::aws::client::Ec2Client::new(creds, Some(&self.endpoint), Duration::from_secs(30))
+            .expect("an EC2 client for moto")
+    }
+
+    #[allow(dead_code)] // used by the controller-level tests
+    /// The objects of an `aws` Backend `name` on this moto, in `us-east-1`: the Secret
+    /// `<name>-creds` with the access key, the ConfigMap `<name>-offers` with the catalog
+    /// `rows` (after the header) and the Backend with `config` (its AMI set to moto's).
+    pub fn backend_objects(
+        &self,
+        name: &str,
+        rows: &str,
+        config: kpool::api::backend::AwsBackendConfig,
+    ) -> (k8s_openapi::api::core::v1::Secret, k8s_openapi::api::core::v1::ConfigMap, kpool::api::backend::Backend) {
+        use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        use kpool::api::backend::{
+            AwsBackendConfig, Backend, BackendSpec, BackendType, CatalogSource, ConfigMapRef, Credentials, SecretRef,
+        };
+        let meta = |n: String| ObjectMeta { name: Some(n), ..Default::default() };
+        let secret = Secret {
+            metadata: meta(format!("{name}-creds")),
+            string_data: None,
+            data: Some(
+                [("aws_access_key_id", &self.access_key_id), ("aws_secret_access_key", &self.secret_access_key)]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), k8s_openapi::ByteString(v.clone().into_bytes())))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        let catalog = ConfigMap {
+            metadata: meta(format!("{name}-offers")),
+            data: Some([("aws.csv".to_string(), format!("{CATALOG_HEADER}\n{rows}"))].into_iter().collect()),
+            ..Default::default()
+        };
+        let backend = Backend::new(
+            name,
+            BackendSpec {
+                type_: BackendType::Aws,
+                regions: vec!["us-east-1".into()],
+                endpoint: Some(self.endpoint.clone()),
+                credentials: Some(Credentials { secret_ref: SecretRef { name: format!("{name}-creds") } }),
+                catalog: Some(CatalogSource { config_map_ref: Some(ConfigMapRef { name: format!("{name}-offers") }) }),
+                aws: Some(AwsBackendConfig { image_id: self.image_id.clone(), ..config }),
+                ..Default::default()
+            },
+        );
+        (secret, catalog, backend)
+    }
+}
