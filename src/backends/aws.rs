@@ -157,18 +157,7 @@ impl AwsBackend {
         if config.regions.is_empty() {
             return Err(invalid("regions", "at least one region is required"));
         }
-        let mut regions: Vec<String> = Vec::new();
-        for r in &config.regions {
-            if r.is_empty()
-                || r.starts_with('-')
-                || !r.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            {
-                return Err(invalid("regions", &format!("{r:?} is not a region name (e.g. \"us-east-1\")")));
-            }
-            if !regions.contains(r) {
-                regions.push(r.clone());
-            }
-        }
+        let regions = super::region_names(&config.regions).map_err(|e| invalid("regions", &e))?;
         if config.access_key_id.trim().is_empty() || config.secret_access_key.trim().is_empty() {
             return Err(invalid("credentials", "access_key_id and secret_access_key are required"));
         }

@@ -132,18 +132,7 @@ impl LambdaBackend {
         if api_key.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return Err(invalid("api_key", "must not contain whitespace or control characters"));
         }
-        let mut regions: Vec<String> = Vec::new();
-        for r in &config.regions {
-            if r.is_empty()
-                || r.starts_with('-')
-                || !r.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            {
-                return Err(invalid("regions", &format!("{r:?} is not a region name (e.g. \"us-east-1\")")));
-            }
-            if !regions.contains(r) {
-                regions.push(r.clone());
-            }
-        }
+        let regions = super::region_names(&config.regions).map_err(|e| invalid("regions", &e))?;
         let ssh_key_names: Vec<String> =
             config.ssh_key_names.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
         let endpoint = config.endpoint.as_deref().map(str::trim).filter(|e| !e.is_empty()).unwrap_or(DEFAULT_ENDPOINT);

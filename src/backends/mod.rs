@@ -37,6 +37,24 @@ pub fn machine_name(uid: &str) -> String {
     format!("kpool-{uid}")
 }
 
+/// Checks provider region names (`us-east-1`: lowercase letters, digits and dashes) and
+/// drops repeats, keeping the order.
+pub fn region_names(regions: &[String]) -> Result<Vec<String>, String> {
+    let mut names: Vec<String> = Vec::new();
+    for r in regions {
+        let valid = !r.is_empty()
+            && !r.starts_with('-')
+            && r.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !valid {
+            return Err(format!("{r:?} is not a region name (e.g. \"us-east-1\")"));
+        }
+        if !names.contains(r) {
+            names.push(r.clone());
+        }
+    }
+    Ok(names)
+}
+
 /// Errors a backend reports, by what the caller should do about them.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum BackendError {
