@@ -15,6 +15,7 @@ use super::metrics::InstanceSample;
 use super::observe::{holding_capacity, instances, policy_of, pool_of};
 use super::{Context, Error};
 use crate::api::conditions::{condition_tri, upsert};
+use crate::api::backend::BackendType;
 use crate::api::instance::{Instance, InstancePhase, InstanceStatus, INSTANCE_FINALIZER, PROVISIONED_FOR_LABEL};
 use crate::api::run::Run;
 use crate::backends::{
@@ -375,7 +376,8 @@ fn health_wait(inst: &Instance, ctx: &Context) -> Duration {
 /// `NotFound` -> the provider took it back (a spot reclaim, a termination outside kpool):
 /// terminated at once with reason `Reclaimed` (spot) or `MachineGone`. A run on it is
 /// then interrupted by the run controller. A failing provider call changes nothing (the
-/// provider's outage is not the machine's).
+/// provider's outage is not the machine's). Busy instances of `kubernetes` backends are
+/// left to the job runner, which follows the job Pod that stands in for the slot.
 ///
 /// `Some(next)` when the instance changed phase and the caller must go on from there.
 async fn check_health(inst: &Instance, st: &mut InstanceStatus, ctx: &Context) -> Result<Option<Next>, Error> {
@@ -384,8 +386,14 @@ async fn check_health(inst: &Instance, st: &mut InstanceStatus, ctx: &Context) -
     if !ctx.health_due(&inst.uid().unwrap_or_default(), now) {
         return Ok(None);
     }
-    let backend = match ctx.backend(&inst.namespace().unwrap_or_default(), &offer.backend).await {
-        Ok(b) => b,
+    let backend = match ctx.backend_and_object(&inst.namespace().unwrap_or_default(), &offer.backend).await {
+        // A busy instance of a kubernetes backend has its slot Pod swapped for the run's job
+        // Pod (deleted, pulling an image, finished): the job runner follows that Pod, and
+        // the run's job status is the machine's health until the slot comes back.
+        Ok((_, object)) if st.phase == InstancePhase::Busy && object.spec.type_ == BackendType::Kubernetes => {
+            return Ok(None)
+        }
+        Ok((b, _)) => b,
         Err(e) => {
             tracing::warn!(instance = %inst.name_any(), error = %e, "health check skipped: backend unavailable");
             return Ok(None);
