@@ -458,13 +458,17 @@ async fn status_finishes_a_swap_that_start_left_half_done() {
 }
 
 #[tokio::test]
-async fn an_invalid_environment_fails_start_with_the_slot_untouched() {
+async fn an_invalid_environment_or_working_dir_fails_start_with_the_slot_untouched() {
     let (h, backend) = cluster(None).await;
     let inst = instance(&backend, "box", "99999999-9999-4999-8999-999999999999").await;
     let env = vec![EnvVar { name: "NOT-A-NAME".into(), value: Some("x".into()), value_from: None }];
     let run = h.run("bad-env", RunSpec { commands: vec!["true".into()], env, ..Default::default() }).await;
     let err = PodExecutor::new(h.client.clone()).start(&run, &inst).await.unwrap_err();
     assert!(matches!(&err, ExecError::Unsupported(m) if m.contains("NOT-A-NAME")), "{err:?}");
+    let spec = RunSpec { commands: vec!["true".into()], working_dir: Some("src".into()), ..Default::default() };
+    let run = h.run("relative-dir", spec).await;
+    let err = PodExecutor::new(h.client.clone()).start(&run, &inst).await.unwrap_err();
+    assert!(matches!(&err, ExecError::Unsupported(m) if m.contains("workingDir") && m.contains("\"src\"")), "{err:?}");
     assert!(pods(&h).get_opt(&machine(&inst)).await.unwrap().is_some(), "slot kept");
     assert!(job_pods(&h, &inst).await.is_empty());
 }

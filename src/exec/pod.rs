@@ -15,7 +15,8 @@
 //!   `spec.kubernetes.runImage`, else [`DEFAULT_RUN_IMAGE`]; command `sh -c <script>`,
 //!   the script being `set -e` and then the run's commands, one a line, byte for byte (an
 //!   argv element, never re-quoted); no command when the run has none (the image's own);
-//!   `workingDir` = `spec.workingDir` (the container runtime wants an absolute path);
+//!   `workingDir` = `spec.workingDir` (which must be absolute: a relative one fails `start`
+//!   with [`ExecError::Unsupported`]);
 //! - `restartPolicy: Never`; `envFrom` the job's Secret.
 //!
 //! The environment (`spec.env`, resolved by [`super::env::resolve_env`] in the run's
@@ -25,8 +26,8 @@
 //! a Secret without owner means "the job Pod is due".
 //!
 //! `start` is idempotent and leaves the job detached (its whole state is in the API):
-//! nothing when the job Pod exists; else it resolves the environment (an invalid one fails
-//! with the slot untouched), deletes finished job Pods of earlier runs on the machine,
+//! nothing when the job Pod exists; else it resolves the environment (an invalid one, like
+//! a relative working directory, fails with the slot untouched), deletes finished job Pods of earlier runs on the machine,
 //! makes the Secret, deletes the slot Pod (grace period [`SLOT_GRACE_SECONDS`]) and, once
 //! the slot is gone, creates the job Pod (409 = already there). A slot that takes longer
 //! to go (the kubelet must release its resources first) leaves the job Pod to `status`.
@@ -375,6 +376,11 @@ impl PodExecutor {
 impl Executor for PodExecutor {
     async fn start(&self, run: &Run, instance: &Instance) -> Result<(), ExecError> {
         let job = self.job(run, instance).await?;
+        if let Some(wd) = run.spec.working_dir.as_deref().filter(|wd| !wd.starts_with('/')) {
+            return Err(ExecError::Unsupported(format!(
+                "spec.workingDir: {wd:?} is not an absolute path, which a job Pod's container needs"
+            )));
+        }
         if let Some(pod) = self.get_pod(&job, &job.name).await? {
             if exit_code(&pod).is_none() && pod.metadata.deletion_timestamp.is_none() {
                 self.own_secret(&job, run, &pod).await?;
