@@ -24,6 +24,7 @@ use kpool::api::resources::ResourcesSpec;
 use kpool::api::run::{Run, RunPhase, RunSpec};
 use kpool::backends::kubernetes::{KubernetesBackend, LABEL_MACHINE, LABEL_RUN_UID};
 use kpool::backends::{machine_tags, Backend, MachineSpec, MachineState, TAG_MANAGED_BY};
+use kpool::controllers::gc::{Collector, GcConfig};
 use kpool::exec::pod::{PodExecutor, DEFAULT_RUN_IMAGE};
 use kpool::exec::{ExecError, Executor, JobState};
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
@@ -650,6 +651,11 @@ async fn runs_execute_in_job_pods_through_the_controllers_and_reuse_the_slot() {
     h.run("fourth", spec("alpine:3", vec!["sleep infinity".into()])).await;
     settle_with_kubelet(&h).await;
     let run = h.get_run("fourth").await;
+    assert!(pods(&h).get_opt(&job_name(&inst, &run)).await.unwrap().is_some());
+    // The garbage collector takes the job Pod for the instance's machine, not an orphan.
+    let gc = GcConfig { grace: std::time::Duration::ZERO, ..GcConfig::default() };
+    let report = Collector::default().pass(&h.ctx, &gc, Some(NS)).await.unwrap();
+    assert!(report.deleted.is_empty() && report.reported.is_empty(), "{report:?}");
     assert!(pods(&h).get_opt(&job_name(&inst, &run)).await.unwrap().is_some());
     h.delete_run("fourth").await.unwrap();
     assert!(pods(&h).get_opt(&job_name(&inst, &run)).await.unwrap().is_none(), "deleting the run stops its job");

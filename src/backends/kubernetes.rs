@@ -50,7 +50,9 @@
 //!   stays up while a job runs. `delete` deletes the slot Pod and every Pod with that
 //!   label; NotFound when there was none. `list_owned` gives one machine per machine name
 //!   (the slot's, or the job Pods' label), so the garbage collector never takes a job
-//!   Pod for an orphan of its own. The tags of a machine leave out the job's labels.
+//!   Pod for an orphan of its own. The tags of a machine leave out the job's labels. A
+//!   machine that has only finished job Pods is Pending (its slot is due to come back), so
+//!   that deleting it, or collecting it as an orphan, still deletes those Pods.
 //! - Pod -> machine state: `deletionTimestamp` set -> Stopping; `Pending` -> Pending;
 //!   `Running` with a `Ready` condition `True` -> Running (address = the Pod IP), else
 //!   Pending; `Succeeded`/`Failed` -> Terminated. The provider id is `namespace/name`.
@@ -309,8 +311,11 @@ impl KubernetesBackend {
         let state = if pod.metadata.deletion_timestamp.is_some() {
             MachineState::Stopping
         } else {
+            let job = pod.labels().contains_key(LABEL_MACHINE);
             match status.phase.as_deref() {
                 Some("Running") if ready => MachineState::Running,
+                // A finished job: its slot is due to come back.
+                Some("Succeeded") | Some("Failed") if job => MachineState::Pending,
                 Some("Succeeded") | Some("Failed") => MachineState::Terminated,
                 _ => MachineState::Pending,
             }
