@@ -122,7 +122,8 @@ fn machine(inst: &Instance) -> String {
 }
 
 fn job_name(inst: &Instance, run: &Run) -> String {
-    PodExecutor::job_pod_name(&machine(inst), &run.uid().unwrap())
+    let attempt = run.status.as_ref().map_or(0, |s| s.attempts);
+    PodExecutor::job_pod_name(&machine(inst), &run.uid().unwrap(), attempt)
 }
 
 async fn job_pods(h: &Harness, inst: &Instance) -> Vec<Pod> {
@@ -329,6 +330,29 @@ async fn status_follows_the_job_and_the_slot_comes_back_when_it_ends() {
     }
     // Starting the second job cleared the first's finished Pod.
     assert_eq!(job_pods(&h, &inst).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_retried_run_gets_a_new_job_pod_on_the_same_slot() {
+    let (h, backend) = cluster(None).await;
+    let inst = instance(&backend, "box", "34343434-3434-4343-8343-343434343434").await;
+    let exec = PodExecutor::new(h.client.clone());
+    let mut run = h.run("flaky", RunSpec { commands: vec!["exit 1".into()], ..Default::default() }).await;
+    exec.start(&run, &inst).await.unwrap();
+    let first = job_name(&inst, &run);
+    kubelet(&h, &first, "Failed", exited(1)).await;
+    assert_eq!(exec.status(&run, &inst).await.unwrap(), JobState::Exited(1));
+
+    // The run controller resubmits it (status.attempts + 1) and it lands here again.
+    run.status.get_or_insert_with(Default::default).attempts = 1;
+    exec.start(&run, &inst).await.unwrap();
+    let second = job_name(&inst, &run);
+    assert_ne!(first, second);
+    assert!(pods(&h).get_opt(&first).await.unwrap().is_none(), "the first attempt's Pod is cleared");
+    assert!(pods(&h).get_opt(&machine(&inst)).await.unwrap().is_none(), "the slot gave way again");
+    assert_eq!(exec.status(&run, &inst).await.unwrap(), JobState::Running, "a new job, not the old exit code");
+    kubelet(&h, &second, "Succeeded", exited(0)).await;
+    assert_eq!(exec.status(&run, &inst).await.unwrap(), JobState::Exited(0));
 }
 
 #[tokio::test]

@@ -153,7 +153,7 @@ async fn exercise(h: &Harness) {
     let exec = PodExecutor::new(h.ctx.client.clone());
     exec.start(&run, &inst).await.unwrap();
     exec.status(&run, &inst).await.unwrap();
-    let job = PodExecutor::job_pod_name(&machine(&inst), &run.uid().unwrap());
+    let job = PodExecutor::job_pod_name(&machine(&inst), &run.uid().unwrap(), 0);
     let pods: kube::Api<Pod> = kube::Api::namespaced(h.client.clone(), NS);
     let mut pod = pods.get(&job).await.unwrap();
     pod.status = Some(PodStatus {

@@ -31,7 +31,7 @@
 //!   (`kpool-<instance UID>`). While a run executes on the instance, the Pod executor
 //!   ([`crate::exec::pod`]) replaces the slot with the run's *job* Pod: same node, same
 //!   requests and limits, tolerations and node selector, named
-//!   `<machine name>-run-<run UID>` and labelled `kpool.dev/machine=<machine name>` and
+//!   `<machine name>-run-<run UID>-<attempt>` and labelled `kpool.dev/machine=<machine name>` and
 //!   `kpool.dev/run-uid=<run UID>`. When the job ends the slot is created again; the
 //!   finished job Pod stays (its log is read from it) until the next job on the machine
 //!   starts or the machine is deleted. The backend sees both as one machine.

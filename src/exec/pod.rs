@@ -6,7 +6,8 @@
 //! the slot for the run's *job* Pod, which takes the same slice; when the job ends the
 //! slot is created again. Runs with different images thus reuse the same capacity.
 //!
-//! The job Pod, `<machine name>-run-<run UID>` in the backend's namespace, is the slot
+//! The job Pod, `<machine name>-run-<run UID>-<attempt>` in the backend's namespace (the
+//! attempt is the run's `status.attempts`, so a retried run gets a new job), is the slot
 //! Pod as the backend makes it (same `nodeName`, requests and limits, tolerations, node
 //! selector, labels and annotations) with:
 //! - labels `kpool.dev/machine=<machine name>` and `kpool.dev/run-uid=<run UID>`, the
@@ -27,10 +28,11 @@
 //!
 //! `start` is idempotent and leaves the job detached (its whole state is in the API):
 //! nothing when the job Pod exists; else it resolves the environment (an invalid one, like
-//! a relative working directory, fails with the slot untouched), deletes finished job Pods of earlier runs on the machine,
-//! makes the Secret, deletes the slot Pod (grace period [`SLOT_GRACE_SECONDS`]) and, once
-//! the slot is gone, creates the job Pod (409 = already there). A slot that takes longer
-//! to go (the kubelet must release its resources first) leaves the job Pod to `status`.
+//! a relative working directory, fails with the slot untouched), deletes finished job Pods
+//! of earlier runs on the machine, makes the Secret, deletes the slot Pod (grace period
+//! [`SLOT_GRACE_SECONDS`]) and, once the slot is gone, creates the job Pod (409 = already
+//! there). A slot that takes longer to go (the kubelet must release its resources first)
+//! leaves the job Pod to `status`: the job starts at the run controller's next poll.
 //!
 //! `status`:
 //! - job Pod `Succeeded`/`Failed` -> the slot is created again, then `Exited(code)`, the
@@ -63,9 +65,12 @@
 //! `get` on pods/log, `get`, `create`, `patch`, `delete` on secrets.
 //!
 //! Limits: images from private registries need `imagePullSecrets`, which kpool does not
-//! set. A job Pod whose Secret got its owner is never started twice; in the short window
-//! between creating the job Pod and giving its Secret the owner, a job Pod deleted by
-//! someone else would be started again.
+//! set. A container that cannot be created for another reason (`CreateContainerError`,
+//! `CreateContainerConfigError`) keeps the run Running until it is stopped or reaches
+//! `maxDuration`. The job runs as its image's user: a namespace that enforces the
+//! `restricted` Pod Security Standard may refuse it. A job Pod whose Secret got its owner
+//! is never started twice; in the short window between creating the job Pod and giving its
+//! Secret the owner, a job Pod deleted by someone else would be started again.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -142,9 +147,10 @@ impl PodExecutor {
         self
     }
 
-    /// The name of the job Pod of the run with UID `run_uid` on machine `machine`.
-    pub fn job_pod_name(machine: &str, run_uid: &str) -> String {
-        format!("{machine}-run-{run_uid}")
+    /// The name of the job Pod of attempt `attempt` of the run with UID `run_uid` on
+    /// machine `machine`.
+    pub fn job_pod_name(machine: &str, run_uid: &str, attempt: u32) -> String {
+        format!("{machine}-run-{run_uid}-{attempt}")
     }
 
     async fn job(&self, run: &Run, instance: &Instance) -> Result<Job, ExecError> {
@@ -175,7 +181,7 @@ impl PodExecutor {
             pods: Api::namespaced(self.client.clone(), backend.namespace()),
             secrets: Api::namespaced(self.client.clone(), backend.namespace()),
             slot: backend.pod_for(&spec),
-            name: Self::job_pod_name(&machine, &run_uid),
+            name: Self::job_pod_name(&machine, &run_uid, run.status.as_ref().map_or(0, |s| s.attempts)),
             slot_name: machine,
             run_uid,
             run_image: backend.run_image().to_string(),
@@ -264,15 +270,16 @@ impl PodExecutor {
         }
     }
 
-    /// Deletes the finished job Pods of earlier runs on the machine. A job Pod of another
-    /// run that has not finished is an error: one run per instance.
+    /// Deletes the finished job Pods of earlier runs (and attempts) on the machine. A job
+    /// Pod of another run or attempt that has not finished is an error: one job per
+    /// instance.
     async fn clear_finished(&self, job: &Job) -> Result<(), ExecError> {
         let params = kube::api::ListParams::default().labels(&format!("{LABEL_MACHINE}={}", job.slot_name));
         let pods = job.pods.list(&params).await.map_err(|e| api_failed("list job Pods of", &job.slot_name, e))?;
-        for pod in pods.items.iter().filter(|p| p.labels().get(LABEL_RUN_UID) != Some(&job.run_uid)) {
+        for pod in pods.items.iter().filter(|p| p.name_any() != job.name) {
             if exit_code(pod).is_none() && pod.metadata.deletion_timestamp.is_none() {
                 return Err(ExecError::Other(format!(
-                    "job Pod {} of another run is still on machine {}",
+                    "job Pod {} of another run or attempt is still on machine {}",
                     pod.name_any(),
                     job.slot_name
                 )));
