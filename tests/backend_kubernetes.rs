@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
-use kube::Client;
+use kube::{Client, ResourceExt};
 use kube_fake_client::interceptor::{CreateContext, Funcs};
 use kube_fake_client::ClientBuilder;
 
@@ -21,7 +21,7 @@ use kpool::api::backend::{Backend as BackendObject, BackendSpec, BackendType, Ku
 use kpool::api::offer::Offer;
 use kpool::api::resources::{CpuArch, GpuVendor, Requirements, ResourcesSpec};
 use kpool::backends::factory::DefaultFactory;
-use kpool::backends::kubernetes::{KubernetesBackend, DEFAULT_IMAGE};
+use kpool::backends::kubernetes::{KubernetesBackend, DEFAULT_IMAGE, LABEL_MACHINE, LABEL_RUN_UID};
 use kpool::backends::{
     Backend, BackendError, BackendFactory, MachineSpec, MachineState, TAG_INSTANCE, TAG_INSTANCE_UID, TAG_MANAGED_BY,
     TAG_POOL,
@@ -499,4 +499,65 @@ async fn the_factory_builds_kubernetes_and_rejects_other_types() {
     assert_eq!(err.category(), "InvalidConfig");
     let msg = err.to_string();
     assert!(msg.contains("spec.credentials") && msg.contains("lambda"), "{msg}");
+}
+
+/// A job Pod standing in for machine `machine` (as the Pod executor makes them).
+fn job_pod(name: &str, machine: &str, run_uid: &str, phase: &str) -> Pod {
+    let mut pod = workload(name, NS, "node-a", "2", phase);
+    pod.metadata.labels = Some(labels(&[
+        (TAG_MANAGED_BY, "kpool"),
+        (TAG_POOL, "default-pool"),
+        (LABEL_MACHINE, machine),
+        (LABEL_RUN_UID, run_uid),
+    ]));
+    pod.metadata.annotations = Some(labels(&[(TAG_INSTANCE, "ml/a100-1"), ("kpool.dev/run", "ml/train")]));
+    pod
+}
+
+#[tokio::test]
+async fn job_pods_stand_in_for_their_machine() {
+    let pods = vec![
+        job_pod("kpool-m1-run-old", "kpool-m1", "old", "Succeeded"),
+        job_pod("kpool-m1-run-new", "kpool-m1", "new", "Running"),
+        job_pod("kpool-m2-run-done", "kpool-m2", "done", "Failed"),
+    ];
+    let (client, backend) = backend_with(vec![cpu_node("node-a", "8", "32Gi")], pods, None).await;
+    set_pod_status(&client, NS, "kpool-m1-run-new", "Running", true, Some("10.0.0.8")).await;
+
+    let m = backend.get("kpool-m1").await.unwrap();
+    assert_eq!((m.name.as_str(), m.state), ("kpool-m1", MachineState::Running), "the running job, not the old one");
+    assert_eq!(m.provider_id, "ml/kpool-m1-run-new");
+    let tags = labels(&[(TAG_MANAGED_BY, "kpool"), (TAG_POOL, "default-pool"), (TAG_INSTANCE, "ml/a100-1")]);
+    assert_eq!(m.tags, tags, "the job's own labels are not machine tags");
+    let m2 = backend.get("kpool-m2").await.unwrap();
+    assert_eq!(m2.state, MachineState::Pending, "only a finished job: the slot is due back");
+
+    // A slot Pod with the machine name wins over job Pods.
+    let offer = first_offer(&backend, &req("2..", "8GB..", None, None)).await;
+    backend.create(&machine_spec("kpool-m2", offer)).await.unwrap();
+    assert_eq!(backend.get("kpool-m2").await.unwrap().provider_id, "ml/kpool-m2");
+
+    let mut owned: Vec<(String, String)> =
+        backend.list_owned().await.unwrap().into_iter().map(|m| (m.name, m.provider_id)).collect();
+    owned.sort();
+    assert_eq!(
+        owned,
+        [("kpool-m1".to_string(), "ml/kpool-m1-run-new".to_string()), ("kpool-m2".into(), "ml/kpool-m2".into())],
+        "one machine per machine name"
+    );
+
+    // Deleting a machine deletes its slot and every job Pod of it, and nothing else.
+    backend.delete("kpool-m1").await.unwrap();
+    let left: Vec<String> = Api::<Pod>::namespaced(client, NS)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.iter().all(|n| n.starts_with("kpool-m2")), "{left:?}");
+    assert!(matches!(backend.get("kpool-m1").await, Err(BackendError::NotFound(_))));
+    assert!(matches!(backend.delete("kpool-m1").await, Err(BackendError::NotFound(_))));
 }

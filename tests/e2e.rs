@@ -52,6 +52,17 @@ where
     panic!("{name}: timed out waiting for {what}: {:?}", api.get_opt(name).await);
 }
 
+/// A run that keeps its instance busy until stopped. With the installed controller it
+/// executes in a job Pod in place of the instance's slot Pod.
+fn sleeper() -> RunSpec {
+    RunSpec {
+        resources: small(),
+        image: Some("busybox:1.36".into()),
+        commands: vec!["sleep 600".into()],
+        ..Default::default()
+    }
+}
+
 fn small() -> ResourcesSpec {
     ResourcesSpec {
         cpu: Some("1..".into()),
@@ -107,7 +118,7 @@ async fn runs_reuse_an_instance_and_the_pool_drains_after_the_idle_duration() {
     let instances: Api<Instance> = Api::namespaced(client.clone(), NS);
     let running = |r: &Run| r.status.as_ref().is_some_and(|s| s.phase == RunPhase::Running);
 
-    runs.create(&pp, &Run::new("first", RunSpec { resources: small(), ..Default::default() })).await.unwrap();
+    runs.create(&pp, &Run::new("first", sleeper())).await.unwrap();
     let first = wait_for(&runs, "first", "Running", running).await;
     let instance = first.status.unwrap().instance.unwrap();
 
@@ -118,7 +129,7 @@ async fn runs_reuse_an_instance_and_the_pool_drains_after_the_idle_duration() {
     })
     .await;
 
-    runs.create(&pp, &Run::new("second", RunSpec { resources: small(), ..Default::default() })).await.unwrap();
+    runs.create(&pp, &Run::new("second", sleeper())).await.unwrap();
     let second = wait_for(&runs, "second", "Running", running).await;
     assert_eq!(second.status.unwrap().instance.as_deref(), Some(instance.as_str()), "the idle instance is reused");
 

@@ -10,10 +10,12 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus};
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStatus, Node, NodeCondition, NodeSpec, NodeStatus, Pod, PodStatus,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kpool::api::backend::{Backend as BackendObject, BackendSpec, BackendType};
-use kpool::api::instance::InstanceSpec;
+use kpool::api::instance::{InstanceSpec, InstanceStatus};
 use kpool::api::pool::PoolSpec;
 use kpool::api::profile::{Profile, ProfileSpec};
 use kpool::api::resources::ResourcesSpec;
@@ -22,7 +24,9 @@ use kpool::backends::factory::DefaultFactory;
 use kpool::backends::{BackendFactory, MachineSpec};
 use kpool::controllers::gc::{Collector, GcConfig};
 use kpool::controllers::leader::{Elector, LeaderConfig};
+use kpool::exec::{Executor, PodExecutor};
 use kube::api::{ObjectMeta, PostParams};
+use kube::ResourceExt;
 use serde_json::Value;
 use support::*;
 
@@ -132,6 +136,46 @@ async fn exercise(h: &Harness) {
     backend.get("kpool-x").await.unwrap();
     backend.list_owned().await.unwrap();
     backend.delete("kpool-x").await.unwrap();
+    // A run's job on a kubernetes instance: the Pod executor, as the controller builds it.
+    let mut inst = kpool::api::instance::Instance::new("slice", InstanceSpec::default());
+    inst.metadata.namespace = Some(NS.into());
+    inst.metadata.uid = Some("3f1c3a52-0b3e-4c47-9d55-2f5d1d0c8a11".into());
+    inst.status = Some(InstanceStatus {
+        machine_name: Some("kpool-3f1c3a52-0b3e-4c47-9d55-2f5d1d0c8a11".into()),
+        offer: Some(backend.offers(&req).await.unwrap().remove(0)),
+        ..Default::default()
+    });
+    let spec = MachineSpec {
+        name: machine(&inst),
+        offer: inst.status.clone().unwrap().offer.unwrap(),
+        tags: Default::default(),
+        ssh_public_key: None,
+    };
+    backend.create(&spec).await.unwrap();
+    let run = h.run("in-pod", RunSpec { commands: vec!["true".into()], ..Default::default() }).await;
+    let exec = PodExecutor::new(h.ctx.client.clone());
+    exec.start(&run, &inst).await.unwrap();
+    exec.status(&run, &inst).await.unwrap();
+    let job = PodExecutor::job_pod_name(&machine(&inst), &run.uid().unwrap(), 0);
+    let pods: kube::Api<Pod> = kube::Api::namespaced(h.client.clone(), NS);
+    let mut pod = pods.get(&job).await.unwrap();
+    pod.status = Some(PodStatus {
+        phase: Some("Running".into()),
+        container_statuses: Some(vec![ContainerStatus {
+            name: "job".into(),
+            state: Some(ContainerState { running: Some(Default::default()), ..Default::default() }),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    });
+    pods.replace_status(&job, &PostParams::default(), &pod).await.unwrap();
+    // The in-memory API does not serve pods/log: only the request matters here.
+    let _ = exec.logs(&run, &inst, 0).await;
+    exec.stop(&run, &inst).await.unwrap();
+}
+
+fn machine(inst: &kpool::api::instance::Instance) -> String {
+    inst.status.as_ref().and_then(|s| s.machine_name.clone()).unwrap_or_default()
 }
 
 #[tokio::test]

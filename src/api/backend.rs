@@ -77,6 +77,10 @@ pub struct KubernetesBackendConfig {
     /// `registry.k8s.io/pause:3.10`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Container image of a run that sets no `image`: the run's commands execute in a Pod
+    /// of this image on the instance's node, with `sh`. Defaults to `ubuntu:24.04`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_image: Option<String>,
     /// Extended resource name under which nodes advertise GPUs. Defaults to
     /// `nvidia.com/gpu`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

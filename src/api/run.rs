@@ -82,7 +82,9 @@ pub struct RunSpec {
     #[serde(default)]
     #[x_kube(validation = Rule::new("self == oldSelf").message("resources are immutable: create a new Run"))]
     pub resources: ResourcesSpec,
-    /// Container image to run the commands in; without it they run on the host.
+    /// Container image to run the commands in. Without it they run on the host (`ssh`
+    /// instances), or in the backend's `runImage` (`kubernetes` instances, where a run
+    /// always executes in a Pod).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Shell commands, run in order.
@@ -92,7 +94,8 @@ pub struct RunSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "env_schema")]
     pub env: Vec<EnvVar>,
-    /// Working directory for the commands.
+    /// Working directory for the commands: relative to the login user's home on `ssh`
+    /// instances; an absolute path in the container on `kubernetes` instances.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
     /// Set to `true` to stop the run; its instance goes back to idle.

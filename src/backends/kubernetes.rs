@@ -26,7 +26,15 @@
 //!   `NVIDIA-A100-SXM4-80GB` -> `A100`) and `nvidia.com/gpu.memory` (MiB, rounded to
 //!   whole GB); a slice without GPUs carries no GPU details.
 //!
-//! Machines (`create`, `get`, `delete`, `list_owned`):
+//! Machines (`create`, `get`, `delete`, `list_owned`) — the slot Pod and the job Pod:
+//! - An instance's machine is its *slot* Pod, named with the machine name
+//!   (`kpool-<instance UID>`). While a run executes on the instance, the Pod executor
+//!   ([`crate::exec::pod`]) replaces the slot with the run's *job* Pod: same node, same
+//!   requests and limits, tolerations and node selector, named
+//!   `<machine name>-run-<run UID>-<attempt>` and labelled `kpool.dev/machine=<machine name>` and
+//!   `kpool.dev/run-uid=<run UID>`. When the job ends the slot is created again; the
+//!   finished job Pod stays (its log is read from it) until the next job on the machine
+//!   starts or the machine is deleted. The backend sees both as one machine.
 //! - `create` is idempotent: an existing Pod with the machine name is returned as is.
 //!   Otherwise the offer's node is looked up again; a node that is gone, cordoned, not
 //!   ready or newly tainted gives InsufficientCapacity, so the caller moves on to its next
@@ -37,6 +45,14 @@
 //!   GPUs. Tags whose key and value are valid label values become labels, the others
 //!   (e.g. `kpool.dev/instance` = `ns/name`) annotations; `kpool.dev/managed-by=kpool`
 //!   is always a label.
+//! - `get` reads the slot Pod by name; when there is none, the Pods labelled
+//!   `kpool.dev/machine=<name>` stand for it (a job Pod not finished first), so an instance
+//!   stays up while a job runs. `delete` deletes the slot Pod and every Pod with that
+//!   label; NotFound when there was none. `list_owned` gives one machine per machine name
+//!   (the slot's, or the job Pods' label), so the garbage collector never takes a job
+//!   Pod for an orphan of its own. The tags of a machine leave out the job's labels. A
+//!   machine that has only finished job Pods is Pending (its slot is due to come back), so
+//!   that deleting it, or collecting it as an orphan, still deletes those Pods.
 //! - Pod -> machine state: `deletionTimestamp` set -> Stopping; `Pending` -> Pending;
 //!   `Running` with a `Ready` condition `True` -> Running (address = the Pod IP), else
 //!   Pending; `Succeeded`/`Failed` -> Terminated. The provider id is `namespace/name`.
@@ -46,7 +62,7 @@
 //!
 //! Permissions: `list` on nodes (a node is looked up by a `metadata.name` field selector,
 //! not read), `list` on pods in every namespace, `get`, `create` and `delete` on pods in
-//! the backend's namespace.
+//! the backend's namespace. (Running jobs needs more; see [`crate::exec::pod`].)
 //!
 //! Limits: free capacity is read at offer time, so two instances can race for the same
 //! slice; the kubelet then rejects the later Pod (`OutOfcpu`, …), which reads as
@@ -74,6 +90,14 @@ pub const DEFAULT_GPU_RESOURCE: &str = "nvidia.com/gpu";
 pub const DEFAULT_CPU: u32 = 2;
 /// Value of the `kpool.dev/managed-by` label on machine Pods.
 pub const MANAGED_BY: &str = "kpool";
+/// Image of a run's job Pod when neither the run nor the backend sets one.
+pub const DEFAULT_RUN_IMAGE: &str = "ubuntu:24.04";
+/// Label of a job Pod: the machine name of the slot it stands in for.
+pub const LABEL_MACHINE: &str = "kpool.dev/machine";
+/// Label of a job Pod: the UID of its run.
+pub const LABEL_RUN_UID: &str = "kpool.dev/run-uid";
+/// Annotation of a job Pod: `namespace/name` of its run.
+pub const ANNOTATION_RUN: &str = "kpool.dev/run";
 
 const LABEL_REGION: &str = "topology.kubernetes.io/region";
 const LABEL_ARCH: &str = "kubernetes.io/arch";
@@ -87,6 +111,7 @@ pub struct KubernetesBackend {
     name: String,
     namespace: String,
     image: String,
+    run_image: String,
     gpu_resource: String,
     price: f64,
     node_selector: BTreeMap<String, String>,
@@ -103,10 +128,14 @@ impl KubernetesBackend {
         let cfg = object.spec.kubernetes.clone().unwrap_or_default();
         let namespace = cfg.namespace.or_else(|| object.metadata.namespace.clone()).unwrap_or_else(|| "default".into());
         let image = cfg.image.unwrap_or_else(|| DEFAULT_IMAGE.into());
+        let run_image = cfg.run_image.unwrap_or_else(|| DEFAULT_RUN_IMAGE.into());
         let gpu_resource = cfg.gpu_resource.unwrap_or_else(|| DEFAULT_GPU_RESOURCE.into());
         let price = cfg.price_per_hour.unwrap_or(0.0);
         if image.is_empty() {
             return Err(invalid("spec.kubernetes.image", "must not be empty"));
+        }
+        if run_image.is_empty() {
+            return Err(invalid("spec.kubernetes.runImage", "must not be empty"));
         }
         if gpu_resource.is_empty() {
             return Err(invalid("spec.kubernetes.gpuResource", "must not be empty"));
@@ -117,6 +146,7 @@ impl KubernetesBackend {
         Ok(KubernetesBackend {
             name,
             image,
+            run_image,
             gpu_resource,
             price,
             node_selector: cfg.node_selector,
@@ -131,6 +161,11 @@ impl KubernetesBackend {
     /// Namespace of the machine Pods.
     pub fn namespace(&self) -> &str {
         &self.namespace
+    }
+
+    /// Image of the job Pod of a run that sets no image.
+    pub fn run_image(&self) -> &str {
+        &self.run_image
     }
 
     /// Whether machine Pods may land on `node` at all (see the module docs).
@@ -206,8 +241,8 @@ impl KubernetesBackend {
         })
     }
 
-    /// The Pod that holds the machine of `spec`.
-    fn pod_for(&self, spec: &MachineSpec) -> Pod {
+    /// The slot Pod that holds the machine of `spec` (not created).
+    pub fn pod_for(&self, spec: &MachineSpec) -> Pod {
         let offer = &spec.offer;
         let mut resources = BTreeMap::new();
         if offer.cpu > 0 {
@@ -269,15 +304,18 @@ impl KubernetesBackend {
         }
     }
 
-    /// The machine a Pod stands for.
+    /// The machine a Pod stands for: the slot Pod's, or the one a job Pod stands in for.
     fn machine_of(&self, pod: &Pod) -> Machine {
         let status = pod.status.clone().unwrap_or_default();
         let ready = status.conditions.unwrap_or_default().iter().any(|c| c.type_ == "Ready" && c.status == "True");
         let state = if pod.metadata.deletion_timestamp.is_some() {
             MachineState::Stopping
         } else {
+            let job = pod.labels().contains_key(LABEL_MACHINE);
             match status.phase.as_deref() {
                 Some("Running") if ready => MachineState::Running,
+                // A finished job: its slot is due to come back.
+                Some("Succeeded") | Some("Failed") if job => MachineState::Pending,
                 Some("Succeeded") | Some("Failed") => MachineState::Terminated,
                 _ => MachineState::Pending,
             }
@@ -286,11 +324,13 @@ impl KubernetesBackend {
             .labels()
             .iter()
             .chain(pod.annotations().iter())
-            .filter(|(k, _)| k.starts_with("kpool.dev/"))
+            .filter(|(k, _)| {
+                k.starts_with("kpool.dev/") && ![LABEL_MACHINE, LABEL_RUN_UID, ANNOTATION_RUN].contains(&k.as_str())
+            })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         Machine {
-            name: pod.name_any(),
+            name: machine_name_of(pod),
             provider_id: format!("{}/{}", pod.namespace().unwrap_or_else(|| self.namespace.clone()), pod.name_any()),
             address: (state == MachineState::Running).then_some(status.pod_ip).flatten(),
             state,
@@ -357,20 +397,71 @@ impl Backend for KubernetesBackend {
     }
 
     async fn get(&self, name: &str) -> Result<Machine, BackendError> {
-        let pod = self.pods.get(name).await.map_err(|e| api_error("get pod", e))?;
-        Ok(self.machine_of(&pod))
+        if let Some(slot) = self.pods.get_opt(name).await.map_err(|e| api_error("get pod", e))? {
+            return Ok(self.machine_of(&slot));
+        }
+        let jobs = self.job_pods(name).await?;
+        let job = stand_in(jobs.iter()).ok_or_else(|| BackendError::NotFound(format!("no pod of machine {name}")))?;
+        Ok(self.machine_of(job))
     }
 
     async fn delete(&self, name: &str) -> Result<(), BackendError> {
-        self.pods.delete(name, &DeleteParams::default()).await.map_err(|e| api_error("delete pod", e))?;
+        let mut found = match self.pods.delete(name, &DeleteParams::default()).await {
+            Ok(_) => true,
+            Err(kube::Error::Api(s)) if s.code == 404 => false,
+            Err(e) => return Err(api_error("delete pod", e)),
+        };
+        for job in self.job_pods(name).await? {
+            found = true;
+            if job.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            match self.pods.delete(&job.name_any(), &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(api_error("delete pod", e)),
+            }
+        }
+        if !found {
+            return Err(BackendError::NotFound(format!("no pod of machine {name}")));
+        }
         Ok(())
     }
 
     async fn list_owned(&self) -> Result<Vec<Machine>, BackendError> {
         let params = ListParams::default().labels(&format!("{TAG_MANAGED_BY}={MANAGED_BY}"));
         let pods = self.pods.list(&params).await.map_err(|e| api_error("list pods", e))?;
-        Ok(pods.items.iter().map(|p| self.machine_of(p)).collect())
+        let mut by_machine: BTreeMap<String, Vec<&Pod>> = BTreeMap::new();
+        for pod in &pods.items {
+            by_machine.entry(machine_name_of(pod)).or_default().push(pod);
+        }
+        Ok(by_machine
+            .into_iter()
+            .filter_map(|(name, pods)| {
+                let slot = pods.iter().copied().find(|p| p.name_any() == name);
+                slot.or_else(|| stand_in(pods.into_iter())).map(|p| self.machine_of(p))
+            })
+            .collect())
     }
+}
+
+impl KubernetesBackend {
+    /// The job Pods standing in for machine `name` (finished ones included).
+    async fn job_pods(&self, name: &str) -> Result<Vec<Pod>, BackendError> {
+        let params = ListParams::default().labels(&format!("{LABEL_MACHINE}={name}"));
+        Ok(self.pods.list(&params).await.map_err(|e| api_error("list pods", e))?.items)
+    }
+}
+
+/// The machine name of a slot Pod (its name) or of a job Pod (its `kpool.dev/machine` label).
+fn machine_name_of(pod: &Pod) -> String {
+    pod.labels().get(LABEL_MACHINE).cloned().unwrap_or_else(|| pod.name_any())
+}
+
+/// Which of a machine's job Pods stands for it: one not finished, else any.
+fn stand_in<'a>(mut pods: impl Iterator<Item = &'a Pod> + Clone) -> Option<&'a Pod> {
+    let finished = |p: &Pod| matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
+    pods.clone().find(|p| !finished(p)).or_else(|| pods.next())
 }
 
 /// Amounts of the resources offers are made of: cores, bytes, GPUs, bytes, Pods.

@@ -55,6 +55,19 @@ pub fn region_names(regions: &[String]) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
+/// The tags every cloud resource of `instance`'s machine carries: managed-by, the
+/// instance's UID and `namespace/name`, and its pool.
+pub fn machine_tags(instance: &crate::api::instance::Instance) -> BTreeMap<String, String> {
+    use kube::ResourceExt;
+    let pool = instance.status.as_ref().and_then(|s| s.pool.clone()).unwrap_or_default();
+    BTreeMap::from([
+        (TAG_MANAGED_BY.to_string(), "kpool".to_string()),
+        (TAG_INSTANCE_UID.to_string(), instance.uid().unwrap_or_default()),
+        (TAG_INSTANCE.to_string(), format!("{}/{}", instance.namespace().unwrap_or_default(), instance.name_any())),
+        (TAG_POOL.to_string(), pool),
+    ])
+}
+
 /// Errors a backend reports, by what the caller should do about them.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum BackendError {

@@ -14,13 +14,11 @@ use kube::ResourceExt;
 use super::metrics::InstanceSample;
 use super::observe::{holding_capacity, instances, policy_of, pool_of};
 use super::{Context, Error};
-use crate::api::conditions::{condition_tri, upsert};
 use crate::api::backend::BackendType;
+use crate::api::conditions::{condition_tri, upsert};
 use crate::api::instance::{Instance, InstancePhase, InstanceStatus, INSTANCE_FINALIZER, PROVISIONED_FOR_LABEL};
 use crate::api::run::Run;
-use crate::backends::{
-    machine_name, BackendError, MachineSpec, MachineState, TAG_INSTANCE, TAG_INSTANCE_UID, TAG_MANAGED_BY, TAG_POOL,
-};
+use crate::backends::{machine_name, machine_tags, BackendError, MachineSpec, MachineState};
 use crate::core::instance::{self as sm, LaunchFailure, NoOffer, Step, POLL_INTERVAL};
 use crate::core::policy::{EffectivePolicy, Origin};
 use crate::exec::ssh::instance_key;
@@ -245,12 +243,10 @@ async fn launch(
         false => None,
     };
     let name = st.machine_name.clone().unwrap_or_default();
-    let tags = BTreeMap::from([
-        (TAG_MANAGED_BY.to_string(), "kpool".to_string()),
-        (TAG_INSTANCE_UID.to_string(), inst.uid().unwrap_or_default()),
-        (TAG_INSTANCE.to_string(), format!("{ns}/{}", inst.name_any())),
-        (TAG_POOL.to_string(), st.pool.clone().unwrap_or_default()),
-    ]);
+    // From `st`, which may be newer than `inst.status`.
+    let mut tagged = inst.clone();
+    tagged.status = Some(st.clone());
+    let tags = machine_tags(&tagged);
     let spec = MachineSpec { name, offer: offer.clone(), tags, ssh_public_key };
     ctx.metrics.launch_attempted(&offer.backend);
     match backend.create(&spec).await {

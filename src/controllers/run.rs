@@ -340,6 +340,12 @@ async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Con
     }
     let state = match ctx.executor.status(&run, &inst).await {
         Err(ExecError::Unreachable(why)) => return unreachable(run, st, policy, &inst, &why, ctx).await,
+        // The job cannot go on (e.g. its image cannot be pulled): stop what is left of it.
+        Err(e @ ExecError::Unsupported(_)) => {
+            ctx.executor.stop(&run, &inst).await?;
+            let msg = e.to_string();
+            return finish(ctx, run, st, RunPhase::Failed, "Unsupported", None, &msg).await;
+        }
         other => other?,
     };
     if find(&st.conditions, REACHABLE).is_some_and(|c| c.status == "False") {

@@ -1,8 +1,9 @@
 //! The production executor: picks how to run a job from the instance's backend type.
 //! Instances of `ssh`, `aws` and `lambda` backends run jobs over SSH (hosts you own with
-//! the backend's key; cloud machines at their address with the instance's own key); the
-//! other backends (`kubernetes`) have no job runner yet, so their runs hold the instance
-//! (as [`HoldExecutor`](super::HoldExecutor) does) until stopped, deleted or `maxDuration`.
+//! the backend's key; cloud machines at their address with the instance's own key);
+//! instances of `kubernetes` backends in a job Pod in place of their slot Pod
+//! ([`PodExecutor`]). Any other backend type would hold the instance (as
+//! [`HoldExecutor`](super::HoldExecutor) does) until stopped, deleted or `maxDuration`.
 
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use async_trait::async_trait;
 use kube::api::Api;
 use kube::ResourceExt;
 
-use super::{ExecError, Executor, HoldExecutor, JobLogs, JobState, SshExecutor};
+use super::{ExecError, Executor, HoldExecutor, JobLogs, JobState, PodExecutor, SshExecutor};
 use crate::api::backend::{Backend as BackendObject, BackendType};
 use crate::api::instance::Instance;
 use crate::api::run::Run;
@@ -19,13 +20,19 @@ use crate::backends::factory::DefaultFactory;
 pub struct DispatchExecutor {
     client: kube::Client,
     ssh: SshExecutor,
+    pod: PodExecutor,
     hold: HoldExecutor,
 }
 
 impl DispatchExecutor {
     /// `factory` should be the controller's, so SSH host keys are shared with the backend.
     pub fn new(client: kube::Client, factory: Arc<DefaultFactory>) -> Self {
-        DispatchExecutor { ssh: SshExecutor::from_api(client.clone(), factory), client, hold: HoldExecutor }
+        DispatchExecutor {
+            ssh: SshExecutor::from_api(client.clone(), factory),
+            pod: PodExecutor::new(client.clone()),
+            client,
+            hold: HoldExecutor,
+        }
     }
 
     async fn backend_type(&self, instance: &Instance) -> Result<Option<BackendType>, ExecError> {
@@ -40,6 +47,7 @@ impl DispatchExecutor {
     async fn pick(&self, instance: &Instance) -> Result<&dyn Executor, ExecError> {
         Ok(match self.backend_type(instance).await? {
             Some(t) if runs_over_ssh(t) => &self.ssh,
+            Some(BackendType::Kubernetes) => &self.pod,
             _ => &self.hold,
         })
     }
@@ -63,6 +71,7 @@ impl JobLogs for DispatchExecutor {
     async fn logs(&self, run: &Run, instance: &Instance, from_byte: u64) -> Result<(String, u64), ExecError> {
         match self.backend_type(instance).await? {
             Some(t) if runs_over_ssh(t) => self.ssh.logs(run, instance, from_byte).await,
+            Some(BackendType::Kubernetes) => self.pod.logs(run, instance, from_byte).await,
             other => Err(ExecError::Unsupported(format!(
                 "runs on {} backends execute nothing yet, so they have no logs",
                 other.map(|t| t.as_str()).unwrap_or("unknown")

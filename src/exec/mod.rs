@@ -8,6 +8,8 @@
 //!   their address with their own key, see [`ssh::instance_key`]), detached from the
 //!   connection, in a job directory on the host (see the [`ssh`] module for the layout,
 //!   and [`JobLogs`] for reading the output);
+//! - [`pod::PodExecutor`] runs them in a Pod that takes the place of the instance's slot
+//!   Pod on its node (instances of `kubernetes` backends; see the [`pod`] module);
 //! - [`HoldExecutor`] holds the instance without running anything;
 //! - [`ScriptedExecutor`] is the test double.
 //!
@@ -24,9 +26,11 @@ pub use crate::core::run::JobState;
 
 pub mod dispatch;
 pub mod env;
+pub mod pod;
 pub mod ssh;
 
 pub use self::dispatch::DispatchExecutor;
+pub use self::pod::PodExecutor;
 pub use self::ssh::SshExecutor;
 
 /// A failure to start, query or stop a job.
@@ -35,7 +39,8 @@ pub enum ExecError {
     /// The instance could not be reached.
     #[error("instance unreachable: {0}")]
     Unreachable(String),
-    /// The job cannot run there (e.g. an image was given but the host has no container runtime).
+    /// The job cannot run there (e.g. an image was given but the host has no container
+    /// runtime, or the image cannot be pulled). Fails the run.
     #[error("cannot run the job: {0}")]
     Unsupported(String),
     #[error("{0}")]
@@ -74,7 +79,7 @@ pub trait JobLogs: Send + Sync {
 
 /// Holds the instance for the run without executing anything: the run stays Running
 /// until it is stopped (`spec.stop`, deletion) or reaches `maxDuration`. This is what
-/// the controller uses until command execution over SSH and in Pods is built.
+/// the controller uses for backends without a job runner (the clouds, for now).
 pub struct HoldExecutor;
 
 #[async_trait]
