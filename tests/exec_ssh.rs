@@ -731,3 +731,26 @@ async fn starting_a_job_prunes_directories_of_jobs_that_ended_long_ago() {
     let _ = fs::remove_dir_all(ended_recently);
     let _ = fs::remove_dir_all(running_long);
 }
+
+#[tokio::test]
+async fn a_retried_run_on_the_same_host_runs_a_new_job() {
+    let sshd = Sshd::start();
+    let exec = executor(&sshd).await;
+    let mut job = Job::new(&[
+        "test -e \"$HOME/.kpool/runs/$RETRY_MARK\" || { touch \"$HOME/.kpool/runs/$RETRY_MARK\"; exit 3; }",
+    ]);
+    let mark = format!("{}.mark", job.uid());
+    job.run.spec.env = vec![literal("RETRY_MARK", &mark)];
+    exec.start(&job.run, &instance()).await.unwrap_or_else(|e| panic!("{e}\n{}", sshd.log()));
+    assert_eq!(wait_exit(&exec, &job, Duration::from_secs(20)).await, 3);
+
+    // The run controller resubmits it (status.attempts 1) and it lands on the same host.
+    job.run.status = Some(kpool::api::run::RunStatus { attempts: 1, ..Default::default() });
+    exec.start(&job.run, &instance()).await.unwrap();
+    assert_eq!(wait_exit(&exec, &job, Duration::from_secs(20)).await, 0, "a new job, not the old exit code");
+    let retry_dir = job.dir.with_file_name(format!("{}-1", job.uid()));
+    assert_eq!(fs::read_to_string(retry_dir.join("exit_code")).unwrap().trim(), "0");
+    assert_eq!(job.file("exit_code").unwrap().trim(), "3", "the first attempt's directory is kept");
+    let _ = fs::remove_dir_all(retry_dir);
+    let _ = fs::remove_file(home().join(".kpool/runs").join(mark));
+}

@@ -1,7 +1,8 @@
 //! Runs a run's commands on its instance over SSH, detached from the controller.
 //!
-//! Each run has a job directory on its host, `~/.kpool/runs/<run UID>/` (private to the
-//! login user, mode 0700), holding:
+//! Each run has a job directory on its host, `~/.kpool/runs/<job id>/` (private to the
+//! login user, mode 0700), where the job id is the run's UID, with `-<N>` appended for the
+//! N-th retry ([`job_id`]), holding:
 //! - `job.sh`: `set -e` then the run's commands in order, byte for byte;
 //! - `env`: `export NAME='value'` lines (values single-quoted, names checked shell names);
 //! - `run.sh`: the runner kpool generates (see [`script::runner_script`]);
@@ -25,7 +26,7 @@
 //! `spec.workingDir`, relative to `$HOME`). When it ends, processes it left in the background
 //! get SIGTERM and its exit code is recorded.
 //!
-//! With `spec.image`, the commands run in `docker run --rm --name kpool-<uid> [--gpus all]
+//! With `spec.image`, the commands run in `docker run --rm --name kpool-<job id> [--gpus all]
 //! -e NAME… [-w DIR] IMAGE sh -c <commands>` (`--gpus all` when the host has `nvidia-smi`;
 //! variables are passed by name, their values come from the runner's environment). A host
 //! without `docker`, or whose docker daemon does not answer, gives
@@ -153,12 +154,12 @@ impl SshExecutor {
         self
     }
 
-    /// The job's output (`~/.kpool/runs/<uid>/output.log` on the host) from byte
+    /// The job's output (`~/.kpool/runs/<job id>/output.log` on the host) from byte
     /// `from_byte` on, at most [`LOG_CHUNK`] bytes, and the offset to read from next. A
     /// chunk never ends inside a UTF-8 character (the rest comes with the next read);
     /// other invalid bytes are replaced. The log is there while the job runs and after.
     pub async fn logs(&self, run: &Run, instance: &Instance, from_byte: u64) -> Result<(String, u64), ExecError> {
-        let uid = run_uid(run)?;
+        let uid = job_id(run)?;
         let (conn, host) = self.connect(instance).await?;
         let out = self.control(&conn, &script::logs_script(&uid, from_byte, LOG_CHUNK), &[], LOG_CHUNK).await;
         conn.close().await;
@@ -248,7 +249,7 @@ impl SshExecutor {
     }
 
     async fn report(&self, run: &Run, instance: &Instance, stop: bool) -> Result<(Reported, String), ExecError> {
-        let uid = run_uid(run)?;
+        let uid = job_id(run)?;
         let (conn, host) = self.connect(instance).await?;
         let (script, timeout) = if stop {
             let grace = self.stop_grace.as_secs().max(1);
@@ -272,7 +273,7 @@ impl SshExecutor {
 #[async_trait]
 impl Executor for SshExecutor {
     async fn start(&self, run: &Run, instance: &Instance) -> Result<(), ExecError> {
-        let uid = run_uid(run)?;
+        let uid = job_id(run)?;
         let (conn, host) = self.connect(instance).await?;
         let result = self.start_on(&conn, &host, run, &uid).await;
         conn.close().await;
@@ -303,16 +304,23 @@ impl JobLogs for SshExecutor {
     }
 }
 
-fn run_uid(run: &Run) -> Result<String, ExecError> {
+/// The job's id, which names its directory and container: the run's UID, and for a retry
+/// (`status.attempts` > 0) `-<attempts>` after it, so a retried run placed on the same host
+/// runs a new job instead of finding the last attempt's exit code.
+pub fn job_id(run: &Run) -> Result<String, ExecError> {
     let uid = run.metadata.uid.clone().ok_or_else(|| ExecError::Other(format!("run {} has no UID", run.name_any())))?;
-    script::check_uid(&uid)?;
-    Ok(uid)
+    let id = match run.status.as_ref().map(|s| s.attempts).unwrap_or(0) {
+        0 => uid,
+        n => format!("{uid}-{n}"),
+    };
+    script::check_uid(&id)?;
+    Ok(id)
 }
 
 fn no_job(run: &Run, host: &str) -> ExecError {
-    let uid = run.metadata.uid.as_deref().unwrap_or_default();
+    let id = job_id(run).unwrap_or_default();
     ExecError::Other(format!(
-        "no job of run {} on host {host}: it was never started, or ~/.kpool/runs/{uid} was removed",
+        "no job of run {} on host {host}: it was never started, or ~/.kpool/runs/{id} was removed",
         run.name_any()
     ))
 }
