@@ -681,6 +681,15 @@ async fn runs_execute_in_job_pods_through_the_controllers_and_reuse_the_slot() {
     let report = Collector::default().pass(&h.ctx, &gc, Some(NS)).await.unwrap();
     assert!(report.deleted.is_empty() && report.reported.is_empty(), "{report:?}");
     assert!(pods(&h).get_opt(&job_name(&inst, &run)).await.unwrap().is_some());
+    // Health checks while the job Pod stands in for the slot, still creating its container
+    // for longer than the unreachable grace, leave the instance and the run alone.
+    kubelet(&h, &job_name(&inst, &run), "Pending", waiting("ContainerCreating", "pulling a large image")).await;
+    for _ in 0..7 {
+        h.advance(std::time::Duration::from_secs(61));
+        h.settle(1).await;
+    }
+    assert_eq!(h.get_instance("slice").await.status.unwrap().phase, InstancePhase::Busy);
+    assert_eq!(h.get_run("fourth").await.status.unwrap().phase, RunPhase::Running);
     h.delete_run("fourth").await.unwrap();
     assert!(pods(&h).get_opt(&job_name(&inst, &run)).await.unwrap().is_none(), "deleting the run stops its job");
     assert!(pods(&h).get_opt(&machine(&inst)).await.unwrap().is_some());
