@@ -45,10 +45,9 @@ async fn until_finished(h: &Harness, run: &str) -> kpool::api::run::RunStatus {
     }
 }
 
-#[tokio::test]
-async fn runs_execute_on_an_ssh_host_and_the_host_is_reused() {
-    let sshd = Sshd::start();
-    let h = Harness::with_real_backends().await;
+/// An ssh Backend `lab` with the test's sshd as host `box`, and an idle instance `box`
+/// pinned to it. Returns the (small) requirements that fit this machine.
+async fn lab_host(h: &Harness, sshd: &Sshd) -> ResourcesSpec {
     h.create(Secret {
         metadata: ObjectMeta { name: Some("lab-key".into()), ..Default::default() },
         type_: Some("kubernetes.io/ssh-auth".into()),
@@ -83,6 +82,14 @@ async fn runs_execute_on_an_ssh_host_and_the_host_is_reused() {
     h.settle(2).await;
     let st = h.get_instance("box").await.status.unwrap();
     assert_eq!(st.phase, InstancePhase::Idle, "{:?}", st.conditions);
+    small
+}
+
+#[tokio::test]
+async fn runs_execute_on_an_ssh_host_and_the_host_is_reused() {
+    let sshd = Sshd::start();
+    let h = Harness::with_real_backends().await;
+    let small = lab_host(&h, &sshd).await;
 
     let first = RunSpec {
         resources: small.clone(),
@@ -201,4 +208,43 @@ async fn runs_execute_over_ssh_on_an_aws_instance_with_its_own_key() {
             .join(".kpool/runs")
             .join(run.metadata.uid.unwrap_or_default()),
     );
+}
+
+#[tokio::test]
+async fn max_duration_stops_a_real_job_and_frees_the_host() {
+    let sshd = Sshd::start();
+    let h = Harness::with_real_backends().await;
+    let small = lab_host(&h, &sshd).await;
+    let policy = PolicySpec { max_duration: Some("10m".into()), ..Default::default() };
+    let spec =
+        RunSpec { resources: small, commands: vec!["echo started; sleep 600".into()], policy, ..Default::default() };
+    h.run("long", spec).await;
+    h.settle(2).await;
+    assert_eq!(h.get_run("long").await.status.unwrap().phase, RunPhase::Running);
+    let uid = h.get_run("long").await.metadata.uid.unwrap();
+    let dir = support_ssh::home().join(".kpool/runs").join(&uid);
+    let pid: u32 = loop {
+        if let Some(p) = std::fs::read_to_string(dir.join("pid")).ok().and_then(|p| p.trim().parse().ok()) {
+            break p;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    // Within maxDuration nothing happens; past it the job is stopped.
+    h.advance(Duration::from_secs(9 * 60));
+    h.settle(1).await;
+    assert_eq!(h.get_run("long").await.status.unwrap().phase, RunPhase::Running);
+    h.advance(Duration::from_secs(61));
+    h.settle(2).await;
+    let st = h.get_run("long").await.status.unwrap();
+    assert_eq!((st.phase, st.termination_reason.as_deref()), (RunPhase::Terminated, Some("MaxDurationExceeded")));
+    // Gone, or a zombie nobody reaped yet (the runner's parent is the init of this machine).
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| {
+        let rest = &s[s.rfind(')')? + 1..];
+        rest.split_whitespace().next().map(str::to_string)
+    });
+    assert!(state.as_deref().is_none_or(|s| s == "Z"), "the job's process still runs: {state:?}");
+    assert_eq!(std::fs::read_to_string(dir.join("exit_code")).unwrap().trim(), "143", "SIGTERM ended it");
+    assert_eq!(h.get_instance("box").await.status.unwrap().phase, InstancePhase::Idle, "the host is free again");
+    let _ = std::fs::remove_dir_all(dir);
 }
