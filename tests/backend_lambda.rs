@@ -479,3 +479,20 @@ async fn terminating_deletes_the_registered_key_and_so_does_a_failed_launch() {
         ]
     );
 }
+
+#[tokio::test]
+async fn deleting_a_machine_that_went_without_kpool_still_deletes_its_key() {
+    let c = Contract::start().await;
+    // `kpool-new` has a registered key (the `kpool-keys` example) but no instance.
+    let err = c.backend(&[]).delete("kpool-new").await.unwrap_err();
+    assert!(matches!(err, BackendError::NotFound(_)), "{err:?}");
+    let log = c.exchanges();
+    assert_eq!(
+        calls(&log),
+        [
+            ("GET", "/api/v1/instances"),
+            ("GET", "/api/v1/ssh-keys"),
+            ("DELETE", "/api/v1/ssh-keys/7e57ab1e00aa11bb22cc33dd44ee55ff")
+        ]
+    );
+}

@@ -195,6 +195,8 @@ async fn deleting_an_instance_whose_machine_is_already_gone() {
     h.backend.vanish(&machine);
     h.delete_instance("cpu").await.expect("NotFound means done");
     assert!(h.api::<kpool::api::instance::Instance>().get_opt("cpu").await.unwrap().is_none());
+    // Still asked to delete, so what the machine left at the provider goes too.
+    assert!(h.backend.calls().contains(&Call::Delete { name: machine }));
 }
 
 #[tokio::test]

@@ -324,6 +324,8 @@ impl Backend for LambdaBackend {
     async fn delete(&self, name: &str) -> Result<(), BackendError> {
         let found = self.named(name).await?;
         if found.is_empty() {
+            // Gone without kpool (preempted, terminated in the console): its key goes too.
+            self.forget_key(name).await?;
             return Err(BackendError::NotFound(format!("no Lambda instance named {name}")));
         }
         let ids: Vec<&str> = found

@@ -488,11 +488,18 @@ async fn delete_machine(inst: &Instance, st: &InstanceStatus, ctx: &Context) -> 
     let ns = inst.namespace().unwrap_or_default();
     let backend = ctx.backend(&ns, &offer.backend).await?;
     let wrap = |source| Error::Backend { backend: offer.backend.clone(), source };
-    match backend.get(name).await {
-        Err(BackendError::NotFound(_)) => return Ok(true),
-        Ok(m) if m.state == MachineState::Terminated => return Ok(true),
-        Ok(_) => {}
+    let gone = match backend.get(name).await {
+        Err(BackendError::NotFound(_)) => true,
+        Ok(m) => m.state == MachineState::Terminated,
         Err(e) => return Err(wrap(e)),
+    };
+    if gone {
+        // Still asked to delete: what the machine leaves behind at the provider (a
+        // registered SSH key) goes with it even when the machine went without kpool.
+        return match backend.delete(name).await {
+            Ok(()) | Err(BackendError::NotFound(_)) => Ok(true),
+            Err(e) => Err(wrap(e)),
+        };
     }
     match backend.delete(name).await {
         Err(BackendError::NotFound(_)) => Ok(true),
