@@ -486,6 +486,7 @@ async fn a_host_that_does_not_answer_is_unreachable_within_the_timeout() {
         known_hosts: KnownHosts::default(),
         connect_timeout: Some(Duration::from_millis(500)),
         pin_as: None,
+        host_key: None,
     };
     let exec = SshExecutor::new(Arc::new(TestTargets(login)), Arc::new(ApiEnv::new(api().await)));
     let job = Job::new(&["true"]);

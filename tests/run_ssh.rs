@@ -28,6 +28,7 @@ use kpool::api::run::{RunPhase, RunSpec};
 use kpool::backends::factory::DefaultFactory;
 use kpool::exec::{DispatchExecutor, JobLogs};
 use kube::api::ObjectMeta;
+use kube::ResourceExt;
 use support::*;
 use support_ssh::*;
 
@@ -144,7 +145,7 @@ async fn authorized_keys_in_user_data(moto: &support_aws::Moto, id: &str) -> Vec
 #[tokio::test]
 async fn runs_execute_over_ssh_on_an_aws_instance_with_its_own_key() {
     let moto = support_aws::moto();
-    let sshd = Sshd::start();
+    let mut sshd = Sshd::start();
     let h = Harness::with_real_backends().await;
     // The sshd plays the machine: its port, and the user it runs as.
     let config = AwsBackendConfig { ssh_port: Some(sshd.port), ssh_user: Some(current_user()), ..Default::default() };
@@ -203,6 +204,16 @@ async fn runs_execute_over_ssh_on_an_aws_instance_with_its_own_key() {
     assert_eq!(text, format!("cloud 42 as {}\n", current_user()));
     assert!(sshd.logins() >= 2, "the job ran over SSH: {}", sshd.log());
     assert_eq!(h.get_instance("vm").await.status.unwrap().phase, InstancePhase::Idle, "released after the run");
+
+    // The machine's host key was pinned on the key Secret at first contact, so that a
+    // controller that starts afresh (an executor with nothing in memory) refuses another.
+    let pinned = h.api::<Secret>().get("vm-ssh").await.unwrap().annotations().get("kpool.dev/ssh-host-key").cloned();
+    let expected = key(31).public_key().fingerprint(russh::keys::HashAlg::Sha256).to_string();
+    assert_eq!(pinned.as_deref(), Some(expected.as_str()), "the sshd's host key");
+    sshd.restart_with_host_key(32);
+    let fresh = DispatchExecutor::new(h.client.clone(), Arc::new(DefaultFactory::new(h.client.clone())));
+    let err = fresh.logs(&run, &h.get_instance("vm").await, 0).await.unwrap_err();
+    assert!(err.to_string().contains("host key changed"), "{err}");
     let _ = std::fs::remove_dir_all(
         std::path::Path::new(&std::env::var("HOME").unwrap())
             .join(".kpool/runs")

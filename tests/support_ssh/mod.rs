@@ -159,6 +159,7 @@ impl Sshd {
             known_hosts: KnownHosts::default(),
             connect_timeout: Some(Duration::from_secs(5)),
             pin_as: None,
+            host_key: None,
         }
     }
 

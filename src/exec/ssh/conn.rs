@@ -6,7 +6,8 @@
 //! first use and remembered in the executor's own record ([`Tofu`]), by `host:port`, or
 //! by [`SshLogin::pin_as`] and `host:port` when the login says (cloud instances: their
 //! UID, so a new machine that reuses an address is not refused, while the machine of one
-//! instance showing another key is).
+//! instance showing another key is). A fingerprint recorded durably
+//! ([`SshLogin::host_key`], cloud instances after first contact) wins over both.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -55,9 +56,13 @@ enum ConnError {
 struct Handler {
     id: String,
     known: KnownHosts,
+    /// A durably recorded fingerprint; wins over `known` and `tofu`.
+    pinned: Option<String>,
     tofu: Tofu,
     host: String,
     port: u16,
+    /// The fingerprint the host offered.
+    seen: Arc<Mutex<String>>,
 }
 
 impl client::Handler for Handler {
@@ -69,9 +74,12 @@ impl client::Handler for Handler {
             PublicKeyOrCertificate::Certificate(cert) => cert.public_key(),
         };
         let offered = russh::keys::PublicKey::from(data.clone()).fingerprint(HashAlg::Sha256).to_string();
-        let recorded = match self.known.fingerprint(&self.host, self.port) {
-            Some(fp) => fp,
-            None => self.tofu.0.lock().expect("tofu").entry(self.id.clone()).or_insert_with(|| offered.clone()).clone(),
+        *self.seen.lock().expect("seen") = offered.clone();
+        let recorded = match (self.pinned.clone(), self.known.fingerprint(&self.host, self.port)) {
+            (Some(fp), _) | (None, Some(fp)) => fp,
+            (None, None) => {
+                self.tofu.0.lock().expect("tofu").entry(self.id.clone()).or_insert_with(|| offered.clone()).clone()
+            }
         };
         if recorded != offered {
             return Err(ConnError::HostKeyChanged(offered));
@@ -84,6 +92,7 @@ impl client::Handler for Handler {
 pub(crate) struct Conn {
     handle: Handle<Handler>,
     target: Target,
+    host_key: String,
 }
 
 fn endpoint(t: &Target) -> String {
@@ -102,6 +111,7 @@ pub(crate) async fn connect(login: &SshLogin, tofu: &Tofu, timeout: Duration) ->
         ))
     })?;
     let key = Arc::new(key);
+    let seen = Arc::new(Mutex::new(String::new()));
     let attempt = async {
         let config = Arc::new(client::Config {
             inactivity_timeout: Some(timeout.max(Duration::from_secs(30))),
@@ -114,9 +124,11 @@ pub(crate) async fn connect(login: &SshLogin, tofu: &Tofu, timeout: Duration) ->
                 None => format!("{}:{}", t.host, t.port),
             },
             known: login.known_hosts.clone(),
+            pinned: login.host_key.clone(),
             tofu: tofu.clone(),
             host: t.host.clone(),
             port: t.port,
+            seen: seen.clone(),
         };
         let mut handle = client::connect(config, (t.host.as_str(), t.port), handler).await?;
         let hash = if key.algorithm().is_rsa() { handle.best_supported_rsa_hash().await?.flatten() } else { None };
@@ -134,10 +146,16 @@ pub(crate) async fn connect(login: &SshLogin, tofu: &Tofu, timeout: Duration) ->
     if !authenticated {
         return Err(ExecError::Other(format!("{}: the host refused the key for user {:?}", endpoint(t), t.user)));
     }
-    Ok(Conn { handle, target: t.clone() })
+    let host_key = seen.lock().expect("seen").clone();
+    Ok(Conn { handle, target: t.clone(), host_key })
 }
 
 impl Conn {
+    /// SHA-256 fingerprint of the host key the host showed.
+    pub fn host_key(&self) -> &str {
+        &self.host_key
+    }
+
     /// Runs `command` through the login shell, feeding it `stdin` (then end of file), and
     /// keeps at most `max_output` bytes of each output stream. The exit status is in the
     /// answer; a lost connection or `timeout` is [`ExecError::Unreachable`].

@@ -9,6 +9,10 @@
 //! is labelled `kpool.dev/managed-by=kpool` and owned by the instance (an ownerReference,
 //! without `blockOwnerDeletion`), so Kubernetes deletes it with the instance.
 //!
+//! The machine's host key is trusted on first contact and its fingerprint recorded on the
+//! Secret ([`HOST_KEY_ANNOTATION`], [`remember_host_key`]); from then on any other host key
+//! is refused, also by a restarted controller.
+//!
 //! [`ensure`] is idempotent and never replaces a key: an existing Secret of this instance is
 //! used as it is (its machine may already be running with that key); a Secret of that name
 //! that belongs to something else is an error, never overwritten.
@@ -33,6 +37,9 @@ pub const SECRET_TYPE: &str = "kubernetes.io/ssh-auth";
 pub const PRIVATE_KEY: &str = "ssh-privatekey";
 /// Data key of the public key (`ssh-ed25519 AAAA… comment`).
 pub const PUBLIC_KEY: &str = "ssh-publickey";
+/// Annotation of the key Secret: the SHA-256 fingerprint of the machine's host key, pinned
+/// on first contact.
+pub const HOST_KEY_ANNOTATION: &str = "kpool.dev/ssh-host-key";
 /// Longest object name Kubernetes accepts.
 const MAX_NAME: usize = 253;
 
@@ -43,6 +50,9 @@ pub struct InstanceKey {
     pub private_key: String,
     /// One `authorized_keys` line.
     pub public_key: String,
+    /// SHA-256 fingerprint of the machine's host key, recorded on first contact
+    /// ([`HOST_KEY_ANNOTATION`]); `None` before.
+    pub host_key: Option<String>,
 }
 
 impl std::fmt::Debug for InstanceKey {
@@ -87,7 +97,7 @@ pub fn generate(comment: &str) -> Result<InstanceKey, KeyError> {
     key.set_comment(comment);
     let private_key = key.to_openssh(LineEnding::LF).map_err(|e| KeyError::Generate(e.to_string()))?.to_string();
     let public_key = key.public_key().to_openssh().map_err(|e| KeyError::Generate(e.to_string()))?;
-    Ok(InstanceKey { private_key, public_key })
+    Ok(InstanceKey { private_key, public_key, host_key: None })
 }
 
 /// The Secret that holds `key` for `inst`, owned by it.
@@ -139,7 +149,21 @@ pub fn key_of(secret: &Secret, inst: &Instance) -> Result<InstanceKey, KeyError>
             .and_then(|k| k.public_key().to_openssh().ok())
             .ok_or_else(|| unusable("no ssh-publickey, and ssh-privatekey is not an unencrypted key"))?,
     };
-    Ok(InstanceKey { private_key, public_key })
+    let host_key = secret.annotations().get(HOST_KEY_ANNOTATION).cloned().filter(|f| !f.is_empty());
+    Ok(InstanceKey { private_key, public_key, host_key })
+}
+
+/// Records the fingerprint of the machine's host key on the key Secret, so that every
+/// later login, by this controller or the next one, refuses any other key.
+pub async fn remember_host_key(client: &kube::Client, inst: &Instance, fingerprint: &str) -> Result<(), KeyError> {
+    let name = secret_name(inst);
+    let api: Api<Secret> = Api::namespaced(client.clone(), &inst.namespace().unwrap_or_default());
+    let patch = serde_json::json!({"metadata": {"annotations": {HOST_KEY_ANNOTATION: fingerprint}}});
+    api.patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+        .await
+        .map_err(|e| KeyError::Kube(name.clone(), Box::new(e)))?;
+    tracing::info!(instance = %inst.name_any(), %fingerprint, "pinned the machine's SSH host key");
+    Ok(())
 }
 
 /// The key of `inst`, from its Secret; [`KeyError::Missing`] when there is none.

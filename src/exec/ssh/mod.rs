@@ -103,12 +103,20 @@ pub struct SshLogin {
     /// `host:port`): the instance's UID for cloud instances, whose addresses are reused by
     /// other machines later; `None` pins by `host:port` alone (hosts you own).
     pub pin_as: Option<String>,
+    /// SHA-256 fingerprint of the host key recorded durably for this machine: any other
+    /// key is refused. `None`: trust on first use (and, with `pin_as`, record it).
+    pub host_key: Option<String>,
 }
 
 /// Tells how to reach an instance's host.
 #[async_trait]
 pub trait SshTargets: Send + Sync {
     async fn login(&self, instance: &Instance) -> Result<SshLogin, ExecError>;
+    /// Records, durably, the host key fingerprint first seen for the instance's machine
+    /// (asked when the login has [`SshLogin::pin_as`] and no [`SshLogin::host_key`]).
+    async fn remember_host_key(&self, _instance: &Instance, _fingerprint: &str) -> Result<(), ExecError> {
+        Ok(())
+    }
 }
 
 /// See the module docs.
@@ -177,7 +185,14 @@ impl SshExecutor {
         let login = self.targets.login(instance).await?;
         let host = format!("{} of instance {}", login.target.host, instance.name_any());
         let timeout = login.connect_timeout.unwrap_or(self.connect_timeout);
-        Ok((conn::connect(&login, &self.tofu, timeout).await?, host))
+        let conn = conn::connect(&login, &self.tofu, timeout).await?;
+        if login.pin_as.is_some() && login.host_key.is_none() {
+            // First contact with this machine: its key is pinned for good.
+            if let Err(e) = self.targets.remember_host_key(instance, conn.host_key()).await {
+                tracing::warn!(instance = %instance.name_any(), error = %e, "could not record the host key");
+            }
+        }
+        Ok((conn, host))
     }
 
     async fn control(&self, conn: &Conn, script: &str, stdin: &[u8], max: usize) -> Result<Output, ExecError> {

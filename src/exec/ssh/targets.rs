@@ -36,6 +36,13 @@ impl ApiTargets {
 
 #[async_trait]
 impl SshTargets for ApiTargets {
+    /// On the instance's key Secret (cloud instances), see [`instance_key::remember_host_key`].
+    async fn remember_host_key(&self, instance: &Instance, fingerprint: &str) -> Result<(), ExecError> {
+        instance_key::remember_host_key(&self.client, instance, fingerprint)
+            .await
+            .map_err(|e| ExecError::Other(e.to_string()))
+    }
+
     /// Errors: an instance without an offer, a missing `Backend`, or a host no longer listed
     /// is [`ExecError::Other`]; an instance of a backend that is not `ssh` is
     /// [`ExecError::Unsupported`].
@@ -85,6 +92,7 @@ impl SshTargets for ApiTargets {
             known_hosts,
             connect_timeout: config.connect_timeout_seconds.map(|s| Duration::from_secs(u64::from(s))),
             pin_as: None,
+            host_key: None,
         })
     }
 }
@@ -112,6 +120,7 @@ pub async fn cloud_login(
         known_hosts: KnownHosts::default(),
         connect_timeout: None,
         pin_as: Some(instance.uid().unwrap_or_else(|| format!("{}/{name}", instance.namespace().unwrap_or_default()))),
+        host_key: key.host_key,
     })
 }
 
