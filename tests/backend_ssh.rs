@@ -282,3 +282,36 @@ fn the_crd_checks_ssh_settings() {
     assert!(missing.iter().any(|e| e.contains("an ssh backend needs")), "{missing:?}");
     assert_eq!(admit(json!({"type": "kubernetes"})), Vec::<String>::new());
 }
+
+#[tokio::test]
+async fn a_declared_host_key_is_the_only_one_accepted() {
+    let sshd = Sshd::start_with_host_key(28);
+    let line = |seed: u8| key(seed).public_key().to_openssh().unwrap();
+    let known = kpool::backends::ssh::KnownHosts::default();
+    known.pin("127.0.0.1", sshd.port, &line(28)).unwrap();
+    let b = backend(vec![sshd.host("box")]).with_known_hosts(known).with_probe_ttl(Duration::ZERO);
+    assert_eq!(b.offers(&anything()).await.unwrap().len(), 1, "the declared key matches");
+
+    // Declared differently: the host is refused from the first contact on.
+    let known = kpool::backends::ssh::KnownHosts::default();
+    known.pin("127.0.0.1", sshd.port, &line(29)).unwrap();
+    let b = backend(vec![sshd.host("box")]).with_known_hosts(known).with_probe_ttl(Duration::ZERO);
+    assert!(b.offers(&anything()).await.unwrap().is_empty());
+    let offer = backend(vec![sshd.host("box")]).offers(&anything()).await.unwrap().remove(0);
+    match b.create(&spec("kpool-a", &offer)).await {
+        Err(BackendError::InvalidConfig(m)) => assert!(m.contains("host key changed"), "{m}"),
+        other => panic!("expected InvalidConfig, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_host_key_that_is_not_a_public_key_names_the_field() {
+    let mut host = SshHost { host: "127.0.0.1".into(), ..Default::default() };
+    host.host_key = Some("ssh-ed25519 not-base64!".into());
+    let config = SshBackendConfig { hosts: vec![host], connect_timeout_seconds: None, price_per_hour: None };
+    match SshBackend::new("byo", config, &key_pem(CLIENT_SEED), Arc::new(MemoryClaims::new())) {
+        Err(BackendError::InvalidConfig(m)) => assert!(m.starts_with("spec.ssh.hosts[0].hostKey"), "{m}"),
+        Err(e) => panic!("expected InvalidConfig, got {e}"),
+        Ok(_) => panic!("expected InvalidConfig, got a backend"),
+    }
+}

@@ -388,3 +388,32 @@ async fn add_asks_then_creates_the_instance_and_follows_it_until_it_is_idle() {
     assert_eq!(st.phase, InstancePhase::Idle);
     assert_eq!(st.offer.unwrap().instance_type, "node-a");
 }
+
+#[tokio::test]
+async fn add_ssh_records_a_declared_host_key_and_rejects_a_bad_one() {
+    use kpool::api::backend::Backend;
+    let h = Harness::new().await;
+    let run = |host_key: &str| {
+        let args = ["kubectl-pool", "add-ssh", "gpu.lan", "--name", "box", "--no-wait", "--host-key", host_key];
+        <Cli as clap::Parser>::try_parse_from(args).unwrap()
+    };
+    let key = std::env::temp_dir().join(format!("kpool-cli-hostkey-{}", std::process::id()));
+    std::fs::write(&key, "-----BEGIN OPENSSH PRIVATE KEY-----\nnot checked here\n").unwrap();
+    let mut out = Vec::new();
+    let mut input = Cursor::new(Vec::new());
+    let mut term = Term { out: &mut out, input: &mut input, interactive: false };
+
+    let Command::AddSsh(mut bad) = run("ssh-ed25519 !!!").command else { panic!("add-ssh") };
+    bad.identity = Some(key.clone());
+    let err = cli::ssh::add_ssh(&bad, &h.client, NS, &mut term).await.unwrap_err().to_string();
+    assert!(err.starts_with("--host-key: not an OpenSSH public key line"), "{err}");
+    assert!(h.api::<Backend>().get_opt("ssh").await.unwrap().is_none(), "nothing written");
+
+    let line = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
+    let Command::AddSsh(mut good) = run(line).command else { panic!("add-ssh") };
+    good.identity = Some(key.clone());
+    cli::ssh::add_ssh(&good, &h.client, NS, &mut term).await.unwrap();
+    std::fs::remove_file(&key).unwrap();
+    let hosts = h.api::<Backend>().get("ssh").await.unwrap().spec.ssh.unwrap().hosts;
+    assert_eq!(hosts[0].host_key.as_deref(), Some(line));
+}

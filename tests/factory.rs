@@ -169,3 +169,29 @@ async fn a_lambda_backend_is_built_from_its_api_key() {
     let msg = invalid(factory.build(&obj).await);
     assert!(msg.contains("api_key"), "{msg}");
 }
+
+#[tokio::test]
+async fn declared_ssh_host_keys_are_pinned_for_the_backend_and_the_job_runner() {
+    let h = Harness::new().await;
+    secret(&h, "host-key", "ssh-privatekey", KEY).await;
+    let mut obj = ssh_backend("host-key");
+    // Any valid public key will do: the one of the test's private key.
+    let declared = russh::keys::decode_secret_key(KEY, None).unwrap().public_key().to_openssh().unwrap();
+    let declared = declared.as_str();
+    let host = &mut obj.spec.ssh.as_mut().unwrap().hosts[0];
+    host.host_key = Some(declared.into());
+    let (host_name, port) = (host.host.clone(), host.port.unwrap_or(22));
+    let obj = h.create(obj).await;
+    let factory = DefaultFactory::new(h.client.clone());
+    let (_, _, known) = factory.ssh_login(&obj).await.unwrap();
+    let expected =
+        russh::keys::PublicKey::from_openssh(declared).unwrap().fingerprint(russh::keys::HashAlg::Sha256).to_string();
+    assert_eq!(known.fingerprint(&host_name, port), Some(expected));
+
+    let mut bad = ssh_backend("host-key");
+    bad.metadata.name = Some("hosts-bad-key".into());
+    bad.spec.ssh.as_mut().unwrap().hosts[0].host_key = Some("not a key".into());
+    let bad = h.create(bad).await;
+    let msg = invalid(factory.build(&bad).await);
+    assert!(msg.starts_with("spec.ssh.hosts[0].hostKey"), "{msg}");
+}

@@ -142,6 +142,12 @@ pub struct SshHost {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64))]
     pub user: Option<String>,
+    /// The host's public host key, as in `known_hosts` or `ssh-keyscan` output without the
+    /// host name (`ssh-ed25519 AAAA…`). When set, only this key is accepted; without it the
+    /// first key the host shows is trusted and kept (in memory) for as long as kpool runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16384))]
+    pub host_key: Option<String>,
 }
 
 /// Where machines may come from, and how to reach the provider.

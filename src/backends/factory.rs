@@ -95,6 +95,14 @@ impl DefaultFactory {
             BackendError::InvalidConfig("spec.credentials.secretRef: ssh-privatekey is not a text key".into())
         })?;
         let known = self.known_hosts.lock().expect("known hosts").entry((ns, object.name_any())).or_default().clone();
+        // Declared host keys are the only ones accepted, for the backend and the job runner.
+        for (i, h) in config.hosts.iter().enumerate() {
+            if let Some(line) = &h.host_key {
+                known
+                    .pin(&h.host, h.port.unwrap_or(super::ssh::DEFAULT_PORT), line)
+                    .map_err(|e| BackendError::InvalidConfig(format!("spec.ssh.hosts[{i}].hostKey: {e}")))?;
+            }
+        }
         Ok((config, key, known))
     }
 

@@ -142,6 +142,10 @@ pub struct AddSshArgs {
     /// Name of the host and of its Instance (default: the host, made a valid name).
     #[arg(long)]
     pub name: Option<String>,
+    /// The host's public key (`ssh-ed25519 AAAA…`, e.g. from `ssh-keyscan -t ed25519 HOST`):
+    /// only this key is accepted (default: the first key the host shows is trusted).
+    #[arg(long, value_name = "PUBLIC_KEY")]
+    pub host_key: Option<String>,
     /// The `ssh` Backend to add the host to (created when missing).
     #[arg(long, default_value = "ssh")]
     pub backend: String,

@@ -72,7 +72,16 @@ pub async fn add_ssh(args: &AddSshArgs, client: &Client, namespace: &str, term: 
         None => {}
     }
 
-    let entry = SshHost { name: Some(name.clone()), host: host.clone(), port: Some(args.port), user: Some(user) };
+    let host_key = match &args.host_key {
+        Some(line) => Some(
+            crate::backends::ssh::parse_host_key(line)
+                .map(|_| line.trim().to_string())
+                .map_err(|e| CliError::Usage(format!("--host-key: {e}")))?,
+        ),
+        None => None,
+    };
+    let entry =
+        SshHost { name: Some(name.clone()), host: host.clone(), port: Some(args.port), user: Some(user), host_key };
     let backends = Api::<Backend>::namespaced(client.clone(), namespace);
     match backends.get_opt(&args.backend).await? {
         None => {

@@ -164,7 +164,13 @@ impl Sshd {
     }
 
     pub fn host(&self, name: &str) -> SshHost {
-        SshHost { name: Some(name.into()), host: "127.0.0.1".into(), port: Some(self.port), user: Some(current_user()) }
+        SshHost {
+            name: Some(name.into()),
+            host: "127.0.0.1".into(),
+            port: Some(self.port),
+            user: Some(current_user()),
+            host_key: None,
+        }
     }
 }
 

@@ -29,6 +29,14 @@ impl KnownHosts {
             .map(|k| russh::keys::PublicKey::from(k.clone()).fingerprint(HashAlg::Sha256).to_string())
     }
 
+    /// Makes `public_key` (an OpenSSH public key line, `ssh-ed25519 AAAA… [comment]`) the
+    /// only key accepted from `host:port`, replacing whatever was seen before.
+    pub fn pin(&self, host: &str, port: u16, public_key: &str) -> Result<(), String> {
+        let key = parse_host_key(public_key)?;
+        self.keys.lock().expect("known hosts").insert(endpoint(host, port), key);
+        Ok(())
+    }
+
     /// Records `key` for `id` on first contact; `Ok` when it matches the record, else the
     /// fingerprint of the key that was offered.
     fn check(&self, id: &str, key: &KeyData) -> Result<(), String> {
@@ -164,6 +172,13 @@ impl Session {
     pub async fn close(self) {
         let _ = self.handle.disconnect(Disconnect::ByApplication, "", "en").await;
     }
+}
+
+/// The key of an OpenSSH public key line (`TYPE BASE64 [comment]`).
+pub fn parse_host_key(line: &str) -> Result<KeyData, String> {
+    russh::keys::PublicKey::from_openssh(line.trim())
+        .map(|k| k.key_data().clone())
+        .map_err(|e| format!("not an OpenSSH public key line ({e}); expected e.g. \"ssh-ed25519 AAAA…\""))
 }
 
 fn endpoint(host: &str, port: u16) -> String {

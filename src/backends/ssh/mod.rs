@@ -42,6 +42,7 @@
 
 mod claims;
 mod client;
+pub use self::client::parse_host_key;
 pub mod probe;
 #[cfg(test)]
 mod tests;
@@ -154,6 +155,9 @@ impl SshBackend {
             let user = h.user.unwrap_or_else(|| DEFAULT_USER.into());
             if user.is_empty() {
                 return Err(invalid(&field("user"), "must not be empty"));
+            }
+            if let Some(line) = &h.host_key {
+                client::parse_host_key(line).map_err(|e| invalid(&field("hostKey"), &e))?;
             }
             hosts.push(Host { name, target: Target { host: h.host, port, user } });
         }
