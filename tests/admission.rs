@@ -143,3 +143,19 @@ fn a_run_s_requirements_cannot_change_after_creation() {
     let resized = run(json!({"resources": {"cpu": "16.."}, "commands": ["make"]}));
     rejected(resized, Some(&old), "spec.resources", &["immutable"]);
 }
+
+#[test]
+fn the_spot_price_refresh_of_an_aws_backend_is_bounded() {
+    let backend = |seconds: i64| {
+        json!({"apiVersion": "kpool.dev/v1alpha1", "kind": "Backend", "metadata": {"name": "ec2", "namespace": "ml"},
+               "spec": {"type": "aws", "regions": ["us-east-1"], "credentials": {"secretRef": {"name": "aws"}},
+                        "catalog": {"configMapRef": {"name": "offers"}},
+                        "aws": {"imageId": "ami-0123456789abcdef0", "spotPriceRefreshSeconds": seconds}}})
+    };
+    for ok in [60, 600, 86400] {
+        let errors = admit(&backend(ok), None);
+        assert!(errors.is_empty(), "{ok}: {errors:?}");
+    }
+    rejected(backend(30), None, "/spec/aws/spotPriceRefreshSeconds", &["30", "minimum"]);
+    rejected(backend(86401), None, "/spec/aws/spotPriceRefreshSeconds", &["86401", "maximum"]);
+}

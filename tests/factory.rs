@@ -94,6 +94,9 @@ fn aws_backend(catalog: &str) -> Backend {
         BackendSpec {
             type_: BackendType::Aws,
             regions: vec!["us-east-1".into()],
+            // Nothing listens there: offers() tries to refresh spot prices and must not
+            // reach AWS from a test (nor fail when it cannot).
+            endpoint: Some("http://127.0.0.1:9".into()),
             credentials: Some(Credentials { secret_ref: SecretRef { name: "aws-creds".into() } }),
             catalog: Some(kpool::api::backend::CatalogSource {
                 config_map_ref: Some(kpool::api::backend::ConfigMapRef { name: catalog.into() }),

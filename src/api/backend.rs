@@ -261,6 +261,13 @@ pub struct AwsBackendConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535), extend("default" = 22))]
     pub ssh_port: Option<u16>,
+    /// How often, in seconds, kpool reads the current spot prices of the spot offers from
+    /// EC2 (`DescribeSpotPriceHistory`, the lowest across the region's availability zones)
+    /// in place of the catalog's. Defaults to `600`. While EC2 cannot be asked (e.g. the
+    /// access key lacks `ec2:DescribeSpotPriceHistory`), offers keep the prices they had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 60, max = 86400), extend("default" = 600))]
+    pub spot_price_refresh_seconds: Option<u32>,
 }
 
 /// User kpool logs in as on machines of `aws` and `lambda` backends unless `sshUser` says.

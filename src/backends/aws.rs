@@ -5,6 +5,18 @@
 //! talks to EC2's query API with its own small client ([`client`]): SigV4-signed POSTs
 //! over hyper and rustls (ring), XML answers read with quick-xml.
 //!
+//! Spot prices (`offers`): the catalog's spot prices go stale, so `offers` gives each
+//! spot offer EC2's current price, the lowest across the region's availability zones
+//! (`DescribeSpotPriceHistory` with `ProductDescription` `Linux/UNIX` and `StartTime` =
+//! now, read page by page, asking only for the types the catalog offers as spot in that
+//! region). Each region's prices are read at most once per `spot_price_ttl` (10 minutes
+//! unless set; `spec.aws.spotPriceRefreshSeconds`), lazily, by the `offers` call that
+//! finds them due; calls meanwhile use what is known. A type EC2 gives no price for keeps
+//! the catalog's. A refresh that fails (throttling, `UnauthorizedOperation`, no answer)
+//! never fails `offers`: it logs one warning, the prices stay as they were (the catalog's
+//! or the last refresh's), and the next try comes a TTL later. On-demand offers keep the
+//! catalog's price.
+//!
 //! Machines (`create`, `get`, `delete`, `list_owned`):
 //! - Every instance carries the tags of [`MachineSpec::tags`], `Name` = the machine name,
 //!   [`TAG_MACHINE`] = the machine name, and `kpool.dev/managed-by=kpool` (unless the spec
@@ -43,7 +55,8 @@
 //! message, never a credential.
 //!
 //! Permissions: `ec2:DescribeInstances`, `ec2:DescribeImages`, `ec2:RunInstances`,
-//! `ec2:CreateTags` (tags at launch), `ec2:TerminateInstances`.
+//! `ec2:CreateTags` (tags at launch), `ec2:TerminateInstances`,
+//! `ec2:DescribeSpotPriceHistory` (live spot prices; without it the catalog's apply).
 //!
 //! Boot disk: catalog offers without a `disk_size` take the requirement's minimum disk
 //! (`offers`); a launch with a disk size reads the AMI's root device name
@@ -58,10 +71,11 @@ mod errors;
 mod launch;
 mod model;
 pub mod sigv4;
+mod spot;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -70,9 +84,12 @@ use self::client::{from_xml, Ec2Client, Params};
 use self::errors::map_error;
 use self::model::{machine_of, state_rank, DescribeInstancesResponse, Instance};
 use self::sigv4::Credentials;
+use self::spot::SpotPrices;
+pub use self::spot::DEFAULT_SPOT_PRICE_TTL;
 use super::{Backend, BackendError, Machine, MachineSpec, TAG_MANAGED_BY};
 use crate::api::offer::Offer;
 use crate::api::resources::Requirements;
+use crate::controllers::context::Clock;
 
 /// Tag carrying the machine name on every instance and volume.
 pub const TAG_MACHINE: &str = "kpool.dev/machine";
@@ -115,6 +132,9 @@ pub struct AwsConfig {
     pub subnet_id: Option<String>,
     /// Security groups of the instances (ids, `sg-…`); the VPC's default group otherwise.
     pub security_group_ids: Vec<String>,
+    /// How long spot prices read from EC2 are used before they are read again;
+    /// [`DEFAULT_SPOT_PRICE_TTL`] when unset.
+    pub spot_price_ttl: Option<Duration>,
 }
 
 impl fmt::Debug for AwsConfig {
@@ -129,6 +149,7 @@ impl fmt::Debug for AwsConfig {
             .field("ssh_public_key", &self.ssh_public_key)
             .field("subnet_id", &self.subnet_id)
             .field("security_group_ids", &self.security_group_ids)
+            .field("spot_price_ttl", &self.spot_price_ttl)
             .finish()
     }
 }
@@ -143,6 +164,8 @@ pub struct AwsBackend {
     subnet_id: Option<String>,
     security_group_ids: Vec<String>,
     offers: Vec<Offer>,
+    /// Live prices of the spot offers.
+    spot: SpotPrices,
     client: Ec2Client,
     page_size: u32,
     /// Region each machine was last seen in.
@@ -178,11 +201,12 @@ impl AwsBackend {
         };
         let client = Ec2Client::new(credentials, config.endpoint.as_deref().filter(|e| !e.is_empty()), DEFAULT_TIMEOUT)
             .map_err(BackendError::InvalidConfig)?;
-        let offers = offers
+        let offers: Vec<Offer> = offers
             .into_iter()
             .filter(|o| regions.contains(&o.region))
             .map(|o| Offer { backend: name.to_string(), ..o })
             .collect();
+        let spot = SpotPrices::new(&offers, config.spot_price_ttl.unwrap_or(DEFAULT_SPOT_PRICE_TTL));
         Ok(AwsBackend {
             name: name.to_string(),
             regions,
@@ -191,6 +215,7 @@ impl AwsBackend {
             subnet_id: config.subnet_id.filter(|s| !s.is_empty()),
             security_group_ids: config.security_group_ids,
             offers,
+            spot,
             client,
             page_size: DEFAULT_PAGE_SIZE,
             seen_in: Mutex::new(HashMap::new()),
@@ -204,7 +229,14 @@ impl AwsBackend {
         self
     }
 
-    /// Sets the `DescribeInstances` page size (EC2 accepts 5 to 1000).
+    /// Sets the clock that decides when spot prices are due for a refresh.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.spot.set_clock(clock);
+        self
+    }
+
+    /// Sets the page size of `DescribeInstances` and `DescribeSpotPriceHistory` (EC2
+    /// accepts 5 to 1000).
     pub fn with_page_size(mut self, size: u32) -> Self {
         self.page_size = size.clamp(5, 1000);
         self
@@ -240,6 +272,31 @@ impl AwsBackend {
             })?;
         self.root_devices.lock().expect("root_devices").insert(region.to_string(), device.clone());
         Ok(device)
+    }
+
+    /// Reads the spot prices of the regions whose prices are due (see [`spot`]). A
+    /// failure is logged and leaves the prices as they were until the next try.
+    async fn refresh_spot_prices(&self) {
+        let now = self.spot.now();
+        let due = self.spot.claim_due(now);
+        let fetched = futures::future::join_all(
+            due.iter().map(|(region, types)| spot::fetch(&self.client, region, types, now, self.page_size)),
+        )
+        .await;
+        for ((region, types), result) in due.iter().zip(fetched) {
+            match result {
+                Ok(prices) => {
+                    tracing::debug!(backend = %self.name, %region, types = types.len(), priced = prices.len(), "spot prices refreshed");
+                    self.spot.store(region, prices);
+                }
+                Err(e) => tracing::warn!(
+                    backend = %self.name,
+                    %region,
+                    error = %e,
+                    "failed to refresh spot prices; spot offers keep their previous prices until the next try"
+                ),
+            }
+        }
     }
 
     fn remember(&self, name: &str, region: &str) {
@@ -316,11 +373,16 @@ impl Backend for AwsBackend {
         &self.name
     }
 
-    /// The catalog's offers; an offer whose disk is chosen at launch (no `disk_size`) gets
-    /// the requirement's minimum disk, which the launch then sizes the boot volume to.
+    /// The catalog's offers, spot ones at EC2's current price when known (refreshed here
+    /// when due; never an error); an offer whose disk is chosen at launch (no
+    /// `disk_size`) gets the requirement's minimum disk, which the launch then sizes the
+    /// boot volume to.
     async fn offers(&self, req: &Requirements) -> Result<Vec<Offer>, BackendError> {
+        self.refresh_spot_prices().await;
         let disk = req.disk.as_ref().and_then(|d| d.min);
-        Ok(self.offers.iter().map(|o| Offer { disk: o.disk.or(disk), ..o.clone() }).collect())
+        let mut offers: Vec<Offer> = self.offers.iter().map(|o| Offer { disk: o.disk.or(disk), ..o.clone() }).collect();
+        self.spot.apply(&mut offers);
+        Ok(offers)
     }
 
     async fn create(&self, spec: &MachineSpec) -> Result<Machine, BackendError> {

@@ -133,6 +133,7 @@ impl DefaultFactory {
             ssh_public_key: settings.ssh_public_key,
             subnet_id: settings.subnet_id,
             security_group_ids: settings.security_group_ids,
+            spot_price_ttl: settings.spot_price_refresh_seconds.map(|s| std::time::Duration::from_secs(s.into())),
         };
         let files = self.catalog_files(object).await?;
         let catalog = Catalog::from_files(files, &object.name_any())

@@ -41,6 +41,30 @@ pub struct Image {
     pub root_device_name: Option<String>,
 }
 
+/// One page of `DescribeSpotPriceHistory`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct DescribeSpotPriceHistoryResponse {
+    #[serde(rename = "spotPriceHistorySet", default = "ItemSet::default")]
+    pub prices: ItemSet<SpotPrice>,
+    /// Empty or absent on the last page.
+    #[serde(rename = "nextToken", default)]
+    pub next_token: Option<String>,
+}
+
+/// The spot price of one instance type in one availability zone from `timestamp` on.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SpotPrice {
+    pub instance_type: String,
+    #[serde(default)]
+    pub availability_zone: String,
+    /// US dollars per hour, as a decimal string (`0.356700`).
+    pub spot_price: String,
+    /// ISO 8601, e.g. `2026-11-29T03:16:32.000Z`.
+    #[serde(default)]
+    pub timestamp: Option<String>,
+}
+
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 pub struct RunInstancesResponse {
     #[serde(rename = "instancesSet", default = "ItemSet::default")]
