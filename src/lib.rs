@@ -4,6 +4,7 @@
 pub mod api;
 pub mod backends;
 pub mod cli;
+pub mod clock;
 pub mod controllers;
 pub mod core;
 pub mod crdgen;

@@ -89,7 +89,7 @@ pub use self::spot::DEFAULT_SPOT_PRICE_TTL;
 use super::{Backend, BackendError, Machine, MachineSpec, TAG_MANAGED_BY};
 use crate::api::offer::Offer;
 use crate::api::resources::Requirements;
-use crate::controllers::context::Clock;
+use crate::clock::Clock;
 
 /// Tag carrying the machine name on every instance and volume.
 pub const TAG_MACHINE: &str = "kpool.dev/machine";

@@ -18,6 +18,7 @@ use crate::api::backend::Backend as BackendObject;
 use crate::api::offer::Offer;
 use crate::api::resources::Requirements;
 use crate::backends::{Backend, BackendFactory};
+pub use crate::clock::{Clock, ManualClock, SystemClock};
 use crate::core::offers::rank_offers;
 use crate::core::policy::EffectivePolicy;
 use crate::exec::Executor;
@@ -27,43 +28,6 @@ use crate::exec::Executor;
 pub const FIELD_MANAGER: &str = "kpool-controller";
 /// How many ranked offers an instance keeps as candidates.
 pub const MAX_CANDIDATES: usize = 20;
-
-/// The source of `now`; injected so tests never sleep.
-pub trait Clock: Send + Sync {
-    fn now(&self) -> Timestamp;
-}
-
-/// The wall clock.
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Timestamp {
-        Timestamp::now()
-    }
-}
-
-/// A clock that tests move by hand.
-#[derive(Clone)]
-pub struct ManualClock(Arc<Mutex<Timestamp>>);
-
-impl ManualClock {
-    pub fn new(t: Timestamp) -> Self {
-        ManualClock(Arc::new(Mutex::new(t)))
-    }
-    pub fn set(&self, t: Timestamp) {
-        *self.0.lock().expect("clock") = t;
-    }
-    pub fn advance(&self, d: std::time::Duration) {
-        let mut t = self.0.lock().expect("clock");
-        *t = crate::core::add(*t, d);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Timestamp {
-        *self.0.lock().expect("clock")
-    }
-}
 
 /// Built backends by (namespace, name), with the resourceVersion they were built from.
 type BackendCache = HashMap<(String, String), (String, Arc<dyn Backend>)>;

@@ -21,7 +21,7 @@ use jiff::Timestamp;
 use super::client::{from_xml, CallError, Ec2Client, Params};
 use super::model::{DescribeSpotPriceHistoryResponse, SpotPrice};
 use crate::api::offer::Offer;
-use crate::controllers::context::{Clock, SystemClock};
+use crate::clock::{Clock, SystemClock};
 
 /// How long refreshed spot prices are used before EC2 is asked again, unless set with
 /// `AwsConfig::spot_price_ttl`.
@@ -162,7 +162,7 @@ impl SpotPrices {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controllers::context::ManualClock;
+    use crate::clock::ManualClock;
 
     // An AWS answer (shape of the API reference's example), two zones for one type.
     const ANSWER: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
