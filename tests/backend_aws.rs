@@ -66,16 +66,7 @@ fn catalog() -> Vec<Offer> {
 }
 
 fn offer(region: &str, instance_type: &str, spot: bool) -> Offer {
-    Offer {
-        backend: "aws".into(),
-        region: region.into(),
-        instance_type: instance_type.into(),
-        cpu: 2,
-        memory: 1.0,
-        spot,
-        price: 0.01,
-        ..Offer::default()
-    }
+    support_aws::offer(region, instance_type, spot, 0.01)
 }
 
 fn spec(name: &str, offer: Offer) -> MachineSpec {

@@ -96,16 +96,7 @@ fn catalog() -> Vec<Offer> {
 }
 
 fn offer(region: &str, instance_type: &str, spot: bool) -> Offer {
-    Offer {
-        backend: "aws".into(),
-        region: region.into(),
-        instance_type: instance_type.into(),
-        cpu: 2,
-        memory: 1.0,
-        spot,
-        price: CATALOG_PRICE,
-        ..Offer::default()
-    }
+    support_aws::offer(region, instance_type, spot, CATALOG_PRICE)
 }
 
 async fn offers(backend: &AwsBackend) -> Vec<Offer> {

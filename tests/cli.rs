@@ -288,24 +288,8 @@ async fn add_ssh_extends_the_ssh_backend_and_pins_an_instance_to_the_host() {
     assert!(err.contains("already has a different host named box"), "{err}");
 }
 
-/// A ready node of the in-memory cluster, for the `kubernetes` backend's offers.
 fn node(name: &str) -> k8s_openapi::api::core::v1::Node {
-    use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus};
-    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-    let alloc = [("cpu", "16"), ("memory", "64Gi"), ("pods", "110")];
-    Node {
-        metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() },
-        spec: Some(NodeSpec::default()),
-        status: Some(NodeStatus {
-            allocatable: Some(alloc.iter().map(|(k, v)| (k.to_string(), Quantity(v.to_string()))).collect()),
-            conditions: Some(vec![NodeCondition {
-                type_: "Ready".into(),
-                status: "True".into(),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-    }
+    ready_node(name, &[("cpu", "16"), ("memory", "64Gi"), ("pods", "110")])
 }
 
 /// Plays the kubelet for the in-memory cluster: every Pod without a phase starts and

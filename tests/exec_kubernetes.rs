@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, EnvVar,
-    EnvVarSource, Node, NodeCondition, NodeSpec, NodeStatus, Pod, PodCondition, PodStatus, Secret, SecretKeySelector,
+    EnvVarSource, Node, Pod, PodCondition, PodStatus, Secret, SecretKeySelector,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::ByteString;
@@ -37,29 +37,7 @@ const BACKEND: &str = "cluster";
 const NODE: &str = "node-a";
 
 fn node(name: &str) -> Node {
-    let q = |s: &str| Quantity(s.to_string());
-    Node {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            labels: Some(BTreeMap::from([("kubernetes.io/arch".to_string(), "amd64".to_string())])),
-            ..Default::default()
-        },
-        spec: Some(NodeSpec::default()),
-        status: Some(NodeStatus {
-            allocatable: Some(BTreeMap::from([
-                ("cpu".to_string(), q("16")),
-                ("memory".to_string(), q("64Gi")),
-                ("nvidia.com/gpu".to_string(), q("4")),
-                ("pods".to_string(), q("110")),
-            ])),
-            conditions: Some(vec![NodeCondition {
-                type_: "Ready".into(),
-                status: "True".into(),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-    }
+    ready_node(name, &[("cpu", "16"), ("memory", "64Gi"), ("nvidia.com/gpu", "4"), ("pods", "110")])
 }
 
 fn backend_object(run_image: Option<&str>) -> BackendObject {

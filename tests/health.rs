@@ -7,29 +7,16 @@ mod support;
 mod support_aws;
 mod support_ssh;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::ByteString;
-use kpool::api::backend::{Backend, BackendSpec, BackendType, Credentials, SecretRef, SshBackendConfig};
 use kpool::api::conditions::find;
 use kpool::api::instance::{InstancePhase, InstanceSpec};
 use kpool::api::policy::{PolicySpec, SpotPolicy};
 use kpool::api::resources::ResourcesSpec;
 use kpool::backends::aws::client::Params;
-use kube::api::ObjectMeta;
 use support::*;
 use support_aws::moto;
 use support_ssh::*;
-
-fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
-    Secret {
-        metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
-        data: Some(data.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect()),
-        ..Default::default()
-    }
-}
 
 fn small() -> ResourcesSpec {
     ResourcesSpec {
@@ -86,20 +73,9 @@ async fn a_spot_machine_aws_takes_back_is_seen_as_reclaimed() {
 async fn an_ssh_host_that_stops_answering_is_released_after_the_grace() {
     let mut sshd = Sshd::start();
     let h = Harness::with_real_backends().await;
-    h.create(Secret { type_: Some("kubernetes.io/ssh-auth".into()), ..secret("lab-key", &[]) }).await;
-    let mut key = h.api::<Secret>().get("lab-key").await.unwrap();
-    key.data = Some(BTreeMap::from([("ssh-privatekey".to_string(), ByteString(key_pem(CLIENT_SEED).into_bytes()))]));
-    h.api::<Secret>().replace("lab-key", &Default::default(), &key).await.unwrap();
-    h.create(Backend::new(
-        "lab",
-        BackendSpec {
-            type_: BackendType::Ssh,
-            credentials: Some(Credentials { secret_ref: SecretRef { name: "lab-key".into() } }),
-            ssh: Some(SshBackendConfig { hosts: vec![sshd.host("box")], ..Default::default() }),
-            ..Default::default()
-        },
-    ))
-    .await;
+    let (key, backend) = sshd.backend_objects("lab", "box");
+    h.create(key).await;
+    h.create(backend).await;
     let pin = PolicySpec {
         backends: Some(vec!["lab".into()]),
         instance_types: Some(vec!["box".into()]),

@@ -7,13 +7,10 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStatus, Node, NodeCondition, NodeSpec, NodeStatus, Pod, PodStatus,
-};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::api::core::v1::{ContainerState, ContainerStatus, Node, Pod, PodStatus};
 use kpool::api::backend::{Backend as BackendObject, BackendSpec, BackendType};
 use kpool::api::instance::{InstanceSpec, InstanceStatus};
 use kpool::api::pool::PoolSpec;
@@ -25,7 +22,7 @@ use kpool::backends::{BackendFactory, MachineSpec};
 use kpool::controllers::gc::{Collector, GcConfig};
 use kpool::controllers::leader::{Elector, LeaderConfig};
 use kpool::exec::{Executor, PodExecutor};
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::PostParams;
 use kube::ResourceExt;
 use serde_json::Value;
 use support::*;
@@ -72,24 +69,7 @@ fn granted() -> BTreeSet<Grant> {
 }
 
 fn node(name: &str) -> Node {
-    let q = |s: &str| Quantity(s.to_string());
-    Node {
-        metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
-        spec: Some(NodeSpec::default()),
-        status: Some(NodeStatus {
-            allocatable: Some(BTreeMap::from([
-                ("cpu".to_string(), q("16")),
-                ("memory".to_string(), q("64Gi")),
-                ("pods".to_string(), q("110")),
-            ])),
-            conditions: Some(vec![NodeCondition {
-                type_: "Ready".into(),
-                status: "True".into(),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-    }
+    ready_node(name, &[("cpu", "16"), ("memory", "64Gi"), ("pods", "110")])
 }
 
 /// Drives every path that talks to the API through the recording client.

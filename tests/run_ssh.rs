@@ -12,22 +12,17 @@ mod support;
 mod support_aws;
 mod support_ssh;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::ByteString;
-use kpool::api::backend::{
-    AwsBackendConfig, Backend, BackendSpec, BackendType, Credentials, SecretRef, SshBackendConfig,
-};
+use kpool::api::backend::AwsBackendConfig;
 use kpool::api::instance::{InstancePhase, InstanceSpec};
 use kpool::api::policy::PolicySpec;
 use kpool::api::resources::ResourcesSpec;
 use kpool::api::run::{RunPhase, RunSpec};
 use kpool::backends::factory::DefaultFactory;
 use kpool::exec::{DispatchExecutor, JobLogs};
-use kube::api::ObjectMeta;
 use kube::ResourceExt;
 use support::*;
 use support_ssh::*;
@@ -49,23 +44,9 @@ async fn until_finished(h: &Harness, run: &str) -> kpool::api::run::RunStatus {
 /// An ssh Backend `lab` with the test's sshd as host `box`, and an idle instance `box`
 /// pinned to it. Returns the (small) requirements that fit this machine.
 async fn lab_host(h: &Harness, sshd: &Sshd) -> ResourcesSpec {
-    h.create(Secret {
-        metadata: ObjectMeta { name: Some("lab-key".into()), ..Default::default() },
-        type_: Some("kubernetes.io/ssh-auth".into()),
-        data: Some(BTreeMap::from([("ssh-privatekey".to_string(), ByteString(key_pem(CLIENT_SEED).into_bytes()))])),
-        ..Default::default()
-    })
-    .await;
-    h.create(Backend::new(
-        "lab",
-        BackendSpec {
-            type_: BackendType::Ssh,
-            credentials: Some(Credentials { secret_ref: SecretRef { name: "lab-key".into() } }),
-            ssh: Some(SshBackendConfig { hosts: vec![sshd.host("box")], ..Default::default() }),
-            ..Default::default()
-        },
-    ))
-    .await;
+    let (key, backend) = sshd.backend_objects("lab", "box");
+    h.create(key).await;
+    h.create(backend).await;
     // Small requirements: the host is this machine.
     let small = ResourcesSpec {
         cpu: Some("1..".into()),

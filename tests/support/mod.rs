@@ -431,3 +431,27 @@ impl Harness {
         self.clock.advance(d);
     }
 }
+
+/// A Ready, schedulable node of the in-memory cluster with this allocatable capacity
+/// (e.g. `[("cpu", "16"), ("memory", "64Gi"), ("pods", "110")]`), labelled amd64.
+pub fn ready_node(name: &str, allocatable: &[(&str, &str)]) -> k8s_openapi::api::core::v1::Node {
+    use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus};
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    Node {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(std::collections::BTreeMap::from([("kubernetes.io/arch".to_string(), "amd64".to_string())])),
+            ..Default::default()
+        },
+        spec: Some(NodeSpec::default()),
+        status: Some(NodeStatus {
+            allocatable: Some(allocatable.iter().map(|(k, v)| (k.to_string(), Quantity(v.to_string()))).collect()),
+            conditions: Some(vec![NodeCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+    }
+}

@@ -135,3 +135,18 @@ impl Moto {
         (secret, catalog, backend)
     }
 }
+
+/// A catalog offer of the `aws` backend: 2 CPUs, 1 GB, at `price`.
+#[allow(dead_code)] // used by the backend tests
+pub fn offer(region: &str, instance_type: &str, spot: bool, price: f64) -> kpool::api::offer::Offer {
+    kpool::api::offer::Offer {
+        backend: "aws".into(),
+        region: region.into(),
+        instance_type: instance_type.into(),
+        cpu: 2,
+        memory: 1.0,
+        spot,
+        price,
+        ..Default::default()
+    }
+}

@@ -185,3 +185,34 @@ pub fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
 }
+
+impl Sshd {
+    /// An ssh `Backend` `name` with this sshd as its host `host` and the Secret
+    /// `<name>-key` with the test's client key.
+    #[allow(dead_code)] // used by the controller-level tests
+    pub fn backend_objects(
+        &self,
+        name: &str,
+        host: &str,
+    ) -> (k8s_openapi::api::core::v1::Secret, kpool::api::backend::Backend) {
+        use kpool::api::backend::{Backend, BackendSpec, BackendType, Credentials, SecretRef, SshBackendConfig};
+        let secret = k8s_openapi::api::core::v1::Secret {
+            metadata: kube::api::ObjectMeta { name: Some(format!("{name}-key")), ..Default::default() },
+            type_: Some("kubernetes.io/ssh-auth".into()),
+            data: Some(
+                [("ssh-privatekey".to_string(), k8s_openapi::ByteString(key_pem(CLIENT_SEED).into_bytes()))].into(),
+            ),
+            ..Default::default()
+        };
+        let backend = Backend::new(
+            name,
+            BackendSpec {
+                type_: BackendType::Ssh,
+                credentials: Some(Credentials { secret_ref: SecretRef { name: format!("{name}-key") } }),
+                ssh: Some(SshBackendConfig { hosts: vec![self.host(host)], ..Default::default() }),
+                ..Default::default()
+            },
+        );
+        (secret, backend)
+    }
+}
