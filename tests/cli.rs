@@ -71,6 +71,15 @@ async fn ps_shows_busy_and_idle_instances_with_their_run() {
     let wide = pool_cmd(&h, "ps -o wide", None).await.unwrap();
     assert!(wide.lines().next().unwrap().contains("ADDRESS"), "{wide}");
     assert_eq!(pool_cmd(&h, "ps --pool elsewhere", None).await.unwrap().lines().count(), 1, "only the hint");
+
+    // A machine that stops answering shows at the next health check.
+    let machine = h.get_instance("idle").await.status.unwrap().machine_name.unwrap();
+    h.backend.set_unreachable(&machine, true);
+    h.advance(std::time::Duration::from_secs(60));
+    h.settle(1).await;
+    let out = pool_cmd(&h, "ps", None).await.unwrap();
+    let idle = out.lines().find(|l| l.starts_with("idle ")).expect("idle row");
+    assert!(idle.contains(" idle (unreachable) "), "{idle}");
 }
 
 #[tokio::test]

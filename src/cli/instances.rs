@@ -47,7 +47,13 @@ pub fn ps_rows(instances: &[Instance], now: Timestamp, wide: bool) -> (Vec<&'sta
                 st.resources.clone().unwrap_or_else(|| "-".into()),
                 offer.map(|o| if o.spot { "spot" } else { "on-demand" }.to_string()).unwrap_or_else(|| "-".into()),
                 offer.map(|o| price(o.price)).unwrap_or_else(|| "-".into()),
-                status_word(st.phase),
+                match find(&st.conditions, "Reachable") {
+                    // Idle or busy, but not answering: the health check may give it up.
+                    Some(c) if c.status == "False" && matches!(st.phase, InstancePhase::Idle | InstancePhase::Busy) => {
+                        format!("{} (unreachable)", status_word(st.phase))
+                    }
+                    _ => status_word(st.phase),
+                },
                 st.run.clone().unwrap_or_else(|| "-".into()),
                 idle,
                 seconds_since(i.metadata.creation_timestamp.as_ref(), now).map(age).unwrap_or_else(|| "-".into()),
