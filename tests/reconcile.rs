@@ -583,3 +583,28 @@ async fn a_provider_outage_during_a_health_check_changes_nothing() {
     assert_eq!(st.phase, InstancePhase::Idle, "a provider that cannot be asked is not a lost machine");
     assert!(find(&st.conditions, "Reachable").is_none());
 }
+
+#[tokio::test]
+async fn a_machine_still_coming_back_after_a_run_gets_one_interval_before_it_counts_as_unreachable() {
+    let h = Harness::new().await;
+    idle_instance(&h, "cpu", cpu("4..")).await;
+    let machine = h.get_instance("cpu").await.status.unwrap().machine_name.unwrap();
+    h.run("job", RunSpec { resources: cpu("4.."), ..Default::default() }).await;
+    h.settle(2).await;
+    h.advance(Duration::from_secs(50));
+    h.exec.exit("job", 0);
+    h.settle(2).await;
+    assert_eq!(h.get_instance("cpu").await.status.unwrap().phase, InstancePhase::Idle);
+
+    // Its machine is not ready yet (a slot Pod being created again): not flagged at first…
+    h.backend.set_unreachable(&machine, true);
+    h.advance(Duration::from_secs(15));
+    h.settle(1).await;
+    assert!(h.backend.calls().iter().rev().take(3).any(|c| matches!(c, Call::Get { .. })), "it was checked");
+    assert!(find(&h.get_instance("cpu").await.status.unwrap().conditions, "Reachable").is_none());
+    // …but still not answering one interval later, it is.
+    h.advance(Duration::from_secs(60));
+    h.settle(1).await;
+    let st = h.get_instance("cpu").await.status.unwrap();
+    assert_eq!(find(&st.conditions, "Reachable").map(|c| c.status.as_str()), Some("False"));
+}

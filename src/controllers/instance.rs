@@ -417,6 +417,9 @@ async fn check_health(inst: &Instance, st: &mut InstanceStatus, ctx: &Context) -
             Ok(Some(Next::Continue(ctx.write_status(inst, st).await?)))
         }
         None => Ok(None),
+        // Just released: its machine may still be coming back (a kubernetes slot Pod that
+        // is created again when a job ends); it gets one interval before it counts.
+        Some(("Unreachable", _)) if recently_idle(st, ctx, now) => Ok(None),
         Some(("Unreachable", msg)) => {
             let c = condition_tri(&st.conditions, REACHABLE, "False", "Unreachable", &msg, gen, now);
             let deadline = crate::core::add(c.last_transition_time.0, ctx.health.unreachable_grace);
@@ -441,6 +444,12 @@ async fn check_health(inst: &Instance, st: &mut InstanceStatus, ctx: &Context) -
             give_up(inst, st, reason, &msg, ctx).await.map(Some)
         }
     }
+}
+
+/// Whether the instance went idle less than a health-check interval ago.
+fn recently_idle(st: &InstanceStatus, ctx: &Context, now: Timestamp) -> bool {
+    st.phase == InstancePhase::Idle
+        && st.idle_since.as_ref().is_some_and(|t| now < crate::core::add(t.0, ctx.health.interval))
 }
 
 /// A live instance that cannot be used any more: Terminating with `reason`, so that the
