@@ -16,7 +16,7 @@ use kpool::backends::aws::client::{Ec2Client, Params};
 use kpool::backends::aws::{AwsBackend, AwsConfig, TAG_MACHINE};
 use kpool::backends::{Backend, BackendError, MachineSpec, MachineState, TAG_INSTANCE, TAG_MANAGED_BY, TAG_POOL};
 use support_aws::proxy::{parse_form, Fault, Proxy};
-use support_aws::{moto, Moto, REGIONS};
+use support_aws::{moto, Moto};
 
 const SSH_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKpool me@laptop";
 
@@ -33,15 +33,7 @@ impl Env {
     }
 
     fn config(&self) -> AwsConfig {
-        AwsConfig {
-            regions: REGIONS.iter().map(|r| r.to_string()).collect(),
-            endpoint: Some(self.proxy.endpoint.clone()),
-            access_key_id: self.moto.access_key_id.clone(),
-            secret_access_key: self.moto.secret_access_key.clone(),
-            image_id: Some(self.moto.image_id.clone()),
-            ssh_public_key: Some(SSH_KEY.into()),
-            ..AwsConfig::default()
-        }
+        AwsConfig { ssh_public_key: Some(SSH_KEY.into()), ..self.moto.config(&self.proxy.endpoint) }
     }
 
     fn backend(&self) -> AwsBackend {

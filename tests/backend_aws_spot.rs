@@ -22,7 +22,7 @@ use kpool::backends::aws::{AwsBackend, AwsConfig, DEFAULT_SPOT_PRICE_TTL};
 use kpool::backends::Backend;
 use kpool::controllers::ManualClock;
 use support_aws::proxy::{Fault, Proxy};
-use support_aws::{moto, Moto, REGIONS};
+use support_aws::{moto, Moto};
 
 /// What moto says every spot instance costs.
 const MOTO_PRICE: f64 = 0.00001;
@@ -46,14 +46,7 @@ impl Env {
     }
 
     fn config(&self) -> AwsConfig {
-        AwsConfig {
-            regions: REGIONS.iter().map(|r| r.to_string()).collect(),
-            endpoint: Some(self.proxy.endpoint.clone()),
-            access_key_id: self.moto.access_key_id.clone(),
-            secret_access_key: self.moto.secret_access_key.clone(),
-            image_id: Some(self.moto.image_id.clone()),
-            ..AwsConfig::default()
-        }
+        self.moto.config(&self.proxy.endpoint)
     }
 
     fn backend_with(&self, config: AwsConfig) -> AwsBackend {

@@ -67,6 +67,41 @@ pub fn upsert(conditions: &mut Vec<Condition>, new: Condition) {
     }
 }
 
+/// Sets the condition `type_` to `False` with `reason` and `message`. Returns whether it
+/// just went `False`, and since when it has been `False` (for grace periods).
+pub fn set_false_since(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> (bool, Timestamp) {
+    let first = find(conditions, type_).is_none_or(|c| c.status != "False");
+    let c = condition_tri(conditions, type_, "False", reason, message, generation, now);
+    let since = c.last_transition_time.0;
+    upsert(conditions, c);
+    (first, since)
+}
+
+/// Sets a condition that is `False` back to `True` with `reason` and `message`. Returns
+/// whether it was `False` (nothing changes otherwise).
+pub fn clear_false(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> bool {
+    if find(conditions, type_).is_none_or(|c| c.status != "False") {
+        return false;
+    }
+    let c = condition_tri(conditions, type_, "True", reason, message, generation, now);
+    upsert(conditions, c);
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,5 +122,20 @@ mod tests {
         let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
         let c = condition(&[], "Ready", false, "X", "a".repeat(1000), None, t0);
         assert_eq!(c.message.chars().count(), MAX_MESSAGE);
+    }
+
+    #[test]
+    fn false_since_is_the_first_transition_and_clearing_needs_false() {
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let t1: Timestamp = "2026-01-01T00:05:00Z".parse().unwrap();
+        let mut cs = Vec::new();
+        assert!(!clear_false(&mut cs, "Reachable", "Reachable", "ok", None, t0), "nothing to clear");
+        assert!(cs.is_empty());
+        assert_eq!(set_false_since(&mut cs, "Reachable", "Down", "a", None, t0), (true, t0));
+        assert_eq!(set_false_since(&mut cs, "Reachable", "Down", "b", None, t1), (false, t0));
+        assert_eq!(cs[0].message, "b");
+        assert!(clear_false(&mut cs, "Reachable", "Up", "back", None, t1));
+        assert_eq!((cs[0].status.as_str(), cs[0].reason.as_str()), ("True", "Up"));
+        assert_eq!(set_false_since(&mut cs, "Reachable", "Down", "c", None, t1), (true, t1));
     }
 }

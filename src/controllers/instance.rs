@@ -15,7 +15,7 @@ use super::metrics::InstanceSample;
 use super::observe::{holding_capacity, instances, policy_of, pool_of};
 use super::{Context, Error};
 use crate::api::backend::BackendType;
-use crate::api::conditions::{condition_tri, upsert};
+use crate::api::conditions::{clear_false, condition_tri, set_false_since, upsert};
 use crate::api::instance::{Instance, InstancePhase, InstanceStatus, INSTANCE_FINALIZER, PROVISIONED_FOR_LABEL};
 use crate::api::run::Run;
 use crate::backends::{machine_name, machine_tags, BackendError, MachineSpec, MachineState};
@@ -407,25 +407,23 @@ async fn check_health(inst: &Instance, st: &mut InstanceStatus, ctx: &Context) -
         }
     };
     let gen = inst.metadata.generation;
-    let was_unreachable = crate::api::conditions::find(&st.conditions, REACHABLE).is_some_and(|c| c.status == "False");
     match verdict {
-        None if was_unreachable => {
-            let c =
-                condition_tri(&st.conditions, REACHABLE, "True", "Reachable", "the machine answers again", gen, now);
-            upsert(&mut st.conditions, c);
-            ctx.event(inst, false, "Reachable", "the machine answers again".into()).await;
+        None => {
+            let back = "the machine answers again";
+            if !clear_false(&mut st.conditions, REACHABLE, "Reachable", back, gen, now) {
+                return Ok(None);
+            }
+            ctx.event(inst, false, "Reachable", back.into()).await;
             Ok(Some(Next::Continue(ctx.write_status(inst, st).await?)))
         }
-        None => Ok(None),
         // Just released: its machine may still be coming back (a kubernetes slot Pod that
         // is created again when a job ends); it gets one interval before it counts.
         Some(("Unreachable", _)) if recently_idle(st, ctx, now) => Ok(None),
         Some(("Unreachable", msg)) => {
-            let c = condition_tri(&st.conditions, REACHABLE, "False", "Unreachable", &msg, gen, now);
-            let deadline = crate::core::add(c.last_transition_time.0, ctx.health.unreachable_grace);
-            upsert(&mut st.conditions, c);
+            let (first, since) = set_false_since(&mut st.conditions, REACHABLE, "Unreachable", &msg, gen, now);
+            let deadline = crate::core::add(since, ctx.health.unreachable_grace);
             if now < deadline {
-                if !was_unreachable {
+                if first {
                     let note = format!("{msg}; the instance is terminated at {deadline} if it stays so");
                     ctx.event(inst, true, "Unreachable", note).await;
                     return Ok(Some(Next::Continue(ctx.write_status(inst, st).await?)));

@@ -15,7 +15,7 @@ use kube::ResourceExt;
 use super::instance::until;
 use super::observe::{instance_pool, instances, policy_of, pool_of};
 use super::{is_conflict, Context, Error};
-use crate::api::conditions::{condition_tri, find, upsert};
+use crate::api::conditions::{clear_false, condition_tri, find, set_false_since, upsert};
 use crate::api::instance::{
     Instance, InstancePhase, InstanceSpec, INSTANCE_FINALIZER, POOL_LABEL, PROVISIONED_FOR_LABEL,
 };
@@ -348,17 +348,8 @@ async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Con
         }
         other => other?,
     };
-    if find(&st.conditions, REACHABLE).is_some_and(|c| c.status == "False") {
-        let c = condition_tri(
-            &st.conditions,
-            REACHABLE,
-            "True",
-            "Reachable",
-            "the instance answers again",
-            run.metadata.generation,
-            now,
-        );
-        upsert(&mut st.conditions, c);
+    let back = "the instance answers again";
+    if clear_false(&mut st.conditions, REACHABLE, "Reachable", back, run.metadata.generation, now) {
         ctx.event(&run, false, "Reachable", format!("instance {name} answers again")).await;
         st = ctx.write_status(&run, &st).await?.status.unwrap_or_default();
     }
@@ -396,12 +387,9 @@ async fn unreachable(
 ) -> Result<Next, Error> {
     let now = ctx.now();
     let name = inst.name_any();
-    let first = find(&st.conditions, REACHABLE).is_none_or(|c| c.status != "False");
     let msg = format!("instance {name} does not answer ({why})");
-    let c =
-        condition_tri(&st.conditions, REACHABLE, "False", "InstanceUnreachable", &msg, run.metadata.generation, now);
-    let since = c.last_transition_time.0;
-    upsert(&mut st.conditions, c);
+    let (first, since) =
+        set_false_since(&mut st.conditions, REACHABLE, "InstanceUnreachable", &msg, run.metadata.generation, now);
     let grace = ctx.health.unreachable_grace;
     let deadline = crate::core::add(since, grace);
     if now < deadline {

@@ -77,6 +77,20 @@ pub const CATALOG_HEADER: &str = "instance_name,location,price,cpu,memory,gpu_co
                                   disk_size,gpu_vendor,flags,cpu_arch,provider_data";
 
 impl Moto {
+    /// The config of an `aws` backend on this moto (every region of [`REGIONS`], moto's
+    /// AMI and access key) that talks to EC2 at `endpoint` (moto, or a proxy in front).
+    #[allow(dead_code)] // used by the backend tests
+    pub fn config(&self, endpoint: &str) -> kpool::backends::aws::AwsConfig {
+        kpool::backends::aws::AwsConfig {
+            regions: REGIONS.iter().map(|r| r.to_string()).collect(),
+            endpoint: Some(endpoint.to_string()),
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+            image_id: Some(self.image_id.clone()),
+            ..Default::default()
+        }
+    }
+
     /// An EC2 client straight to moto, for what the backend under test cannot do or see.
     pub fn ec2(&self) -> kpool::backends::aws::client::Ec2Client {
         let creds = kpool::backends::aws::sigv4::Credentials {
