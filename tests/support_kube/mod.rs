@@ -1,0 +1,167 @@
+//! The real control plane of the cluster suite (tests/cluster_*.rs): etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler and kwok nodes, built from Go modules and started
+//! on loopback by `scripts/peers/kube.sh`.
+//!
+//! `scripts/test` starts one cluster for the whole suite and passes its kubeconfig in
+//! `KPOOL_TEST_KUBECONFIG`. Without it (a single `cargo test --test cluster_…`), the first
+//! test of the binary starts a cluster of its own (`kube.sh up`), which stops when the test
+//! process exits. Either way, a cluster that cannot start fails the tests with the reason;
+//! nothing is skipped. Tests share the cluster: each works in a namespace of its own.
+#![allow(dead_code)] // each test binary uses its own part
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+pub struct Cluster {
+    pub kubeconfig: PathBuf,
+    /// Directory of the built binaries (kubectl, kstatus, …).
+    pub bin: PathBuf,
+    _keepalive: Option<Mutex<(Child, ChildStdin)>>,
+}
+
+/// The plural names of kpool's kinds.
+pub const KINDS: [&str; 5] = ["backends", "instances", "pools", "profiles", "runs"];
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+static CRDS: OnceLock<()> = OnceLock::new();
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The cluster of this test run, started on first use when the suite did not start one.
+pub fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(|| {
+        let script = root().join("scripts/peers/kube.sh");
+        let out = Command::new(&script).arg("bin").output().expect("run scripts/peers/kube.sh bin");
+        let bin = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        if let Ok(path) = std::env::var("KPOOL_TEST_KUBECONFIG") {
+            return Cluster { kubeconfig: PathBuf::from(path), bin, _keepalive: None };
+        }
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kube-{}", std::process::id()));
+        eprintln!("starting a control plane in {} (scripts/peers/kube.sh up)", dir.display());
+        let mut child = Command::new(&script)
+            .arg("up")
+            .arg(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start scripts/peers/kube.sh up");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("read kube.sh's answer");
+        let kubeconfig = line.strip_prefix("ready ").map(|p| PathBuf::from(p.trim())).unwrap_or_else(|| {
+            panic!("the control plane did not start (see the lines above and the logs in {})", dir.join("logs").display())
+        });
+        let stdin = child.stdin.take().unwrap();
+        Cluster { kubeconfig, bin, _keepalive: Some(Mutex::new((child, stdin))) }
+    })
+}
+
+impl Cluster {
+    /// A client authenticated with the admin certificate.
+    pub async fn client(&self) -> Client {
+        client_from(&self.kubeconfig).await
+    }
+
+    /// `kubectl` of the built Kubernetes version, pointed at this cluster.
+    pub fn kubectl(&self) -> Command {
+        let mut cmd = Command::new(self.bin.join("kubectl"));
+        cmd.env("KUBECONFIG", &self.kubeconfig);
+        cmd
+    }
+
+    /// Runs kubectl with `args`, panicking with its output when it fails.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl().args(args).output().expect("run kubectl");
+        assert!(out.status.success(), "kubectl {args:?} failed: {}", describe(&out));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Applies the CRDs of `crds/` once per test binary and waits until they are served.
+    pub fn install_crds(&self) {
+        CRDS.get_or_init(|| {
+            let crds = root().join("crds");
+            self.kubectl_ok(&["apply", "--server-side", "--field-manager=kpool-tests", "-f", crds.to_str().unwrap()]);
+            let mut wait = vec!["wait", "--for=condition=Established", "--timeout=60s"];
+            let names: Vec<String> = KINDS.iter().map(|k| format!("crd/{k}.kpool.dev")).collect();
+            wait.extend(names.iter().map(String::as_str));
+            self.kubectl_ok(&wait);
+        });
+    }
+
+    /// A new namespace named `prefix-<random>`, for one test.
+    pub async fn namespace(&self, prefix: &str) -> String {
+        let name = format!("{prefix}-{:08x}", rand_u32());
+        let api: Api<Namespace> = Api::all(self.client().await);
+        let ns = Namespace { metadata: ObjectMeta { name: Some(name.clone()), ..Default::default() }, ..Default::default() };
+        api.create(&PostParams::default(), &ns).await.expect("create the test namespace");
+        name
+    }
+
+    /// A kubeconfig that authenticates with a token of ServiceAccount `sa` in `namespace`
+    /// (TokenRequest API), so the real RBAC authorizer decides every call made with it.
+    pub fn service_account_kubeconfig(&self, namespace: &str, sa: &str, path: &Path) {
+        let token = self.kubectl_ok(&["-n", namespace, "create", "token", sa, "--duration=2h"]);
+        let admin: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&self.kubeconfig).unwrap()).unwrap();
+        let cluster = &admin["clusters"][0]["cluster"];
+        let config = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "kpool-test", "cluster": {
+                "server": cluster["server"].as_str().unwrap(),
+                "certificate-authority-data": cluster["certificate-authority-data"].as_str().unwrap(),
+            }}],
+            "users": [{"name": sa, "user": {"token": token.trim()}}],
+            "contexts": [{"name": "sa", "context": {"cluster": "kpool-test", "user": sa, "namespace": namespace}}],
+            "current-context": "sa",
+        });
+        std::fs::write(path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    }
+}
+
+/// A client for the kubeconfig at `path` (its current context).
+pub async fn client_from(path: &Path) -> Client {
+    let kc = Kubeconfig::read_from(path).expect("read kubeconfig");
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("kubeconfig");
+    Client::try_from(config).expect("client")
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, for at most `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub fn describe(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    h.finish() as u32
+}
