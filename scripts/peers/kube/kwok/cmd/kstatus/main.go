@@ -5,12 +5,12 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/json"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 )
 
@@ -19,6 +19,8 @@ func main() {
 	if err != nil {
 		fail("failed to read stdin: %v", err)
 	}
+	// Numbers as the API machinery decodes them (integers as int64), which kstatus'
+	// accessors of metadata.generation and status.observedGeneration require.
 	var obj map[string]interface{}
 	if err := json.Unmarshal(raw, &obj); err != nil {
 		fail("failed to parse stdin as JSON: %v", err)
