@@ -54,7 +54,10 @@ pub enum RetryEvent {
 #[serde(rename_all = "camelCase")]
 pub struct RetrySpec {
     /// Events that trigger a retry. Defaults to all of `no-capacity`, `interruption` and `error`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Not `on`: kubectl reads YAML as YAML 1.1, where an unquoted `on` key is the boolean
+    // `true`, so `kubectl apply` would send (and a CRD applied with kubectl would declare)
+    // a field named "true".
+    #[serde(rename = "onEvents", default, skip_serializing_if = "Option::is_none")]
     pub on: Option<Vec<RetryEvent>>,
     /// How long to keep retrying, counted from the first attempt, e.g. `30m`, `1h`, `1d`.
     /// Defaults to `1h`.
