@@ -260,7 +260,11 @@ pub async fn follow(api: &Api<Instance>, name: &str, term: &mut Term<'_>) -> Res
         let inst = api.get(name).await?;
         let st = inst.status.clone().unwrap_or_default();
         let msg = find(&st.conditions, "Ready").map(|c| c.message.clone()).unwrap_or_default();
-        let line = format!("{}: {}", status_word(st.phase), msg);
+        // A phase without a message yet (a new instance's `pending`) is the word alone.
+        let line = match msg.as_str() {
+            "" => status_word(st.phase),
+            m => format!("{}: {m}", status_word(st.phase)),
+        };
         if line != last {
             writeln!(term.out, "{line}")?;
             term.out.flush()?;
