@@ -170,9 +170,12 @@ start() {
         --authentication-kubeconfig "$kc" --authorization-kubeconfig "$kc" \
         --bind-address 127.0.0.1 --secure-port "$sched" --leader-elect=false
     cat "$MODS"/stages/*.yaml >"$dir/stages.yaml"
+    # Node Leases are kwok's heartbeat: without them kube-controller-manager's node
+    # lifecycle controller finds the nodes silent and marks their Pods not Ready.
     spawn "$dir" kwok "$BIN/kwok" --kubeconfig "$kc" --manage-all-nodes=false \
         --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
-        --server-address "127.0.0.1:$kwok_p" --config "$dir/stages.yaml"
+        --server-address "127.0.0.1:$kwok_p" --config "$dir/stages.yaml" \
+        --node-lease-duration-seconds 40 --cidr 10.244.0.0/16
 
     # The default ServiceAccount appears once kube-controller-manager runs: Pods need it.
     wait_for kube-controller-manager "$dir" kube-controller-manager \

@@ -100,6 +100,7 @@ fn duration_arg(flag: &'static str) -> impl Fn(&str) -> Result<Duration, String>
 }
 
 fn main() {
+    kpool::install_crypto_provider();
     if let Err(e) = real_main() {
         eprintln!("error: {e}");
         std::process::exit(1);

@@ -60,6 +60,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    kpool::install_crypto_provider();
     let cli = Cli::parse();
     if let Err(e) = run(cli).await {
         eprintln!("error: {e}");

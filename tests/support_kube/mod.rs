@@ -58,7 +58,10 @@ pub fn cluster() -> &'static Cluster {
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("read kube.sh's answer");
         let kubeconfig = line.strip_prefix("ready ").map(|p| PathBuf::from(p.trim())).unwrap_or_else(|| {
-            panic!("the control plane did not start (see the lines above and the logs in {})", dir.join("logs").display())
+            panic!(
+                "the control plane did not start (see the lines above and the logs in {})",
+                dir.join("logs").display()
+            )
         });
         let stdin = child.stdin.take().unwrap();
         Cluster { kubeconfig, bin, _keepalive: Some(Mutex::new((child, stdin))) }
@@ -101,7 +104,8 @@ impl Cluster {
     pub async fn namespace(&self, prefix: &str) -> String {
         let name = format!("{prefix}-{:08x}", rand_u32());
         let api: Api<Namespace> = Api::all(self.client().await);
-        let ns = Namespace { metadata: ObjectMeta { name: Some(name.clone()), ..Default::default() }, ..Default::default() };
+        let ns =
+            Namespace { metadata: ObjectMeta { name: Some(name.clone()), ..Default::default() }, ..Default::default() };
         api.create(&PostParams::default(), &ns).await.expect("create the test namespace");
         name
     }
@@ -110,7 +114,8 @@ impl Cluster {
     /// (TokenRequest API), so the real RBAC authorizer decides every call made with it.
     pub fn service_account_kubeconfig(&self, namespace: &str, sa: &str, path: &Path) {
         let token = self.kubectl_ok(&["-n", namespace, "create", "token", sa, "--duration=2h"]);
-        let admin: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&self.kubeconfig).unwrap()).unwrap();
+        let admin: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&self.kubeconfig).unwrap()).unwrap();
         let cluster = &admin["clusters"][0]["cluster"];
         let config = serde_json::json!({
             "apiVersion": "v1",
@@ -129,6 +134,7 @@ impl Cluster {
 
 /// A client for the kubeconfig at `path` (its current context).
 pub async fn client_from(path: &Path) -> Client {
+    kpool::install_crypto_provider();
     let kc = Kubeconfig::read_from(path).expect("read kubeconfig");
     let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("kubeconfig");
     Client::try_from(config).expect("client")
