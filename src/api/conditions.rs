@@ -1,10 +1,66 @@
 //! `metav1.Condition` helpers shared by every kind's status.
+//!
+//! GitOps tools (Flux, kpt, anything built on cli-utils) read an object's readiness the
+//! way kstatus (`sigs.k8s.io/cli-utils/pkg/kstatus`) computes it from generic fields only:
+//! `status.observedGeneration` behind `metadata.generation` -> InProgress; a condition
+//! `Reconciling` True -> InProgress; `Stalled` True -> Failed; else a `Ready` condition
+//! False or Unknown -> InProgress; else Current. So every kind's status records the
+//! generation it describes, and [`set_progress`] keeps the two abnormal-true conditions,
+//! present only while they hold (kstatus reads an absent one as False).
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// Condition messages are cut to this many characters.
 pub const MAX_MESSAGE: usize = 300;
+
+/// Root condition of an `Instance` (and of `Pool` and `Backend`).
+pub const READY: &str = "Ready";
+/// Abnormal-true: the controller is still working towards the spec.
+pub const RECONCILING: &str = "Reconciling";
+/// Abnormal-true: the object cannot get further without a change from outside.
+pub const STALLED: &str = "Stalled";
+
+/// Where an object stands, in kstatus' terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Working towards the spec: `Reconciling` True (kstatus: InProgress).
+    Reconciling,
+    /// Stuck or failed for good: `Stalled` True (kstatus: Failed).
+    Stalled,
+    /// The spec is realised, or the object ended as asked: neither condition (Current).
+    Settled,
+}
+
+/// Sets `Reconciling` or `Stalled` True with `reason` and `message` as `progress` says, and
+/// removes the other (both for [`Progress::Settled`]).
+pub fn set_progress(
+    conditions: &mut Vec<Condition>,
+    progress: Progress,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let (holds, gone) = match progress {
+        Progress::Reconciling => (Some(RECONCILING), STALLED),
+        Progress::Stalled => (Some(STALLED), RECONCILING),
+        Progress::Settled => (None, RECONCILING),
+    };
+    conditions.retain(|c| c.type_ != gone && (holds.is_some() || c.type_ != STALLED));
+    if let Some(type_) = holds {
+        let c = condition_tri(conditions, type_, "True", reason, message, generation, now);
+        upsert(conditions, c);
+    }
+}
+
+/// The controller looked at `generation` and found nothing to change: every condition
+/// now says it describes that generation.
+pub fn observe(conditions: &mut [Condition], generation: Option<i64>) {
+    for c in conditions {
+        c.observed_generation = generation;
+    }
+}
 
 /// Builds a condition. `last_transition_time` is kept from `previous` when the status
 /// did not change, so that timeouts computed from transition times stay stable.
@@ -137,5 +193,23 @@ mod tests {
         assert!(clear_false(&mut cs, "Reachable", "Up", "back", None, t1));
         assert_eq!((cs[0].status.as_str(), cs[0].reason.as_str()), ("True", "Up"));
         assert_eq!(set_false_since(&mut cs, "Reachable", "Down", "c", None, t1), (true, t1));
+    }
+
+    #[test]
+    fn progress_keeps_at_most_one_abnormal_condition_and_its_transition_time() {
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let t1: Timestamp = "2026-01-01T00:05:00Z".parse().unwrap();
+        let mut cs = vec![condition(&[], READY, true, "Idle", "ok", Some(1), t0)];
+        set_progress(&mut cs, Progress::Reconciling, "Provisioning", "launching", Some(1), t0);
+        set_progress(&mut cs, Progress::Reconciling, "Provisioning", "polling", Some(2), t1);
+        let r = find(&cs, RECONCILING).unwrap();
+        assert_eq!((r.status.as_str(), r.last_transition_time.0, r.observed_generation), ("True", t0, Some(2)));
+        set_progress(&mut cs, Progress::Stalled, "NoCapacity", "no offer fits", Some(2), t1);
+        assert!(find(&cs, RECONCILING).is_none());
+        assert_eq!(find(&cs, STALLED).map(|c| c.reason.as_str()), Some("NoCapacity"));
+        set_progress(&mut cs, Progress::Settled, "Idle", "ok", Some(2), t1);
+        assert_eq!(cs.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(), [READY]);
+        observe(&mut cs, Some(3));
+        assert_eq!(cs[0].observed_generation, Some(3));
     }
 }

@@ -108,8 +108,12 @@ pub struct ProvisioningAttempt {
 }
 
 /// Observed state of an `Instance`.
+// Defaulted by the API server on every read until kpool writes it, so that an Instance
+// kpool has not seen yet carries `observedGeneration: 0`, which GitOps tools read as
+// InProgress (without a status they would read it as Current).
 #[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("default" = {}))]
 pub struct InstanceStatus {
     /// Lifecycle phase.
     #[serde(default)]
@@ -149,8 +153,17 @@ pub struct InstanceStatus {
     /// Offers tried and why each failed, oldest first (at most 20 kept).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<ProvisioningAttempt>,
-    /// `Ready` summarises the instance (True when Idle or Busy); `Provisioned`.
+    /// `Ready` summarises the instance: True when Idle or Busy, Unknown while Pending or
+    /// Provisioning, False otherwise. `Reconciling` is True while the instance is on its
+    /// way (Pending, Provisioning, Terminating); `Stalled` is True once it cannot get
+    /// further (Failed, or Terminated: kpool never re-creates its machine). Both are
+    /// absent otherwise, so kstatus (Flux, kpt) reads Idle and Busy as Current.
+    /// `Reachable` is False while the machine does not answer its health check.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+    /// The generation of the spec this status describes; 0 until kpool has seen the object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = 0))]
+    pub observed_generation: Option<i64>,
 }

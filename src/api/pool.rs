@@ -50,10 +50,15 @@ pub struct PoolSpec {
 }
 
 /// Observed state of a `Pool`.
+// Defaulted by the API server on every read until kpool writes it, so that a Pool kpool
+// has not seen yet carries `observedGeneration: 0`, which GitOps tools read as
+// InProgress (without a status they would read it as Current).
 #[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("default" = {}))]
 pub struct PoolStatus {
-    /// `Ready`; `AtCapacity` when `maxInstances` is reached.
+    /// `Ready` (True once kpool has counted the pool's instances); `AtCapacity` when
+    /// `maxInstances` is reached.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -78,7 +83,8 @@ pub struct PoolStatus {
     /// What the pool's running machines cost, in US dollars per hour.
     #[serde(default)]
     pub price_per_hour: f64,
-    /// The generation of the spec this status describes.
+    /// The generation of the spec this status describes; 0 until kpool has seen the object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = 0))]
     pub observed_generation: Option<i64>,
 }

@@ -111,8 +111,12 @@ fn env_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
 }
 
 /// Observed state of a `Run`.
+// Defaulted by the API server on every read until kpool writes it, so that a Run kpool
+// has not seen yet carries `observedGeneration: 0`, which GitOps tools read as
+// InProgress (without a status they would read it as Current).
 #[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("default" = {}))]
 pub struct RunStatus {
     /// Lifecycle phase.
     #[serde(default)]
@@ -147,10 +151,19 @@ pub struct RunStatus {
     /// Attempts that ended, oldest first (at most 20 kept): where each ran and why it ended.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<RunAttempt>,
-    /// `Scheduled` (an instance is assigned) and `Succeeded` (the summary).
+    /// `Scheduled` (an instance is assigned) and `Succeeded` (the summary: True once the
+    /// commands exited 0, False once the run ended otherwise, Unknown before).
+    /// `Reconciling` is True while the run waits for an instance (Pending, Provisioning);
+    /// `Stalled` is True once it ended without doing its work (Failed, or Terminated by
+    /// anything but `stop`). Both are absent otherwise, so kstatus (Flux, kpt) reads a
+    /// Running run as Current, as it does a started Job.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+    /// The generation of the spec this status describes; 0 until kpool has seen the object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = 0))]
+    pub observed_generation: Option<i64>,
 }
 
 /// One attempt of a run that ended (retried or final).

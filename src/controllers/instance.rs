@@ -15,7 +15,9 @@ use super::metrics::InstanceSample;
 use super::observe::{holding_capacity, instances, policy_of, pool_of};
 use super::{Context, Error};
 use crate::api::backend::BackendType;
-use crate::api::conditions::{clear_false, condition_tri, set_false_since, upsert};
+use crate::api::conditions::{
+    self, clear_false, condition_tri, set_false_since, set_progress, upsert, Progress, READY,
+};
 use crate::api::instance::{Instance, InstancePhase, InstanceStatus, INSTANCE_FINALIZER, PROVISIONED_FOR_LABEL};
 use crate::api::run::Run;
 use crate::backends::{machine_name, machine_tags, BackendError, MachineSpec, MachineState};
@@ -61,14 +63,46 @@ enum Next {
 }
 
 async fn apply(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let generation = inst.metadata.generation;
+    let unobserved = inst.status.as_ref().is_some_and(|s| s.observed_generation != generation);
+    let api: Api<Instance> = Api::namespaced(ctx.client.clone(), &inst.namespace().unwrap_or_default());
+    let name = inst.name_any();
     let mut inst = (*inst).clone();
     for _ in 0..MAX_STEPS {
         match step(inst, &ctx).await? {
             Next::Continue(i) => inst = i,
-            Next::Stop(a) => return Ok(a),
+            Next::Stop(a) => {
+                if unobserved {
+                    observe_generation(&api, &name, generation, &ctx).await?;
+                }
+                return Ok(a);
+            }
         }
     }
     Ok(Action::requeue(Duration::ZERO))
+}
+
+/// A pass over a new generation of the spec ended: records that the status describes it,
+/// if no write of the pass did (the spec changed nothing, e.g. a new `idleDuration` of a
+/// busy instance, or any change to a failed one). Without it kstatus would report the
+/// instance InProgress until its next status change.
+async fn observe_generation(
+    api: &Api<Instance>,
+    name: &str,
+    generation: Option<i64>,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let Some(latest) = api.get_opt(name).await? else { return Ok(()) };
+    let Some(mut st) = latest.status.clone().filter(|s| s.observed_generation != generation) else { return Ok(()) };
+    if latest.metadata.generation != generation {
+        return Ok(()); // changed again: the next pass records it
+    }
+    st.observed_generation = generation;
+    conditions::observe(&mut st.conditions, generation);
+    match ctx.write_status(&latest, &st).await {
+        Err(Error::Kube(e)) if super::is_conflict(&e) => Ok(()), // changed meanwhile: a new pass comes
+        other => other.map(|_| ()),
+    }
 }
 
 /// What the instance contributes to the instance and cost gauges.
@@ -541,18 +575,34 @@ async fn cleanup(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action, Error
     Err(Error::StillDeleting(st.machine_name.unwrap_or_default()))
 }
 
-/// Sets the `Ready` condition from the phase. Returns true when it changed.
+/// Sets the `Ready` condition from the phase, `Reconciling` or `Stalled` with it (see
+/// [`progress`]), and the generation the status describes. Returns true when any of it
+/// changed.
 fn ready(st: &mut InstanceStatus, inst: &Instance, now: Timestamp, reason: &str, message: &str) -> bool {
     let status = match st.phase {
         InstancePhase::Idle | InstancePhase::Busy => "True",
         InstancePhase::Pending | InstancePhase::Provisioning => "Unknown",
         _ => "False",
     };
-    let c = condition_tri(&st.conditions, "Ready", status, reason, message, inst.metadata.generation, now);
-    let changed = crate::api::conditions::find(&st.conditions, "Ready")
-        .is_none_or(|old| old.status != c.status || old.reason != c.reason || old.message != c.message);
+    let generation = inst.metadata.generation;
+    let c = condition_tri(&st.conditions, READY, status, reason, message, generation, now);
+    let changed = conditions::find(&st.conditions, READY)
+        .is_none_or(|old| old.status != c.status || old.reason != c.reason || old.message != c.message)
+        || st.observed_generation != generation;
     upsert(&mut st.conditions, c);
+    set_progress(&mut st.conditions, progress(st.phase), reason, message, generation, now);
+    st.observed_generation = generation;
     changed
+}
+
+/// How GitOps tools should read an instance in `phase`: on its way, stuck, or there.
+/// Terminated is stuck: kpool never launches the machine of that Instance again.
+pub fn progress(phase: InstancePhase) -> Progress {
+    match phase {
+        InstancePhase::Pending | InstancePhase::Provisioning | InstancePhase::Terminating => Progress::Reconciling,
+        InstancePhase::Idle | InstancePhase::Busy => Progress::Settled,
+        InstancePhase::Failed | InstancePhase::Terminated => Progress::Stalled,
+    }
 }
 
 fn req_summary(inst: &Instance) -> String {

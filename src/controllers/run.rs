@@ -15,7 +15,7 @@ use kube::ResourceExt;
 use super::instance::until;
 use super::observe::{instance_pool, instances, policy_of, pool_of};
 use super::{is_conflict, Context, Error};
-use crate::api::conditions::{clear_false, condition_tri, find, set_false_since, upsert};
+use crate::api::conditions::{self, clear_false, condition_tri, find, set_false_since, set_progress, upsert, Progress};
 use crate::api::instance::{
     Instance, InstancePhase, InstanceSpec, INSTANCE_FINALIZER, POOL_LABEL, PROVISIONED_FOR_LABEL,
 };
@@ -57,14 +57,40 @@ enum Next {
 }
 
 async fn apply(run: Arc<Run>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let generation = run.metadata.generation;
+    let unobserved = run.status.as_ref().is_some_and(|s| s.observed_generation != generation);
+    let api: Api<Run> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
+    let name = run.name_any();
     let mut run = (*run).clone();
     for _ in 0..MAX_STEPS {
         match step(run, &ctx).await? {
             Next::Continue(r) => run = r,
-            Next::Stop(a) => return Ok(a),
+            Next::Stop(a) => {
+                if unobserved {
+                    observe_generation(&api, &name, generation, &ctx).await?;
+                }
+                return Ok(a);
+            }
         }
     }
     Ok(Action::requeue(Duration::ZERO))
+}
+
+/// A pass over a new generation of the spec ended: records that the status describes it,
+/// if no write of the pass did (the spec changed nothing, e.g. new commands of a finished
+/// run). Without it kstatus would report the run InProgress until its next status change.
+async fn observe_generation(api: &Api<Run>, name: &str, generation: Option<i64>, ctx: &Context) -> Result<(), Error> {
+    let Some(latest) = api.get_opt(name).await? else { return Ok(()) };
+    let Some(mut st) = latest.status.clone().filter(|s| s.observed_generation != generation) else { return Ok(()) };
+    if latest.metadata.generation != generation {
+        return Ok(()); // changed again: the next pass records it
+    }
+    st.observed_generation = generation;
+    conditions::observe(&mut st.conditions, generation);
+    match ctx.write_status(&latest, &st).await {
+        Err(Error::Kube(e)) if is_conflict(&e) => Ok(()), // changed meanwhile: a new pass comes
+        other => other.map(|_| ()),
+    }
 }
 
 async fn step(run: Run, ctx: &Context) -> Result<Next, Error> {
@@ -545,13 +571,35 @@ fn scheduled(st: &mut RunStatus, run: &Run, now: Timestamp, assigned: bool, reas
     changed
 }
 
-/// Sets the root `Succeeded` condition from the phase.
+/// Sets the root `Succeeded` condition from the phase, `Reconciling` or `Stalled` with it
+/// (see [`progress`]), and the generation the status describes.
 fn summary(st: &mut RunStatus, run: &Run, now: Timestamp, message: &str) {
     let (status, reason) = match st.phase {
         RunPhase::Succeeded => ("True", "Succeeded".to_string()),
         RunPhase::Failed | RunPhase::Terminated => ("False", st.termination_reason.clone().unwrap_or_default()),
         p => ("Unknown", p.as_str().to_string()),
     };
-    let c = condition_tri(&st.conditions, "Succeeded", status, &reason, message, run.metadata.generation, now);
+    let generation = run.metadata.generation;
+    let c = condition_tri(&st.conditions, "Succeeded", status, &reason, message, generation, now);
     upsert(&mut st.conditions, c);
+    // While waiting, the `Scheduled` reason says what for (PoolAtCapacity, Retrying, …).
+    let reason = match find(&st.conditions, "Scheduled") {
+        Some(c) if c.status == "False" && !st.phase.is_finished() => c.reason.clone(),
+        _ => reason,
+    };
+    let progress = progress(st);
+    set_progress(&mut st.conditions, progress, &reason, message, generation, now);
+    st.observed_generation = generation;
+}
+
+/// How GitOps tools should read a run: waiting for an instance, ended without doing its
+/// work, or running or ended as asked. A running run is Current, as kstatus reads a
+/// started Job: a GitOps sync does not wait for a training to end.
+pub fn progress(st: &RunStatus) -> Progress {
+    match st.phase {
+        RunPhase::Pending | RunPhase::Provisioning => Progress::Reconciling,
+        RunPhase::Running | RunPhase::Succeeded => Progress::Settled,
+        RunPhase::Terminated if st.termination_reason.as_deref() == Some("Stopped") => Progress::Settled,
+        RunPhase::Failed | RunPhase::Terminated => Progress::Stalled,
+    }
 }
