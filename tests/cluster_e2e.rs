@@ -351,10 +351,7 @@ async fn a_busy_instance_deleted_with_kubectl_waits_until_its_machine_is_gone() 
     );
     assert!(pods.get_opt(&job.name_any()).await.unwrap().is_none(), "the job Pod is deleted with the machine");
     let run = eventually("the run ends", WAIT, || async {
-        runs.get(&"busy".to_string())
-            .await
-            .ok()
-            .filter(|r| r.status.as_ref().is_some_and(|s| s.phase != RunPhase::Running))
+        runs.get("busy").await.ok().filter(|r| r.status.as_ref().is_some_and(|s| s.phase != RunPhase::Running))
     })
     .await;
     assert_ne!(run.status.unwrap().phase, RunPhase::Succeeded, "a run whose instance was deleted did not succeed");
