@@ -8,11 +8,10 @@
 //! kwok is not a kubelet: it makes scheduled Pods Running and Ready, and deletes Pods
 //! being deleted; a job Pod's container exit is written here, as a kubelet would.
 
-#[path = "support_kube/mod.rs"]
 mod support_kube;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, Pod, Secret};
@@ -20,7 +19,7 @@ use kpool::api::instance::{Instance, InstancePhase};
 use kpool::api::run::{Run, RunPhase};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
-use support_kube::{cluster, eventually, root, Cluster};
+use support_kube::{apply, cluster, eventually, helm, root, tail, Cluster, Kpool};
 use tokio::sync::OnceCell;
 
 const RELEASE_NS: &str = "kpool-system";
@@ -37,12 +36,6 @@ struct Installed {
 }
 
 static INSTALLED: OnceCell<Installed> = OnceCell::const_new();
-
-fn helm() -> PathBuf {
-    let out = Command::new(root().join("scripts/peers/helm.sh")).output().expect("run scripts/peers/helm.sh");
-    assert!(out.status.success(), "scripts/peers/helm.sh failed: {}", support_kube::describe(&out));
-    root().join(".peers/helm4/helm/helm")
-}
 
 /// Nodes of the ready Pods labelled `selector` in kpool-system, once `want` are ready.
 async fn controller_pod_nodes(client: &Client, selector: &str, want: usize) -> Vec<String> {
@@ -100,79 +93,11 @@ async fn install(c: &Cluster) -> &'static Installed {
         .await
 }
 
-/// The `kpool` controller binary as a separate process, killed on drop.
-struct Kpool {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Kpool {
-    /// Starts `kpool controller` with `kubeconfig`, watching `namespace` only, leader of
-    /// the Lease in `leader_ns` (without: no leader election).
-    fn start(kubeconfig: &std::path::Path, namespace: &str, leader_ns: Option<&str>) -> Kpool {
-        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kpool-{namespace}.log"));
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_kpool"))
-            .args(["controller", "--watch-namespace", namespace, "--metrics-addr"])
-            .arg(format!("127.0.0.1:{port}"))
-            .args(match leader_ns {
-                Some(ns) => ["--leader-election-namespace", ns],
-                None => ["--leader-elect", "false"],
-            })
-            .env("KUBECONFIG", kubeconfig)
-            .env("POD_NAME", format!("kpool-e2e-{namespace}"))
-            .env("KPOOL_LOG", "info,kpool=debug")
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::options().append(true).open(&log).unwrap())
-            .spawn()
-            .expect("start kpool");
-        Kpool { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Kpool {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- kpool's log ({}) ---\n{}", self.log.display(), tail(&self.log(), 60));
-        }
-    }
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// A kubeconfig for the chart's ServiceAccount (TokenRequest), in the target dir.
 fn chart_sa_kubeconfig(c: &Cluster, name: &str) -> PathBuf {
     let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.kubeconfig"));
     c.service_account_kubeconfig(RELEASE_NS, SA, &path);
     path
-}
-
-fn apply(c: &Cluster, ns: &str, yaml: &str) {
-    let mut child = c
-        .kubectl()
-        .args(["apply", "-n", ns, "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "kubectl apply failed: {}\n{yaml}", support_kube::describe(&out));
 }
 
 fn run_yaml(name: &str, resources: &str) -> String {

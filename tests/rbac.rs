@@ -34,12 +34,17 @@ const GRANTED_NOT_EXERCISED: &[(&str, &str, &str, &str)] = &[
     ("watch", "kpool.dev", "pools", "kube-runtime watches in runtime.rs"),
     ("watch", "", "pods", "granted for the kubernetes backend's future pod informer"),
     ("list", "kpool.dev", "profiles", "profiles are read by name"),
-    ("watch", "kpool.dev", "backends", "backends are read on demand"),
+    ("watch", "kpool.dev", "backends", "kube-runtime watches in runtime.rs"),
     ("watch", "kpool.dev", "profiles", "profiles are read on demand"),
-    ("patch", "kpool.dev", "backends/status", "backend status is not written yet"),
     ("delete", "kpool.dev", "instances", "a run drops its unlaunched instance when an idle one frees up first"),
     ("patch", "events.k8s.io", "events", "the event recorder folds repeated events into a series"),
     ("get", "", "configmaps", "offer catalogs from a ConfigMap (read by the backend factory)"),
+    (
+        "patch",
+        "",
+        "configmaps",
+        "the finalizer on a Backend's catalog ConfigMap (tests/cluster_leaks.rs, real API server)",
+    ),
 ];
 
 type Grant = (String, String, String);
@@ -109,6 +114,8 @@ async fn exercise(h: &Harness) {
         .create(BackendObject::new("cluster", BackendSpec { type_: BackendType::Kubernetes, ..Default::default() }))
         .await;
     let backend = DefaultFactory::new(h.ctx.client.clone()).build(&obj).await.unwrap();
+    // The Backend controller: its finalizer and its Ready condition.
+    kpool::controllers::backend::reconcile(std::sync::Arc::new(obj.clone()), h.ctx.clone()).await.unwrap();
     let req = cpu("2..").resolve().unwrap();
     let offer = backend.offers(&req).await.unwrap().remove(0);
     let spec = MachineSpec { name: "kpool-x".into(), offer, tags: Default::default(), ssh_public_key: None };

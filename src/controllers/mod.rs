@@ -1,7 +1,9 @@
 //! One module per kind: observe → `core` decides → apply → status (Server-Side Apply).
 
+pub mod backend;
 pub mod context;
 pub mod gc;
+pub mod installation;
 pub mod instance;
 pub mod leader;
 pub mod metrics;
@@ -41,6 +43,8 @@ pub enum Error {
     MissingBackend(String, String),
     #[error("failed to set up the instance's SSH key")]
     InstanceKey(#[from] crate::exec::ssh::instance_key::KeyError),
+    #[error("backend {0} is used by {1} instance(s) with machines; deletion waits for them")]
+    BackendInUse(String, usize),
     #[error("failed to run the finalizer")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -56,6 +60,7 @@ impl Error {
             Error::Invalid(_) => "InvalidSpec",
             Error::StillDeleting(_) => "StillDeleting",
             Error::MissingBackend(..) => "MissingBackend",
+            Error::BackendInUse(..) => "BackendInUse",
             Error::InstanceKey(_) => "InstanceKey",
             Error::Finalizer(e) => match e.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
@@ -70,7 +75,7 @@ impl Error {
     pub fn retry_after(&self) -> Duration {
         match self.category() {
             "Conflict" => Duration::from_millis(200),
-            "StillDeleting" => Duration::from_secs(5),
+            "StillDeleting" | "BackendInUse" => Duration::from_secs(5),
             "RateLimited" => Duration::from_secs(30),
             _ => Duration::from_secs(15),
         }

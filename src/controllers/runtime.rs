@@ -9,7 +9,8 @@ use kube::runtime::{watcher, Controller};
 use kube::ResourceExt;
 
 use super::gc::{self, GcConfig};
-use super::{error_policy, instance, pool, run, Context};
+use super::{backend, error_policy, instance, pool, run, Context};
+use crate::api::backend::Backend;
 use crate::api::instance::{Instance, PROVISIONED_FOR_LABEL};
 use crate::api::pool::Pool;
 use crate::api::run::Run;
@@ -19,11 +20,14 @@ use crate::api::run::Run;
 /// `namespace`: watch only that namespace (`None`: every namespace).
 pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig, namespace: Option<String>) {
     let client = ctx.client.clone();
-    let (instances, runs, pools): (Api<Instance>, Api<Run>, Api<Pool>) = match &namespace {
-        Some(ns) => {
-            (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns), Api::namespaced(client, ns))
-        }
-        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client)),
+    let (instances, runs, pools, backends): (Api<Instance>, Api<Run>, Api<Pool>, Api<Backend>) = match &namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client, ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone()), Api::all(client)),
     };
     let cfg = watcher::Config::default();
 
@@ -59,7 +63,7 @@ pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig, namespace: Option<S
         .for_each(|r| async move { log_result("run", r) });
 
     let pool_ctl = Controller::new(pools, cfg.clone())
-        .watches(instances, cfg, |inst: Instance| {
+        .watches(instances.clone(), cfg.clone(), |inst: Instance| {
             let ns = inst.namespace().unwrap_or_default();
             inst.status.as_ref().and_then(|s| s.pool.clone()).map(|p| ObjectRef::new(&p).within(&ns))
         })
@@ -67,8 +71,26 @@ pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig, namespace: Option<S
         .run(|o, c| timed("pool", c.clone(), pool::reconcile(o, c)), error_policy, ctx.clone())
         .for_each(|r| async move { log_result("pool", r) });
 
+    // A Backend being deleted waits for the instances that have machines of it: it looks
+    // again whenever one of its namespace's instances changes.
+    let backend_controller = Controller::new(backends, cfg.clone());
+    let backend_store = backend_controller.store();
+    let backend_ctl = backend_controller
+        .watches(instances, cfg, move |inst: Instance| {
+            let ns = inst.namespace().unwrap_or_default();
+            backend_store
+                .state()
+                .into_iter()
+                .filter(|b| b.namespace().as_deref() == Some(ns.as_str()) && b.metadata.deletion_timestamp.is_some())
+                .map(|b| ObjectRef::from_obj(&*b))
+                .collect::<Vec<_>>()
+        })
+        .shutdown_on_signal()
+        .run(|o, c| timed("backend", c.clone(), backend::reconcile(o, c)), error_policy, ctx.clone())
+        .for_each(|r| async move { log_result("backend", r) });
+
     let gc = tokio::spawn(gc::run(ctx.clone(), gc_config, namespace));
-    tokio::join!(instance_ctl, run_ctl, pool_ctl);
+    tokio::join!(instance_ctl, run_ctl, pool_ctl, backend_ctl);
     gc.abort();
 }
 

@@ -171,3 +171,79 @@ fn rand_u32() -> u32 {
     h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
     h.finish() as u32
 }
+
+/// Helm 4 (scripts/peers/helm.sh installs it under .peers/).
+pub fn helm() -> PathBuf {
+    let out = Command::new(root().join("scripts/peers/helm.sh")).output().expect("run scripts/peers/helm.sh");
+    assert!(out.status.success(), "scripts/peers/helm.sh failed: {}", describe(&out));
+    root().join(".peers/helm4/helm/helm")
+}
+
+/// `kubectl apply -f -` of `yaml` in namespace `ns`.
+pub fn apply(c: &Cluster, ns: &str, yaml: &str) {
+    let mut child = c
+        .kubectl()
+        .args(["apply", "-n", ns, "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "kubectl apply failed: {}\n{yaml}", describe(&out));
+}
+
+/// The `kpool` controller binary as a separate process, killed on drop.
+pub struct Kpool {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Kpool {
+    /// Starts `kpool controller` with `kubeconfig`, watching `namespace` only, leader of
+    /// the Lease in `leader_ns` (without: no leader election).
+    pub fn start(kubeconfig: &std::path::Path, namespace: &str, leader_ns: Option<&str>) -> Kpool {
+        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kpool-{namespace}.log"));
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_kpool"))
+            .args(["controller", "--watch-namespace", namespace, "--metrics-addr"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(match leader_ns {
+                Some(ns) => ["--leader-election-namespace", ns],
+                None => ["--leader-elect", "false"],
+            })
+            .env("KUBECONFIG", kubeconfig)
+            .env("POD_NAME", format!("kpool-e2e-{namespace}"))
+            .env("KPOOL_LOG", "info,kpool=debug")
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+            .spawn()
+            .expect("start kpool");
+        Kpool { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Kpool {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- kpool's log ({}) ---\n{}", self.log.display(), tail(&self.log(), 60));
+        }
+    }
+}
+
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
