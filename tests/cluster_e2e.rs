@@ -12,19 +12,20 @@ mod support_kube;
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, Pod, Secret};
 use kpool::api::instance::{Instance, InstancePhase};
 use kpool::api::run::{Run, RunPhase};
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
-use support_kube::{apply, cluster, eventually, helm, root, tail, Cluster, Kpool};
+use support_kube::{
+    apply, cluster, eventually, exit_job, helm, instance_in_phase, job_pod, root, run_in_phase, tail, Cluster, Kpool,
+    WAIT,
+};
 use tokio::sync::OnceCell;
 
 const RELEASE_NS: &str = "kpool-system";
 const SA: &str = "kpool";
-const WAIT: Duration = Duration::from_secs(90);
 
 /// What installing the plain manifests and then the chart showed.
 #[derive(Debug)]
@@ -105,47 +106,6 @@ fn run_yaml(name: &str, resources: &str) -> String {
         "apiVersion: kpool.dev/v1alpha1\nkind: Run\nmetadata: {{name: {name}}}\nspec:\n  image: busybox:1.36\n  \
          commands: [\"sleep 600\"]\n  env: [{{name: GREETING, value: hello}}]\n  resources: {resources}\n"
     )
-}
-
-async fn run_in_phase(runs: &Api<Run>, name: &str, phase: RunPhase) -> Run {
-    eventually(&format!("run {name} {phase:?}"), WAIT, || async {
-        runs.get_opt(name).await.ok()?.filter(|r| r.status.as_ref().is_some_and(|s| s.phase == phase))
-    })
-    .await
-}
-
-async fn instance_in_phase(instances: &Api<Instance>, name: &str, phase: InstancePhase) -> Instance {
-    eventually(&format!("instance {name} {phase:?}"), WAIT, || async {
-        instances.get_opt(name).await.ok()?.filter(|i| i.status.as_ref().is_some_and(|s| s.phase == phase))
-    })
-    .await
-}
-
-/// The running job Pod of `run` (label `kpool.dev/run-uid`).
-async fn job_pod(pods: &Api<Pod>, run: &Run) -> Pod {
-    let selector = format!("kpool.dev/run-uid={}", run.uid().unwrap());
-    eventually(&format!("the job Pod of run {}", run.name_any()), WAIT, || async {
-        let list = pods.list(&ListParams::default().labels(&selector)).await.ok()?;
-        list.items.into_iter().find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-    })
-    .await
-}
-
-/// Plays kubelet: the job Pod's container exits with `code`.
-async fn exit_job(pods: &Api<Pod>, pod: &Pod, code: i32) {
-    let now = jiff::Timestamp::now().to_string();
-    let name = &pod.spec.as_ref().unwrap().containers[0].name;
-    let phase = if code == 0 { "Succeeded" } else { "Failed" };
-    let status = serde_json::json!({"status": {
-        "phase": phase,
-        "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted"}],
-        "containerStatuses": [{"name": name, "image": "busybox:1.36", "imageID": "", "ready": false, "restartCount": 0,
-            "state": {"terminated": {"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
-                "startedAt": now, "finishedAt": now}}}],
-    }});
-    pods.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .expect("patch the job Pod's status");
 }
 
 #[tokio::test]

@@ -23,7 +23,7 @@
 mod support_kube;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,12 +31,12 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use kpool::api::instance::{Instance, InstancePhase};
 use kpool::api::run::{Run, RunPhase};
-use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::ResourceExt;
+use kube::api::Api;
 use serde_json::Value;
-use support_kube::{cluster, eventually, Cluster};
+use support_kube::{
+    apply, cluster, eventually, exit_job, instance_in_phase, job_pod, run_in_phase, Cluster, Kpool, WAIT,
+};
 
-const WAIT: Duration = Duration::from_secs(90);
 /// Small enough for the shared kwok nodes.
 const SMALL: &str = "{cpu: \"1..\", memory: \"1GB..\", disk: \"1GB..\"}";
 /// More GPUs than any kwok node has (8): no offer fits.
@@ -196,57 +196,6 @@ impl Drop for Recorder {
     }
 }
 
-/// The `kpool` binary as a separate process with the admin kubeconfig, watching `ns`
-/// only, without leader election; killed on drop.
-struct Kpool {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Kpool {
-    fn start(c: &Cluster, ns: &str) -> Kpool {
-        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kpool-{ns}.log"));
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(env!("CARGO_BIN_EXE_kpool"))
-            .args(["controller", "--watch-namespace", ns, "--leader-elect", "false", "--metrics-addr"])
-            .arg(format!("127.0.0.1:{port}"))
-            .env("KUBECONFIG", &c.kubeconfig)
-            .env("KPOOL_LOG", "info,kpool=debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start kpool");
-        Kpool { child, log }
-    }
-}
-
-impl Drop for Kpool {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = lines[lines.len().saturating_sub(60)..].join("\n");
-            eprintln!("--- kpool's log ({}) ---\n{tail}", self.log.display());
-        }
-    }
-}
-
-fn apply(c: &Cluster, ns: &str, yaml: &str) {
-    let mut child = c
-        .kubectl()
-        .args(["apply", "-n", ns, "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "kubectl apply failed: {}\n{yaml}", support_kube::describe(&out));
-}
-
 /// A Backend of type `kubernetes` and a default pool whose instances stay idle for `idle`.
 fn backend_and_pool(idle: &str) -> String {
     format!(
@@ -269,46 +218,6 @@ fn instance_yaml(name: &str, resources: &str, extra: &str) -> String {
 
 /// Retry for an hour on every event (no-capacity among them).
 const RETRY: &str = "  retry: {duration: 1h}\n";
-
-async fn run_in_phase(runs: &Api<Run>, name: &str, phase: RunPhase) -> Run {
-    eventually(&format!("run {name} {phase:?}"), WAIT, || async {
-        runs.get_opt(name).await.ok()?.filter(|r| r.status.as_ref().is_some_and(|s| s.phase == phase))
-    })
-    .await
-}
-
-async fn instance_in_phase(instances: &Api<Instance>, name: &str, phase: InstancePhase) -> Instance {
-    eventually(&format!("instance {name} {phase:?}"), WAIT, || async {
-        instances.get_opt(name).await.ok()?.filter(|i| i.status.as_ref().is_some_and(|s| s.phase == phase))
-    })
-    .await
-}
-
-/// The running job Pod of `run` (label `kpool.dev/run-uid`).
-async fn job_pod(pods: &Api<Pod>, run: &Run) -> Pod {
-    let selector = format!("kpool.dev/run-uid={}", run.uid().unwrap());
-    eventually(&format!("the job Pod of run {}", run.name_any()), WAIT, || async {
-        let list = pods.list(&ListParams::default().labels(&selector)).await.ok()?;
-        list.items.into_iter().find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-    })
-    .await
-}
-
-/// Plays kubelet: the job Pod's container exits with `code`.
-async fn exit_job(pods: &Api<Pod>, pod: &Pod, code: i32) {
-    let now = jiff::Timestamp::now().to_string();
-    let name = &pod.spec.as_ref().unwrap().containers[0].name;
-    let status = serde_json::json!({"status": {
-        "phase": if code == 0 { "Succeeded" } else { "Failed" },
-        "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted"}],
-        "containerStatuses": [{"name": name, "image": "busybox:1.36", "imageID": "", "ready": false, "restartCount": 0,
-            "state": {"terminated": {"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
-                "startedAt": now, "finishedAt": now}}}],
-    }});
-    pods.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .expect("patch the job Pod's status");
-}
 
 /// Deletes the test's runs and instances while kpool still runs (it deletes their Pods,
 /// which would otherwise hold kwok capacity other tests need).
@@ -340,7 +249,7 @@ async fn a_run_s_lifecycle_reads_in_progress_then_current_and_a_failed_job_reads
     let instances: Api<Instance> = Api::namespaced(admin.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
     let recorder = Recorder::start(c, &ns, &["instances", "runs", "pools"]);
-    let kpool = Kpool::start(c, &ns);
+    let kpool = Kpool::start(&c.kubeconfig, &ns, None);
 
     apply(c, &ns, &backend_and_pool("10m"));
     apply(c, &ns, &run_yaml("ok", SMALL, ""));
@@ -420,7 +329,7 @@ async fn objects_that_wait_for_capacity_read_in_progress_and_those_that_cannot_g
     let runs: Api<Run> = Api::namespaced(admin.clone(), &ns);
     let instances: Api<Instance> = Api::namespaced(admin.clone(), &ns);
     let recorder = Recorder::start(c, &ns, &["instances", "runs"]);
-    let kpool = Kpool::start(c, &ns);
+    let kpool = Kpool::start(&c.kubeconfig, &ns, None);
 
     apply(c, &ns, &backend_and_pool("10m"));
     // No node has 16 GPUs: with a retry window the objects wait for capacity, held in

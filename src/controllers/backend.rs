@@ -63,10 +63,10 @@ async fn apply(b: Arc<Backend>, ctx: &Context) -> Result<Action, Error> {
     let ns = b.namespace().unwrap_or_default();
     let (secret, config_map) = references(&b);
     if let Some(name) = &secret {
-        protect::<Secret>(ctx, &ns, name).await?;
+        mark::<Secret>(ctx, &ns, name, true).await?;
     }
     if let Some(name) = &config_map {
-        protect::<ConfigMap>(ctx, &ns, name).await?;
+        mark::<ConfigMap>(ctx, &ns, name, true).await?;
     }
     let (ready, reason, message) = match ctx.backend(&ns, &b.name_any()).await {
         Ok(_) => (true, "Configured", "the backend's configuration, credentials and catalog could be read".to_string()),
@@ -112,10 +112,10 @@ async fn cleanup(b: Arc<Backend>, ctx: &Context) -> Result<Action, Error> {
         .collect();
     let (secret, config_map) = references(&b);
     if let Some(s) = secret.filter(|s| !others.iter().any(|o| references(o).0.as_ref() == Some(s))) {
-        release::<Secret>(ctx, &ns, &s).await?;
+        mark::<Secret>(ctx, &ns, &s, false).await?;
     }
     if let Some(m) = config_map.filter(|m| !others.iter().any(|o| references(o).1.as_ref() == Some(m))) {
-        release::<ConfigMap>(ctx, &ns, &m).await?;
+        mark::<ConfigMap>(ctx, &ns, &m, false).await?;
     }
     Ok(Action::await_change())
 }
@@ -129,8 +129,9 @@ fn uses(inst: &Instance, name: &str) -> bool {
     !finished && (launched || attempted)
 }
 
-/// Adds [`REFERENCE_FINALIZER`] to the object `name`, if it exists and lacks it.
-async fn protect<K>(ctx: &Context, ns: &str, name: &str) -> Result<(), Error>
+/// Puts [`REFERENCE_FINALIZER`] on the object `name` (`on`), or takes it off; nothing when
+/// the object is missing, already as wanted, or (to put it on) being deleted.
+async fn mark<K>(ctx: &Context, ns: &str, name: &str, on: bool) -> Result<(), Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -139,30 +140,15 @@ where
 {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     let Some(obj) = api.get_opt(name).await? else { return Ok(()) };
-    if obj.finalizers().iter().any(|f| f == REFERENCE_FINALIZER) || obj.meta().deletion_timestamp.is_some() {
+    let has = obj.finalizers().iter().any(|f| f == REFERENCE_FINALIZER);
+    if has == on || (on && obj.meta().deletion_timestamp.is_some()) {
         return Ok(());
     }
-    let mut finalizers = obj.finalizers().to_vec();
-    finalizers.push(REFERENCE_FINALIZER.to_string());
-    let patch = serde_json::json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    Ok(())
-}
-
-/// Removes [`REFERENCE_FINALIZER`] from the object `name`, if it has it.
-async fn release<K>(ctx: &Context, ns: &str, name: &str) -> Result<(), Error>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
-    let Some(obj) = api.get_opt(name).await? else { return Ok(()) };
-    if !obj.finalizers().iter().any(|f| f == REFERENCE_FINALIZER) {
-        return Ok(());
+    let mut finalizers: Vec<String> = obj.finalizers().iter().filter(|f| *f != REFERENCE_FINALIZER).cloned().collect();
+    if on {
+        finalizers.push(REFERENCE_FINALIZER.to_string());
     }
-    let finalizers: Vec<&String> = obj.finalizers().iter().filter(|f| *f != REFERENCE_FINALIZER).collect();
+    // The resourceVersion makes it a precondition: a concurrent change is a 409, retried.
     let patch = serde_json::json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
     Ok(())

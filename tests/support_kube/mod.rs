@@ -15,10 +15,15 @@ use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ObjectMeta, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kpool::api::instance::{Instance, InstancePhase};
+use kpool::api::run::{Run, RunPhase};
+use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
+use kube::{Client, Config, ResourceExt};
+
+/// How long the cluster tests wait for an object to reach a state.
+pub const WAIT: Duration = Duration::from_secs(90);
 
 pub struct Cluster {
     pub kubeconfig: PathBuf,
@@ -246,4 +251,45 @@ pub fn tail(s: &str, n: usize) -> String {
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub async fn run_in_phase(runs: &Api<Run>, name: &str, phase: RunPhase) -> Run {
+    eventually(&format!("run {name} {phase:?}"), WAIT, || async {
+        runs.get_opt(name).await.ok()?.filter(|r| r.status.as_ref().is_some_and(|s| s.phase == phase))
+    })
+    .await
+}
+
+pub async fn instance_in_phase(instances: &Api<Instance>, name: &str, phase: InstancePhase) -> Instance {
+    eventually(&format!("instance {name} {phase:?}"), WAIT, || async {
+        instances.get_opt(name).await.ok()?.filter(|i| i.status.as_ref().is_some_and(|s| s.phase == phase))
+    })
+    .await
+}
+
+/// The running job Pod of `run` (label `kpool.dev/run-uid`).
+pub async fn job_pod(pods: &Api<Pod>, run: &Run) -> Pod {
+    let selector = format!("kpool.dev/run-uid={}", run.uid().unwrap());
+    eventually(&format!("the job Pod of run {}", run.name_any()), WAIT, || async {
+        let list = pods.list(&ListParams::default().labels(&selector)).await.ok()?;
+        list.items.into_iter().find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+    })
+    .await
+}
+
+/// Plays kubelet: the job Pod's container exits with `code`.
+pub async fn exit_job(pods: &Api<Pod>, pod: &Pod, code: i32) {
+    let now = jiff::Timestamp::now().to_string();
+    let name = &pod.spec.as_ref().unwrap().containers[0].name;
+    let phase = if code == 0 { "Succeeded" } else { "Failed" };
+    let status = serde_json::json!({"status": {
+        "phase": phase,
+        "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted"}],
+        "containerStatuses": [{"name": name, "image": "busybox:1.36", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
+                "startedAt": now, "finishedAt": now}}}],
+    }});
+    pods.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("patch the job Pod's status");
 }
