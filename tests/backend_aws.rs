@@ -14,11 +14,20 @@ use base64::Engine;
 use kpool::api::offer::Offer;
 use kpool::backends::aws::client::{Ec2Client, Params};
 use kpool::backends::aws::{AwsBackend, AwsConfig, TAG_MACHINE};
-use kpool::backends::{Backend, BackendError, MachineSpec, MachineState, TAG_INSTANCE, TAG_MANAGED_BY, TAG_POOL};
+use kpool::backends::{
+    Backend, BackendError, MachineSpec, MachineState, Owner, TAG_INSTALLATION, TAG_INSTANCE, TAG_MANAGED_BY,
+    TAG_NAMESPACE, TAG_POOL,
+};
 use support_aws::proxy::{parse_form, Fault, Proxy};
 use support_aws::{moto, Moto};
 
 const SSH_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKpool me@laptop";
+/// The installation the backends under test belong to.
+const INSTALLATION: &str = "backend-aws-tests";
+
+fn owner(installation: &str, namespace: &str) -> Owner {
+    Owner { installation: installation.into(), namespace: namespace.into() }
+}
 
 /// A proxy in front of moto and a backend talking through it.
 struct Env {
@@ -37,7 +46,11 @@ impl Env {
     }
 
     fn backend(&self) -> AwsBackend {
-        AwsBackend::new("aws", self.config(), catalog()).expect("backend")
+        self.backend_of(owner(INSTALLATION, "ml"))
+    }
+
+    fn backend_of(&self, owner: Owner) -> AwsBackend {
+        AwsBackend::new("aws", self.config(), catalog()).expect("backend").with_owner(owner)
     }
 
     /// A client straight to moto, past the proxy, for checks the backend cannot make.
@@ -149,13 +162,14 @@ async fn instances_and_volumes_carry_the_tags() {
     let mut want = s.tags.clone();
     want.insert("Name".into(), "kpool-tagged".into());
     want.insert(TAG_MACHINE.into(), "kpool-tagged".into());
-    assert_eq!(got.tags, want);
+    want.extend(owner(INSTALLATION, "ml").tags());
+    assert_eq!(got.tags, want, "the spec's tags, the machine name and the backend's owner");
 
     let mut p = Params::new();
     p.filter(&format!("tag:{TAG_MACHINE}"), &["kpool-tagged"]);
     let volumes = env.raw().call("us-east-1", "DescribeVolumes", &p).await.unwrap();
     assert!(volumes.contains("<volumeId>"), "the root volume is tagged: {volumes}");
-    assert!(volumes.contains("ml/kpool-tagged"), "{volumes}");
+    assert!(volumes.contains("ml/kpool-tagged") && volumes.contains(INSTALLATION), "{volumes}");
 }
 
 #[tokio::test]
@@ -260,6 +274,47 @@ async fn list_owned_sees_only_instances_tagged_as_kpool_s() {
 }
 
 #[tokio::test]
+async fn list_owned_sees_only_its_installation_and_namespace() {
+    let env = Env::new().await;
+    let mine = env.backend();
+    let other_cluster = env.backend_of(owner("other-cluster", "ml"));
+    let team_b = env.backend_of(owner(INSTALLATION, "team-b"));
+    // Launched before machines carried an installation: kpool's marker and instance only.
+    let before = AwsBackend::new("aws", env.config(), catalog()).unwrap();
+    mine.create(&on_demand("kpool-own-mine")).await.unwrap();
+    other_cluster.create(&on_demand("kpool-own-theirs")).await.unwrap();
+    team_b.create(&spec("kpool-own-team-b", offer("us-west-2", "g5.xlarge", true))).await.unwrap();
+    before.create(&on_demand("kpool-own-before")).await.unwrap();
+    let launch = env.proxy.seen("RunInstances").into_iter().next().expect("a launch");
+    let tags: Vec<&str> =
+        launch.params.iter().filter(|(k, _)| k.ends_with(".Value")).map(|(_, v)| v.as_str()).collect();
+    assert!(tags.contains(&INSTALLATION) && tags.contains(&"ml"), "{:?}", launch.params);
+
+    let ours = |machines: Vec<kpool::backends::Machine>| -> Vec<String> {
+        let mut n: Vec<String> = machines.into_iter().map(|m| m.name).filter(|n| n.starts_with("kpool-own-")).collect();
+        n.sort();
+        n
+    };
+    let owned = mine.list_owned().await.unwrap();
+    assert!(owned.iter().all(|m| m.tags.get(TAG_INSTALLATION).map(String::as_str) == Some(INSTALLATION)));
+    assert!(owned.iter().all(|m| m.tags.get(TAG_NAMESPACE).map(String::as_str) == Some("ml")));
+    assert_eq!(ours(owned), ["kpool-own-mine"]);
+    assert_eq!(ours(other_cluster.list_owned().await.unwrap()), ["kpool-own-theirs"]);
+    assert_eq!(ours(team_b.list_owned().await.unwrap()), ["kpool-own-team-b"]);
+    // EC2 does the filtering: other installations' machines never reach kpool.
+    let listed = env.proxy.seen("DescribeInstances");
+    let filtered = listed.iter().filter(|s| s.params.values().any(|v| v == &format!("tag:{TAG_INSTALLATION}")));
+    assert!(filtered.count() >= 6, "two regions for each of three backends");
+    for s in &listed {
+        assert!(!s.response.contains("kpool-own-theirs") || !s.params.values().any(|v| v == INSTALLATION));
+    }
+
+    assert_eq!(ours(mine.list_unattributed().await.unwrap()), ["kpool-own-before"]);
+    assert!(ours(team_b.list_unattributed().await.unwrap()).is_empty(), "an instance of ml/…, not of team-b");
+    assert_eq!(before.list_owned().await.unwrap_err().category(), "InvalidConfig", "no owner, no list");
+}
+
+#[tokio::test]
 async fn a_missing_or_unknown_image_is_invalid_config() {
     let env = Env::new().await;
     let mut config = env.config();
@@ -345,7 +400,7 @@ async fn bad_credentials_are_invalid_config_and_never_shown() {
     let env = Env::new().await;
     let mut config = env.config();
     config.secret_access_key = "not-the-secret-key".into();
-    let backend = AwsBackend::new("aws", config, catalog()).unwrap();
+    let backend = AwsBackend::new("aws", config, catalog()).unwrap().with_owner(owner(INSTALLATION, "ml"));
     let err = backend.list_owned().await.unwrap_err();
     match &err {
         BackendError::InvalidConfig(m) => assert!(m.contains("AuthFailure"), "{m}"),

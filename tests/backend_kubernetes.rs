@@ -23,13 +23,19 @@ use kpool::api::resources::{CpuArch, GpuVendor, Requirements, ResourcesSpec};
 use kpool::backends::factory::DefaultFactory;
 use kpool::backends::kubernetes::{KubernetesBackend, DEFAULT_IMAGE, LABEL_MACHINE, LABEL_RUN_UID};
 use kpool::backends::{
-    Backend, BackendError, BackendFactory, MachineSpec, MachineState, TAG_INSTANCE, TAG_INSTANCE_UID, TAG_MANAGED_BY,
-    TAG_POOL,
+    Backend, BackendError, BackendFactory, MachineSpec, MachineState, Owner, TAG_INSTALLATION, TAG_INSTANCE,
+    TAG_INSTANCE_UID, TAG_MANAGED_BY, TAG_NAMESPACE, TAG_POOL,
 };
 use kpool::core::offers::offer_fits;
 use kpool::core::policy::{EffectivePolicy, Origin};
 
 const NS: &str = "ml";
+/// The installation the backends under test belong to.
+const INSTALLATION: &str = "kpool-test";
+
+fn owner() -> Owner {
+    Owner { installation: INSTALLATION.into(), namespace: NS.into() }
+}
 
 fn quantities(pairs: &[(&str, &str)]) -> BTreeMap<String, Quantity> {
     pairs.iter().map(|(k, v)| (k.to_string(), Quantity(v.to_string()))).collect()
@@ -106,7 +112,8 @@ async fn backend_with(
     config: Option<KubernetesBackendConfig>,
 ) -> (Client, KubernetesBackend) {
     let client = client(nodes, pods).await;
-    let backend = KubernetesBackend::new(client.clone(), &backend_object("k8s", config)).expect("backend");
+    let backend =
+        KubernetesBackend::new(client.clone(), &backend_object("k8s", config)).expect("backend").with_owner(owner());
     (client, backend)
 }
 
@@ -352,13 +359,16 @@ async fn pods_carry_the_tags_as_labels_and_annotations() {
     let spec = machine_spec("kpool-tags", offer);
     let machine = backend.create(&spec).await.unwrap();
     assert_eq!(machine.provider_id, "machines/kpool-tags");
-    assert_eq!(machine.tags, spec.tags, "get reads back every tag");
+    let tags: BTreeMap<String, String> = spec.tags.clone().into_iter().chain(owner().tags()).collect();
+    assert_eq!(machine.tags, tags, "get reads back every tag, and the owner's");
 
     let pod = Api::<Pod>::namespaced(client, "machines").get("kpool-tags").await.unwrap();
     let want_labels = labels(&[
         (TAG_MANAGED_BY, "kpool"),
         (TAG_INSTANCE_UID, "0f8fad5b-d9cb-469f-a165-70867728950e"),
         (TAG_POOL, "default-pool"),
+        (TAG_INSTALLATION, INSTALLATION),
+        (TAG_NAMESPACE, NS),
     ]);
     assert_eq!(pod.metadata.labels, Some(want_labels));
     assert_eq!(pod.metadata.annotations, Some(labels(&[(TAG_INSTANCE, "ml/a100-1")])));
@@ -425,6 +435,54 @@ async fn list_owned_ignores_pods_without_the_managed_by_label() {
     let names: Vec<&str> = owned.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["kpool-mine"]);
     assert_eq!(owned[0].tags.get(TAG_INSTANCE).map(String::as_str), Some("ml/a100-1"));
+}
+
+#[tokio::test]
+async fn list_owned_sees_only_the_pods_of_its_installation_and_namespace() {
+    // One Pod namespace shared by the Backends of two installations, and of two namespaces
+    // of one installation (two controllers that each watch one namespace).
+    let shared = Some(KubernetesBackendConfig { namespace: Some("kpool-machines".into()), ..Default::default() });
+    let client = client(vec![cpu_node("node-a", "32", "128Gi")], vec![]).await;
+    let build = |ns: &str, installation: &str| {
+        let mut object = backend_object("k8s", shared.clone());
+        object.metadata.namespace = Some(ns.into());
+        let owner = Owner { installation: installation.into(), namespace: ns.into() };
+        KubernetesBackend::new(client.clone(), &object).unwrap().with_owner(owner)
+    };
+    let mine = build(NS, INSTALLATION);
+    let other_cluster = build(NS, "other-cluster");
+    let team_b = build("team-b", INSTALLATION);
+    for (backend, name) in [(&mine, "kpool-mine"), (&other_cluster, "kpool-theirs"), (&team_b, "kpool-team-b")] {
+        let offer = first_offer(backend, &req("2..", "8GB..", None, None)).await;
+        backend.create(&machine_spec(name, offer)).await.unwrap();
+    }
+    // Slot Pods made before Pods carried an installation: kpool's marker and the instance.
+    let pods = Api::<Pod>::namespaced(client.clone(), "kpool-machines");
+    for (name, instance) in [("kpool-old-ml", "ml/old"), ("kpool-old-team-b", "team-b/old")] {
+        let mut pod = workload(name, "kpool-machines", "node-a", "1", "Running");
+        pod.metadata.labels = Some(labels(&[(TAG_MANAGED_BY, "kpool")]));
+        pod.metadata.annotations = Some(labels(&[(TAG_INSTANCE, instance)]));
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+    }
+
+    let names = |machines: Vec<kpool::backends::Machine>| -> Vec<String> {
+        let mut n: Vec<String> = machines.into_iter().map(|m| m.name).collect();
+        n.sort();
+        n
+    };
+    let owned = mine.list_owned().await.unwrap();
+    assert!(owned.iter().all(|m| owner().owns(&m.tags)), "{owned:?}");
+    assert_eq!(names(owned), ["kpool-mine"]);
+    assert_eq!(names(other_cluster.list_owned().await.unwrap()), ["kpool-theirs"]);
+    assert_eq!(names(team_b.list_owned().await.unwrap()), ["kpool-team-b"]);
+    let made = pods.get("kpool-mine").await.unwrap();
+    assert_eq!(made.labels().get(TAG_INSTALLATION).map(String::as_str), Some(INSTALLATION));
+    assert_eq!(made.labels().get(TAG_NAMESPACE).map(String::as_str), Some(NS));
+
+    assert_eq!(names(mine.list_unattributed().await.unwrap()), ["kpool-old-ml"]);
+    assert_eq!(names(team_b.list_unattributed().await.unwrap()), ["kpool-old-team-b"]);
+    let unowned = KubernetesBackend::new(client.clone(), &backend_object("k8s", shared.clone())).unwrap();
+    assert_eq!(unowned.list_owned().await.unwrap_err().category(), "InvalidConfig", "no owner, no list");
 }
 
 #[tokio::test]
@@ -507,6 +565,8 @@ fn job_pod(name: &str, machine: &str, run_uid: &str, phase: &str) -> Pod {
     pod.metadata.labels = Some(labels(&[
         (TAG_MANAGED_BY, "kpool"),
         (TAG_POOL, "default-pool"),
+        (TAG_INSTALLATION, INSTALLATION),
+        (TAG_NAMESPACE, NS),
         (LABEL_MACHINE, machine),
         (LABEL_RUN_UID, run_uid),
     ]));
@@ -527,7 +587,13 @@ async fn job_pods_stand_in_for_their_machine() {
     let m = backend.get("kpool-m1").await.unwrap();
     assert_eq!((m.name.as_str(), m.state), ("kpool-m1", MachineState::Running), "the running job, not the old one");
     assert_eq!(m.provider_id, "ml/kpool-m1-run-new");
-    let tags = labels(&[(TAG_MANAGED_BY, "kpool"), (TAG_POOL, "default-pool"), (TAG_INSTANCE, "ml/a100-1")]);
+    let tags = labels(&[
+        (TAG_MANAGED_BY, "kpool"),
+        (TAG_POOL, "default-pool"),
+        (TAG_INSTANCE, "ml/a100-1"),
+        (TAG_INSTALLATION, INSTALLATION),
+        (TAG_NAMESPACE, NS),
+    ]);
     assert_eq!(m.tags, tags, "the job's own labels are not machine tags");
     let m2 = backend.get("kpool-m2").await.unwrap();
     assert_eq!(m2.state, MachineState::Pending, "only a finished job: the slot is due back");

@@ -18,11 +18,14 @@ use std::time::{Duration, Instant};
 use kpool::api::offer::Offer;
 use kpool::api::resources::{Requirements, ResourcesSpec};
 use kpool::backends::lambda::{LambdaBackend, LambdaConfig};
-use kpool::backends::{Backend, BackendError, MachineSpec, MachineState};
+use kpool::backends::{Backend, BackendError, MachineSpec, MachineState, Owner, TAG_INSTALLATION, TAG_NAMESPACE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const KEY: &str = "test-key-4f1c2b9e";
+/// The installation of the backends under test (the `mixed` example's kpool instances
+/// carry it, and the namespace `ml`, in their tags).
+const INSTALLATION: &str = "kpool-test";
 
 /// Port of the Prism started for this test binary.
 fn prism_port() -> u16 {
@@ -118,6 +121,12 @@ impl Contract {
     }
 
     fn backend(&self, regions: &[&str]) -> LambdaBackend {
+        let owner = Owner { installation: INSTALLATION.into(), namespace: "ml".into() };
+        self.unowned_backend(regions).with_owner(owner)
+    }
+
+    /// A backend without an installation identity, as kpool's were before machines carried one.
+    fn unowned_backend(&self, regions: &[&str]) -> LambdaBackend {
         let config = LambdaConfig {
             api_key: KEY.into(),
             endpoint: Some(format!("http://127.0.0.1:{}/api/v1", self.port)),
@@ -276,8 +285,12 @@ async fn launch_request_matches_the_contract() {
     assert_eq!(
         log[1].json(),
         serde_json::json!({"region_name": "us-east-1", "instance_type_name": "gpu_1x_a10", "ssh_key_names": ["kpool"],
-                           "file_system_names": [], "quantity": 1, "name": "kpool-new"})
+                           "file_system_names": [], "quantity": 1, "name": "kpool-new",
+                           "tags": [{"key": "kpool-installation", "value": INSTALLATION},
+                                    {"key": "kpool-namespace", "value": "ml"}]})
     );
+    assert_eq!(m.tags.get(TAG_INSTALLATION).map(String::as_str), Some(INSTALLATION));
+    assert_eq!(m.tags.get(TAG_NAMESPACE).map(String::as_str), Some("ml"));
     assert!(log[1].headers.iter().any(|(k, v)| k == "content-type" && v == "application/json"));
 }
 
@@ -292,7 +305,7 @@ async fn create_returns_the_live_instance_with_that_name() {
 }
 
 #[tokio::test]
-async fn get_maps_states_and_list_owned_filters_by_prefix() {
+async fn get_maps_states_and_list_owned_filters_by_owner() {
     let c = Contract::start().await;
     c.prefer("GET", "/instances", "example=mixed");
     let b = c.backend(&[]);
@@ -311,7 +324,13 @@ async fn get_maps_states_and_list_owned_filters_by_prefix() {
     assert!(matches!(b.get("kpool-missing").await, Err(BackendError::NotFound(_))));
     let mut owned: Vec<String> = b.list_owned().await.unwrap().into_iter().map(|m| m.name).collect();
     owned.sort();
+    // Not kpool-other-cluster (another installation's) nor kpool-team-b (another namespace's).
     assert_eq!(owned, ["kpool-active", "kpool-booting", "kpool-terminating", "kpool-unhealthy"]);
+    let unattributed: Vec<String> = b.list_unattributed().await.unwrap().into_iter().map(|m| m.name).collect();
+    assert_eq!(unattributed, ["kpool-before"], "launched before instances carried an installation");
+    assert_eq!(b.get("kpool-team-b").await.unwrap().tags.get(TAG_NAMESPACE).map(String::as_str), Some("team-b"));
+    let err = c.unowned_backend(&[]).list_owned().await.unwrap_err();
+    assert_eq!(err.category(), "InvalidConfig", "no owner, no list: {err}");
     c.exchanges();
 }
 

@@ -23,7 +23,7 @@ use kpool::api::policy::PolicySpec;
 use kpool::api::resources::ResourcesSpec;
 use kpool::api::run::{Run, RunPhase, RunSpec};
 use kpool::backends::kubernetes::{KubernetesBackend, LABEL_MACHINE, LABEL_RUN_UID};
-use kpool::backends::{machine_tags, Backend, MachineSpec, MachineState, TAG_MANAGED_BY};
+use kpool::backends::{machine_tags, Backend, MachineSpec, MachineState, Owner, TAG_MANAGED_BY};
 use kpool::controllers::gc::{Collector, GcConfig};
 use kpool::exec::pod::{PodExecutor, DEFAULT_RUN_IMAGE};
 use kpool::exec::{ExecError, Executor, JobState};
@@ -60,7 +60,8 @@ async fn cluster(run_image: Option<&str>) -> (Harness, KubernetesBackend) {
     let h = Harness::with_real_backends().await;
     Api::<Node>::all(h.client.clone()).create(&PostParams::default(), &node(NODE)).await.unwrap();
     let obj = h.create(backend_object(run_image)).await;
-    let backend = KubernetesBackend::new(h.client.clone(), &obj).unwrap();
+    let owner = Owner { installation: INSTALLATION.into(), namespace: NS.into() };
+    let backend = KubernetesBackend::new(h.client.clone(), &obj).unwrap().with_owner(owner);
     (h, backend)
 }
 
@@ -481,13 +482,15 @@ async fn the_backend_sees_the_job_pod_as_the_machine() {
     let (h, backend) = cluster(None).await;
     let inst = instance(&backend, "box", "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa").await;
     let run = h.run("seen", RunSpec { commands: vec!["sleep 100".into()], ..Default::default() }).await;
-    let exec = PodExecutor::new(h.client.clone());
+    let exec = PodExecutor::new(h.client.clone()).with_installation(Some(INSTALLATION.into()));
     exec.start(&run, &inst).await.unwrap();
     kubelet(&h, &job_name(&inst, &run), "Running", running()).await;
 
     let m = backend.get(&machine(&inst)).await.expect("the machine is still there");
     assert_eq!((m.name.as_str(), m.state), (machine(&inst).as_str(), MachineState::Running));
-    assert_eq!(m.tags, machine_tags(&inst), "the job's own labels are not machine tags");
+    let owner = Owner { installation: INSTALLATION.into(), namespace: NS.into() };
+    let tags: BTreeMap<String, String> = machine_tags(&inst).into_iter().chain(owner.tags()).collect();
+    assert_eq!(m.tags, tags, "the job's own labels are not machine tags; the owner's are");
     let owned = backend.list_owned().await.unwrap();
     let names: Vec<&str> = owned.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, [machine(&inst).as_str()], "one machine, named as the instance knows it");

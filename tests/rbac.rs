@@ -10,7 +10,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ContainerState, ContainerStatus, Node, Pod, PodStatus};
+use k8s_openapi::api::core::v1::{ContainerState, ContainerStatus, Namespace, Node, Pod, PodStatus};
 use kpool::api::backend::{Backend as BackendObject, BackendSpec, BackendType};
 use kpool::api::instance::{InstanceSpec, InstanceStatus};
 use kpool::api::pool::PoolSpec;
@@ -103,6 +103,9 @@ async fn exercise(h: &Harness) {
     h.settle(2).await;
     // The garbage collector.
     Collector::default().pass(&h.ctx, &GcConfig::default(), Some(NS)).await.unwrap();
+    // The installation's identity, read at start: the UID of kube-system.
+    let installation = kpool::controllers::installation::resolve(&kube_system_answered(h), None).await.unwrap();
+    assert_eq!(installation, KUBE_SYSTEM_UID);
     // Leader election.
     let elector = Elector::new(h.ctx.client.clone(), LeaderConfig::new("kpool-system", "a"));
     assert!(elector.try_lead(t0()).await.unwrap());
@@ -113,7 +116,7 @@ async fn exercise(h: &Harness) {
     let obj = h
         .create(BackendObject::new("cluster", BackendSpec { type_: BackendType::Kubernetes, ..Default::default() }))
         .await;
-    let backend = DefaultFactory::new(h.ctx.client.clone()).build(&obj).await.unwrap();
+    let backend = DefaultFactory::new(h.ctx.client.clone()).with_installation(installation).build(&obj).await.unwrap();
     // The Backend controller: its finalizer and its Ready condition.
     kpool::controllers::backend::reconcile(std::sync::Arc::new(obj.clone()), h.ctx.clone()).await.unwrap();
     let req = cpu("2..").resolve().unwrap();
@@ -122,6 +125,7 @@ async fn exercise(h: &Harness) {
     backend.create(&spec).await.unwrap();
     backend.get("kpool-x").await.unwrap();
     backend.list_owned().await.unwrap();
+    backend.list_unattributed().await.unwrap();
     backend.delete("kpool-x").await.unwrap();
     // A run's job on a kubernetes instance: the Pod executor, as the controller builds it.
     let mut inst = kpool::api::instance::Instance::new("slice", InstanceSpec::default());
@@ -159,6 +163,29 @@ async fn exercise(h: &Harness) {
     // The in-memory API does not serve pods/log: only the request matters here.
     let _ = exec.logs(&run, &inst, 0).await;
     exec.stop(&run, &inst).await.unwrap();
+}
+
+const KUBE_SYSTEM_UID: &str = "5a1f0c2e-7d4b-4e8a-9c3f-0b6d2e1a4f77";
+
+/// The controllers' client, but `GET` of the kube-system Namespace is answered here (the
+/// in-memory API cannot serve Namespaces) and recorded like every other call.
+fn kube_system_answered(h: &Harness) -> kube::Client {
+    let (inner, calls) = (h.ctx.client.clone(), h.api_calls.clone());
+    let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+        let (inner, calls) = (inner.clone(), calls.clone());
+        async move {
+            if req.uri().path() != "/api/v1/namespaces/kube-system" {
+                return inner.send(req).await;
+            }
+            calls.lock().unwrap().push(api_call(req.method(), req.uri()));
+            let mut ns = Namespace::default();
+            ns.metadata.name = Some("kube-system".into());
+            ns.metadata.uid = Some(KUBE_SYSTEM_UID.into());
+            let body = serde_json::to_vec(&ns).unwrap();
+            Ok::<_, kube::Error>(http::Response::new(kube::client::Body::from(body)))
+        }
+    });
+    kube::Client::new(service, NS)
 }
 
 fn machine(inst: &kpool::api::instance::Instance) -> String {

@@ -19,8 +19,10 @@
 //!
 //! Machines (`create`, `get`, `delete`, `list_owned`):
 //! - Every instance carries the tags of [`MachineSpec::tags`], `Name` = the machine name,
-//!   [`TAG_MACHINE`] = the machine name, and `kpool.dev/managed-by=kpool` (unless the spec
-//!   sets it); its volumes carry the same tags.
+//!   [`TAG_MACHINE`] = the machine name, `kpool.dev/managed-by=kpool` (unless the spec
+//!   sets it), and the backend's [`Owner`] (`kpool.dev/installation`, `kpool.dev/namespace`,
+//!   set by [`AwsBackend::with_owner`]; they win over the spec's); its volumes carry the
+//!   same tags.
 //! - `create` is idempotent twice over: it first looks for an instance tagged with the
 //!   machine name in state pending, running, stopping or stopped, in every configured
 //!   region (a launch that timed out in one region must not be repeated in another), and
@@ -41,8 +43,13 @@
 //!   terminated instances for about an hour); none -> NotFound.
 //! - `delete` terminates every instance of that name that is not terminated yet, in every
 //!   region (so a double launch cannot leak); none -> NotFound.
-//! - `list_owned` lists the instances with a `kpool.dev/managed-by` tag, in every
-//!   region, except terminated ones. `DescribeInstances` is always read page by page.
+//! - `list_owned` lists the instances tagged with the backend's owner
+//!   (`tag:kpool.dev/installation` and `tag:kpool.dev/namespace` filters, so EC2 never
+//!   even returns other installations' machines), in every region, except terminated
+//!   ones; without an owner it is InvalidConfig. `list_unattributed` lists the instances
+//!   with a `kpool.dev/managed-by` tag and a `kpool.dev/instance` tag of the owner's
+//!   namespace (`ns/*`) that carry no `kpool.dev/installation` tag (launched before
+//!   machines carried one). `DescribeInstances` is always read page by page.
 //!
 //! Errors (EC2 error codes): `Insufficient*Capacity`, `SpotMaxPriceTooLow`,
 //! `MaxSpotInstanceCountExceeded`, `Unsupported`, `InstanceLimitExceeded`,
@@ -86,7 +93,9 @@ use self::model::{machine_of, state_rank, DescribeInstancesResponse, Instance};
 use self::sigv4::Credentials;
 use self::spot::SpotPrices;
 pub use self::spot::DEFAULT_SPOT_PRICE_TTL;
-use super::{Backend, BackendError, Machine, MachineSpec, TAG_MANAGED_BY};
+use super::{
+    Backend, BackendError, Machine, MachineSpec, Owner, TAG_INSTALLATION, TAG_INSTANCE, TAG_MANAGED_BY, TAG_NAMESPACE,
+};
 use crate::api::offer::Offer;
 use crate::api::resources::Requirements;
 use crate::clock::Clock;
@@ -164,6 +173,8 @@ pub struct AwsBackend {
     subnet_id: Option<String>,
     security_group_ids: Vec<String>,
     offers: Vec<Offer>,
+    /// Whose machines these are (see [`AwsBackend::with_owner`]).
+    owner: Option<Owner>,
     /// Live prices of the spot offers.
     spot: SpotPrices,
     client: Ec2Client,
@@ -215,12 +226,20 @@ impl AwsBackend {
             subnet_id: config.subnet_id.filter(|s| !s.is_empty()),
             security_group_ids: config.security_group_ids,
             offers,
+            owner: None,
             spot,
             client,
             page_size: DEFAULT_PAGE_SIZE,
             seen_in: Mutex::new(HashMap::new()),
             root_devices: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Sets whose machines this backend launches and lists: every machine it launches is
+    /// tagged with `owner`, and `list_owned` lists only machines tagged so.
+    pub fn with_owner(mut self, owner: Owner) -> Self {
+        self.owner = Some(owner);
+        self
     }
 
     /// Sets how long one EC2 call may take.
@@ -447,9 +466,39 @@ impl Backend for AwsBackend {
     }
 
     async fn list_owned(&self) -> Result<Vec<Machine>, BackendError> {
+        let owner = self.owner()?;
         let mut params = Params::new();
-        params.filter("tag-key", &[TAG_MANAGED_BY]).filter("instance-state-name", &NOT_TERMINATED);
-        let found = futures::future::try_join_all(self.regions.iter().map(|r| self.describe(r, &params))).await?;
+        params
+            .filter(&format!("tag:{TAG_INSTALLATION}"), &[owner.installation.as_str()])
+            .filter(&format!("tag:{TAG_NAMESPACE}"), &[owner.namespace.as_str()])
+            .filter("instance-state-name", &NOT_TERMINATED);
+        let machines = self.list(&params).await?;
+        // EC2 filtered already; a machine that is not the owner's never leaves here.
+        Ok(machines.into_iter().filter(|m| owner.owns(&m.tags)).collect())
+    }
+
+    async fn list_unattributed(&self) -> Result<Vec<Machine>, BackendError> {
+        let owner = self.owner()?;
+        let mut params = Params::new();
+        params
+            .filter("tag-key", &[TAG_MANAGED_BY])
+            .filter(&format!("tag:{TAG_INSTANCE}"), &[format!("{}/*", owner.namespace).as_str()])
+            .filter("instance-state-name", &NOT_TERMINATED);
+        let machines = self.list(&params).await?;
+        Ok(machines.into_iter().filter(|m| super::unattributed_in(&m.tags, &owner.namespace)).collect())
+    }
+}
+
+impl AwsBackend {
+    fn owner(&self) -> Result<&Owner, BackendError> {
+        self.owner.as_ref().ok_or_else(|| {
+            invalid("owner", "no installation identity: this backend cannot tell its machines from others'")
+        })
+    }
+
+    /// The machines `params` select in every region, remembering where each was seen.
+    async fn list(&self, params: &Params) -> Result<Vec<Machine>, BackendError> {
+        let found = futures::future::try_join_all(self.regions.iter().map(|r| self.describe(r, params))).await?;
         let mut machines = Vec::new();
         for (region, instances) in self.regions.iter().zip(found) {
             for instance in instances {

@@ -1,6 +1,10 @@
 //! Builds the backend for each `Backend` object: reads its credentials from a `Secret`
 //! and its offer catalog from a `ConfigMap` of the object's own namespace (never logged),
-//! and keeps what must outlive a rebuild (SSH host keys) per object.
+//! and keeps what must outlive a rebuild (SSH host keys) per object. The controller's
+//! factory knows its installation's identity ([`DefaultFactory::with_installation`]) and
+//! gives every cloud backend it builds its [`Owner`]: that installation and the object's
+//! namespace. (`ssh` backends need none: their claims live in this process, and releasing
+//! one never touches a host.)
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -15,7 +19,7 @@ use super::catalog::Catalog;
 use super::kubernetes::KubernetesBackend;
 use super::lambda::{LambdaBackend, LambdaConfig};
 use super::ssh::{HostClaims, KnownHosts, SshBackend};
-use super::{Backend, BackendError, BackendFactory};
+use super::{Backend, BackendError, BackendFactory, Owner};
 use crate::api::backend::{Backend as BackendObject, BackendType, SshBackendConfig};
 use crate::api::instance::{Instance, InstancePhase};
 
@@ -23,11 +27,33 @@ use crate::api::instance::{Instance, InstancePhase};
 pub struct DefaultFactory {
     client: kube::Client,
     known_hosts: Mutex<HashMap<(String, String), KnownHosts>>,
+    installation: Option<String>,
 }
 
 impl DefaultFactory {
+    /// A factory whose backends have no owner: they find offers and machines by name, but
+    /// cannot list their machines for the garbage collector (the `kubectl pool` plugin's).
     pub fn new(client: kube::Client) -> Self {
-        DefaultFactory { client, known_hosts: Mutex::default() }
+        DefaultFactory { client, known_hosts: Mutex::default(), installation: None }
+    }
+
+    /// Sets this installation's identity (see [`super::installation_id`]): every backend
+    /// built from now on launches and lists the machines of that installation and of its
+    /// `Backend` object's namespace.
+    pub fn with_installation(mut self, installation: impl Into<String>) -> Self {
+        self.installation = Some(installation.into());
+        self
+    }
+
+    /// This installation's identity, when set.
+    pub fn installation(&self) -> Option<&str> {
+        self.installation.as_deref()
+    }
+
+    /// The owner of the backends built from `object`.
+    fn owner(&self, object: &BackendObject) -> Option<Owner> {
+        let installation = self.installation.clone()?;
+        Some(Owner { installation, namespace: object.namespace().unwrap_or_default() })
     }
 
     /// The data of the credentials `Secret` named by `spec.credentials.secretRef`.
@@ -138,7 +164,11 @@ impl DefaultFactory {
         let files = self.catalog_files(object).await?;
         let catalog = Catalog::from_files(files, &object.name_any())
             .map_err(|e| BackendError::InvalidConfig(format!("spec.catalog.configMapRef: {e}")))?;
-        Ok(Arc::new(AwsBackend::new(&object.name_any(), config, catalog.offers().to_vec())?))
+        let backend = AwsBackend::new(&object.name_any(), config, catalog.offers().to_vec())?;
+        Ok(Arc::new(match self.owner(object) {
+            Some(owner) => backend.with_owner(owner),
+            None => backend,
+        }))
     }
 
     async fn lambda(&self, object: &BackendObject) -> Result<Arc<dyn Backend>, BackendError> {
@@ -157,7 +187,11 @@ impl DefaultFactory {
             regions: object.spec.regions.clone(),
             ssh_key_names: object.spec.lambda.as_ref().map(|l| l.ssh_key_names.clone()).unwrap_or_default(),
         };
-        Ok(Arc::new(LambdaBackend::new(&object.name_any(), config)?))
+        let backend = LambdaBackend::new(&object.name_any(), config)?;
+        Ok(Arc::new(match self.owner(object) {
+            Some(owner) => backend.with_owner(owner),
+            None => backend,
+        }))
     }
 
     async fn ssh(&self, object: &BackendObject) -> Result<Arc<dyn Backend>, BackendError> {
@@ -201,7 +235,13 @@ impl HostClaims for InstanceClaims {
 impl BackendFactory for DefaultFactory {
     async fn build(&self, object: &BackendObject) -> Result<Arc<dyn Backend>, BackendError> {
         match object.spec.type_ {
-            BackendType::Kubernetes => Ok(Arc::new(KubernetesBackend::new(self.client.clone(), object)?)),
+            BackendType::Kubernetes => {
+                let backend = KubernetesBackend::new(self.client.clone(), object)?;
+                Ok(Arc::new(match self.owner(object) {
+                    Some(owner) => backend.with_owner(owner),
+                    None => backend,
+                }))
+            }
             BackendType::Ssh => self.ssh(object).await,
             BackendType::Aws => self.aws(object).await,
             BackendType::Lambda => self.lambda(object).await,

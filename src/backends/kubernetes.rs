@@ -44,15 +44,23 @@
 //!   node selector, and a `NoSchedule` toleration of the GPU resource when it asks for
 //!   GPUs. Tags whose key and value are valid label values become labels, the others
 //!   (e.g. `kpool.dev/instance` = `ns/name`) annotations; `kpool.dev/managed-by=kpool`
-//!   is always a label.
+//!   is always a label, and so are the backend's [`Owner`] labels
+//!   (`kpool.dev/installation`, `kpool.dev/namespace` = the `Backend`'s namespace, set by
+//!   [`KubernetesBackend::with_owner`]), which win over the spec's tags. Several
+//!   `Backend`s (of several namespaces or installations) may put Pods in one namespace;
+//!   those labels tell whose each Pod is.
 //! - `get` reads the slot Pod by name; when there is none, the Pods labelled
 //!   `kpool.dev/machine=<name>` stand for it (a job Pod not finished first), so an instance
 //!   stays up while a job runs. `delete` deletes the slot Pod and every Pod with that
 //!   label; NotFound when there was none. `list_owned` gives one machine per machine name
 //!   (the slot's, or the job Pods' label), so the garbage collector never takes a job
-//!   Pod for an orphan of its own. The tags of a machine leave out the job's labels. A
-//!   machine that has only finished job Pods is Pending (its slot is due to come back), so
-//!   that deleting it, or collecting it as an orphan, still deletes those Pods.
+//!   Pod for an orphan of its own; it lists the Pods labelled with the backend's owner
+//!   only (a label selector; InvalidConfig without an owner). `list_unattributed` does the
+//!   same for Pods with kpool's marker but no `kpool.dev/installation` label whose
+//!   `kpool.dev/instance` annotation names the owner's namespace. The tags of a machine
+//!   leave out the job's labels. A machine that has only finished job Pods is Pending (its
+//!   slot is due to come back), so that deleting it, or collecting it as an orphan, still
+//!   deletes those Pods.
 //! - Pod -> machine state: `deletionTimestamp` set -> Stopping; `Pending` -> Pending;
 //!   `Running` with a `Ready` condition `True` -> Running (address = the Pod IP), else
 //!   Pending; `Succeeded`/`Failed` -> Terminated. The provider id is `namespace/name`.
@@ -77,7 +85,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
 
-use super::{Backend, BackendError, Machine, MachineSpec, MachineState, TAG_MANAGED_BY};
+use super::{
+    Backend, BackendError, Machine, MachineSpec, MachineState, Owner, TAG_INSTALLATION, TAG_MANAGED_BY, TAG_NAMESPACE,
+};
 use crate::api::backend::Backend as BackendObject;
 use crate::api::offer::Offer;
 use crate::api::resources::{CpuArch, GpuVendor, Requirements};
@@ -116,6 +126,7 @@ pub struct KubernetesBackend {
     price: f64,
     node_selector: BTreeMap<String, String>,
     regions: Vec<String>,
+    owner: Option<Owner>,
     nodes: Api<Node>,
     all_pods: Api<Pod>,
     pods: Api<Pod>,
@@ -151,11 +162,19 @@ impl KubernetesBackend {
             price,
             node_selector: cfg.node_selector,
             regions: object.spec.regions.clone(),
+            owner: None,
             nodes: Api::all(client.clone()),
             all_pods: Api::all(client.clone()),
             pods: Api::namespaced(client, &namespace),
             namespace,
         })
+    }
+
+    /// Sets whose machines this backend launches and lists: every Pod it makes is
+    /// labelled with `owner`, and `list_owned` lists only Pods labelled so.
+    pub fn with_owner(mut self, owner: Owner) -> Self {
+        self.owner = Some(owner);
+        self
     }
 
     /// Namespace of the machine Pods.
@@ -266,6 +285,8 @@ impl KubernetesBackend {
                 annotations.insert(k.clone(), v.clone());
             }
         }
+        // Both are label values: an installation id is checked as one, a namespace is one.
+        labels.extend(self.owner.iter().flat_map(Owner::tags));
         let tolerations = (offer.gpu_count > 0).then(|| {
             vec![Toleration {
                 key: Some(self.gpu_resource.clone()),
@@ -429,23 +450,50 @@ impl Backend for KubernetesBackend {
     }
 
     async fn list_owned(&self) -> Result<Vec<Machine>, BackendError> {
-        let params = ListParams::default().labels(&format!("{TAG_MANAGED_BY}={MANAGED_BY}"));
-        let pods = self.pods.list(&params).await.map_err(|e| api_error("list pods", e))?;
+        let owner = self.owner()?;
+        let selector = format!(
+            "{TAG_MANAGED_BY}={MANAGED_BY},{TAG_INSTALLATION}={},{TAG_NAMESPACE}={}",
+            owner.installation, owner.namespace
+        );
+        let pods =
+            self.pods.list(&ListParams::default().labels(&selector)).await.map_err(|e| api_error("list pods", e))?;
+        // The API server selected already; a Pod that is not the owner's never leaves here.
+        let owned = pods.items.iter().filter(|p| owner.owns(p.labels()));
+        Ok(self.machines_of(owned))
+    }
+
+    async fn list_unattributed(&self) -> Result<Vec<Machine>, BackendError> {
+        let owner = self.owner()?;
+        let selector = format!("{TAG_MANAGED_BY}={MANAGED_BY},!{TAG_INSTALLATION}");
+        let pods =
+            self.pods.list(&ListParams::default().labels(&selector)).await.map_err(|e| api_error("list pods", e))?;
+        let machines = self.machines_of(pods.items.iter());
+        Ok(machines.into_iter().filter(|m| super::unattributed_in(&m.tags, &owner.namespace)).collect())
+    }
+}
+
+impl KubernetesBackend {
+    fn owner(&self) -> Result<&Owner, BackendError> {
+        self.owner
+            .as_ref()
+            .ok_or_else(|| invalid("owner", "no installation identity: this backend cannot tell its Pods from others'"))
+    }
+
+    /// One machine per machine name of `pods`: the slot Pod's, else the job Pod standing in.
+    fn machines_of<'a>(&self, pods: impl Iterator<Item = &'a Pod>) -> Vec<Machine> {
         let mut by_machine: BTreeMap<String, Vec<&Pod>> = BTreeMap::new();
-        for pod in &pods.items {
+        for pod in pods {
             by_machine.entry(machine_name_of(pod)).or_default().push(pod);
         }
-        Ok(by_machine
+        by_machine
             .into_iter()
             .filter_map(|(name, pods)| {
                 let slot = pods.iter().copied().find(|p| p.name_any() == name);
                 slot.or_else(|| stand_in(pods.into_iter())).map(|p| self.machine_of(p))
             })
-            .collect())
+            .collect()
     }
-}
 
-impl KubernetesBackend {
     /// The job Pods standing in for machine `name` (finished ones included).
     async fn job_pods(&self, name: &str) -> Result<Vec<Pod>, BackendError> {
         let params = ListParams::default().labels(&format!("{LABEL_MACHINE}={name}"));

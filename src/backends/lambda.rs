@@ -14,11 +14,16 @@
 //!   NVIDIA. `gh200` types are ARM, the others x86.
 //! - Ownership: Lambda instances carry a name (at most 64 characters), and kpool launches
 //!   each machine with its machine name (`kpool-<uid>`). Instances named `kpool-…` are
-//!   kpool's. (Lambda's instance tags are not used: their keys cannot hold `kpool.dev/…`.)
+//!   kpool's. Which installation's: Lambda's instance tags (`tags` at launch, listed with
+//!   each instance; keys are `^[a-z][a-z0-9-:]+$`, so `kpool.dev/…` cannot be one) carry
+//!   the backend's [`Owner`] as [`TAG_INSTALLATION`] (`kpool-installation`) and
+//!   [`TAG_NAMESPACE`] (`kpool-namespace`); a machine read back shows them as kpool's own
+//!   `kpool.dev/installation` and `kpool.dev/namespace` tags.
 //! - `create` is idempotent: it first lists the instances (`GET /instances`) and returns
 //!   the live one (booting, active, unhealthy) with that name; otherwise it calls
 //!   `POST /instance-operations/launch` with `region_name`, `instance_type_name`,
-//!   `ssh_key_names`, `file_system_names: []`, `quantity: 1` and `name`.
+//!   `ssh_key_names`, `file_system_names: []`, `quantity: 1`, `name` and, when the backend
+//!   has an owner ([`LambdaBackend::with_owner`]), its two `tags`.
 //! - SSH keys: Lambda installs keys registered in the account, and takes exactly one per
 //!   launch. When the machine spec carries the instance's own public key
 //!   ([`MachineSpec::ssh_public_key`], which kpool runs jobs with), `create` registers it
@@ -39,7 +44,10 @@
 //!   drops terminated instances from the list soon).
 //! - `delete` terminates (`POST /instance-operations/terminate`) every instance of that
 //!   name that is not terminating or gone; NotFound when there is none.
-//! - `list_owned` = the instances named `kpool-…` that are not terminated.
+//! - `list_owned` = the instances named `kpool-…` tagged with the backend's owner that are
+//!   not terminated (Lambda cannot filter the list: it is filtered here); without an owner
+//!   it is InvalidConfig. `list_unattributed` = the instances named `kpool-…` without a
+//!   `kpool-installation` tag (launched before machines carried one), not terminated.
 //!
 //! Errors (Lambda's `error.code`): `instance-operations/launch/insufficient-capacity`,
 //! `global/quota-exceeded` -> InsufficientCapacity (the caller moves on to its next offer);
@@ -65,7 +73,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use self::client::{CallError, LambdaClient};
-use super::{Backend, BackendError, Machine, MachineSpec, MachineState, TAG_MANAGED_BY};
+use super::{Backend, BackendError, Machine, MachineSpec, MachineState, Owner, TAG_MANAGED_BY};
 use crate::api::offer::Offer;
 use crate::api::resources::{CpuArch, GpuVendor, Requirements};
 
@@ -75,6 +83,10 @@ use crate::api::resources::{CpuArch, GpuVendor, Requirements};
 pub const DEFAULT_ENDPOINT: &str = "https://cloud.lambda.ai/api/v1";
 /// Prefix of the names of the instances kpool owns.
 pub const OWNED_PREFIX: &str = "kpool-";
+/// Lambda tag carrying the owner's installation ([`super::TAG_INSTALLATION`]).
+pub const TAG_INSTALLATION: &str = "kpool-installation";
+/// Lambda tag carrying the owner's namespace ([`super::TAG_NAMESPACE`]).
+pub const TAG_NAMESPACE: &str = "kpool-namespace";
 /// How long one call may take, answer included, unless set with [`LambdaBackend::with_timeout`].
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Lambda's limit on instance names.
@@ -112,6 +124,7 @@ pub struct LambdaBackend {
     name: String,
     regions: Vec<String>,
     ssh_key_names: Vec<String>,
+    owner: Option<Owner>,
     client: LambdaClient,
 }
 
@@ -137,7 +150,31 @@ impl LambdaBackend {
             config.ssh_key_names.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
         let endpoint = config.endpoint.as_deref().map(str::trim).filter(|e| !e.is_empty()).unwrap_or(DEFAULT_ENDPOINT);
         let client = LambdaClient::new(endpoint, api_key, DEFAULT_TIMEOUT).map_err(BackendError::InvalidConfig)?;
-        Ok(LambdaBackend { name: name.to_string(), regions, ssh_key_names, client })
+        Ok(LambdaBackend { name: name.to_string(), regions, ssh_key_names, owner: None, client })
+    }
+
+    /// Sets whose machines this backend launches and lists: every machine it launches is
+    /// tagged with `owner`, and `list_owned` lists only machines tagged so.
+    pub fn with_owner(mut self, owner: Owner) -> Self {
+        self.owner = Some(owner);
+        self
+    }
+
+    fn owner(&self) -> Result<&Owner, BackendError> {
+        self.owner.as_ref().ok_or_else(|| {
+            invalid("owner", "no installation identity: this backend cannot tell its machines from others'")
+        })
+    }
+
+    /// The live kpool instances (named `kpool-…`, not terminated), as machines.
+    async fn kpool_machines(&self) -> Result<Vec<Machine>, BackendError> {
+        Ok(self
+            .instances()
+            .await?
+            .iter()
+            .filter(|i| i.name().starts_with(OWNED_PREFIX) && state_of(&i.status) != MachineState::Terminated)
+            .map(|i| self.machine(i, i.kpool_tags()))
+            .collect())
     }
 
     /// Sets how long one call may take.
@@ -218,10 +255,6 @@ impl LambdaBackend {
     }
 }
 
-fn owned_tags() -> BTreeMap<String, String> {
-    BTreeMap::from([(TAG_MANAGED_BY.to_string(), "kpool".to_string())])
-}
-
 #[async_trait]
 impl Backend for LambdaBackend {
     fn name(&self) -> &str {
@@ -269,7 +302,7 @@ impl Backend for LambdaBackend {
             return Err(invalid("ssh_key_names", "an SSH key name is required to launch instances"));
         }
         if let Some(live) = self.named(&spec.name).await?.into_iter().find(|i| is_live(&i.status)) {
-            return Ok(self.machine(&live, spec.tags.clone()));
+            return Ok(self.machine(&live, live.kpool_tags()));
         }
         let key_names = match own_key {
             Some(key) => {
@@ -278,7 +311,7 @@ impl Backend for LambdaBackend {
             }
             None => self.ssh_key_names.clone(),
         };
-        let body = json!({
+        let mut body = json!({
             "region_name": offer.region,
             "instance_type_name": offer.instance_type,
             "ssh_key_names": key_names,
@@ -286,6 +319,12 @@ impl Backend for LambdaBackend {
             "quantity": 1,
             "name": spec.name,
         });
+        if let Some(owner) = &self.owner {
+            body["tags"] = json!([
+                { "key": TAG_INSTALLATION, "value": owner.installation },
+                { "key": TAG_NAMESPACE, "value": owner.namespace },
+            ]);
+        }
         let launched: Result<LaunchResponse, _> = self.client.post("/instance-operations/launch", &body).await;
         let launched = match launched {
             Ok(l) => l,
@@ -305,18 +344,15 @@ impl Backend for LambdaBackend {
             .next()
             .ok_or_else(|| BackendError::Other("launch answered without an instance id".into()))?;
         tracing::info!(machine = %spec.name, instance = %id, region = %offer.region, "launched Lambda instance");
-        Ok(Machine {
-            name: spec.name.clone(),
-            provider_id: id,
-            state: MachineState::Pending,
-            address: None,
-            tags: spec.tags.clone(),
-        })
+        let mut tags = spec.tags.clone();
+        tags.insert(TAG_MANAGED_BY.to_string(), "kpool".to_string());
+        tags.extend(self.owner.iter().flat_map(Owner::tags));
+        Ok(Machine { name: spec.name.clone(), provider_id: id, state: MachineState::Pending, address: None, tags })
     }
 
     async fn get(&self, name: &str) -> Result<Machine, BackendError> {
         match self.named(name).await?.first() {
-            Some(i) => Ok(self.machine(i, owned_tags())),
+            Some(i) => Ok(self.machine(i, i.kpool_tags())),
             None => Err(BackendError::NotFound(format!("no Lambda instance named {name}"))),
         }
     }
@@ -345,13 +381,14 @@ impl Backend for LambdaBackend {
     }
 
     async fn list_owned(&self) -> Result<Vec<Machine>, BackendError> {
-        Ok(self
-            .instances()
-            .await?
-            .iter()
-            .filter(|i| i.name().starts_with(OWNED_PREFIX) && state_of(&i.status) != MachineState::Terminated)
-            .map(|i| self.machine(i, owned_tags()))
-            .collect())
+        let owner = self.owner()?.clone();
+        Ok(self.kpool_machines().await?.into_iter().filter(|m| owner.owns(&m.tags)).collect())
+    }
+
+    async fn list_unattributed(&self) -> Result<Vec<Machine>, BackendError> {
+        let owner = self.owner()?.clone();
+        let machines = self.kpool_machines().await?;
+        Ok(machines.into_iter().filter(|m| super::unattributed_in(&m.tags, &owner.namespace)).collect())
     }
 }
 
@@ -393,11 +430,33 @@ struct Instance {
     #[serde(default)]
     ip: Option<String>,
     status: String,
+    #[serde(default)]
+    tags: Option<Vec<Tag>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Tag {
+    key: String,
+    value: String,
 }
 
 impl Instance {
     fn name(&self) -> &str {
         self.name.as_deref().unwrap_or("")
+    }
+
+    /// kpool's tags of this instance: the marker, and the owner's Lambda tags under kpool's
+    /// own names.
+    fn kpool_tags(&self) -> BTreeMap<String, String> {
+        let mut tags = BTreeMap::from([(TAG_MANAGED_BY.to_string(), "kpool".to_string())]);
+        for t in self.tags.iter().flatten() {
+            match t.key.as_str() {
+                TAG_INSTALLATION => tags.insert(super::TAG_INSTALLATION.to_string(), t.value.clone()),
+                TAG_NAMESPACE => tags.insert(super::TAG_NAMESPACE.to_string(), t.value.clone()),
+                _ => None,
+            };
+        }
+        tags
     }
 }
 

@@ -3,6 +3,16 @@
 //! A backend is built from a `Backend` object by a [`BackendFactory`]. Every machine a
 //! backend launches carries the instance's UID-derived machine name and the tags in
 //! [`MachineSpec::tags`], so the garbage collector can find machines no `Instance` owns.
+//!
+//! Ownership: machines of many kpool installations (clusters, or controllers that each
+//! watch one namespace) may share one cloud account. A backend built by the controller's
+//! factory carries its [`Owner`] — this installation's identity and the `Backend` object's
+//! namespace — stamps both on every machine it launches ([`TAG_INSTALLATION`],
+//! [`TAG_NAMESPACE`]) and lists only machines that carry both ([`Backend::list_owned`]),
+//! so the garbage collector can never see, let alone delete, another installation's or
+//! another namespace's machines. Machines launched before installations were told apart
+//! carry neither tag: [`Backend::list_unattributed`] lists them, and the garbage collector
+//! only reports them.
 
 pub mod aws;
 pub mod catalog;
@@ -31,6 +41,63 @@ pub const TAG_INSTANCE: &str = "kpool.dev/instance";
 pub const TAG_POOL: &str = "kpool.dev/pool";
 /// Tag that marks a machine as managed by kpool.
 pub const TAG_MANAGED_BY: &str = "kpool.dev/managed-by";
+/// Tag carrying the identity of the kpool installation that launched the machine.
+pub const TAG_INSTALLATION: &str = "kpool.dev/installation";
+/// Tag carrying the namespace of the `Backend` (and `Instance`) the machine was launched for.
+pub const TAG_NAMESPACE: &str = "kpool.dev/namespace";
+
+/// Whose machines a backend launches and lists: one installation's, for one namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Owner {
+    /// The installation's identity (see [`installation_id`]).
+    pub installation: String,
+    /// The namespace of the `Backend` object (its instances live there too).
+    pub namespace: String,
+}
+
+impl Owner {
+    /// The tags that mark a machine as this owner's.
+    pub fn tags(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (TAG_INSTALLATION.to_string(), self.installation.clone()),
+            (TAG_NAMESPACE.to_string(), self.namespace.clone()),
+        ])
+    }
+
+    /// Whether a machine with these tags is this owner's.
+    pub fn owns(&self, tags: &BTreeMap<String, String>) -> bool {
+        tags.get(TAG_INSTALLATION) == Some(&self.installation) && tags.get(TAG_NAMESPACE) == Some(&self.namespace)
+    }
+}
+
+/// Whether a machine with these tags was launched before machines carried an installation
+/// identity (kpool's marker, no installation tag), and, when it says which namespace it
+/// was launched for (the `kpool.dev/instance` tag, `namespace/name`), whether that is `ns`.
+pub fn unattributed_in(tags: &BTreeMap<String, String>, ns: &str) -> bool {
+    tags.contains_key(TAG_MANAGED_BY)
+        && !tags.contains_key(TAG_INSTALLATION)
+        && tags.get(TAG_INSTANCE).is_none_or(|i| i.split_once('/').is_some_and(|(n, _)| n == ns))
+}
+
+/// Checks an installation identity (`--cluster-name`, or the `kube-system` Namespace's
+/// UID): it is a tag value on every cloud and a label value on Pods, so 1 to 63
+/// characters, letters, digits, `-`, `_` and `.`, starting and ending with a letter or
+/// digit.
+pub fn installation_id(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let valid = !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if valid {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not an installation name: 1 to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+        ))
+    }
+}
 
 /// The machine name kpool gives the machine of the instance with this UID.
 pub fn machine_name(uid: &str) -> String {
@@ -158,8 +225,17 @@ pub trait Backend: Send + Sync {
     async fn get(&self, name: &str) -> Result<Machine, BackendError>;
     /// Starts deleting a machine. `NotFound` once it is gone.
     async fn delete(&self, name: &str) -> Result<(), BackendError>;
-    /// Every machine that carries kpool's tags, for the garbage collector.
+    /// Every machine of this backend's [`Owner`] (this installation, the `Backend`'s
+    /// namespace) that is not gone, for the garbage collector. A backend without an owner
+    /// cannot tell its machines from others' and answers InvalidConfig.
     async fn list_owned(&self) -> Result<Vec<Machine>, BackendError>;
+    /// Machines that carry kpool's marker but no installation identity (launched before
+    /// machines carried one) and, where they say so, were launched for this backend's
+    /// namespace. The garbage collector reports them and never deletes them: nothing tells
+    /// whose they are. Backends that never launched such machines list none.
+    async fn list_unattributed(&self) -> Result<Vec<Machine>, BackendError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Builds backends from `Backend` objects (credentials are read by the factory from

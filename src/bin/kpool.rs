@@ -9,6 +9,7 @@ use kpool::api::duration::parse_duration;
 use kpool::backends::factory::DefaultFactory;
 use kpool::controllers::context::{Context, HealthConfig, SystemClock};
 use kpool::controllers::gc::GcConfig;
+use kpool::controllers::installation::resolve as resolve_installation;
 use kpool::controllers::leader::{Elector, LeaderConfig};
 use kpool::controllers::metrics::serve;
 use kpool::controllers::runtime::run_all;
@@ -77,6 +78,11 @@ struct ControllerArgs {
     /// Watch only this namespace (default: every namespace).
     #[arg(long, env = "KPOOL_WATCH_NAMESPACE", global = true)]
     watch_namespace: Option<String>,
+    /// This installation's name, which every machine it launches is tagged with and by
+    /// which the garbage collector tells its machines from other clusters' in a shared
+    /// cloud account (default: the UID of the cluster's kube-system Namespace).
+    #[arg(long, env = "KPOOL_CLUSTER_NAME", value_parser = cluster_name_arg, global = true)]
+    cluster_name: Option<String>,
     /// Log format.
     #[arg(long, env = "KPOOL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
@@ -93,6 +99,10 @@ fn idle_arg(flag: &'static str) -> impl Fn(&str) -> Result<String, String> + Clo
         "off" => Ok(s.to_string()),
         _ => parse_duration(flag, s).map(|_| s.to_string()).map_err(|e| e.to_string()),
     }
+}
+
+fn cluster_name_arg(s: &str) -> Result<String, String> {
+    kpool::backends::installation_id(s)
 }
 
 fn duration_arg(flag: &'static str) -> impl Fn(&str) -> Result<Duration, String> + Clone {
@@ -138,7 +148,14 @@ fn controller(args: ControllerArgs) -> Result<(), Box<dyn std::error::Error>> {
         let client = kube::Client::try_default().await.map_err(|e| {
             format!("cannot reach the Kubernetes API ({e}); check the current kube context or KUBECONFIG")
         })?;
-        let factory = Arc::new(DefaultFactory::new(client.clone()));
+        let installation = resolve_installation(&client, args.cluster_name.as_deref()).await.map_err(|e| {
+            match std::error::Error::source(&e) {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
+            }
+        })?;
+        tracing::info!(%installation, "machines are tagged with this installation's identity");
+        let factory = Arc::new(DefaultFactory::new(client.clone()).with_installation(installation));
         let executor = Arc::new(DispatchExecutor::new(client.clone(), factory.clone()));
         let mut ctx = Context::new(client, factory, executor, Arc::new(SystemClock));
         ctx.site_defaults.run.idle_duration = args.default_idle_duration_run.clone();

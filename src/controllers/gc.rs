@@ -1,5 +1,13 @@
 //! The garbage collector: a periodic pass per `Backend` that deletes (or, in report-only
 //! mode, reports) machines tagged as kpool's that no `Instance` owns.
+//!
+//! It only ever sees this installation's machines of the `Backend`'s namespace: a backend
+//! lists the machines of its owner (see [`crate::backends::Owner`]), so machines of
+//! another cluster, or of a namespace another controller watches, in the same cloud
+//! account or Pod namespace are never candidates. Machines launched before machines
+//! carried an installation identity (kpool's marker, no installation tag) may be anyone's:
+//! unowned ones are only reported (Warning `UnattributedMachine` on the `Backend`, after
+//! the same grace), never deleted.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -36,12 +44,16 @@ impl Default for GcConfig {
 pub struct GcReport {
     pub deleted: Vec<String>,
     pub reported: Vec<String>,
+    /// Unowned machines without an installation identity, reported and left alone.
+    pub unattributed: Vec<String>,
 }
 
 /// The collector's memory between passes.
 #[derive(Default)]
 pub struct Collector {
     first_seen: HashMap<(String, String), HashMap<String, Timestamp>>,
+    /// The same, for machines without an installation identity.
+    first_seen_unattributed: HashMap<(String, String), HashMap<String, Timestamp>>,
 }
 
 impl Collector {
@@ -78,7 +90,25 @@ impl Collector {
                     continue;
                 }
             };
-            let seen = self.first_seen.entry((ns.clone(), obj.name_any())).or_default();
+            let key = (ns.clone(), obj.name_any());
+            match backend.list_unattributed().await {
+                Ok(unattributed) => {
+                    let seen = self.first_seen_unattributed.entry(key.clone()).or_default();
+                    for name in orphans(&unattributed, &owned, seen, now, cfg.grace) {
+                        let note = format!(
+                            "machine {name} is tagged as kpool's but carries no installation identity (launched \
+                             before kpool tagged machines with one) and no Instance here owns it; kpool never \
+                             deletes such machines: delete it by hand if no other installation uses it"
+                        );
+                        ctx.event(&obj, true, "UnattributedMachine", note).await;
+                        report.unattributed.push(name);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(backend = %obj.name_any(), category = e.category(), "failed to list unattributed machines for gc")
+                }
+            }
+            let seen = self.first_seen.entry(key).or_default();
             for name in orphans(&machines, &owned, seen, now, cfg.grace) {
                 if cfg.report_only {
                     ctx.event(
@@ -110,8 +140,13 @@ pub async fn run(ctx: Arc<Context>, cfg: GcConfig, namespace: Option<String>) {
     let mut collector = Collector::default();
     loop {
         match collector.pass(&ctx, &cfg, namespace.as_deref()).await {
-            Ok(r) if !r.deleted.is_empty() || !r.reported.is_empty() => {
-                tracing::info!(deleted = r.deleted.len(), reported = r.reported.len(), "garbage collection pass")
+            Ok(r) if !r.deleted.is_empty() || !r.reported.is_empty() || !r.unattributed.is_empty() => {
+                tracing::info!(
+                    deleted = r.deleted.len(),
+                    reported = r.reported.len(),
+                    unattributed = r.unattributed.len(),
+                    "garbage collection pass"
+                )
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "garbage collection pass failed"),

@@ -3,6 +3,7 @@
 pub mod backend;
 pub mod context;
 pub mod gc;
+pub mod installation;
 pub mod instance;
 pub mod leader;
 pub mod metrics;

@@ -27,9 +27,10 @@ pub struct DispatchExecutor {
 impl DispatchExecutor {
     /// `factory` should be the controller's, so SSH host keys are shared with the backend.
     pub fn new(client: kube::Client, factory: Arc<DefaultFactory>) -> Self {
+        let installation = factory.installation().map(str::to_string);
         DispatchExecutor {
             ssh: SshExecutor::from_api(client.clone(), factory),
-            pod: PodExecutor::new(client.clone()),
+            pod: PodExecutor::new(client.clone()).with_installation(installation),
             client,
             hold: HoldExecutor,
         }

@@ -92,7 +92,7 @@ use crate::api::instance::Instance;
 use crate::api::run::Run;
 pub use crate::backends::kubernetes::DEFAULT_RUN_IMAGE;
 use crate::backends::kubernetes::{KubernetesBackend, ANNOTATION_RUN, LABEL_MACHINE, LABEL_RUN_UID, MANAGED_BY};
-use crate::backends::{machine_tags, MachineSpec, TAG_MANAGED_BY};
+use crate::backends::{machine_tags, MachineSpec, Owner, TAG_MANAGED_BY};
 
 /// Grace period of a stopped job Pod.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
@@ -113,6 +113,8 @@ pub struct PodExecutor {
     env: Arc<dyn RunEnv>,
     stop_grace: Duration,
     poll: Duration,
+    /// This installation's identity, which the slot and job Pods are labelled with.
+    installation: Option<String>,
 }
 
 /// What one call works on: the run's job on one instance.
@@ -138,7 +140,20 @@ impl PodExecutor {
 
     /// An executor that takes the runs' environment from `env`.
     pub fn with_env(client: kube::Client, env: Arc<dyn RunEnv>) -> Self {
-        PodExecutor { client, env, stop_grace: DEFAULT_STOP_GRACE, poll: Duration::from_millis(500) }
+        PodExecutor {
+            client,
+            env,
+            stop_grace: DEFAULT_STOP_GRACE,
+            poll: Duration::from_millis(500),
+            installation: None,
+        }
+    }
+
+    /// Labels the Pods it makes (slot Pods made again, job Pods) with this installation's
+    /// identity, as the backend built by the controller's factory does.
+    pub fn with_installation(mut self, installation: Option<String>) -> Self {
+        self.installation = installation;
+        self
     }
 
     /// Grace period of a stopped job Pod.
@@ -174,8 +189,11 @@ impl PodExecutor {
                 object.spec.type_.as_str()
             )));
         }
-        let backend = KubernetesBackend::new(self.client.clone(), &object)
+        let mut backend = KubernetesBackend::new(self.client.clone(), &object)
             .map_err(|e| ExecError::Other(format!("Backend {}: {e}", offer.backend)))?;
+        if let Some(installation) = &self.installation {
+            backend = backend.with_owner(Owner { installation: installation.clone(), namespace: ns.clone() });
+        }
         let spec = MachineSpec { name: machine.clone(), offer, tags: machine_tags(instance), ssh_public_key: None };
         Ok(Job {
             pods: Api::namespaced(self.client.clone(), backend.namespace()),

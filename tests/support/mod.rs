@@ -41,6 +41,8 @@ use kpool::controllers::{instance, pool, run, Context, Error, ManualClock};
 use kpool::exec::ScriptedExecutor;
 
 pub const NS: &str = "ml";
+/// The installation identity of the controllers of [`Harness::with_real_backends`].
+pub const INSTALLATION: &str = "kpool-test";
 /// Placeholder finalizer on objects made by the harness (see the module docs).
 pub const HOLD: &str = "test.kpool.dev/hold";
 
@@ -179,14 +181,21 @@ impl Harness {
     /// The production backend factory and executor (real ssh, kubernetes and aws backends,
     /// jobs over SSH) instead of the fakes; the manual clock and in-memory API as usual.
     pub async fn with_real_backends() -> Harness {
-        Self::build(catalog(), true).await
+        Self::with_real_backends_of(INSTALLATION).await
+    }
+
+    /// As [`Harness::with_real_backends`], for the installation `installation` (the
+    /// identity its machines are tagged with): a cluster of its own.
+    pub async fn with_real_backends_of(installation: &str) -> Harness {
+        Self::build(catalog(), Some(installation)).await
     }
 
     pub async fn with_offers(offers: Vec<Offer>) -> Harness {
-        Self::build(offers, false).await
+        Self::build(offers, None).await
     }
 
-    async fn build(offers: Vec<Offer>, real: bool) -> Harness {
+    /// `real`: the production factory and executor, for this installation.
+    async fn build(offers: Vec<Offer>, real: Option<&str>) -> Harness {
         let fail_status_writes = Arc::new(AtomicUsize::new(0));
         let fail = fail_status_writes.clone();
         let funcs = Funcs::new().patch_status(move |ctx: PatchStatusContext| {
@@ -220,6 +229,7 @@ impl Harness {
             .with_resource::<k8s_openapi::api::core::v1::Pod>()
             .with_status_subresource::<k8s_openapi::api::core::v1::Pod>()
             .with_resource::<k8s_openapi::api::core::v1::Node>()
+            .with_resource::<k8s_openapi::api::core::v1::Namespace>()
             .with_resource::<k8s_openapi::api::core::v1::Secret>()
             .with_resource::<k8s_openapi::api::core::v1::ConfigMap>()
             .with_interceptor_funcs(funcs)
@@ -231,12 +241,16 @@ impl Harness {
         let backend = FakeBackend::new("aws", offers);
         let clock = ManualClock::new(t0());
         let exec = ScriptedExecutor::default();
-        let (factory, executor): (Arc<dyn kpool::backends::BackendFactory>, Arc<dyn kpool::exec::Executor>) = if real {
-            let factory = Arc::new(kpool::backends::factory::DefaultFactory::new(controller_client.clone()));
-            (factory.clone(), Arc::new(kpool::exec::DispatchExecutor::new(controller_client.clone(), factory)))
-        } else {
-            (Arc::new(FakeFactory::with([backend.clone()])), Arc::new(exec.clone()))
-        };
+        let (factory, executor): (Arc<dyn kpool::backends::BackendFactory>, Arc<dyn kpool::exec::Executor>) =
+            if let Some(installation) = real {
+                let factory = Arc::new(
+                    kpool::backends::factory::DefaultFactory::new(controller_client.clone())
+                        .with_installation(installation),
+                );
+                (factory.clone(), Arc::new(kpool::exec::DispatchExecutor::new(controller_client.clone(), factory)))
+            } else {
+                (Arc::new(FakeFactory::with([backend.clone()])), Arc::new(exec.clone()))
+            };
         let ctx = Arc::new(Context::new(controller_client, factory, executor, Arc::new(clock.clone())));
         let h = Harness { client, ctx, clock, backend, exec, fail_status_writes, api_calls };
         h.create(Backend::new("aws", BackendSpec { type_: BackendType::Aws, ..Default::default() })).await;

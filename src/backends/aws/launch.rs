@@ -34,6 +34,9 @@ impl AwsBackend {
         tags.insert("Name".into(), spec.name.clone());
         tags.insert(TAG_MACHINE.into(), spec.name.clone());
         tags.entry(TAG_MANAGED_BY.into()).or_insert_with(|| MANAGED_BY.into());
+        if let Some(owner) = &self.owner {
+            tags.extend(owner.tags());
+        }
         for (n, resource) in ["instance", "volume"].iter().enumerate() {
             p.set(format!("TagSpecification.{}.ResourceType", n + 1), *resource);
             for (i, (k, v)) in tags.iter().enumerate() {
