@@ -75,6 +75,8 @@ async fn install(c: &Cluster) -> &'static Installed {
                 .expect("run helm");
             assert!(out.status.success(), "helm uninstall failed: {}", support_kube::describe(&out));
             let deploy = root().join("deploy");
+            // The namespace first: `kubectl apply -f DIR` takes the files in name order.
+            c.kubectl_ok(&["apply", "-f", deploy.join("namespace.yaml").to_str().unwrap()]);
             c.kubectl_ok(&["apply", "-f", deploy.to_str().unwrap()]);
             let manifest_nodes = controller_pod_nodes(&client, "app.kubernetes.io/name=kpool", 2).await;
             c.kubectl_ok(&["rollout", "status", "-n", RELEASE_NS, "deployment/kpool-controller", "--timeout=60s"]);
@@ -147,6 +149,8 @@ async fn runs_applied_with_kubectl_are_placed_reused_and_drained_with_the_chart_
     let first = run_in_phase(&runs, "first", RunPhase::Running).await;
     let instance = first.status.as_ref().unwrap().instance.clone().expect("an instance");
     let job = job_pod(&pods, &first).await;
+    // Bound by the real scheduler: kpool only asks for the node by affinity.
+    assert!(job.spec.as_ref().unwrap().affinity.is_some(), "{:?}", job.spec);
     assert_eq!(job.spec.as_ref().unwrap().node_name.as_deref(), Some("kwok-a100-0"), "{:?}", job.spec);
     let gpus = job.spec.as_ref().unwrap().containers[0].resources.as_ref().unwrap().limits.as_ref().unwrap();
     assert_eq!(gpus["nvidia.com/gpu"].0, "1");
