@@ -75,8 +75,8 @@ async fn install(c: &Cluster) -> &'static Installed {
                 .expect("run helm");
             assert!(out.status.success(), "helm uninstall failed: {}", support_kube::describe(&out));
             let deploy = root().join("deploy");
-            // The namespace first: `kubectl apply -f DIR` takes the files in name order.
-            c.kubectl_ok(&["apply", "-f", deploy.join("namespace.yaml").to_str().unwrap()]);
+            // As users do it, on a cluster without the namespace: `kubectl apply -f DIR`
+            // takes the files in name order, so the namespace's file sorts first.
             c.kubectl_ok(&["apply", "-f", deploy.to_str().unwrap()]);
             let manifest_nodes = controller_pod_nodes(&client, "app.kubernetes.io/name=kpool", 2).await;
             c.kubectl_ok(&["rollout", "status", "-n", RELEASE_NS, "deployment/kpool-controller", "--timeout=60s"]);
