@@ -118,7 +118,12 @@ async fn exercise(h: &Harness) {
         .await;
     let backend = DefaultFactory::new(h.ctx.client.clone()).with_installation(installation).build(&obj).await.unwrap();
     // The Backend controller: its finalizer and its Ready condition.
-    kpool::controllers::backend::reconcile(std::sync::Arc::new(obj.clone()), h.ctx.clone()).await.unwrap();
+    // The first pass adds the finalizer, the second builds the backend and writes `Ready`.
+    let backends = kube::Api::<BackendObject>::namespaced(h.client.clone(), NS);
+    for _ in 0..2 {
+        let current = backends.get("cluster").await.unwrap();
+        kpool::controllers::backend::reconcile(std::sync::Arc::new(current), h.ctx.clone()).await.unwrap();
+    }
     let req = cpu("2..").resolve().unwrap();
     let offer = backend.offers(&req).await.unwrap().remove(0);
     let spec = MachineSpec { name: "kpool-x".into(), offer, tags: Default::default(), ssh_public_key: None };
