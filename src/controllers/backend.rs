@@ -70,7 +70,7 @@ async fn apply(b: Arc<Backend>, ctx: &Context) -> Result<Action, Error> {
     }
     let (ready, reason, message) = match ctx.backend(&ns, &b.name_any()).await {
         Ok(_) => (true, "Configured", "the backend's configuration, credentials and catalog could be read".to_string()),
-        Err(e) => (false, e.category(), error_chain(&e)),
+        Err(e) => (false, e.category(), super::chain(&e)),
     };
     let mut st = b.status.clone().unwrap_or_default();
     st.conditions.retain(|c| c.type_ != IN_USE);
@@ -165,16 +165,4 @@ async fn write_status(ctx: &Context, b: &Backend, st: &BackendStatus) -> Result<
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     api.patch_status(&b.name_any(), &pp, &Patch::Apply(&body)).await?;
     Ok(())
-}
-
-/// The error and its sources, joined, for a condition message.
-fn error_chain(e: &Error) -> String {
-    let mut out = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

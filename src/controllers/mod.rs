@@ -83,14 +83,35 @@ impl Error {
 }
 
 /// Shared `error_policy`: requeue after a delay that depends on the error.
-pub fn error_policy<K>(_obj: std::sync::Arc<K>, err: &Error, ctx: std::sync::Arc<Context>) -> Action
+pub fn error_policy<K>(obj: std::sync::Arc<K>, err: &Error, ctx: std::sync::Arc<Context>) -> Action
 where
     K: kube::Resource<DynamicType = ()>,
 {
     let kind = K::kind(&()).to_lowercase();
     ctx.metrics.failed(&kind, err.category());
-    tracing::warn!(error = %err, category = err.category(), kind, "reconcile failed");
+    let meta = obj.meta();
+    tracing::warn!(
+        error = %chain(err),
+        category = err.category(),
+        kind,
+        namespace = meta.namespace.as_deref().unwrap_or_default(),
+        name = meta.name.as_deref().unwrap_or_default(),
+        "reconcile failed"
+    );
     Action::requeue(err.retry_after())
+}
+
+/// An error and all its sources, joined with `: ` (the top level alone, e.g. "failed to
+/// run the finalizer", says little).
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// `true` when the error is an API conflict (409).

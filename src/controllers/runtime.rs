@@ -105,9 +105,9 @@ where
     out
 }
 
-fn log_result<T: std::fmt::Debug, E: std::fmt::Display>(kind: &str, r: Result<T, E>) {
+fn log_result<T: std::fmt::Debug, E: std::error::Error + 'static>(kind: &str, r: Result<T, E>) {
     match r {
         Ok(o) => tracing::debug!(kind, object = ?o, "reconciled"),
-        Err(e) => tracing::debug!(kind, error = %e, "reconcile error"),
+        Err(e) => tracing::debug!(kind, error = %super::chain(&e), "reconcile error"),
     }
 }
