@@ -627,3 +627,102 @@ async fn job_pods_stand_in_for_their_machine() {
     assert!(matches!(backend.get("kpool-m1").await, Err(BackendError::NotFound(_))));
     assert!(matches!(backend.delete("kpool-m1").await, Err(BackendError::NotFound(_))));
 }
+
+/// A CPU node with taint `key=value:effect`.
+fn tainted_node(name: &str, key: &str, value: &str, effect: &str) -> Node {
+    let mut n = cpu_node(name, "8", "32Gi");
+    n.spec.as_mut().unwrap().taints =
+        Some(vec![Taint { key: key.into(), value: Some(value.into()), effect: effect.into(), ..Default::default() }]);
+    n
+}
+
+fn toleration(
+    key: &str,
+    operator: &str,
+    value: Option<&str>,
+    effect: Option<&str>,
+) -> k8s_openapi::api::core::v1::Toleration {
+    k8s_openapi::api::core::v1::Toleration {
+        key: Some(key.into()),
+        operator: Some(operator.into()),
+        value: value.map(Into::into),
+        effect: effect.map(Into::into),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn tainted_nodes_are_offered_only_when_tolerated_and_the_pods_carry_the_tolerations() {
+    let nodes = vec![
+        tainted_node("real", "kpool.dev/real-node", "true", "NoSchedule"),
+        tainted_node("evicting", "kpool.dev/real-node", "true", "NoExecute"),
+        tainted_node("dedicated", "dedicated", "ml", "NoSchedule"),
+        tainted_node("preferred", "dedicated", "web", "PreferNoSchedule"),
+        cpu_node("plain", "8", "32Gi"),
+    ];
+    let r = req("2..", "8GB..", None, None);
+    let offered = |config: KubernetesBackendConfig| {
+        let nodes = nodes.clone();
+        let r = r.clone();
+        async move {
+            let (_, backend) = backend_with(nodes, vec![], Some(config)).await;
+            let offers = backend.offers(&r).await.unwrap();
+            node_names(&offers).iter().map(|n| n.to_string()).collect::<Vec<_>>()
+        }
+    };
+    let with = |tolerations| KubernetesBackendConfig { tolerations, ..Default::default() };
+
+    // Without tolerations, NoSchedule and NoExecute taints keep the machines away.
+    assert_eq!(offered(with(vec![])).await, ["plain", "preferred"]);
+    // Exists with an effect: that effect of that key only.
+    let exists = toleration("kpool.dev/real-node", "Exists", None, Some("NoSchedule"));
+    assert_eq!(offered(with(vec![exists.clone()])).await, ["plain", "preferred", "real"]);
+    // Exists without an effect: every effect of that key.
+    let any_effect = toleration("kpool.dev/real-node", "Exists", None, None);
+    assert_eq!(offered(with(vec![any_effect])).await, ["evicting", "plain", "preferred", "real"]);
+    // Equal compares the value.
+    let ml = toleration("dedicated", "Equal", Some("ml"), Some("NoSchedule"));
+    assert_eq!(offered(with(vec![ml])).await, ["dedicated", "plain", "preferred"]);
+    let other_value = toleration("dedicated", "Equal", Some("gpu"), Some("NoSchedule"));
+    assert_eq!(offered(with(vec![other_value])).await, ["plain", "preferred"]);
+    // No key with Exists tolerates every taint.
+    let everything = k8s_openapi::api::core::v1::Toleration { operator: Some("Exists".into()), ..Default::default() };
+    assert_eq!(offered(with(vec![everything])).await, ["dedicated", "evicting", "plain", "preferred", "real"]);
+
+    // The machine Pod on the tainted node carries the toleration (the job Pod is its copy).
+    let config = KubernetesBackendConfig {
+        node_selector: labels(&[("kubernetes.io/arch", "amd64")]),
+        ..with(vec![exists.clone()])
+    };
+    let (client, backend) = backend_with(vec![nodes[0].clone()], vec![], Some(config)).await;
+    let offer = first_offer(&backend, &r).await;
+    assert_eq!(offer.instance_type, "real");
+    backend.create(&machine_spec("kpool-real", offer)).await.unwrap();
+    let pod = Api::<Pod>::namespaced(client, NS).get("kpool-real").await.unwrap();
+    assert_eq!(pod.spec.unwrap().tolerations, Some(vec![exists.clone()]));
+
+    // A GPU machine carries the configured tolerations and the GPU resource's.
+    let (client, backend) = backend_with(vec![a100_node()], vec![], Some(with(vec![exists.clone()]))).await;
+    let offer = first_offer(&backend, &req("4", "16GB", Some("A100:1"), None)).await;
+    backend.create(&machine_spec("kpool-gpu", offer)).await.unwrap();
+    let pod = Api::<Pod>::namespaced(client, NS).get("kpool-gpu").await.unwrap();
+    let keys: Vec<Option<String>> = pod.spec.unwrap().tolerations.unwrap().into_iter().map(|t| t.key).collect();
+    assert_eq!(keys, [Some("kpool.dev/real-node".to_string()), Some("nvidia.com/gpu".to_string())]);
+}
+
+#[tokio::test]
+async fn tolerations_the_api_server_would_refuse_are_invalid_config() {
+    let client = client(vec![], vec![]).await;
+    for (bad, why) in [
+        (toleration("k", "Exists", Some("v"), None), "has no value"),
+        (toleration("", "Equal", Some("v"), None), "must have operator Exists"),
+        (toleration("k", "In", None, None), "operator must be"),
+        (toleration("k", "Exists", None, Some("NoRun")), "effect must be"),
+    ] {
+        let config = KubernetesBackendConfig { tolerations: vec![bad], ..Default::default() };
+        let err = KubernetesBackend::new(client.clone(), &backend_object("k8s", Some(config))).err().unwrap();
+        assert_eq!(err.category(), "InvalidConfig");
+        let msg = err.to_string();
+        assert!(msg.contains("spec.kubernetes.tolerations[0]") && msg.contains(why), "{msg}");
+    }
+}

@@ -17,8 +17,11 @@
 #                                                load IMAGE into the node's containerd: a tar
 #                                                from `podman save`/`docker save`, or a name in
 #                                                podman's vfs storage (e.g. localhost/kpool:test)
-#   scripts/peers/kube-node.sh smoke DIR [NAME]  build a busybox image (FROM scratch), import
-#                                                it, run a Pod on the node, check its log
+#   scripts/peers/kube-node.sh busybox           build the busybox image of smoke (FROM
+#                                                scratch, kept in podman's storage) unless it
+#                                                is there; print its name
+#   scripts/peers/kube-node.sh smoke DIR [NAME]  build the busybox image, import it, run a
+#                                                Pod on the node, check its log
 #
 # start wipes DIR/node-NAME, containerd's image store included: import images after it. Stop
 # the node before kube.sh stops or restarts the cluster in the same DIR.
@@ -341,19 +344,27 @@ import_image() {
     fi
 }
 
+busybox_image() {
+    if ! podman_ image exists "$BUSYBOX_IMAGE"; then
+        local ctx
+        ctx=$(mktemp -d)
+        # A static busybox (Debian's busybox-static) is the whole image: nothing else on scratch.
+        if ! [ -x /bin/busybox ] || ldd /bin/busybox >/dev/null 2>&1; then
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null
+        fi
+        cp /bin/busybox "$ctx/busybox"
+        printf 'FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox","--install","-s","/bin"]\nENTRYPOINT ["/bin/sh"]\n' >"$ctx/Containerfile"
+        podman_ build -q --isolation chroot -t "$BUSYBOX_IMAGE" "$ctx" >/dev/null
+        rm -rf "$ctx"
+    fi
+    echo "$BUSYBOX_IMAGE"
+}
+
 smoke() {
     need_root
     node_paths "$@"
-    local ctx ns=kpool-node-smoke started=$SECONDS
-    ctx=$(mktemp -d)
-    # A static busybox (Debian's busybox-static) is the whole image: nothing else on scratch.
-    if ! [ -x /bin/busybox ] || ldd /bin/busybox >/dev/null 2>&1; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null
-    fi
-    cp /bin/busybox "$ctx/busybox"
-    printf 'FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox","--install","-s","/bin"]\nENTRYPOINT ["/bin/sh"]\n' >"$ctx/Containerfile"
-    podman_ build -q --isolation chroot -t "$BUSYBOX_IMAGE" "$ctx" >/dev/null
-    rm -rf "$ctx"
+    local ns=kpool-node-smoke started=$SECONDS
+    busybox_image >/dev/null
     import_image "$CLUSTER" "$BUSYBOX_IMAGE" "$NAME" >/dev/null
     "$KUBECTL" "${KC[@]}" delete namespace "$ns" --ignore-not-found >/dev/null
     "$KUBECTL" "${KC[@]}" create namespace "$ns" >/dev/null
@@ -386,6 +397,7 @@ case "${1:-}" in
     start) shift; start "${1:?usage: kube-node.sh start DIR [NAME]}" "${2:-}" ;;
     stop) shift; stop "${1:?usage: kube-node.sh stop DIR [NAME]}" "${2:-}" ;;
     import) shift; import_image "$@" ;;
+    busybox) busybox_image ;;
     smoke) shift; smoke "${1:?usage: kube-node.sh smoke DIR [NAME]}" "${2:-}" ;;
-    *) sed -n '2,31p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,34p' "$0" >&2; exit 2 ;;
 esac

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::Toleration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -94,6 +95,14 @@ pub struct KubernetesBackendConfig {
     /// selector. Empty: every schedulable, ready node.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of the machine Pods (and so of the runs' job Pods), as in a Pod spec.
+    /// A node with a `NoSchedule` or `NoExecute` taint gives offers only when one of these
+    /// tolerates that taint, e.g. `{key: dedicated, operator: Equal, value: ml, effect:
+    /// NoSchedule}` for nodes set aside with `kubectl taint nodes … dedicated=ml:NoSchedule`.
+    /// The GPU resource's taint needs none: a machine with GPUs tolerates it anyway. Empty:
+    /// only untainted nodes (and GPU nodes for GPU machines).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
 }
 
 /// Settings of an `ssh` backend: hosts you own, reached over SSH with the private key in

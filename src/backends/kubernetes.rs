@@ -8,7 +8,8 @@
 //! - Nodes are listed once, and every Pod of the cluster once (grouped by `spec.nodeName`).
 //!   Skipped: unschedulable nodes, nodes whose `Ready` condition is not `True`, nodes with
 //!   a `NoSchedule`/`NoExecute` taint the machine Pod would not tolerate (it tolerates
-//!   only the GPU resource's taint, and only when it asks for GPUs), nodes that miss a
+//!   what `spec.kubernetes.tolerations` tolerate, by the scheduler's matching rules, and
+//!   the GPU resource's taint when it asks for GPUs), nodes that miss a
 //!   label of `spec.kubernetes.nodeSelector`, and nodes outside `spec.regions` when set.
 //! - Free capacity is the node's allocatable minus the requests of its non-terminated
 //!   Pods (a Pod's request is the larger of its containers' sum and its largest init
@@ -41,8 +42,8 @@
 //!   offer. Then a Pod is created in the backend's namespace with `nodeName` = the
 //!   offer's node (so it bypasses the scheduler: the kubelet admits or rejects it),
 //!   requests = limits from the offer, `restartPolicy: Always`, the configured image and
-//!   node selector, and a `NoSchedule` toleration of the GPU resource when it asks for
-//!   GPUs. Tags whose key and value are valid label values become labels, the others
+//!   node selector and tolerations, and a `NoSchedule` toleration of the GPU resource when
+//!   it asks for GPUs. Tags whose key and value are valid label values become labels, the others
 //!   (e.g. `kpool.dev/instance` = `ns/name`) annotations; `kpool.dev/managed-by=kpool`
 //!   is always a label, and so are the backend's [`Owner`] labels
 //!   (`kpool.dev/installation`, `kpool.dev/namespace` = the `Backend`'s namespace, set by
@@ -125,6 +126,7 @@ pub struct KubernetesBackend {
     gpu_resource: String,
     price: f64,
     node_selector: BTreeMap<String, String>,
+    tolerations: Vec<Toleration>,
     regions: Vec<String>,
     owner: Option<Owner>,
     nodes: Api<Node>,
@@ -154,6 +156,9 @@ impl KubernetesBackend {
         if !price.is_finite() || price < 0.0 {
             return Err(invalid("spec.kubernetes.pricePerHour", &format!("must be a number >= 0, got {price}")));
         }
+        for (i, t) in cfg.tolerations.iter().enumerate() {
+            check_toleration(t).map_err(|why| invalid(&format!("spec.kubernetes.tolerations[{i}]"), why))?;
+        }
         Ok(KubernetesBackend {
             name,
             image,
@@ -161,6 +166,7 @@ impl KubernetesBackend {
             gpu_resource,
             price,
             node_selector: cfg.node_selector,
+            tolerations: cfg.tolerations,
             regions: object.spec.regions.clone(),
             owner: None,
             nodes: Api::all(client.clone()),
@@ -204,6 +210,9 @@ impl KubernetesBackend {
     }
 
     fn tolerated(&self, taint: &Taint, wants_gpu: bool) -> bool {
+        if self.tolerations.iter().any(|t| tolerates(t, taint)) {
+            return true;
+        }
         match taint.effect.as_str() {
             "NoSchedule" => wants_gpu && taint.key == self.gpu_resource,
             "NoExecute" => false,
@@ -287,14 +296,15 @@ impl KubernetesBackend {
         }
         // Both are label values: an installation id is checked as one, a namespace is one.
         labels.extend(self.owner.iter().flat_map(Owner::tags));
-        let tolerations = (offer.gpu_count > 0).then(|| {
-            vec![Toleration {
+        let mut tolerations = self.tolerations.clone();
+        if offer.gpu_count > 0 {
+            tolerations.push(Toleration {
                 key: Some(self.gpu_resource.clone()),
                 operator: Some("Exists".into()),
                 effect: Some("NoSchedule".into()),
                 ..Toleration::default()
-            }]
-        });
+            });
+        }
         Pod {
             metadata: ObjectMeta {
                 name: Some(spec.name.clone()),
@@ -308,7 +318,7 @@ impl KubernetesBackend {
                 node_selector: (!self.node_selector.is_empty()).then(|| self.node_selector.clone()),
                 restart_policy: Some("Always".into()),
                 automount_service_account_token: Some(false),
-                tolerations,
+                tolerations: (!tolerations.is_empty()).then_some(tolerations),
                 containers: vec![Container {
                     name: CONTAINER.into(),
                     image: Some(self.image.clone()),
@@ -499,6 +509,41 @@ impl KubernetesBackend {
         let params = ListParams::default().labels(&format!("{LABEL_MACHINE}={name}"));
         Ok(self.pods.list(&params).await.map_err(|e| api_error("list pods", e))?.items)
     }
+}
+
+/// Whether `t` tolerates `taint`, by the scheduler's rules: the effect matches (or `t` has
+/// none), the key matches (or `t` has none, with `Exists`), and the value matches (`Equal`,
+/// the default) or does not matter (`Exists`).
+fn tolerates(t: &Toleration, taint: &Taint) -> bool {
+    let effect_ok = t.effect.as_deref().is_none_or(|e| e.is_empty() || e == taint.effect);
+    let key_ok = t.key.as_deref().is_none_or(|k| k.is_empty() || k == taint.key);
+    let value_ok = match t.operator.as_deref().unwrap_or("Equal") {
+        "Exists" => true,
+        "Equal" | "" => t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
+        _ => false,
+    };
+    effect_ok && key_ok && value_ok
+}
+
+/// Why the API server would refuse toleration `t` in a Pod, if it would.
+fn check_toleration(t: &Toleration) -> Result<(), &'static str> {
+    let operator = t.operator.as_deref().unwrap_or("");
+    if !["", "Equal", "Exists"].contains(&operator) {
+        return Err("operator must be Equal or Exists");
+    }
+    if t.key.as_deref().unwrap_or("").is_empty() && operator != "Exists" {
+        return Err("a toleration without a key must have operator Exists (it tolerates every taint)");
+    }
+    if operator == "Exists" && !t.value.as_deref().unwrap_or("").is_empty() {
+        return Err("a toleration with operator Exists has no value");
+    }
+    if !["", "NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&t.effect.as_deref().unwrap_or("")) {
+        return Err("effect must be NoSchedule, PreferNoSchedule or NoExecute");
+    }
+    if t.toleration_seconds.is_some() && !["", "NoExecute"].contains(&t.effect.as_deref().unwrap_or("")) {
+        return Err("tolerationSeconds needs effect NoExecute");
+    }
+    Ok(())
 }
 
 /// The machine name of a slot Pod (its name) or of a job Pod (its `kpool.dev/machine` label).
