@@ -333,7 +333,8 @@ async fn create_is_idempotent_and_pins_the_pod() {
     let all = pods.list(&ListParams::default()).await.unwrap().items;
     assert_eq!(all.len(), 1);
     let spec = all[0].spec.clone().unwrap();
-    assert_eq!(spec.node_name.as_deref(), Some("gpu-1"));
+    assert_eq!(spec.node_name, None, "the scheduler binds it");
+    assert_eq!(kpool::backends::kubernetes::target_node(&all[0]), Some("gpu-1"));
     assert_eq!(spec.restart_policy.as_deref(), Some("Always"));
     let container = &spec.containers[0];
     assert_eq!(container.image.as_deref(), Some(DEFAULT_IMAGE));

@@ -153,7 +153,8 @@ fn waiting(reason: &str, message: &str) -> ContainerState {
 fn slice(pod: &Pod) -> serde_json::Value {
     let spec = pod.spec.as_ref().unwrap();
     serde_json::json!({
-        "nodeName": spec.node_name,
+        "node": kpool::backends::kubernetes::target_node(pod),
+        "affinity": spec.affinity,
         "nodeSelector": spec.node_selector,
         "tolerations": spec.tolerations,
         "resources": spec.containers[0].resources,
@@ -213,7 +214,7 @@ async fn the_slot_pod_is_swapped_for_the_job_pod() {
     assert_eq!(slice(&job), slice(&slot), "same node, node selector, tolerations, requests and limits");
     let limits = job.spec.as_ref().unwrap().containers[0].resources.as_ref().unwrap().limits.clone().unwrap();
     assert_eq!(limits.get("nvidia.com/gpu"), Some(&Quantity("1".into())));
-    assert_eq!(job.spec.as_ref().unwrap().node_name.as_deref(), Some(NODE));
+    assert_eq!(kpool::backends::kubernetes::target_node(&job), Some(NODE));
     let spec = job.spec.clone().unwrap();
     assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
     let c = &spec.containers[0];
@@ -404,7 +405,7 @@ async fn a_run_with_another_image_reuses_the_same_slot() {
         assert_eq!(exec.status(&run, &inst).await.unwrap(), JobState::Exited(0));
     }
     assert_eq!(seen[0], seen[1], "same node, same requests and limits");
-    assert_eq!(seen[0]["nodeName"], NODE);
+    assert_eq!(seen[0]["node"], NODE);
 }
 
 #[tokio::test]
@@ -456,7 +457,7 @@ async fn status_finishes_a_swap_that_start_left_half_done() {
 
     assert_eq!(exec.status(&run, &inst).await.unwrap(), JobState::Running);
     let job = pods(&h).get(&name).await.expect("the job Pod is created");
-    assert_eq!(job.spec.unwrap().node_name.as_deref(), Some(NODE));
+    assert_eq!(kpool::backends::kubernetes::target_node(&job), Some(NODE));
     let secret = Api::<Secret>::namespaced(h.client.clone(), PODS_NS).get(&name).await.unwrap();
     assert_eq!(secret.owner_references().len(), 1, "the Secret now belongs to the job Pod");
 }

@@ -39,11 +39,13 @@
 //! - `create` is idempotent: an existing Pod with the machine name is returned as is.
 //!   Otherwise the offer's node is looked up again; a node that is gone, cordoned, not
 //!   ready or newly tainted gives InsufficientCapacity, so the caller moves on to its next
-//!   offer. Then a Pod is created in the backend's namespace with `nodeName` = the
-//!   offer's node (so it bypasses the scheduler: the kubelet admits or rejects it),
-//!   requests = limits from the offer, `restartPolicy: Always`, the configured image and
-//!   node selector and tolerations, and a `NoSchedule` toleration of the GPU resource when
-//!   it asks for GPUs. Tags whose key and value are valid label values become labels, the others
+//!   offer. Then a Pod is created in the backend's namespace, bound to the offer's node
+//!   by a required node affinity on the node's name (as DaemonSets do: the scheduler
+//!   places it and checks that it fits, so a node that filled up meanwhile leaves it
+//!   Pending instead of a kubelet rejecting it; free capacity counts such Pods on their
+//!   node already, see [`target_node`]), requests = limits from the offer,
+//!   `restartPolicy: Always`, the configured image, node selector and tolerations, and a
+//!   `NoSchedule` toleration of the GPU resource when it asks for GPUs. Tags whose key and value are valid label values become labels, the others
 //!   (e.g. `kpool.dev/instance` = `ns/name`) annotations; `kpool.dev/managed-by=kpool`
 //!   is always a label, and so are the backend's [`Owner`] labels
 //!   (`kpool.dev/installation`, `kpool.dev/namespace` = the `Backend`'s namespace, set by
@@ -81,7 +83,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::{Container, Node, Pod, PodSpec, ResourceRequirements, Taint, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, Container, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec,
+    ResourceRequirements, Taint, Toleration,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
@@ -314,7 +319,7 @@ impl KubernetesBackend {
                 ..ObjectMeta::default()
             },
             spec: Some(PodSpec {
-                node_name: Some(offer.instance_type.clone()),
+                affinity: Some(on_node(&offer.instance_type)),
                 node_selector: (!self.node_selector.is_empty()).then(|| self.node_selector.clone()),
                 restart_policy: Some("Always".into()),
                 automount_service_account_token: Some(false),
@@ -381,8 +386,7 @@ impl Backend for KubernetesBackend {
         let pods = self.all_pods.list(&ListParams::default()).await.map_err(|e| api_error("list pods", e))?;
         let mut used: HashMap<String, Capacity> = HashMap::new();
         for pod in &pods.items {
-            let spec = pod.spec.as_ref();
-            let Some(node) = spec.and_then(|s| s.node_name.as_deref()) else { continue };
+            let Some(node) = target_node(pod) else { continue };
             if matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded") | Some("Failed")) {
                 continue;
             }
@@ -508,6 +512,52 @@ impl KubernetesBackend {
     async fn job_pods(&self, name: &str) -> Result<Vec<Pod>, BackendError> {
         let params = ListParams::default().labels(&format!("{LABEL_MACHINE}={name}"));
         Ok(self.pods.list(&params).await.map_err(|e| api_error("list pods", e))?.items)
+    }
+}
+
+/// A required node affinity that only node `node` satisfies (by `metadata.name`).
+fn on_node(node: &str) -> Affinity {
+    let term = NodeSelectorTerm {
+        match_fields: Some(vec![NodeSelectorRequirement {
+            key: "metadata.name".into(),
+            operator: "In".into(),
+            values: Some(vec![node.to_string()]),
+        }]),
+        ..NodeSelectorTerm::default()
+    };
+    Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector { node_selector_terms: vec![term] }),
+            ..NodeAffinity::default()
+        }),
+        ..Affinity::default()
+    }
+}
+
+/// The node a Pod is on (`nodeName`) or, not scheduled yet, the one node its required
+/// affinity allows by name (kpool's machine Pods): either way its requests are taken there.
+pub fn target_node(pod: &Pod) -> Option<&str> {
+    let spec = pod.spec.as_ref()?;
+    if let Some(node) = spec.node_name.as_deref() {
+        return Some(node);
+    }
+    let terms = &spec
+        .affinity
+        .as_ref()?
+        .node_affinity
+        .as_ref()?
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()?
+        .node_selector_terms;
+    match terms.as_slice() {
+        [term] => match term.match_fields.as_deref()? {
+            [r] if r.key == "metadata.name" && r.operator == "In" => match r.values.as_deref()? {
+                [node] => Some(node.as_str()),
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
     }
 }
 

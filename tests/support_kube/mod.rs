@@ -97,7 +97,16 @@ impl Cluster {
     pub fn install_crds(&self) {
         CRDS.get_or_init(|| {
             let crds = root().join("crds");
-            self.kubectl_ok(&["apply", "--server-side", "--field-manager=kpool-tests", "-f", crds.to_str().unwrap()]);
+            // --force-conflicts: a chart installed on this cluster by an earlier checkout (helm's
+            // field manager) must not stop the CRDs of this one from being applied.
+            self.kubectl_ok(&[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "--field-manager=kpool-tests",
+                "-f",
+                crds.to_str().unwrap(),
+            ]);
             let mut wait = vec!["wait", "--for=condition=Established", "--timeout=60s"];
             let names: Vec<String> = KINDS.iter().map(|k| format!("crd/{k}.kpool.dev")).collect();
             wait.extend(names.iter().map(String::as_str));
