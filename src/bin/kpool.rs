@@ -5,8 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use futures::FutureExt;
 use kpool::api::duration::parse_duration;
 use kpool::backends::factory::DefaultFactory;
+use kpool::controllers::chain;
 use kpool::controllers::context::{Context, HealthConfig, SystemClock};
 use kpool::controllers::gc::GcConfig;
 use kpool::controllers::installation::resolve as resolve_installation;
@@ -55,6 +57,13 @@ struct ControllerArgs {
     #[arg(long, env = "KPOOL_METRICS_ADDR", default_value = "0.0.0.0:8080", global = true)]
     metrics_addr: std::net::SocketAddr,
     /// Elect a leader with a Lease so that only one replica acts (needed for replicas > 1).
+    ///
+    /// The leader renews the Lease every 2 s, each Lease call giving up after 4 s; when it
+    /// has not renewed for 10 s (the renew deadline) it stops acting and exits. A standby
+    /// takes over once it has seen the Lease unchanged for 15 s (the lease duration) by its
+    /// own clock, so the leader has stopped 5 s before; replicas' clocks need not agree.
+    /// On SIGTERM or SIGINT a standby exits at once; the leader lets in-flight reconciles
+    /// finish (up to 20 s) and releases the Lease, so a standby takes over at once.
     #[arg(long, env = "KPOOL_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set, global = true)]
     leader_elect: bool,
     /// Namespace of the leader Lease (default: the Pod's namespace, else kpool-system).
@@ -107,6 +116,48 @@ fn cluster_name_arg(s: &str) -> Result<String, String> {
 
 fn duration_arg(flag: &'static str) -> impl Fn(&str) -> Result<Duration, String> + Clone {
     move |s: &str| parse_duration(flag, s).map_err(|e| e.to_string())
+}
+
+/// How long the leader waits, after SIGTERM/SIGINT, for in-flight reconciles (under the
+/// Pod's default 30 s termination grace period).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// How the leader stopped.
+enum Stopped {
+    Gracefully,
+    Lost,
+    Forced,
+}
+
+/// SIGTERM (what Kubernetes sends a Pod's process) and SIGINT (Ctrl-C), listened for from
+/// the moment this is made, so that one arriving between two awaits is not lost.
+struct StopSignal {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignal {
+    fn listen() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(StopSignal { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+        }
+        #[cfg(not(unix))]
+        Ok(StopSignal {})
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn main() {
@@ -176,24 +227,50 @@ fn controller(args: ControllerArgs) -> Result<(), Box<dyn std::error::Error>> {
             return Ok(());
         }
         let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("kpool-{}", std::process::id()));
-        let elector = Elector::new(ctx.client.clone(), LeaderConfig::new(&args.leader_election_namespace, &identity));
+        let elector = Elector::new(ctx.client.clone(), LeaderConfig::new(&args.leader_election_namespace, &identity))
+            .with_clock(ctx.clock.clone());
+        let mut stop = StopSignal::listen().map_err(|e| format!("cannot listen for SIGTERM/SIGINT: {e}"))?;
         tokio::select! {
             _ = elector.acquire() => {}
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = stop.recv() => {
+                tracing::info!("kpool controller stopped while standing by");
+                return Ok(());
+            }
         }
-        tracing::info!(%identity, "leading: this replica now provisions and deletes machines");
-        ctx.metrics.set_leader(true);
-        let lost = tokio::select! {
-            _ = run_all(ctx.clone(), gc, args.watch_namespace.clone()) => false,
-            _ = elector.keep() => true,
+        // The controllers stop on SIGTERM/SIGINT themselves, finishing in-flight reconciles;
+        // `keep` renews meanwhile and ends everything once leadership is lost.
+        let controllers = run_all(ctx.clone(), gc, args.watch_namespace.clone());
+        let keep = elector.keep();
+        tokio::pin!(controllers, keep);
+        // A signal that came with the lease: give it back before acting at all.
+        let stopped = if stop.recv().now_or_never().is_some() {
+            Stopped::Gracefully
+        } else {
+            tracing::info!(%identity, "leading: this replica now provisions and deletes machines");
+            ctx.metrics.set_leader(true);
+            tokio::select! {
+                _ = &mut controllers => Stopped::Gracefully,
+                _ = &mut keep => Stopped::Lost,
+                _ = stop.recv() => tokio::select! {
+                    _ = &mut controllers => Stopped::Gracefully,
+                    _ = &mut keep => Stopped::Lost,
+                    _ = tokio::time::sleep(SHUTDOWN_GRACE) => Stopped::Forced,
+                },
+            }
         };
         ctx.metrics.set_leader(false);
-        if lost {
+        match stopped {
+            Stopped::Gracefully => {}
             // Another replica may lead now: stop acting at once; Kubernetes restarts us.
-            return Err("lost the leader lease; exiting so that only one replica acts".into());
+            Stopped::Lost => return Err("lost the leader lease; exiting so that only one replica acts".into()),
+            // Work may still be under way until the process ends: let the lease expire.
+            Stopped::Forced => {
+                tracing::warn!(grace = ?SHUTDOWN_GRACE, "the controllers did not stop in time; exiting without releasing the leader lease");
+                return Ok(());
+            }
         }
         if let Err(e) = elector.release().await {
-            tracing::warn!(error = %e, "could not release the leader lease; a standby takes over when it expires");
+            tracing::warn!(error = %chain(&e), "could not release the leader lease; a standby takes over when it expires");
         }
         tracing::info!("kpool controller stopped; leader lease released");
         Ok::<_, Box<dyn std::error::Error>>(())
