@@ -559,6 +559,7 @@ while [ $# -gt 0 ]; do
     --gpus) shift 2 ;;
     -e) printf '%s=%s\n' "$2" "$(printenv "$2")" >> "$here/passed-env"; shift 2 ;;
     -w) wd=$2; shift 2 ;;
+    --) shift; break ;;
     *) break ;;
   esac
 done
@@ -593,7 +594,7 @@ async fn an_image_runs_in_docker_with_the_env_passed_by_name() {
     assert_eq!(job.output(), "in /tmp: it's secret\n");
     let args = fs::read_to_string(bin.join("run-args")).unwrap();
     let expected = format!(
-        "[--rm][--name][kpool-{}][-e][TOKEN][-w][/tmp][registry.example/team/img:1][sh][-c][set -e\n{}]",
+        "[--rm][--name][kpool-{}][-e][TOKEN][-w][/tmp][--][registry.example/team/img:1][sh][-c][set -e\n{}]",
         job.uid(),
         "echo \"in $(pwd): $TOKEN\""
     );
@@ -606,6 +607,24 @@ async fn an_image_runs_in_docker_with_the_env_passed_by_name() {
     let other = Job::with(RunSpec { image: Some("alpine".into()), ..Default::default() });
     let err = exec.start(&other.run, &instance()).await.unwrap_err();
     assert!(matches!(err, ExecError::Unsupported(ref m) if m.contains("docker daemon")), "{err:?}");
+    let _ = fs::remove_dir_all(&bin);
+}
+
+/// An image is never an option of `docker run`: one docker could read as an option (or as
+/// several words) is refused before the host is asked anything.
+#[tokio::test]
+async fn an_image_docker_could_read_as_an_option_is_refused() {
+    let bin = fake_docker();
+    let sshd = Sshd::with_path(&format!("{}:{SYSTEM_PATH}", bin.display()));
+    let exec = executor(&sshd).await;
+    for image in ["--privileged", "-v/:/host", "alpine --privileged", "alpine\t-v/:/host"] {
+        let job = Job::with(RunSpec { image: Some(image.into()), commands: vec!["id".into()], ..Default::default() });
+        let err = exec.start(&job.run, &instance()).await.unwrap_err();
+        let ExecError::Unsupported(message) = &err else { panic!("{image:?}: {err:?}") };
+        assert!(message.starts_with(&format!("spec.image {image:?}")), "{message}");
+        assert!(job.pid().is_none() && !job.dir.join("job.sh").exists(), "{image:?}");
+    }
+    assert!(!bin.join("run-args").exists(), "docker was run");
     let _ = fs::remove_dir_all(&bin);
 }
 

@@ -84,8 +84,10 @@ pub struct RunSpec {
     pub resources: ResourcesSpec,
     /// Container image to run the commands in. Without it they run on the host (`ssh`
     /// instances), or in the backend's `runImage` (`kubernetes` instances, where a run
-    /// always executes in a Pod).
+    /// always executes in a Pod). An image reference such as `ubuntu:24.04`: it must not
+    /// start with `-` nor contain whitespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[^\s-]\S*$"))]
     pub image: Option<String>,
     /// Shell commands, run in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

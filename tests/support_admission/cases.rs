@@ -102,6 +102,24 @@ fn policies() -> Vec<Case> {
         case("run: commands as a string", run(json!({"commands": "make"})), rejected("spec.commands", &["array"])),
         case("run: stop as a string", run(json!({"stop": "yes"})), rejected("spec.stop", &["boolean"])),
         case("run: env without a name", run(json!({"env": [{"value": "1"}]})), rejected("spec.env[0].name", &[])),
+        // An image must never become an option of `docker run` on ssh hosts.
+        case(
+            "run: image that is a docker option",
+            run(json!({"image": "--privileged"})),
+            rejected("spec.image", &["--privileged"]),
+        ),
+        case("run: image with a mount", run(json!({"image": "-v/:/host"})), rejected("spec.image", &["-v/:/host"])),
+        case(
+            "run: image with a second word",
+            run(json!({"image": "alpine --privileged"})),
+            rejected("spec.image", &["alpine --privileged"]),
+        ),
+        case("run: empty image", run(json!({"image": ""})), rejected("spec.image", &[])),
+        case(
+            "run: image with a registry, port and digest",
+            run(json!({"image": "registry.example:5000/team/img-1@sha256:0123abcd"})),
+            Admitted,
+        ),
         case(
             "run: no spec",
             json!({"apiVersion": "kpool.dev/v1alpha1", "kind": "Run", "metadata": {"name": "x"}}),

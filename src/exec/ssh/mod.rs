@@ -27,10 +27,11 @@
 //! get SIGTERM and its exit code is recorded.
 //!
 //! With `spec.image`, the commands run in `docker run --rm --name kpool-<job id> [--gpus all]
-//! -e NAME… [-w DIR] IMAGE sh -c <commands>` (`--gpus all` when the host has `nvidia-smi`;
+//! -e NAME… [-w DIR] -- IMAGE sh -c <commands>` (`--gpus all` when the host has `nvidia-smi`;
 //! variables are passed by name, their values come from the runner's environment). A host
 //! without `docker`, or whose docker daemon does not answer, gives
-//! [`ExecError::Unsupported`].
+//! [`ExecError::Unsupported`]; so does an image docker could read as an option (starting
+//! with `-`, or with whitespace: [`script::check_image`]), before anything runs on the host.
 //!
 //! `status`: `exit_code` -> `Exited(code)`; the runner alive (its pid, in this boot, running
 //! this job's `run.sh`) -> `Running`; a runner gone without an exit code (the host
@@ -289,6 +290,9 @@ impl SshExecutor {
 impl Executor for SshExecutor {
     async fn start(&self, run: &Run, instance: &Instance) -> Result<(), ExecError> {
         let uid = job_id(run)?;
+        if let Some(image) = &run.spec.image {
+            script::check_image(image).map_err(ExecError::Unsupported)?;
+        }
         let (conn, host) = self.connect(instance).await?;
         let result = self.start_on(&conn, &host, run, &uid).await;
         conn.close().await;

@@ -88,11 +88,30 @@ pub fn docker_args(uid: &str, c: &Container, env_names: &[&str], working_dir: Op
     if let Some(dir) = working_dir {
         args.extend(["-w".to_string(), dir.to_string()]);
     }
+    // The end of docker's options: whatever the image says, it is never read as one.
+    args.push("--".to_string());
     args.push(c.image.to_string());
     if c.commands {
         args.extend(["sh".to_string(), "-c".to_string()]);
     }
     args
+}
+
+/// Checks that `image` is one image reference and nothing else for docker: not empty, not
+/// starting with `-` (docker would read it as an option), without whitespace or control
+/// characters (which no image reference has). [`docker_args`] ends docker's options with
+/// `--` anyway.
+pub fn check_image(image: &str) -> Result<(), String> {
+    let why = if image.is_empty() {
+        "is empty"
+    } else if image.starts_with('-') {
+        "starts with '-', which docker would take for an option"
+    } else if image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        "contains whitespace or control characters"
+    } else {
+        return Ok(());
+    };
+    Err(format!("spec.image {image:?} {why}: it must be an image reference such as ubuntu:24.04"))
 }
 
 /// The `docker run` line of the runner: [`docker_args`] quoted, then the job file's text.
@@ -398,20 +417,49 @@ mod tests {
         assert_eq!(
             docker_line(uid, &c, &["WANDB_KEY", "A", "WANDB_KEY"], Some("/work dir")),
             "docker run --rm --name kpool-0f1e2d3c-aaaa-bbbb-cccc-123456789abc --gpus all -e WANDB_KEY -e A \
-             -w '/work dir' pytorch/pytorch:2.3-cuda12 sh -c \"$(cat \"$1\")\""
+             -w '/work dir' -- pytorch/pytorch:2.3-cuda12 sh -c \"$(cat \"$1\")\""
         );
         let c = Container { image: "alpine", gpus: false, commands: true };
-        assert_eq!(docker_line("u1", &c, &[], None), "docker run --rm --name kpool-u1 alpine sh -c \"$(cat \"$1\")\"");
+        assert_eq!(
+            docker_line("u1", &c, &[], None),
+            "docker run --rm --name kpool-u1 -- alpine sh -c \"$(cat \"$1\")\""
+        );
         // Without commands the image's own command runs.
         let c = Container { image: "alpine", gpus: false, commands: false };
-        assert_eq!(docker_line("u1", &c, &["A"], None), "docker run --rm --name kpool-u1 -e A alpine");
+        assert_eq!(docker_line("u1", &c, &["A"], None), "docker run --rm --name kpool-u1 -e A -- alpine");
         // An image reference with shell syntax stays one literal word.
         let c = Container { image: "x;rm -rf /", gpus: false, commands: true };
         assert_eq!(
             docker_args("u1", &c, &[], None),
-            ["docker", "run", "--rm", "--name", "kpool-u1", "x;rm -rf /", "sh", "-c"]
+            ["docker", "run", "--rm", "--name", "kpool-u1", "--", "x;rm -rf /", "sh", "-c"]
         );
-        assert!(docker_line("u1", &c, &[], None).contains(" 'x;rm -rf /' sh -c "));
+        assert!(docker_line("u1", &c, &[], None).contains(" -- 'x;rm -rf /' sh -c "));
+        // An image that looks like an option comes after `--`, so docker never reads it as one.
+        let c = Container { image: "--privileged", gpus: false, commands: false };
+        assert_eq!(
+            docker_args("u1", &c, &[], None),
+            ["docker", "run", "--rm", "--name", "kpool-u1", "--", "--privileged"]
+        );
+    }
+
+    #[test]
+    fn images_that_docker_could_read_as_options_are_refused() {
+        for ok in
+            ["alpine", "ubuntu:24.04", "registry.example:5000/team/img@sha256:0123abcd", "pytorch/pytorch:2.3-cuda12"]
+        {
+            assert_eq!(check_image(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("--privileged", "starts with '-'"),
+            ("-v/:/host", "starts with '-'"),
+            ("alpine --privileged", "whitespace"),
+            ("alpine\t-v", "whitespace"),
+            ("alpine\n", "whitespace"),
+            ("", "is empty"),
+        ] {
+            let msg = check_image(bad).unwrap_err();
+            assert!(msg.starts_with(&format!("spec.image {bad:?}")) && msg.contains(why), "{msg}");
+        }
     }
 
     #[test]
