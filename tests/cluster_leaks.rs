@@ -85,7 +85,7 @@ async fn a_backend_deleted_before_its_instance_waits_and_the_machine_is_terminat
     let ns = c.namespace("leak-backend").await;
     let rel = c.namespace("kpool-leak-backend").await;
     let kubeconfig = release(c, &rel);
-    let _kpool = Kpool::start(&kubeconfig, &ns, Some(&rel));
+    let _kpool = Kpool::start_with(&kubeconfig, &ns, Some(&rel), &["--allow-endpoint", &moto().endpoint]);
     let id = idle_aws_instance(&admin, &ns).await;
     assert_eq!(ec2_state(&id).await, "running");
 
@@ -123,7 +123,7 @@ async fn deleting_a_namespace_with_a_live_aws_instance_leaves_no_machine() {
     let ns = c.namespace("leak-ns").await;
     let rel = c.namespace("kpool-leak-ns").await;
     let kubeconfig = release(c, &rel);
-    let _kpool = Kpool::start(&kubeconfig, &ns, Some(&rel));
+    let _kpool = Kpool::start_with(&kubeconfig, &ns, Some(&rel), &["--allow-endpoint", &moto().endpoint]);
     let id = idle_aws_instance(&admin, &ns).await;
 
     let namespaces: Api<Namespace> = Api::all(admin.clone());

@@ -22,6 +22,7 @@ use kpool::api::instance::{Instance, InstancePhase, InstanceSpec, InstanceStatus
 use kpool::api::policy::PolicySpec;
 use kpool::api::resources::ResourcesSpec;
 use kpool::api::run::{Run, RunPhase, RunSpec};
+use kpool::backends::allow::Allowances;
 use kpool::backends::kubernetes::{KubernetesBackend, LABEL_MACHINE, LABEL_RUN_UID};
 use kpool::backends::{machine_tags, Backend, MachineSpec, MachineState, Owner, TAG_MANAGED_BY};
 use kpool::controllers::gc::{Collector, GcConfig};
@@ -55,9 +56,19 @@ fn backend_object(run_image: Option<&str>) -> BackendObject {
     )
 }
 
+/// What the operator allows here: machine Pods in [`PODS_NS`], not the Backend's namespace.
+fn allow_pods_ns() -> Allowances {
+    Allowances::default().with_kubernetes_namespaces([PODS_NS])
+}
+
+/// The Pod executor, allowed to place Pods in [`PODS_NS`].
+fn executor(h: &Harness) -> PodExecutor {
+    PodExecutor::new(h.client.clone()).with_allowances(allow_pods_ns())
+}
+
 /// The in-memory API with a node and a kubernetes `Backend`; the test's client.
 async fn cluster(run_image: Option<&str>) -> (Harness, KubernetesBackend) {
-    let h = Harness::with_real_backends().await;
+    let h = Harness::with_real_backends_allowing(INSTALLATION, allow_pods_ns()).await;
     Api::<Node>::all(h.client.clone()).create(&PostParams::default(), &node(NODE)).await.unwrap();
     let obj = h.create(backend_object(run_image)).await;
     let owner = Owner { installation: INSTALLATION.into(), namespace: NS.into() };
@@ -206,7 +217,7 @@ async fn the_slot_pod_is_swapped_for_the_job_pod() {
             },
         )
         .await;
-    let exec = PodExecutor::new(h.client.clone());
+    let exec = executor(&h);
     exec.start(&run, &inst).await.unwrap();
 
     assert!(pods(&h).get_opt(&machine(&inst)).await.unwrap().is_none(), "the slot Pod gave way");
@@ -251,17 +262,39 @@ async fn a_run_without_image_uses_the_backends_run_image_or_the_default() {
     let (h, backend) = cluster(Some("example.com/tools:1")).await;
     let inst = instance(&backend, "box", "11111111-1111-4111-8111-111111111111").await;
     let run = h.run("plain", RunSpec { commands: vec!["true".into()], ..Default::default() }).await;
-    PodExecutor::new(h.client.clone()).start(&run, &inst).await.unwrap();
+    executor(&h).start(&run, &inst).await.unwrap();
     let job = pods(&h).get(&job_name(&inst, &run)).await.unwrap();
     assert_eq!(job.spec.unwrap().containers[0].image.as_deref(), Some("example.com/tools:1"));
 
     let (h, backend) = cluster(None).await;
     let inst = instance(&backend, "box", "11111111-1111-4111-8111-111111111111").await;
     let run = h.run("plain", RunSpec { commands: vec![], ..Default::default() }).await;
-    PodExecutor::new(h.client.clone()).start(&run, &inst).await.unwrap();
+    executor(&h).start(&run, &inst).await.unwrap();
     let c = pods(&h).get(&job_name(&inst, &run)).await.unwrap().spec.unwrap().containers.remove(0);
     assert_eq!(c.image.as_deref(), Some(DEFAULT_RUN_IMAGE));
     assert_eq!(c.command, None, "no commands: the image's own");
+}
+
+/// Job Pods carry the run's image and a Secret with its resolved environment: never in a
+/// namespace the operator has not allowed the Backend, whatever the Backend says.
+#[tokio::test]
+async fn no_job_pod_goes_to_a_namespace_the_operator_has_not_allowed() {
+    let (h, backend) = cluster(None).await;
+    let inst = instance(&backend, "box", "12121212-1212-4121-8121-121212121212").await;
+    let run = h.run("nosy", RunSpec { commands: vec!["true".into()], ..Default::default() }).await;
+    let err = PodExecutor::new(h.client.clone()).start(&run, &inst).await.unwrap_err();
+    let ExecError::Unsupported(message) = &err else { panic!("{err:?}") };
+    assert!(message.contains("spec.kubernetes.namespace: \"machines\" is not allowed"), "{message}");
+    assert!(pods(&h).get_opt(&job_name(&inst, &run)).await.unwrap().is_none(), "no job Pod");
+    assert!(pods(&h).get_opt(&machine(&inst)).await.unwrap().is_some(), "the slot Pod stays");
+    let secrets = Api::<Secret>::namespaced(h.client.clone(), PODS_NS).list(&Default::default()).await.unwrap();
+    assert!(secrets.items.is_empty(), "no Secret with the run's environment");
+    // The controller's factory refuses to build the Backend alike.
+    let obj = h.api::<BackendObject>().get(BACKEND).await.unwrap();
+    let factory = kpool::backends::factory::DefaultFactory::new(h.client.clone());
+    use kpool::backends::BackendFactory;
+    let err = factory.build(&obj).await.err().expect("refused");
+    assert!(err.to_string().contains("spec.kubernetes.namespace: \"machines\""), "{err}");
 }
 
 #[tokio::test]
@@ -269,7 +302,7 @@ async fn start_is_idempotent() {
     let (h, backend) = cluster(None).await;
     let inst = instance(&backend, "box", "22222222-2222-4222-8222-222222222222").await;
     let run = h.run("once", RunSpec { commands: vec!["sleep 1".into()], ..Default::default() }).await;
-    let exec = PodExecutor::new(h.client.clone());
+    let exec = executor(&h);
     exec.start(&run, &inst).await.unwrap();
     let first = pods(&h).get(&job_name(&inst, &run)).await.unwrap();
     kubelet(&h, &job_name(&inst, &run), "Running", running()).await;
@@ -287,7 +320,7 @@ async fn status_follows_the_job_and_the_slot_comes_back_when_it_ends() {
     let (h, backend) = cluster(None).await;
     let inst = instance(&backend, "box", "33333333-3333-4333-8333-333333333333").await;
     let slot = pods(&h).get(&machine(&inst)).await.unwrap();
-    let exec = PodExecutor::new(h.client.clone());
+    let exec = executor(&h);
     for (run_name, code) in [("ok", 0), ("three", 3)] {
         let run = h.run(run_name, RunSpec { commands: vec![format!("exit {code}")], ..Default::default() }).await;
         exec.start(&run, &inst).await.unwrap();
@@ -316,7 +349,7 @@ async fn status_follows_the_job_and_the_slot_comes_back_when_it_ends() {
 async fn a_retried_run_gets_a_new_job_pod_on_the_same_slot() {
     let (h, backend) = cluster(None).await;
     let inst = instance(&backend, "box", "34343434-3434-4343-8343-343434343434").await;
-    let exec = PodExecutor::new(h.client.clone());
+    let exec = executor(&h);
     let mut run = h.run("flaky", RunSpec { commands: vec!["exit 1".into()], ..Default::default() }).await;
     exec.start(&run, &inst).await.unwrap();
     let first = job_name(&inst, &run);
@@ -340,7 +373,7 @@ async fn stop_deletes_the_job_pod_and_restores_the_slot() {
     let (h, backend) = cluster(None).await;
     let inst = instance(&backend, "box", "44444444-4444-4444-8444-444444444444").await;
     let run = h.run("long", RunSpec { commands: vec!["sleep infinity".into()], ..Default::default() }).await;
-    let exec = PodExecutor::new(h.client.clone());
+    let exec = executor(&h);
     exec.start(&run, &inst).await.unwrap();
     kubelet(&h, &job_name(&inst, &run), "Running", running()).await;
     exec.stop(&run, &inst).await.unwrap();
@@ -361,7 +394,7 @@ async fn stop_deletes_the_job_pod_and_restores_the_slot() {
 async fn an_image_that_cannot_be_pulled_is_a_clear_error() {
     let (h, backend) = cluster(None).await;
     let inst = instance(&backend, "box", "55555555-5555-4555-8555-555555555555").await;
-    let exec = PodExecutor::new(h.client.clone());
+    let exec = executor(&h);
     for (i, reason) in ["ErrImagePull", "ImagePullBackOff", "InvalidImageName"].into_iter().enumerate() {
         let run = h
             .run(
@@ -391,7 +424,7 @@ async fn an_image_that_cannot_be_pulled_is_a_clear_error() {
 async fn a_run_with_another_image_reuses_the_same_slot() {
     let (h, backend) = cluster(None).await;
     let inst = instance(&backend, "box", "66666666-6666-4666-8666-666666666666").await;
-    let exec = PodExecutor::new(h.client.clone());
+    let exec = executor(&h);
     let mut seen = Vec::new();
     for (name, image) in [("torch", "pytorch/pytorch:2.5"), ("jax", "ghcr.io/nvidia/jax:latest")] {
         let run = h
@@ -413,7 +446,7 @@ async fn a_job_pod_deleted_by_someone_else_ends_with_137() {
     let (h, backend) = cluster(None).await;
     let inst = instance(&backend, "box", "77777777-7777-4777-8777-777777777777").await;
     let run = h.run("victim", RunSpec { commands: vec!["sleep 100".into()], ..Default::default() }).await;
-    let exec = PodExecutor::new(h.client.clone());
+    let exec = executor(&h);
     exec.start(&run, &inst).await.unwrap();
     kubelet(&h, &job_name(&inst, &run), "Running", running()).await;
     pods(&h).delete(&job_name(&inst, &run), &Default::default()).await.unwrap();
@@ -428,7 +461,7 @@ async fn an_evicted_job_pod_without_exit_code_ends_with_137() {
     let (h, backend) = cluster(None).await;
     let inst = instance(&backend, "box", "78787878-7878-4787-8787-787878787878").await;
     let run = h.run("evicted", RunSpec { commands: vec!["sleep 100".into()], ..Default::default() }).await;
-    let exec = PodExecutor::new(h.client.clone());
+    let exec = executor(&h);
     exec.start(&run, &inst).await.unwrap();
     let name = job_name(&inst, &run);
     let mut pod = pods(&h).get(&name).await.unwrap();
@@ -443,7 +476,7 @@ async fn status_finishes_a_swap_that_start_left_half_done() {
     let (h, backend) = cluster(None).await;
     let inst = instance(&backend, "box", "88888888-8888-4888-8888-888888888888").await;
     let run = h.run("resumed", RunSpec { commands: vec!["true".into()], ..Default::default() }).await;
-    let exec = PodExecutor::new(h.client.clone());
+    let exec = executor(&h);
     // As if start made the Secret and deleted the slot, then the controller restarted
     // before the job Pod was created (on a real cluster: the slot took time to go).
     let name = job_name(&inst, &run);
@@ -468,11 +501,11 @@ async fn an_invalid_environment_or_working_dir_fails_start_with_the_slot_untouch
     let inst = instance(&backend, "box", "99999999-9999-4999-8999-999999999999").await;
     let env = vec![EnvVar { name: "NOT-A-NAME".into(), value: Some("x".into()), value_from: None }];
     let run = h.run("bad-env", RunSpec { commands: vec!["true".into()], env, ..Default::default() }).await;
-    let err = PodExecutor::new(h.client.clone()).start(&run, &inst).await.unwrap_err();
+    let err = executor(&h).start(&run, &inst).await.unwrap_err();
     assert!(matches!(&err, ExecError::Unsupported(m) if m.contains("NOT-A-NAME")), "{err:?}");
     let spec = RunSpec { commands: vec!["true".into()], working_dir: Some("src".into()), ..Default::default() };
     let run = h.run("relative-dir", spec).await;
-    let err = PodExecutor::new(h.client.clone()).start(&run, &inst).await.unwrap_err();
+    let err = executor(&h).start(&run, &inst).await.unwrap_err();
     assert!(matches!(&err, ExecError::Unsupported(m) if m.contains("workingDir") && m.contains("\"src\"")), "{err:?}");
     assert!(pods(&h).get_opt(&machine(&inst)).await.unwrap().is_some(), "slot kept");
     assert!(job_pods(&h, &inst).await.is_empty());
@@ -483,7 +516,7 @@ async fn the_backend_sees_the_job_pod_as_the_machine() {
     let (h, backend) = cluster(None).await;
     let inst = instance(&backend, "box", "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa").await;
     let run = h.run("seen", RunSpec { commands: vec!["sleep 100".into()], ..Default::default() }).await;
-    let exec = PodExecutor::new(h.client.clone()).with_installation(Some(INSTALLATION.into()));
+    let exec = executor(&h).with_installation(Some(INSTALLATION.into()));
     exec.start(&run, &inst).await.unwrap();
     kubelet(&h, &job_name(&inst, &run), "Running", running()).await;
 
@@ -536,7 +569,7 @@ async fn logs_come_from_the_job_pods_log_from_an_offset() {
     let run = h.run("talky", RunSpec { commands: vec!["echo hi".into()], ..Default::default() }).await;
     let text: &'static [u8] = "hello\nwörld\n".as_bytes();
     let (client, log_calls) = with_log(h.client.clone(), text);
-    let exec = PodExecutor::new(client);
+    let exec = PodExecutor::new(client).with_allowances(allow_pods_ns());
     exec.start(&run, &inst).await.unwrap();
     let name = job_name(&inst, &run);
     assert_eq!(exec.logs(&run, &inst, 0).await.unwrap(), (String::new(), 0), "not started: no log yet");

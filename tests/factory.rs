@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
-use kpool::api::backend::{Backend, BackendSpec, BackendType, Credentials, SecretRef, SshBackendConfig, SshHost};
+use kpool::api::backend::{
+    Backend, BackendSpec, BackendType, Credentials, KubernetesBackendConfig, SecretRef, SshBackendConfig, SshHost,
+};
+use kpool::backends::allow::Allowances;
 use kpool::backends::factory::DefaultFactory;
 use kpool::backends::{BackendError, BackendFactory};
 use kube::api::ObjectMeta;
@@ -129,7 +132,9 @@ async fn an_aws_backend_takes_its_offers_from_the_catalog_config_map() {
         ..Default::default()
     };
     h.create(cm).await;
-    let factory = DefaultFactory::new(h.client.clone());
+    // Nothing listens at the test's endpoint; the operator allows it all the same.
+    let allowances = Allowances::default().with_endpoints(["http://127.0.0.1:9"]);
+    let factory = DefaultFactory::new(h.client.clone()).with_allowances(allowances);
     let obj = h.create(aws_backend("catalog")).await;
     let backend = factory.build(&obj).await.unwrap_or_else(|e| panic!("{e}"));
     let req =
@@ -197,4 +202,101 @@ async fn declared_ssh_host_keys_are_pinned_for_the_backend_and_the_job_runner() 
     let bad = h.create(bad).await;
     let msg = invalid(factory.build(&bad).await);
     assert!(msg.starts_with("spec.ssh.hosts[0].hostKey"), "{msg}");
+}
+
+fn kubernetes_backend(name: &str, pods_in: Option<&str>) -> Backend {
+    Backend::new(
+        name,
+        BackendSpec {
+            type_: BackendType::Kubernetes,
+            kubernetes: Some(KubernetesBackendConfig { namespace: pods_in.map(Into::into), ..Default::default() }),
+            ..Default::default()
+        },
+    )
+}
+
+/// Run images and resolved secret values land where a kubernetes backend puts its Pods:
+/// its own namespace, or one the operator allows.
+#[tokio::test]
+async fn a_kubernetes_backend_places_pods_only_in_namespaces_the_operator_allows() {
+    let h = Harness::new().await;
+    let factory = DefaultFactory::new(h.client.clone());
+    for (name, pods_in) in [("own", None), ("own-named", Some(NS))] {
+        let obj = h.create(kubernetes_backend(name, pods_in)).await;
+        factory.build(&obj).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let outside = h.create(kubernetes_backend("outside", Some("kube-system"))).await;
+    let msg = invalid(factory.build(&outside).await);
+    assert!(msg.starts_with("spec.kubernetes.namespace: \"kube-system\" is not allowed"), "{msg}");
+    assert!(msg.contains("--kubernetes-backend-namespaces"), "{msg}");
+
+    let allowed = Allowances::default().with_kubernetes_namespaces(["kpool-machines", "kube-system"]);
+    let factory = DefaultFactory::new(h.client.clone()).with_allowances(allowed);
+    factory.build(&outside).await.unwrap_or_else(|e| panic!("{e}"));
+    let other = h.create(kubernetes_backend("other", Some("team-b"))).await;
+    assert!(invalid(factory.build(&other).await).contains("\"team-b\""));
+}
+
+/// A Lambda API key goes only to Lambda, and EC2 requests signed with the account's keys only
+/// to EC2, unless the operator allows another endpoint; the Secret is not even read.
+#[tokio::test]
+async fn credentials_go_only_to_official_or_allowed_endpoints() {
+    let h = Harness::new().await;
+    let lambda = |name: &str, endpoint: Option<&str>| {
+        Backend::new(
+            name,
+            BackendSpec {
+                type_: BackendType::Lambda,
+                regions: vec!["us-east-1".into()],
+                endpoint: endpoint.map(Into::into),
+                credentials: Some(Credentials { secret_ref: SecretRef { name: "no-such-secret".into() } }),
+                ..Default::default()
+            },
+        )
+    };
+    let factory = DefaultFactory::new(h.client.clone());
+    let collector = h.create(lambda("collector", Some("https://collector.example/api/v1"))).await;
+    let msg = invalid(factory.build(&collector).await);
+    assert!(msg.starts_with("spec.endpoint: \"https://collector.example/api/v1\" is not allowed"), "{msg}");
+    assert!(msg.contains("https://cloud.lambda.ai/api/v1") && msg.contains("--allow-endpoint"), "{msg}");
+    // The official endpoint passes the rule (and then fails on the missing Secret).
+    let official = h.create(lambda("official", Some("https://cloud.lambda.ai/api/v1/"))).await;
+    assert!(invalid(factory.build(&official).await).contains("no-such-secret"));
+
+    let mut ec2 = aws_backend("no-such-map");
+    ec2.spec.endpoint = Some("http://127.0.0.1:9".into());
+    let ec2 = h.create(ec2).await;
+    let msg = invalid(factory.build(&ec2).await);
+    assert!(msg.contains("\"http://127.0.0.1:9\"") && msg.contains("https://ec2.us-east-1.amazonaws.com"), "{msg}");
+
+    let allowed = Allowances::default().with_endpoints(["https://collector.example/api/v1", "http://127.0.0.1:9/"]);
+    let factory = DefaultFactory::new(h.client.clone()).with_allowances(allowed);
+    assert!(invalid(factory.build(&collector).await).contains("no-such-secret"), "allowed: on to the Secret");
+    assert!(invalid(factory.build(&ec2).await).contains("aws-creds"), "allowed: on to the Secret");
+}
+
+/// The Backend controller's `Ready` and every instance trying the backend say why it
+/// cannot be used, naming the field and the value.
+#[tokio::test]
+async fn a_backend_beyond_its_allowances_is_not_ready_and_instances_say_why() {
+    let h = Harness::with_real_backends().await;
+    h.create(kubernetes_backend("outside", Some("kube-system"))).await;
+    let backends = kube::Api::<Backend>::namespaced(h.client.clone(), NS);
+    // The first pass adds the finalizer, the second builds the backend and writes `Ready`.
+    for _ in 0..2 {
+        let current = backends.get("outside").await.unwrap();
+        kpool::controllers::backend::reconcile(std::sync::Arc::new(current), h.ctx.clone()).await.unwrap();
+    }
+    let st = backends.get("outside").await.unwrap().status.unwrap();
+    let ready = kpool::api::conditions::find(&st.conditions, "Ready").unwrap();
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "InvalidConfig"), "{ready:?}");
+    assert!(ready.message.contains("spec.kubernetes.namespace: \"kube-system\" is not allowed"), "{ready:?}");
+
+    let policy = kpool::api::policy::PolicySpec { backends: Some(vec!["outside".into()]), ..Default::default() };
+    h.instance("box", kpool::api::instance::InstanceSpec { policy, ..Default::default() }).await;
+    h.settle(2).await;
+    let st = h.get_instance("box").await.status.unwrap();
+    assert_ne!(st.phase, kpool::api::instance::InstancePhase::Idle);
+    let ready = kpool::api::conditions::find(&st.conditions, "Ready").unwrap();
+    assert!(ready.message.contains("spec.kubernetes.namespace: \"kube-system\""), "{ready:?}");
 }

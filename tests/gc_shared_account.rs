@@ -26,6 +26,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kpool::api::instance::{Instance, InstancePhase, InstanceSpec};
 use kpool::api::policy::PolicySpec;
 use kpool::api::resources::ResourcesSpec;
+use kpool::backends::allow::Allowances;
 use kpool::backends::aws::client::Params;
 use kpool::backends::aws::AwsBackend;
 use kpool::backends::factory::DefaultFactory;
@@ -131,10 +132,15 @@ async fn collect(passes: &mut [(&mut Collector, &Arc<Context>, &str, &ManualCloc
     reports
 }
 
+/// What the operator allows for these tests: moto's loopback endpoint.
+fn at_moto() -> Allowances {
+    Allowances::default().with_endpoints([moto().endpoint.as_str()])
+}
+
 #[tokio::test]
 async fn two_clusters_on_one_account_leave_each_others_machines_alone() {
-    let a = Harness::with_real_backends_of("cluster-a").await;
-    let b = Harness::with_real_backends_of("cluster-b").await;
+    let a = Harness::with_real_backends_allowing("cluster-a", at_moto()).await;
+    let b = Harness::with_real_backends_allowing("cluster-b", at_moto()).await;
     for h in [&a, &b] {
         aws_backend_in(&h.client, NS, &h.clock).await;
         h.instance("busy", kept()).await;
@@ -164,8 +170,9 @@ async fn two_clusters_on_one_account_leave_each_others_machines_alone() {
 #[tokio::test]
 async fn controllers_watching_different_namespaces_leave_each_others_machines_alone() {
     // One cluster, one identity; one controller watches `ml`, another `team-b`.
-    let h = Harness::with_real_backends_of("cluster-c").await;
-    let factory = Arc::new(DefaultFactory::new(h.ctx.client.clone()).with_installation("cluster-c"));
+    let h = Harness::with_real_backends_allowing("cluster-c", at_moto()).await;
+    let factory =
+        Arc::new(DefaultFactory::new(h.ctx.client.clone()).with_installation("cluster-c").with_allowances(at_moto()));
     let executor = Arc::new(DispatchExecutor::new(h.ctx.client.clone(), factory.clone()));
     let team_b = Arc::new(Context::new(h.ctx.client.clone(), factory, executor, Arc::new(h.clock.clone())));
     aws_backend_in(&h.client, NS, &h.clock).await;
@@ -194,7 +201,7 @@ async fn controllers_watching_different_namespaces_leave_each_others_machines_al
 
 #[tokio::test]
 async fn a_machine_without_an_installation_identity_is_reported_never_deleted() {
-    let h = Harness::with_real_backends_of("cluster-d").await;
+    let h = Harness::with_real_backends_allowing("cluster-d", at_moto()).await;
     aws_backend_in(&h.client, NS, &h.clock).await;
     // Launched the way kpool launched machines before they carried an identity.
     let before = AwsBackend::new(

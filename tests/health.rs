@@ -13,6 +13,7 @@ use kpool::api::conditions::find;
 use kpool::api::instance::{InstancePhase, InstanceSpec};
 use kpool::api::policy::{PolicySpec, SpotPolicy};
 use kpool::api::resources::ResourcesSpec;
+use kpool::backends::allow::Allowances;
 use kpool::backends::aws::client::Params;
 use support::*;
 use support_aws::moto;
@@ -30,7 +31,8 @@ fn small() -> ResourcesSpec {
 #[tokio::test]
 async fn a_spot_machine_aws_takes_back_is_seen_as_reclaimed() {
     let moto = moto();
-    let h = Harness::with_real_backends().await;
+    let allow_moto = Allowances::default().with_endpoints([moto.endpoint.as_str()]);
+    let h = Harness::with_real_backends_allowing(INSTALLATION, allow_moto).await;
     let (creds, catalog, backend) =
         moto.backend_objects("ec2", "t3.micro,us-east-1,0.0031,2,1.0,0,,,True,,,,x86,{}\n", Default::default());
     h.create(creds).await;

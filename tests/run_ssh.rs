@@ -21,6 +21,7 @@ use kpool::api::instance::{InstancePhase, InstanceSpec};
 use kpool::api::policy::PolicySpec;
 use kpool::api::resources::ResourcesSpec;
 use kpool::api::run::{RunPhase, RunSpec};
+use kpool::backends::allow::Allowances;
 use kpool::backends::factory::DefaultFactory;
 use kpool::exec::{DispatchExecutor, JobLogs};
 use kube::ResourceExt;
@@ -127,7 +128,8 @@ async fn authorized_keys_in_user_data(moto: &support_aws::Moto, id: &str) -> Vec
 async fn runs_execute_over_ssh_on_an_aws_instance_with_its_own_key() {
     let moto = support_aws::moto();
     let mut sshd = Sshd::start();
-    let h = Harness::with_real_backends().await;
+    let allow_moto = Allowances::default().with_endpoints([moto.endpoint.as_str()]);
+    let h = Harness::with_real_backends_allowing(INSTALLATION, allow_moto).await;
     // The sshd plays the machine: its port, and the user it runs as.
     let config = AwsBackendConfig { ssh_port: Some(sshd.port), ssh_user: Some(current_user()), ..Default::default() };
     let (creds, catalog, backend) =

@@ -4,7 +4,10 @@
 //! factory knows its installation's identity ([`DefaultFactory::with_installation`]) and
 //! gives every cloud backend it builds its [`Owner`]: that installation and the object's
 //! namespace. (`ssh` backends need none: their claims live in this process, and releasing
-//! one never touches a host.)
+//! one never touches a host.) It builds only what the operator's [`Allowances`] permit: a
+//! `kubernetes` backend placing Pods outside its namespace, or a cloud backend sending its
+//! credentials to an endpoint that is neither the provider's nor allowed, is refused before
+//! any Secret is read.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -14,6 +17,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::Api;
 use kube::ResourceExt;
 
+use super::allow::Allowances;
 use super::aws::{AwsBackend, AwsConfig};
 use super::catalog::Catalog;
 use super::kubernetes::KubernetesBackend;
@@ -28,13 +32,26 @@ pub struct DefaultFactory {
     client: kube::Client,
     known_hosts: Mutex<HashMap<(String, String), KnownHosts>>,
     installation: Option<String>,
+    allowances: Allowances,
 }
 
 impl DefaultFactory {
     /// A factory whose backends have no owner: they find offers and machines by name, but
     /// cannot list their machines for the garbage collector (the `kubectl pool` plugin's).
     pub fn new(client: kube::Client) -> Self {
-        DefaultFactory { client, known_hosts: Mutex::default(), installation: None }
+        DefaultFactory { client, known_hosts: Mutex::default(), installation: None, allowances: Allowances::default() }
+    }
+
+    /// Sets what the operator allows backends beyond their own namespace and their
+    /// provider's official endpoints (see [`Allowances`]); by default, nothing.
+    pub fn with_allowances(mut self, allowances: Allowances) -> Self {
+        self.allowances = allowances;
+        self
+    }
+
+    /// What the operator allows backends.
+    pub fn allowances(&self) -> &Allowances {
+        &self.allowances
     }
 
     /// Sets this installation's identity (see [`super::installation_id`]): every backend
@@ -234,6 +251,7 @@ impl HostClaims for InstanceClaims {
 #[async_trait]
 impl BackendFactory for DefaultFactory {
     async fn build(&self, object: &BackendObject) -> Result<Arc<dyn Backend>, BackendError> {
+        self.allowances.check(object)?;
         match object.spec.type_ {
             BackendType::Kubernetes => {
                 let backend = KubernetesBackend::new(self.client.clone(), object)?;

@@ -14,6 +14,7 @@
 //! carry neither tag: [`Backend::list_unattributed`] lists them, and the garbage collector
 //! only reports them.
 
+pub mod allow;
 pub mod aws;
 pub mod catalog;
 pub mod factory;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::FutureExt;
 use kpool::api::duration::parse_duration;
+use kpool::backends::allow::Allowances;
 use kpool::backends::factory::DefaultFactory;
 use kpool::controllers::chain;
 use kpool::controllers::context::{Context, HealthConfig, SystemClock};
@@ -92,6 +93,16 @@ struct ControllerArgs {
     /// cloud account (default: the UID of the cluster's kube-system Namespace).
     #[arg(long, env = "KPOOL_CLUSTER_NAME", value_parser = cluster_name_arg, global = true)]
     cluster_name: Option<String>,
+    /// Namespaces, besides its own, where a kubernetes Backend may place its Pods (and so
+    /// run images and the Secrets of resolved environment values); comma-separated, `*`
+    /// allows any. A Backend whose spec.kubernetes.namespace names another is not Ready.
+    #[arg(long, env = "KPOOL_KUBERNETES_BACKEND_NAMESPACES", value_delimiter = ',', global = true)]
+    kubernetes_backend_namespaces: Vec<String>,
+    /// An endpoint URL, besides the providers' official ones, that aws and lambda Backends
+    /// may send their credentials (or requests signed with them) to in spec.endpoint, e.g. a
+    /// VPC endpoint or an emulator. Repeat the flag, or separate with commas.
+    #[arg(long = "allow-endpoint", env = "KPOOL_ALLOW_ENDPOINTS", value_delimiter = ',', value_parser = endpoint_arg, global = true)]
+    allow_endpoints: Vec<String>,
     /// Log format.
     #[arg(long, env = "KPOOL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
@@ -112,6 +123,13 @@ fn idle_arg(flag: &'static str) -> impl Fn(&str) -> Result<String, String> + Clo
 
 fn cluster_name_arg(s: &str) -> Result<String, String> {
     kpool::backends::installation_id(s)
+}
+
+fn endpoint_arg(s: &str) -> Result<String, String> {
+    match s.trim() {
+        "" => Ok(String::new()),
+        url => kpool::backends::allow::normalize(url).map(|_| url.to_string()),
+    }
 }
 
 fn duration_arg(flag: &'static str) -> impl Fn(&str) -> Result<Duration, String> + Clone {
@@ -206,7 +224,13 @@ fn controller(args: ControllerArgs) -> Result<(), Box<dyn std::error::Error>> {
             }
         })?;
         tracing::info!(%installation, "machines are tagged with this installation's identity");
-        let factory = Arc::new(DefaultFactory::new(client.clone()).with_installation(installation));
+        let nonempty = |v: &[String]| v.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).map(String::from).collect::<Vec<_>>();
+        let allowances = Allowances::default()
+            .with_kubernetes_namespaces(nonempty(&args.kubernetes_backend_namespaces))
+            .with_endpoints(nonempty(&args.allow_endpoints));
+        tracing::info!(?allowances, "backends may go beyond their namespace and official endpoints only as allowed");
+        let factory =
+            Arc::new(DefaultFactory::new(client.clone()).with_installation(installation).with_allowances(allowances));
         let executor = Arc::new(DispatchExecutor::new(client.clone(), factory.clone()));
         let mut ctx = Context::new(client, factory, executor, Arc::new(SystemClock));
         ctx.site_defaults.run.idle_duration = args.default_idle_duration_run.clone();

@@ -25,12 +25,14 @@ pub struct DispatchExecutor {
 }
 
 impl DispatchExecutor {
-    /// `factory` should be the controller's, so SSH host keys are shared with the backend.
+    /// `factory` should be the controller's, so SSH host keys are shared with the backend
+    /// and job Pods go only where its [`Allowances`](crate::backends::allow::Allowances) let them.
     pub fn new(client: kube::Client, factory: Arc<DefaultFactory>) -> Self {
         let installation = factory.installation().map(str::to_string);
+        let allowances = factory.allowances().clone();
         DispatchExecutor {
             ssh: SshExecutor::from_api(client.clone(), factory),
-            pod: PodExecutor::new(client.clone()).with_installation(installation),
+            pod: PodExecutor::new(client.clone()).with_installation(installation).with_allowances(allowances),
             client,
             hold: HoldExecutor,
         }

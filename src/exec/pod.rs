@@ -90,6 +90,7 @@ use super::{ExecError, Executor, JobLogs, JobState};
 use crate::api::backend::{Backend as BackendObject, BackendType};
 use crate::api::instance::Instance;
 use crate::api::run::Run;
+use crate::backends::allow::Allowances;
 pub use crate::backends::kubernetes::DEFAULT_RUN_IMAGE;
 use crate::backends::kubernetes::{KubernetesBackend, ANNOTATION_RUN, LABEL_MACHINE, LABEL_RUN_UID, MANAGED_BY};
 use crate::backends::{machine_tags, MachineSpec, Owner, TAG_MANAGED_BY};
@@ -115,6 +116,8 @@ pub struct PodExecutor {
     poll: Duration,
     /// This installation's identity, which the slot and job Pods are labelled with.
     installation: Option<String>,
+    /// Where the operator allows backends to place Pods.
+    allowances: Allowances,
 }
 
 /// What one call works on: the run's job on one instance.
@@ -146,7 +149,15 @@ impl PodExecutor {
             stop_grace: DEFAULT_STOP_GRACE,
             poll: Duration::from_millis(500),
             installation: None,
+            allowances: Allowances::default(),
         }
+    }
+
+    /// Places job Pods only where `allowances` let the backend place Pods (as the
+    /// controller's factory does); by default, only in the backend's own namespace.
+    pub fn with_allowances(mut self, allowances: Allowances) -> Self {
+        self.allowances = allowances;
+        self
     }
 
     /// Labels the Pods it makes (slot Pods made again, job Pods) with this installation's
@@ -189,6 +200,10 @@ impl PodExecutor {
                 object.spec.type_.as_str()
             )));
         }
+        // Job Pods carry the run's image and Secret: never outside the allowed namespaces.
+        self.allowances
+            .check_kubernetes_namespace(&object)
+            .map_err(|e| ExecError::Unsupported(format!("Backend {}: {e}", offer.backend)))?;
         let mut backend = KubernetesBackend::new(self.client.clone(), &object)
             .map_err(|e| ExecError::Other(format!("Backend {}: {e}", offer.backend)))?;
         if let Some(installation) = &self.installation {

@@ -190,6 +190,26 @@ impl Harness {
         Self::build(catalog(), Some(installation)).await
     }
 
+    /// As [`Harness::with_real_backends_of`], with what the operator allows backends beyond
+    /// their own namespace and their providers' official endpoints (a loopback moto, a
+    /// namespace for machine Pods), as `--allow-endpoint` and
+    /// `--kubernetes-backend-namespaces` do.
+    pub async fn with_real_backends_allowing(
+        installation: &str,
+        allowances: kpool::backends::allow::Allowances,
+    ) -> Harness {
+        let mut h = Self::with_real_backends_of(installation).await;
+        let client = h.ctx.client.clone();
+        let factory = Arc::new(
+            kpool::backends::factory::DefaultFactory::new(client.clone())
+                .with_installation(installation)
+                .with_allowances(allowances),
+        );
+        let executor = Arc::new(kpool::exec::DispatchExecutor::new(client.clone(), factory.clone()));
+        h.ctx = Arc::new(Context::new(client, factory, executor, Arc::new(h.clock.clone())));
+        h
+    }
+
     pub async fn with_offers(offers: Vec<Offer>) -> Harness {
         Self::build(offers, None).await
     }

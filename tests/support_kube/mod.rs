@@ -219,6 +219,11 @@ impl Kpool {
     /// Starts `kpool controller` with `kubeconfig`, watching `namespace` only, leader of
     /// the Lease in `leader_ns` (without: no leader election).
     pub fn start(kubeconfig: &std::path::Path, namespace: &str, leader_ns: Option<&str>) -> Kpool {
+        Self::start_with(kubeconfig, namespace, leader_ns, &[])
+    }
+
+    /// As [`Kpool::start`], with more flags, e.g. `--allow-endpoint` of a loopback moto.
+    pub fn start_with(kubeconfig: &std::path::Path, namespace: &str, leader_ns: Option<&str>, flags: &[&str]) -> Kpool {
         let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kpool-{namespace}.log"));
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_kpool"))
@@ -228,6 +233,7 @@ impl Kpool {
                 Some(ns) => ["--leader-election-namespace", ns],
                 None => ["--leader-elect", "false"],
             })
+            .args(flags)
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAME", format!("kpool-e2e-{namespace}"))
             .env("KPOOL_LOG", "info,kpool=debug")
