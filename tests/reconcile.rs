@@ -67,7 +67,7 @@ async fn a_run_provisions_when_none_fits_then_the_instance_idles_and_is_torn_dow
     let name = st.instance.clone().unwrap();
     assert_eq!(name, "train-0");
     let inst = h.get_instance(&name).await;
-    assert_eq!(inst.labels().get(PROVISIONED_FOR_LABEL).map(String::as_str), Some("train"));
+    assert_eq!(inst.provisioned_for(), Some("train"));
     let ist = inst.status.unwrap();
     assert_eq!(ist.offer.as_ref().unwrap().instance_type, "p4de.24xlarge", "cheapest fitting offer");
     assert_eq!(ist.pool.as_deref(), Some("default-pool"));
@@ -607,4 +607,163 @@ async fn a_machine_still_coming_back_after_a_run_gets_one_interval_before_it_cou
     h.settle(1).await;
     let st = h.get_instance("cpu").await.status.unwrap();
     assert_eq!(find(&st.conditions, "Reachable").map(|c| c.status.as_str()), Some("False"));
+}
+
+/// The `JobControl` condition of a run.
+fn job_control(st: &kpool::api::run::RunStatus) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    find(&st.conditions, kpool::controllers::run::JOB_CONTROL)
+}
+
+#[tokio::test]
+async fn a_run_on_an_instance_whose_backend_is_missing_says_so_and_starts_nothing() {
+    let h = Harness::with_dispatch_executor().await;
+    idle_instance(&h, "a10g", gpu("A10G")).await;
+    h.api::<kpool::api::backend::Backend>().delete("aws", &Default::default()).await.unwrap();
+
+    h.run("train", RunSpec { resources: gpu("A10G"), ..Default::default() }).await;
+    h.reconcile_run("train").await.unwrap(); // adds the finalizer
+    let err = h.reconcile_run("train").await.unwrap_err();
+    assert_eq!(err.category(), "MissingBackend", "{}", kpool::controllers::chain(&err));
+
+    let st = h.get_run("train").await.status.unwrap();
+    assert_ne!(st.phase, RunPhase::Running, "nothing runs: {st:?}");
+    let c = job_control(&st).expect("a JobControl condition");
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "MissingBackend"), "{c:?}");
+    assert!(c.message.contains("backend aws is not defined in namespace ml"), "{c:?}");
+    // Tried again, it says the same and still runs nothing.
+    assert_eq!(h.reconcile_run("train").await.unwrap_err().category(), "MissingBackend");
+    assert_ne!(h.get_run("train").await.status.unwrap().phase, RunPhase::Running);
+}
+
+#[tokio::test]
+async fn a_running_run_whose_backend_goes_away_says_so() {
+    use kpool::api::run::RunStatus;
+    let h = Harness::with_dispatch_executor().await;
+    idle_instance(&h, "a10g", gpu("A10G")).await;
+    // The run is running on the instance (as a job runner started it).
+    let inst = h.get_instance("a10g").await;
+    let mut ist = inst.status.clone().unwrap();
+    kpool::core::instance::claim(&mut ist, "train");
+    h.ctx.write_status(&inst, &ist).await.unwrap();
+    h.run("train", RunSpec { resources: gpu("A10G"), ..Default::default() }).await;
+    h.reconcile_run("train").await.unwrap(); // adds the finalizer
+    let run = h.get_run("train").await;
+    let mut st = RunStatus {
+        pool: Some("default-pool".into()),
+        submitted_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t0())),
+        ..Default::default()
+    };
+    kpool::core::run::assigned(&mut st, "a10g", t0());
+    h.ctx.write_status(&run, &st).await.unwrap();
+
+    h.api::<kpool::api::backend::Backend>().delete("aws", &Default::default()).await.unwrap();
+    let err = h.reconcile_run("train").await.unwrap_err();
+    assert_eq!(err.category(), "MissingBackend", "{}", kpool::controllers::chain(&err));
+    let st = h.get_run("train").await.status.unwrap();
+    let c = job_control(&st).expect("a JobControl condition");
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "MissingBackend"), "{c:?}");
+    assert!(c.message.contains("instance a10g") && c.message.contains("backend aws"), "{c:?}");
+}
+
+#[tokio::test]
+async fn idle_duration_zero_lets_the_run_take_the_instance_it_provisioned() {
+    let h = Harness::new().await;
+    let zero = PolicySpec { idle_duration: Some("0s".into()), ..Default::default() };
+    h.run("train", RunSpec { resources: gpu("A10G"), policy: zero, ..Default::default() }).await;
+    let errors = h.settle(3).await;
+    assert!(errors.is_empty(), "{errors:?}");
+
+    let st = h.get_run("train").await.status.unwrap();
+    assert_eq!((st.phase, st.instance.as_deref()), (RunPhase::Running, Some("train-0")), "{st:?}");
+    assert_eq!(h.backend.creates().len(), 1, "one launch, no launch-and-kill churn");
+    assert!(!h.backend.calls().iter().any(|c| matches!(c, Call::Delete { .. })), "{:?}", h.backend.calls());
+
+    // Once the run is done nobody waits for the instance: gone at once.
+    h.exec.exit("train", 0);
+    h.settle(2).await;
+    let ist = h.get_instance("train-0").await.status.unwrap();
+    assert_eq!(ist.phase, InstancePhase::Terminated, "{ist:?}");
+}
+
+#[tokio::test]
+async fn an_instance_a_run_never_takes_is_kept_for_the_claim_window_only() {
+    let h = Harness::new().await;
+    let zero = PolicySpec { idle_duration: Some("0s".into()), ..Default::default() };
+    h.run("train", RunSpec { resources: gpu("A10G"), policy: zero, ..Default::default() }).await;
+    // The run provisions, then is not reconciled again (its controller lags).
+    h.reconcile_run("train").await.unwrap();
+    h.reconcile_run("train").await.unwrap();
+    for _ in 0..2 {
+        h.reconcile_instance("train-0").await.unwrap();
+    }
+    assert_eq!(h.get_instance("train-0").await.status.unwrap().phase, InstancePhase::Idle);
+    h.advance(kpool::core::instance::CLAIM_WINDOW);
+    h.reconcile_instance("train-0").await.unwrap();
+    assert_eq!(h.get_instance("train-0").await.status.unwrap().phase, InstancePhase::Terminating);
+}
+
+#[tokio::test]
+async fn a_run_with_a_200_character_name_provisions_and_runs() {
+    let h = Harness::new().await;
+    let name = format!("train-{}", "a".repeat(194));
+    assert_eq!(name.len(), 200);
+    h.run(&name, RunSpec { resources: gpu("A10G"), ..Default::default() }).await;
+    let errors = h.settle(3).await;
+    assert!(errors.is_empty(), "{errors:?}");
+
+    let st = h.get_run(&name).await.status.unwrap();
+    assert_eq!(st.phase, RunPhase::Running, "{st:?}");
+    let inst = h.get_instance(st.instance.as_deref().unwrap()).await;
+    assert_eq!(inst.provisioned_for(), Some(name.as_str()));
+    let uid = h.get_run(&name).await.metadata.uid.unwrap();
+    assert_eq!(inst.labels().get(PROVISIONED_FOR_LABEL), Some(&uid));
+    assert_eq!(h.backend.creates().len(), 1);
+}
+
+#[tokio::test]
+async fn a_failed_instance_create_after_the_status_write_is_retried_not_read_as_no_capacity() {
+    let h = Harness::new().await;
+    h.run("train", RunSpec { resources: gpu("A10G"), ..Default::default() }).await;
+    h.reconcile_run("train").await.unwrap(); // adds the finalizer
+    h.fail_instance_creates.store(1, std::sync::atomic::Ordering::SeqCst);
+    let err = h.reconcile_run("train").await.unwrap_err();
+    assert_eq!(err.category(), "KubeApi", "{}", kpool::controllers::chain(&err));
+    let st = h.get_run("train").await.status.unwrap();
+    assert_eq!((st.phase, st.provisioning_instance.as_deref()), (RunPhase::Provisioning, Some("train-0")));
+
+    let errors = h.settle(3).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    let st = h.get_run("train").await.status.unwrap();
+    assert_eq!((st.phase, st.instance.as_deref()), (RunPhase::Running, Some("train-0")), "{st:?}");
+    assert_eq!(st.attempts, 0, "no attempt lost: {st:?}");
+    assert!(st.history.is_empty(), "{:?}", st.history);
+}
+
+#[tokio::test]
+async fn a_stale_copy_of_a_run_that_already_ran_claims_nothing_and_starts_nothing() {
+    let h = Harness::new().await;
+    h.run("a", RunSpec { resources: gpu("A10G"), policy: reuse(), ..Default::default() }).await;
+    h.reconcile_run("a").await.unwrap();
+    h.reconcile_run("a").await.unwrap();
+    // What a lagging cache still holds: the run waiting for an instance.
+    let stale = h.get_run("a").await;
+    assert_eq!(stale.status.as_ref().unwrap().phase, RunPhase::Pending);
+
+    for name in ["a10g", "a10g-2"] {
+        h.instance(name, InstanceSpec { resources: gpu("A10G"), ..Default::default() }).await;
+    }
+    h.settle(2).await;
+    assert_eq!(h.get_run("a").await.status.unwrap().phase, RunPhase::Running);
+    h.exec.exit("a", 0);
+    h.settle(1).await;
+    assert_eq!(h.get_run("a").await.status.unwrap().phase, RunPhase::Succeeded);
+    assert_eq!(h.exec.started(), vec!["a".to_string()]);
+
+    let _ = kpool::controllers::run::reconcile(std::sync::Arc::new(stale), h.ctx.clone()).await;
+    assert_eq!(h.exec.started(), vec!["a".to_string()], "the job ran once");
+    for name in ["a10g", "a10g-2"] {
+        let ist = h.get_instance(name).await.status.unwrap();
+        assert_eq!((ist.phase, ist.run.as_deref()), (InstancePhase::Idle, None), "{name}");
+    }
+    assert_eq!(h.get_run("a").await.status.unwrap().phase, RunPhase::Succeeded);
 }

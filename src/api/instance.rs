@@ -11,8 +11,11 @@ use super::resources::ResourcesSpec;
 
 /// Finalizer that guards the instance's cloud machine.
 pub const INSTANCE_FINALIZER: &str = "kpool.dev/machine";
-/// Label set on instances a run provisioned; its value is the run's name.
+/// Label set on instances a run provisioned; its value is the run's UID (a run's name
+/// may be longer than a label value can be). Instances made before carry the run's name.
 pub const PROVISIONED_FOR_LABEL: &str = "kpool.dev/provisioned-for";
+/// Annotation set on instances a run provisioned; its value is the run's name.
+pub const PROVISIONED_FOR_ANNOTATION: &str = "kpool.dev/provisioned-for-run";
 /// Label carrying the pool name on instances kpool creates.
 pub const POOL_LABEL: &str = "kpool.dev/pool";
 
@@ -91,6 +94,19 @@ pub struct InstanceSpec {
     /// Placement and lifetime policies; unset fields come from the profile and the pool.
     #[serde(flatten)]
     pub policy: PolicySpec,
+}
+
+impl Instance {
+    /// The name of the run this instance was provisioned for, if a run provisioned it.
+    pub fn provisioned_for(&self) -> Option<&str> {
+        let annotations = self.metadata.annotations.as_ref();
+        let labels = self.metadata.labels.as_ref();
+        annotations
+            .and_then(|a| a.get(PROVISIONED_FOR_ANNOTATION))
+            // Instances made before the annotation carry the run's name in the label.
+            .or_else(|| labels.and_then(|l| l.get(PROVISIONED_FOR_LABEL)))
+            .map(String::as_str)
+    }
 }
 
 /// One provisioning attempt that failed.

@@ -18,7 +18,9 @@ use crate::api::backend::BackendType;
 use crate::api::conditions::{
     self, clear_false, condition_tri, set_false_since, set_progress, upsert, Progress, READY,
 };
-use crate::api::instance::{Instance, InstancePhase, InstanceStatus, INSTANCE_FINALIZER, PROVISIONED_FOR_LABEL};
+use crate::api::instance::{
+    Instance, InstancePhase, InstanceStatus, INSTANCE_FINALIZER, PROVISIONED_FOR_ANNOTATION, PROVISIONED_FOR_LABEL,
+};
 use crate::api::run::Run;
 use crate::backends::{machine_name, machine_tags, BackendError, MachineSpec, MachineState};
 use crate::core::instance::{self as sm, LaunchFailure, NoOffer, Step, POLL_INTERVAL};
@@ -142,7 +144,11 @@ async fn step(inst: Instance, ctx: &Context) -> Result<Next, Error> {
         Err(e) => return Err(e),
     };
     let mut st = status.clone();
-    match sm::next_step(&status, &policy, now) {
+    let mut next = sm::next_step(&status, &policy, now);
+    if next == Step::Expire && awaited_by_its_run(&inst, ctx).await? {
+        next = sm::next_step_awaited(&status, &policy, now);
+    }
+    match next {
         Step::RecordIdentity => {
             st.machine_name = Some(machine_name(&inst.uid().unwrap_or_default()));
             st.pool = Some(pool_name);
@@ -361,6 +367,20 @@ async fn poll(inst: Instance, mut st: InstanceStatus, policy: &EffectivePolicy, 
         }
         Err(e) => Err(Error::Backend { backend: offer.backend, source: e }),
     }
+}
+
+/// Whether the run this instance was provisioned for still waits to claim it.
+async fn awaited_by_its_run(inst: &Instance, ctx: &Context) -> Result<bool, Error> {
+    let Some(name) = inst.provisioned_for() else { return Ok(false) };
+    let api: Api<Run> = Api::namespaced(ctx.client.clone(), &inst.namespace().unwrap_or_default());
+    let Some(run) = api.get_opt(name).await? else { return Ok(false) };
+    // The label holds the UID of the run (where the annotation holds its name): a run
+    // made later under the same name is another run.
+    let same = !inst.annotations().contains_key(PROVISIONED_FOR_ANNOTATION)
+        || inst.labels().get(PROVISIONED_FOR_LABEL) == run.metadata.uid.as_ref();
+    Ok(same
+        && run.metadata.deletion_timestamp.is_none()
+        && run.status.as_ref().is_some_and(|s| crate::core::run::waits_for(s, &inst.name_any())))
 }
 
 /// A busy instance whose run no longer holds it (deleted, finished, or placed

@@ -17,7 +17,8 @@ use super::observe::{instance_pool, instances, policy_of, pool_of};
 use super::{is_conflict, Context, Error};
 use crate::api::conditions::{self, clear_false, condition_tri, find, set_false_since, set_progress, upsert, Progress};
 use crate::api::instance::{
-    Instance, InstancePhase, InstanceSpec, INSTANCE_FINALIZER, POOL_LABEL, PROVISIONED_FOR_LABEL,
+    Instance, InstancePhase, InstanceSpec, INSTANCE_FINALIZER, POOL_LABEL, PROVISIONED_FOR_ANNOTATION,
+    PROVISIONED_FOR_LABEL,
 };
 use crate::api::pool::{Pool, PoolSpec, DEFAULT_POOL_NAME};
 use crate::api::run::{Run, RunPhase, RunStatus, RUN_FINALIZER};
@@ -32,6 +33,9 @@ const MAX_STEPS: usize = 8;
 pub const JOB_POLL: Duration = Duration::from_secs(15);
 /// The run condition that says whether its instance answers.
 const REACHABLE: &str = "InstanceReachable";
+/// The run condition that says whether kpool can start, follow and stop the run's job on
+/// its instance (False, e.g. with `MissingBackend`, while it cannot).
+pub const JOB_CONTROL: &str = "JobControl";
 /// How often a waiting run looks again when nothing else wakes it.
 pub const WAIT_RECHECK: Duration = Duration::from_secs(60);
 
@@ -130,7 +134,13 @@ async fn step(run: Run, ctx: &Context) -> Result<Next, Error> {
     };
 
     if run.spec.stop {
-        stop_job(ctx, &run, st.instance.as_deref()).await?;
+        match stop_job(ctx, &run, st.instance.as_deref()).await {
+            Err(Error::Exec(e)) => {
+                let name = st.instance.clone().unwrap_or_default();
+                return exec_failed(ctx, &run, st, &name, "stop", e).await;
+            }
+            other => other?,
+        }
         return finish(ctx, run, st, RunPhase::Terminated, "Stopped", None, "stopped by the user").await;
     }
 
@@ -158,6 +168,9 @@ async fn place(
     if let Some(held) = all.iter().find(|i| {
         i.status.as_ref().is_some_and(|s| s.phase == InstancePhase::Busy && s.run.as_deref() == Some(&run.name_any()))
     }) {
+        let Some(run) = confirm(ctx, &run, &mut st, &held.name_any()).await? else {
+            return Ok(Next::Stop(Action::requeue(Duration::ZERO)));
+        };
         return start(run, st, held.clone(), ctx).await;
     }
 
@@ -201,6 +214,11 @@ async fn place(
     };
     if let Some(ix) = pick_instance(&pending, &idle) {
         let chosen = all.iter().find(|i| i.name_any() == idle[ix].name).cloned().expect("picked from all");
+        // The run must be as we read it before it takes an instance: a stale copy (e.g.
+        // of a run that has already run) claims nothing and starts nothing.
+        let Some(run) = confirm(ctx, &run, &mut st, &chosen.name_any()).await? else {
+            return Ok(Next::Stop(Action::requeue(Duration::ZERO)));
+        };
         let mut ist = chosen.status.clone().unwrap_or_default();
         crate::core::instance::claim(&mut ist, &run.name_any());
         // The claim carries the instance's resourceVersion: if anything else changed
@@ -219,14 +237,21 @@ async fn place(
 
     // Nothing idle fits. Follow an instance being provisioned for us, if any.
     if let Some(name) = st.provisioning_instance.clone() {
-        let inst = all.iter().find(|i| i.name_any() == name);
-        let phase = inst.and_then(|i| i.status.as_ref()).map(|s| s.phase);
+        let Some(inst) = all.iter().find(|i| i.name_any() == name) else {
+            // Recorded but not there: its create failed after the status write (or its
+            // answer was lost). Create it now; a failure is an API error, retried, never
+            // a provisioning failure. A 409 means it exists after all.
+            create_instance(ctx, &run, &name, &pool_name).await?;
+            ctx.event(&run, false, "Provisioning", format!("no idle instance fits; provisioning instance {name}"))
+                .await;
+            return Ok(Next::Stop(Action::requeue(WAIT_RECHECK)));
+        };
+        let phase = inst.status.as_ref().map(|s| s.phase);
         match phase {
-            Some(InstancePhase::Failed) | Some(InstancePhase::Terminated) | Some(InstancePhase::Terminating) | None
-                if inst.is_none_or(|i| i.status.is_some()) =>
-            {
+            Some(InstancePhase::Failed) | Some(InstancePhase::Terminated) | Some(InstancePhase::Terminating) => {
                 let why = inst
-                    .and_then(|i| i.status.as_ref())
+                    .status
+                    .as_ref()
                     .and_then(|s| crate::api::conditions::find(&s.conditions, "Ready"))
                     .map(|c| c.message.clone())
                     .unwrap_or_else(|| format!("instance {name} is gone"));
@@ -250,7 +275,8 @@ async fn place(
             }
             _ => {
                 let why = inst
-                    .and_then(|i| i.status.as_ref())
+                    .status
+                    .as_ref()
                     .and_then(|s| crate::api::conditions::find(&s.conditions, "Ready"))
                     .map(|c| format!("{}: {}", c.reason, c.message))
                     .unwrap_or_else(|| "waiting for the instance to start".into());
@@ -272,7 +298,7 @@ async fn place(
         .count();
     match sm::no_fit(&st, &policy, &pool_name, has_room(max, in_pool), run.spec.instance.as_deref(), now) {
         NoFit::Provision => {
-            let name = format!("{}-{}", run.name_any(), st.attempts);
+            let name = sm::instance_name_for(&run.name_any(), st.attempts);
             sm::provisioning(&mut st, &name);
             scheduled(
                 &mut st,
@@ -301,6 +327,20 @@ async fn place(
     }
 }
 
+/// Records that the run is starting on `instance` (its `Scheduled` condition), with the
+/// run's resourceVersion as the write's precondition. `None` when the run changed since
+/// it was read: the copy is stale (say, the cache's, of a run that has already run) and
+/// must neither claim an instance nor start a job; the next pass reads it afresh.
+async fn confirm(ctx: &Context, run: &Run, st: &mut RunStatus, instance: &str) -> Result<Option<Run>, Error> {
+    scheduled(st, run, ctx.now(), false, "Starting", &format!("starting the job on instance {instance}"));
+    match ctx.write_status(run, st).await {
+        Ok(run) => Ok(Some(run)),
+        Err(Error::Kube(e)) if is_conflict(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Starts the job of `run`, whose claim on `inst` was written after [`confirm`].
 async fn start(run: Run, mut st: RunStatus, inst: Instance, ctx: &Context) -> Result<Next, Error> {
     let now = ctx.now();
     match ctx.executor.start(&run, &inst).await {
@@ -310,8 +350,9 @@ async fn start(run: Run, mut st: RunStatus, inst: Instance, ctx: &Context) -> Re
             let msg = e.to_string();
             return finish(ctx, run, st, RunPhase::Failed, "Unsupported", None, &msg).await;
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return exec_failed(ctx, &run, st, &inst.name_any(), "start", e).await,
     }
+    clear_false(&mut st.conditions, JOB_CONTROL, "Controlled", "the job started", run.metadata.generation, now);
     sm::assigned(&mut st, &inst.name_any(), now);
     scheduled(&mut st, &run, now, true, "Assigned", &format!("running on instance {}", inst.name_any()));
     ctx.event(&run, false, "Assigned", format!("running on instance {}", inst.name_any())).await;
@@ -351,7 +392,9 @@ async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Con
     };
     if let Some(deadline) = sm::max_duration_deadline(&st, policy) {
         if now >= deadline {
-            ctx.executor.stop(&run, &inst).await?;
+            if let Err(e) = ctx.executor.stop(&run, &inst).await {
+                return exec_failed(ctx, &run, st, &name, "stop", e).await;
+            }
             return finish(
                 ctx,
                 run,
@@ -368,15 +411,24 @@ async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Con
         Err(ExecError::Unreachable(why)) => return unreachable(run, st, policy, &inst, &why, ctx).await,
         // The job cannot go on (e.g. its image cannot be pulled): stop what is left of it.
         Err(e @ ExecError::Unsupported(_)) => {
-            ctx.executor.stop(&run, &inst).await?;
+            if let Err(e) = ctx.executor.stop(&run, &inst).await {
+                return exec_failed(ctx, &run, st, &name, "stop", e).await;
+            }
             let msg = e.to_string();
             return finish(ctx, run, st, RunPhase::Failed, "Unsupported", None, &msg).await;
         }
-        other => other?,
+        Err(e) => return exec_failed(ctx, &run, st, &name, "follow", e).await,
+        Ok(state) => state,
     };
+    let generation = run.metadata.generation;
     let back = "the instance answers again";
-    if clear_false(&mut st.conditions, REACHABLE, "Reachable", back, run.metadata.generation, now) {
+    let reachable_again = clear_false(&mut st.conditions, REACHABLE, "Reachable", back, generation, now);
+    if reachable_again {
         ctx.event(&run, false, "Reachable", format!("instance {name} answers again")).await;
+    }
+    let controlled_again =
+        clear_false(&mut st.conditions, JOB_CONTROL, "Controlled", "the job answers", generation, now);
+    if reachable_again || controlled_again {
         st = ctx.write_status(&run, &st).await?.status.unwrap_or_default();
     }
     match state {
@@ -397,6 +449,33 @@ async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Con
             Ok(Next::Continue(ctx.write_status(&run, &st).await?))
         }
     }
+}
+
+/// A call to the executor failed, not because the instance does not answer (that is
+/// [`unreachable`]): the run's status says why (`JobControl` False, reason
+/// `MissingBackend` when the instance's Backend is gone) and the error goes back to the
+/// controller, which tries again.
+async fn exec_failed(
+    ctx: &Context,
+    run: &Run,
+    mut st: RunStatus,
+    instance: &str,
+    verb: &str,
+    err: ExecError,
+) -> Result<Next, Error> {
+    let msg = format!("failed to {verb} the job on instance {instance}: {err}");
+    let reason = match &err {
+        ExecError::MissingBackend { .. } => "MissingBackend",
+        ExecError::Unreachable(_) => "InstanceUnreachable",
+        _ => "ExecutorError",
+    };
+    let before = find(&st.conditions, JOB_CONTROL).cloned();
+    set_false_since(&mut st.conditions, JOB_CONTROL, reason, &msg, run.metadata.generation, ctx.now());
+    if find(&st.conditions, JOB_CONTROL) != before.as_ref() {
+        ctx.event(run, true, reason, msg).await;
+        ctx.write_status(run, &st).await?;
+    }
+    Err(err.into())
 }
 
 /// The run's instance does not answer. Marked at once in the `InstanceReachable`
@@ -506,10 +585,12 @@ async fn create_instance(ctx: &Context, run: &Run, name: &str, pool: &str) -> Re
     inst.metadata.namespace = Some(ns);
     // Born with its finalizer: no window in which its machine could outlive it.
     inst.metadata.finalizers = Some(vec![INSTANCE_FINALIZER.to_string()]);
+    // A run's name may be longer than a label value can be: the label holds its UID.
     inst.metadata.labels = Some(BTreeMap::from([
-        (PROVISIONED_FOR_LABEL.to_string(), run.name_any()),
+        (PROVISIONED_FOR_LABEL.to_string(), run.uid().unwrap_or_default()),
         (POOL_LABEL.to_string(), pool.to_string()),
     ]));
+    inst.metadata.annotations = Some(BTreeMap::from([(PROVISIONED_FOR_ANNOTATION.to_string(), run.name_any())]));
     match api.create(&PostParams::default(), &inst).await {
         Ok(_) => Ok(()),
         // Created by an earlier pass that crashed before recording progress.

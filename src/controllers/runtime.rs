@@ -11,7 +11,7 @@ use kube::ResourceExt;
 use super::gc::{self, GcConfig};
 use super::{backend, error_policy, instance, pool, run, Context};
 use crate::api::backend::Backend;
-use crate::api::instance::{Instance, PROVISIONED_FOR_LABEL};
+use crate::api::instance::Instance;
 use crate::api::pool::Pool;
 use crate::api::run::Run;
 
@@ -47,7 +47,7 @@ pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig, namespace: Option<S
             if let Some(r) = inst.status.as_ref().and_then(|s| s.run.clone()) {
                 refs.push(ObjectRef::new(&r).within(&ns));
             }
-            if let Some(r) = inst.labels().get(PROVISIONED_FOR_LABEL) {
+            if let Some(r) = inst.provisioned_for() {
                 refs.push(ObjectRef::new(r).within(&ns));
             }
             for r in run_store.state() {

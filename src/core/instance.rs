@@ -72,6 +72,32 @@ pub fn next_step(status: &InstanceStatus, policy: &EffectivePolicy, now: Timesta
     }
 }
 
+/// How long an instance provisioned for a run is kept for that run at least, once idle,
+/// however short its idle duration, while the run still waits to claim it: long enough for
+/// the run to be reconciled after the instance became idle (a waiting run is woken when its
+/// instance changes, and looks again every minute anyway), short enough that an instance
+/// its run never takes does not linger.
+pub const CLAIM_WINDOW: Duration = Duration::from_secs(120);
+
+/// As [`next_step`], for an idle instance that the run it was provisioned for still waits
+/// to claim ([`waits_for`](super::run::waits_for)): its idle duration does not end it
+/// before [`CLAIM_WINDOW`] after it became idle. Otherwise `idleDuration: 0` would
+/// terminate every instance a run launches before the run could take it.
+pub fn next_step_awaited(status: &InstanceStatus, policy: &EffectivePolicy, now: Timestamp) -> Step {
+    match next_step(status, policy, now) {
+        Step::Expire => {
+            let since = status.idle_since.as_ref().map(|t| t.0).unwrap_or(now);
+            let kept = add(since, CLAIM_WINDOW);
+            if now < kept {
+                Step::IdleUntil(Some(kept))
+            } else {
+                Step::Expire
+            }
+        }
+        step => step,
+    }
+}
+
 /// When an idle instance is due for termination; `None` when it is kept.
 pub fn idle_deadline(status: &InstanceStatus, policy: &EffectivePolicy) -> Option<Timestamp> {
     let since = status.idle_since.as_ref()?.0;

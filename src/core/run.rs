@@ -81,6 +81,38 @@ fn wait_or_fail(deadline: Option<Timestamp>, now: Timestamp, reason: &'static st
     }
 }
 
+/// Whether the run still waits for `instance`, the instance being provisioned for it: it
+/// has neither claimed it (nor another one) nor ended. Such an instance is reserved for
+/// the run, and its idle duration does not end it before the run had its chance to claim
+/// it ([`next_step_awaited`](super::instance::next_step_awaited)).
+pub fn waits_for(status: &RunStatus, instance: &str) -> bool {
+    !status.phase.is_finished() && status.provisioning_instance.as_deref() == Some(instance)
+}
+
+/// The longest name an object may have (a DNS subdomain, as `Instance` names are).
+pub const MAX_OBJECT_NAME: usize = 253;
+
+/// The name of the instance a run named `run` provisions on its attempt `attempt`:
+/// `<run>-<attempt>`; when that would be longer than an object name may be, the run's
+/// name is cut short and a hash of the whole name keeps it apart from other runs':
+/// `<start of the run's name>-<hash>-<attempt>`.
+pub fn instance_name_for(run: &str, attempt: u32) -> String {
+    let plain = format!("{run}-{attempt}");
+    if plain.len() <= MAX_OBJECT_NAME {
+        return plain;
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, run.as_bytes());
+    let hash: String = digest.as_ref()[..5].iter().map(|b| format!("{b:02x}")).collect();
+    let suffix = format!("-{hash}-{attempt}");
+    let mut end = MAX_OBJECT_NAME - suffix.len();
+    while !run.is_char_boundary(end) {
+        end -= 1;
+    }
+    // A part of a DNS subdomain ends with a letter or digit.
+    let prefix = run[..end].trim_end_matches(['-', '.']);
+    format!("{prefix}{suffix}")
+}
+
 /// The run was placed on `instance` and starts now.
 pub fn assigned(status: &mut RunStatus, instance: &str, now: Timestamp) {
     status.phase = RunPhase::Running;

@@ -43,6 +43,10 @@ pub enum ExecError {
     /// runtime, or the image cannot be pulled). Fails the run.
     #[error("cannot run the job: {0}")]
     Unsupported(String),
+    /// The instance's `Backend` is not there (deleted, or never was): kpool cannot tell
+    /// how to reach the instance to run, follow or stop a job.
+    #[error("backend {backend} is not defined in namespace {namespace}")]
+    MissingBackend { backend: String, namespace: String },
     #[error("{0}")]
     Other(String),
 }
@@ -52,6 +56,7 @@ impl ExecError {
         match self {
             ExecError::Unreachable(_) => "Unreachable",
             ExecError::Unsupported(_) => "Unsupported",
+            ExecError::MissingBackend { .. } => "MissingBackend",
             ExecError::Other(_) => "Other",
         }
     }
@@ -99,6 +104,7 @@ impl Executor for HoldExecutor {
 #[derive(Clone, Default)]
 pub struct ScriptedExecutor {
     jobs: Arc<Mutex<HashMap<String, JobState>>>,
+    started: Arc<Mutex<Vec<String>>>,
     stopped: Arc<Mutex<Vec<String>>>,
     unreachable: Arc<Mutex<bool>>,
 }
@@ -111,6 +117,10 @@ impl ScriptedExecutor {
     /// Runs whose jobs were started, with their state.
     pub fn jobs(&self) -> HashMap<String, JobState> {
         self.jobs.lock().expect("jobs").clone()
+    }
+    /// Runs whose jobs were started, in order, once per call to `start`.
+    pub fn started(&self) -> Vec<String> {
+        self.started.lock().expect("started").clone()
     }
     /// Runs whose jobs were stopped, in order.
     pub fn stopped(&self) -> Vec<String> {
@@ -135,6 +145,7 @@ fn run_name(run: &Run) -> String {
 #[async_trait]
 impl Executor for ScriptedExecutor {
     async fn start(&self, run: &Run, _instance: &Instance) -> Result<(), ExecError> {
+        self.started.lock().expect("started").push(run_name(run));
         self.jobs.lock().expect("jobs").entry(run_name(run)).or_insert(JobState::Running);
         Ok(())
     }

@@ -174,3 +174,25 @@ fn throttling_backs_off_without_blaming_the_offer() {
     assert_eq!(next_step(&s, &p, t("2026-01-01T00:00:06Z")), Step::WaitUntil(t("2026-01-01T00:00:07Z")));
     assert_eq!(next_step(&s, &p, t("2026-01-01T00:00:07Z")), Step::Launch);
 }
+
+#[test]
+fn an_instance_its_run_waits_for_outlives_a_zero_idle_duration_for_the_claim_window() {
+    let now = t("2026-01-01T00:00:00Z");
+    let zero = policy(PolicySpec { idle_duration: Some("0s".into()), ..Default::default() }, Origin::Run);
+    let mut s = identified();
+    s.phase = InstancePhase::Idle;
+    s.idle_since = Some(Time(now));
+    // Nobody waits for it: gone at once.
+    assert_eq!(next_step(&s, &zero, now), Step::Expire);
+    // Its run has not claimed it yet: kept for the claim window, then expired.
+    assert_eq!(next_step_awaited(&s, &zero, now), Step::IdleUntil(Some(t("2026-01-01T00:02:00Z"))));
+    assert_eq!(
+        next_step_awaited(&s, &zero, t("2026-01-01T00:01:59Z")),
+        Step::IdleUntil(Some(t("2026-01-01T00:02:00Z")))
+    );
+    assert_eq!(next_step_awaited(&s, &zero, t("2026-01-01T00:02:00Z")), Step::Expire);
+    // A longer idle duration is not shortened.
+    let p = policy(PolicySpec::default(), Origin::Run);
+    assert_eq!(next_step_awaited(&s, &p, t("2026-01-01T00:04:00Z")), Step::IdleUntil(Some(t("2026-01-01T00:05:00Z"))));
+    assert_eq!(next_step_awaited(&s, &p, t("2026-01-01T00:05:00Z")), Step::Expire);
+}

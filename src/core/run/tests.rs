@@ -163,3 +163,40 @@ fn the_history_is_bounded() {
     assert_eq!(s.history.len(), MAX_HISTORY);
     assert_eq!(s.history[0].instance.as_deref(), Some("i5"), "the oldest go first");
 }
+
+#[test]
+fn a_run_waits_for_the_instance_it_provisions_until_it_claims_one_or_ends() {
+    let mut s = submitted("2026-01-01T00:00:00Z");
+    assert!(!waits_for(&s, "r-0"));
+    provisioning(&mut s, "r-0");
+    assert!(waits_for(&s, "r-0"));
+    assert!(!waits_for(&s, "r-1"));
+    let mut ended = s.clone();
+    finish(&mut ended, RunPhase::Terminated, "Stopped", None, t("2026-01-01T00:01:00Z"));
+    assert!(!waits_for(&ended, "r-0"));
+    assert_eq!(ended.provisioning_instance, None);
+    // A run that claims another idle instance stops waiting for the one it provisions.
+    assigned(&mut s, "other", t("2026-01-01T00:01:00Z"));
+    assert!(!waits_for(&s, "r-0"));
+}
+
+#[test]
+fn instance_names_fit_an_object_name_for_any_run_name() {
+    assert_eq!(instance_name_for("train", 0), "train-0");
+    let at_limit = "a".repeat(MAX_OBJECT_NAME - 2);
+    assert_eq!(instance_name_for(&at_limit, 3), format!("{at_limit}-3"));
+    for len in [200, 250, 251, 252, MAX_OBJECT_NAME] {
+        let run: String = (0..len).map(|i| if i % 10 == 9 && i + 1 < len { '.' } else { 'x' }).collect();
+        for attempt in [0, 7, 12345] {
+            let name = instance_name_for(&run, attempt);
+            assert!(name.len() <= MAX_OBJECT_NAME, "{len}/{attempt}: {} characters", name.len());
+            assert!(name.ends_with(&format!("-{attempt}")), "{name}");
+            assert!(!name.contains(".-") && !name.contains("-."), "{name}");
+        }
+    }
+    // Two long names that share their start still get different instances.
+    let a = format!("{}a", "x".repeat(MAX_OBJECT_NAME - 1));
+    let b = format!("{}b", "x".repeat(MAX_OBJECT_NAME - 1));
+    assert_ne!(instance_name_for(&a, 0), instance_name_for(&b, 0));
+    assert_eq!(instance_name_for(&a, 0), instance_name_for(&a, 0), "stable");
+}
