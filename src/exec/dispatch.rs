@@ -2,8 +2,9 @@
 //! Instances of `ssh`, `aws` and `lambda` backends run jobs over SSH (hosts you own with
 //! the backend's key; cloud machines at their address with the instance's own key);
 //! instances of `kubernetes` backends in a job Pod in place of their slot Pod
-//! ([`PodExecutor`]). Any other backend type would hold the instance (as
-//! [`HoldExecutor`](super::HoldExecutor) does) until stopped, deleted or `maxDuration`.
+//! ([`PodExecutor`]). On an instance whose `Backend` is missing every call fails with
+//! [`ExecError::MissingBackend`], which the run's status shows: nothing runs, and nothing
+//! pretends to.
 
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use async_trait::async_trait;
 use kube::api::Api;
 use kube::ResourceExt;
 
-use super::{ExecError, Executor, HoldExecutor, JobLogs, JobState, PodExecutor, SshExecutor};
+use super::{ExecError, Executor, JobLogs, JobState, PodExecutor, SshExecutor};
 use crate::api::backend::{Backend as BackendObject, BackendType};
 use crate::api::instance::Instance;
 use crate::api::run::Run;
@@ -21,7 +22,6 @@ pub struct DispatchExecutor {
     client: kube::Client,
     ssh: SshExecutor,
     pod: PodExecutor,
-    hold: HoldExecutor,
 }
 
 impl DispatchExecutor {
@@ -34,24 +34,26 @@ impl DispatchExecutor {
             ssh: SshExecutor::from_api(client.clone(), factory),
             pod: PodExecutor::new(client.clone()).with_installation(installation).with_allowances(allowances),
             client,
-            hold: HoldExecutor,
         }
     }
 
-    async fn backend_type(&self, instance: &Instance) -> Result<Option<BackendType>, ExecError> {
-        let Some(name) = instance.status.as_ref().and_then(|s| s.offer.as_ref()).map(|o| o.backend.clone()) else {
-            return Ok(None);
+    /// The type of the instance's `Backend`; an error when it has none or it is missing.
+    async fn backend_type(&self, instance: &Instance) -> Result<BackendType, ExecError> {
+        let namespace = instance.namespace().unwrap_or_default();
+        let backend = instance.status.as_ref().and_then(|s| s.offer.as_ref()).map(|o| o.backend.clone());
+        let Some(name) = backend.filter(|b| !b.is_empty()) else {
+            let instance = instance.name_any();
+            return Err(ExecError::Other(format!("instance {instance} has no offer, so no backend to run a job with")));
         };
-        let api: Api<BackendObject> = Api::namespaced(self.client.clone(), &instance.namespace().unwrap_or_default());
+        let api: Api<BackendObject> = Api::namespaced(self.client.clone(), &namespace);
         let obj = api.get_opt(&name).await.map_err(|e| ExecError::Other(format!("reading Backend {name}: {e}")))?;
-        Ok(obj.map(|b| b.spec.type_))
+        obj.map(|b| b.spec.type_).ok_or(ExecError::MissingBackend { backend: name, namespace })
     }
 
     async fn pick(&self, instance: &Instance) -> Result<&dyn Executor, ExecError> {
         Ok(match self.backend_type(instance).await? {
-            Some(t) if runs_over_ssh(t) => &self.ssh,
-            Some(BackendType::Kubernetes) => &self.pod,
-            _ => &self.hold,
+            BackendType::Ssh | BackendType::Aws | BackendType::Lambda => &self.ssh,
+            BackendType::Kubernetes => &self.pod,
         })
     }
 }
@@ -73,17 +75,8 @@ impl Executor for DispatchExecutor {
 impl JobLogs for DispatchExecutor {
     async fn logs(&self, run: &Run, instance: &Instance, from_byte: u64) -> Result<(String, u64), ExecError> {
         match self.backend_type(instance).await? {
-            Some(t) if runs_over_ssh(t) => self.ssh.logs(run, instance, from_byte).await,
-            Some(BackendType::Kubernetes) => self.pod.logs(run, instance, from_byte).await,
-            other => Err(ExecError::Unsupported(format!(
-                "runs on {} backends execute nothing yet, so they have no logs",
-                other.map(|t| t.as_str()).unwrap_or("unknown")
-            ))),
+            BackendType::Ssh | BackendType::Aws | BackendType::Lambda => self.ssh.logs(run, instance, from_byte).await,
+            BackendType::Kubernetes => self.pod.logs(run, instance, from_byte).await,
         }
     }
-}
-
-/// Whether jobs on instances of backends of type `t` run over SSH.
-fn runs_over_ssh(t: BackendType) -> bool {
-    matches!(t, BackendType::Ssh | BackendType::Aws | BackendType::Lambda)
 }

@@ -2,7 +2,7 @@
 //! fake backend and executor, a manual clock, and a small driver that plays the role
 //! of the controller loops.
 //!
-//! Two gaps of the in-memory API are closed here, as the real API server behaves:
+//! Gaps of the in-memory API are closed here, as the real API server behaves:
 //! - Server-Side Apply of a status is stored as a merge patch by the fake; with one
 //!   field manager writing whole statuses (kpool's rule) the real server replaces the
 //!   status, so the `patch_status` interceptor below replaces it too, after checking the
@@ -10,6 +10,8 @@
 //! - DELETE removes an object at once even with finalizers; [`Harness::delete_instance`]
 //!   and [`Harness::delete_run`] set `deletionTimestamp` on the object handed to the
 //!   reconciler and remove the stored object only once its finalizers are gone.
+//! - The fake stores any label value; the create interceptor refuses what the real API
+//!   server refuses (values over 63 characters or with other characters).
 //! - A JSON patch `test` of a missing `/metadata/finalizers` fails in the fake (the real
 //!   server treats it as null), so objects made here start with a placeholder
 //!   finalizer, [`HOLD`], which deletion ignores.
@@ -92,6 +94,8 @@ pub struct Harness {
     pub exec: ScriptedExecutor,
     /// The next N status writes fail with 409 Conflict.
     pub fail_status_writes: Arc<AtomicUsize>,
+    /// The next N creates of an Instance fail with a server error (500).
+    pub fail_instance_creates: Arc<AtomicUsize>,
     /// Every API request the controllers made (through `ctx.client`), as RBAC sees it.
     pub api_calls: Arc<std::sync::Mutex<Vec<ApiCall>>>,
 }
@@ -144,6 +148,19 @@ pub fn recording(inner: Client) -> (Client, Arc<std::sync::Mutex<Vec<ApiCall>>>)
         async move { inner.send(req).await }
     });
     (Client::new(service, NS), calls)
+}
+
+/// Why the API server would refuse the labels of `obj` (a value longer than 63 characters,
+/// or not alphanumeric at both ends with only `-`, `_` and `.` between), if it would.
+fn invalid_label_value(obj: &Value) -> Option<String> {
+    let labels = obj.pointer("/metadata/labels")?.as_object()?;
+    labels.iter().find_map(|(key, value)| {
+        let v = value.as_str().unwrap_or_default();
+        let inner = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        let ends = |c: Option<char>| c.is_none_or(|c| c.is_ascii_alphanumeric());
+        let ok = v.len() <= 63 && v.chars().all(inner) && ends(v.chars().next()) && ends(v.chars().last());
+        (!ok).then(|| format!("metadata.labels: Invalid value: {v:?} of label {key}: must be a valid label value"))
+    })
 }
 
 fn conflict(msg: String) -> kube_fake_client::Error {
@@ -214,11 +231,36 @@ impl Harness {
         Self::build(offers, None).await
     }
 
+    /// The fake backend, as [`Harness::new`], with the production executor
+    /// ([`DispatchExecutor`](kpool::exec::DispatchExecutor)) instead of the scripted one.
+    pub async fn with_dispatch_executor() -> Harness {
+        let mut h = Self::new().await;
+        let client = h.ctx.client.clone();
+        let factory = Arc::new(kpool::backends::factory::DefaultFactory::new(client.clone()));
+        let executor = Arc::new(kpool::exec::DispatchExecutor::new(client.clone(), factory));
+        let fake: Arc<dyn kpool::backends::BackendFactory> = Arc::new(FakeFactory::with([h.backend.clone()]));
+        h.ctx = Arc::new(Context::new(client, fake, executor, Arc::new(h.clock.clone())));
+        h
+    }
+
     /// `real`: the production factory and executor, for this installation.
     async fn build(offers: Vec<Offer>, real: Option<&str>) -> Harness {
         let fail_status_writes = Arc::new(AtomicUsize::new(0));
+        let fail_instance_creates = Arc::new(AtomicUsize::new(0));
+        let fail_create = fail_instance_creates.clone();
         let fail = fail_status_writes.clone();
-        let funcs = Funcs::new().patch_status(move |ctx: PatchStatusContext| {
+        let funcs = Funcs::new().create(move |ctx| {
+            if let Some(why) = invalid_label_value(ctx.object) {
+                return Err(kube_fake_client::Error::InvalidRequest(why));
+            }
+            let instance = ctx.object.get("kind").and_then(Value::as_str) == Some("Instance");
+            if instance && fail_create.load(Ordering::SeqCst) > 0 {
+                fail_create.fetch_sub(1, Ordering::SeqCst);
+                return Err(kube_fake_client::Error::Internal("injected failure of an Instance create".into()));
+            }
+            Ok(None)
+        });
+        let funcs = funcs.patch_status(move |ctx: PatchStatusContext| {
             if fail.load(Ordering::SeqCst) > 0 {
                 fail.fetch_sub(1, Ordering::SeqCst);
                 return Err(conflict("injected conflict".into()));
@@ -272,7 +314,7 @@ impl Harness {
                 (Arc::new(FakeFactory::with([backend.clone()])), Arc::new(exec.clone()))
             };
         let ctx = Arc::new(Context::new(controller_client, factory, executor, Arc::new(clock.clone())));
-        let h = Harness { client, ctx, clock, backend, exec, fail_status_writes, api_calls };
+        let h = Harness { client, ctx, clock, backend, exec, fail_status_writes, fail_instance_creates, api_calls };
         h.create(Backend::new("aws", BackendSpec { type_: BackendType::Aws, ..Default::default() })).await;
         h
     }
