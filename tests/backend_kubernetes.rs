@@ -23,8 +23,8 @@ use kpool::api::resources::{CpuArch, GpuVendor, Requirements, ResourcesSpec};
 use kpool::backends::factory::DefaultFactory;
 use kpool::backends::kubernetes::{KubernetesBackend, DEFAULT_IMAGE, LABEL_MACHINE, LABEL_RUN_UID};
 use kpool::backends::{
-    Backend, BackendError, BackendFactory, MachineSpec, MachineState, Owner, TAG_INSTALLATION, TAG_INSTANCE,
-    TAG_INSTANCE_UID, TAG_MANAGED_BY, TAG_NAMESPACE, TAG_POOL,
+    Backend, BackendError, BackendFactory, MachineRef, MachineSpec, MachineState, Owner, TAG_INSTALLATION,
+    TAG_INSTANCE, TAG_INSTANCE_UID, TAG_MANAGED_BY, TAG_NAMESPACE, TAG_POOL,
 };
 use kpool::core::offers::offer_fits;
 use kpool::core::policy::{EffectivePolicy, Origin};
@@ -421,6 +421,27 @@ async fn delete_removes_the_pod_and_a_missing_pod_is_not_found() {
     assert!(matches!(backend.get("kpool-d").await, Err(BackendError::NotFound(_))));
     assert!(matches!(backend.delete("kpool-d").await, Err(BackendError::NotFound(_))));
     assert!(matches!(backend.delete("never-existed").await, Err(BackendError::NotFound(_))));
+}
+
+#[tokio::test]
+async fn a_machine_is_found_and_deleted_in_the_namespace_it_was_launched_in() {
+    let (client, backend) = backend_with(vec![cpu_node("node-a", "8", "32Gi")], vec![], None).await;
+    let offer = first_offer(&backend, &req("2..", "8GB..", None, None)).await;
+    let launched = backend.create(&machine_spec("kpool-m", offer)).await.unwrap();
+    assert_eq!(launched.provider_id, format!("{NS}/kpool-m"));
+
+    // The Backend now places its Pods in another namespace; the machine stays in `ml`.
+    let config = KubernetesBackendConfig { namespace: Some("elsewhere".into()), ..Default::default() };
+    let edited = KubernetesBackend::new(client.clone(), &backend_object("k8s", Some(config)))
+        .expect("backend")
+        .with_owner(owner());
+    assert!(matches!(edited.get("kpool-m").await, Err(BackendError::NotFound(_))), "not in the new namespace");
+    let recorded = MachineRef { name: "kpool-m".into(), region: None, provider_id: Some(launched.provider_id.clone()) };
+    assert_eq!(edited.get_at(&recorded).await.unwrap().provider_id, launched.provider_id);
+    edited.delete_at(&recorded).await.unwrap();
+    assert!(Api::<Pod>::namespaced(client, NS).get_opt("kpool-m").await.unwrap().is_none());
+    assert!(matches!(edited.get_at(&recorded).await, Err(BackendError::NotFound(_))));
+    assert!(matches!(edited.delete_at(&recorded).await, Err(BackendError::NotFound(_))));
 }
 
 #[tokio::test]

@@ -94,7 +94,8 @@ use self::sigv4::Credentials;
 use self::spot::SpotPrices;
 pub use self::spot::DEFAULT_SPOT_PRICE_TTL;
 use super::{
-    Backend, BackendError, Machine, MachineSpec, Owner, TAG_INSTALLATION, TAG_INSTANCE, TAG_MANAGED_BY, TAG_NAMESPACE,
+    Backend, BackendError, Machine, MachineRef, MachineSpec, Owner, TAG_INSTALLATION, TAG_INSTANCE, TAG_MANAGED_BY,
+    TAG_NAMESPACE,
 };
 use crate::api::offer::Offer;
 use crate::api::resources::Requirements;
@@ -261,11 +262,28 @@ impl AwsBackend {
         self
     }
 
-    /// The region `name` was last seen in (when known and still configured), and the others.
-    fn regions_for(&self, name: &str) -> (Option<String>, Vec<String>) {
-        let seen = self.seen_in.lock().expect("seen_in").get(name).cloned().filter(|r| self.regions.contains(r));
-        let others = self.regions.iter().filter(|r| Some(*r) != seen.as_ref()).cloned().collect();
+    /// Of `regions`, the one `name` was last seen in (when known), and the others.
+    fn regions_for(&self, name: &str, regions: &[String]) -> (Option<String>, Vec<String>) {
+        let seen = self.seen_in.lock().expect("seen_in").get(name).cloned().filter(|r| regions.contains(r));
+        let others = regions.iter().filter(|r| Some(*r) != seen.as_ref()).cloned().collect();
         (seen, others)
+    }
+
+    /// The regions `machine` is looked for in: the one it was launched in (recorded on its
+    /// instance; searched even when `spec.regions` no longer lists it), then the configured
+    /// ones. A recorded region that is not a region name is InvalidConfig, never "not found".
+    fn regions_of(&self, machine: &MachineRef) -> Result<Vec<String>, BackendError> {
+        let mut regions = match &machine.region {
+            Some(r) => super::region_names(std::slice::from_ref(r))
+                .map_err(|e| invalid("the instance's status.offer.region", &e))?,
+            None => Vec::new(),
+        };
+        for r in &self.regions {
+            if !regions.contains(r) {
+                regions.push(r.clone());
+            }
+        }
+        Ok(regions)
     }
 
     /// The root device name of the AMI in `region` (`DescribeImages`, cached). An AMI the
@@ -365,8 +383,13 @@ impl AwsBackend {
 
     /// The best instance named `name` in one of `states`: the region it was last seen in
     /// is asked first, then the others.
-    async fn find(&self, name: &str, states: &[&str]) -> Result<Option<(String, Instance)>, BackendError> {
-        let (seen, others) = self.regions_for(name);
+    async fn find(
+        &self,
+        regions: &[String],
+        name: &str,
+        states: &[&str],
+    ) -> Result<Option<(String, Instance)>, BackendError> {
+        let (seen, others) = self.regions_for(name, regions);
         let mut found = match &seen {
             Some(region) => self.find_in(std::slice::from_ref(region), name, states).await?,
             None => Vec::new(),
@@ -421,7 +444,7 @@ impl Backend for AwsBackend {
         let Some(image_id) = self.image_id.as_deref() else {
             return Err(invalid("image_id", "the AMI to launch is not set"));
         };
-        if let Some((_, instance)) = self.find(&spec.name, &LIVE).await? {
+        if let Some((_, instance)) = self.find(&self.regions, &spec.name, &LIVE).await? {
             return Ok(machine_of(&instance));
         }
         let root_device = match spec.offer.disk {
@@ -435,19 +458,37 @@ impl Backend for AwsBackend {
     }
 
     async fn get(&self, name: &str) -> Result<Machine, BackendError> {
-        match self.find(name, &[]).await? {
+        self.get_at(&MachineRef::named(name)).await
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), BackendError> {
+        self.delete_at(&MachineRef::named(name)).await
+    }
+
+    async fn get_at(&self, machine: &MachineRef) -> Result<Machine, BackendError> {
+        let name = machine.name.as_str();
+        let regions = self.regions_of(machine)?;
+        match self.find(&regions, name, &[]).await? {
             Some((_, instance)) => Ok(machine_of(&instance)),
             None => {
                 self.seen_in.lock().expect("seen_in").remove(name);
-                Err(BackendError::NotFound(format!("no EC2 instance tagged {TAG_MACHINE}={name}")))
+                Err(BackendError::NotFound(format!(
+                    "no EC2 instance tagged {TAG_MACHINE}={name} in {}",
+                    regions.join(", ")
+                )))
             }
         }
     }
 
-    async fn delete(&self, name: &str) -> Result<(), BackendError> {
-        let found = self.find_in(&self.regions, name, &NOT_TERMINATED).await?;
+    async fn delete_at(&self, machine: &MachineRef) -> Result<(), BackendError> {
+        let name = machine.name.as_str();
+        let regions = self.regions_of(machine)?;
+        let found = self.find_in(&regions, name, &NOT_TERMINATED).await?;
         if found.is_empty() {
-            return Err(BackendError::NotFound(format!("no live EC2 instance tagged {TAG_MACHINE}={name}")));
+            return Err(BackendError::NotFound(format!(
+                "no live EC2 instance tagged {TAG_MACHINE}={name} in {}",
+                regions.join(", ")
+            )));
         }
         let mut by_region: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for (region, instance) in &found {

@@ -92,7 +92,8 @@ use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
 
 use super::{
-    Backend, BackendError, Machine, MachineSpec, MachineState, Owner, TAG_INSTALLATION, TAG_MANAGED_BY, TAG_NAMESPACE,
+    Backend, BackendError, Machine, MachineRef, MachineSpec, MachineState, Owner, TAG_INSTALLATION, TAG_MANAGED_BY,
+    TAG_NAMESPACE,
 };
 use crate::api::backend::Backend as BackendObject;
 use crate::api::offer::Offer;
@@ -137,6 +138,7 @@ pub struct KubernetesBackend {
     nodes: Api<Node>,
     all_pods: Api<Pod>,
     pods: Api<Pod>,
+    client: Client,
 }
 
 impl KubernetesBackend {
@@ -176,7 +178,8 @@ impl KubernetesBackend {
             owner: None,
             nodes: Api::all(client.clone()),
             all_pods: Api::all(client.clone()),
-            pods: Api::namespaced(client, &namespace),
+            pods: Api::namespaced(client.clone(), &namespace),
+            client,
             namespace,
         })
     }
@@ -432,33 +435,40 @@ impl Backend for KubernetesBackend {
     }
 
     async fn get(&self, name: &str) -> Result<Machine, BackendError> {
-        if let Some(slot) = self.pods.get_opt(name).await.map_err(|e| api_error("get pod", e))? {
-            return Ok(self.machine_of(&slot));
-        }
-        let jobs = self.job_pods(name).await?;
-        let job = stand_in(jobs.iter()).ok_or_else(|| BackendError::NotFound(format!("no pod of machine {name}")))?;
-        Ok(self.machine_of(job))
+        self.get_in(&self.pods, name).await
     }
 
     async fn delete(&self, name: &str) -> Result<(), BackendError> {
-        let mut found = match self.pods.delete(name, &DeleteParams::default()).await {
-            Ok(_) => true,
-            Err(kube::Error::Api(s)) if s.code == 404 => false,
-            Err(e) => return Err(api_error("delete pod", e)),
-        };
-        for job in self.job_pods(name).await? {
-            found = true;
-            if job.metadata.deletion_timestamp.is_some() {
-                continue;
+        self.delete_in(&self.pods, name).await
+    }
+
+    async fn get_at(&self, machine: &MachineRef) -> Result<Machine, BackendError> {
+        let name = machine.name.as_str();
+        let places = self.namespaces_of(machine);
+        for pods in &places {
+            match self.get_in(pods, name).await {
+                Err(BackendError::NotFound(_)) => continue,
+                other => return other,
             }
-            match self.pods.delete(&job.name_any(), &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(api_error("delete pod", e)),
+        }
+        Err(BackendError::NotFound(format!("no pod of machine {name} in namespace {}", self.names_of(machine))))
+    }
+
+    async fn delete_at(&self, machine: &MachineRef) -> Result<(), BackendError> {
+        let name = machine.name.as_str();
+        let mut found = false;
+        for pods in &self.namespaces_of(machine) {
+            match self.delete_in(pods, name).await {
+                Ok(()) => found = true,
+                Err(BackendError::NotFound(_)) => {}
+                Err(e) => return Err(e),
             }
         }
         if !found {
-            return Err(BackendError::NotFound(format!("no pod of machine {name}")));
+            return Err(BackendError::NotFound(format!(
+                "no pod of machine {name} in namespace {}",
+                self.names_of(machine)
+            )));
         }
         Ok(())
     }
@@ -509,9 +519,64 @@ impl KubernetesBackend {
     }
 
     /// The job Pods standing in for machine `name` (finished ones included).
-    async fn job_pods(&self, name: &str) -> Result<Vec<Pod>, BackendError> {
+    async fn job_pods(&self, pods: &Api<Pod>, name: &str) -> Result<Vec<Pod>, BackendError> {
         let params = ListParams::default().labels(&format!("{LABEL_MACHINE}={name}"));
-        Ok(self.pods.list(&params).await.map_err(|e| api_error("list pods", e))?.items)
+        Ok(pods.list(&params).await.map_err(|e| api_error("list pods", e))?.items)
+    }
+
+    /// Machine `name`'s slot Pod in `pods`' namespace, else the job Pod standing in.
+    async fn get_in(&self, pods: &Api<Pod>, name: &str) -> Result<Machine, BackendError> {
+        if let Some(slot) = pods.get_opt(name).await.map_err(|e| api_error("get pod", e))? {
+            return Ok(self.machine_of(&slot));
+        }
+        let jobs = self.job_pods(pods, name).await?;
+        let job = stand_in(jobs.iter()).ok_or_else(|| BackendError::NotFound(format!("no pod of machine {name}")))?;
+        Ok(self.machine_of(job))
+    }
+
+    /// Deletes machine `name`'s slot and job Pods in `pods`' namespace.
+    async fn delete_in(&self, pods: &Api<Pod>, name: &str) -> Result<(), BackendError> {
+        let mut found = match pods.delete(name, &DeleteParams::default()).await {
+            Ok(_) => true,
+            Err(kube::Error::Api(s)) if s.code == 404 => false,
+            Err(e) => return Err(api_error("delete pod", e)),
+        };
+        for job in self.job_pods(pods, name).await? {
+            found = true;
+            if job.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            match pods.delete(&job.name_any(), &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(api_error("delete pod", e)),
+            }
+        }
+        if !found {
+            return Err(BackendError::NotFound(format!("no pod of machine {name}")));
+        }
+        Ok(())
+    }
+
+    /// The namespace `machine` was launched in, from its recorded provider id
+    /// (`namespace/name`), when that is not the backend's current namespace.
+    fn recorded_namespace<'a>(&self, machine: &'a MachineRef) -> Option<&'a str> {
+        let (ns, _) = machine.provider_id.as_deref()?.split_once('/')?;
+        Some(ns).filter(|ns| !ns.is_empty() && *ns != self.namespace)
+    }
+
+    /// Where `machine`'s Pods are looked for: the namespace it was launched in (even when
+    /// `spec.kubernetes.namespace` names another now), then the current one.
+    fn namespaces_of(&self, machine: &MachineRef) -> Vec<Api<Pod>> {
+        let recorded = self.recorded_namespace(machine).map(|ns| Api::namespaced(self.client.clone(), ns));
+        recorded.into_iter().chain([self.pods.clone()]).collect()
+    }
+
+    fn names_of(&self, machine: &MachineRef) -> String {
+        match self.recorded_namespace(machine) {
+            Some(ns) => format!("{ns} or {}", self.namespace),
+            None => self.namespace.clone(),
+        }
     }
 }
 

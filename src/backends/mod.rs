@@ -211,6 +211,39 @@ pub struct Machine {
     pub tags: BTreeMap<String, String>,
 }
 
+/// Where an instance's machine is, as the instance recorded it when the machine was
+/// launched: its name, the region of its offer and the provider's id (for `kubernetes`,
+/// `namespace/name`). A `Backend`'s configuration may change while its machines live
+/// (regions removed, another namespace): finding and deleting a machine asks where it
+/// was launched, not only where the backend would launch today, so an edit can never
+/// turn a live machine into one kpool reads as gone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MachineRef {
+    /// The kpool machine name.
+    pub name: String,
+    /// The region of the offer the machine was launched from, when recorded.
+    pub region: Option<String>,
+    /// The provider's id of the machine, when recorded.
+    pub provider_id: Option<String>,
+}
+
+impl MachineRef {
+    /// A machine known only by its name: it is looked for where the backend is
+    /// configured to look today.
+    pub fn named(name: &str) -> Self {
+        MachineRef { name: name.to_string(), ..MachineRef::default() }
+    }
+
+    /// The machine an instance's status records (`None` before it has a machine name).
+    pub fn of(st: &crate::api::instance::InstanceStatus) -> Option<Self> {
+        Some(MachineRef {
+            name: st.machine_name.clone()?,
+            region: st.offer.as_ref().map(|o| o.region.clone()).filter(|r| !r.is_empty()),
+            provider_id: st.provider_id.clone().filter(|p| !p.is_empty()),
+        })
+    }
+}
+
 /// One source of machines. Implementations must be idempotent: `create` with a name
 /// that already exists returns that machine; `delete` of a missing machine returns
 /// `NotFound`.
@@ -226,6 +259,18 @@ pub trait Backend: Send + Sync {
     async fn get(&self, name: &str) -> Result<Machine, BackendError>;
     /// Starts deleting a machine. `NotFound` once it is gone.
     async fn delete(&self, name: &str) -> Result<(), BackendError>;
+    /// Looks a machine up where it was launched (see [`MachineRef`]) as well as where the
+    /// backend's current configuration says; `NotFound` only when neither has it.
+    /// Backends whose machines do not depend on their configuration's location answer as
+    /// [`Backend::get`].
+    async fn get_at(&self, machine: &MachineRef) -> Result<Machine, BackendError> {
+        self.get(&machine.name).await
+    }
+    /// Starts deleting a machine where it was launched (see [`MachineRef`]) as well as
+    /// where the current configuration says; `NotFound` once neither has it.
+    async fn delete_at(&self, machine: &MachineRef) -> Result<(), BackendError> {
+        self.delete(&machine.name).await
+    }
     /// Every machine of this backend's [`Owner`] (this installation, the `Backend`'s
     /// namespace) that is not gone, for the garbage collector. A backend without an owner
     /// cannot tell its machines from others' and answers InvalidConfig.

@@ -22,7 +22,7 @@ use crate::api::instance::{
     Instance, InstancePhase, InstanceStatus, INSTANCE_FINALIZER, PROVISIONED_FOR_ANNOTATION, PROVISIONED_FOR_LABEL,
 };
 use crate::api::run::Run;
-use crate::backends::{machine_name, machine_tags, BackendError, MachineSpec, MachineState};
+use crate::backends::{machine_name, machine_tags, BackendError, MachineRef, MachineSpec, MachineState};
 use crate::core::instance::{self as sm, LaunchFailure, NoOffer, Step, POLL_INTERVAL};
 use crate::core::policy::{EffectivePolicy, Origin};
 use crate::exec::ssh::instance_key;
@@ -344,8 +344,8 @@ async fn poll(inst: Instance, mut st: InstanceStatus, policy: &EffectivePolicy, 
     let now = ctx.now();
     let offer = st.offer.clone().unwrap_or_default();
     let backend = ctx.backend(&ns, &offer.backend).await?;
-    let name = st.machine_name.clone().unwrap_or_default();
-    match backend.get(&name).await {
+    let machine = MachineRef::of(&st).unwrap_or_default();
+    match backend.get_at(&machine).await {
         Ok(m) if m.state == MachineState::Running => {
             sm::observe_machine(&mut st, &m, now);
             ready(&mut st, &inst, now, "Idle", "machine is up; ready for runs");
@@ -412,6 +412,11 @@ pub const LOST_REASONS: [&str; 3] = ["Reclaimed", "MachineGone", "Unreachable"];
 /// The condition that says whether the instance's machine answers.
 pub const REACHABLE: &str = "Reachable";
 
+/// The condition that says why deleting the instance's machine fails: `False` (reason
+/// `DeleteFailed`, the provider's error) while the backend cannot delete it or confirm it
+/// gone, `True` once it is deleted after such a failure; absent otherwise.
+pub const TEARDOWN: &str = "Teardown";
+
 /// Time until the instance's next health check (a floor of a second, so a requeue
 /// never spins).
 fn health_wait(inst: &Instance, ctx: &Context) -> Duration {
@@ -449,7 +454,10 @@ async fn check_health(inst: &Instance, st: &mut InstanceStatus, ctx: &Context) -
             return Ok(None);
         }
     };
-    let verdict = match backend.get(&name).await {
+    // Looked for where it was launched, not only where the Backend would launch today: a
+    // Backend edit (regions, namespace) must never read as the machine being gone.
+    let machine = MachineRef { name, ..MachineRef::of(st).unwrap_or_default() };
+    let verdict = match backend.get_at(&machine).await {
         Ok(m) if m.state == MachineState::Running => None,
         Ok(m) if m.state == MachineState::Pending => Some(("Unreachable", "the machine does not answer".to_string())),
         Ok(m) => Some(("Gone", format!("the provider reports machine {} {:?}", m.provider_id, m.state))),
@@ -524,8 +532,13 @@ async fn give_up(
 async fn teardown(inst: Instance, mut st: InstanceStatus, ctx: &Context) -> Result<Next, Error> {
     let ns = inst.namespace().unwrap_or_default();
     let now = ctx.now();
-    if delete_machine(&inst, &st, ctx).await? {
+    let deleted = match delete_machine(&inst, &st, ctx).await {
+        Ok(deleted) => deleted,
+        Err(e) => return Err(teardown_failed(&inst, &mut st, e, ctx).await),
+    };
+    if deleted {
         sm::gone(&mut st);
+        clear_false(&mut st.conditions, TEARDOWN, "Deleted", "the machine is deleted", inst.metadata.generation, now);
         let (reason, message) = match crate::api::conditions::find(&st.conditions, "Ready") {
             // Lost by the health check: the message says what happened, keep it.
             Some(c) if LOST_REASONS.contains(&c.reason.as_str()) => (c.reason.clone(), c.message.clone()),
@@ -540,6 +553,25 @@ async fn teardown(inst: Instance, mut st: InstanceStatus, ctx: &Context) -> Resu
     Ok(Next::Stop(Action::requeue(POLL_INTERVAL)))
 }
 
+/// A teardown that failed (new credentials that cannot see the machine, an endpoint that
+/// does not answer, a missing Backend): says so, with the whole error, in the instance's
+/// [`TEARDOWN`] condition and a Warning Event (once per distinct error), and hands the
+/// error back so the pass is retried. The instance is never marked gone while its machine
+/// may still run.
+async fn teardown_failed(inst: &Instance, st: &mut InstanceStatus, err: Error, ctx: &Context) -> Error {
+    let msg = format!("deleting the machine failed (retrying): {}", super::chain(&err));
+    if conditions::find(&st.conditions, TEARDOWN).is_some_and(|c| c.status == "False" && c.message == msg) {
+        return err;
+    }
+    set_false_since(&mut st.conditions, TEARDOWN, "DeleteFailed", &msg, inst.metadata.generation, ctx.now());
+    ctx.event(inst, true, "DeleteFailed", msg).await;
+    // Best effort: the error is returned (and logged) whether or not this is recorded.
+    if let Err(e) = ctx.write_status(inst, st).await {
+        tracing::debug!(error = %e, "failed to record the teardown failure");
+    }
+    err
+}
+
 /// Deletes the instance's machine. `true` once the backend says it is gone.
 async fn delete_machine(inst: &Instance, st: &InstanceStatus, ctx: &Context) -> Result<bool, Error> {
     let (Some(name), Some(offer)) = (st.machine_name.as_deref(), st.offer.as_ref()) else {
@@ -549,7 +581,8 @@ async fn delete_machine(inst: &Instance, st: &InstanceStatus, ctx: &Context) -> 
     let ns = inst.namespace().unwrap_or_default();
     let backend = ctx.backend(&ns, &offer.backend).await?;
     let wrap = |source| Error::Backend { backend: offer.backend.clone(), source };
-    let gone = match backend.get(name).await {
+    let machine = MachineRef { name: name.to_string(), ..MachineRef::of(st).unwrap_or_default() };
+    let gone = match backend.get_at(&machine).await {
         Err(BackendError::NotFound(_)) => true,
         Ok(m) => m.state == MachineState::Terminated,
         Err(e) => return Err(wrap(e)),
@@ -557,12 +590,12 @@ async fn delete_machine(inst: &Instance, st: &InstanceStatus, ctx: &Context) -> 
     if gone {
         // Still asked to delete: what the machine leaves behind at the provider (a
         // registered SSH key) goes with it even when the machine went without kpool.
-        return match backend.delete(name).await {
+        return match backend.delete_at(&machine).await {
             Ok(()) | Err(BackendError::NotFound(_)) => Ok(true),
             Err(e) => Err(wrap(e)),
         };
     }
-    match backend.delete(name).await {
+    match backend.delete_at(&machine).await {
         Err(BackendError::NotFound(_)) => Ok(true),
         Ok(()) => Ok(false),
         Err(e) => Err(wrap(e)),
@@ -574,7 +607,17 @@ async fn delete_machine(inst: &Instance, st: &InstanceStatus, ctx: &Context) -> 
 async fn cleanup(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = inst.namespace().unwrap_or_default();
     let mut st = inst.status.clone().unwrap_or_default();
-    if delete_machine(&inst, &st, &ctx).await? {
+    let deleted = match delete_machine(&inst, &st, &ctx).await {
+        Ok(deleted) => deleted,
+        Err(e) => {
+            if st.phase != InstancePhase::Terminating {
+                sm::terminate(&mut st);
+                ready(&mut st, &inst, ctx.now(), "Terminating", "instance deleted; deleting the machine");
+            }
+            return Err(teardown_failed(&inst, &mut st, e, &ctx).await);
+        }
+    };
+    if deleted {
         ctx.metrics.observe_instance(&inst.uid().unwrap_or_default(), None);
         ctx.forget_admission(&ns, st.pool.as_deref().unwrap_or_default(), &inst.name_any());
         ctx.event(&*inst, false, "Deleted", "the machine is gone; removing the instance".into()).await;

@@ -200,6 +200,14 @@ impl PodExecutor {
                 object.spec.type_.as_str()
             )));
         }
+        // The machine's Pods live where it was launched (its provider id is
+        // `namespace/name`), even after spec.kubernetes.namespace named another.
+        let mut object = object;
+        if let Some((placed, _)) =
+            st.provider_id.as_deref().and_then(|p| p.split_once('/')).filter(|(n, _)| !n.is_empty())
+        {
+            object.spec.kubernetes.get_or_insert_with(Default::default).namespace = Some(placed.to_string());
+        }
         // Job Pods carry the run's image and Secret: never outside the allowed namespaces.
         self.allowances
             .check_kubernetes_namespace(&object)
