@@ -412,8 +412,14 @@ async fn kubectl_pool_drives_a_kpool_controller_on_a_real_api_server() {
         assert_eq!((r["SPOT"].as_str(), r["PRICE"].as_str()), ("on-demand", "$1.25"), "{out}");
     }
     // The job Pod took the slot's place on the same node.
-    let job_pods = pods.list(&ListParams::default().labels(&format!("kpool.dev/machine={slot_name}"))).await.unwrap();
-    let job = job_pods.items.first().unwrap_or_else(|| panic!("no job Pod of {slot_name}")).name_any();
+    // (bound by the scheduler a moment after kpool creates it)
+    let selector = format!("kpool.dev/machine={slot_name}");
+    let job_pods = eventually(&format!("the job Pod of {slot_name} bound"), Duration::from_secs(60), || async {
+        let list = pods.list(&ListParams::default().labels(&selector)).await.ok()?;
+        list.items.first()?.spec.as_ref()?.node_name.is_some().then_some(list)
+    })
+    .await;
+    let job = job_pods.items[0].name_any();
     assert_eq!(job_pods.items[0].spec.as_ref().and_then(|s| s.node_name.as_deref()), Some(GPU_NODE));
 
     // --- list: the pool's counts and price, once the pool controller has counted. ---

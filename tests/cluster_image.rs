@@ -266,16 +266,20 @@ spec:
     let instances: Api<Instance> = Api::namespaced(admin.clone(), &work);
     let inst = instances.get(&instance).await.unwrap();
     let inst_status = inst.status.unwrap_or_default();
+    // kpool asks for the node by affinity; the scheduler binds the Pod a moment later.
     let pods: Api<Pod> = Api::namespaced(admin.clone(), &work);
-    let pods = pods.list(&ListParams::default()).await.unwrap().items;
-    let placed: Vec<String> = pods
-        .iter()
-        .map(|p| {
-            let node = p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
-            format!("{}@{node}", p.metadata.name.clone().unwrap_or_default())
-        })
-        .collect();
-    assert!(!pods.is_empty() && placed.iter().all(|p| p.contains("@kwok-")), "Pods on kwok nodes: {placed:?}");
+    let placed: Vec<String> = eventually("the run's Pods bound to kwok nodes", Duration::from_secs(60), || async {
+        let pods = pods.list(&ListParams::default()).await.ok()?.items;
+        let placed: Vec<String> = pods
+            .iter()
+            .map(|p| {
+                let node = p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+                format!("{}@{node}", p.metadata.name.clone().unwrap_or_default())
+            })
+            .collect();
+        (!placed.is_empty() && placed.iter().all(|p| p.contains("@kwok-"))).then_some(placed)
+    })
+    .await;
     eprintln!("run hello: {phase:?} on {instance} ({:?}); pods {placed:?}", inst_status.phase);
 
     let (code, metrics) = get(metrics_port, "/metrics").await.expect("/metrics");
