@@ -350,6 +350,7 @@ busybox_image() {
         ctx=$(mktemp -d)
         # A static busybox (Debian's busybox-static) is the whole image: nothing else on scratch.
         if ! [ -x /bin/busybox ] || ldd /bin/busybox >/dev/null 2>&1; then
+            apt-get update -qq >/dev/null
             DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null
         fi
         cp /bin/busybox "$ctx/busybox"
