@@ -393,6 +393,12 @@ $ns" ] || die "unexpected log from the smoke Pod: $out"
     log "a Pod ran on $NAME with a local image and its log was read back ($((SECONDS - started)) s)"
 }
 
+# Not root: run as root through passwordless sudo where there is one (HOME and PATH kept,
+# so Go, its caches and kube.sh's binaries are the caller's).
+if [ "$(id -u)" != 0 ] && [ -n "${1:-}" ] && command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    exec sudo -n --preserve-env=HOME,PATH,GOPATH,GOCACHE,GOMODCACHE,KPOOL_KUBE_CACHE "$0" "$@"
+fi
+
 case "${1:-}" in
     build) build ;;
     start) shift; start "${1:?usage: kube-node.sh start DIR [NAME]}" "${2:-}" ;;
