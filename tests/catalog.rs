@@ -482,47 +482,54 @@ fn query_ranks_cheapest_first_up_to_the_limit() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Where dstack decides differently from kpool's core (kept as ignored tests)
+// Where kpool deliberately decides differently from dstack: each test states dstack's answer
+// and asserts kpool's, which is dstack's plus exactly the documented difference.
 // ---------------------------------------------------------------------------------------
 
-#[test]
-#[ignore = "dstack defaults the GPU vendor to NVIDIA when no GPU name is given and the default image is \
-            used (set_default_gpu_spec_vendor); kpool's grammar has no image and leaves the vendor unset \
-            (src/api/resources/mod.rs), so kpool also offers the TPU v5e here"]
-fn dstack_defaults_the_gpu_vendor_to_nvidia_without_names() {
-    let c = sample();
-    assert_eq!(
-        query(&c, &[("gpu", "16GB")], SpotPolicy::Auto, None),
-        set(&[
-            "aws:g4dn.12xlarge@us-east-1",
-            "aws:g4dn.2xlarge@us-west-2",
-            "aws:g4dn.xlarge@us-east-1",
-            "aws:g4dn.xlarge@us-east-1:spot",
-            "gcp:n1-standard-4@us-central1-a",
-            "gcp:n1-standard-4@us-central1-a:spot",
-        ])
-    );
+/// The TPU v5e offers of the sample catalog: an accelerator that is not NVIDIA's.
+fn tpu_v5e() -> BTreeSet<String> {
+    set(&["gcp:v5litepod-1@us-west4-a", "gcp:v5litepod-1@us-west4-a:spot"])
 }
 
+/// dstack defaults the GPU vendor to NVIDIA when no GPU name is given and the default image
+/// is used (`set_default_gpu_spec_vendor`); kpool's grammar has no image and leaves the
+/// vendor unset (src/api/resources/mod.rs), so kpool also offers the TPU v5e.
 #[test]
-#[ignore = "dstack's default `gpu` (count 0..) also gets the NVIDIA default vendor with the default image, \
-            so a CPU-only run never lands on a TPU/AMD machine; kpool's `gpu: None` allows every machine"]
-fn dstack_cpu_only_runs_exclude_non_nvidia_accelerators() {
+fn without_gpu_names_kpool_also_offers_other_vendors_than_dstack_s_nvidia_default() {
     let c = sample();
-    let offers = query(&c, &[], SpotPolicy::Auto, None);
-    assert_eq!(offers.len(), 43);
-    assert!(!offers.iter().any(|k| k.contains("v5litepod")));
+    let dstack = set(&[
+        "aws:g4dn.12xlarge@us-east-1",
+        "aws:g4dn.2xlarge@us-west-2",
+        "aws:g4dn.xlarge@us-east-1",
+        "aws:g4dn.xlarge@us-east-1:spot",
+        "gcp:n1-standard-4@us-central1-a",
+        "gcp:n1-standard-4@us-central1-a:spot",
+    ]);
+    let kpool = query(&c, &[("gpu", "16GB")], SpotPolicy::Auto, None);
+    assert_eq!(kpool, dstack.union(&tpu_v5e()).cloned().collect());
 }
 
+/// dstack's default `gpu` (count 0..) also gets the NVIDIA default vendor with the default
+/// image, so a CPU-only run never lands on a TPU/AMD machine (43 offers of the sample);
+/// kpool's `gpu: None` allows every machine, the TPU v5e's two offers too.
 #[test]
-#[ignore = "dstack queries with allowed_flags=SUPPORTED_GPUHUNT_FLAGS and so hides rows whose flags it does not \
-            know; kpool's Offer has no flags, the catalog reader drops them and keeps every row"]
-fn dstack_hides_offers_with_unknown_flags() {
+fn cpu_only_runs_may_land_on_non_nvidia_accelerators_in_kpool_unlike_dstack() {
+    let c = sample();
+    let kpool = query(&c, &[], SpotPolicy::Auto, None);
+    assert_eq!(kpool.len(), 43 + 2);
+    assert!(tpu_v5e().is_subset(&kpool), "{kpool:?}");
+}
+
+/// dstack queries with `allowed_flags=SUPPORTED_GPUHUNT_FLAGS` and so hides rows whose flags
+/// it does not know (it keeps only `y`); kpool's Offer has no flags, the catalog reader drops
+/// them and keeps every row.
+#[test]
+fn kpool_keeps_offers_with_flags_dstack_does_not_know() {
     let text = format!(
         "{HEADER}\nx,r,1,2,8,0,,,False,,,some-future-flag,x86,{{}}\ny,r,1,2,8,0,,,False,,,lambda-arm,x86,{{}}\n"
     );
     let c = Catalog::from(Catalog::parse("gcp", "gcp", &text).unwrap());
-    assert_eq!(query(&c, &[], SpotPolicy::OnDemand, None), set(&["gcp:y@r"]));
+    assert_eq!(query(&c, &[], SpotPolicy::OnDemand, None), set(&["gcp:x@r", "gcp:y@r"]));
 }
 
 // ---------------------------------------------------------------------------------------
