@@ -62,6 +62,15 @@ pub fn observe(conditions: &mut [Condition], generation: Option<i64>) {
     }
 }
 
+/// A status that says which generation of the spec it describes (`observedGeneration`),
+/// in its own field and in each of its conditions.
+pub trait ObservedStatus {
+    fn observed_generation(&self) -> Option<i64>;
+    /// The controller looked at `generation` and found nothing to change: the status and
+    /// every condition now say they describe it.
+    fn observe(&mut self, generation: Option<i64>);
+}
+
 /// Builds a condition. `last_transition_time` is kept from `previous` when the status
 /// did not change, so that timeouts computed from transition times stay stable.
 pub fn condition(

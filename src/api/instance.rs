@@ -183,3 +183,14 @@ pub struct InstanceStatus {
     #[schemars(extend("default" = 0))]
     pub observed_generation: Option<i64>,
 }
+
+impl crate::api::conditions::ObservedStatus for InstanceStatus {
+    fn observed_generation(&self) -> Option<i64> {
+        self.observed_generation
+    }
+
+    fn observe(&mut self, generation: Option<i64>) {
+        self.observed_generation = generation;
+        crate::api::conditions::observe(&mut self.conditions, generation);
+    }
+}

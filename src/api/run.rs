@@ -186,3 +186,14 @@ pub struct RunAttempt {
     /// Why it ended, e.g. `ContainerExitedWithError`, `Interrupted`, `NoCapacity`, `Completed`.
     pub reason: String,
 }
+
+impl crate::api::conditions::ObservedStatus for RunStatus {
+    fn observed_generation(&self) -> Option<i64> {
+        self.observed_generation
+    }
+
+    fn observe(&mut self, generation: Option<i64>) {
+        self.observed_generation = generation;
+        crate::api::conditions::observe(&mut self.conditions, generation);
+    }
+}

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::Error;
 use crate::api::backend::Backend as BackendObject;
+use crate::api::conditions::ObservedStatus;
 use crate::api::offer::Offer;
 use crate::api::resources::Requirements;
 use crate::backends::{Backend, BackendFactory};
@@ -131,6 +132,37 @@ impl Context {
         };
         if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
             tracing::debug!(error = %e, reason, "failed to publish event");
+        }
+    }
+
+    /// A pass over a new generation of `name`'s spec ended: records that its status
+    /// describes that generation, if no write of the pass did (the spec changed nothing,
+    /// e.g. a new `idleDuration` of a busy instance, new commands of a finished run).
+    /// Without it kstatus would report the object InProgress until its next status change.
+    /// `status` picks the object's status.
+    pub async fn observe_generation<K, S, F>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+        generation: Option<i64>,
+        status: F,
+    ) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+        S: ObservedStatus + Serialize + Clone,
+        F: Fn(&K) -> Option<&S>,
+    {
+        let Some(latest) = api.get_opt(name).await? else { return Ok(()) };
+        let Some(mut st) = status(&latest).filter(|s| s.observed_generation() != generation).cloned() else {
+            return Ok(());
+        };
+        if latest.meta().generation != generation {
+            return Ok(()); // changed again: the next pass records it
+        }
+        st.observe(generation);
+        match self.write_status(&latest, &st).await {
+            Err(Error::Kube(e)) if super::is_conflict(&e) => Ok(()), // changed meanwhile: a new pass comes
+            other => other.map(|_| ()),
         }
     }
 

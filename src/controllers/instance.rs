@@ -75,36 +75,13 @@ async fn apply(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action, Error> 
             Next::Continue(i) => inst = i,
             Next::Stop(a) => {
                 if unobserved {
-                    observe_generation(&api, &name, generation, &ctx).await?;
+                    ctx.observe_generation(&api, &name, generation, |i: &Instance| i.status.as_ref()).await?;
                 }
                 return Ok(a);
             }
         }
     }
     Ok(Action::requeue(Duration::ZERO))
-}
-
-/// A pass over a new generation of the spec ended: records that the status describes it,
-/// if no write of the pass did (the spec changed nothing, e.g. a new `idleDuration` of a
-/// busy instance, or any change to a failed one). Without it kstatus would report the
-/// instance InProgress until its next status change.
-async fn observe_generation(
-    api: &Api<Instance>,
-    name: &str,
-    generation: Option<i64>,
-    ctx: &Context,
-) -> Result<(), Error> {
-    let Some(latest) = api.get_opt(name).await? else { return Ok(()) };
-    let Some(mut st) = latest.status.clone().filter(|s| s.observed_generation != generation) else { return Ok(()) };
-    if latest.metadata.generation != generation {
-        return Ok(()); // changed again: the next pass records it
-    }
-    st.observed_generation = generation;
-    conditions::observe(&mut st.conditions, generation);
-    match ctx.write_status(&latest, &st).await {
-        Err(Error::Kube(e)) if super::is_conflict(&e) => Ok(()), // changed meanwhile: a new pass comes
-        other => other.map(|_| ()),
-    }
 }
 
 /// What the instance contributes to the instance and cost gauges.

@@ -15,7 +15,7 @@ use kube::ResourceExt;
 use super::instance::until;
 use super::observe::{instance_pool, instances, policy_of, pool_of};
 use super::{is_conflict, Context, Error};
-use crate::api::conditions::{self, clear_false, condition_tri, find, set_false_since, set_progress, upsert, Progress};
+use crate::api::conditions::{clear_false, condition_tri, find, set_false_since, set_progress, upsert, Progress};
 use crate::api::instance::{
     Instance, InstancePhase, InstanceSpec, INSTANCE_FINALIZER, POOL_LABEL, PROVISIONED_FOR_ANNOTATION,
     PROVISIONED_FOR_LABEL,
@@ -71,30 +71,13 @@ async fn apply(run: Arc<Run>, ctx: Arc<Context>) -> Result<Action, Error> {
             Next::Continue(r) => run = r,
             Next::Stop(a) => {
                 if unobserved {
-                    observe_generation(&api, &name, generation, &ctx).await?;
+                    ctx.observe_generation(&api, &name, generation, |r: &Run| r.status.as_ref()).await?;
                 }
                 return Ok(a);
             }
         }
     }
     Ok(Action::requeue(Duration::ZERO))
-}
-
-/// A pass over a new generation of the spec ended: records that the status describes it,
-/// if no write of the pass did (the spec changed nothing, e.g. new commands of a finished
-/// run). Without it kstatus would report the run InProgress until its next status change.
-async fn observe_generation(api: &Api<Run>, name: &str, generation: Option<i64>, ctx: &Context) -> Result<(), Error> {
-    let Some(latest) = api.get_opt(name).await? else { return Ok(()) };
-    let Some(mut st) = latest.status.clone().filter(|s| s.observed_generation != generation) else { return Ok(()) };
-    if latest.metadata.generation != generation {
-        return Ok(()); // changed again: the next pass records it
-    }
-    st.observed_generation = generation;
-    conditions::observe(&mut st.conditions, generation);
-    match ctx.write_status(&latest, &st).await {
-        Err(Error::Kube(e)) if is_conflict(&e) => Ok(()), // changed meanwhile: a new pass comes
-        other => other.map(|_| ()),
-    }
 }
 
 async fn step(run: Run, ctx: &Context) -> Result<Next, Error> {
