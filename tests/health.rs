@@ -28,16 +28,23 @@ fn small() -> ResourcesSpec {
     }
 }
 
-#[tokio::test]
-async fn a_spot_machine_aws_takes_back_is_seen_as_reclaimed() {
+/// A harness with the real backends, allowed to reach moto (and `also`), and the aws
+/// Backend `ec2` on moto whose catalog has the one `row`.
+async fn ec2_on_moto(row: &str, also: &[&str]) -> Harness {
     let moto = moto();
-    let allow_moto = Allowances::default().with_endpoints([moto.endpoint.as_str()]);
-    let h = Harness::with_real_backends_allowing(INSTALLATION, allow_moto).await;
-    let (creds, catalog, backend) =
-        moto.backend_objects("ec2", "t3.micro,us-east-1,0.0031,2,1.0,0,,,True,,,,x86,{}\n", Default::default());
+    let endpoints: Vec<&str> = std::iter::once(moto.endpoint.as_str()).chain(also.iter().copied()).collect();
+    let h = Harness::with_real_backends_allowing(INSTALLATION, Allowances::default().with_endpoints(endpoints)).await;
+    let (creds, catalog, backend) = moto.backend_objects("ec2", row, Default::default());
     h.create(creds).await;
     h.create(catalog).await;
     h.create(backend).await;
+    h
+}
+
+#[tokio::test]
+async fn a_spot_machine_aws_takes_back_is_seen_as_reclaimed() {
+    let moto = moto();
+    let h = ec2_on_moto("t3.micro,us-east-1,0.0031,2,1.0,0,,,True,,,,x86,{}\n", &[]).await;
     let policy = PolicySpec {
         backends: Some(vec!["ec2".into()]),
         spot_policy: Some(SpotPolicy::Spot),
@@ -86,14 +93,7 @@ async fn ec2_state(region: &str, id: &str) -> String {
 async fn a_machine_outside_the_edited_regions_is_not_gone_and_is_terminated_where_it_runs() {
     use kpool::api::backend::Backend;
     use kube::api::PostParams;
-    let moto = moto();
-    let allow_moto = Allowances::default().with_endpoints([moto.endpoint.as_str()]);
-    let h = Harness::with_real_backends_allowing(INSTALLATION, allow_moto).await;
-    let (creds, catalog, backend) =
-        moto.backend_objects("ec2", "t3.micro,us-east-1,0.0104,2,1.0,0,,,False,,,,x86,{}\n", Default::default());
-    h.create(creds).await;
-    h.create(catalog).await;
-    h.create(backend).await;
+    let h = ec2_on_moto("t3.micro,us-east-1,0.0104,2,1.0,0,,,False,,,,x86,{}\n", &[]).await;
     let policy =
         PolicySpec { backends: Some(vec!["ec2".into()]), idle_duration: Some("off".into()), ..Default::default() };
     h.instance("moved", InstanceSpec { resources: small(), policy, ..Default::default() }).await;
@@ -147,13 +147,7 @@ async fn a_teardown_the_provider_cannot_do_says_why_and_never_marks_the_machine_
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         format!("http://127.0.0.1:{port}")
     };
-    let allow = Allowances::default().with_endpoints([moto.endpoint.as_str(), dead.as_str()]);
-    let h = Harness::with_real_backends_allowing(INSTALLATION, allow).await;
-    let (creds, catalog, backend) =
-        moto.backend_objects("ec2", "t3.micro,us-east-1,0.0104,2,1.0,0,,,False,,,,x86,{}\n", Default::default());
-    h.create(creds).await;
-    h.create(catalog).await;
-    h.create(backend).await;
+    let h = ec2_on_moto("t3.micro,us-east-1,0.0104,2,1.0,0,,,False,,,,x86,{}\n", &[dead.as_str()]).await;
     let policy =
         PolicySpec { backends: Some(vec!["ec2".into()]), idle_duration: Some("off".into()), ..Default::default() };
     h.instance("stuck", InstanceSpec { resources: small(), policy, ..Default::default() }).await;
