@@ -118,16 +118,6 @@ build() {
     log "kubelet and pause image ready in $BIN ($((SECONDS - started)) s)"
 }
 
-free_ports() {
-    python3 - "$1" <<'EOF'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
-
 # Sets the globals of node NAME of cluster DIR.
 node_paths() {
     CLUSTER=$(cd "${1:?cluster DIR}" && pwd)
@@ -168,7 +158,7 @@ start() {
     [ -f "$D/pids" ] && stop_node
     rm -rf "$D" && mkdir -p "$D/logs" "$D/pki" "$D/cni/net.d" "$D/kubelet"
     local started=$SECONDS kport hport node_ip server h
-    read -r kport hport <<<"$(free_ports 2)"
+    read -r kport hport <<<"$("$ROOT/scripts/peers/kube.sh" ports 2)"
     node_ip=$(ip -4 route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \([0-9.]*\).*/\1/p')
     [ -n "$node_ip" ] || node_ip=$(ip -4 -o addr show scope global | awk '{print $4}' | cut -d/ -f1 | head -n1)
     [ -n "$node_ip" ] || die "no non-loopback IPv4 address for the node (the kubelet refuses loopback)"

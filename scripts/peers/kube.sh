@@ -8,6 +8,7 @@
 #   scripts/peers/kube.sh stop DIR     stop it (DIR stays, for its logs)
 #   scripts/peers/kube.sh up DIR       start, print "ready DIR/kubeconfig", stop when stdin closes
 #   scripts/peers/kube.sh bin          print the directory of the built binaries
+#   scripts/peers/kube.sh ports N      print N free loopback ports
 #
 # Versions are pinned by the wrapper modules in scripts/peers/kube/{k8s,etcd,kwok} (go.mod
 # and go.sum committed). Binaries are cached under $KPOOL_KUBE_CACHE (default
@@ -202,6 +203,7 @@ stop() {
 case "${1:-}" in
     build) build ;;
     bin) echo "$BIN" ;;
+    ports) free_ports "${2:?usage: kube.sh ports N}" ;;
     start) start "${2:?usage: kube.sh start DIR}" ;;
     stop) stop "${2:?usage: kube.sh stop DIR}" ;;
     up)
@@ -211,5 +213,5 @@ case "${1:-}" in
         echo "ready $(cd "$dir" && pwd)/kubeconfig"
         cat >/dev/null || true
         ;;
-    *) sed -n '2,15p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,16p' "$0" >&2; exit 2 ;;
 esac
