@@ -68,7 +68,7 @@ async fn apply(b: Arc<Backend>, ctx: &Context) -> Result<Action, Error> {
     if let Some(name) = &config_map {
         mark::<ConfigMap>(ctx, &ns, name, true).await?;
     }
-    let (ready, reason, message) = match ctx.backend(&ns, &b.name_any()).await {
+    let (ready, reason, message) = match ctx.build_backend(&b).await {
         Ok(_) => (true, "Configured", "the backend's configuration, credentials and catalog could be read".to_string()),
         Err(e) => (false, e.category(), super::chain(&e)),
     };
@@ -77,7 +77,10 @@ async fn apply(b: Arc<Backend>, ctx: &Context) -> Result<Action, Error> {
     let now = ctx.now();
     let c = condition(&st.conditions, READY, ready, reason, message, b.metadata.generation, now);
     upsert(&mut st.conditions, c);
-    write_status(ctx, &b, &st).await?;
+    // Nothing changed (the transition time is kept while the status stays): no request.
+    if b.status.as_ref() != Some(&st) {
+        write_status(ctx, &b, &st).await?;
+    }
     Ok(Action::requeue(if ready { RECHECK } else { Duration::from_secs(60) }))
 }
 

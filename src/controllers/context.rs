@@ -196,7 +196,8 @@ impl Context {
         Ok((self.build_backend(&obj).await?, obj))
     }
 
-    async fn build_backend(&self, obj: &BackendObject) -> Result<Arc<dyn Backend>, Error> {
+    /// The backend built from `obj` (cached while its resourceVersion stays the same).
+    pub async fn build_backend(&self, obj: &BackendObject) -> Result<Arc<dyn Backend>, Error> {
         let key = (obj.namespace().unwrap_or_default(), obj.name_any());
         let version = obj.resource_version().unwrap_or_default();
         if let Some((v, b)) = self.backends.lock().expect("backends").get(&key) {
