@@ -1,6 +1,7 @@
 //! What every reconciler shares: the client, the backends, the executor, the clock.
 
 use super::metrics::Metrics;
+use super::requests::{counting, ApiRequests};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
@@ -76,6 +77,8 @@ pub struct Context {
     pub executor: Arc<dyn Executor>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
+    /// Every request `client` has sent, by verb, resource and outcome.
+    pub requests: ApiRequests,
     /// The installation's defaults, below pools' defaults and above the built-in ones.
     pub site_defaults: SiteDefaults,
     /// Health checks of live instances.
@@ -99,13 +102,19 @@ impl Context {
         clock: Arc<dyn Clock>,
     ) -> Self {
         let reporter = Reporter { controller: "kpool".into(), instance: std::env::var("POD_NAME").ok() };
+        let metrics = Arc::new(Metrics::new());
+        let counted = metrics.clone();
+        let requests =
+            ApiRequests::with_hook(move |call, outcome| counted.api_request(&call.verb, &call.resource, outcome));
+        let client = counting(client, requests.clone());
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             factory,
             executor,
             clock,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
+            requests,
             site_defaults: SiteDefaults::default(),
             health: HealthConfig::default(),
             admissions: Mutex::default(),

@@ -42,6 +42,13 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    verb: String,
+    resource: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabels {
     phase: String,
     backend: String,
@@ -71,6 +78,7 @@ pub struct Metrics {
     price: Family<BackendLabels, Gauge<f64, AtomicU64>>,
     idle_cost: Family<BackendLabels, Gauge<f64, AtomicU64>>,
     leader: Gauge,
+    requests: Family<RequestLabels, Counter>,
     samples: Mutex<HashMap<String, InstanceSample>>,
     ready: AtomicBool,
 }
@@ -97,6 +105,7 @@ impl Metrics {
         let price = Family::<BackendLabels, Gauge<f64, AtomicU64>>::default();
         let idle_cost = Family::<BackendLabels, Gauge<f64, AtomicU64>>::default();
         let leader = Gauge::default();
+        let requests = Family::<RequestLabels, Counter>::default();
         registry.register("reconciles", "Reconciles, by controller", reconciles.clone());
         registry.register(
             "reconcile_failures",
@@ -124,6 +133,11 @@ impl Metrics {
         registry.register("price_dollars_per_hour", "What the machines held cost, by backend", price.clone());
         registry.register("idle_cost_dollars_per_hour", "What the idle machines cost, by backend", idle_cost.clone());
         registry.register("leader", "1 when this replica leads and acts, 0 on standby", leader.clone());
+        registry.register(
+            "api_requests",
+            "Requests to the Kubernetes API, by verb, resource and outcome (2xx, 404, 409, 4xx, 5xx, error)",
+            requests.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -137,6 +151,7 @@ impl Metrics {
             price,
             idle_cost,
             leader,
+            requests,
             samples: Mutex::default(),
             ready: AtomicBool::new(false),
         }
@@ -168,6 +183,13 @@ impl Metrics {
 
     pub fn health_check_failed(&self, backend: &str) {
         self.health_failures.get_or_create(&BackendLabels { backend: backend.to_string() }).inc();
+    }
+
+    /// Counts one request to the Kubernetes API.
+    pub fn api_request(&self, verb: &str, resource: &str, outcome: &str) {
+        let labels =
+            RequestLabels { verb: verb.to_string(), resource: resource.to_string(), outcome: outcome.to_string() };
+        self.requests.get_or_create(&labels).inc();
     }
 
     pub fn set_leader(&self, leading: bool) {
@@ -295,5 +317,12 @@ mod tests {
         assert!(text.contains("kpool_reconcile_duration_seconds_count{kind=\"instance\"} 2"), "{text}");
         assert!(text.contains("kpool_reconcile_failures_total{kind=\"run\",category=\"Conflict\"} 1"), "{text}");
         assert!(text.contains("kpool_provisioning_failures_total{backend=\"aws\",reason=\"InsufficientCapacity\"} 1"));
+        m.api_request("patch", "runs/status", "409");
+        m.api_request("patch", "runs/status", "409");
+        let text = m.render();
+        assert!(
+            text.contains("kpool_api_requests_total{verb=\"patch\",resource=\"runs/status\",outcome=\"409\"} 2"),
+            "{text}"
+        );
     }
 }

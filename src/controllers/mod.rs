@@ -9,6 +9,7 @@ pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod pool;
+pub mod requests;
 pub mod run;
 pub mod runtime;
 

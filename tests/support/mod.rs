@@ -100,43 +100,7 @@ pub struct Harness {
     pub api_calls: Arc<std::sync::Mutex<Vec<ApiCall>>>,
 }
 
-/// One API request as RBAC authorizes it: verb, API group, resource (with subresource).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ApiCall {
-    pub verb: String,
-    pub group: String,
-    pub resource: String,
-}
-
-/// Reads an API request the way the API server's authorizer does.
-pub fn api_call(method: &http::Method, uri: &http::Uri) -> ApiCall {
-    let parts: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
-    // /api/v1/... or /apis/GROUP/VERSION/...
-    let (group, rest) = match parts.first() {
-        Some(&"api") => ("".to_string(), &parts[2..]),
-        _ => (parts[1].to_string(), &parts[3..]),
-    };
-    let rest: &[&str] = if rest.first() == Some(&"namespaces") && rest.len() > 2 { &rest[2..] } else { rest };
-    let resource = match rest {
-        [plural, _name, sub] => format!("{plural}/{sub}"),
-        [plural, ..] => plural.to_string(),
-        [] => String::new(),
-    };
-    let named = rest.len() >= 2;
-    let query = uri.query().unwrap_or_default();
-    let verb = match *method {
-        http::Method::GET if query.contains("watch=true") => "watch",
-        http::Method::GET if named => "get",
-        http::Method::GET => "list",
-        http::Method::POST => "create",
-        http::Method::PUT => "update",
-        http::Method::PATCH => "patch",
-        http::Method::DELETE if named => "delete",
-        http::Method::DELETE => "deletecollection",
-        _ => "unknown",
-    };
-    ApiCall { verb: verb.to_string(), group, resource }
-}
+pub use kpool::controllers::requests::{api_call, ApiCall};
 
 /// Wraps a client so that every request it sends is recorded.
 pub fn recording(inner: Client) -> (Client, Arc<std::sync::Mutex<Vec<ApiCall>>>) {
