@@ -767,3 +767,25 @@ async fn a_stale_copy_of_a_run_that_already_ran_claims_nothing_and_starts_nothin
     }
     assert_eq!(h.get_run("a").await.status.unwrap().phase, RunPhase::Succeeded);
 }
+
+/// A controller that dies after a job exited but before the run recorded it (here: the
+/// run's status write fails) must not take the run for interrupted on its next pass, which
+/// would lose the exit code (and, with a retry policy, run the job again): the outcome is
+/// written before the instance is freed. Found by tests/cluster_crash.rs.
+#[tokio::test]
+async fn a_crash_after_the_job_exited_keeps_the_run_s_outcome() {
+    let h = Harness::new().await;
+    h.run("train", RunSpec { resources: gpu("A100:80GB:8"), ..Default::default() }).await;
+    h.settle(3).await;
+    let name = h.get_run("train").await.status.unwrap().instance.expect("running on an instance");
+
+    h.exec.exit("train", 0);
+    h.fail_run_status_writes.store(1, std::sync::atomic::Ordering::SeqCst);
+    assert!(h.reconcile_run("train").await.is_err(), "the run's status write fails");
+    let errors = h.settle(2).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    let st = h.get_run("train").await.status.unwrap();
+    assert_eq!((st.phase, st.exit_code), (RunPhase::Succeeded, Some(0)), "{st:?}");
+    let ist = h.get_instance(&name).await.status.unwrap();
+    assert_eq!((ist.phase, ist.run), (InstancePhase::Idle, None));
+}

@@ -10,6 +10,8 @@
 #   scripts/peers/kube.sh bin          print the directory of the built binaries
 #   scripts/peers/kube.sh ports N      print N free loopback ports
 #
+# The API server writes an audit log of every write to DIR/logs/audit.log.
+#
 # Versions are pinned by the wrapper modules in scripts/peers/kube/{k8s,etcd,kwok} (go.mod
 # and go.sum committed). Binaries are cached under $KPOOL_KUBE_CACHE (default
 # ~/.cache/kpool/kube) in a directory keyed by those files, so a second run does not
@@ -152,7 +154,23 @@ start() {
         --initial-cluster "kpool-test=http://127.0.0.1:$etcd_p" --unsafe-no-fsync=true --log-level warn
     wait_for etcd "$dir" etcd curl -sf "http://127.0.0.1:$etcd_c/health"
 
+    # An audit log of every write (who, with which User-Agent, when; kpool's objects with
+    # the request body): tests/cluster_crash.rs reads it to tell which controller replica
+    # wrote what, and it shows how a status came about when a test fails.
+    cat >"$dir/audit-policy.yaml" <<'EOF'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Request
+  verbs: [create, update, patch, delete]
+  resources: [{group: kpool.dev}]
+- level: Metadata
+  verbs: [create, update, patch, delete, deletecollection]
+- level: None
+EOF
     spawn "$dir" kube-apiserver "$BIN/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_c" \
+        --audit-policy-file "$dir/audit-policy.yaml" --audit-log-path "$dir/logs/audit.log" \
         --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api" \
         --cert-dir "$dir/apiserver" --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
         --client-ca-file "$pki/ca.crt" --authorization-mode Node,RBAC \

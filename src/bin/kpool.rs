@@ -132,6 +132,25 @@ fn endpoint_arg(s: &str) -> Result<String, String> {
     }
 }
 
+/// The User-Agent of every API call of replica `identity`: `kpool/VERSION (IDENTITY)`, so
+/// the API server's audit log tells which replica made each write (they share one field
+/// manager and, in a Deployment, one ServiceAccount).
+fn user_agent(identity: &str) -> String {
+    format!("kpool/{} ({identity})", env!("CARGO_PKG_VERSION"))
+}
+
+/// A client for the current kube context whose calls carry [`user_agent`].
+async fn client_as(identity: &str) -> Result<kube::Client, String> {
+    let unreachable = |e: &dyn std::fmt::Display| {
+        format!("cannot reach the Kubernetes API ({e}); check the current kube context or KUBECONFIG")
+    };
+    let mut config = kube::Config::infer().await.map_err(|e| unreachable(&e))?;
+    let agent = hyper::header::HeaderValue::from_str(&user_agent(identity))
+        .map_err(|e| format!("POD_NAME {identity:?} cannot be part of a User-Agent header: {e}"))?;
+    config.headers.push((hyper::header::USER_AGENT, agent));
+    kube::Client::try_from(config).map_err(|e| unreachable(&e))
+}
+
 fn duration_arg(flag: &'static str) -> impl Fn(&str) -> Result<Duration, String> + Clone {
     move |s: &str| parse_duration(flag, s).map_err(|e| e.to_string())
 }
@@ -214,9 +233,8 @@ fn controller(args: ControllerArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let client = kube::Client::try_default().await.map_err(|e| {
-            format!("cannot reach the Kubernetes API ({e}); check the current kube context or KUBECONFIG")
-        })?;
+        let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("kpool-{}", std::process::id()));
+        let client = client_as(&identity).await?;
         let installation = resolve_installation(&client, args.cluster_name.as_deref()).await.map_err(|e| {
             match std::error::Error::source(&e) {
                 Some(cause) => format!("{e}: {cause}"),
@@ -250,7 +268,6 @@ fn controller(args: ControllerArgs) -> Result<(), Box<dyn std::error::Error>> {
             tracing::info!("kpool controller stopped");
             return Ok(());
         }
-        let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("kpool-{}", std::process::id()));
         let elector = Elector::new(ctx.client.clone(), LeaderConfig::new(&args.leader_election_namespace, &identity))
             .with_clock(ctx.clock.clone());
         let mut stop = StopSignal::listen().map_err(|e| format!("cannot listen for SIGTERM/SIGINT: {e}"))?;

@@ -420,7 +420,6 @@ async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Con
             Ok(Next::Stop(Action::requeue(poll)))
         }
         JobState::Exited(code) => {
-            release_instance(ctx, &run, Some(&name)).await?;
             let retried = sm::job_exited(&mut st, policy, code, now);
             let msg = format!("the job exited with code {code}");
             if retried {
@@ -428,8 +427,13 @@ async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Con
             } else {
                 summary(&mut st, &run, now, &msg);
             }
+            // The outcome first, then the instance: a crash in between leaves the instance
+            // held by a run that has ended, which either controller frees again; freed
+            // first, the next pass would take the run for interrupted and lose its exit.
+            let run = ctx.write_status(&run, &st).await?;
+            release_instance(ctx, &run, Some(&name)).await?;
             ctx.event(&run, code != 0, if code == 0 { "Succeeded" } else { "Failed" }, msg).await;
-            Ok(Next::Continue(ctx.write_status(&run, &st).await?))
+            Ok(Next::Continue(run))
         }
     }
 }
@@ -511,11 +515,14 @@ async fn finish(
     message: &str,
 ) -> Result<Next, Error> {
     let now = ctx.now();
-    release_instance(ctx, &run, st.instance.as_deref()).await?;
+    let instance = st.instance.clone();
     sm::finish(&mut st, phase, reason, exit, now);
     summary(&mut st, &run, now, message);
+    // Recorded before the instance is freed, as when a job exits (see `follow`).
+    let run = ctx.write_status(&run, &st).await?;
+    release_instance(ctx, &run, instance.as_deref()).await?;
     ctx.event(&run, phase != RunPhase::Succeeded, reason, message.to_string()).await;
-    Ok(Next::Continue(ctx.write_status(&run, &st).await?))
+    Ok(Next::Continue(run))
 }
 
 async fn stop_job(ctx: &Context, run: &Run, instance: Option<&str>) -> Result<(), Error> {

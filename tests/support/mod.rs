@@ -96,6 +96,8 @@ pub struct Harness {
     pub fail_status_writes: Arc<AtomicUsize>,
     /// The next N creates of an Instance fail with a server error (500).
     pub fail_instance_creates: Arc<AtomicUsize>,
+    /// Fails the next N status writes of Runs only (say, the controller dies right before).
+    pub fail_run_status_writes: Arc<AtomicUsize>,
     /// Every API request the controllers made (through `ctx.client`), as RBAC sees it.
     pub api_calls: Arc<std::sync::Mutex<Vec<ApiCall>>>,
 }
@@ -213,6 +215,8 @@ impl Harness {
         let fail_instance_creates = Arc::new(AtomicUsize::new(0));
         let fail_create = fail_instance_creates.clone();
         let fail = fail_status_writes.clone();
+        let fail_run_status_writes = Arc::new(AtomicUsize::new(0));
+        let fail_run = fail_run_status_writes.clone();
         let funcs = Funcs::new().create(move |ctx| {
             if let Some(why) = invalid_label_value(ctx.object) {
                 return Err(kube_fake_client::Error::InvalidRequest(why));
@@ -228,6 +232,11 @@ impl Harness {
             if fail.load(Ordering::SeqCst) > 0 {
                 fail.fetch_sub(1, Ordering::SeqCst);
                 return Err(conflict("injected conflict".into()));
+            }
+            let run = ctx.patch.get("kind").and_then(Value::as_str) == Some("Run");
+            if run && fail_run.load(Ordering::SeqCst) > 0 {
+                fail_run.fetch_sub(1, Ordering::SeqCst);
+                return Err(kube_fake_client::Error::Internal("injected failure of a Run status write".into()));
             }
             if ctx.patch_type != kube_fake_client::PatchType::ApplyPatch {
                 return Ok(None);
@@ -278,7 +287,17 @@ impl Harness {
                 (Arc::new(FakeFactory::with([backend.clone()])), Arc::new(exec.clone()))
             };
         let ctx = Arc::new(Context::new(controller_client, factory, executor, Arc::new(clock.clone())));
-        let h = Harness { client, ctx, clock, backend, exec, fail_status_writes, fail_instance_creates, api_calls };
+        let h = Harness {
+            client,
+            ctx,
+            clock,
+            backend,
+            exec,
+            fail_status_writes,
+            fail_instance_creates,
+            fail_run_status_writes,
+            api_calls,
+        };
         h.create(Backend::new("aws", BackendSpec { type_: BackendType::Aws, ..Default::default() })).await;
         h
     }

@@ -224,7 +224,20 @@ impl Kpool {
 
     /// As [`Kpool::start`], with more flags, e.g. `--allow-endpoint` of a loopback moto.
     pub fn start_with(kubeconfig: &std::path::Path, namespace: &str, leader_ns: Option<&str>, flags: &[&str]) -> Kpool {
-        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kpool-{namespace}.log"));
+        Self::start_as(&format!("kpool-e2e-{namespace}"), kubeconfig, namespace, leader_ns, flags)
+    }
+
+    /// As [`Kpool::start_with`], as replica `identity` (its `POD_NAME`: the Lease holder and
+    /// the User-Agent's comment), logging to `<identity>.log`, appended to across restarts.
+    pub fn start_as(
+        identity: &str,
+        kubeconfig: &std::path::Path,
+        namespace: &str,
+        leader_ns: Option<&str>,
+        flags: &[&str],
+    ) -> Kpool {
+        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{identity}.log"));
+        let out = std::fs::File::options().create(true).append(true).open(&log).unwrap();
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_kpool"))
             .args(["controller", "--watch-namespace", namespace, "--metrics-addr"])
@@ -235,10 +248,10 @@ impl Kpool {
             })
             .args(flags)
             .env("KUBECONFIG", kubeconfig)
-            .env("POD_NAME", format!("kpool-e2e-{namespace}"))
+            .env("POD_NAME", identity)
             .env("KPOOL_LOG", "info,kpool=debug")
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
             .spawn()
             .expect("start kpool");
         Kpool { child, log }
@@ -246,6 +259,12 @@ impl Kpool {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a node failure or the OOM killer ends it: nothing is released.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL kpool");
+        self.child.wait().expect("reap kpool");
     }
 }
 
@@ -294,6 +313,11 @@ pub async fn job_pod(pods: &Api<Pod>, run: &Run) -> Pod {
 
 /// Plays kubelet: the job Pod's container exits with `code`.
 pub async fn exit_job(pods: &Api<Pod>, pod: &Pod, code: i32) {
+    try_exit_job(pods, pod, code).await.expect("patch the job Pod's status");
+}
+
+/// As [`exit_job`], the API's answer returned (the Pod may be gone meanwhile).
+pub async fn try_exit_job(pods: &Api<Pod>, pod: &Pod, code: i32) -> kube::Result<Pod> {
     let now = jiff::Timestamp::now().to_string();
     let name = &pod.spec.as_ref().unwrap().containers[0].name;
     let phase = if code == 0 { "Succeeded" } else { "Failed" };
@@ -304,7 +328,5 @@ pub async fn exit_job(pods: &Api<Pod>, pod: &Pod, code: i32) {
             "state": {"terminated": {"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
                 "startedAt": now, "finishedAt": now}}}],
     }});
-    pods.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .expect("patch the job Pod's status");
+    pods.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&status)).await
 }
