@@ -386,13 +386,13 @@ async fn throttling_is_rate_limited() {
 }
 
 #[tokio::test]
-async fn server_errors_are_other() {
+async fn server_errors_are_unanswered() {
     let env = Env::new().await;
     let backend = env.backend();
     let fault = Fault::Error { status: 500, code: "InternalError", message: "An internal error has occurred." };
     env.proxy.fail_next("DescribeInstances", 1, fault);
     let err = backend.get("kpool-server-error").await.unwrap_err();
-    assert!(matches!(&err, BackendError::Other(m) if m.contains("InternalError")), "{err:?}");
+    assert!(matches!(&err, BackendError::Unanswered(m) if m.contains("InternalError")), "{err:?}");
 }
 
 #[tokio::test]
@@ -440,12 +440,12 @@ async fn describe_instances_follows_next_token() {
 }
 
 #[tokio::test]
-async fn slow_answers_time_out_as_other() {
+async fn slow_answers_time_out_as_unanswered() {
     let env = Env::new().await;
     let backend = env.backend().with_timeout(Duration::from_millis(300));
     env.proxy.fail_next("DescribeInstances", 2, Fault::Delay(Duration::from_millis(1500)));
     let err = backend.get("kpool-slow").await.unwrap_err();
-    assert!(matches!(&err, BackendError::Other(m) if m.contains("no answer from EC2 within")), "{err:?}");
+    assert!(matches!(&err, BackendError::Unanswered(m) if m.contains("no answer from EC2 within")), "{err:?}");
 
     env.proxy.fail_next("DescribeInstances", 2, Fault::Delay(Duration::from_millis(500)));
     let patient = env.backend().with_timeout(Duration::from_secs(10));
