@@ -18,7 +18,7 @@ use kpool::backends::{
     Backend, BackendError, MachineSpec, MachineState, Owner, TAG_INSTALLATION, TAG_INSTANCE, TAG_MANAGED_BY,
     TAG_NAMESPACE, TAG_POOL,
 };
-use support_aws::proxy::{parse_form, Fault, Proxy};
+use support_aws::proxy::{parse_form, Fault, Lost, Proxy};
 use support_aws::{moto, Moto};
 
 const SSH_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKpool me@laptop";
@@ -437,6 +437,29 @@ async fn describe_instances_follows_next_token() {
     assert!(pages.iter().all(|p| p.params.get("MaxResults").map(String::as_str) == Some("5")));
     let followed = pages.iter().filter(|p| p.params.contains_key("NextToken")).count();
     assert!(followed >= 1, "at least one page after the first ({} pages)", pages.len());
+}
+
+#[tokio::test]
+async fn a_launch_whose_answer_is_lost_is_unanswered_and_its_machine_is_found_by_name() {
+    let env = Env::new().await;
+    let backend = env.backend().with_timeout(Duration::from_millis(500));
+    let lost = [Lost::Drop, Lost::Status(503), Lost::Hang(Duration::from_millis(1500))];
+    for (i, lost) in lost.into_iter().enumerate() {
+        let name = format!("kpool-lost-answer-{i}");
+        env.proxy.fail_next("RunInstances", 1, Fault::LoseReply(lost));
+        let err = backend.create(&on_demand(&name)).await.unwrap_err();
+        assert!(err.outcome_unknown(), "{lost:?}: {err:?}");
+        // The launch took effect: the machine is there, found by its name.
+        let m = backend.get(&name).await.expect("the machine the lost launch started");
+        assert!(matches!(m.state, MachineState::Pending | MachineState::Running), "{m:?}");
+        backend.delete(&name).await.expect("delete");
+    }
+    // A refusal is not unknown: nothing was launched.
+    let fault = Fault::Error { status: 400, code: "DryRunOperation", message: "refused" };
+    env.proxy.fail_next("RunInstances", 1, fault);
+    let err = backend.create(&on_demand("kpool-refused-launch")).await.unwrap_err();
+    assert!(!err.outcome_unknown(), "{err:?}");
+    assert!(matches!(backend.get("kpool-refused-launch").await, Err(BackendError::NotFound(_))));
 }
 
 #[tokio::test]
