@@ -79,11 +79,12 @@ async fn lose_the_launch_answer(h: &Harness, proxy: &Proxy, name: &str, lost: Lo
     h.settle(3).await;
     let st = h.get_instance(name).await.status.unwrap();
     let machine = st.machine_name.clone().unwrap();
+    let live = live_at_moto(&machine).await;
+    assert_eq!(live.len(), 1, "the lost launch started the machine, and nothing else was launched: {live:?}");
+    assert_eq!(proxy.seen("RunInstances").len(), 1, "no other launch while the first one's outcome is unknown");
     assert_eq!(st.phase, InstancePhase::Provisioning, "{:?}", st.conditions);
     let resolving = find(&st.conditions, "LaunchResolved").expect("LaunchResolved");
     assert_eq!(resolving.reason, "Resolving", "{resolving:?}");
-    assert_eq!(proxy.seen("RunInstances").len(), 1, "no other launch while the first one's outcome is unknown");
-    assert_eq!(live_at_moto(&machine).await.len(), 1, "the lost launch did start the machine");
 
     h.advance(Duration::from_secs(5));
     h.settle(3).await;
