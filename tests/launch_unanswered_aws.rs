@@ -12,21 +12,11 @@ use std::time::Duration;
 use kpool::api::conditions::find;
 use kpool::api::instance::{InstancePhase, InstanceSpec, LaunchOutcome};
 use kpool::api::policy::PolicySpec;
-use kpool::api::resources::ResourcesSpec;
 use kpool::backends::allow::Allowances;
 use kpool::backends::aws::client::Params;
 use support::*;
 use support_aws::proxy::{Fault, Lost, Proxy};
-use support_aws::{moto, REGIONS};
-
-fn small() -> ResourcesSpec {
-    ResourcesSpec {
-        cpu: Some("1..".into()),
-        memory: Some("0.5GB..".into()),
-        disk: Some("1GB..".into()),
-        ..Default::default()
-    }
-}
+use support_aws::{moto, small, REGIONS};
 
 /// One catalog row: t3.micro in `region` at `price`.
 fn row(region: &str, price: f64) -> String {

@@ -47,6 +47,27 @@ fn live(h: &Harness, other: &FakeBackend) -> Vec<String> {
     all
 }
 
+/// Deletes the instance as the API server does, retrying while its machine is deleted.
+async fn delete(h: &Harness, name: &str) {
+    for _ in 0..5 {
+        if h.delete_instance(name).await.is_ok() {
+            return;
+        }
+    }
+    panic!("instance {name} is still being deleted");
+}
+
+/// A running machine named `name`, tagged as kpool's.
+fn running(name: &str, provider_id: &str) -> Machine {
+    Machine {
+        name: name.to_string(),
+        provider_id: provider_id.to_string(),
+        state: MachineState::Running,
+        address: None,
+        tags: BTreeMap::from([(TAG_MANAGED_BY.to_string(), "kpool".to_string())]),
+    }
+}
+
 fn places(st: &InstanceStatus) -> Vec<(String, String, LaunchOutcome)> {
     st.launch_attempts.iter().map(|a| (a.backend.clone(), a.region.clone(), a.outcome)).collect()
 }
@@ -79,11 +100,7 @@ async fn a_launch_whose_answer_is_lost_is_found_and_used_before_any_other_offer(
     assert_eq!(live(&h, &other), vec![format!("aws/{}", st.machine_name.clone().unwrap())], "exactly one machine");
 
     // Deleted: no machine anywhere.
-    for _ in 0..5 {
-        if h.delete_instance("box").await.is_ok() {
-            break;
-        }
-    }
+    delete(&h, "box").await;
     assert_eq!(live(&h, &other), Vec::<String>::new());
 }
 
@@ -133,19 +150,9 @@ async fn deleting_the_instance_deletes_its_machine_at_every_place_a_launch_went(
     assert_eq!((st.phase, st.offer.as_ref().unwrap().backend.as_str()), (InstancePhase::Idle, "other"));
     // The lost launch did start a machine after all, later than the look-ups could see.
     let name = st.machine_name.clone().unwrap();
-    h.backend.insert_machine(Machine {
-        name: name.clone(),
-        provider_id: "late-1".into(),
-        state: MachineState::Running,
-        address: None,
-        tags: BTreeMap::new(),
-    });
+    h.backend.insert_machine(running(&name, "late-1"));
 
-    for _ in 0..5 {
-        if h.delete_instance("box").await.is_ok() {
-            break;
-        }
-    }
+    delete(&h, "box").await;
     assert_eq!(live(&h, &other), Vec::<String>::new(), "both places are cleaned up");
     assert!(h.api::<kpool::api::instance::Instance>().get_opt("box").await.unwrap().is_none());
 }
@@ -163,14 +170,7 @@ async fn the_gc_collects_a_failed_instances_machine_and_one_where_a_live_instanc
     let st = h.get_instance("box").await.status.unwrap();
     assert_eq!((st.phase, st.offer.as_ref().unwrap().backend.as_str()), (InstancePhase::Idle, "aws"));
     let name = st.machine_name.unwrap();
-    let stray = |n: &str| Machine {
-        name: n.to_string(),
-        provider_id: format!("x-{n}"),
-        state: MachineState::Running,
-        address: None,
-        tags: BTreeMap::from([(TAG_MANAGED_BY.to_string(), "kpool".to_string())]),
-    };
-    other.insert_machine(stray(&name));
+    other.insert_machine(running(&name, "x-1"));
 
     // A Failed instance (nothing fits it) whose machine exists all the same.
     h.instance(
@@ -185,7 +185,7 @@ async fn the_gc_collects_a_failed_instances_machine_and_one_where_a_live_instanc
     let failed = h.get_instance("huge").await.status.unwrap();
     assert_eq!(failed.phase, InstancePhase::Failed, "{:?}", failed.conditions);
     let failed_name = failed.machine_name.unwrap();
-    h.backend.insert_machine(stray(&failed_name));
+    h.backend.insert_machine(running(&failed_name, "x-2"));
 
     let mut gc = Collector::default();
     assert!(gc.pass(&h.ctx, &gc_config(), Some(NS)).await.unwrap().deleted.is_empty(), "grace first");

@@ -304,11 +304,23 @@ async fn launch_unanswered(
         "launch of {} in {} on {} got no answer ({err}); looking for machine {name} there before trying any other offer",
         offer.instance_type, offer.region, offer.backend
     );
-    set_false_since(&mut st.conditions, LAUNCH_RESOLVED, "Resolving", &msg, inst.metadata.generation, now);
-    ready(&mut st, &inst, now, "ResolvingLaunch", &msg);
-    ctx.event(&inst, true, "LaunchUnanswered", msg).await;
-    ctx.write_status(&inst, &st).await?;
-    Ok(Next::Stop(Action::requeue(until(now, at))))
+    ctx.event(&inst, true, "LaunchUnanswered", msg.clone()).await;
+    still_resolving(&inst, &mut st, &msg, at, ctx).await
+}
+
+/// Says that the launch's outcome is being resolved, and when the next look-up is.
+async fn still_resolving(
+    inst: &Instance,
+    st: &mut InstanceStatus,
+    msg: &str,
+    next: Timestamp,
+    ctx: &Context,
+) -> Result<Next, Error> {
+    let now = ctx.now();
+    set_false_since(&mut st.conditions, LAUNCH_RESOLVED, "Resolving", msg, inst.metadata.generation, now);
+    ready(st, inst, now, "ResolvingLaunch", msg);
+    ctx.write_status(inst, st).await?;
+    Ok(Next::Stop(Action::requeue(until(now, next))))
 }
 
 /// Looks up the machine of a launch that got no answer, at the backend and region it was
@@ -367,10 +379,7 @@ async fn resolve(
                 "launch of {} in {} on {} got no answer; machine {}: {why}; looking again at {at} before trying any other offer",
                 offer.instance_type, offer.region, offer.backend, machine.name
             );
-            set_false_since(&mut st.conditions, LAUNCH_RESOLVED, "Resolving", &msg, gen, now);
-            ready(&mut st, &inst, now, "ResolvingLaunch", &msg);
-            ctx.write_status(&inst, &st).await?;
-            Ok(Next::Stop(Action::requeue(until(now, at))))
+            still_resolving(&inst, &mut st, &msg, at, ctx).await
         }
     }
 }
