@@ -18,7 +18,7 @@ use kpool::backends::{
     Backend, BackendError, MachineSpec, MachineState, Owner, TAG_INSTALLATION, TAG_INSTANCE, TAG_MANAGED_BY,
     TAG_NAMESPACE, TAG_POOL,
 };
-use support_aws::proxy::{parse_form, Fault, Proxy};
+use support_aws::proxy::{parse_form, Fault, Lost, Proxy};
 use support_aws::{moto, Moto};
 
 const SSH_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKpool me@laptop";
@@ -386,13 +386,13 @@ async fn throttling_is_rate_limited() {
 }
 
 #[tokio::test]
-async fn server_errors_are_other() {
+async fn server_errors_are_unanswered() {
     let env = Env::new().await;
     let backend = env.backend();
     let fault = Fault::Error { status: 500, code: "InternalError", message: "An internal error has occurred." };
     env.proxy.fail_next("DescribeInstances", 1, fault);
     let err = backend.get("kpool-server-error").await.unwrap_err();
-    assert!(matches!(&err, BackendError::Other(m) if m.contains("InternalError")), "{err:?}");
+    assert!(matches!(&err, BackendError::Unanswered(m) if m.contains("InternalError")), "{err:?}");
 }
 
 #[tokio::test]
@@ -440,12 +440,35 @@ async fn describe_instances_follows_next_token() {
 }
 
 #[tokio::test]
-async fn slow_answers_time_out_as_other() {
+async fn a_launch_whose_answer_is_lost_is_unanswered_and_its_machine_is_found_by_name() {
+    let env = Env::new().await;
+    let backend = env.backend().with_timeout(Duration::from_millis(500));
+    let lost = [Lost::Drop, Lost::Status(503), Lost::Hang(Duration::from_millis(1500))];
+    for (i, lost) in lost.into_iter().enumerate() {
+        let name = format!("kpool-lost-answer-{i}");
+        env.proxy.fail_next("RunInstances", 1, Fault::LoseReply(lost));
+        let err = backend.create(&on_demand(&name)).await.unwrap_err();
+        assert!(err.outcome_unknown(), "{lost:?}: {err:?}");
+        // The launch took effect: the machine is there, found by its name.
+        let m = backend.get(&name).await.expect("the machine the lost launch started");
+        assert!(matches!(m.state, MachineState::Pending | MachineState::Running), "{m:?}");
+        backend.delete(&name).await.expect("delete");
+    }
+    // A refusal is not unknown: nothing was launched.
+    let fault = Fault::Error { status: 400, code: "DryRunOperation", message: "refused" };
+    env.proxy.fail_next("RunInstances", 1, fault);
+    let err = backend.create(&on_demand("kpool-refused-launch")).await.unwrap_err();
+    assert!(!err.outcome_unknown(), "{err:?}");
+    assert!(matches!(backend.get("kpool-refused-launch").await, Err(BackendError::NotFound(_))));
+}
+
+#[tokio::test]
+async fn slow_answers_time_out_as_unanswered() {
     let env = Env::new().await;
     let backend = env.backend().with_timeout(Duration::from_millis(300));
     env.proxy.fail_next("DescribeInstances", 2, Fault::Delay(Duration::from_millis(1500)));
     let err = backend.get("kpool-slow").await.unwrap_err();
-    assert!(matches!(&err, BackendError::Other(m) if m.contains("no answer from EC2 within")), "{err:?}");
+    assert!(matches!(&err, BackendError::Unanswered(m) if m.contains("no answer from EC2 within")), "{err:?}");
 
     env.proxy.fail_next("DescribeInstances", 2, Fault::Delay(Duration::from_millis(500)));
     let patient = env.backend().with_timeout(Duration::from_secs(10));

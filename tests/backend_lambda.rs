@@ -398,9 +398,9 @@ async fn answers_outside_the_document_rate_limits_and_server_errors() {
         "{err}"
     );
     c.stub(503, "", "<html>unavailable</html>");
-    assert_eq!(c.backend(&[]).get("kpool-x").await.unwrap_err().category(), "Other");
+    assert_eq!(c.backend(&[]).get("kpool-x").await.unwrap_err().category(), "Unanswered");
     c.stub(500, "", r#"{"error":{"code":"global/internal-error","message":"boom","suggestion":"later"}}"#);
-    assert_eq!(c.backend(&[]).offers(&any()).await.unwrap_err().category(), "Other");
+    assert_eq!(c.backend(&[]).offers(&any()).await.unwrap_err().category(), "Unanswered");
 }
 
 /// The public key of the `kpool-keys` example (Lambda's own sample key).

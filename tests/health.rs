@@ -12,21 +12,11 @@ use std::time::Duration;
 use kpool::api::conditions::find;
 use kpool::api::instance::{InstancePhase, InstanceSpec};
 use kpool::api::policy::{PolicySpec, SpotPolicy};
-use kpool::api::resources::ResourcesSpec;
 use kpool::backends::allow::Allowances;
 use kpool::backends::aws::client::Params;
 use support::*;
-use support_aws::moto;
+use support_aws::{moto, small};
 use support_ssh::*;
-
-fn small() -> ResourcesSpec {
-    ResourcesSpec {
-        cpu: Some("1..".into()),
-        memory: Some("0.5GB..".into()),
-        disk: Some("1GB..".into()),
-        ..Default::default()
-    }
-}
 
 /// A harness with the real backends, allowed to reach moto (and `also`), and the aws
 /// Backend `ec2` on moto whose catalog has the one `row`.

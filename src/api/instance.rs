@@ -115,12 +115,57 @@ impl Instance {
 pub struct ProvisioningAttempt {
     /// The offer that was tried.
     pub offer: Offer,
-    /// Error category: `InsufficientCapacity`, `RateLimited`, `InvalidConfig`, `NotFound`, `Other`.
+    /// Error category: `InsufficientCapacity`, `RateLimited`, `InvalidConfig`, `NotFound`,
+    /// `Unanswered` (the launch got no answer, and its machine was then found absent), `Other`.
     pub error: String,
     /// What the backend said.
     pub message: String,
     /// When the attempt failed.
     pub at: Time,
+}
+
+/// What came of the launches kpool sent to one place.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum LaunchOutcome {
+    /// A launch is being sent there; no answer yet.
+    #[default]
+    Sent,
+    /// The provider started the machine there (or kpool found it there after a launch
+    /// that got no answer).
+    Launched,
+    /// The provider refused the launch (no capacity, a quota, an offer it does not have):
+    /// no machine was started.
+    Refused,
+    /// The launch got no answer (a timeout, a dropped connection, a server error): a
+    /// machine may have been started. kpool looks it up there, with backoff, and tries no
+    /// other offer until it knows.
+    Unknown,
+    /// Looked up after a launch that got no answer, and not there.
+    Absent,
+}
+
+/// A place (backend and region) kpool sent a launch to for this instance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LaunchAttempt {
+    /// Name of the `Backend` object the launch went to.
+    pub backend: String,
+    /// The region (or location) of the launch.
+    pub region: String,
+    /// The machine type of the last launch there.
+    pub instance_type: String,
+    /// What came of it.
+    #[serde(default)]
+    pub outcome: LaunchOutcome,
+    /// When the outcome was last recorded (for `Unknown`: when the launch went unanswered).
+    pub at: Time,
+    /// How many times the machine was looked up there since the launch went unanswered.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lookups: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Observed state of an `Instance`.
@@ -169,12 +214,21 @@ pub struct InstanceStatus {
     /// Offers tried and why each failed, oldest first (at most 20 kept).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<ProvisioningAttempt>,
+    /// Every place (backend and region) a launch was sent to for this instance, recorded
+    /// before the launch, with what came of it. Deleting the instance deletes its machine
+    /// at each place where one may be (every outcome but `Refused`), and the garbage
+    /// collector leaves a machine alone only where the instance may hold it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub launch_attempts: Vec<LaunchAttempt>,
     /// `Ready` summarises the instance: True when Idle or Busy, Unknown while Pending or
     /// Provisioning, False otherwise. `Reconciling` is True while the instance is on its
     /// way (Pending, Provisioning, Terminating); `Stalled` is True once it cannot get
     /// further (Failed, or Terminated: kpool never re-creates its machine). Both are
     /// absent otherwise, so kstatus (Flux, kpt) reads Idle and Busy as Current.
     /// `Reachable` is False while the machine does not answer its health check.
+    /// `LaunchResolved` is False (reason `Resolving`) while kpool looks for the machine of
+    /// a launch that got no answer, and True once it knows (`MachineFound`: the machine
+    /// is used; `NoMachine`: the next offer is tried).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,

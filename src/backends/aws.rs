@@ -57,9 +57,10 @@
 //! `RequestLimitExceeded`, `Throttling` -> RateLimited; credential, permission and
 //! parameter errors (`AuthFailure`, `UnauthorizedOperation`, `InvalidAMIID.*`,
 //! `InvalidKeyPair.*`, `InvalidSubnetID.*`, `InvalidParameterValue`, …) -> InvalidConfig;
-//! `InvalidInstanceID.NotFound` -> NotFound; anything else, 5xx and transport failures
-//! (including no answer within the timeout) -> Other. Messages carry the AWS code and
-//! message, never a credential.
+//! `InvalidInstanceID.NotFound` -> NotFound; 5xx of no code above and transport failures
+//! (including no answer within the timeout, and an unreadable answer) -> Unanswered (EC2
+//! may have acted: the controller looks a launch up before it tries anything else);
+//! anything else -> Other. Messages carry the AWS code and message, never a credential.
 //!
 //! Permissions: `ec2:DescribeInstances`, `ec2:DescribeImages`, `ec2:RunInstances`,
 //! `ec2:CreateTags` (tags at launch), `ec2:TerminateInstances`,

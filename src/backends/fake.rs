@@ -29,6 +29,9 @@ struct State {
     calls: Vec<Call>,
     /// Errors returned by the next `create` calls, in order.
     create_errors: VecDeque<BackendError>,
+    /// Errors returned by the next `create` calls that do launch their machine (the
+    /// answer is lost on its way back), in order.
+    lost_answers: VecDeque<BackendError>,
     /// Instance types whose `create` always fails with insufficient capacity.
     no_capacity: Vec<String>,
     /// Errors returned by the next `delete` calls, in order.
@@ -71,6 +74,13 @@ impl FakeBackend {
     /// The next `create` call fails with `err`.
     pub fn fail_next_create(&self, err: BackendError) {
         self.state().create_errors.push_back(err);
+    }
+
+    /// The next `create` call that launches a machine does launch it, and then fails
+    /// with `err`, as a launch does whose answer is lost (a timeout, a dropped
+    /// connection, a 5xx after the provider acted).
+    pub fn lose_next_create_answer(&self, err: BackendError) {
+        self.state().lost_answers.push_back(err);
     }
 
     /// Every `create` of this instance type fails with insufficient capacity.
@@ -160,7 +170,10 @@ impl Backend for FakeBackend {
             tags: spec.tags.clone(),
         };
         s.machines.insert(spec.name.clone(), m.clone());
-        Ok(m)
+        match s.lost_answers.pop_front() {
+            Some(e) => Err(e),
+            None => Ok(m),
+        }
     }
 
     async fn get(&self, name: &str) -> Result<Machine, BackendError> {

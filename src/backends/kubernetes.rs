@@ -68,8 +68,8 @@
 //!   `Running` with a `Ready` condition `True` -> Running (address = the Pod IP), else
 //!   Pending; `Succeeded`/`Failed` -> Terminated. The provider id is `namespace/name`.
 //! - API errors: 404 -> NotFound; 403 "exceeded quota" -> InsufficientCapacity; 429 ->
-//!   RateLimited (with the server's `retryAfterSeconds`); 400/422 -> InvalidConfig;
-//!   anything else -> Other.
+//!   RateLimited (with the server's `retryAfterSeconds`); 400/422 -> InvalidConfig; 5xx
+//!   and no answer -> Unanswered; anything else -> Other.
 //!
 //! Permissions: `list` on nodes (a node is looked up by a `metadata.name` field selector,
 //! not read), `list` on pods in every namespace, `get`, `create` and `delete` on pods in
@@ -886,7 +886,8 @@ fn invalid(field: &str, why: &str) -> BackendError {
 /// Maps an API error of operation `op` ("create pod") to the backend error taxonomy.
 pub fn api_error(op: &str, err: kube::Error) -> BackendError {
     let kube::Error::Api(status) = err else {
-        return BackendError::Other(format!("failed to {op}: {err}"));
+        // No answer (or none that could be read): the API server may have acted.
+        return BackendError::Unanswered(format!("failed to {op}: {err}"));
     };
     let message = format!("failed to {op}: {}", status.message);
     match status.code {
@@ -902,6 +903,7 @@ pub fn api_error(op: &str, err: kube::Error) -> BackendError {
                 .map(|s| Duration::from_secs(u64::from(s))),
         },
         400 | 422 => BackendError::InvalidConfig(message),
+        code if code >= 500 => BackendError::Unanswered(message),
         _ => BackendError::Other(message),
     }
 }

@@ -55,8 +55,10 @@
 //! `global/invalid-parameters`, `instance-operations/launch/file-system-in-wrong-region`,
 //! any 401/403 -> InvalidConfig; `global/object-does-not-exist` / 404 -> NotFound, except on
 //! launch, where it means the instance type or SSH key does not exist -> InvalidConfig;
-//! 429 -> RateLimited (with `Retry-After`); 5xx, anything else and transport failures ->
-//! Other.
+//! 429 -> RateLimited (with `Retry-After`); 5xx and transport failures (no answer, an
+//! unreadable one) -> Unanswered (a launch may have started the machine: its SSH key is
+//! kept, and the controller looks the machine up by name before anything else); anything
+//! else -> Other.
 //!
 //! Limits: Lambda accepts exactly one SSH key per launch, so a machine launched with the
 //! instance's own key does not get the configured `ssh_key_names` (reach it by hand with the
@@ -329,20 +331,23 @@ impl Backend for LambdaBackend {
         let launched = match launched {
             Ok(l) => l,
             Err(e) => {
-                if own_key.is_some() {
+                let context = format!("failed to launch {} in {}", offer.instance_type, offer.region);
+                let err = map_error(&context, Op::Launch, e);
+                // A launch without an answer may have started the machine with the key:
+                // the key stays until the machine is known to be absent and is deleted.
+                if own_key.is_some() && !err.outcome_unknown() {
                     if let Err(forget) = self.forget_key(&spec.name).await {
                         tracing::warn!(machine = %spec.name, error = %forget, "failed to delete the SSH key of a failed launch");
                     }
                 }
-                let context = format!("failed to launch {} in {}", offer.instance_type, offer.region);
-                return Err(map_error(&context, Op::Launch, e));
+                return Err(err);
             }
         };
         let id = launched
             .instance_ids
             .into_iter()
             .next()
-            .ok_or_else(|| BackendError::Other("launch answered without an instance id".into()))?;
+            .ok_or_else(|| BackendError::Unanswered("launch answered without an instance id".into()))?;
         tracing::info!(machine = %spec.name, instance = %id, region = %offer.region, "launched Lambda instance");
         let mut tags = spec.tags.clone();
         tags.insert(TAG_MANAGED_BY.to_string(), "kpool".to_string());
@@ -549,7 +554,7 @@ fn rank(status: &str) -> u8 {
 fn map_error(context: &str, op: Op, err: CallError) -> BackendError {
     let (status, code, retry_after) = match &err {
         CallError::Api { status, code, retry_after, .. } => (*status, code.as_str(), *retry_after),
-        CallError::Transport(_) => return BackendError::Other(format!("{context}: {err}")),
+        CallError::Transport(_) => return BackendError::Unanswered(format!("{context}: {err}")),
     };
     let message = format!("{context}: {err}");
     match code {
@@ -570,6 +575,7 @@ fn map_error(context: &str, op: Op, err: CallError) -> BackendError {
         404 if op == Op::Launch => BackendError::InvalidConfig(message),
         404 => BackendError::NotFound(message),
         429 => BackendError::RateLimited { message, retry_after },
+        s if s >= 500 => BackendError::Unanswered(message),
         _ => BackendError::Other(message),
     }
 }
@@ -626,9 +632,10 @@ mod tests {
         assert_eq!(cat(404, "global/object-does-not-exist", Op::Other), "NotFound");
         assert_eq!(cat(404, "global/object-does-not-exist", Op::Launch), "InvalidConfig");
         assert_eq!(cat(429, "", Op::Other), "RateLimited");
-        assert_eq!(cat(500, "global/internal-error", Op::Other), "Other");
-        assert_eq!(cat(502, "", Op::Other), "Other");
-        assert_eq!(map_error("x", Op::Other, CallError::Transport("t".into())).category(), "Other");
+        assert_eq!(cat(500, "global/internal-error", Op::Launch), "Unanswered");
+        assert_eq!(cat(502, "", Op::Other), "Unanswered");
+        assert_eq!(cat(409, "", Op::Launch), "Other");
+        assert_eq!(map_error("x", Op::Launch, CallError::Transport("t".into())).category(), "Unanswered");
         let limited = map_error(
             "x",
             Op::Other,

@@ -151,7 +151,13 @@ pub enum BackendError {
     /// The backend's configuration (credentials, regions, endpoint) is wrong.
     #[error("invalid backend configuration: {0}")]
     InvalidConfig(String),
-    /// Anything else; retried with backoff.
+    /// No answer, or the provider failed while answering (a timeout, a dropped connection,
+    /// a 5xx, an unreadable reply): whether the request took effect is unknown. After a
+    /// `create`, the machine may exist: it is looked up before anything else is launched.
+    #[error("no answer: {0}")]
+    Unanswered(String),
+    /// The provider answered with an error that fits none of the above: the request was
+    /// refused. Retried with backoff.
     #[error("{0}")]
     Other(String),
 }
@@ -164,8 +170,15 @@ impl BackendError {
             BackendError::InsufficientCapacity(_) => "InsufficientCapacity",
             BackendError::RateLimited { .. } => "RateLimited",
             BackendError::InvalidConfig(_) => "InvalidConfig",
+            BackendError::Unanswered(_) => "Unanswered",
             BackendError::Other(_) => "Other",
         }
+    }
+
+    /// Whether a `create` that failed so may still have launched its machine: only when
+    /// no usable answer came back. Every other error is the provider's refusal.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, BackendError::Unanswered(_))
     }
 }
 

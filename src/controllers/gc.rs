@@ -1,6 +1,12 @@
 //! The garbage collector: a periodic pass per `Backend` that deletes (or, in report-only
 //! mode, reports) machines tagged as kpool's that no `Instance` owns.
 //!
+//! An instance owns the machine of its name at a backend only where it may hold it
+//! ([`claimed_backends`]): its offer's backend, and backends a launch of it went to that
+//! is still in flight or unanswered; while it is torn down, every place its teardown
+//! deletes at; nowhere once it is Failed or Terminated. So the second machine of a launch
+//! that was repeated elsewhere, and the machine of a Failed instance, are collected.
+//!
 //! It only ever sees this installation's machines of the `Backend`'s namespace: a backend
 //! lists the machines of its owner (see [`crate::backends::Owner`]), so machines of
 //! another cluster, or of a namespace another controller watches, in the same cloud
@@ -19,8 +25,9 @@ use kube::ResourceExt;
 
 use super::{Context, Error};
 use crate::api::backend::Backend as BackendObject;
-use crate::api::instance::{Instance, InstancePhase};
+use crate::api::instance::Instance;
 use crate::core::gc::orphans;
+use crate::core::instance::launch::claimed_backends;
 
 /// Settings of the garbage collector.
 #[derive(Clone, Debug)]
@@ -63,15 +70,19 @@ impl Collector {
             Some(ns) => (Api::namespaced(ctx.client.clone(), ns), Api::namespaced(ctx.client.clone(), ns)),
             None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
         };
-        // Machine names of every instance that may still hold a machine.
-        let owned: HashSet<String> = insts
-            .list(&Default::default())
-            .await?
-            .items
-            .into_iter()
-            .filter(|i| i.status.as_ref().is_none_or(|s| s.phase != InstancePhase::Terminated))
-            .filter_map(|i| i.status.and_then(|s| s.machine_name))
-            .collect();
+        // Per Backend (namespace, name): the machine names of the instances that may hold
+        // their machine there. A Failed or Terminated instance holds none, and a live one
+        // only at its offer's backend and where a launch of it is in flight or unresolved.
+        let mut claims: HashMap<(String, String), HashSet<String>> = HashMap::new();
+        for inst in insts.list(&Default::default()).await?.items {
+            let ns = inst.namespace().unwrap_or_default();
+            let Some(st) = inst.status else { continue };
+            let Some(name) = st.machine_name.clone() else { continue };
+            for backend in claimed_backends(&st) {
+                claims.entry((ns.clone(), backend)).or_default().insert(name.clone());
+            }
+        }
+        let none = HashSet::new();
         let mut report = GcReport::default();
         let now = ctx.now();
         for obj in backends.list(&Default::default()).await?.items {
@@ -91,10 +102,11 @@ impl Collector {
                 }
             };
             let key = (ns.clone(), obj.name_any());
+            let owned = claims.get(&key).unwrap_or(&none);
             match backend.list_unattributed().await {
                 Ok(unattributed) => {
                     let seen = self.first_seen_unattributed.entry(key.clone()).or_default();
-                    for name in orphans(&unattributed, &owned, seen, now, cfg.grace) {
+                    for name in orphans(&unattributed, owned, seen, now, cfg.grace) {
                         let note = format!(
                             "machine {name} is tagged as kpool's but carries no installation identity (launched \
                              before kpool tagged machines with one) and no Instance here owns it; kpool never \
@@ -109,7 +121,7 @@ impl Collector {
                 }
             }
             let seen = self.first_seen.entry(key).or_default();
-            for name in orphans(&machines, &owned, seen, now, cfg.grace) {
+            for name in orphans(&machines, owned, seen, now, cfg.grace) {
                 if cfg.report_only {
                     ctx.event(
                         &obj,

@@ -23,6 +23,7 @@ use crate::api::instance::{
 };
 use crate::api::run::Run;
 use crate::backends::{machine_name, machine_tags, BackendError, MachineRef, MachineSpec, MachineState};
+use crate::core::instance::launch::{self as outcome, Lookup, Resolution};
 use crate::core::instance::{self as sm, LaunchFailure, NoOffer, Step, POLL_INTERVAL};
 use crate::core::policy::{EffectivePolicy, Origin};
 use crate::exec::ssh::instance_key;
@@ -134,6 +135,7 @@ async fn step(inst: Instance, ctx: &Context) -> Result<Next, Error> {
         }
         Step::ChooseOffer => choose_offer(inst, st, &policy, pool.and_then(|p| p.spec.max_instances), ctx).await,
         Step::Launch => launch(inst, st, &policy, ctx).await,
+        Step::Resolve => resolve(inst, st, &policy, ctx).await,
         Step::WaitUntil(at) => Ok(Next::Stop(Action::requeue(until(now, at)))),
         Step::Poll => poll(inst, st, &policy, ctx).await,
         Step::IdleUntil(deadline) => {
@@ -275,7 +277,110 @@ async fn launch(
             ctx.event(&inst, false, "Launched", msg).await;
             Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
         }
+        Err(err) if err.outcome_unknown() => launch_unanswered(inst, st, err, ctx).await,
         Err(err) => launch_failed(inst, st, policy, err, ctx).await,
+    }
+}
+
+/// The condition that says whether kpool knows what came of a launch that got no answer
+/// (see [`outcome`]): `False` (reason `Resolving`) while it looks the machine up, `True`
+/// once it knows (`MachineFound`, `NoMachine`); absent when every launch was answered.
+pub const LAUNCH_RESOLVED: &str = "LaunchResolved";
+
+/// A launch that got no answer may have started the machine: no other offer is tried
+/// until it is looked up where it was launched ([`resolve`]).
+async fn launch_unanswered(
+    inst: Instance,
+    mut st: InstanceStatus,
+    err: BackendError,
+    ctx: &Context,
+) -> Result<Next, Error> {
+    let now = ctx.now();
+    let offer = st.offer.clone().unwrap_or_default();
+    let at = outcome::record_unknown(&mut st, now);
+    ctx.metrics.launch_failed(&offer.backend, err.category());
+    let name = st.machine_name.clone().unwrap_or_default();
+    let msg = format!(
+        "launch of {} in {} on {} got no answer ({err}); looking for machine {name} there before trying any other offer",
+        offer.instance_type, offer.region, offer.backend
+    );
+    ctx.event(&inst, true, "LaunchUnanswered", msg.clone()).await;
+    still_resolving(&inst, &mut st, &msg, at, ctx).await
+}
+
+/// Says that the launch's outcome is being resolved, and when the next look-up is.
+async fn still_resolving(
+    inst: &Instance,
+    st: &mut InstanceStatus,
+    msg: &str,
+    next: Timestamp,
+    ctx: &Context,
+) -> Result<Next, Error> {
+    let now = ctx.now();
+    set_false_since(&mut st.conditions, LAUNCH_RESOLVED, "Resolving", msg, inst.metadata.generation, now);
+    ready(st, inst, now, "ResolvingLaunch", msg);
+    ctx.write_status(inst, st).await?;
+    Ok(Next::Stop(Action::requeue(until(now, next))))
+}
+
+/// Looks up the machine of a launch that got no answer, at the backend and region it was
+/// sent to: found -> it is the instance's machine; absent (see [`outcome::ABSENT_AFTER`])
+/// -> the launch failed, the next offer is tried; no answer -> look again later.
+async fn resolve(
+    inst: Instance,
+    mut st: InstanceStatus,
+    policy: &EffectivePolicy,
+    ctx: &Context,
+) -> Result<Next, Error> {
+    let ns = inst.namespace().unwrap_or_default();
+    let now = ctx.now();
+    let gen = inst.metadata.generation;
+    let offer = st.offer.clone().unwrap_or_default();
+    let machine = MachineRef::of(&st).unwrap_or_default();
+    let looked = match ctx.backend(&ns, &offer.backend).await {
+        Ok(backend) => backend.get_at(&machine).await,
+        // The Backend object is missing or cannot be built: nothing is known yet.
+        Err(e) => Err(BackendError::Other(super::chain(&e))),
+    };
+    let lookup = match &looked {
+        Ok(m) => Lookup::Found(m),
+        Err(BackendError::NotFound(_)) => Lookup::NotThere,
+        Err(e) => Lookup::Failed(e),
+    };
+    match outcome::resolve(&mut st, lookup, now) {
+        Resolution::Adopt => {
+            let m = looked.expect("a machine was found");
+            sm::launched(&mut st, &m, now);
+            let msg = format!(
+                "machine {} ({}) found where the unanswered launch went; it is this instance's",
+                m.provider_id, machine.name
+            );
+            clear_false(&mut st.conditions, LAUNCH_RESOLVED, "MachineFound", &msg, gen, now);
+            let reason = if st.phase == InstancePhase::Idle { "Idle" } else { "Provisioning" };
+            ready(&mut st, &inst, now, reason, &msg);
+            ctx.event(&inst, false, "Launched", msg).await;
+            Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
+        }
+        Resolution::Absent => {
+            let msg = format!(
+                "no machine {} in {} on {}: the unanswered launch started none",
+                machine.name, offer.region, offer.backend
+            );
+            clear_false(&mut st.conditions, LAUNCH_RESOLVED, "NoMachine", &msg, gen, now);
+            let err = BackendError::Unanswered(format!("the launch got no answer and started no machine ({msg})"));
+            launch_failed(inst, st, policy, err, ctx).await
+        }
+        Resolution::LookAgainAt(at) => {
+            let why = match &looked {
+                Err(BackendError::NotFound(_)) | Ok(_) => "not there yet".to_string(),
+                Err(e) => format!("the look-up failed: {e}"),
+            };
+            let msg = format!(
+                "launch of {} in {} on {} got no answer; machine {}: {why}; looking again at {at} before trying any other offer",
+                offer.instance_type, offer.region, offer.backend, machine.name
+            );
+            still_resolving(&inst, &mut st, &msg, at, ctx).await
+        }
     }
 }
 
@@ -549,17 +654,31 @@ async fn teardown_failed(inst: &Instance, st: &mut InstanceStatus, err: Error, c
     err
 }
 
-/// Deletes the instance's machine. `true` once the backend says it is gone.
+/// Deletes the instance's machine wherever it may be: at the current offer's place and at
+/// every place a launch went to that did not refuse it ([`outcome::machine_locations`]).
+/// `true` once each backend says it is gone.
 async fn delete_machine(inst: &Instance, st: &InstanceStatus, ctx: &Context) -> Result<bool, Error> {
-    let (Some(name), Some(offer)) = (st.machine_name.as_deref(), st.offer.as_ref()) else {
-        // No offer was ever chosen, so no machine was ever launched.
-        return Ok(true);
-    };
+    let Some(name) = st.machine_name.as_deref() else { return Ok(true) };
+    let mut gone = true;
+    // No place at all: no offer was ever chosen, so no machine was ever launched.
+    for (backend, region) in outcome::machine_locations(st) {
+        let current = st.offer.as_ref().is_some_and(|o| o.backend == backend && o.region == region);
+        let machine = MachineRef {
+            name: name.to_string(),
+            region: Some(region).filter(|r| !r.is_empty()),
+            provider_id: st.provider_id.clone().filter(|p| current && !p.is_empty()),
+        };
+        gone &= delete_at(inst, &backend, &machine, ctx).await?;
+    }
+    Ok(gone)
+}
+
+/// Deletes `machine` at `backend`. `true` once the backend says it is gone.
+async fn delete_at(inst: &Instance, backend_name: &str, machine: &MachineRef, ctx: &Context) -> Result<bool, Error> {
     let ns = inst.namespace().unwrap_or_default();
-    let backend = ctx.backend(&ns, &offer.backend).await?;
-    let wrap = |source| Error::Backend { backend: offer.backend.clone(), source };
-    let machine = MachineRef { name: name.to_string(), ..MachineRef::of(st).unwrap_or_default() };
-    let gone = match backend.get_at(&machine).await {
+    let backend = ctx.backend(&ns, backend_name).await?;
+    let wrap = |source| Error::Backend { backend: backend_name.to_string(), source };
+    let gone = match backend.get_at(machine).await {
         Err(BackendError::NotFound(_)) => true,
         Ok(m) => m.state == MachineState::Terminated,
         Err(e) => return Err(wrap(e)),
@@ -567,12 +686,12 @@ async fn delete_machine(inst: &Instance, st: &InstanceStatus, ctx: &Context) -> 
     if gone {
         // Still asked to delete: what the machine leaves behind at the provider (a
         // registered SSH key) goes with it even when the machine went without kpool.
-        return match backend.delete_at(&machine).await {
+        return match backend.delete_at(machine).await {
             Ok(()) | Err(BackendError::NotFound(_)) => Ok(true),
             Err(e) => Err(wrap(e)),
         };
     }
-    match backend.delete_at(&machine).await {
+    match backend.delete_at(machine).await {
         Err(BackendError::NotFound(_)) => Ok(true),
         Ok(()) => Ok(false),
         Err(e) => Err(wrap(e)),

@@ -1,5 +1,8 @@
 //! The instance state machine: Pending → Provisioning → Idle ⇄ Busy → Terminating →
 //! Terminated, plus Failed. Each transition is a function of (status, facts, now).
+//! Where launches went, and launches that got no answer: [`launch`].
+
+pub mod launch;
 
 use std::time::Duration;
 
@@ -30,6 +33,9 @@ pub enum Step {
     ChooseOffer,
     /// Launch the machine for `status.offer` (or adopt the one that already exists).
     Launch,
+    /// The launch of `status.offer` got no answer: look its machine up there before
+    /// anything else is launched (see [`launch`]).
+    Resolve,
     /// Backing off: no provisioning call before this time.
     WaitUntil(Timestamp),
     /// Ask the backend how the machine is doing.
@@ -57,6 +63,7 @@ pub fn next_step(status: &InstanceStatus, policy: &EffectivePolicy, now: Timesta
             Step::WaitUntil(backoff.unwrap_or(now))
         }
         InstancePhase::Pending => Step::ChooseOffer,
+        InstancePhase::Provisioning if launch::unresolved(status) => Step::Resolve,
         InstancePhase::Provisioning if status.provider_id.is_none() => Step::Launch,
         InstancePhase::Provisioning => Step::Poll,
         InstancePhase::Idle => match idle_deadline(status, policy) {
@@ -109,6 +116,7 @@ pub fn idle_deadline(status: &InstanceStatus, policy: &EffectivePolicy) -> Optio
 pub fn start_provisioning(status: &mut InstanceStatus, offer: Offer, now: Timestamp) {
     status.resources = Some(offer.resources_summary());
     status.offer = Some(offer);
+    launch::record_sent(status, now);
     status.phase = InstancePhase::Provisioning;
     if status.provisioning_started_at.is_none() {
         status.provisioning_started_at = Some(Time(now));
@@ -155,6 +163,7 @@ pub fn choose_offer(
 pub fn launched(status: &mut InstanceStatus, machine: &Machine, now: Timestamp) {
     status.provider_id = Some(machine.provider_id.clone());
     status.next_attempt_at = None;
+    launch::record_launched(status, now);
     observe_machine(status, machine, now);
 }
 
@@ -183,7 +192,9 @@ pub enum LaunchFailure {
 }
 
 /// Records a failed launch and decides what comes next: the next offer for capacity
-/// and per-offer errors, a later retry for throttling, or failure.
+/// and per-offer errors, a later retry for throttling, or failure. Never for a launch
+/// that got no answer before its machine is known to be absent (see [`launch`]): that
+/// launch may have started it.
 pub fn launch_failed(
     status: &mut InstanceStatus,
     err: &BackendError,
@@ -196,6 +207,7 @@ pub fn launch_failed(
         status.next_attempt_at = Some(Time(at));
         return LaunchFailure::RetryAt(at);
     }
+    launch::record_refused(status, now);
     if let Some(offer) = status.offer.clone() {
         status.attempts.push(ProvisioningAttempt {
             offer,
@@ -210,6 +222,7 @@ pub fn launch_failed(
         Ok(offer) => {
             status.resources = Some(offer.resources_summary());
             status.offer = Some(offer);
+            launch::record_sent(status, now);
             LaunchFailure::NextOffer
         }
         Err(NoOffer::RetryAt(t)) => {

@@ -150,6 +150,17 @@ impl Moto {
     }
 }
 
+/// Requirements that moto's `t3.micro` meets: 1 CPU, 0.5 GB and 1 GB of disk at least.
+#[allow(dead_code)] // used by the controller-level tests
+pub fn small() -> kpool::api::resources::ResourcesSpec {
+    kpool::api::resources::ResourcesSpec {
+        cpu: Some("1..".into()),
+        memory: Some("0.5GB..".into()),
+        disk: Some("1GB..".into()),
+        ..Default::default()
+    }
+}
+
 /// A catalog offer of the `aws` backend: 2 CPUs, 1 GB, at `price`.
 #[allow(dead_code)] // used by the backend tests
 pub fn offer(region: &str, instance_type: &str, spot: bool, price: f64) -> kpool::api::offer::Offer {

@@ -1,5 +1,6 @@
 //! A small HTTP/1.1 proxy in front of moto that records every request and can answer
-//! the next calls of an EC2 action with an error, or hold them back for a while.
+//! the next calls of an EC2 action with an error, hold them back for a while, or forward
+//! them and lose moto's answer (the call takes effect, the caller never learns it).
 //!
 //! One request per connection: each answer carries `Connection: close`.
 
@@ -19,6 +20,19 @@ pub enum Fault {
     Respond { status: u16, body: String },
     /// Forward after this delay.
     Delay(Duration),
+    /// Forward, then lose the answer this way.
+    LoseReply(Lost),
+}
+
+/// How a forwarded call's answer is lost.
+#[derive(Clone, Copy, Debug)]
+pub enum Lost {
+    /// The connection is closed without an answer.
+    Drop,
+    /// The caller gets this HTTP status (a 5xx) with an error body instead.
+    Status(u16),
+    /// Nothing comes back for this long, then the connection is closed.
+    Hang(Duration),
 }
 
 /// One request the proxy saw, and its answer.
@@ -100,15 +114,35 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> s
             canned(status, &xml)
         }
         Some(Fault::Respond { status, body }) => canned(status, &body),
-        delay => {
-            if let Some(Fault::Delay(d)) = delay {
+        other => {
+            if let Some(Fault::Delay(d)) = other {
                 tokio::time::sleep(d).await;
             }
             let mut up = TcpStream::connect(upstream).await?;
             up.write_all(&head).await?;
             up.write_all(&body).await?;
             let (rhead, rbody) = read_message(&mut up, false).await?.unwrap_or_default();
-            [rhead, rbody].concat()
+            let answer = [rhead, rbody].concat();
+            match other {
+                Some(Fault::LoseReply(lost)) => {
+                    let text = String::from_utf8_lossy(&answer).into_owned();
+                    let raw = format!("{}{}", String::from_utf8_lossy(&head), String::from_utf8_lossy(&body));
+                    let response = format!("lost ({lost:?}): {text}");
+                    state.lock().unwrap().seen.push(Seen { action, params, raw, status: 0, response });
+                    match lost {
+                        Lost::Drop => {}
+                        Lost::Hang(d) => tokio::time::sleep(d).await,
+                        Lost::Status(status) => {
+                            let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error>\
+                                       <Code>InternalError</Code><Message>An internal error has occurred</Message>\
+                                       </Error></Errors><RequestID>injected</RequestID></Response>";
+                            client.write_all(&canned(status, xml)).await?;
+                        }
+                    }
+                    return client.shutdown().await;
+                }
+                _ => answer,
+            }
         }
     };
     let text = String::from_utf8_lossy(&answer).into_owned();

@@ -10,6 +10,8 @@ enum Kind {
     Capacity,
     Throttled,
     Config,
+    /// The server failed: whether the call took effect is unknown.
+    Unanswered,
     Other,
 }
 
@@ -54,14 +56,17 @@ fn classify(status: u16, code: &str) -> Kind {
             Kind::Config
         }
         _ if status == 401 || status == 403 => Kind::Config,
+        _ if status >= 500 => Kind::Unanswered,
         _ => Kind::Other,
     }
 }
 
-/// Maps a failed call to the backend error taxonomy; `context` is "failed to …".
+/// Maps a failed call to the backend error taxonomy; `context` is "failed to …". No
+/// usable answer (a transport failure, a timeout, an unreadable reply) and server errors
+/// (5xx, no code kpool knows) are Unanswered: EC2 may have acted on the call.
 pub fn map_error(context: &str, err: CallError) -> BackendError {
     let CallError::Api { status, code, retry_after, .. } = &err else {
-        return BackendError::Other(format!("{context}: {err}"));
+        return BackendError::Unanswered(format!("{context}: {err}"));
     };
     let message = format!("{context}: {err}");
     match classify(*status, code) {
@@ -72,6 +77,7 @@ pub fn map_error(context: &str, err: CallError) -> BackendError {
             BackendError::InvalidConfig(format!("{message} (check image_id: the AMI must exist in every region)"))
         }
         Kind::Config => BackendError::InvalidConfig(message),
+        Kind::Unanswered => BackendError::Unanswered(message),
         Kind::Other => BackendError::Other(message),
     }
 }

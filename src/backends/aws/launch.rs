@@ -86,10 +86,9 @@ impl AwsBackend {
                 Ok(body) => {
                     let answer: RunInstancesResponse =
                         from_xml("RunInstances", &body).map_err(|e| map_error(&context, e))?;
-                    let instance =
-                        answer.instances.items.into_iter().next().ok_or_else(|| {
-                            BackendError::Other(format!("{context}: RunInstances returned no instance"))
-                        })?;
+                    let instance = answer.instances.items.into_iter().next().ok_or_else(|| {
+                        BackendError::Unanswered(format!("{context}: RunInstances returned no instance"))
+                    })?;
                     if !matches!(instance.instance_state.name.as_str(), "shutting-down" | "terminated") {
                         return Ok(instance);
                     }

@@ -82,9 +82,9 @@ fn error_codes_map_to_the_taxonomy() {
         ("InvalidSubnetID.NotFound", 400, "InvalidConfig"),
         ("InvalidInstanceType", 400, "InvalidConfig"),
         ("InvalidInstanceID.NotFound", 400, "NotFound"),
-        ("InternalError", 500, "Other"),
-        ("Unavailable", 503, "Other"),
-        ("", 502, "Other"),
+        ("InternalError", 500, "Unanswered"),
+        ("Unavailable", 503, "Unanswered"),
+        ("", 502, "Unanswered"),
         ("DryRunOperation", 412, "Other"),
         ("", 403, "InvalidConfig"),
     ];
@@ -93,7 +93,7 @@ fn error_codes_map_to_the_taxonomy() {
     }
     assert_eq!(
         map_error("failed to x", CallError::Transport("no answer within 1s".into())),
-        BackendError::Other("failed to x: no answer within 1s".into())
+        BackendError::Unanswered("failed to x: no answer within 1s".into())
     );
 }
 

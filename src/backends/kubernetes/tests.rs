@@ -77,7 +77,7 @@ fn api_errors_map_to_the_backend_taxonomy() {
     assert_eq!(api_error("create pod", api(403, "forbidden by RBAC")).category(), "Other");
     assert_eq!(api_error("create pod", api(422, "invalid name")).category(), "InvalidConfig");
     assert_eq!(api_error("create pod", api(400, "bad request")).category(), "InvalidConfig");
-    assert_eq!(api_error("create pod", api(500, "boom")).category(), "Other");
+    assert_eq!(api_error("create pod", api(500, "boom")).category(), "Unanswered");
     let mut throttled = Status { code: 429, message: "slow down".into(), ..Status::default() };
     throttled.details = Some(StatusDetails {
         name: String::new(),
