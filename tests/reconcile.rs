@@ -444,7 +444,8 @@ async fn an_unreachable_instance_is_flagged_at_once_and_given_up_after_the_grace
     let st = h.get_run("job").await.status.unwrap();
     assert_eq!(find(&st.conditions, "InstanceReachable").unwrap().status, "True");
 
-    // Gone for good: after the grace the run is interrupted and the instance removed.
+    // Gone for good: after the grace the run is interrupted; the instance, whose job may
+    // still run, is held (never Idle) until that job is stopped there.
     h.exec.set_unreachable(true);
     h.settle(1).await;
     h.advance(Duration::from_secs(299));
@@ -454,10 +455,10 @@ async fn an_unreachable_instance_is_flagged_at_once_and_given_up_after_the_grace
     h.settle(1).await;
     let st = h.get_run("job").await.status.unwrap();
     assert_eq!((st.phase, st.termination_reason.as_deref()), (RunPhase::Terminated, Some("InstanceUnreachable")));
-    assert!(
-        h.api::<kpool::api::instance::Instance>().get_opt("cpu").await.unwrap().is_none(),
-        "the instance is removed"
-    );
+    let ist = h.get_instance("cpu").await.status.unwrap();
+    assert_eq!((ist.phase, ist.run.as_deref()), (InstancePhase::Busy, None), "held: {ist:?}");
+    let c = find(&ist.conditions, kpool::controllers::fence::JOB_FENCED).expect("JobFenced");
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "FencePending"), "{c:?}");
 }
 
 fn retry_on_interruption() -> PolicySpec {
@@ -643,7 +644,8 @@ async fn a_running_run_whose_backend_goes_away_says_so() {
     // The run is running on the instance (as a job runner started it).
     let inst = h.get_instance("a10g").await;
     let mut ist = inst.status.clone().unwrap();
-    kpool::core::instance::claim(&mut ist, "train");
+    let job = kpool::api::instance::JobRef { run: "train".into(), run_uid: "u-train".into(), attempt: 0 };
+    kpool::core::instance::claim(&mut ist, job);
     h.ctx.write_status(&inst, &ist).await.unwrap();
     h.run("train", RunSpec { resources: gpu("A10G"), ..Default::default() }).await;
     h.reconcile_run("train").await.unwrap(); // adds the finalizer

@@ -201,6 +201,13 @@ pub struct InstanceStatus {
     /// The run the instance is assigned to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
+    /// The job a run started (or may have started) on the machine, from the moment the
+    /// run claims the instance until kpool knows the job has ended (it exited, or kpool
+    /// stopped it). An instance whose run let go of it while this is set (the machine did
+    /// not answer) stays Busy, with `JobFenced` False, until the job is stopped there; it
+    /// never goes back to Idle, nor gives up its machine (a host you own), before that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobRef>,
     /// Since when the instance has been idle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_since: Option<Time>,
@@ -236,6 +243,31 @@ pub struct InstanceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = 0))]
     pub observed_generation: Option<i64>,
+}
+
+/// One attempt of a run's job: what executors need to find it on a machine, even once the
+/// run has moved on to another attempt or is gone.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRef {
+    /// The run's name.
+    pub run: String,
+    /// The run's UID.
+    pub run_uid: String,
+    /// The run's `status.attempts` when the job started (0 for the first attempt).
+    #[serde(default)]
+    pub attempt: u32,
+}
+
+impl JobRef {
+    /// The job of the run's current attempt.
+    pub fn of(run: &super::run::Run) -> JobRef {
+        JobRef {
+            run: run.metadata.name.clone().unwrap_or_default(),
+            run_uid: run.metadata.uid.clone().unwrap_or_default(),
+            attempt: run.status.as_ref().map_or(0, |s| s.attempts),
+        }
+    }
 }
 
 impl crate::api::conditions::ObservedStatus for InstanceStatus {

@@ -45,7 +45,8 @@ pub enum RetryEvent {
     NoCapacity,
     /// A spot machine was reclaimed by the provider, or the instance became unreachable.
     Interruption,
-    /// The run's commands exited with an error.
+    /// The run's commands exited with an error, or its job could not be started or
+    /// followed for the unreachable grace.
     Error,
 }
 

@@ -11,6 +11,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::ResourceExt;
 
+use super::fence::{self, Fence};
 use super::metrics::InstanceSample;
 use super::observe::{holding_capacity, instances, policy_of, pool_of};
 use super::{Context, Error};
@@ -161,6 +162,21 @@ async fn step(inst: Instance, ctx: &Context) -> Result<Next, Error> {
             Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
         }
         Step::CheckRun(run) => check_run(inst, st, &run, ctx).await,
+        Step::Fence(job) => match fence::held(&inst, &mut st, &job, ctx).await {
+            Fence::Done => {
+                sm::release(&mut st, now);
+                ready(&mut st, &inst, now, "Idle", &format!("the job of run {} is stopped; idle", job.run));
+                Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
+            }
+            Fence::Pending { changed, retry } => {
+                let msg = format!("run {} let go of the instance; stopping its job on the machine", job.run);
+                if ready(&mut st, &inst, now, "Fencing", &msg) || changed {
+                    ctx.write_status(&inst, &st).await?;
+                }
+                Ok(Next::Stop(Action::requeue(retry)))
+            }
+            Fence::GiveUp(msg) => give_up(&inst, &mut st, "Unreachable", &msg, ctx).await,
+        },
         Step::Teardown => teardown(inst, st, ctx).await,
         Step::Done => {
             ctx.forget_health(&inst.uid().unwrap_or_default());
@@ -482,6 +498,12 @@ async fn check_run(inst: Instance, mut st: InstanceStatus, run: &str, ctx: &Cont
         return Ok(Next::Stop(Action::requeue(RECHECK.min(health_wait(&inst, ctx)))));
     }
     let now = ctx.now();
+    if st.job.is_some() {
+        // Its job may still run on the machine: held until it is stopped there.
+        st.run = None;
+        ready(&mut st, &inst, now, "Fencing", &format!("run {run} no longer holds the instance; stopping its job"));
+        return Ok(Next::Continue(ctx.write_status(&inst, &st).await?));
+    }
     sm::release(&mut st, now);
     ready(&mut st, &inst, now, "Idle", &format!("run {run} no longer holds the instance"));
     ctx.event(&inst, false, "Released", format!("run {run} is gone or finished")).await;
@@ -614,6 +636,9 @@ async fn give_up(
 async fn teardown(inst: Instance, mut st: InstanceStatus, ctx: &Context) -> Result<Next, Error> {
     let ns = inst.namespace().unwrap_or_default();
     let now = ctx.now();
+    if let Some(inst) = fence::before_teardown(&inst, &mut st, ctx).await? {
+        return Ok(Next::Continue(inst));
+    }
     let deleted = match delete_machine(&inst, &st, ctx).await {
         Ok(deleted) => deleted,
         Err(e) => return Err(teardown_failed(&inst, &mut st, e, ctx).await),
@@ -703,6 +728,7 @@ async fn delete_at(inst: &Instance, backend_name: &str, machine: &MachineRef, ct
 async fn cleanup(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = inst.namespace().unwrap_or_default();
     let mut st = inst.status.clone().unwrap_or_default();
+    fence::before_teardown(&inst, &mut st, &ctx).await?;
     let deleted = match delete_machine(&inst, &st, &ctx).await {
         Ok(deleted) => deleted,
         Err(e) => {

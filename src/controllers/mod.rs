@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod context;
+pub mod fence;
 pub mod gc;
 pub mod installation;
 pub mod instance;

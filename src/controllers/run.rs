@@ -17,7 +17,7 @@ use super::observe::{instance_pool, instances, policy_of, pool_of};
 use super::{is_conflict, Context, Error};
 use crate::api::conditions::{clear_false, condition_tri, find, set_false_since, set_progress, upsert, Progress};
 use crate::api::instance::{
-    Instance, InstancePhase, InstanceSpec, INSTANCE_FINALIZER, POOL_LABEL, PROVISIONED_FOR_ANNOTATION,
+    Instance, InstancePhase, InstanceSpec, JobRef, INSTANCE_FINALIZER, POOL_LABEL, PROVISIONED_FOR_ANNOTATION,
     PROVISIONED_FOR_LABEL,
 };
 use crate::api::pool::{Pool, PoolSpec, DEFAULT_POOL_NAME};
@@ -97,7 +97,7 @@ async fn step(run: Run, ctx: &Context) -> Result<Next, Error> {
         return Ok(Next::Continue(ctx.write_status(&run, &st).await?));
     }
     if st.phase.is_finished() {
-        release_instance(ctx, &run, st.instance.as_deref()).await?;
+        release_instance(ctx, &run, st.instance.as_deref(), false).await?;
         return Ok(Next::Stop(Action::await_change()));
     }
     let pool_name = st.pool.clone().unwrap_or_default();
@@ -117,14 +117,11 @@ async fn step(run: Run, ctx: &Context) -> Result<Next, Error> {
     };
 
     if run.spec.stop {
-        match stop_job(ctx, &run, st.instance.as_deref()).await {
-            Err(Error::Exec(e)) => {
-                let name = st.instance.clone().unwrap_or_default();
-                return exec_failed(ctx, &run, st, &name, "stop", e).await;
-            }
-            other => other?,
-        }
-        return finish(ctx, run, st, RunPhase::Terminated, "Stopped", None, "stopped by the user").await;
+        let msg = match stop_job(ctx, &run, st.instance.as_deref()).await? {
+            None => "stopped by the user".to_string(),
+            Some(why) => format!("stopped by the user; {why}"),
+        };
+        return finish(ctx, run, st, RunPhase::Terminated, "Stopped", None, &msg).await;
     }
 
     match st.phase {
@@ -154,7 +151,7 @@ async fn place(
         let Some(run) = confirm(ctx, &run, &mut st, &held.name_any()).await? else {
             return Ok(Next::Stop(Action::requeue(Duration::ZERO)));
         };
-        return start(run, st, held.clone(), ctx).await;
+        return start(run, st, held.clone(), &policy, ctx).await;
     }
 
     // An instance provisioned for a run is reserved for it while that run waits for it.
@@ -203,7 +200,7 @@ async fn place(
             return Ok(Next::Stop(Action::requeue(Duration::ZERO)));
         };
         let mut ist = chosen.status.clone().unwrap_or_default();
-        crate::core::instance::claim(&mut ist, &run.name_any());
+        crate::core::instance::claim(&mut ist, JobRef::of(&run));
         // The claim carries the instance's resourceVersion: if anything else changed
         // the instance since we looked (another run claimed it), this fails with 409.
         let claimed = match ctx.write_status(&chosen, &ist).await {
@@ -215,7 +212,7 @@ async fn place(
         if let Some(p) = st.provisioning_instance.clone().filter(|p| *p != claimed.name_any()) {
             delete_if_unlaunched(ctx, &ns, &p).await?;
         }
-        return start(run, st, claimed, ctx).await;
+        return start(run, st, claimed, &policy, ctx).await;
     }
 
     // Nothing idle fits. Follow an instance being provisioned for us, if any.
@@ -323,17 +320,31 @@ async fn confirm(ctx: &Context, run: &Run, st: &mut RunStatus, instance: &str) -
     }
 }
 
-/// Starts the job of `run`, whose claim on `inst` was written after [`confirm`].
-async fn start(run: Run, mut st: RunStatus, inst: Instance, ctx: &Context) -> Result<Next, Error> {
+/// Starts the job of `run`, whose claim on `inst` was written after [`confirm`]. A start
+/// that keeps failing ends the attempt after the grace of [`exec_failed`].
+async fn start(
+    run: Run,
+    mut st: RunStatus,
+    inst: Instance,
+    policy: &EffectivePolicy,
+    ctx: &Context,
+) -> Result<Next, Error> {
     let now = ctx.now();
     match ctx.executor.start(&run, &inst).await {
         Ok(()) => {}
         Err(e @ ExecError::Unsupported(_)) => {
-            release_instance(ctx, &run, Some(&inst.name_any())).await?;
+            // Executors refuse before anything runs on the machine.
+            release_instance(ctx, &run, Some(&inst.name_any()), true).await?;
             let msg = e.to_string();
             return finish(ctx, run, st, RunPhase::Failed, "Unsupported", None, &msg).await;
         }
-        Err(e) => return exec_failed(ctx, &run, st, &inst.name_any(), "start", e).await,
+        Err(e) => {
+            let limit =
+                policy.max_duration.map_or(ctx.health.unreachable_grace, |m| m.min(ctx.health.unreachable_grace));
+            let (reason, msg) = exec_failed(ctx, &run, &mut st, &inst.name_any(), "start", e, limit).await?;
+            // What a failed start may have left on the machine is stopped before it is reused.
+            return attempt_failed(ctx, run, st, policy, reason, &msg, &inst.name_any()).await;
+        }
     }
     clear_false(&mut st.conditions, JOB_CONTROL, "Controlled", "the job started", run.metadata.generation, now);
     sm::assigned(&mut st, &inst.name_any(), now);
@@ -375,32 +386,28 @@ async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Con
     };
     if let Some(deadline) = sm::max_duration_deadline(&st, policy) {
         if now >= deadline {
-            if let Err(e) = ctx.executor.stop(&run, &inst).await {
-                return exec_failed(ctx, &run, st, &name, "stop", e).await;
-            }
-            return finish(
-                ctx,
-                run,
-                st,
-                RunPhase::Terminated,
-                "MaxDurationExceeded",
-                None,
-                "maxDuration reached; stopped",
-            )
-            .await;
+            let msg = match stop_job(ctx, &run, Some(&name)).await? {
+                None => "maxDuration reached; stopped".to_string(),
+                Some(why) => format!("maxDuration reached; {why}"),
+            };
+            return finish(ctx, run, st, RunPhase::Terminated, "MaxDurationExceeded", None, &msg).await;
         }
     }
     let state = match ctx.executor.status(&run, &inst).await {
         Err(ExecError::Unreachable(why)) => return unreachable(run, st, policy, &inst, &why, ctx).await,
         // The job cannot go on (e.g. its image cannot be pulled): stop what is left of it.
         Err(e @ ExecError::Unsupported(_)) => {
-            if let Err(e) = ctx.executor.stop(&run, &inst).await {
-                return exec_failed(ctx, &run, st, &name, "stop", e).await;
-            }
-            let msg = e.to_string();
+            let msg = match stop_job(ctx, &run, Some(&name)).await? {
+                None => e.to_string(),
+                Some(why) => format!("{e}; {why}"),
+            };
             return finish(ctx, run, st, RunPhase::Failed, "Unsupported", None, &msg).await;
         }
-        Err(e) => return exec_failed(ctx, &run, st, &name, "follow", e).await,
+        Err(e) => {
+            let grace = ctx.health.unreachable_grace;
+            let (reason, msg) = exec_failed(ctx, &run, &mut st, &name, "follow", e, grace).await?;
+            return attempt_failed(ctx, run, st, policy, reason, &msg, &name).await;
+        }
         Ok(state) => state,
     };
     let generation = run.metadata.generation;
@@ -431,44 +438,80 @@ async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Con
             // held by a run that has ended, which either controller frees again; freed
             // first, the next pass would take the run for interrupted and lose its exit.
             let run = ctx.write_status(&run, &st).await?;
-            release_instance(ctx, &run, Some(&name)).await?;
+            release_instance(ctx, &run, Some(&name), true).await?;
             ctx.event(&run, code != 0, if code == 0 { "Succeeded" } else { "Failed" }, msg).await;
             Ok(Next::Continue(run))
         }
     }
 }
 
-/// A call to the executor failed, not because the instance does not answer (that is
-/// [`unreachable`]): the run's status says why (`JobControl` False, reason
-/// `MissingBackend` when the instance's Backend is gone) and the error goes back to the
-/// controller, which tries again.
+/// A call to the executor failed, not because the running job's instance does not answer
+/// (that is [`unreachable`]): the run's status says why (`JobControl` False, reason
+/// `MissingBackend` when the instance's Backend is gone) and, while the failures have
+/// lasted less than `limit` (from the first), the error goes back to the controller, which
+/// tries again. After that, `Ok((reason, message))`: the caller ends the attempt
+/// ([`attempt_failed`]); `st` then carries the condition, unwritten.
 async fn exec_failed(
     ctx: &Context,
     run: &Run,
-    mut st: RunStatus,
+    st: &mut RunStatus,
     instance: &str,
     verb: &str,
     err: ExecError,
-) -> Result<Next, Error> {
-    let msg = format!("failed to {verb} the job on instance {instance}: {err}");
+    limit: Duration,
+) -> Result<(&'static str, String), Error> {
+    let now = ctx.now();
+    let msg = format!("failed to {verb} the job on instance {instance}: {}", super::chain(&err));
     let reason = match &err {
         ExecError::MissingBackend { .. } => "MissingBackend",
         ExecError::Unreachable(_) => "InstanceUnreachable",
+        _ if verb == "start" => "StartFailed",
         _ => "ExecutorError",
     };
     let before = find(&st.conditions, JOB_CONTROL).cloned();
-    set_false_since(&mut st.conditions, JOB_CONTROL, reason, &msg, run.metadata.generation, ctx.now());
+    let (_, since) = set_false_since(&mut st.conditions, JOB_CONTROL, reason, &msg, run.metadata.generation, now);
+    if now >= crate::core::add(since, limit) {
+        return Ok((reason, format!("{msg} (for {}s)", limit.as_secs())));
+    }
     if find(&st.conditions, JOB_CONTROL) != before.as_ref() {
         ctx.event(run, true, reason, msg).await;
-        ctx.write_status(run, &st).await?;
+        ctx.write_status(run, st).await?;
     }
     Err(err.into())
 }
 
+/// The attempt on `instance` ends for `reason`: the run is retried when its policy retries
+/// on errors and the window is open, else Failed. The outcome is recorded first, then the
+/// instance is freed once the job is fenced (held until it is).
+async fn attempt_failed(
+    ctx: &Context,
+    run: Run,
+    mut st: RunStatus,
+    policy: &EffectivePolicy,
+    reason: &str,
+    msg: &str,
+    instance: &str,
+) -> Result<Next, Error> {
+    let now = ctx.now();
+    let job = JobRef::of(&run);
+    ctx.event(&run, true, reason, msg.to_string()).await;
+    if sm::attempt_failed(&mut st, policy, reason, now) {
+        let generation = run.metadata.generation;
+        clear_false(&mut st.conditions, JOB_CONTROL, "Retrying", "a new attempt starts", generation, now);
+        scheduled(&mut st, &run, now, false, "Retrying", &format!("{msg}; retrying"));
+    } else {
+        summary(&mut st, &run, now, msg);
+    }
+    let run = ctx.write_status(&run, &st).await?;
+    release_attempt(ctx, &run, instance, job).await?;
+    Ok(Next::Continue(run))
+}
+
 /// The run's instance does not answer. Marked at once in the `InstanceReachable`
-/// condition; after the unreachable grace (`--unreachable-grace`) the run is interrupted (retried when the policy
-/// retries on interruption, else Terminated with `InstanceUnreachable`) and the instance,
-/// which cannot be trusted any more, is deleted (its machine with it).
+/// condition; after the unreachable grace (`--unreachable-grace`) the run is interrupted
+/// (retried when the policy retries on interruption, else Terminated with
+/// `InstanceUnreachable`) and lets go of the instance, which stays held until the job is
+/// stopped on its machine (see [`super::fence`]): the host takes no other run before.
 async fn unreachable(
     run: Run,
     mut st: RunStatus,
@@ -492,10 +535,11 @@ async fn unreachable(
         }
         return Ok(Next::Stop(Action::requeue(until(now, deadline).min(JOB_POLL))));
     }
-    let msg = format!("{msg} for {}s; the instance is removed", grace.as_secs());
+    let msg = format!("{msg} for {}s; the instance is held until the job is stopped there", grace.as_secs());
     ctx.event(&run, true, "InstanceUnreachable", msg.clone()).await;
-    let api: Api<Instance> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
-    api.delete(&name, &Default::default()).await?;
+    let ist = inst.status.clone().unwrap_or_default();
+    let job = ist.job.clone().unwrap_or_else(|| JobRef::of(&run));
+    hold_instance(ctx, &run, inst, ist, job, &msg).await?;
     if sm::interrupted(&mut st, policy, "InstanceUnreachable", now) {
         scheduled(&mut st, &run, now, false, "Retrying", &format!("{msg}; retrying"));
     } else {
@@ -520,28 +564,66 @@ async fn finish(
     summary(&mut st, &run, now, message);
     // Recorded before the instance is freed, as when a job exits (see `follow`).
     let run = ctx.write_status(&run, &st).await?;
-    release_instance(ctx, &run, instance.as_deref()).await?;
+    // Fenced first unless the job is known to have ended: a path that stopped it pays a
+    // second, no-op stop rather than freeing the instance before the outcome is recorded.
+    release_instance(ctx, &run, instance.as_deref(), false).await?;
     ctx.event(&run, phase != RunPhase::Succeeded, reason, message.to_string()).await;
     Ok(Next::Continue(run))
 }
 
-async fn stop_job(ctx: &Context, run: &Run, instance: Option<&str>) -> Result<(), Error> {
-    let Some(name) = instance else { return Ok(()) };
+/// Stops the run's job on `instance`. When the job cannot be stopped the instance is held
+/// until it is (see [`super::fence`]) and the run goes on without
+/// waiting: `Some(why)` says so.
+async fn stop_job(ctx: &Context, run: &Run, instance: Option<&str>) -> Result<Option<String>, Error> {
+    let Some(name) = instance else { return Ok(None) };
     let api: Api<Instance> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
-    if let Some(inst) = api.get_opt(name).await? {
-        ctx.executor.stop(run, &inst).await?;
+    let Some(inst) = api.get_opt(name).await? else { return Ok(None) };
+    match ctx.executor.stop(run, &inst).await {
+        Ok(()) => Ok(None),
+        Err(e) => {
+            let why =
+                format!("the job could not be stopped ({}); instance {name} is held until it is", super::chain(&e));
+            ctx.event(run, true, "StopFailed", why.clone()).await;
+            let ist = inst.status.clone().unwrap_or_default();
+            if ist.run.as_deref() == Some(&run.name_any()) && ist.phase == InstancePhase::Busy {
+                let job = ist.job.clone().unwrap_or_else(|| JobRef::of(run));
+                hold_instance(ctx, run, &inst, ist, job, &why).await?;
+            }
+            Ok(Some(why))
+        }
     }
-    Ok(())
 }
 
 /// Frees the instance if this run holds it: Busy → Idle, the idle clock starts now.
-async fn release_instance(ctx: &Context, run: &Run, instance: Option<&str>) -> Result<(), Error> {
+/// `ended`: the job is known to have ended (it exited, kpool stopped it, or it never
+/// started); otherwise it is fenced first ([`Executor::fence`](crate::exec::Executor::fence))
+/// and, when that fails, the instance is held for the instance controller to fence: never
+/// Idle while the job may still run there.
+async fn release_instance(ctx: &Context, run: &Run, instance: Option<&str>, ended: bool) -> Result<(), Error> {
+    release(ctx, run, instance, (!ended).then(|| JobRef::of(run))).await
+}
+
+/// [`release_instance`] of the attempt `job` (which the run's status may have left).
+async fn release_attempt(ctx: &Context, run: &Run, instance: &str, job: JobRef) -> Result<(), Error> {
+    release(ctx, run, Some(instance), Some(job)).await
+}
+
+/// Frees the instance if this run holds it; `fence`: the job to fence first, unless the
+/// instance records its own.
+async fn release(ctx: &Context, run: &Run, instance: Option<&str>, fence: Option<JobRef>) -> Result<(), Error> {
     let Some(name) = instance else { return Ok(()) };
     let api: Api<Instance> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
     let Some(inst) = api.get_opt(name).await? else { return Ok(()) };
     let Some(mut ist) = inst.status.clone() else { return Ok(()) };
     if ist.run.as_deref() != Some(&run.name_any()) || ist.phase != InstancePhase::Busy {
         return Ok(());
+    }
+    if let Some(fallback) = fence {
+        let job = ist.job.clone().unwrap_or(fallback);
+        if let Err(e) = ctx.executor.fence(&job, &inst).await {
+            let why = format!("the job could not be stopped ({}); held until it is", super::chain(&e));
+            return hold_instance(ctx, run, &inst, ist, job, &why).await;
+        }
     }
     let now = ctx.now();
     crate::core::instance::release(&mut ist, now);
@@ -557,6 +639,27 @@ async fn release_instance(ctx: &Context, run: &Run, instance: Option<&str>) -> R
     upsert(&mut ist.conditions, c);
     ctx.write_status(&inst, &ist).await?;
     ctx.event(&inst, false, "Released", format!("run {} ended; the instance is idle", run.name_any())).await;
+    Ok(())
+}
+
+/// The run lets go of `inst` while `job` may still run there: the instance stays Busy
+/// without a run, held for the instance controller to fence (see [`super::fence`]).
+async fn hold_instance(
+    ctx: &Context,
+    run: &Run,
+    inst: &Instance,
+    mut ist: crate::api::instance::InstanceStatus,
+    job: JobRef,
+    why: &str,
+) -> Result<(), Error> {
+    let now = ctx.now();
+    ist.run = None;
+    ist.job = Some(job);
+    let msg = format!("run {} let go of the instance: {why}", run.name_any());
+    let c = condition_tri(&ist.conditions, "Ready", "True", "Fencing", msg.clone(), inst.metadata.generation, now);
+    upsert(&mut ist.conditions, c);
+    ctx.write_status(inst, &ist).await?;
+    ctx.event(inst, true, "Fencing", msg).await;
     Ok(())
 }
 
@@ -611,13 +714,14 @@ async fn create_default_pool(ctx: &Context, ns: &str) -> Result<(), Error> {
     }
 }
 
-/// Deletion: stop the job, free the instance, drop an unlaunched instance made for it.
+/// Deletion: stop the job, free the instance (held until its job is stopped when that
+/// fails), drop an unlaunched instance made for it.
 async fn cleanup(run: Arc<Run>, ctx: Arc<Context>) -> Result<Action, Error> {
     let st = run.status.clone().unwrap_or_default();
     if !st.phase.is_finished() {
         stop_job(&ctx, &run, st.instance.as_deref()).await?;
     }
-    release_instance(&ctx, &run, st.instance.as_deref()).await?;
+    release_instance(&ctx, &run, st.instance.as_deref(), false).await?;
     if let Some(p) = &st.provisioning_instance {
         delete_if_unlaunched(&ctx, &run.namespace().unwrap_or_default(), p).await?;
     }

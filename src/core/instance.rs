@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::add;
 use super::offers::next_offer;
 use super::policy::EffectivePolicy;
-use crate::api::instance::{InstancePhase, InstanceStatus, ProvisioningAttempt};
+use crate::api::instance::{InstancePhase, InstanceStatus, JobRef, ProvisioningAttempt};
 use crate::api::offer::Offer;
 use crate::api::policy::RetryEvent;
 use crate::backends::{BackendError, Machine, MachineState};
@@ -46,6 +46,9 @@ pub enum Step {
     Expire,
     /// Busy with a run; check that the run still holds the instance.
     CheckRun(String),
+    /// Held: its run let go of it while this job may still run on the machine; stop the
+    /// job there before the instance is idle again.
+    Fence(JobRef),
     /// Delete the machine and confirm it is gone.
     Teardown,
     /// Terminated or Failed: nothing left to do.
@@ -70,9 +73,10 @@ pub fn next_step(status: &InstanceStatus, policy: &EffectivePolicy, now: Timesta
             Some(deadline) if now >= deadline => Step::Expire,
             deadline => Step::IdleUntil(deadline),
         },
-        InstancePhase::Busy => match &status.run {
-            Some(run) => Step::CheckRun(run.clone()),
-            None => Step::IdleUntil(None),
+        InstancePhase::Busy => match (&status.run, &status.job) {
+            (Some(run), _) => Step::CheckRun(run.clone()),
+            (None, Some(job)) => Step::Fence(job.clone()),
+            (None, None) => Step::IdleUntil(None),
         },
         InstancePhase::Terminating => Step::Teardown,
         InstancePhase::Terminated | InstancePhase::Failed => Step::Done,
@@ -242,16 +246,18 @@ pub fn launch_failed(
 }
 
 /// Idle → Busy for `run`.
-pub fn claim(status: &mut InstanceStatus, run: &str) {
+pub fn claim(status: &mut InstanceStatus, job: JobRef) {
     status.phase = InstancePhase::Busy;
-    status.run = Some(run.to_string());
+    status.run = Some(job.run.clone());
+    status.job = Some(job);
     status.idle_since = None;
 }
 
-/// Busy → Idle; the idle clock starts now.
+/// Busy → Idle; the idle clock starts now. The job there has ended.
 pub fn release(status: &mut InstanceStatus, now: Timestamp) {
     status.phase = InstancePhase::Idle;
     status.run = None;
+    status.job = None;
     status.idle_since = Some(Time(now));
 }
 

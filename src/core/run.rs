@@ -174,6 +174,18 @@ pub fn interrupted(status: &mut RunStatus, policy: &EffectivePolicy, reason: &st
     false
 }
 
+/// The attempt could not be started or followed (`reason`, e.g. `StartFailed`): retried
+/// when the policy retries on errors and the window is open (returns true), else Failed.
+pub fn attempt_failed(status: &mut RunStatus, policy: &EffectivePolicy, reason: &str, now: Timestamp) -> bool {
+    if retry_open(status, policy, RetryEvent::Error, now) {
+        record(status, reason, None, now);
+        resubmit(status, None);
+        return true;
+    }
+    finish(status, RunPhase::Failed, reason, None, now);
+    false
+}
+
 /// Provisioning an instance for the run failed and the retry window is open: back to
 /// Pending for another attempt.
 pub fn provisioning_failed(status: &mut RunStatus, now: Timestamp) {

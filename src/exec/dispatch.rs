@@ -14,7 +14,7 @@ use kube::ResourceExt;
 
 use super::{ExecError, Executor, JobLogs, JobState, PodExecutor, SshExecutor};
 use crate::api::backend::{Backend as BackendObject, BackendType};
-use crate::api::instance::Instance;
+use crate::api::instance::{Instance, JobRef};
 use crate::api::run::Run;
 use crate::backends::factory::DefaultFactory;
 
@@ -68,6 +68,9 @@ impl Executor for DispatchExecutor {
     }
     async fn stop(&self, run: &Run, instance: &Instance) -> Result<(), ExecError> {
         self.pick(instance).await?.stop(run, instance).await
+    }
+    async fn fence(&self, job: &JobRef, instance: &Instance) -> Result<(), ExecError> {
+        self.pick(instance).await?.fence(job, instance).await
     }
 }
 

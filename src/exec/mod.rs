@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use crate::api::instance::Instance;
+use crate::api::instance::{Instance, JobRef};
 use crate::api::run::Run;
 pub use crate::core::run::JobState;
 
@@ -71,6 +71,11 @@ pub trait Executor: Send + Sync {
     async fn status(&self, run: &Run, instance: &Instance) -> Result<JobState, ExecError>;
     /// Stops the job; stopping a job that is not running is a no-op.
     async fn stop(&self, run: &Run, instance: &Instance) -> Result<(), ExecError>;
+    /// Fences the machine off from `job`, one attempt of a run that may have moved on to
+    /// another attempt or be gone: stops that job and makes sure nothing of it is left
+    /// running there (on a host, its whole process group). `Ok` only once it is gone, or
+    /// when it had ended or never started. The instance is not used again before.
+    async fn fence(&self, job: &JobRef, instance: &Instance) -> Result<(), ExecError>;
 }
 
 /// Reads what a run's job printed (standard output and standard error, interleaved as
@@ -98,6 +103,9 @@ impl Executor for HoldExecutor {
     async fn stop(&self, _run: &Run, _instance: &Instance) -> Result<(), ExecError> {
         Ok(())
     }
+    async fn fence(&self, _job: &JobRef, _instance: &Instance) -> Result<(), ExecError> {
+        Ok(())
+    }
 }
 
 /// A test double: jobs run until a test finishes them with [`ScriptedExecutor::exit`].
@@ -106,7 +114,9 @@ pub struct ScriptedExecutor {
     jobs: Arc<Mutex<HashMap<String, JobState>>>,
     started: Arc<Mutex<Vec<String>>>,
     stopped: Arc<Mutex<Vec<String>>>,
+    fenced: Arc<Mutex<Vec<JobRef>>>,
     unreachable: Arc<Mutex<bool>>,
+    failures: Arc<Mutex<HashMap<&'static str, ExecError>>>,
 }
 
 impl ScriptedExecutor {
@@ -130,10 +140,26 @@ impl ScriptedExecutor {
     pub fn set_unreachable(&self, unreachable: bool) {
         *self.unreachable.lock().expect("unreachable") = unreachable;
     }
-    fn reach(&self) -> Result<(), ExecError> {
-        match *self.unreachable.lock().expect("unreachable") {
-            true => Err(ExecError::Unreachable("scripted: host down".into())),
-            false => Ok(()),
+    /// Jobs fenced off their instances, in order, once per successful `fence`.
+    pub fn fenced(&self) -> Vec<JobRef> {
+        self.fenced.lock().expect("fenced").clone()
+    }
+    /// While set, every call of `verb` (`start`, `status`, `stop` or `fence`) fails with
+    /// `err`; `None` lets it succeed again.
+    pub fn fail(&self, verb: &'static str, err: Option<ExecError>) {
+        let mut failures = self.failures.lock().expect("failures");
+        match err {
+            Some(e) => failures.insert(verb, e),
+            None => failures.remove(verb),
+        };
+    }
+    fn reach(&self, verb: &'static str) -> Result<(), ExecError> {
+        if *self.unreachable.lock().expect("unreachable") {
+            return Err(ExecError::Unreachable("scripted: host down".into()));
+        }
+        match self.failures.lock().expect("failures").get(verb) {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
         }
     }
 }
@@ -145,12 +171,13 @@ fn run_name(run: &Run) -> String {
 #[async_trait]
 impl Executor for ScriptedExecutor {
     async fn start(&self, run: &Run, _instance: &Instance) -> Result<(), ExecError> {
+        self.reach("start")?;
         self.started.lock().expect("started").push(run_name(run));
         self.jobs.lock().expect("jobs").entry(run_name(run)).or_insert(JobState::Running);
         Ok(())
     }
     async fn status(&self, run: &Run, _instance: &Instance) -> Result<JobState, ExecError> {
-        self.reach()?;
+        self.reach("status")?;
         self.jobs
             .lock()
             .expect("jobs")
@@ -159,7 +186,13 @@ impl Executor for ScriptedExecutor {
             .ok_or_else(|| ExecError::Other(format!("no job for run {}", run_name(run))))
     }
     async fn stop(&self, run: &Run, _instance: &Instance) -> Result<(), ExecError> {
+        self.reach("stop")?;
         self.stopped.lock().expect("stopped").push(run_name(run));
+        Ok(())
+    }
+    async fn fence(&self, job: &JobRef, _instance: &Instance) -> Result<(), ExecError> {
+        self.reach("fence")?;
+        self.fenced.lock().expect("fenced").push(job.clone());
         Ok(())
     }
 }

@@ -32,7 +32,10 @@
 //! of earlier runs on the machine, makes the Secret, deletes the slot Pod (grace period
 //! [`SLOT_GRACE_SECONDS`]) and, once the slot is gone, creates the job Pod (409 = already
 //! there). A slot that takes longer to go (the kubelet must release its resources first)
-//! leaves the job Pod to `status`: the job starts at the run controller's next poll.
+//! leaves the job Pod to `status`: the job starts at the run controller's next poll. A job
+//! Pod the API server refuses (403 or 422: an admission webhook or policy, Pod Security)
+//! is [`ExecError::Unsupported`], after the Secret is deleted and the slot created again:
+//! the run fails, naming the refusal, and the instance is whole for the next run.
 //!
 //! `status`:
 //! - job Pod `Succeeded`/`Failed` -> the slot is created again, then `Exited(code)`, the
@@ -68,9 +71,10 @@
 //! set. A container that cannot be created for another reason (`CreateContainerError`,
 //! `CreateContainerConfigError`) keeps the run Running until it is stopped or reaches
 //! `maxDuration`. The job runs as its image's user: a namespace that enforces the
-//! `restricted` Pod Security Standard may refuse it. A job Pod whose Secret got its owner
-//! is never started twice; in the short window between creating the job Pod and giving its
-//! Secret the owner, a job Pod deleted by someone else would be started again.
+//! `restricted` Pod Security Standard may refuse it (the run then fails, see above). A job
+//! Pod whose Secret got its owner is never started twice; in the short window between
+//! creating the job Pod and giving its Secret the owner, a job Pod deleted by someone else
+//! would be started again.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -88,7 +92,7 @@ use super::env::{ApiEnv, RunEnv};
 use super::ssh::script::{job_script, utf8_prefix, VANISHED_EXIT_CODE};
 use super::{ExecError, Executor, JobLogs, JobState};
 use crate::api::backend::{Backend as BackendObject, BackendType};
-use crate::api::instance::Instance;
+use crate::api::instance::{Instance, JobRef};
 use crate::api::run::Run;
 use crate::backends::allow::Allowances;
 pub use crate::backends::kubernetes::DEFAULT_RUN_IMAGE;
@@ -180,8 +184,16 @@ impl PodExecutor {
     }
 
     async fn job(&self, run: &Run, instance: &Instance) -> Result<Job, ExecError> {
-        let run_uid =
-            run.metadata.uid.clone().ok_or_else(|| ExecError::Other(format!("run {} has no UID", run.name_any())))?;
+        self.job_of(&JobRef::of(run), instance).await
+    }
+
+    /// What a call on attempt `job.attempt` of run `job.run` works on.
+    async fn job_of(&self, job: &JobRef, instance: &Instance) -> Result<Job, ExecError> {
+        if job.run_uid.is_empty() {
+            return Err(ExecError::Other(format!("run {} has no UID", job.run)));
+        }
+        let run_uid = job.run_uid.clone();
+        let attempt = job.attempt;
         let st = instance.status.clone().unwrap_or_default();
         let (Some(offer), Some(machine)) = (st.offer, st.machine_name) else {
             return Err(ExecError::Other(format!("instance {} has no machine yet", instance.name_any())));
@@ -222,7 +234,7 @@ impl PodExecutor {
             pods: Api::namespaced(self.client.clone(), backend.namespace()),
             secrets: Api::namespaced(self.client.clone(), backend.namespace()),
             slot: backend.pod_for(&spec),
-            name: Self::job_pod_name(&machine, &run_uid, run.status.as_ref().map_or(0, |s| s.attempts)),
+            name: Self::job_pod_name(&machine, &run_uid, attempt),
             slot_name: machine,
             run_uid,
             run_image: backend.run_image().to_string(),
@@ -347,6 +359,16 @@ impl PodExecutor {
                 .get_pod(job, &job.name)
                 .await?
                 .ok_or_else(|| ExecError::Other(format!("job Pod {} went away as it was created", job.name)))?,
+            // Refused for good (admission: a webhook, a policy, Pod Security; an invalid
+            // spec): the slot takes the node back and the job's Secret goes.
+            Err(kube::Error::Api(s)) if s.code == 403 || s.code == 422 => {
+                self.delete_secret(job).await?;
+                self.restore_slot(job).await?;
+                return Err(ExecError::Unsupported(format!(
+                    "the API server refused job Pod {} ({} {}): {}",
+                    job.name, s.code, s.reason, s.message
+                )));
+            }
             Err(e) => return Err(api_failed("create job Pod", &job.name, e)),
         };
         self.own_secret(job, run, &pod).await?;
@@ -468,24 +490,40 @@ impl Executor for PodExecutor {
 
     async fn stop(&self, run: &Run, instance: &Instance) -> Result<(), ExecError> {
         let job = self.job(run, instance).await?;
-        if let Some(pod) = self.get_pod(&job, &job.name).await? {
+        self.stop_job(&job).await
+    }
+
+    async fn fence(&self, job: &JobRef, instance: &Instance) -> Result<(), ExecError> {
+        let job = self.job_of(job, instance).await?;
+        self.stop_job(&job).await
+    }
+}
+
+impl PodExecutor {
+    /// `stop` of one job (see the module docs).
+    async fn stop_job(&self, job: &Job) -> Result<(), ExecError> {
+        if let Some(pod) = self.get_pod(job, &job.name).await? {
             if exit_code(&pod).is_none() {
                 if pod.metadata.deletion_timestamp.is_none() {
                     let grace = i64::try_from(self.stop_grace.as_secs()).unwrap_or(i64::MAX);
-                    self.delete_pod(&job, &job.name, Some(grace)).await?;
+                    self.delete_pod(job, &job.name, Some(grace)).await?;
                 }
-                self.wait_gone(&job, &job.name).await?;
+                self.wait_gone(job, &job.name).await?;
             }
         }
-        if self.get_pod(&job, &job.slot_name).await?.is_some_and(|s| s.metadata.deletion_timestamp.is_some()) {
-            self.wait_gone(&job, &job.slot_name).await?;
+        if self.get_pod(job, &job.slot_name).await?.is_some_and(|s| s.metadata.deletion_timestamp.is_some()) {
+            self.wait_gone(job, &job.slot_name).await?;
         }
+        self.delete_secret(job).await?;
+        self.restore_slot(job).await
+    }
+
+    async fn delete_secret(&self, job: &Job) -> Result<(), ExecError> {
         match job.secrets.delete(&job.name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(api_failed("delete Secret", &job.name, e)),
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(api_failed("delete Secret", &job.name, e)),
         }
-        self.restore_slot(&job).await
     }
 }
 

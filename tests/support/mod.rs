@@ -100,6 +100,9 @@ pub struct Harness {
     pub fail_run_status_writes: Arc<AtomicUsize>,
     /// Every API request the controllers made (through `ctx.client`), as RBAC sees it.
     pub api_calls: Arc<std::sync::Mutex<Vec<ApiCall>>>,
+    /// While set, creating a job Pod (a Pod labelled `kpool.dev/run-uid`) is refused with
+    /// this message (422), as an admission webhook or policy refuses it.
+    pub refuse_job_pods: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 pub use kpool::controllers::requests::{api_call, ApiCall};
@@ -217,8 +220,15 @@ impl Harness {
         let fail = fail_status_writes.clone();
         let fail_run_status_writes = Arc::new(AtomicUsize::new(0));
         let fail_run = fail_run_status_writes.clone();
+        let refuse_job_pods = Arc::new(std::sync::Mutex::new(None::<String>));
+        let refuse = refuse_job_pods.clone();
         let funcs = Funcs::new().create(move |ctx| {
             if let Some(why) = invalid_label_value(ctx.object) {
+                return Err(kube_fake_client::Error::InvalidRequest(why));
+            }
+            let job_pod = ctx.object.get("kind").and_then(Value::as_str) == Some("Pod")
+                && ctx.object.pointer("/metadata/labels/kpool.dev~1run-uid").is_some();
+            if let Some(why) = refuse.lock().unwrap().clone().filter(|_| job_pod) {
                 return Err(kube_fake_client::Error::InvalidRequest(why));
             }
             let instance = ctx.object.get("kind").and_then(Value::as_str) == Some("Instance");
@@ -297,6 +307,7 @@ impl Harness {
             fail_instance_creates,
             fail_run_status_writes,
             api_calls,
+            refuse_job_pods,
         };
         h.create(Backend::new("aws", BackendSpec { type_: BackendType::Aws, ..Default::default() })).await;
         h

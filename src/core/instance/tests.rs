@@ -57,8 +57,12 @@ fn full_lifecycle_pending_to_terminated() {
     assert_eq!(s.address.as_deref(), Some("10.1.1.1"));
     // Idle for 5 minutes (run-provisioned default), then expired.
     assert_eq!(next_step(&s, &p, now), Step::IdleUntil(Some(t("2026-01-01T00:05:00Z"))));
-    claim(&mut s, "run-1");
+    let job = JobRef { run: "run-1".into(), run_uid: "u1".into(), attempt: 0 };
+    claim(&mut s, job.clone());
     assert_eq!(next_step(&s, &p, t("2026-01-01T01:00:00Z")), Step::CheckRun("run-1".into()));
+    // Its run let go of it while the job may still run: held, to stop that job first.
+    s.run = None;
+    assert_eq!(next_step(&s, &p, t("2026-01-01T01:00:00Z")), Step::Fence(job));
     release(&mut s, t("2026-01-01T01:00:00Z"));
     assert_eq!(next_step(&s, &p, t("2026-01-01T01:04:59Z")), Step::IdleUntil(Some(t("2026-01-01T01:05:00Z"))));
     assert_eq!(next_step(&s, &p, t("2026-01-01T01:05:00Z")), Step::Expire);

@@ -42,7 +42,10 @@
 //! `stop`: nothing when the job has ended or never started; else `docker stop` of its
 //! container, then SIGTERM to its process group, SIGKILL after the grace period
 //! ([`SshExecutor::with_stop_grace`]); the exit code is the job's (143 after SIGTERM) or 137
-//! when it had to be killed.
+//! when it had to be killed. A process of the group still alive after SIGKILL (e.g. stuck
+//! in the kernel) makes `stop` fail, so it is tried again: `stop` succeeds only once the
+//! whole group is gone. `fence` is `stop` of one given attempt of a run (see
+//! [`Executor::fence`]), the run's current attempt or not.
 //!
 //! Every SSH call has a timeout: login within the backend's `connectTimeoutSeconds` (else
 //! [`DEFAULT_CONNECT_TIMEOUT`]), each command within [`DEFAULT_COMMAND_TIMEOUT`] (stop:
@@ -66,7 +69,7 @@ use self::script::{Container, Reported};
 pub use self::targets::ApiTargets;
 use super::env::{is_shell_name, ApiEnv, RunEnv};
 use super::{ExecError, Executor, JobLogs, JobState};
-use crate::api::instance::Instance;
+use crate::api::instance::{Instance, JobRef};
 use crate::api::run::Run;
 use crate::backends::factory::DefaultFactory;
 pub use crate::backends::ssh::KnownHosts;
@@ -265,13 +268,17 @@ impl SshExecutor {
     }
 
     async fn report(&self, run: &Run, instance: &Instance, stop: bool) -> Result<(Reported, String), ExecError> {
-        let uid = job_id(run)?;
+        self.report_on(&job_id(run)?, instance, stop).await
+    }
+
+    /// Runs the status (or stop) script of job `uid` on the instance's host.
+    async fn report_on(&self, uid: &str, instance: &Instance, stop: bool) -> Result<(Reported, String), ExecError> {
         let (conn, host) = self.connect(instance).await?;
         let (script, timeout) = if stop {
             let grace = self.stop_grace.as_secs().max(1);
-            (script::stop_script(&uid, grace), self.command_timeout + self.stop_grace * 2 + Duration::from_secs(10))
+            (script::stop_script(uid, grace), self.command_timeout + self.stop_grace * 2 + Duration::from_secs(10))
         } else {
-            (script::status_script(&uid), self.command_timeout)
+            (script::status_script(uid), self.command_timeout)
         };
         let out = conn.run(&script::remote(&script), &[], timeout, MAX_CONTROL_OUTPUT).await;
         conn.close().await;
@@ -314,6 +321,11 @@ impl Executor for SshExecutor {
     async fn stop(&self, run: &Run, instance: &Instance) -> Result<(), ExecError> {
         self.report(run, instance, true).await.map(|_| ())
     }
+
+    async fn fence(&self, job: &JobRef, instance: &Instance) -> Result<(), ExecError> {
+        let uid = job_id_of(&job.run, &job.run_uid, job.attempt)?;
+        self.report_on(&uid, instance, true).await.map(|_| ())
+    }
 }
 
 #[async_trait]
@@ -327,9 +339,17 @@ impl JobLogs for SshExecutor {
 /// (`status.attempts` > 0) `-<attempts>` after it, so a retried run placed on the same host
 /// runs a new job instead of finding the last attempt's exit code.
 pub fn job_id(run: &Run) -> Result<String, ExecError> {
-    let uid = run.metadata.uid.clone().ok_or_else(|| ExecError::Other(format!("run {} has no UID", run.name_any())))?;
-    let id = match run.status.as_ref().map(|s| s.attempts).unwrap_or(0) {
-        0 => uid,
+    let uid = run.metadata.uid.clone().unwrap_or_default();
+    job_id_of(&run.name_any(), &uid, run.status.as_ref().map(|s| s.attempts).unwrap_or(0))
+}
+
+/// [`job_id`] of attempt `attempt` of the run `run` with UID `uid`.
+pub fn job_id_of(run: &str, uid: &str, attempt: u32) -> Result<String, ExecError> {
+    if uid.is_empty() {
+        return Err(ExecError::Other(format!("run {run} has no UID")));
+    }
+    let id = match attempt {
+        0 => uid.to_string(),
         n => format!("{uid}-{n}"),
     };
     script::check_uid(&id)?;

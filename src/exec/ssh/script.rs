@@ -329,6 +329,7 @@ fi
 if group_alive && ! leader_foreign; then
   kill -KILL "-$p" 2>/dev/null
   wait_group 50
+  if group_alive; then echo "processes of the job's process group $p are still alive after SIGKILL" >&2; exit 4; fi
 fi
 record_vanished "the job was killed by stop"
 echo "stopped $(cat "$D/exit_code")"
