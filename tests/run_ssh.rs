@@ -242,3 +242,81 @@ async fn max_duration_stops_a_real_job_and_frees_the_host() {
     assert_eq!(h.get_instance("box").await.status.unwrap().phase, InstancePhase::Idle, "the host is free again");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The state letter of process `pid` (`R`, `S`, `Z`…), `None` once it is gone.
+fn process_state(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].split_whitespace().next().map(str::to_string)
+}
+
+fn modified(path: &std::path::Path) -> std::time::SystemTime {
+    std::fs::metadata(path).and_then(|m| m.modified()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[tokio::test]
+async fn an_interrupted_jobs_process_group_is_gone_before_its_host_takes_another_run() {
+    use kpool::api::policy::{RetryEvent, RetrySpec};
+    let mut sshd = Sshd::start();
+    let h = Harness::with_real_backends().await;
+    let small = lab_host(&h, &sshd).await;
+    // Retried when interrupted, and while no host is free.
+    let on = vec![RetryEvent::Interruption, RetryEvent::NoCapacity];
+    let retry = RetrySpec { on: Some(on), duration: Some("1h".into()) };
+    let policy = PolicySpec { retry: Some(retry), ..Default::default() };
+    // A child in the job's process group that outlives its parent's shell.
+    let commands = vec!["sleep 600 & echo started; sleep 600".into()];
+    h.run("long", RunSpec { resources: small, commands, policy, ..Default::default() }).await;
+    h.settle(2).await;
+    assert_eq!(h.get_run("long").await.status.unwrap().phase, RunPhase::Running);
+    let uid = h.get_run("long").await.metadata.uid.unwrap();
+    let runs = support_ssh::home().join(".kpool/runs");
+    let (first, second) = (runs.join(&uid), runs.join(format!("{uid}-1")));
+    let pid: u32 = loop {
+        if let Some(p) = std::fs::read_to_string(first.join("pid")).ok().and_then(|p| p.trim().parse().ok()) {
+            break p;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    // sshd goes away past the unreachable grace: the run is retried; its job lives on.
+    sshd.stop();
+    h.settle(1).await;
+    h.advance(Duration::from_secs(301));
+    h.settle(2).await;
+    let st = h.get_run("long").await.status.unwrap();
+    assert_eq!((st.phase != RunPhase::Running, st.attempts), (true, 1), "{st:?}");
+    assert!(process_state(pid).is_some_and(|s| s != "Z"), "the first job still runs on the host");
+
+    // sshd is back: the retried run runs on the host again, after the first job is gone.
+    sshd.run();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !second.join("pid").exists() {
+        assert!(Instant::now() < deadline, "the retried run did not start: {:?}", h.get_run("long").await.status);
+        h.advance(Duration::from_secs(15));
+        h.settle(1).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(process_state(pid).is_none_or(|s| s == "Z"), "the first job's runner still runs: {:?}", process_state(pid));
+    let group = std::process::Command::new("pgrep").args(["-g", &pid.to_string()]).output().unwrap();
+    assert!(
+        group.stdout.is_empty(),
+        "the first job's process group is left: {}",
+        String::from_utf8_lossy(&group.stdout)
+    );
+    assert!(
+        modified(&first.join("exit_code")) <= modified(&second.join("pid")),
+        "the first job was stopped before the second started"
+    );
+    h.settle(1).await;
+    let st = h.get_run("long").await.status.unwrap();
+    assert_eq!((st.phase, st.attempts), (RunPhase::Running, 1), "{st:?}");
+    // Stop the second job, and leave nothing behind.
+    let patch = serde_json::json!({"spec": {"stop": true}});
+    h.api::<kpool::api::run::Run>()
+        .patch("long", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+        .await
+        .unwrap();
+    h.settle(2).await;
+    let _ = std::fs::remove_dir_all(first);
+    let _ = std::fs::remove_dir_all(second);
+}
