@@ -709,3 +709,69 @@ async fn runs_execute_in_job_pods_through_the_controllers_and_reuse_the_slot() {
     assert!(pods(&h).get_opt(&job_name(&inst, &run)).await.unwrap().is_none(), "deleting the run stops its job");
     assert!(pods(&h).get_opt(&machine(&inst)).await.unwrap().is_some());
 }
+
+#[tokio::test]
+async fn a_job_pod_refused_by_admission_fails_start_and_gives_the_slot_back() {
+    let (h, backend) = cluster(None).await;
+    let inst = instance(&backend, "box", "abababab-abab-4bab-8bab-abababababab").await;
+    let refusal = "admission webhook \"policy.example.com\" denied the request: images must come from the mirror";
+    *h.refuse_job_pods.lock().unwrap() = Some(refusal.into());
+    let run = h.run("refused", RunSpec { commands: vec!["true".into()], ..Default::default() }).await;
+    let err = executor(&h).start(&run, &inst).await.unwrap_err();
+    assert!(
+        matches!(&err, ExecError::Unsupported(m) if m.contains(refusal) && m.contains("refused job Pod")),
+        "{err:?}"
+    );
+    assert!(pods(&h).get_opt(&machine(&inst)).await.unwrap().is_some(), "the slot is back");
+    assert!(job_pods(&h, &inst).await.is_empty());
+    let secret = Api::<Secret>::namespaced(h.client.clone(), PODS_NS).get_opt(&job_name(&inst, &run)).await.unwrap();
+    assert!(secret.is_none(), "the job's Secret is gone");
+}
+
+#[tokio::test]
+async fn runs_whose_job_cannot_be_made_end_through_the_controllers_and_the_slot_stays() {
+    let (h, _) = cluster(None).await;
+    let small = ResourcesSpec { cpu: Some("2..".into()), memory: Some("4GB..".into()), ..Default::default() };
+    let pin =
+        PolicySpec { backends: Some(vec![BACKEND.into()]), idle_duration: Some("off".into()), ..Default::default() };
+    h.instance("slice", InstanceSpec { resources: small.clone(), policy: pin.clone(), ..Default::default() }).await;
+    settle_with_kubelet(&h).await;
+    let inst = h.get_instance("slice").await;
+    assert_eq!(inst.status.as_ref().unwrap().phase, InstancePhase::Idle, "{:?}", inst.status);
+    let spec = |env: Vec<EnvVar>| RunSpec {
+        resources: small.clone(),
+        policy: pin.clone(),
+        commands: vec!["true".into()],
+        env,
+        ..Default::default()
+    };
+
+    // A secretKeyRef to a Secret that does not exist: retried, then Failed after the grace.
+    let from = EnvVarSource {
+        secret_key_ref: Some(SecretKeySelector { name: "wandb".into(), key: "key".into(), optional: None }),
+        ..Default::default()
+    };
+    let env = vec![EnvVar { name: "WANDB_KEY".into(), value: None, value_from: Some(from) }];
+    h.run("no-secret", spec(env)).await;
+    settle_with_kubelet(&h).await;
+    assert!(!h.get_run("no-secret").await.status.unwrap().phase.is_finished());
+    h.advance(std::time::Duration::from_secs(301));
+    settle_with_kubelet(&h).await;
+    let st = h.get_run("no-secret").await.status.unwrap();
+    assert_eq!((st.phase, st.termination_reason.as_deref()), (RunPhase::Failed, Some("StartFailed")), "{st:?}");
+    let msg = &st.conditions.iter().find(|c| c.type_ == "Succeeded").unwrap().message;
+    assert!(msg.contains("Secret wandb not found in namespace ml"), "{msg}");
+    assert_eq!(h.get_instance("slice").await.status.unwrap().phase, InstancePhase::Idle);
+    assert!(pods(&h).get_opt(&machine(&inst)).await.unwrap().is_some(), "the slot was never touched");
+
+    // A job Pod the API server refuses after the slot was deleted: Failed at once, slot back.
+    *h.refuse_job_pods.lock().unwrap() = Some("pods \"x\" is forbidden: violates PodSecurity".into());
+    h.run("refused", spec(vec![])).await;
+    settle_with_kubelet(&h).await;
+    let st = h.get_run("refused").await.status.unwrap();
+    assert_eq!(st.phase, RunPhase::Failed, "{st:?}");
+    let msg = &st.conditions.iter().find(|c| c.type_ == "Succeeded").unwrap().message;
+    assert!(msg.contains("violates PodSecurity"), "{msg}");
+    assert_eq!(h.get_instance("slice").await.status.unwrap().phase, InstancePhase::Idle);
+    assert!(pods(&h).get_opt(&machine(&inst)).await.unwrap().is_some(), "the slot holds the node again");
+}

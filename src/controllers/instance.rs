@@ -73,7 +73,8 @@ async fn apply(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action, Error> 
     let name = inst.name_any();
     let mut inst = (*inst).clone();
     for _ in 0..MAX_STEPS {
-        match step(inst, &ctx).await? {
+        // Boxed: the step's future holds every backend and executor call it may make.
+        match Box::pin(step(inst, &ctx)).await? {
             Next::Continue(i) => inst = i,
             Next::Stop(a) => {
                 if unobserved {
