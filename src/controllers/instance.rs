@@ -729,7 +729,8 @@ async fn delete_at(inst: &Instance, backend_name: &str, machine: &MachineRef, ct
 async fn cleanup(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = inst.namespace().unwrap_or_default();
     let mut st = inst.status.clone().unwrap_or_default();
-    fence::before_teardown(&inst, &mut st, &ctx).await?;
+    // Later writes go on from the object the fence wrote, if it wrote one.
+    let inst = fence::before_teardown(&inst, &mut st, &ctx).await?.map(Arc::new).unwrap_or(inst);
     let deleted = match delete_machine(&inst, &st, &ctx).await {
         Ok(deleted) => deleted,
         Err(e) => {

@@ -67,7 +67,8 @@ async fn apply(run: Arc<Run>, ctx: Arc<Context>) -> Result<Action, Error> {
     let name = run.name_any();
     let mut run = (*run).clone();
     for _ in 0..MAX_STEPS {
-        match step(run, &ctx).await? {
+        // Boxed: the step's future holds every executor call it may make (SSH, Pods).
+        match Box::pin(step(run, &ctx)).await? {
             Next::Continue(r) => run = r,
             Next::Stop(a) => {
                 if unobserved {
