@@ -791,3 +791,34 @@ async fn a_crash_after_the_job_exited_keeps_the_run_s_outcome() {
     let ist = h.get_instance(&name).await.status.unwrap();
     assert_eq!((ist.phase, ist.run), (InstancePhase::Idle, None));
 }
+
+/// Runs woken together take different instances: each takes what one assignment over the
+/// pool's waiting runs, oldest first, gives it, so a newer run reconciled first leaves the
+/// cheapest instance to the older one instead of racing it for the same instance.
+#[tokio::test]
+async fn waiting_runs_claim_in_queue_order_without_racing_for_one_instance() {
+    let h = Harness::new().await;
+    let reuse = PolicySpec { creation_policy: Some(CreationPolicy::Reuse), ..Default::default() };
+    for name in ["r1-older", "r2-newer"] {
+        h.run(name, RunSpec { resources: cpu("4.."), policy: reuse.clone(), ..Default::default() }).await;
+    }
+    h.settle(2).await;
+    // Both wait for capacity; then two identical instances become idle at once.
+    for name in ["r1-older", "r2-newer"] {
+        assert_eq!(h.get_run(name).await.status.unwrap().phase, RunPhase::Pending);
+    }
+    for name in ["cpu-a", "cpu-b"] {
+        h.instance(name, InstanceSpec { resources: cpu("4.."), ..Default::default() }).await;
+        for _ in 0..4 {
+            h.reconcile_instance(name).await.unwrap();
+        }
+        assert_eq!(h.get_instance(name).await.status.unwrap().phase, InstancePhase::Idle);
+    }
+
+    // The newer run is reconciled first: it takes what the older one leaves.
+    h.reconcile_run("r2-newer").await.unwrap();
+    assert_eq!(h.get_run("r2-newer").await.status.unwrap().instance.as_deref(), Some("cpu-b"));
+    h.reconcile_run("r1-older").await.unwrap();
+    let st = h.get_run("r1-older").await.status.unwrap();
+    assert_eq!((st.phase, st.instance.as_deref()), (RunPhase::Running, Some("cpu-a")), "{st:?}");
+}

@@ -10,6 +10,7 @@ use jiff::Timestamp;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -92,6 +93,24 @@ pub struct Context {
     backends: Mutex<BackendCache>,
     /// When each live instance's machine was last looked at (by instance UID).
     health_checked: Mutex<HashMap<String, Timestamp>>,
+    /// The controllers' watch caches, once they run (reconcile tests run without).
+    caches: std::sync::OnceLock<Caches>,
+}
+
+/// How long a read waits for a watch cache's first list before it asks the API instead.
+const CACHE_READY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The stores the controllers' watches keep (one watch per kind, shared): what the
+/// reconcilers list from instead of asking the API server for every object of a
+/// namespace on every pass. Writes still go to the API with resourceVersion
+/// preconditions, so a decision made on a copy the watch has not caught up with fails
+/// with 409 and is made again, never twice.
+#[derive(Clone)]
+pub struct Caches {
+    pub pools: Store<crate::api::pool::Pool>,
+    pub instances: Store<crate::api::instance::Instance>,
+    pub runs: Store<crate::api::run::Run>,
+    pub backends: Store<BackendObject>,
 }
 
 impl Context {
@@ -120,7 +139,35 @@ impl Context {
             admissions: Mutex::default(),
             backends: Mutex::default(),
             health_checked: Mutex::default(),
+            caches: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Reads lists from these watch caches from now on.
+    pub fn use_caches(&self, caches: Caches) {
+        let _ = self.caches.set(caches);
+    }
+
+    /// Every `K` of namespace `ns`, by name: from the watch cache `pick` chooses once it
+    /// has listed everything, from the API before (or without caches).
+    pub async fn list_in<K>(&self, ns: &str, pick: impl Fn(&Caches) -> &Store<K>) -> Result<Vec<K>, Error>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug + 'static,
+    {
+        if let Some(store) = self.caches.get().map(pick) {
+            if let Ok(Ok(())) = tokio::time::timeout(CACHE_READY_WAIT, store.wait_until_ready()).await {
+                let mut objects: Vec<K> = store
+                    .state()
+                    .into_iter()
+                    .filter(|o| o.meta().namespace.as_deref() == Some(ns))
+                    .map(|o| (*o).clone())
+                    .collect();
+                objects.sort_by(|a, b| a.meta().name.cmp(&b.meta().name));
+                return Ok(objects);
+            }
+        }
+        let api: Api<K> = Api::namespaced(self.client.clone(), ns);
+        Ok(api.list(&Default::default()).await?.items)
     }
 
     pub fn now(&self) -> Timestamp {
@@ -228,11 +275,10 @@ impl Context {
         req: &Requirements,
         policy: &EffectivePolicy,
     ) -> Result<(Vec<Offer>, BTreeMap<String, String>), Error> {
-        let api: Api<BackendObject> = Api::namespaced(self.client.clone(), ns);
-        let objects = api.list(&Default::default()).await?;
+        let objects = self.list_in(ns, |c| &c.backends).await?;
         let mut offers = Vec::new();
         let mut failed = BTreeMap::new();
-        for obj in objects.items.iter() {
+        for obj in objects.iter() {
             let name = obj.name_any();
             if !policy.backends.is_empty() && !policy.backends.contains(&name) {
                 continue;

@@ -11,13 +11,13 @@ use crate::api::policy::PolicySpec;
 use crate::api::pool::Pool;
 use crate::api::profile::Profile;
 use crate::api::resources::SpecError;
+use crate::api::run::Run;
 use crate::core::policy::{effective_policy, EffectivePolicy, Origin};
 use crate::core::pool::{holds_capacity, resolve_pool_name};
 
 /// The pool an object belongs to, and the `Pool` object if it exists.
 pub async fn pool_of(ctx: &Context, ns: &str, spec_pool: Option<&str>) -> Result<(String, Option<Pool>), Error> {
-    let api: Api<Pool> = Api::namespaced(ctx.client.clone(), ns);
-    let pools = api.list(&Default::default()).await?.items;
+    let pools = ctx.list_in(ns, |c| &c.pools).await?;
     let refs: Vec<&Pool> = pools.iter().collect();
     let name = resolve_pool_name(spec_pool, &refs);
     let pool = pools.into_iter().find(|p| p.name_any() == name);
@@ -56,8 +56,12 @@ pub async fn policy_of(
 
 /// Every instance of the namespace.
 pub async fn instances(ctx: &Context, ns: &str) -> Result<Vec<Instance>, Error> {
-    let api: Api<Instance> = Api::namespaced(ctx.client.clone(), ns);
-    Ok(api.list(&Default::default()).await?.items)
+    ctx.list_in(ns, |c| &c.instances).await
+}
+
+/// Every run of the namespace.
+pub async fn runs(ctx: &Context, ns: &str) -> Result<Vec<Run>, Error> {
+    ctx.list_in(ns, |c| &c.runs).await
 }
 
 /// The pool an instance was resolved to, if it was.

@@ -22,7 +22,7 @@ use crate::api::instance::{
 };
 use crate::api::pool::{Pool, PoolSpec, DEFAULT_POOL_NAME};
 use crate::api::run::{Run, RunPhase, RunStatus, RUN_FINALIZER};
-use crate::core::matching::{pick_instance, IdleInstance, PendingRun};
+use crate::core::matching::{assign, IdleInstance, PendingRun};
 use crate::core::policy::{EffectivePolicy, Origin};
 use crate::core::pool::has_room;
 use crate::core::run::{self as sm, JobState, NoFit};
@@ -143,7 +143,15 @@ async fn place(
     let ns = run.namespace().unwrap_or_default();
     let now = ctx.now();
     let pool_name = st.pool.clone().unwrap_or_default();
-    let all = instances(ctx, &ns).await?;
+    // After a pass that went as far as claiming (its `Scheduled` condition says
+    // Starting), the claim may be written but not yet in the watch cache: read the
+    // instances from the API, so that a claim that is there is found and not made twice.
+    let claim_in_flight = find(&st.conditions, "Scheduled").is_some_and(|c| c.reason == "Starting");
+    let all = if claim_in_flight {
+        Api::<Instance>::namespaced(ctx.client.clone(), &ns).list(&Default::default()).await?.items
+    } else {
+        instances(ctx, &ns).await?
+    };
 
     // An instance that already names this run (a claim whose run status write was lost).
     if let Some(held) = all.iter().find(|i| {
@@ -156,12 +164,9 @@ async fn place(
     }
 
     // An instance provisioned for a run is reserved for it while that run waits for it.
-    let runs: Api<Run> = Api::namespaced(ctx.client.clone(), &ns);
+    let runs = super::observe::runs(ctx, &ns).await?;
     let reservations: std::collections::HashMap<String, String> = runs
-        .list(&Default::default())
-        .await?
-        .items
-        .into_iter()
+        .iter()
         .filter_map(|r| {
             let s = r.status.as_ref()?;
             let p = s.provisioning_instance.clone().filter(|_| !s.phase.is_finished())?;
@@ -193,7 +198,7 @@ async fn place(
         policy: policy.clone(),
         pinned_instance: run.spec.instance.clone(),
     };
-    if let Some(ix) = pick_instance(&pending, &idle) {
+    if let Some(ix) = pick_in_queue(&pending, &run, &runs, &idle) {
         let chosen = all.iter().find(|i| i.name_any() == idle[ix].name).cloned().expect("picked from all");
         // The run must be as we read it before it takes an instance: a stale copy (e.g.
         // of a run that has already run) claims nothing and starts nothing.
@@ -306,6 +311,44 @@ async fn place(
         }
         NoFit::Fail { reason, message } => finish(ctx, run, st, RunPhase::Failed, reason, None, &message).await,
     }
+}
+
+/// The idle instance `pending` should claim, as an index into `idle`: what one pass of
+/// [`assign`] gives it over the pool's waiting runs in queue order (oldest first, then by
+/// name) and its idle instances. Every waiting run computes the same assignment from the
+/// same view, so runs woken together claim different instances instead of all racing for
+/// the cheapest one; a run that older runs leave nothing for goes on to provisioning.
+/// The other runs are assumed to share this run's policy (their own is not read here):
+/// a wrong guess costs a 409 and a retry, never a placement that does not fit, since
+/// this run's own requirements and policy decide what it may take.
+fn pick_in_queue(pending: &PendingRun, run: &Run, runs: &[Run], idle: &[IdleInstance]) -> Option<usize> {
+    let key = |r: &Run| (r.metadata.creation_timestamp.clone().map(|t| t.0), r.name_any());
+    let me = key(run);
+    let mut queue: Vec<(_, PendingRun)> = runs
+        .iter()
+        .filter(|r| r.name_any() != pending.name && r.metadata.deletion_timestamp.is_none() && !r.spec.stop)
+        .filter(|r| key(r) < me)
+        .filter(|r| {
+            r.status.as_ref().is_some_and(|s| {
+                s.instance.is_none() && !s.phase.is_finished() && s.pool.as_deref() == Some(pending.pool.as_str())
+            })
+        })
+        .filter_map(|r| {
+            let requirements = r.spec.resources.resolve().ok()?;
+            let other = PendingRun {
+                name: r.name_any(),
+                requirements,
+                pinned_instance: r.spec.instance.clone(),
+                ..pending.clone()
+            };
+            Some((key(r), other))
+        })
+        .collect();
+    queue.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut queue: Vec<PendingRun> = queue.into_iter().map(|(_, p)| p).collect();
+    queue.push(pending.clone());
+    let last = queue.len() - 1;
+    assign(&queue, idle).into_iter().find(|&(r, _)| r == last).map(|(_, i)| i)
 }
 
 /// Records that the run is starting on `instance` (its `Scheduled` condition), with the
@@ -740,7 +783,7 @@ fn scheduled(st: &mut RunStatus, run: &Run, now: Timestamp, assigned: bool, reas
         run.metadata.generation,
         now,
     );
-    let changed = crate::api::conditions::find(&st.conditions, "Scheduled")
+    let changed = find(&st.conditions, "Scheduled")
         .is_none_or(|old| old.status != c.status || old.reason != c.reason || old.message != c.message);
     upsert(&mut st.conditions, c);
     summary(st, run, now, message);

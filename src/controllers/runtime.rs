@@ -8,6 +8,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::ResourceExt;
 
+use super::context::Caches;
 use super::gc::{self, GcConfig};
 use super::{backend, error_policy, instance, pool, run, Context};
 use crate::api::backend::Backend;
@@ -31,7 +32,9 @@ pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig, namespace: Option<S
     };
     let cfg = watcher::Config::default();
 
-    let instance_ctl = Controller::new(instances.clone(), cfg.clone())
+    let instance_controller = Controller::new(instances.clone(), cfg.clone());
+    let instance_store = instance_controller.store();
+    let instance_ctl = instance_controller
         .shutdown_on_signal()
         .run(|o, c| timed("instance", c.clone(), instance::reconcile(o, c)), error_policy, ctx.clone())
         .for_each(|r| async move { log_result("instance", r) });
@@ -40,6 +43,7 @@ pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig, namespace: Option<S
     // of the namespace wake up when an instance there becomes idle.
     let run_controller = Controller::new(runs, cfg.clone());
     let run_store = run_controller.store();
+    let runs_cache = run_store.clone();
     let run_ctl = run_controller
         .watches(instances.clone(), cfg.clone(), move |inst: Instance| {
             let ns = inst.namespace().unwrap_or_default();
@@ -62,7 +66,18 @@ pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig, namespace: Option<S
         .run(|o, c| timed("run", c.clone(), run::reconcile(o, c)), error_policy, ctx.clone())
         .for_each(|r| async move { log_result("run", r) });
 
-    let pool_ctl = Controller::new(pools, cfg.clone())
+    let pool_controller = Controller::new(pools, cfg.clone());
+    let pool_store = pool_controller.store();
+    let backend_controller = Controller::new(backends, cfg.clone());
+    let backend_store = backend_controller.store();
+    // The reconcilers list from the controllers' own watch caches.
+    ctx.use_caches(Caches {
+        pools: pool_store,
+        instances: instance_store,
+        runs: runs_cache,
+        backends: backend_store.clone(),
+    });
+    let pool_ctl = pool_controller
         .watches(instances.clone(), cfg.clone(), |inst: Instance| {
             let ns = inst.namespace().unwrap_or_default();
             inst.status.as_ref().and_then(|s| s.pool.clone()).map(|p| ObjectRef::new(&p).within(&ns))
@@ -73,8 +88,6 @@ pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig, namespace: Option<S
 
     // A Backend being deleted waits for the instances that have machines of it: it looks
     // again whenever one of its namespace's instances changes.
-    let backend_controller = Controller::new(backends, cfg.clone());
-    let backend_store = backend_controller.store();
     let backend_ctl = backend_controller
         .watches(instances, cfg, move |inst: Instance| {
             let ns = inst.namespace().unwrap_or_default();
