@@ -259,7 +259,7 @@ struct Row<'a> {
 impl<'a> Row<'a> {
     /// The trimmed value of `column`; empty when the file has no such column.
     fn get(&self, column: usize) -> &'a str {
-        self.columns.idx[column].and_then(|i| self.record.get(i)).unwrap_or("").trim()
+        trim(self.columns.idx[column].and_then(|i| self.record.get(i)).unwrap_or(""))
     }
 
     fn invalid(&self, column: usize, reason: impl Into<String>) -> CatalogError {
@@ -363,6 +363,17 @@ impl<'a> Row<'a> {
         offer.spot = spot;
         offer.price = price;
         Ok(())
+    }
+}
+
+/// `s.trim()`, without its Unicode scan for the usual field that starts and ends with a
+/// printable ASCII character (no whitespace is ASCII above the space).
+fn trim(s: &str) -> &str {
+    let printable = |b: Option<&u8>| b.is_some_and(|&b| b > b' ' && b.is_ascii());
+    if printable(s.as_bytes().first()) && printable(s.as_bytes().last()) {
+        s
+    } else {
+        s.trim()
     }
 }
 
@@ -506,6 +517,13 @@ mod tests {
         assert_eq!((csv_stem(".csv"), csv_stem("README.md"), csv_stem("csv")), (None, None, None));
         let err = Catalog::from_files([("README.md", "hello")], "be").unwrap_err();
         assert_eq!(err.category(), "CatalogEmpty");
+    }
+
+    #[test]
+    fn trim_is_str_trim() {
+        for s in ["", " ", "a", " a", "a ", "\u{a0}a", "a\u{85}", "\u{b}a\u{c}", "\u{1f}", "é", " é\t", "a b"] {
+            assert_eq!(trim(s), s.trim(), "{s:?}");
+        }
     }
 
     #[test]
