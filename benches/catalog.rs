@@ -1,5 +1,6 @@
 //! Reading and querying a large gpuhunt catalog: generates a 100,000-row v2 CSV file from
-//! a fixed seed, then measures `Catalog::parse` and two queries (a GPU one and a CPU one).
+//! a fixed seed, then measures `Catalog::parse`, two queries (a GPU one and a CPU one) and
+//! the whole `kubectl-pool offers --catalog DIR --gpu A100` process on that file.
 //! Run with `cargo bench --bench catalog`; it prints where it wrote the file, so that
 //! `benches/gpuhunt_bench.py PATH` can measure gpuhunt on the same file.
 
@@ -133,5 +134,22 @@ fn main() {
         let (fastest, median) = measure(21, || catalog.query(&req, &policy, 20));
         println!("{name}:   fastest {}, median {} (21 runs, cheapest 20)", ms(fastest), ms(median));
     }
+
+    // The whole `kubectl pool offers --catalog DIR` process (start, read, rank, print) on
+    // the same file: what a user waits for.
+    let plugin = env!("CARGO_BIN_EXE_kubectl-pool");
+    let args = ["offers", "--catalog", &dir.display().to_string(), "--gpu", "A100"].map(String::from);
+    let run = || {
+        let out = std::process::Command::new(plugin).args(&args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out.stdout.len()
+    };
+    let (fastest, median) = measure(21, run);
+    println!(
+        "whole process: fastest {}, median {} (21 runs of kubectl-pool {})",
+        ms(fastest),
+        ms(median),
+        args.join(" ")
+    );
     println!("compare: python3 benches/gpuhunt_bench.py {}", path.display());
 }

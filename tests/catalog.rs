@@ -192,6 +192,37 @@ fn malformed_row_names_file_line_and_column() {
 }
 
 #[test]
+fn a_file_that_is_not_utf8_names_its_line_and_field() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("catalog-not-utf8");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut bytes = format!("{HEADER}\nx,r,1,2,8,0,,,False,,,,x86,{{}}\n").into_bytes();
+    bytes.extend_from_slice(b"x,r\xff,1,2,8,0,,,False,,,,x86,{}\n");
+    std::fs::write(dir.join("aws.csv"), bytes).unwrap();
+    let err = Catalog::from_dir(&dir, "be").unwrap_err();
+    assert!(matches!(err, CatalogError::MalformedRow { line: 3, .. }), "{err:?}");
+    assert!(err.to_string().ends_with("aws.csv, line 3: field 2 is not valid UTF-8"), "{err}");
+}
+
+/// What `kubectl pool offers --catalog DIR` shows: the best offers of every file of the
+/// directory, read row by row, are those of the whole catalog in memory.
+#[test]
+fn the_cli_ranks_a_catalog_directory_as_the_whole_catalog() {
+    let catalog = sample();
+    let cases = [
+        (req(&[("gpu", "A100,H100:1..")]), policy(SpotPolicy::Auto, None)),
+        (req(&[("cpu", "8.."), ("gpu", "0")]), policy(SpotPolicy::OnDemand, Some(2.0))),
+        (req(&[]), policy(SpotPolicy::Spot, None)),
+    ];
+    for (req, policy) in &cases {
+        for limit in [0, 1, 5, usize::MAX] {
+            let streamed = kpool::cli::offers::catalog_offers(&sample_dir(), req, policy, limit).unwrap();
+            assert_eq!(streamed, catalog.query(req, policy, limit), "{} limit {limit}", req.render());
+        }
+    }
+    assert!(!kpool::cli::offers::catalog_offers(&sample_dir(), &cases[0].0, &cases[0].1, 3).unwrap().is_empty());
+}
+
+#[test]
 fn header_and_row_shape_errors() {
     let missing = "instance_name,location,price,cpu,memory,gpu_count,gpu_name\nx,r,1,2,8,0,\n";
     let err = Catalog::parse("aws", "be", missing).unwrap_err();

@@ -131,8 +131,8 @@ impl Catalog {
         files.sort();
         let mut offers = Vec::new();
         for path in files {
-            let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-            offers.extend(parse_file(&path.display().to_string(), backend, &text)?);
+            let file = std::fs::File::open(&path).map_err(io(&path))?;
+            read_offers(&path.display().to_string(), backend, file, |o| offers.push(o.clone()))?;
         }
         Ok(Catalog { offers })
     }
@@ -232,7 +232,23 @@ const fn const_eq(a: &str, b: &str) -> bool {
     true
 }
 
-/// One row being read: looks fields up by column and builds errors that name them.
+// Positions of the columns in `COLUMNS`.
+const INSTANCE_NAME: usize = column_index("instance_name");
+const LOCATION: usize = column_index("location");
+const PRICE: usize = column_index("price");
+const CPU: usize = column_index("cpu");
+const MEMORY: usize = column_index("memory");
+const GPU_COUNT: usize = column_index("gpu_count");
+const GPU_NAME: usize = column_index("gpu_name");
+const GPU_MEMORY: usize = column_index("gpu_memory");
+const SPOT: usize = column_index("spot");
+const DISK_SIZE: usize = column_index("disk_size");
+const GPU_VENDOR: usize = column_index("gpu_vendor");
+const CPU_ARCH: usize = column_index("cpu_arch");
+const PROVIDER_DATA: usize = column_index("provider_data");
+
+/// One row being read: looks fields up by column (an index into [`COLUMNS`]) and builds
+/// errors that name them.
 struct Row<'a> {
     file: &'a str,
     line: u64,
@@ -242,21 +258,22 @@ struct Row<'a> {
 
 impl<'a> Row<'a> {
     /// The trimmed value of `column`; empty when the file has no such column.
-    fn get(&self, column: &'static str) -> &'a str {
-        self.columns.idx[column_index(column)].and_then(|i| self.record.get(i)).unwrap_or("").trim()
+    fn get(&self, column: usize) -> &'a str {
+        trim(self.columns.idx[column].and_then(|i| self.record.get(i)).unwrap_or(""))
     }
 
-    fn invalid(&self, column: &'static str, reason: impl Into<String>) -> CatalogError {
+    fn invalid(&self, column: usize, reason: impl Into<String>) -> CatalogError {
         let mut value = self.get(column).to_string();
         if value.len() > MAX_VALUE_IN_ERROR {
             let cut = (0..=MAX_VALUE_IN_ERROR).rev().find(|&i| value.is_char_boundary(i)).unwrap_or(0);
             value.truncate(cut);
             value.push('…');
         }
+        let column = COLUMNS[column];
         CatalogError::InvalidField { file: self.file.into(), line: self.line, column, value, reason: reason.into() }
     }
 
-    fn required(&self, column: &'static str) -> Result<&'a str, CatalogError> {
+    fn required(&self, column: usize) -> Result<&'a str, CatalogError> {
         let value = self.get(column);
         if value.is_empty() {
             return Err(self.invalid(column, "required value is empty"));
@@ -264,11 +281,11 @@ impl<'a> Row<'a> {
         Ok(value)
     }
 
-    fn count(&self, column: &'static str) -> Result<u32, CatalogError> {
+    fn count(&self, column: usize) -> Result<u32, CatalogError> {
         self.required(column)?.parse().map_err(|_| self.invalid(column, "not a whole number"))
     }
 
-    fn number(&self, column: &'static str) -> Result<f64, CatalogError> {
+    fn number(&self, column: usize) -> Result<f64, CatalogError> {
         let value = self.required(column)?;
         match value.parse::<f64>() {
             Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
@@ -277,25 +294,28 @@ impl<'a> Row<'a> {
         }
     }
 
-    fn optional_number(&self, column: &'static str) -> Result<Option<f64>, CatalogError> {
+    fn optional_number(&self, column: usize) -> Result<Option<f64>, CatalogError> {
         if self.get(column).is_empty() {
             return Ok(None);
         }
         self.number(column).map(Some)
     }
 
-    fn offer(&self, backend: &str) -> Result<Offer, CatalogError> {
-        let gpu_count = self.count("gpu_count")?;
-        let spot = match self.required("spot")? {
+    /// Reads the row into `offer`, reusing its strings; `offer.backend` is left as it is.
+    /// Columns are checked in a fixed order, so a row with several bad values always names
+    /// the same one.
+    fn read_into(&self, offer: &mut Offer) -> Result<(), CatalogError> {
+        let gpu_count = self.count(GPU_COUNT)?;
+        let spot = match self.required(SPOT)? {
             v if v.eq_ignore_ascii_case("true") => true,
             v if v.eq_ignore_ascii_case("false") => false,
-            _ => return Err(self.invalid("spot", "expected True or False")),
+            _ => return Err(self.invalid(SPOT, "expected True or False")),
         };
-        let mut gpu_name = Some(self.get("gpu_name")).filter(|n| !n.is_empty());
-        let mut gpu_vendor = match self.get("gpu_vendor") {
+        let mut gpu_name = Some(self.get(GPU_NAME)).filter(|n| !n.is_empty());
+        let mut gpu_vendor = match self.get(GPU_VENDOR) {
             "" => None,
             v => Some(parse_vendor(v).ok_or_else(|| {
-                self.invalid("gpu_vendor", "unknown GPU vendor (nvidia, amd, google, intel, tenstorrent)")
+                self.invalid(GPU_VENDOR, "unknown GPU vendor (nvidia, amd, google, intel, tenstorrent)")
             })?),
         };
         // Catalogs older than the `gpu_vendor` column mark TPUs with a `tpu-` name prefix
@@ -306,34 +326,61 @@ impl<'a> Row<'a> {
         } else if gpu_vendor.is_none() && gpu_count > 0 {
             gpu_vendor = Some(GpuVendor::Nvidia);
         }
-        let cpu_arch = match self.get("cpu_arch") {
+        let cpu_arch = match self.get(CPU_ARCH) {
             "" => CpuArch::X86,
             v if v.eq_ignore_ascii_case("x86") => CpuArch::X86,
             v if v.eq_ignore_ascii_case("arm") => CpuArch::Arm,
-            _ => return Err(self.invalid("cpu_arch", "unknown CPU architecture (x86, arm)")),
+            _ => return Err(self.invalid(CPU_ARCH, "unknown CPU architecture (x86, arm)")),
         };
-        let provider_data = self.get("provider_data");
-        if !provider_data.is_empty() && serde_json::from_str::<serde::de::IgnoredAny>(provider_data).is_err() {
-            return Err(self.invalid("provider_data", "not valid JSON"));
+        let provider_data = self.get(PROVIDER_DATA);
+        // `{}`, the most common value, needs no parser.
+        if !matches!(provider_data, "" | "{}") && serde_json::from_str::<serde::de::IgnoredAny>(provider_data).is_err()
+        {
+            return Err(self.invalid(PROVIDER_DATA, "not valid JSON"));
         }
-        Ok(Offer {
-            backend: backend.to_string(),
-            region: self.required("location")?.to_string(),
-            instance_type: self.required("instance_name")?.to_string(),
-            cpu: self.count("cpu")?,
-            cpu_arch: Some(cpu_arch),
-            memory: self.number("memory")?,
-            disk: self.optional_number("disk_size")?,
-            gpu_count,
-            gpu_name: gpu_name.map(str::to_string),
-            gpu_memory: self.optional_number("gpu_memory")?.unwrap_or(0.0),
-            gpu_vendor,
-            // The core looks the compute capability of well-known GPU names up itself.
-            compute_capability: None,
-            spot,
-            price: self.number("price")?,
-        })
+        let region = self.required(LOCATION)?;
+        let instance_type = self.required(INSTANCE_NAME)?;
+        let cpu = self.count(CPU)?;
+        let memory = self.number(MEMORY)?;
+        let disk = self.optional_number(DISK_SIZE)?;
+        let gpu_memory = self.optional_number(GPU_MEMORY)?.unwrap_or(0.0);
+        let price = self.number(PRICE)?;
+        set(&mut offer.region, region);
+        set(&mut offer.instance_type, instance_type);
+        match (gpu_name, &mut offer.gpu_name) {
+            (Some(name), Some(kept)) => set(kept, name),
+            (name, kept) => *kept = name.map(str::to_string),
+        }
+        offer.cpu = cpu;
+        offer.cpu_arch = Some(cpu_arch);
+        offer.memory = memory;
+        offer.disk = disk;
+        offer.gpu_count = gpu_count;
+        offer.gpu_memory = gpu_memory;
+        offer.gpu_vendor = gpu_vendor;
+        // The core looks the compute capability of well-known GPU names up itself.
+        offer.compute_capability = None;
+        offer.spot = spot;
+        offer.price = price;
+        Ok(())
     }
+}
+
+/// `s.trim()`, without its Unicode scan for the usual field that starts and ends with a
+/// printable ASCII character (no whitespace is ASCII above the space).
+fn trim(s: &str) -> &str {
+    let printable = |b: Option<&u8>| b.is_some_and(|&b| b > b' ' && b.is_ascii());
+    if printable(s.as_bytes().first()) && printable(s.as_bytes().last()) {
+        s
+    } else {
+        s.trim()
+    }
+}
+
+/// Replaces `s` with `value`, keeping its allocation.
+fn set(s: &mut String, value: &str) {
+    s.clear();
+    s.push_str(value);
 }
 
 /// gpuhunt's `AcceleratorVendor` values, any case; `tpu` is kpool's name for `google`.
@@ -353,19 +400,38 @@ fn parse_vendor(v: &str) -> Option<GpuVendor> {
 
 /// Parses one catalog file; `file` names it in errors.
 fn parse_file(file: &str, backend: &str, text: &str) -> Result<Vec<Offer>, CatalogError> {
-    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(text.as_bytes());
-    let malformed = |e: csv::Error| CatalogError::MalformedRow {
-        file: file.into(),
-        line: e.position().map_or(0, |p| p.line()),
-        reason: match e.kind() {
+    let mut offers = Vec::new();
+    read_offers(file, backend, text.as_bytes(), |o| offers.push(o.clone()))?;
+    Ok(offers)
+}
+
+/// Reads one catalog file from `input` and hands its offers to `each`, in file order;
+/// `file` names it in errors. The offer handed over is one buffer reused for every row,
+/// so that reading allocates nothing per row: clone the offers you keep (e.g. with
+/// [`crate::core::offers::TopOffers`], which clones only those among the best).
+pub fn read_offers(
+    file: &str,
+    backend: &str,
+    input: impl std::io::Read,
+    mut each: impl FnMut(&Offer),
+) -> Result<(), CatalogError> {
+    let mut reader = csv::ReaderBuilder::new().flexible(true).buffer_capacity(1 << 16).from_reader(input);
+    let malformed = |e: csv::Error| {
+        if let csv::ErrorKind::Io(_) = e.kind() {
+            // The I/O error itself, not csv's wrapper around it.
+            return CatalogError::Io { path: file.into(), source: e.into() };
+        }
+        let line = e.position().map_or(0, |p| p.line());
+        let reason = match e.kind() {
             csv::ErrorKind::Utf8 { err, .. } => format!("field {} is not valid UTF-8", err.field() + 1),
             _ => e.to_string(),
-        },
+        };
+        CatalogError::MalformedRow { file: file.into(), line, reason }
     };
     let header = reader.headers().map_err(malformed)?.clone();
     let header_line = header.position().map_or(1, |p| p.line());
     let columns = Columns::resolve(file, header_line, &header)?;
-    let mut offers = Vec::new();
+    let mut offer = Offer { backend: backend.to_string(), ..Offer::default() };
     let mut record = csv::StringRecord::new();
     while reader.read_record(&mut record).map_err(malformed)? {
         let line = record.position().map_or(0, |p| p.line());
@@ -380,9 +446,10 @@ fn parse_file(file: &str, backend: &str, text: &str) -> Result<Vec<Offer>, Catal
                 ),
             });
         }
-        offers.push(Row { file, line, record: &record, columns: &columns }.offer(backend)?);
+        Row { file, line, record: &record, columns: &columns }.read_into(&mut offer)?;
+        each(&offer);
     }
-    Ok(offers)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -450,6 +517,13 @@ mod tests {
         assert_eq!((csv_stem(".csv"), csv_stem("README.md"), csv_stem("csv")), (None, None, None));
         let err = Catalog::from_files([("README.md", "hello")], "be").unwrap_err();
         assert_eq!(err.category(), "CatalogEmpty");
+    }
+
+    #[test]
+    fn trim_is_str_trim() {
+        for s in ["", " ", "a", " a", "a ", "\u{a0}a", "a\u{85}", "\u{b}a\u{c}", "\u{1f}", "é", " é\t", "a b"] {
+            assert_eq!(trim(s), s.trim(), "{s:?}");
+        }
     }
 
     #[test]

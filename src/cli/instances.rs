@@ -185,12 +185,14 @@ pub async fn add(
     rest.extend(pool.as_ref().and_then(|p| p.spec.defaults.as_ref()));
     let policy = args.policy.effective(&rest)?;
 
-    let (all, warnings) = match (&args.catalog, client) {
-        (Some(dir), _) => (catalog_offers(dir)?, Vec::new()),
-        (None, Some(c)) => cluster_offers(c, namespace, &req).await?,
+    let (ranked, warnings) = match (&args.catalog, client) {
+        (Some(dir), _) => (catalog_offers(dir, &req, &policy, args.max_offers)?, Vec::new()),
+        (None, Some(c)) => {
+            let (all, warnings) = cluster_offers(c, namespace, &req).await?;
+            (rank_offers(&all, &req, &policy, args.max_offers), warnings)
+        }
         (None, None) => (Vec::new(), vec!["no cluster and no --catalog: offers not shown".to_string()]),
     };
-    let ranked = rank_offers(&all, &req, &policy, args.max_offers);
     if args.dry_run {
         let text = match args.output {
             ObjectFormat::Yaml => serde_yaml::to_string(&inst).map_err(|e| CliError::Failed(e.to_string()))?,

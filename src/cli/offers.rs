@@ -11,19 +11,27 @@ use super::{CliError, Format, OffersArgs, Term};
 use crate::api::backend::Backend as BackendObject;
 use crate::api::offer::Offer;
 use crate::api::resources::Requirements;
+use crate::backends::catalog::read_offers;
 use crate::backends::factory::DefaultFactory;
 use crate::backends::BackendFactory;
-use crate::core::offers::rank_offers;
+use crate::core::offers::{rank_offers, TopOffers};
 use crate::core::policy::EffectivePolicy;
 
 /// Offers shown in a table when `--max-offers` is not given: a screenful.
 pub const TABLE_OFFERS: usize = 20;
 
-/// Every offer of the gpuhunt CSV files in `dir`; each offer's backend is the provider
-/// that names its file (`aws.csv` → `aws`).
-pub fn catalog_offers(dir: &Path) -> Result<Vec<Offer>, CliError> {
+/// The best `limit` offers for `req` and `policy` (as [`rank_offers`] ranks them) among
+/// the gpuhunt CSV files in `dir`; each offer's backend is the provider that names its
+/// file (`aws.csv` → `aws`). Every row of every file is read and checked, but only the
+/// offers among the best so far are kept: a large catalog is not held in memory.
+pub fn catalog_offers(
+    dir: &Path,
+    req: &Requirements,
+    policy: &EffectivePolicy,
+    limit: usize,
+) -> Result<Vec<Offer>, CliError> {
     let failed = |e: &dyn std::fmt::Display| CliError::Failed(format!("--catalog {}: {e}", dir.display()));
-    let mut offers = Vec::new();
+    let mut top = TopOffers::new(req, policy, limit);
     let mut files = 0;
     for entry in std::fs::read_dir(dir).map_err(|e| failed(&e))? {
         let path = entry.map_err(|e| failed(&e))?.path();
@@ -32,14 +40,14 @@ pub fn catalog_offers(dir: &Path) -> Result<Vec<Offer>, CliError> {
         else {
             continue;
         };
-        let text = std::fs::read_to_string(&path).map_err(|e| failed(&e))?;
-        offers.extend(crate::backends::catalog::Catalog::parse(stem, stem, &text).map_err(|e| failed(&e))?);
+        let file = std::fs::File::open(&path).map_err(|e| failed(&e))?;
+        read_offers(&format!("{stem}.csv"), stem, file, |o| top.push(o, Offer::clone)).map_err(|e| failed(&e))?;
         files += 1;
     }
     if files == 0 {
         return Err(failed(&"no *.csv catalog files in it"));
     }
-    Ok(offers)
+    Ok(top.into_sorted())
 }
 
 /// Every offer of the namespace's backends that may fit `req`, with one warning per
@@ -83,16 +91,18 @@ pub async fn run(
 ) -> Result<(), CliError> {
     let req = args.resources.resolve()?;
     let policy: EffectivePolicy = args.policy.effective(&[])?;
-    let (all, warnings) = match (&args.catalog, client) {
-        (Some(dir), _) => (catalog_offers(dir)?, Vec::new()),
-        (None, Some(c)) => cluster_offers(c, namespace, &req).await?,
-        (None, None) => return Err(CliError::Usage("no cluster: pass --catalog DIR to read offers offline".into())),
-    };
     let limit = args.max_offers.unwrap_or(match args.output {
         Format::Table => TABLE_OFFERS,
         Format::Json => usize::MAX,
     });
-    let ranked = rank_offers(&all, &req, &policy, limit);
+    let (ranked, warnings) = match (&args.catalog, client) {
+        (Some(dir), _) => (catalog_offers(dir, &req, &policy, limit)?, Vec::new()),
+        (None, Some(c)) => {
+            let (all, warnings) = cluster_offers(c, namespace, &req).await?;
+            (rank_offers(&all, &req, &policy, limit), warnings)
+        }
+        (None, None) => return Err(CliError::Usage("no cluster: pass --catalog DIR to read offers offline".into())),
+    };
     match args.output {
         Format::Json => {
             serde_json::to_writer_pretty(&mut *term.out, &offers_json(&req, &policy, &ranked))

@@ -6,6 +6,7 @@
 //! (`dstack/_internal/core/backends/base/offers.py`, dstack 0.22.5); the places where
 //! kpool decides differently say so.
 
+use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
@@ -199,67 +200,98 @@ pub fn offer_order(a: &Offer, b: &Offer) -> Ordering {
         .then_with(|| a.spot.cmp(&b.spot))
 }
 
-/// A heap entry: the offer and its position in the input, the last tie-breaker, which
-/// makes the result equal to a stable sort.
-struct Ranked<'a> {
-    offer: &'a Offer,
+/// A heap entry: the offer (borrowed or owned) and its position in the input, the last
+/// tie-breaker, which makes the result equal to a stable sort.
+struct Ranked<O> {
+    offer: O,
     seq: usize,
 }
 
-impl Ord for Ranked<'_> {
+impl<O: Borrow<Offer>> Ord for Ranked<O> {
     fn cmp(&self, other: &Self) -> Ordering {
-        offer_order(self.offer, other.offer).then(self.seq.cmp(&other.seq))
+        offer_order(self.offer.borrow(), other.offer.borrow()).then(self.seq.cmp(&other.seq))
     }
 }
 
-impl PartialOrd for Ranked<'_> {
+impl<O: Borrow<Offer>> PartialOrd for Ranked<O> {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
 
-impl PartialEq for Ranked<'_> {
+impl<O: Borrow<Offer>> PartialEq for Ranked<O> {
     fn eq(&self, other: &Self) -> bool {
         self.cmp(other) == Ordering::Equal
     }
 }
 
-impl Eq for Ranked<'_> {}
+impl<O: Borrow<Offer>> Eq for Ranked<O> {}
+
+/// The best `limit` offers that fit a requirement and a policy among those pushed so far,
+/// one offer at a time: [`rank_offers`] for offers that are not all in memory at once.
+/// A bounded heap: O(n log limit) time, O(limit) memory.
+///
+/// `O` is how a kept offer is held: `&Offer` when the offers outlive the ranking, `Offer`
+/// when they are read one by one into a reused buffer (a catalog file), so that only the
+/// offers that make it into the best `limit` are cloned.
+pub struct TopOffers<'q, O> {
+    query: OfferQuery<'q>,
+    limit: usize,
+    /// A max-heap: its top is the worst of the best `limit` seen so far.
+    heap: BinaryHeap<Ranked<O>>,
+    seq: usize,
+}
+
+impl<'q, O: Borrow<Offer>> TopOffers<'q, O> {
+    /// Keeps at most `limit` offers that fit `req` and `policy`.
+    pub fn new(req: &'q Requirements, policy: &'q EffectivePolicy, limit: usize) -> Self {
+        let heap = BinaryHeap::with_capacity(limit.min(1024) + 1);
+        TopOffers { query: OfferQuery::new(req, policy), limit, heap, seq: 0 }
+    }
+
+    /// Considers `offer`, the next one in input order; `keep` makes what is kept of it and
+    /// is called only when `offer` fits and is among the best so far.
+    pub fn push<'o>(&mut self, offer: &'o Offer, keep: impl FnOnce(&'o Offer) -> O) {
+        let seq = self.seq;
+        self.seq += 1;
+        if self.heap.len() == self.limit {
+            // Cheap rejection before the fit check: worse than the worst kept (or limit 0).
+            match self.heap.peek() {
+                Some(worst) if offer_order(offer, worst.offer.borrow()) == Ordering::Less => {}
+                _ => return,
+            }
+        }
+        if !self.query.fits(offer) {
+            return;
+        }
+        let entry = Ranked { offer: keep(offer), seq };
+        if self.heap.len() < self.limit {
+            self.heap.push(entry);
+        } else if let Some(mut worst) = self.heap.peek_mut() {
+            *worst = entry;
+        }
+    }
+
+    /// The kept offers, cheapest first; equal ones in input order.
+    pub fn into_sorted(self) -> Vec<O> {
+        self.heap.into_sorted_vec().into_iter().map(|r| r.offer).collect()
+    }
+}
 
 /// The offers that fit `req` and `policy`, in [`offer_order`] (cheapest first), at most
 /// `limit` of them. Offers that compare equal keep their input order. Keeps a bounded
-/// heap of the best `limit` offers: O(n log limit) time, O(limit) memory.
+/// heap of the best `limit` offers ([`TopOffers`]): O(n log limit) time, O(limit) memory.
 pub fn rank_offers<'a, I: IntoIterator<Item = &'a Offer>>(
     offers: I,
     req: &Requirements,
     policy: &EffectivePolicy,
     limit: usize,
 ) -> Vec<Offer> {
-    if limit == 0 {
-        return Vec::new();
+    let mut top = TopOffers::new(req, policy, limit);
+    for offer in offers {
+        top.push(offer, |o| o);
     }
-    let query = OfferQuery::new(req, policy);
-    // A max-heap: its top is the worst of the best `limit` seen so far.
-    let mut heap: BinaryHeap<Ranked<'a>> = BinaryHeap::with_capacity(limit.min(1024) + 1);
-    for (seq, offer) in offers.into_iter().enumerate() {
-        if heap.len() == limit {
-            // Cheap rejection before the fit check: worse than the worst kept.
-            let worst = heap.peek().expect("heap is full");
-            if offer_order(offer, worst.offer) != Ordering::Less {
-                continue;
-            }
-        }
-        if !query.fits(offer) {
-            continue;
-        }
-        let entry = Ranked { offer, seq };
-        if heap.len() < limit {
-            heap.push(entry);
-        } else if let Some(mut worst) = heap.peek_mut() {
-            *worst = entry;
-        }
-    }
-    heap.into_sorted_vec().into_iter().map(|r| r.offer.clone()).collect()
+    top.into_sorted().into_iter().cloned().collect()
 }
 
 /// Whether two offers are the same machine type at the same place: backend, region,

@@ -133,6 +133,23 @@ proptest! {
     }
 
     #[test]
+    fn top_offers_from_a_reused_buffer_rank_as_rank_offers(
+        offers in prop::collection::vec(arb_offer(), 0..120),
+        req in arb_requirements(),
+        policy in arb_policy(),
+        limit in 0usize..60,
+    ) {
+        // As a catalog reader feeds it: every offer in turn through one buffer.
+        let mut top = TopOffers::new(&req, &policy, limit);
+        let mut buffer = Offer::default();
+        for offer in &offers {
+            buffer.clone_from(offer);
+            top.push(&buffer, Offer::clone);
+        }
+        prop_assert_eq!(top.into_sorted(), rank_offers(&offers, &req, &policy, limit));
+    }
+
+    #[test]
     fn next_offer_is_the_first_untried(
         offers in prop::collection::vec(arb_offer(), 0..30),
         tried in prop::collection::vec(arb_offer(), 0..30),
