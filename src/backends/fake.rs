@@ -53,7 +53,7 @@ struct State {
 
 /// The error of a call whose answer never came back (the work may be done).
 pub fn lost_response(verb: &str, name: &str) -> BackendError {
-    BackendError::Other(format!("{verb} {name}: connection reset before the response arrived"))
+    BackendError::Unanswered(format!("{verb} {name}: connection reset before the response arrived"))
 }
 
 /// See the module docs. Cloning shares the state.

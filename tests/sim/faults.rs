@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use kube::Client;
 
 use kpool::api::backend::Backend as BackendObject;
-use kpool::api::instance::Instance;
+use kpool::api::instance::{Instance, JobRef};
 use kpool::api::offer::Offer;
 use kpool::api::resources::Requirements;
 use kpool::api::run::Run;
@@ -236,6 +236,14 @@ impl SimExecutor {
     fn call(&self) -> Result<(), ExecError> {
         self.faults.call().map_err(ExecError::Other)
     }
+
+    /// The job of `run` on `instance`, if any, is stopped (its processes are gone).
+    fn stop_on(&self, run: &str, instance: &Instance) {
+        let inst = instance.metadata.name.clone().unwrap_or_default();
+        if let Some(j) = self.hosts().jobs.get_mut(run).filter(|j| j.instance == inst) {
+            j.stopped = true;
+        }
+    }
 }
 
 fn name_of(run: &Run) -> String {
@@ -290,10 +298,13 @@ impl Executor for SimExecutor {
 
     async fn stop(&self, run: &Run, instance: &Instance) -> Result<(), ExecError> {
         self.call()?;
-        let inst = instance.metadata.name.clone().unwrap_or_default();
-        if let Some(j) = self.hosts().jobs.get_mut(&name_of(run)).filter(|j| j.instance == inst) {
-            j.stopped = true;
-        }
+        self.stop_on(&name_of(run), instance);
+        Ok(())
+    }
+
+    async fn fence(&self, job: &JobRef, instance: &Instance) -> Result<(), ExecError> {
+        self.call()?;
+        self.stop_on(&job.run, instance);
         Ok(())
     }
 }

@@ -197,6 +197,29 @@ pub const DEFAULT_GPU_COUNT: Range<u32> = Range { min: Some(1), max: None };
 impl ResourcesSpec {
     /// Parses every field and applies the defaults.
     pub fn resolve(&self) -> Result<Requirements, SpecError> {
+        self.resolve_stripped().map_err(|e| self.as_written(e))
+    }
+
+    /// `e` naming what the user wrote: the parsers drop whitespace inside a value, so a
+    /// token they name may not appear in it (`", 0"` parses as `",0"`); then the error
+    /// names the whole value as written.
+    fn as_written(&self, mut e: SpecError) -> SpecError {
+        let written = match e.field.as_str() {
+            "resources.cpu" => &self.cpu,
+            "resources.memory" => &self.memory,
+            "resources.disk" => &self.disk,
+            "resources.gpu" => &self.gpu,
+            "resources.gpuTotalMemory" => &self.gpu_total_memory,
+            "resources.computeCapability" => &self.compute_capability,
+            _ => return e,
+        };
+        if let Some(w) = written.as_deref().filter(|w| !w.contains(e.token.as_str())) {
+            e.token = w.trim_matches(|c: char| c.is_ascii_whitespace()).to_string();
+        }
+        e
+    }
+
+    fn resolve_stripped(&self) -> Result<Requirements, SpecError> {
         let cpu = match &self.cpu {
             Some(s) => parse_cpu("resources.cpu", s)?,
             None => CpuSpec { arch: None, count: DEFAULT_CPU_COUNT },

@@ -27,6 +27,14 @@ fn assert_err<T: fmt::Debug>(input: &str, got: Result<T, SpecError>, token: &str
 }
 
 #[test]
+fn an_error_names_the_value_as_written_when_the_token_had_spaces_in_it() {
+    let spec = ResourcesSpec { cpu: Some(", 0".into()), ..Default::default() };
+    let e = spec.resolve().unwrap_err();
+    assert_eq!((e.field.as_str(), e.token.as_str()), ("resources.cpu", ", 0"));
+    assert!(e.to_string().contains("resources.cpu \", 0\""), "{e}");
+}
+
+#[test]
 #[rustfmt::skip]
 fn cpu_accepted() {
     use CpuArch::*;
