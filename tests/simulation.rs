@@ -361,7 +361,7 @@ impl Sim {
 
     async fn tick(&mut self) {
         self.settle().await;
-        if self.fig.steps % (check::GC_INTERVAL.as_secs() / TICK.as_secs()) as usize == 0 {
+        if self.fig.steps.is_multiple_of((check::GC_INTERVAL.as_secs() / TICK.as_secs()) as usize) {
             let _ = self.gc.pass(&self.h.ctx, &GcConfig::default(), Some(NS)).await;
             self.restart_if_crashed();
         }
