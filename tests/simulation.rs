@@ -17,7 +17,7 @@
 //! region) with offers in two regions. After every step the invariants of DESIGN.md are
 //! checked ([`check`]); the hosts' side of jobs sees every start ([`faults::SimExecutor`]).
 //!
-//! `cargo test --release --test simulation -- --nocapture` runs 200 seeds (CI);
+//! `cargo test --test simulation -- --nocapture` runs 100 seeds (CI, debug build);
 //! `KPOOL_SIM_SEEDS=10000 cargo test --release --test simulation -- --nocapture` runs
 //! 10,000. `KPOOL_SIM_FIRST_SEED=N KPOOL_SIM_SEEDS=1` replays seed N and prints its
 //! violations. `KPOOL_SIM_LOST_CREATES=0` turns lost create answers off.
@@ -424,7 +424,7 @@ fn simulate(seed: u64, lost_creates: bool, pool_limit: bool) -> Figures {
 
 #[test]
 fn crashes_and_faults_keep_every_invariant() {
-    let seeds = env("KPOOL_SIM_SEEDS", 200);
+    let seeds = env("KPOOL_SIM_SEEDS", 100);
     let first = env("KPOOL_SIM_FIRST_SEED", 1);
     let lost_creates = env("KPOOL_SIM_LOST_CREATES", 1) != 0;
     // OPEN BUG (off by default until fixed): a run whose instance waits for room in a
