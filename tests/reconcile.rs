@@ -792,6 +792,43 @@ async fn a_crash_after_the_job_exited_keeps_the_run_s_outcome() {
     assert_eq!((ist.phase, ist.run), (InstancePhase::Idle, None));
 }
 
+/// Found by the simulation: a run whose instance waited for room in its pool (another
+/// instance took the last slot between the run's decision and the instance's admission)
+/// waited past its retry window, Provisioning for ever.
+#[tokio::test]
+async fn a_run_whose_instance_waits_for_room_fails_when_its_retry_window_ends() {
+    let h = Harness::new().await;
+    h.pool("small", PoolSpec { max_instances: Some(1), ..Default::default() }).await;
+    let retry = kpool::api::policy::RetrySpec {
+        on: Some(vec![kpool::api::policy::RetryEvent::NoCapacity]),
+        duration: Some("10m".into()),
+    };
+    let policy = PolicySpec { retry: Some(retry), ..Default::default() };
+    h.run("r", RunSpec { pool: Some("small".into()), resources: cpu("8.."), policy, ..Default::default() }).await;
+    h.reconcile_run("r").await.unwrap(); // adds the finalizer
+    h.reconcile_run("r").await.unwrap();
+    assert_eq!(h.get_run("r").await.status.unwrap().provisioning_instance.as_deref(), Some("r-0"));
+    // A manual instance the run does not fit takes the slot before r-0 is admitted.
+    h.instance("m", InstanceSpec { pool: Some("small".into()), resources: cpu("4"), ..Default::default() }).await;
+    for _ in 0..4 {
+        h.reconcile_instance("m").await.unwrap();
+    }
+    assert_eq!(h.get_instance("m").await.status.unwrap().phase, InstancePhase::Idle);
+    h.reconcile_instance("r-0").await.unwrap();
+    h.reconcile_instance("r-0").await.unwrap();
+    let ready = find(&h.get_instance("r-0").await.status.unwrap().conditions, "Ready").cloned().unwrap();
+    assert_eq!(ready.reason, "PoolAtCapacity");
+    h.reconcile_run("r").await.unwrap();
+    assert_eq!(h.get_run("r").await.status.unwrap().phase, RunPhase::Provisioning);
+
+    h.advance(Duration::from_secs(601));
+    h.reconcile_run("r").await.unwrap();
+    let st = h.get_run("r").await.status.unwrap();
+    assert_eq!((st.phase, st.termination_reason.as_deref()), (RunPhase::Failed, Some("NoCapacity")), "{st:?}");
+    assert!(h.api::<kpool::api::instance::Instance>().get_opt("r-0").await.unwrap().is_none(), "r-0 is deleted");
+    assert_eq!(h.backend.creates().len(), 1, "only m launched");
+}
+
 /// Runs woken together take different instances: each takes what one assignment over the
 /// pool's waiting runs, oldest first, gives it, so a newer run reconciled first leaves the
 /// cheapest instance to the older one instead of racing it for the same instance.

@@ -233,14 +233,11 @@ async fn place(
             return Ok(Next::Stop(Action::requeue(WAIT_RECHECK)));
         };
         let phase = inst.status.as_ref().map(|s| s.phase);
+        // What the instance's Ready condition says, if it says anything.
+        let ready = inst.status.as_ref().and_then(|s| find(&s.conditions, "Ready"));
         match phase {
             Some(InstancePhase::Failed) | Some(InstancePhase::Terminated) | Some(InstancePhase::Terminating) => {
-                let why = inst
-                    .status
-                    .as_ref()
-                    .and_then(|s| crate::api::conditions::find(&s.conditions, "Ready"))
-                    .map(|c| c.message.clone())
-                    .unwrap_or_else(|| format!("instance {name} is gone"));
+                let why = ready.map(|c| c.message.clone()).unwrap_or_else(|| format!("instance {name} is gone"));
                 let open = sm::retry_deadline(&st, &policy, crate::api::policy::RetryEvent::NoCapacity)
                     .is_some_and(|d| now < d);
                 if !open {
@@ -259,11 +256,19 @@ async fn place(
                 scheduled(&mut st, &run, now, false, "Retrying", &format!("provisioning failed ({why}); retrying"));
                 return Ok(Next::Continue(ctx.write_status(&run, &st).await?));
             }
+            // Not launched yet (waiting for room in its pool) when the run's retry window
+            // ends: the run fails as it would waiting in Pending, and the instance goes.
+            Some(InstancePhase::Pending) | None
+                if sm::retry_deadline(&st, &policy, crate::api::policy::RetryEvent::NoCapacity)
+                    .is_some_and(|d| now >= d) =>
+            {
+                let why = ready.map(|c| c.message.clone()).unwrap_or_else(|| format!("instance {name} did not start"));
+                delete_if_unlaunched(ctx, &ns, &name).await?;
+                let msg = format!("retry window ended: instance {name} was never launched: {why}");
+                return finish(ctx, run, st, RunPhase::Failed, "NoCapacity", None, &msg).await;
+            }
             _ => {
-                let why = inst
-                    .status
-                    .as_ref()
-                    .and_then(|s| crate::api::conditions::find(&s.conditions, "Ready"))
+                let why = ready
                     .map(|c| format!("{}: {}", c.reason, c.message))
                     .unwrap_or_else(|| "waiting for the instance to start".into());
                 if scheduled(&mut st, &run, now, false, "Provisioning", &format!("instance {name}: {why}")) {
