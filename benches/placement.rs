@@ -69,7 +69,15 @@ fn args() -> Args {
         stream_seconds: 20,
         settle_seconds: 60,
     };
-    let argv: Vec<String> = std::env::args().skip(1).filter(|s| s != "--bench").collect();
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo test --all-targets` runs this binary without `--bench`: a quick smoke run
+    // of the in-memory API (50 runs on 50 instances) that checks it still places.
+    if !argv.iter().any(|s| s == "--bench") {
+        a.runs = 50;
+        a.instances = 50;
+        return a;
+    }
+    let argv: Vec<String> = argv.into_iter().filter(|s| s != "--bench").collect();
     let mut it = argv.iter();
     while let Some(flag) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value")).clone();
@@ -242,6 +250,7 @@ async fn memory(a: &Args) {
         a.instances,
         if placed < a.runs { format!(" — stopped at the {}s timeout", a.timeout.as_secs()) } else { String::new() }
     );
+    assert_eq!(placed, a.runs, "every run placed on the {} idle instances", a.instances);
     latencies("memory: creation → Running", claimed.into_values().collect());
     report_requests("memory: the wave", &delta(&ctx.requests.snapshot(), &before), placed);
     let (peak, now) = rss_mib();
