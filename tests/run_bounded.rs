@@ -131,6 +131,31 @@ async fn a_host_that_never_answers_again_is_not_given_back_while_its_job_may_run
 }
 
 #[tokio::test]
+async fn a_deleted_instance_whose_host_never_answers_is_let_go_after_the_grace() {
+    let h = Harness::new().await;
+    running(&h, PolicySpec::default()).await;
+    let patch = serde_json::json!({"spec": {"type": "ssh"}});
+    h.api::<Backend>().patch("aws", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    h.exec.set_unreachable(true);
+    // Its owner deletes the Instance while its host does not answer: held for the grace,
+    // as the job may still run there ...
+    let _ = h.delete_instance("cpu").await;
+    h.advance(GRACE / 2);
+    let _ = h.delete_instance("cpu").await;
+    let ist = h.get_instance("cpu").await.status.unwrap();
+    let c = find(&ist.conditions, JOB_FENCED).expect("JobFenced");
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "FencePending"), "held: {:?}", ist.conditions);
+    // ... then let go: the machine is forgotten, and the condition says what may be left.
+    h.advance(GRACE / 2 + Duration::from_secs(1));
+    // (The in-memory API keeps no deletionTimestamp: each pass of the deletion is one call.)
+    let _ = h.delete_instance("cpu").await;
+    let _ = h.delete_instance("cpu").await;
+    let left = h.api::<kpool::api::instance::Instance>().get_opt("cpu").await.unwrap();
+    assert!(left.is_none(), "let go: {:?}", left.map(|i| i.status));
+    assert!(h.exec.fenced().is_empty(), "the job was never stopped");
+}
+
+#[tokio::test]
 async fn a_cloud_machine_whose_job_cannot_be_stopped_is_deleted() {
     let h = Harness::new().await;
     running(&h, PolicySpec::default()).await;

@@ -355,6 +355,9 @@ impl Sim {
     async fn check(&mut self) {
         let w = self.world().await;
         let step = self.fig.steps;
+        if let Ok(prefix) = std::env::var("KPOOL_SIM_TRACE") {
+            trace(&w, step, &prefix);
+        }
         let found = check::check(&w, self.h.clock_now(), &mut self.mem);
         self.fig.violations.extend(found.into_iter().chain(self.exec.take_violations()).map(|v| (step, v)));
     }
@@ -410,6 +413,35 @@ impl Sim {
         self.fig.launches = self.h.backend.creates().len();
         self.fig.starts = self.exec.starts();
         self.fig
+    }
+}
+
+/// Prints the status of every run and instance whose name starts with `prefix`
+/// (`KPOOL_SIM_TRACE=run-5`), after a step: how a replayed seed got where it did.
+fn trace(w: &World, step: usize, prefix: &str) {
+    for (name, r) in w.runs.iter().filter(|(n, _)| n.starts_with(prefix)) {
+        let s = r.status.clone().unwrap_or_default();
+        println!(
+            "  [{step}] run {name}: {:?} attempts={} history={} instance={:?} provisioning={:?} exit={:?} sched={:?}",
+            s.phase,
+            s.attempts,
+            s.history.len(),
+            s.instance,
+            s.provisioning_instance,
+            s.exit_code,
+            kpool::api::conditions::find(&s.conditions, "Scheduled").map(|c| (&c.reason, &c.message)),
+        );
+    }
+    for (name, i) in w.instances.iter().filter(|(n, _)| n.starts_with(prefix)) {
+        let s = i.status.clone().unwrap_or_default();
+        println!(
+            "  [{step}] instance {name}: {:?} run={:?} job={:?} machine={:?} ready={:?}",
+            s.phase,
+            s.run,
+            s.job.as_ref().map(|j| (&j.run, j.attempt)),
+            s.machine_name,
+            kpool::api::conditions::find(&s.conditions, "Ready").map(|c| (&c.reason, &c.message)),
+        );
     }
 }
 

@@ -16,7 +16,10 @@
 //! VM whose job cannot be reached is deleted anyway: terminating the machine stops the job.
 //! Any other machine (a host you own, a node's slot) is not given back while the job may run
 //! there: the teardown waits, with `JobFenced` False, so the host is never offered again
-//! before its old job is gone.
+//! before its old job is gone. Only when the `Instance` is deleted and the job could not be
+//! stopped for the whole unreachable grace does the teardown go on without it: the machine
+//! is forgotten, `JobFenced` goes Unknown (reason `Abandoned`), and a Warning event
+//! `FenceAbandoned` names the run whose job may be left there.
 
 use std::time::Duration;
 
@@ -25,7 +28,7 @@ use kube::ResourceExt;
 
 use super::{chain, Context, Error};
 use crate::api::backend::Backend as BackendObject;
-use crate::api::conditions::{clear_false, set_false_since};
+use crate::api::conditions::{clear_false, condition_tri, set_false_since, upsert};
 use crate::api::instance::{Instance, InstanceStatus, JobRef};
 
 /// The instance condition that says whether the job of its last run is known to be
@@ -98,7 +101,33 @@ pub async fn before_teardown(
         ctx.event(inst, true, "FenceByDeletion", msg).await;
         return ctx.write_status(inst, st).await.map(Some);
     }
-    let (first, _) = pending(inst, st, &job, &err, ctx).await;
+    let (first, since) = pending(inst, st, &job, &err, ctx).await;
+    let grace = ctx.health.unreachable_grace;
+    if inst.metadata.deletion_timestamp.is_some() && ctx.now() >= crate::core::add(since, grace) {
+        // Deleted by its owner, and the host has not answered for the whole grace: kpool
+        // lets go of the host as asked, and says plainly what may be left on it.
+        st.job = None;
+        let msg = format!(
+            "the job of run {} (attempt {}) may still run on the machine: it could not be stopped for {}s ({}); \
+             the Instance is deleted, so kpool forgets the machine",
+            job.run,
+            job.attempt,
+            grace.as_secs(),
+            chain(&err)
+        );
+        let c = condition_tri(
+            &st.conditions,
+            JOB_FENCED,
+            "Unknown",
+            "Abandoned",
+            &msg,
+            inst.metadata.generation,
+            ctx.now(),
+        );
+        upsert(&mut st.conditions, c);
+        ctx.event(inst, true, "FenceAbandoned", msg).await;
+        return ctx.write_status(inst, st).await.map(Some);
+    }
     if first {
         ctx.write_status(inst, st).await?;
     }

@@ -185,7 +185,8 @@ struct Hosts {
 
 /// The hosts' side of jobs (it outlives controller crashes), which sees every start: a
 /// run started while its job still runs on another machine, an instance running two
-/// runs' jobs, or a run started again after it succeeded are violations.
+/// runs' jobs, or a run started again after it succeeded where its success could still
+/// be read are violations.
 #[derive(Clone)]
 pub struct SimExecutor {
     hosts: Arc<Mutex<Hosts>>,
@@ -266,7 +267,11 @@ impl Executor for SimExecutor {
             if self.live(j) {
                 found.push(format!("run {name} started on {inst} while its job still runs on {}", j.instance));
             }
-            if j.state == JobState::Exited(0) {
+            // A job that exited 0 on a machine that is gone since, before kpool read its
+            // exit status, is an interruption: nobody can read that status any more, and
+            // the run's retry policy decides (at least once). While the machine is up its
+            // success is readable there, and starting the run again is a violation.
+            if j.state == JobState::Exited(0) && self.up(&j.machine) {
                 found.push(format!("run {name} started on {inst} again after it succeeded"));
             }
         }
