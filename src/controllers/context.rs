@@ -170,6 +170,38 @@ impl Context {
         Ok(api.list(&Default::default()).await?.items)
     }
 
+    /// `K` named `name` in namespace `ns`: the watch cache's copy when the cache has listed
+    /// everything and `trusted` accepts that copy, else the API's. A watch may lag behind
+    /// the API by a moment, so only an answer that is safe to act on while a little stale
+    /// is taken from the cache (e.g. "the instance still holds this run": a lagging copy
+    /// can only say so of a run that held it a moment ago, which the next poll corrects);
+    /// an answer that would end something (gone, released, another run) is read again
+    /// from the API first. This keeps a running run's and a busy instance's periodic
+    /// checks off the API server.
+    pub async fn get_in<K>(
+        &self,
+        ns: &str,
+        name: &str,
+        pick: impl Fn(&Caches) -> &Store<K>,
+        trusted: impl Fn(&K) -> bool,
+    ) -> Result<Option<K>, Error>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug + 'static,
+    {
+        use futures::FutureExt;
+        if let Some(store) = self.caches.get().map(pick) {
+            let ready = store.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok());
+            if ready {
+                let key = kube::runtime::reflector::ObjectRef::new(name).within(ns);
+                if let Some(obj) = store.get(&key).filter(|o| trusted(o)) {
+                    return Ok(Some((*obj).clone()));
+                }
+            }
+        }
+        let api: Api<K> = Api::namespaced(self.client.clone(), ns);
+        Ok(api.get_opt(name).await?)
+    }
+
     pub fn now(&self) -> Timestamp {
         self.clock.now()
     }
@@ -247,8 +279,12 @@ impl Context {
 
     /// The backend built from the `Backend` object `name` of namespace `ns`, and the object.
     pub async fn backend_and_object(&self, ns: &str, name: &str) -> Result<(Arc<dyn Backend>, BackendObject), Error> {
-        let api: Api<BackendObject> = Api::namespaced(self.client.clone(), ns);
-        let obj = api.get_opt(name).await?.ok_or_else(|| Error::MissingBackend(name.to_string(), ns.to_string()))?;
+        // A Backend's spec changes rarely; a cached copy is used while it exists (a
+        // missing one is confirmed at the API).
+        let obj = self
+            .get_in(ns, name, |c| &c.backends, |_| true)
+            .await?
+            .ok_or_else(|| Error::MissingBackend(name.to_string(), ns.to_string()))?;
         Ok((self.build_backend(&obj).await?, obj))
     }
 

@@ -486,12 +486,12 @@ async fn awaited_by_its_run(inst: &Instance, ctx: &Context) -> Result<bool, Erro
 /// elsewhere) goes back to idle.
 async fn check_run(inst: Instance, mut st: InstanceStatus, run: &str, ctx: &Context) -> Result<Next, Error> {
     let ns = inst.namespace().unwrap_or_default();
-    let api: Api<Run> = Api::namespaced(ctx.client.clone(), &ns);
-    let holds = api.get_opt(run).await?.is_some_and(|r| {
+    let held_by = |r: &Run| {
         r.status.as_ref().is_some_and(|s| !s.phase.is_finished() && s.instance.as_deref() == Some(&inst.name_any()))
             || r.metadata.deletion_timestamp.is_none()
                 && r.status.as_ref().is_none_or(|s| !s.phase.is_finished() && s.instance.is_none())
-    });
+    };
+    let holds = ctx.get_in(&ns, run, |c| &c.runs, held_by).await?.is_some_and(|r| held_by(&r));
     if holds {
         if let Some(next) = check_health(&inst, &mut st, ctx).await? {
             return Ok(next);

@@ -419,7 +419,10 @@ impl Harness {
         let jobs = objects.into_iter().map(move |obj| {
             let name = format!("{kind} {}", obj.name_any());
             let job: Job<'a> = Box::pin(async move {
-                reconcile(Arc::new(obj), self.ctx.clone()).await.err().map(|e| format!("{name}: {e}"))
+                reconcile(Arc::new(obj), self.ctx.clone())
+                    .await
+                    .err()
+                    .map(|e| format!("{name}: {}", kpool::controllers::chain(&e)))
             });
             job
         });
@@ -456,6 +459,10 @@ impl Harness {
     /// as the controller's worker pool lets them.
     pub async fn settle_racing(&self, seed: &mut u64) -> Vec<String> {
         let mut errors = Vec::new();
+        // A failed reconcile is requeued within seconds by the controller (its error
+        // policy), well within a step of the simulation: a round that changed nothing but
+        // failed somewhere is played again, at most twice.
+        let mut retries = 0;
         for _ in 0..30 {
             let before = self.versions().await;
             let mut jobs = self.reconcile_each("run", run::reconcile).await;
@@ -468,7 +475,10 @@ impl Harness {
             }
             errors = futures::future::join_all(jobs).await.into_iter().flatten().collect();
             if before == self.versions().await {
-                break;
+                if errors.is_empty() || retries == 2 {
+                    break;
+                }
+                retries += 1;
             }
         }
         errors
