@@ -145,15 +145,20 @@ async fn place(
     let ns = run.namespace().unwrap_or_default();
     let now = ctx.now();
     let pool_name = st.pool.clone().unwrap_or_default();
-    // After a pass that went as far as claiming (its `Scheduled` condition says
-    // Starting), the claim may be written but not yet in the watch cache: read the
-    // instances from the API, so that a claim that is there is found and not made twice.
-    let claim_in_flight = find(&st.conditions, "Scheduled").is_some_and(|c| c.reason == "Starting");
-    let all = if claim_in_flight {
-        Api::<Instance>::namespaced(ctx.client.clone(), &ns).list(&Default::default()).await?.items
-    } else {
-        instances(ctx, &ns).await?
-    };
+    // After a pass that went as far as claiming (its `Scheduled` condition says Starting
+    // on an instance), the claim may be written but not yet in the watch cache: that
+    // instance is read from the API, so that a claim that is there is found and not made
+    // twice.
+    let claim_in_flight = find(&st.conditions, "Scheduled")
+        .filter(|c| c.reason == "Starting")
+        .and_then(|c| c.message.strip_prefix(STARTING_ON))
+        .map(str::to_string);
+    let mut all = instances(ctx, &ns).await?;
+    if let Some(name) = claim_in_flight {
+        let fresh = Api::<Instance>::namespaced(ctx.client.clone(), &ns).get_opt(&name).await?;
+        all.retain(|i| i.name_any() != name);
+        all.extend(fresh);
+    }
 
     // An instance that already names this run (a claim whose run status write was lost).
     if let Some(held) = all.iter().find(|i| {
@@ -362,12 +367,16 @@ fn pick_in_queue(pending: &PendingRun, run: &Run, runs: &[Run], idle: &[IdleInst
     assign(&queue, idle).into_iter().find(|&(r, _)| r == last).map(|(_, i)| i)
 }
 
+/// The message of a run's `Scheduled` condition (reason `Starting`) before the name of the
+/// instance it is claiming.
+const STARTING_ON: &str = "starting the job on instance ";
+
 /// Records that the run is starting on `instance` (its `Scheduled` condition), with the
 /// run's resourceVersion as the write's precondition. `None` when the run changed since
 /// it was read: the copy is stale (say, the cache's, of a run that has already run) and
 /// must neither claim an instance nor start a job; the next pass reads it afresh.
 async fn confirm(ctx: &Context, run: &Run, st: &mut RunStatus, instance: &str) -> Result<Option<Run>, Error> {
-    scheduled(st, run, ctx.now(), false, "Starting", &format!("starting the job on instance {instance}"));
+    scheduled(st, run, ctx.now(), false, "Starting", &format!("{STARTING_ON}{instance}"));
     match ctx.write_status(run, st).await {
         Ok(run) => Ok(Some(run)),
         Err(Error::Kube(e)) if is_conflict(&e) => Ok(None),
