@@ -859,3 +859,54 @@ async fn waiting_runs_claim_in_queue_order_without_racing_for_one_instance() {
     let st = h.get_run("r1-older").await.status.unwrap();
     assert_eq!((st.phase, st.instance.as_deref()), (RunPhase::Running, Some("cpu-a")), "{st:?}");
 }
+
+#[tokio::test]
+async fn a_free_slot_goes_to_the_run_ahead_in_the_queue_not_to_a_newcomer() {
+    let h = Harness::new().await;
+    h.pool("small", PoolSpec { max_instances: Some(1), ..Default::default() }).await;
+    let in_small =
+        |resources, priority| RunSpec { pool: Some("small".into()), resources, priority, ..Default::default() };
+    h.run("q0-holder", in_small(cpu("4.."), 0)).await;
+    h.settle(2).await;
+    assert_eq!(h.get_run("q0-holder").await.status.unwrap().phase, RunPhase::Running);
+    // Two GPU runs wait for the one slot; neither fits the holder's instance.
+    h.run("q1-older", in_small(gpu("A10G"), 0)).await;
+    h.settle(1).await;
+    h.run("q2-newer", in_small(gpu("A10G"), 0)).await;
+    h.settle(1).await;
+    for name in ["q1-older", "q2-newer"] {
+        let st = h.get_run(name).await.status.unwrap();
+        assert_eq!(find(&st.conditions, "Scheduled").unwrap().reason, "PoolAtCapacity", "{name}");
+    }
+    // The slot frees; the newer run is reconciled first and leaves it to the older one.
+    h.exec.exit("q0-holder", 0);
+    h.settle(1).await;
+    let _ = h.delete_instance("q0-holder-0").await;
+    let _ = h.delete_instance("q0-holder-0").await;
+    h.reconcile_run("q2-newer").await.unwrap();
+    let st = h.get_run("q2-newer").await.status.unwrap();
+    let c = find(&st.conditions, "Scheduled").unwrap();
+    assert_eq!((st.provisioning_instance.as_deref(), c.reason.as_str()), (None, "PoolAtCapacity"), "{c:?}");
+    assert!(c.message.contains("held for the 1 run(s) ahead"), "{c:?}");
+    h.reconcile_run("q1-older").await.unwrap();
+    assert_eq!(h.get_run("q1-older").await.status.unwrap().provisioning_instance.as_deref(), Some("q1-older-0"));
+}
+
+#[tokio::test]
+async fn a_run_of_higher_priority_is_served_before_older_runs() {
+    let h = Harness::new().await;
+    let reuse = PolicySpec { creation_policy: Some(CreationPolicy::Reuse), ..Default::default() };
+    for (name, priority) in [("p1-older", 0), ("p2-urgent", 10)] {
+        h.run(name, RunSpec { resources: cpu("4.."), policy: reuse.clone(), priority, ..Default::default() }).await;
+    }
+    h.settle(2).await;
+    h.instance("cpu-a", InstanceSpec { resources: cpu("4.."), ..Default::default() }).await;
+    for _ in 0..4 {
+        h.reconcile_instance("cpu-a").await.unwrap();
+    }
+    // The older run is reconciled first, and leaves the one instance to the urgent run.
+    h.reconcile_run("p1-older").await.unwrap();
+    assert_eq!(h.get_run("p1-older").await.status.unwrap().instance, None);
+    h.reconcile_run("p2-urgent").await.unwrap();
+    assert_eq!(h.get_run("p2-urgent").await.status.unwrap().instance.as_deref(), Some("cpu-a"));
+}

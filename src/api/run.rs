@@ -103,9 +103,20 @@ pub struct RunSpec {
     /// Set to `true` to stop the run; its instance goes back to idle.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stop: bool,
+    /// Place in its pool's queue: runs waiting for an idle instance or for room in the
+    /// pool are served by priority (higher first), then by age (older first). A run never
+    /// takes an idle instance or a free slot that a run ahead of it in the queue can use.
+    /// From -1000 to 1000; 0 when unset.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(range(min = -1000, max = 1000))]
+    pub priority: i32,
     /// Placement and lifetime policies; unset fields come from the profile and the pool.
     #[serde(flatten)]
     pub policy: PolicySpec,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 fn env_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {

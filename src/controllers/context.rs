@@ -111,6 +111,8 @@ pub struct Caches {
     pub instances: Store<crate::api::instance::Instance>,
     pub runs: Store<crate::api::run::Run>,
     pub backends: Store<BackendObject>,
+    /// Profiles have no controller: a watch of their own keeps this store.
+    pub profiles: Store<crate::api::profile::Profile>,
 }
 
 impl Context {

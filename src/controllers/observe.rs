@@ -2,14 +2,12 @@
 
 use std::collections::HashSet;
 
-use kube::api::Api;
 use kube::ResourceExt;
 
 use super::{Context, Error};
 use crate::api::instance::Instance;
 use crate::api::policy::PolicySpec;
 use crate::api::pool::Pool;
-use crate::api::profile::Profile;
 use crate::api::resources::SpecError;
 use crate::api::run::Run;
 use crate::core::policy::{effective_policy, EffectivePolicy, Origin};
@@ -33,11 +31,10 @@ pub async fn policy_of(
     pool: Option<&Pool>,
     origin: Origin,
 ) -> Result<EffectivePolicy, Error> {
-    let api: Api<Profile> = Api::namespaced(ctx.client.clone(), ns);
     let mut profiles = Vec::new();
     for (field, name) in [("profile", own_profile), ("pool.profile", pool.and_then(|p| p.spec.profile.as_deref()))] {
         if let Some(name) = name {
-            let p = api.get_opt(name).await?.ok_or_else(|| SpecError {
+            let p = ctx.get_in(ns, name, |c| &c.profiles, |_| true).await?.ok_or_else(|| SpecError {
                 field: field.to_string(),
                 token: name.to_string(),
                 reason: format!("no Profile named {name} in namespace {ns}"),

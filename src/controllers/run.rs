@@ -294,7 +294,9 @@ async fn place(
             i.status.as_ref().is_none_or(|s| !matches!(s.phase, InstancePhase::Terminated | InstancePhase::Failed))
         })
         .count();
-    match sm::no_fit(&st, &policy, &pool_name, has_room(max, in_pool), run.spec.instance.as_deref(), now) {
+    // Free slots go to the runs ahead in the queue that wait for room first.
+    let ahead = if max.is_some() { ahead_waiting_for_room(&run, &runs, &pool_name) } else { 0 };
+    match sm::no_fit(&st, &policy, &pool_name, has_room(max, in_pool + ahead), run.spec.instance.as_deref(), now) {
         NoFit::Provision => {
             let name = sm::instance_name_for(&run.name_any(), st.attempts);
             sm::provisioning(&mut st, &name);
@@ -313,7 +315,13 @@ async fn place(
                 .await;
             Ok(Next::Continue(run))
         }
-        NoFit::Wait { reason, message, retry_at } => {
+        NoFit::Wait { reason, mut message, retry_at } => {
+            if reason == "PoolAtCapacity" && has_room(max, in_pool) {
+                message = format!(
+                    "pool {pool_name} has a free slot, held for the {ahead} run(s) ahead of this one in its queue \
+                     (priority, then age)"
+                );
+            }
             if scheduled(&mut st, &run, now, false, reason, &message) {
                 ctx.event(&run, false, reason, message).await;
                 ctx.write_status(&run, &st).await?;
@@ -334,7 +342,7 @@ async fn place(
 /// a wrong guess costs a 409 and a retry, never a placement that does not fit, since
 /// this run's own requirements and policy decide what it may take.
 fn pick_in_queue(pending: &PendingRun, run: &Run, runs: &[Run], idle: &[IdleInstance]) -> Option<usize> {
-    let key = |r: &Run| (r.metadata.creation_timestamp.clone().map(|t| t.0), r.name_any());
+    let key = queue_key;
     let me = key(run);
     let mut queue: Vec<(_, PendingRun)> = runs
         .iter()
@@ -365,6 +373,33 @@ fn pick_in_queue(pending: &PendingRun, run: &Run, runs: &[Run], idle: &[IdleInst
     queue.push(pending.clone());
     let last = queue.len() - 1;
     assign(&queue, idle).into_iter().find(|&(r, _)| r == last).map(|(_, i)| i)
+}
+
+/// A run's place in its pool's queue (smaller first): priority (higher first), then age,
+/// then name.
+pub fn queue_key(r: &Run) -> (std::cmp::Reverse<i32>, Option<Timestamp>, String) {
+    (std::cmp::Reverse(r.spec.priority), r.metadata.creation_timestamp.clone().map(|t| t.0), r.name_any())
+}
+
+/// How many runs ahead of `run` in the queue of pool `pool` wait for room in it (their
+/// `Scheduled` condition says `PoolAtCapacity` and nothing is provisioned for them yet):
+/// the pool's free slots are theirs first, so that small newcomers cannot keep taking the
+/// slot an older or more urgent run waits for.
+fn ahead_waiting_for_room(run: &Run, runs: &[Run], pool: &str) -> usize {
+    let me = queue_key(run);
+    runs.iter()
+        .filter(|r| r.name_any() != run.name_any() && r.metadata.deletion_timestamp.is_none() && !r.spec.stop)
+        .filter(|r| {
+            r.status.as_ref().is_some_and(|s| {
+                s.pool.as_deref() == Some(pool)
+                    && s.instance.is_none()
+                    && s.provisioning_instance.is_none()
+                    && !s.phase.is_finished()
+                    && find(&s.conditions, "Scheduled").is_some_and(|c| c.reason == "PoolAtCapacity")
+            })
+        })
+        .filter(|r| queue_key(r) < me)
+        .count()
 }
 
 /// The message of a run's `Scheduled` condition (reason `Starting`) before the name of the

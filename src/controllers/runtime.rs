@@ -5,7 +5,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{watcher, Controller};
+use kube::runtime::{reflector, watcher, Controller, WatchStreamExt};
 use kube::ResourceExt;
 
 use super::context::Caches;
@@ -14,6 +14,7 @@ use super::{backend, error_policy, instance, pool, run, Context};
 use crate::api::backend::Backend;
 use crate::api::instance::Instance;
 use crate::api::pool::Pool;
+use crate::api::profile::Profile;
 use crate::api::run::Run;
 
 /// Runs the Instance, Run and Pool controllers and the garbage collector, until a
@@ -26,9 +27,15 @@ pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig, namespace: Option<S
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client.clone(), ns),
-            Api::namespaced(client, ns),
+            Api::namespaced(client.clone(), ns),
         ),
-        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone()), Api::all(client)),
+        None => {
+            (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone()))
+        }
+    };
+    let profiles: Api<Profile> = match &namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
     };
     let cfg = watcher::Config::default();
 
@@ -72,12 +79,19 @@ pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig, namespace: Option<S
     let pool_store = pool_controller.store();
     let backend_controller = Controller::new(backends, cfg.clone());
     let backend_store = backend_controller.store();
+    // Profiles are read by every reconcile that resolves a policy: a watch keeps them.
+    let (profile_store, profile_writer) = reflector::store();
+    let profile_watch = reflector(profile_writer, watcher(profiles, cfg.clone()).default_backoff())
+        .applied_objects()
+        .for_each(|_| async {});
+    let profile_watch = tokio::spawn(profile_watch);
     // The reconcilers list from the controllers' own watch caches.
     ctx.use_caches(Caches {
         pools: pool_store,
         instances: instance_store,
         runs: runs_cache,
         backends: backend_store.clone(),
+        profiles: profile_store,
     });
     let pool_ctl = pool_controller
         .watches(instances.clone(), cfg.clone(), |inst: Instance| {
@@ -109,6 +123,7 @@ pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig, namespace: Option<S
     let gc = tokio::spawn(gc::run(ctx.clone(), gc_config, namespace));
     tokio::join!(instance_ctl, run_ctl, pool_ctl, backend_ctl);
     gc.abort();
+    profile_watch.abort();
 }
 
 /// How many objects of one kind are reconciled at once. Unbounded, a wave of a thousand
