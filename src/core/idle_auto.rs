@@ -20,8 +20,8 @@
 //! the past. Choosing `T` risks at most `|T − b|` machine-seconds more than twice the
 //! planner's cost on that idle spell (gaps just above `T`). The summary keeps what auto
 //! spent (`autoCost`: idle seconds, plus a boot for every instance that expired) and what
-//! the planner would have (`boundCost`: `min(G, b)`, or `min(T, b)` for an expired spell,
-//! which is less than or equal to the planner's), and allows a `T` only when
+//! the planner would have (`boundCost`: `min(G, b)`; for an expired spell `min(T, b)`,
+//! no more than the planner's, until the next run tells `G`), and allows a `T` only when
 //! `2·boundCost + b − autoCost − reserved ≥ |T − b|`, where `reserved` is the risk of the
 //! spells still open. By induction auto's cost stays at most `2·boundCost + b`: never
 //! worse than ski-rental's factor 2, plus one boot of credit to start learning with.
@@ -221,14 +221,27 @@ impl GapSummary {
 
     /// The spell ended with the instance terminated at its deadline: counted as its idle
     /// time plus the boot a later run will pay, against what the planner would at least
-    /// have paid (`min(idle, boot)`: the gap was longer than `idle`). The gap itself is
-    /// observed when the next fitting run arrives ([`observe`](Self::observe)).
+    /// have paid (`min(idle, boot)`: the gap was longer than `idle`), until the gap is
+    /// known ([`gap_after_expiry`](Self::gap_after_expiry)).
     pub fn close_expired(&mut self, decision: &AutoDecision, boot: Duration) {
         let t = decision.idle.as_secs_f64();
         let b = boot.as_secs_f64();
         self.reserved = (self.reserved - decision.risk).max(0.0);
         self.auto_cost += t + b;
         self.bound_cost += t.min(b);
+    }
+
+    /// A run arrived `gap` after an instance that expired (idle for `idle` under auto, or
+    /// under any deadline for the histogram alone) had gone idle, and launched a machine:
+    /// the gap is now known. It joins the histogram, and the planner's share of that
+    /// spell, counted as `min(idle, boot)` at expiry, becomes `min(gap, boot)`.
+    pub fn gap_after_expiry(&mut self, idle: Option<Duration>, gap: Duration, boot: Duration) {
+        if let Some(idle) = idle {
+            let b = boot.as_secs_f64();
+            let known = gap.as_secs_f64().max(idle.as_secs_f64()).min(b);
+            self.bound_cost += known - idle.as_secs_f64().min(b);
+        }
+        self.observe(gap);
     }
 }
 

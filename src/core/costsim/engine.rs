@@ -82,7 +82,7 @@ struct Sim<'a> {
     stats: BTreeMap<(String, String), GapSummary>,
     /// When instances that expired had gone idle, per (pool, shape), latest last: the next
     /// run of that shape that launches a machine closes the gap of the latest.
-    expired_since: HashMap<(String, String), Vec<i64>>,
+    expired_since: HashMap<(String, String), Vec<(i64, Option<Duration>)>>,
     timeline: Vec<Sample>,
     cost: f64,
     last_t: i64,
@@ -247,9 +247,9 @@ impl Sim<'_> {
         // A run that launches a machine closes the gap of the latest instance of its
         // shape that expired: that instance would have served it.
         let key = (run.pool.clone(), shape(&offer));
-        if let Some(since) = self.expired_since.get_mut(&key).and_then(Vec::pop) {
+        if let Some((since, idle)) = self.expired_since.get_mut(&key).and_then(Vec::pop) {
             let gap = Duration::from_millis((t - since).max(0) as u64);
-            self.stats.entry(key).or_default().observe(gap);
+            self.stats.entry(key).or_default().gap_after_expiry(idle, gap, self.config.boot);
         }
         let i = self.insts.len();
         let mut status = InstanceStatus {
@@ -328,10 +328,11 @@ impl Sim<'_> {
                 inst.terminated = Some(t);
                 let key = (inst.pool.clone(), shape(&inst.offer));
                 let since = inst.status.idle_since.as_ref().map(|s| ms_of(s.0)).unwrap_or(t);
-                if let Some(d) = inst.decision.take() {
-                    self.stats.entry(key.clone()).or_default().close_expired(&d, self.config.boot);
+                let decision = inst.decision.take();
+                if let Some(d) = &decision {
+                    self.stats.entry(key.clone()).or_default().close_expired(d, self.config.boot);
                 }
-                self.expired_since.entry(key).or_default().push(since);
+                self.expired_since.entry(key).or_default().push((since, decision.map(|d| d.idle)));
             }
             Step::IdleUntil(Some(at)) => self.queue.push(Reverse((ms_of(at), Event::Deadline(i, spell)))),
             _ => {}

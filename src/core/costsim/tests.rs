@@ -27,20 +27,21 @@ fn by_name(policy: &str) -> Policy {
 #[test]
 fn two_runs_one_long_gap_cost_exactly_what_each_policy_says() {
     let trace = two_runs(1200.0);
-    // (policy, machine-seconds, idle seconds, launched, waits)
+    // (policy, machine-seconds, idle seconds, launched, waits); the last machine also
+    // idles until its deadline.
     let cases: [(&str, f64, f64, usize, [f64; 2]); 8] = [
         ("no-reuse", 780.0 + 780.0, 0.0, 2, [180.0, 180.0]),
-        ("fixed-1m", 840.0 + 780.0, 60.0, 2, [180.0, 180.0]),
-        ("fixed-5m", 1080.0 + 780.0, 300.0, 2, [180.0, 180.0]),
+        ("fixed-1m", 840.0 + 840.0, 120.0, 2, [180.0, 180.0]),
+        ("fixed-5m", 1080.0 + 1080.0, 600.0, 2, [180.0, 180.0]),
         // Reused at 1200, runs until 1800, idle 30 minutes more.
         ("fixed-30m", 3600.0, 420.0 + 1800.0, 1, [180.0, 0.0]),
         ("fixed-72h", 1800.0 + 72.0 * 3600.0, 420.0 + 72.0 * 3600.0, 1, [180.0, 0.0]),
         // Billed until the last run ends.
         ("keep-forever", 1800.0, 420.0, 1, [180.0, 0.0]),
         // Idle one boot (180 s), then a new boot for B.
-        ("ski-rental", 960.0 + 780.0, 180.0, 2, [180.0, 180.0]),
+        ("ski-rental", 960.0 + 960.0, 360.0, 2, [180.0, 180.0]),
         // Nothing learned yet: ski-rental's deadline.
-        ("auto", 960.0 + 780.0, 180.0, 2, [180.0, 180.0]),
+        ("auto", 960.0 + 960.0, 360.0, 2, [180.0, 180.0]),
     ];
     for (policy, seconds, idle, launched, waits) in cases {
         let r = simulate(&trace, &config(), &by_name(policy));
@@ -68,7 +69,7 @@ fn two_runs_one_short_gap() {
     assert!((b.total_cost - cost_of(1450.0)).abs() < 1e-9);
     assert!((b.idle_cost - cost_of(70.0)).abs() < 1e-9);
     for (policy, seconds) in
-        [("no-reuse", 1560.0), ("fixed-1m", 840.0 + 780.0), ("ski-rental", 1450.0 + 180.0), ("keep-forever", 1450.0)]
+        [("no-reuse", 1560.0), ("fixed-1m", 840.0 + 840.0), ("ski-rental", 1450.0 + 180.0), ("keep-forever", 1450.0)]
     {
         let r = simulate(&trace, &config(), &by_name(policy));
         assert!((r.total_cost - cost_of(seconds)).abs() < 1e-9, "{policy}: {} vs {}", r.total_cost, cost_of(seconds));

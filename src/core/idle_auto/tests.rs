@@ -115,7 +115,7 @@ fn adversarial_gaps_never_cost_more_than_twice_the_planner_plus_one_boot() {
             auto += t + b;
             planner += gap.min(b);
             s.close_expired(&d, BOOT);
-            s.observe(secs(gap));
+            s.gap_after_expiry(Some(d.idle), secs(gap), BOOT);
             assert!(auto <= 2.0 * planner + b + 1e-6, "warmup {warmup}: {auto} > 2 × {planner} + {b}");
             assert!(s.auto_cost <= 2.0 * s.bound_cost + b + 1e-6);
         }
@@ -166,4 +166,28 @@ fn the_summary_survives_a_restart() {
     // An empty status reads as an empty summary.
     let empty: GapSummary = serde_json::from_str("{}").unwrap();
     assert_eq!(empty.decide(BOOT).idle, BOOT);
+}
+
+#[test]
+fn a_gap_learned_after_expiry_gives_the_planner_its_true_share() {
+    let mut s = GapSummary::default();
+    let d = AutoDecision {
+        idle: Duration::ZERO,
+        reason: Reason::Learned,
+        gaps: 9,
+        quantile: 0.0,
+        expected_saving: 0.0,
+        risk: 180.0,
+    };
+    s.open(&d);
+    s.close_expired(&d, BOOT);
+    // Torn down at once: one boot spent, the planner counted at 0 until the gap is known.
+    assert_eq!((s.auto_cost, s.bound_cost), (180.0, 0.0));
+    s.gap_after_expiry(Some(d.idle), secs(3600.0), BOOT);
+    // The next run came an hour later: the planner would have paid a boot too.
+    assert_eq!((s.auto_cost, s.bound_cost), (180.0, 180.0));
+    assert_eq!(s.gaps(), 1);
+    // A gap seen after a fixed deadline only feeds the histogram.
+    s.gap_after_expiry(None, secs(60.0), BOOT);
+    assert_eq!((s.gaps(), s.bound_cost), (2, 180.0));
 }
