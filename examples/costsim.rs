@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use kpool::core::costsim::families::{generate, Family};
-use kpool::core::costsim::{offline_bound, parse_trace, simulate, Config, Policy, PolicyReport, TraceRun};
+use kpool::core::costsim::{offline_bound, parse_trace, simulate, Config, Policy, PolicyReport, Sample, TraceRun};
 
 struct Args {
     trace: Option<String>,
@@ -75,6 +75,9 @@ fn table(title: &str, reports: &[PolicyReport], bound: &PolicyReport) -> String 
     s
 }
 
+/// A line of the plot: its dash pattern and its value at a sample.
+type Series = (&'static str, fn(&Sample) -> f64);
+
 fn find<'a>(reports: &'a [PolicyReport], name: &str) -> &'a PolicyReport {
     reports.iter().find(|r| r.policy == name).unwrap_or(&reports[0])
 }
@@ -114,14 +117,10 @@ fn plot(reports: &[&PolicyReport], title: &str) -> String {
         );
         for (k, r) in reports.iter().enumerate() {
             let colour = colours[k % colours.len()];
-            let series: Vec<(&str, Box<dyn Fn(&kpool::core::costsim::Sample) -> f64>)> = if panel == 0 {
-                vec![
-                    ("", Box::new(|s| s.live as f64)),
-                    ("6,3", Box::new(|s| s.busy as f64)),
-                    ("1,3", Box::new(|s| s.idle as f64)),
-                ]
+            let series: Vec<Series> = if panel == 0 {
+                vec![("", |s| s.live as f64), ("6,3", |s| s.busy as f64), ("1,3", |s| s.idle as f64)]
             } else {
-                vec![("", Box::new(|s| s.cost))]
+                vec![("", |s| s.cost)]
             };
             for (dash, value) in series {
                 // A step line; thinned to at most ~4000 points.

@@ -51,6 +51,12 @@ struct Inst {
     decision: Option<AutoDecision>,
 }
 
+/// (pool, shape of the offer): what gap statistics are kept by.
+type ShapeKey = (String, String);
+
+/// An instance that expired: when it had gone idle (ms) and its `auto` deadline, if any.
+type Expired = (i64, Option<Duration>);
+
 fn shape(offer: &Offer) -> String {
     format!("{}/{}/{}{}", offer.backend, offer.region, offer.instance_type, if offer.spot { "/spot" } else { "" })
 }
@@ -79,10 +85,10 @@ struct Sim<'a> {
     reused: usize,
     unplaceable: usize,
     /// Learned gaps per (pool, shape), for `auto`.
-    stats: BTreeMap<(String, String), GapSummary>,
+    stats: BTreeMap<ShapeKey, GapSummary>,
     /// When instances that expired had gone idle, per (pool, shape), latest last: the next
     /// run of that shape that launches a machine closes the gap of the latest.
-    expired_since: HashMap<(String, String), Vec<(i64, Option<Duration>)>>,
+    expired_since: HashMap<ShapeKey, Vec<Expired>>,
     timeline: Vec<Sample>,
     cost: f64,
     last_t: i64,

@@ -30,7 +30,8 @@ fn gaps_land_in_log_buckets_and_old_ones_fade() {
     let mut s = summary_of(&[60.0; MAX_GAPS as usize]);
     assert_eq!(s.gaps(), MAX_GAPS);
     s.observe(secs(60.0));
-    assert_eq!(s.gaps(), (MAX_GAPS + 1) / 2, "halved once past the cap");
+    assert_eq!(MAX_GAPS, 400);
+    assert_eq!(s.gaps(), 200, "401 gaps, halved once past the cap");
 }
 
 #[test]
