@@ -92,6 +92,10 @@ struct Sim<'a> {
     timeline: Vec<Sample>,
     cost: f64,
     last_t: i64,
+    /// For [`Policy::Clairvoyant`]: runs by (pool, shape of their cheapest offer), in
+    /// arrival order, and whether an idle instance already waits for each.
+    future: HashMap<ShapeKey, Vec<usize>>,
+    promised: Vec<bool>,
 }
 
 /// Replays `trace` under `policy` and reports what it cost.
@@ -112,7 +116,18 @@ pub fn simulate(trace: &[TraceRun], config: &Config, policy: &Policy) -> PolicyR
         timeline: Vec::new(),
         cost: 0.0,
         last_t: 0,
+        future: HashMap::new(),
+        promised: vec![false; trace.len()],
     };
+    if *policy == Policy::Clairvoyant {
+        let mut order: Vec<usize> = (0..trace.len()).collect();
+        order.sort_by(|&a, &b| trace[a].arrival.total_cmp(&trace[b].arrival).then(a.cmp(&b)));
+        for r in order {
+            if let Some(offer) = sim.cheapest(r) {
+                sim.future.entry((trace[r].pool.clone(), shape(&offer))).or_default().push(r);
+            }
+        }
+    }
     for (i, r) in trace.iter().enumerate() {
         sim.queue.push(Reverse((secs_to_ms(r.arrival), Event::Arrive(i))));
     }
@@ -238,6 +253,30 @@ impl Sim<'_> {
         self.queue.push(Reverse((end, Event::Finish(i))));
     }
 
+    /// The offer a machine for run `r` is launched from.
+    fn cheapest(&self, r: usize) -> Option<Offer> {
+        rank_offers(&self.config.catalog, &self.trace[r].requirements, &self.run_policy, 1).into_iter().next()
+    }
+
+    /// How long [`Policy::Clairvoyant`] keeps instance `i`, idle from `t`.
+    fn clairvoyant(&mut self, i: usize, t: i64) -> Duration {
+        let key = (self.insts[i].pool.clone(), shape(&self.insts[i].offer));
+        let Some(runs) = self.future.get(&key) else {
+            return Duration::ZERO;
+        };
+        let from = runs.partition_point(|&r| secs_to_ms(self.trace[r].arrival) < t);
+        let next = runs[from..].iter().copied().find(|&r| !self.promised[r]);
+        match next {
+            Some(r) if secs_to_ms(self.trace[r].arrival) - t < self.boot_ms => {
+                self.promised[r] = true;
+                // One millisecond past the arrival: deadlines fall due before arrivals of
+                // the same moment.
+                Duration::from_millis((secs_to_ms(self.trace[r].arrival) - t + 1) as u64)
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
     fn provision(&mut self, r: usize, t: i64) {
         let run = &self.trace[r];
         let status = RunStatus { submitted_at: Some(Time(ts(t))), ..RunStatus::default() };
@@ -245,8 +284,7 @@ impl Sim<'_> {
             self.unplaceable += 1;
             return;
         }
-        let Some(offer) = rank_offers(&self.config.catalog, &run.requirements, &self.run_policy, 1).into_iter().next()
-        else {
+        let Some(offer) = self.cheapest(r) else {
             self.unplaceable += 1;
             return;
         };
@@ -295,6 +333,7 @@ impl Sim<'_> {
     }
 
     fn finish(&mut self, i: usize, t: i64) {
+        let foreseen = if *self.policy == Policy::Clairvoyant { self.clairvoyant(i, t) } else { Duration::ZERO };
         let inst = &mut self.insts[i];
         instance::release(&mut inst.status, ts(t));
         inst.spell += 1;
@@ -303,6 +342,7 @@ impl Sim<'_> {
             Policy::Fixed(d) => Some(*d),
             Policy::KeepForever => None,
             Policy::SkiRental => Some(self.config.boot),
+            Policy::Clairvoyant => Some(foreseen),
             Policy::Auto => {
                 let key = (inst.pool.clone(), shape(&inst.offer));
                 let stats = self.stats.entry(key).or_default();

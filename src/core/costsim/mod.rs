@@ -234,13 +234,29 @@ pub enum Policy {
     SkiRental,
     /// `idleDuration: auto` ([`idle_auto`](crate::core::idle_auto)).
     Auto,
+    /// Not a policy kpool could run: it knows the future. An instance that goes idle is
+    /// kept until the next arrival of a run of its pool and shape that no other idle
+    /// instance already waits for, when that comes within one boot time; otherwise it is
+    /// torn down at once. A feasible schedule, so its cost is at least the best possible
+    /// one: the best policy lies between [`offline_bound`] and this.
+    Clairvoyant,
 }
 
 impl Policy {
     /// Every policy the simulator compares by default.
     pub fn all() -> Vec<Policy> {
         let m = |n: u64| Policy::Fixed(Duration::from_secs(n * 60));
-        vec![Policy::NoReuse, m(1), m(5), m(30), m(72 * 60), Policy::KeepForever, Policy::SkiRental, Policy::Auto]
+        vec![
+            Policy::NoReuse,
+            m(1),
+            m(5),
+            m(30),
+            m(72 * 60),
+            Policy::KeepForever,
+            Policy::SkiRental,
+            Policy::Auto,
+            Policy::Clairvoyant,
+        ]
     }
 
     pub fn name(&self) -> String {
@@ -250,6 +266,7 @@ impl Policy {
             Policy::KeepForever => "keep-forever".into(),
             Policy::SkiRental => "ski-rental".into(),
             Policy::Auto => "auto".into(),
+            Policy::Clairvoyant => "clairvoyant".into(),
         }
     }
 }

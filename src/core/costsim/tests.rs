@@ -29,7 +29,7 @@ fn two_runs_one_long_gap_cost_exactly_what_each_policy_says() {
     let trace = two_runs(1200.0);
     // (policy, machine-seconds, idle seconds, launched, waits); the last machine also
     // idles until its deadline.
-    let cases: [(&str, f64, f64, usize, [f64; 2]); 8] = [
+    let cases: [(&str, f64, f64, usize, [f64; 2]); 9] = [
         ("no-reuse", 780.0 + 780.0, 0.0, 2, [180.0, 180.0]),
         ("fixed-1m", 840.0 + 840.0, 120.0, 2, [180.0, 180.0]),
         ("fixed-5m", 1080.0 + 1080.0, 600.0, 2, [180.0, 180.0]),
@@ -42,6 +42,8 @@ fn two_runs_one_long_gap_cost_exactly_what_each_policy_says() {
         ("ski-rental", 960.0 + 960.0, 360.0, 2, [180.0, 180.0]),
         // Nothing learned yet: ski-rental's deadline.
         ("auto", 960.0 + 960.0, 360.0, 2, [180.0, 180.0]),
+        // Knows B comes more than a boot later: tears down at once.
+        ("clairvoyant", 780.0 + 780.0, 0.0, 2, [180.0, 180.0]),
     ];
     for (policy, seconds, idle, launched, waits) in cases {
         let r = simulate(&trace, &config(), &by_name(policy));
@@ -68,9 +70,14 @@ fn two_runs_one_short_gap() {
     // A: 180 boot + 600; B: 70 idle + 600.
     assert!((b.total_cost - cost_of(1450.0)).abs() < 1e-9);
     assert!((b.idle_cost - cost_of(70.0)).abs() < 1e-9);
-    for (policy, seconds) in
-        [("no-reuse", 1560.0), ("fixed-1m", 840.0 + 840.0), ("ski-rental", 1450.0 + 180.0), ("keep-forever", 1450.0)]
-    {
+    // Clairvoyant keeps A's machine until 1 ms past B's arrival, and nothing after B.
+    for (policy, seconds) in [
+        ("no-reuse", 1560.0),
+        ("fixed-1m", 840.0 + 840.0),
+        ("ski-rental", 1450.0 + 180.0),
+        ("keep-forever", 1450.0),
+        ("clairvoyant", 1450.0),
+    ] {
         let r = simulate(&trace, &config(), &by_name(policy));
         assert!((r.total_cost - cost_of(seconds)).abs() < 1e-9, "{policy}: {} vs {}", r.total_cost, cost_of(seconds));
     }
