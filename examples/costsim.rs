@@ -187,8 +187,9 @@ fn run() -> Result<(), String> {
         let (auto, five, ski) = (find(&reports, "auto"), find(&reports, "fixed-5m"), find(&reports, "ski-rental"));
         let _ = writeln!(
             summary,
-            "{name:<12} auto/bound {:.3}  auto/fixed-5m {:.3}  auto/ski-rental {:.3}  p99 wait auto {:.0}s vs fixed-5m {:.0}s",
+            "{name:<12} auto/bound {:.3}  auto/clairvoyant {:.3}  auto/fixed-5m {:.3}  auto/ski-rental {:.3}  p99 wait auto {:.0}s vs fixed-5m {:.0}s",
             auto.total_cost / bound.total_cost,
+            auto.total_cost / find(&reports, "clairvoyant").total_cost,
             auto.total_cost / five.total_cost,
             auto.total_cost / ski.total_cost,
             auto.wait_p99,

@@ -234,14 +234,22 @@ impl GapSummary {
     /// A run arrived `gap` after an instance that expired (idle for `idle` under auto, or
     /// under any deadline for the histogram alone) had gone idle, and launched a machine:
     /// the gap is now known. It joins the histogram, and the planner's share of that
-    /// spell, counted as `min(idle, boot)` at expiry, becomes `min(gap, boot)`.
+    /// spell is settled ([`settle`](Self::settle)).
     pub fn gap_after_expiry(&mut self, idle: Option<Duration>, gap: Duration, boot: Duration) {
         if let Some(idle) = idle {
-            let b = boot.as_secs_f64();
-            let known = gap.as_secs_f64().max(idle.as_secs_f64()).min(b);
-            self.bound_cost += known - idle.as_secs_f64().min(b);
+            self.settle(idle, gap, boot);
         }
         self.observe(gap);
+    }
+
+    /// The planner's share of a spell that expired after `idle`, counted as
+    /// `min(idle, boot)` at expiry, becomes `min(gap, boot)`: `gap` is the time from the
+    /// spell's start to the next arrival of a run that launched a machine of its shape
+    /// (no later than the run that would have taken it, so never more than its share).
+    pub fn settle(&mut self, idle: Duration, gap: Duration, boot: Duration) {
+        let b = boot.as_secs_f64();
+        let known = gap.as_secs_f64().max(idle.as_secs_f64()).min(b);
+        self.bound_cost += known - idle.as_secs_f64().min(b);
     }
 }
 

@@ -21,6 +21,8 @@ use crate::core::policy::{EffectivePolicy, Origin};
 use crate::core::run::{no_fit, NoFit};
 
 const NAMESPACE: &str = "sim";
+/// Expired instances whose gap is still unknown, kept per shape.
+const MAX_EXPIRED_KEPT: usize = 1000;
 
 /// Events at the same moment run in this order: runs end (freeing machines), machines
 /// become ready, idle deadlines fall due, then runs arrive.
@@ -87,7 +89,8 @@ struct Sim<'a> {
     /// Learned gaps per (pool, shape), for `auto`.
     stats: BTreeMap<ShapeKey, GapSummary>,
     /// When instances that expired had gone idle, per (pool, shape), latest last: the next
-    /// run of that shape that launches a machine closes the gap of the latest.
+    /// run of that shape that launches a machine settles the guard's account of all of
+    /// them and closes the gap of the latest for the histogram.
     expired_since: HashMap<ShapeKey, Vec<Expired>>,
     timeline: Vec<Sample>,
     cost: f64,
@@ -291,9 +294,19 @@ impl Sim<'_> {
         // A run that launches a machine closes the gap of the latest instance of its
         // shape that expired: that instance would have served it.
         let key = (run.pool.clone(), shape(&offer));
-        if let Some((since, idle)) = self.expired_since.get_mut(&key).and_then(Vec::pop) {
-            let gap = Duration::from_millis((t - since).max(0) as u64);
-            self.stats.entry(key).or_default().gap_after_expiry(idle, gap, self.config.boot);
+        // Every expired instance of the shape now knows its gap was at least this long:
+        // the guard settles them all.
+        if let Some(expired) = self.expired_since.get_mut(&key) {
+            let stats = self.stats.entry(key).or_default();
+            let gap = |since: i64| Duration::from_millis((t - since).max(0) as u64);
+            for (since, idle) in expired.iter_mut() {
+                if let Some(idle) = idle.take() {
+                    stats.settle(idle, gap(*since), self.config.boot);
+                }
+            }
+            if let Some((since, _)) = expired.pop() {
+                stats.observe(gap(since));
+            }
         }
         let i = self.insts.len();
         let mut status = InstanceStatus {
@@ -378,7 +391,12 @@ impl Sim<'_> {
                 if let Some(d) = &decision {
                     self.stats.entry(key.clone()).or_default().close_expired(d, self.config.boot);
                 }
-                self.expired_since.entry(key).or_default().push((since, decision.map(|d| d.idle)));
+                let expired = self.expired_since.entry(key).or_default();
+                expired.push((since, decision.map(|d| d.idle)));
+                if expired.len() > MAX_EXPIRED_KEPT {
+                    // Oldest first: settle them as if no run ever came (no change).
+                    expired.remove(0);
+                }
             }
             Step::IdleUntil(Some(at)) => self.queue.push(Reverse((ms_of(at), Event::Deadline(i, spell)))),
             _ => {}

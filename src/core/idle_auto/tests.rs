@@ -192,3 +192,16 @@ fn a_gap_learned_after_expiry_gives_the_planner_its_true_share() {
     s.gap_after_expiry(None, secs(60.0), BOOT);
     assert_eq!((s.gaps(), s.bound_cost), (2, 180.0));
 }
+
+#[test]
+fn settling_counts_the_known_gap_but_never_less_than_at_expiry() {
+    let mut s = GapSummary::default();
+    s.settle(secs(60.0), secs(100.0), BOOT);
+    assert_eq!(s.bound_cost, 40.0, "min(100, 180) - min(60, 180)");
+    s.settle(secs(60.0), secs(10_000.0), BOOT);
+    assert_eq!(s.bound_cost, 40.0 + 120.0);
+    // A gap shorter than the idle time cannot be: nothing changes.
+    s.settle(secs(60.0), secs(30.0), BOOT);
+    assert_eq!(s.bound_cost, 160.0);
+    assert_eq!(s.gaps(), 0, "settling alone does not feed the histogram");
+}
