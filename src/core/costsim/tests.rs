@@ -156,3 +156,25 @@ fn quantiles_by_nearest_rank() {
     assert_eq!(quantile(&v, 0.99), 99.0);
     assert_eq!(quantile(&[], 0.5), 0.0);
 }
+
+/// Sweeps of 12 and of 4 runs, 6 hours apart: every instance that expired after a sweep
+/// learns its gap at the next sweep's first launch, also the ones that no run of a
+/// smaller sweep replaces, so the 2× guard earns its slack back and auto learns to tear
+/// instances down at once.
+#[test]
+fn auto_learns_to_tear_down_between_sweeps() {
+    let mut csv = String::from("arrival,duration,gpu\n");
+    for sweep in 0..16 {
+        let size = if sweep % 2 == 0 { 12 } else { 4 };
+        for k in 0..size {
+            csv.push_str(&format!("{},{},A100:1\n", sweep * 6 * 3600, 600 + 60 * k));
+        }
+    }
+    let trace = parse_trace(&csv).unwrap();
+    let ski = simulate(&trace, &config(), &Policy::SkiRental);
+    let auto = simulate(&trace, &config(), &Policy::Auto);
+    let none = simulate(&trace, &config(), &Policy::NoReuse);
+    let ratio = auto.total_cost / ski.total_cost;
+    assert!(ratio < 0.92, "auto {} vs ski-rental {} ({ratio:.3})", auto.total_cost, ski.total_cost);
+    assert!(auto.total_cost >= none.total_cost, "nothing beats no-reuse here");
+}
