@@ -1,7 +1,9 @@
 //! Pure, sans-IO decisions: observed objects, offers and `now` in; actions out.
 //! No client, no clock.
 
+pub mod costsim;
 pub mod gc;
+pub mod idle_auto;
 pub mod instance;
 pub mod matching;
 pub mod offers;

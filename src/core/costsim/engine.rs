@@ -1,0 +1,439 @@
+//! The event loop of the simulator: virtual time in milliseconds, kpool's decisions at
+//! every event.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::{quantile, Config, Policy, PolicyReport, Sample, TraceRun};
+use crate::api::instance::{InstancePhase, InstanceStatus, JobRef};
+use crate::api::offer::Offer;
+use crate::api::run::RunStatus;
+use crate::backends::{Machine, MachineState};
+use crate::core::idle_auto::{AutoDecision, GapSummary};
+use crate::core::instance::{self, Step};
+use crate::core::matching::{assign, IdleInstance, PendingRun};
+use crate::core::offers::rank_offers;
+use crate::core::policy::{EffectivePolicy, Origin};
+use crate::core::run::{no_fit, NoFit};
+
+const NAMESPACE: &str = "sim";
+/// Expired instances whose gap is still unknown, kept per shape.
+const MAX_EXPIRED_KEPT: usize = 1000;
+
+/// Events at the same moment run in this order: runs end (freeing machines), machines
+/// become ready, idle deadlines fall due, then runs arrive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    /// The run on instance `.0` ends.
+    Finish(usize),
+    Ready(usize),
+    /// An idle deadline of instance `.0`, set during its idle spell `.1`.
+    Deadline(usize, u64),
+    Arrive(usize),
+}
+
+struct Inst {
+    name: String,
+    pool: String,
+    offer: Offer,
+    status: InstanceStatus,
+    policy: EffectivePolicy,
+    launched: i64,
+    terminated: Option<i64>,
+    /// The run this machine was launched for, until it takes it.
+    reserved_for: Option<usize>,
+    busy_ms: i64,
+    /// Counts idle spells, so a deadline of an earlier spell is ignored.
+    spell: u64,
+    /// The `auto` decision of the current idle spell.
+    decision: Option<AutoDecision>,
+}
+
+/// (pool, shape of the offer): what gap statistics are kept by.
+type ShapeKey = (String, String);
+
+/// An instance that expired: when it had gone idle (ms) and its `auto` deadline, if any.
+type Expired = (i64, Option<Duration>);
+
+fn shape(offer: &Offer) -> String {
+    format!("{}/{}/{}{}", offer.backend, offer.region, offer.instance_type, if offer.spot { "/spot" } else { "" })
+}
+
+fn ts(ms: i64) -> Timestamp {
+    Timestamp::from_millisecond(ms).unwrap_or(Timestamp::MAX)
+}
+
+fn ms_of(t: Timestamp) -> i64 {
+    t.as_millisecond()
+}
+
+fn secs_to_ms(s: f64) -> i64 {
+    (s * 1000.0).round() as i64
+}
+
+struct Sim<'a> {
+    trace: &'a [TraceRun],
+    config: &'a Config,
+    policy: &'a Policy,
+    boot_ms: i64,
+    queue: BinaryHeap<Reverse<(i64, Event)>>,
+    insts: Vec<Inst>,
+    run_policy: EffectivePolicy,
+    started: Vec<Option<i64>>,
+    reused: usize,
+    unplaceable: usize,
+    /// Learned gaps per (pool, shape), for `auto`.
+    stats: BTreeMap<ShapeKey, GapSummary>,
+    /// When instances that expired had gone idle, per (pool, shape), latest last: the next
+    /// run of that shape that launches a machine settles the guard's account of all of
+    /// them and closes the gap of the latest for the histogram.
+    expired_since: HashMap<ShapeKey, Vec<Expired>>,
+    timeline: Vec<Sample>,
+    cost: f64,
+    last_t: i64,
+    /// For [`Policy::Clairvoyant`]: runs by (pool, shape of their cheapest offer), in
+    /// arrival order, and whether an idle instance already waits for each.
+    future: HashMap<ShapeKey, Vec<usize>>,
+    promised: Vec<bool>,
+}
+
+/// Replays `trace` under `policy` and reports what it cost.
+pub fn simulate(trace: &[TraceRun], config: &Config, policy: &Policy) -> PolicyReport {
+    let mut sim = Sim {
+        trace,
+        config,
+        policy,
+        boot_ms: config.boot.as_millis() as i64,
+        queue: BinaryHeap::new(),
+        insts: Vec::new(),
+        run_policy: EffectivePolicy::defaults(Origin::Run),
+        started: vec![None; trace.len()],
+        reused: 0,
+        unplaceable: 0,
+        stats: BTreeMap::new(),
+        expired_since: HashMap::new(),
+        timeline: Vec::new(),
+        cost: 0.0,
+        last_t: 0,
+        future: HashMap::new(),
+        promised: vec![false; trace.len()],
+    };
+    if *policy == Policy::Clairvoyant {
+        let mut order: Vec<usize> = (0..trace.len()).collect();
+        order.sort_by(|&a, &b| trace[a].arrival.total_cmp(&trace[b].arrival).then(a.cmp(&b)));
+        for r in order {
+            if let Some(offer) = sim.cheapest(r) {
+                sim.future.entry((trace[r].pool.clone(), shape(&offer))).or_default().push(r);
+            }
+        }
+    }
+    for (i, r) in trace.iter().enumerate() {
+        sim.queue.push(Reverse((secs_to_ms(r.arrival), Event::Arrive(i))));
+    }
+    sim.run();
+    sim.report()
+}
+
+impl Sim<'_> {
+    fn run(&mut self) {
+        let mut end_of_work = 0;
+        while let Some(Reverse((t, event))) = self.queue.pop() {
+            self.advance(t);
+            match event {
+                Event::Finish(r) => {
+                    end_of_work = end_of_work.max(t);
+                    self.finish(r, t);
+                }
+                Event::Ready(i) => self.ready(i, t),
+                Event::Deadline(i, spell) => self.deadline(i, spell, t),
+                Event::Arrive(r) => {
+                    let mut batch = vec![r];
+                    while let Some(Reverse((t2, Event::Arrive(r2)))) = self.queue.peek().copied() {
+                        if t2 != t {
+                            break;
+                        }
+                        self.queue.pop();
+                        batch.push(r2);
+                    }
+                    self.arrive(&batch, t);
+                }
+            }
+            if self.queue.peek().is_none_or(|Reverse((t2, _))| *t2 != t) {
+                self.sample(t);
+            }
+        }
+        // Keep-forever machines: billed until the last run ended.
+        let end = end_of_work.max(self.last_t);
+        self.advance(end);
+        for inst in &mut self.insts {
+            if inst.terminated.is_none() {
+                inst.terminated = Some(end);
+            }
+        }
+        self.sample(end);
+    }
+
+    /// Bills the live machines up to `t`.
+    fn advance(&mut self, t: i64) {
+        if t > self.last_t {
+            let rate: f64 = self.insts.iter().filter(|i| i.terminated.is_none()).map(|i| i.offer.price).sum();
+            self.cost += rate * (t - self.last_t) as f64 / 3_600_000.0;
+            self.last_t = t;
+        }
+    }
+
+    fn sample(&mut self, t: i64) {
+        let live: Vec<&Inst> = self.insts.iter().filter(|i| i.terminated.is_none()).collect();
+        let idle = live.iter().filter(|i| i.status.phase == InstancePhase::Idle).count() as u32;
+        let busy = live.iter().filter(|i| i.status.phase == InstancePhase::Busy).count() as u32;
+        self.timeline.push(Sample { t: t as f64 / 1000.0, live: live.len() as u32, idle, busy, cost: self.cost });
+    }
+
+    fn job(&self, r: usize) -> JobRef {
+        JobRef { run: format!("r{r}"), run_uid: format!("uid-{r}"), attempt: 0 }
+    }
+
+    fn arrive(&mut self, batch: &[usize], t: i64) {
+        let mut order = batch.to_vec();
+        order.sort_by_key(|&r| (Reverse(self.trace[r].priority), secs_to_ms(self.trace[r].arrival), r));
+        let pending: Vec<PendingRun> = order
+            .iter()
+            .map(|&r| PendingRun {
+                name: format!("r{r}"),
+                namespace: NAMESPACE.into(),
+                pool: self.trace[r].pool.clone(),
+                requirements: self.trace[r].requirements.clone(),
+                policy: self.run_policy.clone(),
+                pinned_instance: None,
+            })
+            .collect();
+        let idle_idx: Vec<usize> = (0..self.insts.len())
+            .filter(|&i| self.insts[i].status.phase == InstancePhase::Idle && self.insts[i].terminated.is_none())
+            .collect();
+        let idle: Vec<IdleInstance> = idle_idx
+            .iter()
+            .map(|&i| IdleInstance {
+                name: self.insts[i].name.clone(),
+                namespace: NAMESPACE.into(),
+                pool: self.insts[i].pool.clone(),
+                offer: self.insts[i].offer.clone(),
+                reserved_for: self.insts[i].reserved_for.map(|r| format!("r{r}")),
+            })
+            .collect();
+        let matched = assign(&pending, &idle);
+        let mut placed = vec![false; order.len()];
+        for (p, k) in matched {
+            placed[p] = true;
+            self.reused += 1;
+            self.take(idle_idx[k], order[p], t);
+        }
+        for (p, &r) in order.iter().enumerate() {
+            if !placed[p] {
+                self.provision(r, t);
+            }
+        }
+    }
+
+    /// Instance `i` (idle) takes run `r` now.
+    fn take(&mut self, i: usize, r: usize, t: i64) {
+        if let Some(d) = self.insts[i].decision.take() {
+            let since = self.insts[i].status.idle_since.as_ref().map(|s| ms_of(s.0)).unwrap_or(t);
+            let gap = Duration::from_millis((t - since).max(0) as u64);
+            let key = (self.insts[i].pool.clone(), shape(&self.insts[i].offer));
+            self.stats.entry(key).or_default().close_reused(&d, gap, self.config.boot);
+        }
+        let job = self.job(r);
+        let inst = &mut self.insts[i];
+        instance::claim(&mut inst.status, job);
+        inst.reserved_for = None;
+        self.started[r] = Some(t);
+        let end = t + secs_to_ms(self.trace[r].duration);
+        self.insts[i].busy_ms += end - t;
+        self.queue.push(Reverse((end, Event::Finish(i))));
+    }
+
+    /// The offer a machine for run `r` is launched from.
+    fn cheapest(&self, r: usize) -> Option<Offer> {
+        rank_offers(&self.config.catalog, &self.trace[r].requirements, &self.run_policy, 1).into_iter().next()
+    }
+
+    /// How long [`Policy::Clairvoyant`] keeps instance `i`, idle from `t`.
+    fn clairvoyant(&mut self, i: usize, t: i64) -> Duration {
+        let key = (self.insts[i].pool.clone(), shape(&self.insts[i].offer));
+        let Some(runs) = self.future.get(&key) else {
+            return Duration::ZERO;
+        };
+        let from = runs.partition_point(|&r| secs_to_ms(self.trace[r].arrival) < t);
+        let next = runs[from..].iter().copied().find(|&r| !self.promised[r]);
+        match next {
+            Some(r) if secs_to_ms(self.trace[r].arrival) - t < self.boot_ms => {
+                self.promised[r] = true;
+                // One millisecond past the arrival: deadlines fall due before arrivals of
+                // the same moment.
+                Duration::from_millis((secs_to_ms(self.trace[r].arrival) - t + 1) as u64)
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
+    fn provision(&mut self, r: usize, t: i64) {
+        let run = &self.trace[r];
+        let status = RunStatus { submitted_at: Some(Time(ts(t))), ..RunStatus::default() };
+        if no_fit(&status, &self.run_policy, &run.pool, true, None, ts(t)) != NoFit::Provision {
+            self.unplaceable += 1;
+            return;
+        }
+        let Some(offer) = self.cheapest(r) else {
+            self.unplaceable += 1;
+            return;
+        };
+        // A run that launches a machine closes the gap of the latest instance of its
+        // shape that expired: that instance would have served it.
+        let key = (run.pool.clone(), shape(&offer));
+        // Every expired instance of the shape now knows its gap was at least this long:
+        // the guard settles them all.
+        if let Some(expired) = self.expired_since.get_mut(&key) {
+            let stats = self.stats.entry(key).or_default();
+            let gap = |since: i64| Duration::from_millis((t - since).max(0) as u64);
+            for (since, idle) in expired.iter_mut() {
+                if let Some(idle) = idle.take() {
+                    stats.settle(idle, gap(*since), self.config.boot);
+                }
+            }
+            if let Some((since, _)) = expired.pop() {
+                stats.observe(gap(since));
+            }
+        }
+        let i = self.insts.len();
+        let mut status = InstanceStatus {
+            machine_name: Some(format!("m{i}")),
+            pool: Some(run.pool.clone()),
+            ..InstanceStatus::default()
+        };
+        instance::start_provisioning(&mut status, offer.clone(), ts(t));
+        self.insts.push(Inst {
+            name: format!("i{i:07}"),
+            pool: run.pool.clone(),
+            offer,
+            status,
+            policy: self.run_policy.clone(),
+            launched: t,
+            terminated: None,
+            reserved_for: Some(r),
+            busy_ms: 0,
+            spell: 0,
+            decision: None,
+        });
+        self.queue.push(Reverse((t + self.boot_ms, Event::Ready(i))));
+    }
+
+    fn ready(&mut self, i: usize, t: i64) {
+        let machine = Machine {
+            name: format!("m{i}"),
+            provider_id: format!("sim-{i}"),
+            state: MachineState::Running,
+            address: None,
+            tags: Default::default(),
+        };
+        instance::launched(&mut self.insts[i].status, &machine, ts(t));
+        if let Some(r) = self.insts[i].reserved_for {
+            self.take(i, r, t);
+        }
+    }
+
+    fn finish(&mut self, i: usize, t: i64) {
+        let foreseen = if *self.policy == Policy::Clairvoyant { self.clairvoyant(i, t) } else { Duration::ZERO };
+        let inst = &mut self.insts[i];
+        instance::release(&mut inst.status, ts(t));
+        inst.spell += 1;
+        let limit = match self.policy {
+            Policy::NoReuse => Some(Duration::ZERO),
+            Policy::Fixed(d) => Some(*d),
+            Policy::KeepForever => None,
+            Policy::SkiRental => Some(self.config.boot),
+            Policy::Clairvoyant => Some(foreseen),
+            Policy::Auto => {
+                let key = (inst.pool.clone(), shape(&inst.offer));
+                let stats = self.stats.entry(key).or_default();
+                let d = stats.decide(self.config.boot);
+                stats.open(&d);
+                let idle = d.idle;
+                inst.decision = Some(d);
+                Some(idle)
+            }
+        };
+        inst.policy.idle_duration = limit;
+        let spell = inst.spell;
+        self.check_idle(i, spell, t);
+    }
+
+    fn deadline(&mut self, i: usize, spell: u64, t: i64) {
+        if self.insts[i].spell == spell && self.insts[i].status.phase == InstancePhase::Idle {
+            self.check_idle(i, spell, t);
+        }
+    }
+
+    /// Asks kpool's instance state machine what an idle instance does now.
+    fn check_idle(&mut self, i: usize, spell: u64, t: i64) {
+        let inst = &mut self.insts[i];
+        match instance::next_step(&inst.status, &inst.policy, ts(t)) {
+            Step::Expire => {
+                instance::terminate(&mut inst.status);
+                instance::gone(&mut inst.status);
+                inst.terminated = Some(t);
+                let key = (inst.pool.clone(), shape(&inst.offer));
+                let since = inst.status.idle_since.as_ref().map(|s| ms_of(s.0)).unwrap_or(t);
+                let decision = inst.decision.take();
+                if let Some(d) = &decision {
+                    self.stats.entry(key.clone()).or_default().close_expired(d, self.config.boot);
+                }
+                let expired = self.expired_since.entry(key).or_default();
+                expired.push((since, decision.map(|d| d.idle)));
+                if expired.len() > MAX_EXPIRED_KEPT {
+                    // Oldest first: settle them as if no run ever came (no change).
+                    expired.remove(0);
+                }
+            }
+            Step::IdleUntil(Some(at)) => self.queue.push(Reverse((ms_of(at), Event::Deadline(i, spell)))),
+            _ => {}
+        }
+    }
+
+    fn report(self) -> PolicyReport {
+        let waits: Vec<f64> = self
+            .started
+            .iter()
+            .zip(self.trace)
+            .filter_map(|(s, r)| s.map(|s| (s - secs_to_ms(r.arrival)) as f64 / 1000.0))
+            .collect();
+        let mut total = 0.0;
+        let mut idle_cost = 0.0;
+        let mut boot_cost = 0.0;
+        for inst in &self.insts {
+            let life = inst.terminated.unwrap_or(self.last_t) - inst.launched;
+            let boot = self.boot_ms.min(life);
+            let rate = inst.offer.price / 3_600_000.0;
+            total += rate * life as f64;
+            boot_cost += rate * boot as f64;
+            idle_cost += rate * (life - boot - inst.busy_ms).max(0) as f64;
+        }
+        PolicyReport {
+            policy: self.policy.name(),
+            total_cost: total,
+            idle_cost,
+            boot_cost,
+            launched: self.insts.len(),
+            runs: waits.len(),
+            reused: self.reused,
+            unplaceable: self.unplaceable,
+            wait_p50: quantile(&waits, 0.5),
+            wait_p99: quantile(&waits, 0.99),
+            waits,
+            timeline: self.timeline,
+        }
+    }
+}
