@@ -29,6 +29,7 @@ async fn pool_cmd(h: &Harness, line: &str, answer: Option<&str>) -> Result<Strin
         Command::Logs(a) => cli::logs::logs(a, &client, NS, &mut term).await,
         Command::Add(a) => cli::instances::add(a, Some(&client), NS, &mut term).await,
         Command::List => cli::pools::list(&client, NS, &mut term).await,
+        Command::Queue(a) => cli::pools::queue(a, &client, NS, &mut term).await,
         Command::Create(a) => cli::pools::create(a, &client, NS, &mut term).await,
         Command::Delete(a) => cli::pools::delete(a, &client, NS, &mut term).await,
         Command::SetDefault { name } => cli::pools::set_default(name, &client, NS, &mut term).await,
@@ -162,14 +163,14 @@ fn plugin(args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn every_command_has_help_with_examples() {
-    for cmd in ["offers", "add", "ps", "remove", "create"] {
+    for cmd in ["offers", "add", "ps", "remove", "create", "queue"] {
         let (code, out, _) = plugin(&[cmd, "--help"]);
         assert_eq!(code, 0, "{cmd}");
         assert!(out.contains("Examples") || out.contains("Example:"), "{cmd}: {out}");
     }
     let (code, out, _) = plugin(&["--help"]);
     assert_eq!(code, 0);
-    for cmd in ["offers", "add", "ps", "remove", "list", "create", "delete", "set-default"] {
+    for cmd in ["offers", "add", "ps", "remove", "list", "queue", "create", "delete", "set-default"] {
         assert!(out.contains(cmd), "{cmd} missing from {out}");
     }
 }
@@ -409,4 +410,33 @@ async fn add_ssh_records_a_declared_host_key_and_rejects_a_bad_one() {
     std::fs::remove_file(&key).unwrap();
     let hosts = h.api::<Backend>().get("ssh").await.unwrap().spec.ssh.unwrap().hosts;
     assert_eq!(hosts[0].host_key.as_deref(), Some(line));
+}
+
+#[tokio::test]
+async fn queue_lists_waiting_runs_by_priority_then_age_with_why_they_wait() {
+    let h = Harness::new().await;
+    two_instances(&h).await;
+    let reuse = kpool::api::policy::PolicySpec {
+        creation_policy: Some(kpool::api::policy::CreationPolicy::Reuse),
+        ..Default::default()
+    };
+    for (name, priority) in [("a-first", 0), ("b-second", 0), ("z-urgent", 5)] {
+        h.run(name, RunSpec { resources: cpu("16.."), policy: reuse.clone(), priority, ..Default::default() }).await;
+    }
+    h.settle(2).await;
+    let out = pool_cmd(&h, "queue", None).await.unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("POOL") && lines[0].contains("PRIORITY"), "{out}");
+    let order: Vec<&str> = lines[1..].iter().map(|l| l.split_whitespace().nth(2).unwrap()).collect();
+    assert_eq!(order, ["z-urgent", "a-first", "b-second"], "{out}");
+    assert!(lines[1].contains("NoIdleInstance"), "the reason: {out}");
+    assert!(!out.contains("train"), "a running run does not wait: {out}");
+
+    let json: serde_json::Value = serde_json::from_str(&pool_cmd(&h, "queue -o json", None).await.unwrap()).unwrap();
+    let items = json["items"].as_array().unwrap();
+    let positions: Vec<(String, u64)> =
+        items.iter().map(|i| (i["run"].as_str().unwrap().to_string(), i["position"].as_u64().unwrap())).collect();
+    assert_eq!(positions[0], ("z-urgent".to_string(), 1));
+    assert_eq!(positions[2], ("b-second".to_string(), 3));
+    assert_eq!(pool_cmd(&h, "queue --pool other", None).await.unwrap(), "No run waits in namespace ml.\n");
 }

@@ -62,6 +62,9 @@ pub enum Command {
     /// A run's output, following it while it runs with -f.
     #[command(after_help = "Examples:\n  kubectl pool logs finetune\n  kubectl pool logs finetune -f")]
     Logs(LogsArgs),
+    /// The runs waiting in each pool's queue, in the order they will be served.
+    #[command(after_help = "Examples:\n  kubectl pool queue\n  kubectl pool queue --pool training -o json")]
+    Queue(QueueArgs),
     /// List the namespace's pools.
     List,
     /// Create a pool.
@@ -180,6 +183,16 @@ pub struct PsArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = PsFormat::Table)]
     pub output: PsFormat,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct QueueArgs {
+    /// Only this pool.
+    #[arg(long)]
+    pub pool: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
 }
 
 #[derive(clap::Args, Debug)]

@@ -342,7 +342,7 @@ async fn place(
 /// a wrong guess costs a 409 and a retry, never a placement that does not fit, since
 /// this run's own requirements and policy decide what it may take.
 fn pick_in_queue(pending: &PendingRun, run: &Run, runs: &[Run], idle: &[IdleInstance]) -> Option<usize> {
-    let key = queue_key;
+    let key = sm::queue_key;
     let me = key(run);
     let mut queue: Vec<(_, PendingRun)> = runs
         .iter()
@@ -375,18 +375,12 @@ fn pick_in_queue(pending: &PendingRun, run: &Run, runs: &[Run], idle: &[IdleInst
     assign(&queue, idle).into_iter().find(|&(r, _)| r == last).map(|(_, i)| i)
 }
 
-/// A run's place in its pool's queue (smaller first): priority (higher first), then age,
-/// then name.
-pub fn queue_key(r: &Run) -> (std::cmp::Reverse<i32>, Option<Timestamp>, String) {
-    (std::cmp::Reverse(r.spec.priority), r.metadata.creation_timestamp.clone().map(|t| t.0), r.name_any())
-}
-
 /// How many runs ahead of `run` in the queue of pool `pool` wait for room in it (their
 /// `Scheduled` condition says `PoolAtCapacity` and nothing is provisioned for them yet):
 /// the pool's free slots are theirs first, so that small newcomers cannot keep taking the
 /// slot an older or more urgent run waits for.
 fn ahead_waiting_for_room(run: &Run, runs: &[Run], pool: &str) -> usize {
-    let me = queue_key(run);
+    let me = sm::queue_key(run);
     runs.iter()
         .filter(|r| r.name_any() != run.name_any() && r.metadata.deletion_timestamp.is_none() && !r.spec.stop)
         .filter(|r| {
@@ -398,7 +392,7 @@ fn ahead_waiting_for_room(run: &Run, runs: &[Run], pool: &str) -> usize {
                     && find(&s.conditions, "Scheduled").is_some_and(|c| c.reason == "PoolAtCapacity")
             })
         })
-        .filter(|r| queue_key(r) < me)
+        .filter(|r| sm::queue_key(r) < me)
         .count()
 }
 

@@ -37,6 +37,21 @@ pub fn retry_deadline(status: &RunStatus, policy: &EffectivePolicy, event: Retry
     Some(add(from, r.duration))
 }
 
+/// A run's place in its pool's queue (smaller first): priority (higher first), then age,
+/// then name.
+pub fn queue_key(r: &crate::api::run::Run) -> (std::cmp::Reverse<i32>, Option<Timestamp>, String) {
+    let name = r.metadata.name.clone().unwrap_or_default();
+    (std::cmp::Reverse(r.spec.priority), r.metadata.creation_timestamp.clone().map(|t| t.0), name)
+}
+
+/// Whether `r` waits in its pool's queue: not on an instance (it may be provisioning
+/// one), not ended, not stopped, not being deleted.
+pub fn is_waiting(r: &crate::api::run::Run) -> bool {
+    r.metadata.deletion_timestamp.is_none()
+        && !r.spec.stop
+        && r.status.as_ref().is_none_or(|s| s.instance.is_none() && !s.phase.is_finished())
+}
+
 /// Decides what to do when no idle instance in the pool fits the run.
 pub fn no_fit(
     status: &RunStatus,
