@@ -271,10 +271,15 @@ fn phase(i: &Instance) -> InstancePhase {
     i.status.as_ref().map(|s| s.phase).unwrap_or_default()
 }
 
+/// One test of this file at a time: with two controllers and the control plane on two
+/// cores, the pool controller's count of `gpu` was seen stale for over 60 s (likely a pool
+/// reconcile that read the instance cache before it had the change, and no later event).
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A test's namespace on the suite's cluster, with a `kpool` controller watching it, a
 /// `kubernetes` Backend `cluster` of the kwok nodes (at [`PRICE`]), and a user whose
 /// kubeconfig names the namespace. Fields drop in order: the terminals, then the cleanup
-/// while the controller still runs, then the controller.
+/// while the controller still runs, then the controller, then the turn.
 struct Setup {
     tmux: Tmux,
     user: User,
@@ -282,10 +287,12 @@ struct Setup {
     controller: Controller,
     client: kube::Client,
     ns: String,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl Setup {
     async fn new(prefix: &str) -> Setup {
+        let turn = TURN.lock().await;
         let cluster = cluster();
         cluster.install_crds();
         let client = cluster.client().await;
@@ -311,7 +318,7 @@ impl Setup {
             async move { (http_status(port, "/readyz").await == Some(200)).then_some(()) }
         })
         .await;
-        Setup { tmux, user, _cleanup: cleanup, controller, client, ns }
+        Setup { tmux, user, _cleanup: cleanup, controller, client, ns, _turn: turn }
     }
 }
 
