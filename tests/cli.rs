@@ -34,6 +34,13 @@ async fn pool_cmd(h: &Harness, line: &str, answer: Option<&str>) -> Result<Strin
         Command::Delete(a) => cli::pools::delete(a, &client, NS, &mut term).await,
         Command::SetDefault { name } => cli::pools::set_default(name, &client, NS, &mut term).await,
         Command::Offers(a) => cli::offers::run(a, Some(&client), NS, &mut term).await,
+        // Driven at length in tests/cli_run.rs; here as the binary runs it, output included.
+        Command::Run(a) => {
+            let logs = cli::logs::executor(&client);
+            let interrupt = std::pin::pin!(std::future::pending::<()>());
+            let follow = cli::run::Follow { logs: &logs, interrupt, poll: std::time::Duration::from_millis(50) };
+            cli::run::run(a, &client, NS, &mut term, follow).await.map(drop)
+        }
     };
     r.map(|_| String::from_utf8(out).unwrap())
 }
@@ -163,14 +170,14 @@ fn plugin(args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn every_command_has_help_with_examples() {
-    for cmd in ["offers", "add", "ps", "remove", "create", "queue"] {
+    for cmd in ["offers", "add", "ps", "remove", "create", "queue", "run"] {
         let (code, out, _) = plugin(&[cmd, "--help"]);
         assert_eq!(code, 0, "{cmd}");
         assert!(out.contains("Examples") || out.contains("Example:"), "{cmd}: {out}");
     }
     let (code, out, _) = plugin(&["--help"]);
     assert_eq!(code, 0);
-    for cmd in ["offers", "add", "ps", "remove", "list", "queue", "create", "delete", "set-default"] {
+    for cmd in ["offers", "add", "ps", "remove", "list", "queue", "create", "delete", "set-default", "run"] {
         assert!(out.contains(cmd), "{cmd} missing from {out}");
     }
 }

@@ -27,7 +27,7 @@ use kpool::api::resources::ResourcesSpec;
 use kpool::api::run::{Run, RunPhase, RunSpec};
 use kube::api::{Api, ListParams, PostParams};
 use kube::ResourceExt;
-use support_kube::{cluster, describe, eventually, Cluster};
+use support_kube::{cluster, describe, eventually, exit_job, job_pod, Cluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -196,6 +196,12 @@ impl Tmux {
         assert!(out.status.success(), "tmux send-keys failed: {}", describe(&out));
     }
 
+    /// Presses `key` (tmux's names: `C-c` is Ctrl-C).
+    fn press(&self, name: &str, key: &str) {
+        let out = self.cmd().args(["send-keys", "-t", name, key]).output().expect("run tmux");
+        assert!(out.status.success(), "tmux send-keys failed: {}", describe(&out));
+    }
+
     /// The screen, once it shows `text`.
     async fn wait_for(&self, name: &str, text: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
@@ -265,34 +271,63 @@ fn phase(i: &Instance) -> InstancePhase {
     i.status.as_ref().map(|s| s.phase).unwrap_or_default()
 }
 
+/// One test of this file at a time: with two controllers and the control plane on two
+/// cores, the pool controller's count of `gpu` was seen stale for over 60 s (likely a pool
+/// reconcile that read the instance cache before it had the change, and no later event).
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A test's namespace on the suite's cluster, with a `kpool` controller watching it, a
+/// `kubernetes` Backend `cluster` of the kwok nodes (at [`PRICE`]), and a user whose
+/// kubeconfig names the namespace. Fields drop in order: the terminals, then the cleanup
+/// while the controller still runs, then the controller, then the turn.
+struct Setup {
+    tmux: Tmux,
+    user: User,
+    _cleanup: Cleanup<'static>,
+    controller: Controller,
+    client: kube::Client,
+    ns: String,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl Setup {
+    async fn new(prefix: &str) -> Setup {
+        let turn = TURN.lock().await;
+        let cluster = cluster();
+        cluster.install_crds();
+        let client = cluster.client().await;
+        let ns = cluster.namespace(prefix).await;
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(&ns);
+        std::fs::create_dir_all(&dir).unwrap();
+
+        // The controller, in the background for the whole test.
+        let port = free_port();
+        let mut controller = Controller::start(cluster, &ns, port, dir.join("kpool.log"));
+        let cleanup = Cleanup { cluster, namespace: ns.clone() };
+        let user = User::new(cluster, &ns, &dir);
+        let tmux = Tmux { socket: dir.join("tmux.sock") };
+
+        // Machines come from the cluster's own (kwok) nodes.
+        let backends: Api<Backend> = Api::namespaced(client.clone(), &ns);
+        let kubernetes = KubernetesBackendConfig { price_per_hour: Some(PRICE), ..Default::default() };
+        let spec = BackendSpec { type_: BackendType::Kubernetes, kubernetes: Some(kubernetes), ..Default::default() };
+        backends.create(&PostParams::default(), &Backend::new("cluster", spec)).await.expect("create the Backend");
+
+        eventually("kpool's /readyz", WAIT, || {
+            controller.assert_running();
+            async move { (http_status(port, "/readyz").await == Some(200)).then_some(()) }
+        })
+        .await;
+        Setup { tmux, user, _cleanup: cleanup, controller, client, ns, _turn: turn }
+    }
+}
+
 #[tokio::test]
 async fn kubectl_pool_drives_a_kpool_controller_on_a_real_api_server() {
     let started = Instant::now();
-    let cluster = cluster();
-    cluster.install_crds();
-    let client = cluster.client().await;
-    let ns = cluster.namespace("kpool-cli").await;
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(&ns);
-    std::fs::create_dir_all(&dir).unwrap();
-
-    // The controller, in the background for the whole test.
-    let port = free_port();
-    let mut controller = Controller::start(cluster, &ns, port, dir.join("kpool.log"));
-    let _cleanup = Cleanup { cluster, namespace: ns.clone() };
-    let user = User::new(cluster, &ns, &dir);
-    let tmux = Tmux { socket: dir.join("tmux.sock") };
-
-    // Machines come from the cluster's own (kwok) nodes.
-    let backends: Api<Backend> = Api::namespaced(client.clone(), &ns);
-    let kubernetes = KubernetesBackendConfig { price_per_hour: Some(PRICE), ..Default::default() };
-    let spec = BackendSpec { type_: BackendType::Kubernetes, kubernetes: Some(kubernetes), ..Default::default() };
-    backends.create(&PostParams::default(), &Backend::new("cluster", spec)).await.expect("create the Backend");
-
-    eventually("kpool's /readyz", WAIT, || {
-        controller.assert_running();
-        async move { (http_status(port, "/readyz").await == Some(200)).then_some(()) }
-    })
-    .await;
+    let mut setup = Setup::new("kpool-cli").await;
+    let (client, ns, user, tmux) = (setup.client.clone(), setup.ns.clone(), &setup.user, &setup.tmux);
+    let controller = &mut setup.controller;
 
     // --- Pools: create, list, set-default. ---
     let pools: Api<Pool> = Api::namespaced(client.clone(), &ns);
@@ -328,7 +363,7 @@ async fn kubectl_pool_drives_a_kpool_controller_on_a_real_api_server() {
 
     // --- add at a terminal: the offers, then `n`: nothing is created. ---
     let instances: Api<Instance> = Api::namespaced(client.clone(), &ns);
-    tmux.start("no", &user, "kubectl pool add --gpu 80GB");
+    tmux.start("no", user, "kubectl pool add --gpu 80GB");
     let screen = tmux.wait_for("no", "Continue? [y/n]:", WAIT).await;
     assert!(screen.contains("Pool:         gpu\n"), "{screen}");
     assert!(screen.contains("Requirements: cpu=2.. mem=8GB.. disk=100GB.. gpu=80GB:1..\n"), "{screen}");
@@ -349,7 +384,7 @@ async fn kubectl_pool_drives_a_kpool_controller_on_a_real_api_server() {
     assert!(instances.list(&ListParams::default()).await.unwrap().items.is_empty(), "`n` created an Instance");
 
     // --- add at a terminal, `y`: created, followed until idle. ---
-    tmux.start("yes", &user, "kubectl pool add --gpu 80GB");
+    tmux.start("yes", user, "kubectl pool add --gpu 80GB");
     tmux.wait_for("yes", "Continue? [y/n]:", WAIT).await;
     tmux.type_line("yes", "y");
     let screen = tmux.wait_for("yes", "[exit ", WAIT).await;
@@ -469,4 +504,99 @@ async fn kubectl_pool_drives_a_kpool_controller_on_a_real_api_server() {
 
     controller.assert_running();
     eprintln!("cluster_cli took {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// `kubectl pool run` as users run it, against the controller process: refusals and bad
+/// flags in a script; at a terminal (tmux) the offers, `y`, the job Pod on the A100 node
+/// exiting 3 and the command with it; then the idle instance shown and reused, Ctrl-C and
+/// `y` stopping the run; in a script `-y` ending with the run's 0, and `--detach`.
+#[tokio::test]
+async fn kubectl_pool_run_plans_follows_and_exits_with_the_runs_exit_code() {
+    let started = Instant::now();
+    let mut setup = Setup::new("kpool-run").await;
+    let (client, ns, user, tmux) = (setup.client.clone(), setup.ns.clone(), &setup.user, &setup.tmux);
+    let controller = &mut setup.controller;
+    let runs: Api<Run> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+
+    // --- Refusals: nothing idle with --reuse; a bad flag value. Nothing is created. ---
+    let err = user.pool_err(&["run", "--gpu", "80GB", "--reuse", "-y", "--", "true"], 1);
+    assert!(err.starts_with("error: pool default-pool has no idle instance, and the run may only reuse"), "{err}");
+    let err = user.pool_err(&["run", "--gpu", "A100:2:3", "-y", "--", "true"], 2);
+    assert!(err.starts_with("error: invalid --gpu \"3\""), "{err}");
+    assert!(runs.list(&ListParams::default()).await.unwrap().items.is_empty(), "a refused run was created");
+
+    // --- At a terminal: no idle instance, so the offers; `y`; the job exits 3. ---
+    tmux.start("first", user, "kubectl pool run --gpu 80GB --name first -- python train.py");
+    let screen = tmux.wait_for("first", "Continue? [y/n]:", WAIT).await;
+    assert!(
+        screen.contains("pool default-pool has no idle instance; provisions the first of these offers"),
+        "{screen}"
+    );
+    let offers = table(&screen, "#", |l| l.starts_with(|c: char| c.is_ascii_digit()));
+    assert_eq!(offers.len(), 1, "{screen}");
+    assert_eq!((offers[0]["INSTANCE TYPE"].as_str(), offers[0]["PRICE"].as_str()), (GPU_NODE, "$1.25"), "{screen}");
+    tmux.type_line("first", "y");
+    tmux.wait_for("first", "run first is placed on instance ", WAIT).await;
+    let first = runs.get("first").await.unwrap();
+    let instance = first.status.as_ref().and_then(|s| s.instance.clone()).expect("placed");
+    exit_job(&pods, &job_pod(&pods, &first).await, 3).await;
+    let screen = tmux.wait_for("first", "[exit ", WAIT).await;
+    // kwok is no kubelet: the job Pod's log cannot be read, which the command says once.
+    assert!(screen.contains("warning: cannot read the output of run first ("), "{screen}");
+    assert!(screen.contains("run first failed (ContainerExitedWithError): exit code 3\n[exit 3]"), "{screen}");
+
+    // --- At a terminal: the idle instance is reused; Ctrl-C, `y`: the run is stopped. ---
+    let instances: Api<Instance> = Api::namespaced(client.clone(), &ns);
+    eventually("the instance of run first idle again", WAIT, || async {
+        instances.get_opt(&instance).await.ok()?.filter(|i| phase(i) == InstancePhase::Idle)
+    })
+    .await;
+    tmux.start("second", user, "kubectl pool run --gpu 80GB --reuse --name second -- sleep 600");
+    let screen = tmux.wait_for("second", "Continue? [y/n]:", WAIT).await;
+    assert!(screen.contains("Reuses the idle instance:\n"), "{screen}");
+    let reused = table(&screen, "INSTANCE", |_| true);
+    assert_eq!(reused[0]["INSTANCE"], instance, "{screen}");
+    assert_eq!((reused[0]["INSTANCE TYPE"].as_str(), reused[0]["PRICE"].as_str()), (GPU_NODE, "$1.25"), "{screen}");
+    tmux.type_line("second", "y");
+    tmux.wait_for("second", &format!("run second is placed on instance {instance}"), WAIT).await;
+    tmux.press("second", "C-c");
+    tmux.wait_for("second", "Stop the run? [y/n]:", WAIT).await;
+    tmux.type_line("second", "y");
+    let screen = tmux.wait_for("second", "[exit ", WAIT).await;
+    assert!(screen.contains("run second terminated (Stopped): stopped by the user\n[exit 1]"), "{screen}");
+    let second = runs.get("second").await.unwrap();
+    assert!(second.spec.stop);
+    assert_eq!(second.status.map(|s| s.phase), Some(RunPhase::Terminated));
+
+    // --- In a script: -y, the job exits 0, and so does the command. ---
+    let third = Command::new(&user.kubectl)
+        .args(["pool", "run", "--gpu", "80GB", "--name", "third", "-y", "--", "true"])
+        .env("KUBECONFIG", &user.kubeconfig)
+        .env("PATH", &user.path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kubectl pool run");
+    let placed = eventually("run third Running", WAIT, || async {
+        runs.get_opt("third").await.ok()?.filter(|r| r.status.as_ref().is_some_and(|s| s.phase == RunPhase::Running))
+    })
+    .await;
+    exit_job(&pods, &job_pod(&pods, &placed).await, 0).await;
+    let out = tokio::task::spawn_blocking(move || third.wait_with_output()).await.unwrap().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains(&format!("run third is placed on instance {instance}\n")), "{stdout}");
+
+    // --- --detach: back once placed; the run keeps running. ---
+    let out = user.pool_ok(&["run", "--gpu", "80GB", "--name", "fourth", "-y", "--detach", "--", "sleep", "600"]);
+    let detached =
+        format!("run fourth is placed on instance {instance}\nDetached: follow it with `kubectl pool logs fourth -f`");
+    assert!(out.contains(&detached), "{out}");
+    let fourth = runs.get("fourth").await.unwrap().status.unwrap();
+    assert_eq!((fourth.phase, fourth.instance.as_deref()), (RunPhase::Running, Some(instance.as_str())));
+
+    controller.assert_running();
+    eprintln!("cluster_cli run took {:.1} s", started.elapsed().as_secs_f64());
 }

@@ -23,7 +23,27 @@ async fn connect(cli: &Cli) -> Result<(Client, String), CliError> {
     Ok((client, namespace))
 }
 
-async fn run(cli: Cli) -> Result<(), CliError> {
+/// `kubectl pool run`, with the job output read as `kubectl pool logs` reads it and
+/// Ctrl-C (SIGINT) heard from the moment the Run exists.
+async fn pool_run(a: &cli::RunArgs, client: &Client, ns: &str, term: &mut Term<'_>) -> Result<i32, CliError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let logs = cli::logs::executor(client);
+    // Registered at the first poll, once the Run exists: until then Ctrl-C ends the
+    // command as usual.
+    let interrupt = async {
+        match signal(SignalKind::interrupt()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    let interrupt = std::pin::pin!(interrupt);
+    let follow = cli::run::Follow { logs: &logs, interrupt, poll: std::time::Duration::from_secs(1) };
+    cli::run::run(a, client, ns, term, follow).await
+}
+
+async fn run(cli: Cli) -> Result<i32, CliError> {
     let stdout = std::io::stdout();
     let stdin = std::io::stdin();
     let interactive = stdin.is_terminal() && stdout.is_terminal();
@@ -44,7 +64,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     };
     let ns = namespace.as_str();
     let need = || client.as_ref().ok_or_else(|| CliError::Usage("this command needs a cluster".into()));
-    match &cli.command {
+    let done = match &cli.command {
+        Command::Run(a) => return pool_run(a, need()?, ns, &mut term).await,
         Command::Offers(a) => cli::offers::run(a, client.as_ref(), ns, &mut term).await,
         Command::Add(a) => cli::instances::add(a, client.as_ref(), ns, &mut term).await,
         Command::Ps(a) => cli::instances::ps(a, need()?, ns, &mut term).await,
@@ -56,18 +77,23 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Create(a) => cli::pools::create(a, need()?, ns, &mut term).await,
         Command::Delete(a) => cli::pools::delete(a, need()?, ns, &mut term).await,
         Command::SetDefault { name } => cli::pools::set_default(name, need()?, ns, &mut term).await,
-    }
+    };
+    done.map(|()| 0)
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     kpool::install_crypto_provider();
     let cli = Cli::parse();
-    if let Err(e) = run(cli).await {
-        eprintln!("error: {e}");
-        std::process::exit(match e {
-            CliError::Usage(_) => 2,
-            _ => 1,
-        });
+    match run(cli).await {
+        Ok(0) => {}
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(match e {
+                CliError::Usage(_) => 2,
+                _ => 1,
+            });
+        }
     }
 }

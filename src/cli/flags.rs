@@ -26,6 +26,28 @@ pub struct ResourceFlags {
     pub disk: Option<String>,
 }
 
+/// Where an instance or a run goes: its pool, and a profile whose policies apply.
+#[derive(Args, Clone, Debug, Default)]
+pub struct PoolFlags {
+    /// The pool (default: the namespace's default pool).
+    #[arg(long)]
+    pub pool: Option<String>,
+    /// A `Profile` of the namespace whose policies apply.
+    #[arg(long)]
+    pub profile: Option<String>,
+}
+
+/// The plan of `add` and `run`: how many offers it shows, and whether to ask.
+#[derive(Args, Clone, Debug)]
+pub struct PlanFlags {
+    /// Offers to show (when a machine would be provisioned).
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub max_offers: usize,
+    /// Do not ask for confirmation.
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+}
+
 /// Policy flags.
 #[derive(Args, Clone, Debug, Default)]
 pub struct PolicyFlags {
@@ -104,6 +126,19 @@ impl ResourceFlags {
         }
     }
 
+    /// These flags over `base` (a manifest's resources): each flag given replaces the
+    /// manifest's field, the others are kept.
+    pub fn over(&self, base: &ResourcesSpec) -> ResourcesSpec {
+        let b = base.clone();
+        ResourcesSpec {
+            gpu: self.gpu.clone().or(b.gpu),
+            cpu: self.cpu.clone().or(b.cpu),
+            memory: self.memory.clone().or(b.memory),
+            disk: self.disk.clone().or(b.disk),
+            ..b
+        }
+    }
+
     /// The resolved requirements; an error names the flag (`--gpu`), not the manifest field.
     pub fn resolve(&self) -> Result<Requirements, SpecError> {
         self.spec().resolve().map_err(|mut e| {
@@ -157,5 +192,24 @@ impl PolicyFlags {
         let mut all = vec![&own];
         all.extend_from_slice(layers);
         effective_policy(&all, Origin::Manual)
+    }
+
+    /// These flags over `base` (a manifest's policies): each flag given replaces the
+    /// manifest's field, the others are kept.
+    pub fn over(&self, base: &PolicySpec) -> PolicySpec {
+        let own = self.spec();
+        let b = base.clone();
+        PolicySpec {
+            spot_policy: own.spot_policy.or(b.spot_policy),
+            max_price: own.max_price.or(b.max_price),
+            retry: own.retry.or(b.retry),
+            idle_duration: own.idle_duration.or(b.idle_duration),
+            termination_policy: own.termination_policy.or(b.termination_policy),
+            creation_policy: own.creation_policy.or(b.creation_policy),
+            max_duration: own.max_duration.or(b.max_duration),
+            backends: own.backends.or(b.backends),
+            regions: own.regions.or(b.regions),
+            instance_types: own.instance_types.or(b.instance_types),
+        }
     }
 }

@@ -13,7 +13,9 @@ use crate::api::conditions::find;
 use crate::api::instance::{Instance, InstancePhase, InstanceSpec};
 use crate::api::pool::Pool;
 use crate::api::profile::Profile;
+use crate::api::resources::Requirements;
 use crate::core::offers::rank_offers;
+use crate::core::policy::EffectivePolicy;
 use crate::core::pool::resolve_pool_name;
 
 fn status_word(phase: InstancePhase) -> String {
@@ -152,8 +154,8 @@ pub async fn remove(args: &RemoveArgs, client: &Client, namespace: &str, term: &
 /// The Instance `add` creates.
 pub fn instance_for(args: &AddArgs, name: Option<String>) -> Instance {
     let spec = InstanceSpec {
-        pool: args.pool.clone(),
-        profile: args.profile.clone(),
+        pool: args.place.pool.clone(),
+        profile: args.place.profile.clone(),
         resources: args.resources.spec(),
         policy: args.policy.spec(),
     };
@@ -186,10 +188,10 @@ pub async fn add(
     let policy = args.policy.effective(&rest)?;
 
     let (ranked, warnings) = match (&args.catalog, client) {
-        (Some(dir), _) => (catalog_offers(dir, &req, &policy, args.max_offers)?, Vec::new()),
+        (Some(dir), _) => (catalog_offers(dir, &req, &policy, args.plan.max_offers)?, Vec::new()),
         (None, Some(c)) => {
             let (all, warnings) = cluster_offers(c, namespace, &req).await?;
-            (rank_offers(&all, &req, &policy, args.max_offers), warnings)
+            (rank_offers(&all, &req, &policy, args.plan.max_offers), warnings)
         }
         (None, None) => (Vec::new(), vec!["no cluster and no --catalog: offers not shown".to_string()]),
     };
@@ -204,24 +206,14 @@ pub async fn add(
         return Ok(());
     }
     let client = client.ok_or_else(|| CliError::Usage("no cluster: use --dry-run to print the Instance".into()))?;
-    writeln!(term.out, "Pool:         {}", pool_name(client, namespace, args).await?)?;
-    writeln!(term.out, "Requirements: {}", req.render())?;
-    writeln!(
-        term.out,
-        "Spot policy:  {:?}   Max price: {}",
-        policy.spot_policy,
-        policy.max_price.map(price).unwrap_or("-".into())
-    )?;
-    for w in &warnings {
-        writeln!(term.out, "warning: {w}")?;
-    }
+    plan_header(term, &pool_name(client, namespace, args).await?, &req, &policy, &warnings)?;
     if ranked.is_empty() {
         return Err(CliError::Failed(
             "no offer fits: loosen the requirements or the policy, or check `kubectl get backends`".into(),
         ));
     }
     write!(term.out, "{}", offers_table(&ranked))?;
-    if !args.yes && !term.confirm("Continue?")? {
+    if !args.plan.yes && !term.confirm("Continue?")? {
         writeln!(term.out, "Nothing added.")?;
         return Ok(());
     }
@@ -235,8 +227,31 @@ pub async fn add(
     follow(&api, &name, term).await
 }
 
+/// The lines above a plan (`add`, `run`): the pool, the resolved requirements, the
+/// policy, and the backends that could not be asked.
+pub fn plan_header(
+    term: &mut Term<'_>,
+    pool: &str,
+    req: &Requirements,
+    policy: &EffectivePolicy,
+    warnings: &[String],
+) -> std::io::Result<()> {
+    writeln!(term.out, "Pool:         {pool}")?;
+    writeln!(term.out, "Requirements: {}", req.render())?;
+    writeln!(
+        term.out,
+        "Spot policy:  {:?}   Max price: {}",
+        policy.spot_policy,
+        policy.max_price.map(price).unwrap_or("-".into())
+    )?;
+    for w in warnings {
+        writeln!(term.out, "warning: {w}")?;
+    }
+    Ok(())
+}
+
 async fn layers(client: &Client, namespace: &str, args: &AddArgs) -> Result<(Option<Profile>, Option<Pool>), CliError> {
-    let profile = match &args.profile {
+    let profile = match &args.place.profile {
         Some(p) => Some(
             Api::<Profile>::namespaced(client.clone(), namespace)
                 .get_opt(p)
@@ -252,7 +267,7 @@ async fn layers(client: &Client, namespace: &str, args: &AddArgs) -> Result<(Opt
 
 async fn pool_name(client: &Client, namespace: &str, args: &AddArgs) -> Result<String, CliError> {
     let pools = Api::<Pool>::namespaced(client.clone(), namespace).list(&Default::default()).await?.items;
-    Ok(resolve_pool_name(args.pool.as_deref(), &pools.iter().collect::<Vec<_>>()))
+    Ok(resolve_pool_name(args.place.pool.as_deref(), &pools.iter().collect::<Vec<_>>()))
 }
 
 /// Prints each phase the instance goes through until it is idle (success) or failed.

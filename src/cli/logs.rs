@@ -13,10 +13,15 @@ use crate::api::run::Run;
 use crate::backends::factory::DefaultFactory;
 use crate::exec::{DispatchExecutor, JobLogs};
 
+/// Where the plugin reads a job's output from: as the controller's executor would.
+pub fn executor(client: &Client) -> DispatchExecutor {
+    DispatchExecutor::new(client.clone(), Arc::new(DefaultFactory::new(client.clone())))
+}
+
 pub async fn logs(args: &LogsArgs, client: &Client, namespace: &str, term: &mut Term<'_>) -> Result<(), CliError> {
     let runs = Api::<Run>::namespaced(client.clone(), namespace);
     let instances = Api::<Instance>::namespaced(client.clone(), namespace);
-    let executor = DispatchExecutor::new(client.clone(), Arc::new(DefaultFactory::new(client.clone())));
+    let executor = executor(client);
     let mut offset = 0;
     loop {
         let run = runs

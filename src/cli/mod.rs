@@ -9,6 +9,7 @@ pub mod logs;
 pub mod offers;
 pub mod output;
 pub mod pools;
+pub mod run;
 pub mod ssh;
 
 use std::io::{BufRead, Write};
@@ -16,7 +17,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use self::flags::{PolicyFlags, ResourceFlags};
+use self::flags::{PlanFlags, PolicyFlags, PoolFlags, ResourceFlags};
 
 /// Pools of machines, reused across runs: add, list and remove instances, see offers.
 #[derive(Parser, Debug)]
@@ -47,6 +48,15 @@ pub enum Command {
         kubectl pool add --gpu A10G --spot --idle-duration 2h -y\n  \
         kubectl pool add --cpu 16.. --dry-run -o yaml")]
     Add(AddArgs),
+    /// Run commands on a machine of a pool: shows the plan, asks, creates a Run, follows
+    /// its output and exits with its exit code.
+    #[command(
+        after_help = "Examples:\n  kubectl pool run --gpu 24GB.. --reuse --idle-duration 30m -- python train.py\n  \
+        kubectl pool run --cpu 4.. --image python:3.12 -y -- python -c 'print(1)'\n  \
+        kubectl pool run -f deploy/examples/run.yaml --max-price 2 --detach\n\n\
+        Ctrl-C while following asks whether to stop the run; `n` leaves it running (exit code 130)."
+    )]
+    Run(RunArgs),
     /// List instances: busy, idle, provisioning, …
     #[command(
         after_help = "Examples:\n  kubectl pool ps\n  kubectl pool ps --pool training -w\n  kubectl pool ps -o json"
@@ -103,21 +113,13 @@ pub struct AddArgs {
     pub resources: ResourceFlags,
     #[command(flatten)]
     pub policy: PolicyFlags,
-    /// The pool (default: the namespace's default pool).
-    #[arg(long)]
-    pub pool: Option<String>,
-    /// A `Profile` of the namespace whose policies apply.
-    #[arg(long)]
-    pub profile: Option<String>,
+    #[command(flatten)]
+    pub place: PoolFlags,
     /// The instance's name (default: generated from the requirements).
     #[arg(long)]
     pub name: Option<String>,
-    /// Offers to show.
-    #[arg(long, value_name = "N", default_value_t = 5)]
-    pub max_offers: usize,
-    /// Do not ask for confirmation.
-    #[arg(short = 'y', long)]
-    pub yes: bool,
+    #[command(flatten)]
+    pub plan: PlanFlags,
     /// Print the Instance that would be created and stop.
     #[arg(long)]
     pub dry_run: bool,
@@ -130,6 +132,39 @@ pub struct AddArgs {
     /// Return once the Instance is created, without following it.
     #[arg(long)]
     pub no_wait: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// A Run manifest (YAML); the flags given replace its fields.
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub resources: ResourceFlags,
+    #[command(flatten)]
+    pub policy: PolicyFlags,
+    /// Only reuse an idle instance of the pool; never provision (creationPolicy Reuse).
+    #[arg(long)]
+    pub reuse: bool,
+    #[command(flatten)]
+    pub place: PoolFlags,
+    /// Container image to run the command in.
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// An environment variable of the run (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "NAME=VALUE", value_parser = run::parse_env)]
+    pub env: Vec<k8s_openapi::api::core::v1::EnvVar>,
+    /// The run's name (default: generated, `run-…`).
+    #[arg(long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub plan: PlanFlags,
+    /// Return once the run is placed on an instance, without following its output.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// The command and its arguments, after `--`; run by a shell on the instance.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]

@@ -124,7 +124,8 @@ pub fn docker_line(uid: &str, c: &Container, env_names: &[&str], working_dir: Op
     }
 }
 
-fn quote_if_needed(word: &str) -> String {
+/// `word` as it is when a POSIX shell takes it literally, else single-quoted.
+pub fn quote_if_needed(word: &str) -> String {
     let plain = !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@,".contains(c));
     if plain {
         word.to_string()
