@@ -39,8 +39,23 @@ pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig, namespace: Option<S
     };
     let cfg = watcher::Config::default();
 
-    let instance_controller = Controller::new(instances.clone(), cfg.clone());
-    let instance_store = instance_controller.store();
+    // One watch of the instances, shared: it keeps the store every reconciler reads and
+    // triggers the controllers only once the store holds the change, so a reconcile
+    // woken by an instance's change never reads the copy from before it (with a watch per
+    // controller, a pool woken by its own watch could count from a store that had not
+    // caught up, and nothing woke it again).
+    let (instance_store, instance_writer) = reflector::store_shared(SHARED_BUFFER);
+    let instance_events = instance_writer.subscribe().expect("a shared store has subscribers");
+    let instance_watch = tokio::spawn(
+        watcher(instances, cfg.clone()).default_backoff().reflect_shared(instance_writer).applied_objects().for_each(
+            |r| async move {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "the watch of instances failed; retrying");
+                }
+            },
+        ),
+    );
+    let instance_controller = Controller::for_shared_stream(instance_events.clone(), instance_store.clone());
     let instance_ctl = instance_controller
         .with_config(controller_config())
         .shutdown_on_signal()
@@ -53,7 +68,7 @@ pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig, namespace: Option<S
     let run_store = run_controller.store();
     let runs_cache = run_store.clone();
     let run_ctl = run_controller
-        .watches(instances.clone(), cfg.clone(), move |inst: Instance| {
+        .watches_shared_stream(instance_events.clone(), move |inst: Arc<Instance>| {
             let ns = inst.namespace().unwrap_or_default();
             let mut refs: Vec<ObjectRef<Run>> = Vec::new();
             if let Some(r) = inst.status.as_ref().and_then(|s| s.run.clone()) {
@@ -94,7 +109,7 @@ pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig, namespace: Option<S
         profiles: profile_store,
     });
     let pool_ctl = pool_controller
-        .watches(instances.clone(), cfg.clone(), |inst: Instance| {
+        .watches_shared_stream(instance_events.clone(), |inst: Arc<Instance>| {
             let ns = inst.namespace().unwrap_or_default();
             inst.status.as_ref().and_then(|s| s.pool.clone()).map(|p| ObjectRef::new(&p).within(&ns))
         })
@@ -106,7 +121,7 @@ pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig, namespace: Option<S
     // A Backend being deleted waits for the instances that have machines of it: it looks
     // again whenever one of its namespace's instances changes.
     let backend_ctl = backend_controller
-        .watches(instances, cfg, move |inst: Instance| {
+        .watches_shared_stream(instance_events, move |inst: Arc<Instance>| {
             let ns = inst.namespace().unwrap_or_default();
             backend_store
                 .state()
@@ -124,7 +139,12 @@ pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig, namespace: Option<S
     tokio::join!(instance_ctl, run_ctl, pool_ctl, backend_ctl);
     gc.abort();
     profile_watch.abort();
+    instance_watch.abort();
 }
+
+/// How many instance changes the shared watch holds for a controller that has not taken
+/// them yet; the watch waits when one is that far behind.
+const SHARED_BUFFER: usize = 4096;
 
 /// How many objects of one kind are reconciled at once. Unbounded, a wave of a thousand
 /// runs became a thousand concurrent reconciles, each holding its own copy of the
