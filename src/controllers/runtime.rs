@@ -39,22 +39,18 @@ pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig, namespace: Option<S
     };
     let cfg = watcher::Config::default();
 
-    // One watch of the instances, shared: it keeps the store every reconciler reads and
-    // triggers the controllers only once the store holds the change, so a reconcile
-    // woken by an instance's change never reads the copy from before it (with a watch per
-    // controller, a pool woken by its own watch could count from a store that had not
-    // caught up, and nothing woke it again).
-    let (instance_store, instance_writer) = reflector::store_shared(SHARED_BUFFER);
-    let instance_events = instance_writer.subscribe().expect("a shared store has subscribers");
-    let instance_watch = tokio::spawn(
-        watcher(instances, cfg.clone()).default_backoff().reflect_shared(instance_writer).applied_objects().for_each(
-            |r| async move {
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "the watch of instances failed; retrying");
-                }
-            },
-        ),
-    );
+    // One watch per kind, shared, each driven by a task of its own: it keeps the store
+    // every reconciler reads and triggers the controllers only once the store holds the
+    // change, so a reconcile woken by a change never reads the copy from before it (with
+    // a watch per controller, a pool woken by its own watch could count from a store that
+    // had not caught up, and nothing woke it again). Driven apart from the controllers,
+    // a store fills even while its controller runs its most reconciles at once: when a
+    // controller drove its own store, a restarted controller's first 16 runs waited for a
+    // store that only that busy controller could fill, until the 30 s read timeout.
+    let (instance_store, instance_events, instance_watch) = shared_watch(instances, &cfg, "instances");
+    let (run_store, run_events, run_watch) = shared_watch(runs, &cfg, "runs");
+    let (pool_store, pool_events, pool_watch) = shared_watch(pools, &cfg, "pools");
+    let (backend_store, backend_events, backend_watch) = shared_watch(backends, &cfg, "backends");
     let instance_controller = Controller::for_shared_stream(instance_events.clone(), instance_store.clone());
     let instance_ctl = instance_controller
         .with_config(controller_config())
@@ -64,8 +60,7 @@ pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig, namespace: Option<S
 
     // A run wakes up when an instance it holds or waits for changes, and pending runs
     // of the namespace wake up when an instance there becomes idle.
-    let run_controller = Controller::new(runs, cfg.clone());
-    let run_store = run_controller.store();
+    let run_controller = Controller::for_shared_stream(run_events, run_store.clone());
     let runs_cache = run_store.clone();
     let run_ctl = run_controller
         .watches_shared_stream(instance_events.clone(), move |inst: Arc<Instance>| {
@@ -90,10 +85,8 @@ pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig, namespace: Option<S
         .run(|o, c| timed("run", c.clone(), run::reconcile(o, c)), error_policy, ctx.clone())
         .for_each(|r| async move { log_result("run", r) });
 
-    let pool_controller = Controller::new(pools, cfg.clone());
-    let pool_store = pool_controller.store();
-    let backend_controller = Controller::new(backends, cfg.clone());
-    let backend_store = backend_controller.store();
+    let pool_controller = Controller::for_shared_stream(pool_events, pool_store.clone());
+    let backend_controller = Controller::for_shared_stream(backend_events, backend_store.clone());
     // Profiles are read by every reconcile that resolves a policy: a watch keeps them.
     let (profile_store, profile_writer) = reflector::store();
     let profile_watch = reflector(profile_writer, watcher(profiles, cfg.clone()).default_backoff())
@@ -139,7 +132,32 @@ pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig, namespace: Option<S
     tokio::join!(instance_ctl, run_ctl, pool_ctl, backend_ctl);
     gc.abort();
     profile_watch.abort();
-    instance_watch.abort();
+    for watch in [instance_watch, run_watch, pool_watch, backend_watch] {
+        watch.abort();
+    }
+}
+
+/// A shared watch of `api`'s objects, driven by a task of its own: the store it keeps,
+/// a stream of the objects it applied (for controllers to subscribe to), and the task.
+fn shared_watch<K>(
+    api: Api<K>,
+    cfg: &watcher::Config,
+    what: &'static str,
+) -> (reflector::Store<K>, impl futures::Stream<Item = Arc<K>> + Clone + Send + 'static, tokio::task::JoinHandle<()>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store_shared(SHARED_BUFFER);
+    let events = writer.subscribe().expect("a shared store has subscribers");
+    let task =
+        tokio::spawn(watcher(api, cfg.clone()).default_backoff().reflect_shared(writer).applied_objects().for_each(
+            move |r| async move {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, kind = what, "a watch failed; retrying");
+                }
+            },
+        ));
+    (store, events, task)
 }
 
 /// How many instance changes the shared watch holds for a controller that has not taken
