@@ -205,7 +205,12 @@ async fn place(
         policy: policy.clone(),
         pinned_instance: run.spec.instance.clone(),
     };
-    if let Some(ix) = pick_in_queue(&pending, &run, &runs, &idle) {
+    // Runs an instance already names are not waiting, whatever their own (older) copy says.
+    let claimed: std::collections::HashSet<&str> = all
+        .iter()
+        .filter_map(|i| i.status.as_ref().filter(|s| s.phase == InstancePhase::Busy).and_then(|s| s.run.as_deref()))
+        .collect();
+    if let Some(ix) = pick_in_queue(&pending, &run, &runs, &claimed, &idle) {
         let chosen = all.iter().find(|i| i.name_any() == idle[ix].name).cloned().expect("picked from all");
         // The run must be as we read it before it takes an instance: a stale copy (e.g.
         // of a run that has already run) claims nothing and starts nothing.
@@ -341,12 +346,19 @@ async fn place(
 /// The other runs are assumed to share this run's policy (their own is not read here):
 /// a wrong guess costs a 409 and a retry, never a placement that does not fit, since
 /// this run's own requirements and policy decide what it may take.
-fn pick_in_queue(pending: &PendingRun, run: &Run, runs: &[Run], idle: &[IdleInstance]) -> Option<usize> {
+fn pick_in_queue(
+    pending: &PendingRun,
+    run: &Run,
+    runs: &[Run],
+    claimed: &std::collections::HashSet<&str>,
+    idle: &[IdleInstance],
+) -> Option<usize> {
     let key = sm::queue_key;
     let me = key(run);
     let mut queue: Vec<(_, PendingRun)> = runs
         .iter()
         .filter(|r| r.name_any() != pending.name && r.metadata.deletion_timestamp.is_none() && !r.spec.stop)
+        .filter(|r| !claimed.contains(r.name_any().as_str()))
         .filter(|r| key(r) < me)
         .filter(|r| match r.status.as_ref().filter(|s| s.pool.is_some()) {
             Some(s) => {
