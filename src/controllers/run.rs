@@ -357,13 +357,11 @@ fn pick_in_queue(
     let me = key(run);
     let mut queue: Vec<(_, PendingRun)> = runs
         .iter()
-        .filter(|r| r.name_any() != pending.name && r.metadata.deletion_timestamp.is_none() && !r.spec.stop)
+        .filter(|r| r.name_any() != pending.name && sm::is_waiting(r))
         .filter(|r| !claimed.contains(r.name_any().as_str()))
         .filter(|r| key(r) < me)
         .filter(|r| match r.status.as_ref().filter(|s| s.pool.is_some()) {
-            Some(s) => {
-                s.instance.is_none() && !s.phase.is_finished() && s.pool.as_deref() == Some(pending.pool.as_str())
-            }
+            Some(s) => s.pool.as_deref() == Some(pending.pool.as_str()),
             // Not reconciled yet (a run's first status write is its claim or its wait): it
             // waits in the pool its spec names, which resolves as this run's does when
             // both name the same pool (or none).
@@ -394,13 +392,11 @@ fn pick_in_queue(
 fn ahead_waiting_for_room(run: &Run, runs: &[Run], pool: &str) -> usize {
     let me = sm::queue_key(run);
     runs.iter()
-        .filter(|r| r.name_any() != run.name_any() && r.metadata.deletion_timestamp.is_none() && !r.spec.stop)
+        .filter(|r| r.name_any() != run.name_any() && sm::is_waiting(r))
         .filter(|r| {
             r.status.as_ref().is_some_and(|s| {
                 s.pool.as_deref() == Some(pool)
-                    && s.instance.is_none()
                     && s.provisioning_instance.is_none()
-                    && !s.phase.is_finished()
                     && find(&s.conditions, "Scheduled").is_some_and(|c| c.reason == "PoolAtCapacity")
             })
         })
