@@ -97,9 +97,6 @@ pub struct Context {
     caches: std::sync::OnceLock<Caches>,
 }
 
-/// How long a read waits for a watch cache's first list before it asks the API instead.
-const CACHE_READY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// The stores the controllers' watches keep (one watch per kind, shared): what the
 /// reconcilers list from instead of asking the API server for every object of a
 /// namespace on every pass. Writes still go to the API with resourceVersion
@@ -113,6 +110,47 @@ pub struct Caches {
     pub backends: Store<BackendObject>,
     /// Profiles have no controller: a watch of their own keeps this store.
     pub profiles: Store<crate::api::profile::Profile>,
+}
+
+impl Caches {
+    /// Waits until every store has listed everything once, saying every `warn_every`
+    /// which ones it still waits for (a watch that cannot list, e.g. for lack of RBAC,
+    /// retries with backoff meanwhile).
+    ///
+    /// Called once, by one task, before any reconciler reads the stores. A store's own
+    /// `wait_until_ready` wakes only the task that polled it last: with many reconciles
+    /// waiting at once (and polls that only peek), the others slept until a timeout. That
+    /// is what kept a new leader's first reconciles 30 s late.
+    pub async fn wait_until_ready(&self, warn_every: std::time::Duration) {
+        use futures::FutureExt;
+        loop {
+            let pending: Vec<&str> = [
+                ("pools", self.pools.wait_until_ready().now_or_never().is_some()),
+                ("instances", self.instances.wait_until_ready().now_or_never().is_some()),
+                ("runs", self.runs.wait_until_ready().now_or_never().is_some()),
+                ("backends", self.backends.wait_until_ready().now_or_never().is_some()),
+                ("profiles", self.profiles.wait_until_ready().now_or_never().is_some()),
+            ]
+            .into_iter()
+            .filter(|(_, ready)| !ready)
+            .map(|(what, _)| what)
+            .collect();
+            if pending.is_empty() {
+                return;
+            }
+            let all = async {
+                let _ = self.pools.wait_until_ready().await;
+                let _ = self.instances.wait_until_ready().await;
+                let _ = self.runs.wait_until_ready().await;
+                let _ = self.backends.wait_until_ready().await;
+                let _ = self.profiles.wait_until_ready().await;
+            };
+            if tokio::time::timeout(warn_every, all).await.is_ok() {
+                return;
+            }
+            tracing::warn!(?pending, "still waiting for the first list of these watches before reconciling");
+        }
+    }
 }
 
 impl Context {
@@ -145,28 +183,27 @@ impl Context {
         }
     }
 
-    /// Reads lists from these watch caches from now on.
+    /// Reads lists from these watch caches from now on. Every store must have listed
+    /// everything already (see `Caches::wait_until_ready`): reads take them as they are.
     pub fn use_caches(&self, caches: Caches) {
         let _ = self.caches.set(caches);
     }
 
-    /// Every `K` of namespace `ns`, by name: from the watch cache `pick` chooses once it
-    /// has listed everything, from the API before (or without caches).
+    /// Every `K` of namespace `ns`, by name: from the watch cache `pick` chooses, from
+    /// the API without caches (reconcile tests).
     pub async fn list_in<K>(&self, ns: &str, pick: impl Fn(&Caches) -> &Store<K>) -> Result<Vec<K>, Error>
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug + 'static,
     {
         if let Some(store) = self.caches.get().map(pick) {
-            if let Ok(Ok(())) = tokio::time::timeout(CACHE_READY_WAIT, store.wait_until_ready()).await {
-                let mut objects: Vec<K> = store
-                    .state()
-                    .into_iter()
-                    .filter(|o| o.meta().namespace.as_deref() == Some(ns))
-                    .map(|o| (*o).clone())
-                    .collect();
-                objects.sort_by(|a, b| a.meta().name.cmp(&b.meta().name));
-                return Ok(objects);
-            }
+            let mut objects: Vec<K> = store
+                .state()
+                .into_iter()
+                .filter(|o| o.meta().namespace.as_deref() == Some(ns))
+                .map(|o| (*o).clone())
+                .collect();
+            objects.sort_by(|a, b| a.meta().name.cmp(&b.meta().name));
+            return Ok(objects);
         }
         let api: Api<K> = Api::namespaced(self.client.clone(), ns);
         Ok(api.list(&Default::default()).await?.items)
@@ -190,14 +227,10 @@ impl Context {
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug + 'static,
     {
-        use futures::FutureExt;
         if let Some(store) = self.caches.get().map(pick) {
-            let ready = store.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok());
-            if ready {
-                let key = kube::runtime::reflector::ObjectRef::new(name).within(ns);
-                if let Some(obj) = store.get(&key).filter(|o| trusted(o)) {
-                    return Ok(Some((*obj).clone()));
-                }
+            let key = kube::runtime::reflector::ObjectRef::new(name).within(ns);
+            if let Some(obj) = store.get(&key).filter(|o| trusted(o)) {
+                return Ok(Some((*obj).clone()));
             }
         }
         let api: Api<K> = Api::namespaced(self.client.clone(), ns);

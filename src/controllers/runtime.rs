@@ -93,14 +93,17 @@ pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig, namespace: Option<S
         .applied_objects()
         .for_each(|_| async {});
     let profile_watch = tokio::spawn(profile_watch);
-    // The reconcilers list from the controllers' own watch caches.
-    ctx.use_caches(Caches {
+    // The reconcilers read from these watch caches, once each has listed everything:
+    // no controller starts before (the watches run meanwhile).
+    let caches = Caches {
         pools: pool_store,
         instances: instance_store,
         runs: runs_cache,
         backends: backend_store.clone(),
         profiles: profile_store,
-    });
+    };
+    caches.wait_until_ready(std::time::Duration::from_secs(30)).await;
+    ctx.use_caches(caches);
     let pool_ctl = pool_controller
         .watches_shared_stream(instance_events.clone(), |inst: Arc<Instance>| {
             let ns = inst.namespace().unwrap_or_default();
