@@ -228,7 +228,8 @@ async fn place(
         };
         // A pending instance provisioned for this run is no longer needed.
         if let Some(p) = st.provisioning_instance.clone().filter(|p| *p != claimed.name_any()) {
-            delete_if_unlaunched(ctx, &ns, &p).await?;
+            let why = format!("run {} found instance {} first", run.name_any(), claimed.name_any());
+            delete_if_unlaunched(ctx, &ns, &p, &why).await?;
         }
         return start(run, st, claimed, &policy, ctx).await;
     }
@@ -275,7 +276,11 @@ async fn place(
                     .is_some_and(|d| now >= d) =>
             {
                 let why = ready.map(|c| c.message.clone()).unwrap_or_else(|| format!("instance {name} did not start"));
-                delete_if_unlaunched(ctx, &ns, &name).await?;
+                let ended = format!("run {}'s retry window ended before a launch", run.name_any());
+                if !delete_if_unlaunched(ctx, &ns, &name, &ended).await? {
+                    // It started launching meanwhile: the run waits for it.
+                    return Ok(Next::Stop(Action::requeue(Duration::ZERO)));
+                }
                 let msg = format!("retry window ended: instance {name} was never launched: {why}");
                 return finish(ctx, run, st, RunPhase::Failed, "NoCapacity", None, &msg).await;
             }
@@ -793,15 +798,47 @@ async fn create_instance(ctx: &Context, run: &Run, name: &str, pool: &str) -> Re
     }
 }
 
-async fn delete_if_unlaunched(ctx: &Context, ns: &str, name: &str) -> Result<(), Error> {
+/// Deletes instance `name` if it has not started launching. The delete holds only for
+/// the copy that was read (uid and resourceVersion preconditions): an instance that moved
+/// on to Provisioning meanwhile is kept, and joins the pool once up (it idles out if no
+/// run takes it). Had it been deleted mid-launch, its finalizer would still delete the
+/// machine, but after paying for a boot nobody uses.
+/// Ends and deletes instance `name` unless it has started launching; `false` when it has
+/// (it is kept: it joins the pool once up, and idles out if no run takes it).
+///
+/// The instance is first marked Terminated by a status write conditional on the copy
+/// read (its resourceVersion): the instance controller writes Provisioning the same way
+/// before any launch, so exactly one of the two writes wins, and a Terminated instance is
+/// never launched. Only then is it deleted. A delete alone raced a launch in flight: the
+/// machine started after the check was paid for and torn down again, or, where a delete
+/// takes effect at once, kept running with no Instance left (found by the simulation).
+async fn delete_if_unlaunched(ctx: &Context, ns: &str, name: &str, why: &str) -> Result<bool, Error> {
     let api: Api<Instance> = Api::namespaced(ctx.client.clone(), ns);
-    if let Some(i) = api.get_opt(name).await? {
-        let unlaunched = i.status.as_ref().is_none_or(|s| s.phase == InstancePhase::Pending);
-        if unlaunched {
-            api.delete(name, &Default::default()).await?;
+    let Some(inst) = api.get_opt(name).await? else { return Ok(true) };
+    let mut st = inst.status.clone().unwrap_or_default();
+    let ended = matches!(st.phase, InstancePhase::Terminated | InstancePhase::Failed) && st.provider_id.is_none();
+    if !ended {
+        if st.phase != InstancePhase::Pending || !st.launch_attempts.is_empty() {
+            return Ok(false);
+        }
+        st.phase = InstancePhase::Terminated;
+        let gen = inst.metadata.generation;
+        let c = condition_tri(&st.conditions, "Ready", "False", "NotNeeded", why, gen, ctx.now());
+        upsert(&mut st.conditions, c);
+        set_progress(&mut st.conditions, Progress::Stalled, "NotNeeded", why, gen, ctx.now());
+        match ctx.write_status(&inst, &st).await {
+            Ok(_) => {}
+            // It moved on (Provisioning) since it was read: look again next pass.
+            Err(Error::Kube(e)) if is_conflict(&e) => return Ok(false),
+            Err(Error::Kube(e)) if super::is_not_found(&e) => return Ok(true),
+            Err(e) => return Err(e),
         }
     }
-    Ok(())
+    match api.delete(name, &Default::default()).await {
+        Ok(_) => Ok(true),
+        Err(e) if super::is_not_found(&e) => Ok(true),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn create_default_pool(ctx: &Context, ns: &str) -> Result<(), Error> {
@@ -824,7 +861,8 @@ async fn cleanup(run: Arc<Run>, ctx: Arc<Context>) -> Result<Action, Error> {
     }
     release_instance(&ctx, &run, st.instance.as_deref(), false).await?;
     if let Some(p) = &st.provisioning_instance {
-        delete_if_unlaunched(&ctx, &run.namespace().unwrap_or_default(), p).await?;
+        let why = format!("run {} was deleted before a launch", run.name_any());
+        delete_if_unlaunched(&ctx, &run.namespace().unwrap_or_default(), p, &why).await?;
     }
     Ok(Action::await_change())
 }
