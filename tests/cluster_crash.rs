@@ -19,6 +19,7 @@
 #[allow(dead_code)] // the fault proxy is for the backend tests
 mod support_aws;
 mod support_kube;
+mod support_ssh;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -40,6 +41,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use support_aws::moto;
 use support_kube::{cluster, eventually, try_exit_job, Kpool};
+use support_ssh::Sshd;
 
 /// Idle duration of every instance of these tests.
 const IDLE: Duration = Duration::from_secs(10);
@@ -370,7 +372,12 @@ async fn drain(admin: &Client, ns: &str, runs: usize, obs: &Observer, timeout: D
         (!live && machines.is_empty() && ec2.iter().all(|e| e.state == "terminated")).then_some(())
     })
     .await;
-    let seen = obs.seen.lock().unwrap();
+    check_seen(&obs.seen.lock().unwrap(), runs, slack);
+}
+
+/// What the watches saw: no violation, `runs` runs each on one instance, idle instances
+/// going at most `slack` after their idle deadline (those over 5 s are printed).
+fn check_seen(seen: &Seen, runs: usize, slack: Duration) {
     assert!(seen.violations.is_empty(), "violations: {:#?}", seen.violations);
     assert_eq!(seen.runs.len(), runs);
     for (name, (on, _, _)) in &seen.runs {
@@ -451,6 +458,25 @@ impl Rng {
     fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
         lo + Duration::from_millis(self.next() % (hi - lo).as_millis() as u64)
     }
+}
+
+/// SIGKILLs `kpool` `kills` times, each `after` plus up to 4 s (seeded) after the last
+/// start, and starts a new one up to 1 s later; returns the last one and the time taken.
+async fn kill_and_restart(
+    mut kpool: Kpool,
+    start: impl Fn() -> Kpool,
+    kills: usize,
+    rng: &mut Rng,
+    after: Duration,
+) -> (Kpool, Duration) {
+    let began = Instant::now();
+    for _ in 0..kills {
+        tokio::time::sleep(rng.between(after, after + Duration::from_secs(4))).await;
+        kpool.kill();
+        tokio::time::sleep(rng.between(Duration::ZERO, Duration::from_millis(1000))).await;
+        kpool = start();
+    }
+    (kpool, began.elapsed())
 }
 
 /// Creates `runs` runs (`r-N`) and `vms` aws Instances (`vm-N`), spread evenly over `over`.
@@ -589,16 +615,9 @@ async fn a_controller_killed_at_random_moments_and_restarted_loses_nothing_and_l
     // One replica, restarted under the same Pod name (as a container restarts in its Pod).
     let me = format!("kpool-solo-{ns}");
     let start = || Kpool::start_as(&me, &c.kubeconfig, &ns, Some(&rel), &flags);
-    let mut kpool = start();
+    let kpool = start();
     let submitted = submit(&admin, &ns, RUNS, VMS, None, Duration::from_secs(60));
-    let chaos = Instant::now();
-    for _ in 0..KILLS {
-        tokio::time::sleep(rng.between(Duration::from_millis(1000), Duration::from_millis(5000))).await;
-        kpool.kill();
-        tokio::time::sleep(rng.between(Duration::from_millis(0), Duration::from_millis(1000))).await;
-        kpool = start();
-    }
-    let chaos = chaos.elapsed();
+    let (kpool, chaos) = kill_and_restart(kpool, start, KILLS, &mut rng, Duration::from_millis(1000)).await;
     submitted.await.unwrap();
     drain(&admin, &ns, RUNS, &obs, Duration::from_secs(180), IDLE_SLACK).await;
     drop(kpool);
@@ -616,6 +635,101 @@ async fn a_controller_killed_at_random_moments_and_restarted_loses_nothing_and_l
         chaos.as_secs_f64(),
         seen.instances.len(),
         seen.jobs.len(),
+        max_late(&seen),
+    );
+}
+
+/// Hosts of the ssh Backend of [`ssh_hosts_keep_every_run_once_while_the_controller_is_killed`].
+const HOSTS: [&str; 4] = ["h1", "h2", "h3", "h4"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_hosts_keep_every_run_once_while_the_controller_is_killed() {
+    const RUNS: usize = 12;
+    const KILLS: usize = 8;
+    let seed = std::env::var("KPOOL_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(12);
+    let mut rng = Rng(seed ^ 0x55);
+    let sshd = Sshd::start();
+    let c = cluster();
+    c.install_crds();
+    let admin = c.client().await;
+    let ns = c.namespace("crash-ssh").await;
+    let rel = c.namespace("crash-ssh-lease").await;
+    // Backend `lab`: four hosts, all this sshd (a host is a claim by name); pool `hosts`.
+    let pp = PostParams::default();
+    let (secret, mut lab) = sshd.backend_objects("lab", HOSTS[0]);
+    let hosts = &mut lab.spec.ssh.as_mut().unwrap().hosts;
+    hosts.extend(HOSTS[1..].iter().map(|h| sshd.host(h)));
+    Api::<Secret>::namespaced(admin.clone(), &ns).create(&pp, &secret).await.unwrap();
+    Api::<Backend>::namespaced(admin.clone(), &ns).create(&pp, &lab).await.unwrap();
+    let pool = serde_json::json!({"metadata": {"name": "hosts"}, "spec": {
+        "defaults": {"idleDuration": format!("{}s", IDLE.as_secs()), "backends": ["lab"]}}});
+    Api::<Pool>::namespaced(admin.clone(), &ns).create(&pp, &object(pool)).await.unwrap();
+    let obs = Observer::start(&admin, &ns);
+    // Every execution of a job appends its run's name here.
+    let ran = support_ssh::home().join(format!("crash-ssh-{ns}.log"));
+    let run_api: Api<Run> = Api::namespaced(admin.clone(), &ns);
+    let submitter = {
+        let (run_api, ran) = (run_api.clone(), ran.display().to_string());
+        tokio::spawn(async move {
+            for n in 0..RUNS {
+                let name = format!("s-{n}");
+                let run = serde_json::json!({"metadata": {"name": name}, "spec": {
+                    "pool": "hosts", "commands": [format!("echo {name} >> {ran}; sleep 1")],
+                    // Waits while all four hosts are busy.
+                    "retry": {"onEvents": ["no-capacity"], "duration": "10m"},
+                    "resources": {"cpu": "1..", "memory": "1GB..", "disk": "1GB.."}}});
+                run_api.create(&PostParams::default(), &object(run)).await.expect("create a run");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
+    let me = format!("kpool-ssh-{ns}");
+    let start = || Kpool::start_as(&me, &c.kubeconfig, &ns, Some(&rel), &[]);
+    let (kpool, chaos) = kill_and_restart(start(), start, KILLS, &mut rng, Duration::from_millis(2000)).await;
+    submitter.await.unwrap();
+    eventually("every ssh run ended", Duration::from_secs(240), || async {
+        let list = run_api.list(&ListParams::default()).await.ok()?;
+        let ended = list.items.iter().filter(|r| r.status.as_ref().is_some_and(|s| s.phase.is_finished())).count();
+        (ended == RUNS).then_some(())
+    })
+    .await;
+    let instances: Api<Instance> = Api::namespaced(admin.clone(), &ns);
+    eventually("every ssh instance idled out", Duration::from_secs(90), || async {
+        let left = instances.list(&ListParams::default()).await.ok()?.items;
+        let ended = |p| matches!(p, InstancePhase::Terminated | InstancePhase::Failed);
+        left.iter().all(|i| i.status.as_ref().is_some_and(|s| ended(s.phase))).then_some(())
+    })
+    .await;
+    drop(kpool);
+
+    let runs = run_api.list(&ListParams::default()).await.unwrap().items;
+    let log = std::fs::read_to_string(&ran).unwrap_or_default();
+    let _ = std::fs::remove_file(&ran);
+    let runs_dir = support_ssh::home().join(".kpool/runs");
+    for r in &runs {
+        let st = r.status.as_ref().unwrap();
+        assert_eq!((st.phase, st.exit_code), (RunPhase::Succeeded, Some(0)), "run {}: {st:?}", r.name_any());
+        let times = log.lines().filter(|l| *l == r.name_any()).count();
+        assert_eq!(times, 1, "run {} executed {times} times; executions:\n{log}", r.name_any());
+        // Nothing of the job is left running on the host.
+        let dir = runs_dir.join(r.uid().unwrap());
+        let ps = std::process::Command::new("pgrep").args(["-f", &dir.display().to_string()]).output().unwrap();
+        assert!(
+            ps.stdout.is_empty(),
+            "processes of run {} still run: {}",
+            r.name_any(),
+            String::from_utf8_lossy(&ps.stdout)
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let seen = obs.seen.lock().unwrap();
+    check_seen(&seen, RUNS, IDLE_SLACK);
+    println!(
+        "ssh hosts (seed {seed}): {RUNS} runs all Succeeded and executed once each, {KILLS} SIGKILLs in {:.0} s, \
+         {} instances on {} hosts, no job process left, no instance with two runs; idle teardown at most {:.1} s late",
+        chaos.as_secs_f64(),
+        seen.instances.len(),
+        HOSTS.len(),
         max_late(&seen),
     );
 }
