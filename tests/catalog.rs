@@ -647,7 +647,7 @@ fn gpuhunt_query(req: &Requirements, policy: &EffectivePolicy) -> serde_json::Va
     let spot = match policy.spot_policy {
         SpotPolicy::Spot => Some(true),
         SpotPolicy::OnDemand => Some(false),
-        SpotPolicy::Auto => None,
+        SpotPolicy::Auto | SpotPolicy::SpotThenOnDemand => None,
     };
     q.insert("spot".into(), serde_json::json!(spot));
     q.insert("max_price".into(), serde_json::json!(policy.max_price));

@@ -16,6 +16,9 @@ pub const INSTANCE_FINALIZER: &str = "kpool.dev/machine";
 pub const PROVISIONED_FOR_LABEL: &str = "kpool.dev/provisioned-for";
 /// Annotation set on instances a run provisioned; its value is the run's name.
 pub const PROVISIONED_FOR_ANNOTATION: &str = "kpool.dev/provisioned-for-run";
+/// On an instance a run provisioned: how many times that run had been interrupted
+/// before (what `spotPolicy: spot-then-on-demand` counts).
+pub const INTERRUPTIONS_ANNOTATION: &str = "kpool.dev/run-interruptions";
 /// Label carrying the pool name on instances kpool creates.
 pub const POOL_LABEL: &str = "kpool.dev/pool";
 
@@ -97,6 +100,13 @@ pub struct InstanceSpec {
 }
 
 impl Instance {
+    /// How many times the run this instance was provisioned for had been interrupted
+    /// before it (0 for an instance added by hand).
+    pub fn run_interruptions(&self) -> u32 {
+        let annotations = self.metadata.annotations.as_ref();
+        annotations.and_then(|a| a.get(INTERRUPTIONS_ANNOTATION)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    }
+
     /// The name of the run this instance was provisioned for, if a run provisioned it.
     pub fn provisioned_for(&self) -> Option<&str> {
         let annotations = self.metadata.annotations.as_ref();

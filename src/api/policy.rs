@@ -15,6 +15,24 @@ pub enum SpotPolicy {
     OnDemand,
     /// Spot or on-demand, whichever is cheaper.
     Auto,
+    /// Spot first; on-demand once the run has been interrupted `spotFallback.afterInterruptions`
+    /// times, or no spot machine could be launched within `spotFallback.afterWaiting`.
+    SpotThenOnDemand,
+}
+
+/// When `spotPolicy: spot-then-on-demand` gives up on spot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SpotFallbackSpec {
+    /// Provision on-demand once the run has lost this many spot machines. Defaults to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub after_interruptions: Option<u32>,
+    /// Provision on-demand when no spot machine could be launched for this long, e.g.
+    /// `10m` (the default), `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+([smhdw]|[0-9smhdw]*)$"))]
+    pub after_waiting: Option<String>,
 }
 
 /// What happens to an instance once it has been idle for its idle duration.
@@ -73,9 +91,13 @@ pub struct RetrySpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicySpec {
-    /// `spot`, `on-demand` (default) or `auto` (whichever is cheaper).
+    /// `spot`, `on-demand` (default), `auto` (whichever is cheaper) or
+    /// `spot-then-on-demand` (spot first, on-demand as `spotFallback` says).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spot_policy: Option<SpotPolicy>,
+    /// With `spotPolicy: spot-then-on-demand`: when to provision on-demand instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spot_fallback: Option<SpotFallbackSpec>,
     /// The highest price to pay for a machine, in US dollars per hour, e.g. `2.5`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0))]

@@ -97,7 +97,8 @@ fn parse_spot_policy(s: &str) -> Result<SpotPolicy, String> {
         "spot" => Ok(SpotPolicy::Spot),
         "on-demand" => Ok(SpotPolicy::OnDemand),
         "auto" => Ok(SpotPolicy::Auto),
-        _ => Err(format!("invalid --spot-policy {s:?}: use spot, on-demand or auto")),
+        "spot-then-on-demand" => Ok(SpotPolicy::SpotThenOnDemand),
+        _ => Err(format!("invalid --spot-policy {s:?}: use spot, on-demand, auto or spot-then-on-demand")),
     }
 }
 
@@ -201,6 +202,7 @@ impl PolicyFlags {
         let b = base.clone();
         PolicySpec {
             spot_policy: own.spot_policy.or(b.spot_policy),
+            spot_fallback: own.spot_fallback.or(b.spot_fallback),
             max_price: own.max_price.or(b.max_price),
             retry: own.retry.or(b.retry),
             idle_duration: own.idle_duration.or(b.idle_duration),

@@ -84,6 +84,7 @@ fn spot_policy(p: SpotPolicy) -> &'static str {
         SpotPolicy::Spot => "spot",
         SpotPolicy::OnDemand => "on-demand",
         SpotPolicy::Auto => "auto",
+        SpotPolicy::SpotThenOnDemand => "spot-then-on-demand",
     }
 }
 

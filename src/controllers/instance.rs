@@ -218,13 +218,20 @@ async fn choose_offer(
         }
         return Ok(Next::Stop(Action::requeue(CAPACITY_RECHECK)));
     }
+    let since = st.provisioning_started_at.as_ref().map(|t| t.0);
+    let (policy, fallback) = policy.for_launch(inst.run_interruptions(), since, now);
+    let policy = &policy;
     let (ranked, failed) = ctx.ranked_offers(&ns, &req, policy).await?;
     match sm::choose_offer(&st, &ranked, policy, now) {
         Ok(offer) => {
-            let msg = format!(
+            let mut msg = format!(
                 "launching {} in {} on {} at ${}/h",
                 offer.instance_type, offer.region, offer.backend, offer.price
             );
+            if let Some(why) = fallback {
+                msg.push_str(&format!(" ({why})"));
+                ctx.event(&inst, false, "SpotFallback", why).await;
+            }
             sm::start_provisioning(&mut st, offer, now);
             ready(&mut st, &inst, now, "Provisioning", &msg);
             ctx.event(&inst, false, "Provisioning", msg).await;
@@ -411,6 +418,9 @@ async fn launch_failed(
     let ns = inst.namespace().unwrap_or_default();
     let now = ctx.now();
     let req = inst.spec.resources.resolve()?;
+    let since = st.provisioning_started_at.as_ref().map(|t| t.0);
+    let (policy, _) = policy.for_launch(inst.run_interruptions(), since, now);
+    let policy = &policy;
     let (ranked, _) = ctx.ranked_offers(&ns, &req, policy).await?;
     let tried = st.offer.as_ref().map(|o| format!("{} in {}", o.instance_type, o.region)).unwrap_or_default();
     ctx.event(&inst, true, err.category(), format!("failed to launch {tried}: {err}")).await;

@@ -17,8 +17,8 @@ use super::observe::{instance_pool, instances, policy_of, pool_of};
 use super::{is_conflict, Context, Error};
 use crate::api::conditions::{clear_false, condition_tri, find, set_false_since, set_progress, upsert, Progress};
 use crate::api::instance::{
-    Instance, InstancePhase, InstanceSpec, JobRef, INSTANCE_FINALIZER, POOL_LABEL, PROVISIONED_FOR_ANNOTATION,
-    PROVISIONED_FOR_LABEL,
+    Instance, InstancePhase, InstanceSpec, JobRef, INSTANCE_FINALIZER, INTERRUPTIONS_ANNOTATION, POOL_LABEL,
+    PROVISIONED_FOR_ANNOTATION, PROVISIONED_FOR_LABEL,
 };
 use crate::api::pool::{Pool, PoolSpec, DEFAULT_POOL_NAME};
 use crate::api::run::{Run, RunPhase, RunStatus, RUN_FINALIZER};
@@ -789,7 +789,11 @@ async fn create_instance(ctx: &Context, run: &Run, name: &str, pool: &str) -> Re
         (PROVISIONED_FOR_LABEL.to_string(), run.uid().unwrap_or_default()),
         (POOL_LABEL.to_string(), pool.to_string()),
     ]));
-    inst.metadata.annotations = Some(BTreeMap::from([(PROVISIONED_FOR_ANNOTATION.to_string(), run.name_any())]));
+    let interrupted = run.status.as_ref().map_or(0, |s| s.history.iter().filter(|a| a.reason == "Interrupted").count());
+    inst.metadata.annotations = Some(BTreeMap::from([
+        (PROVISIONED_FOR_ANNOTATION.to_string(), run.name_any()),
+        (INTERRUPTIONS_ANNOTATION.to_string(), interrupted.to_string()),
+    ]));
     match api.create(&PostParams::default(), &inst).await {
         Ok(_) => Ok(()),
         // Created by an earlier pass that crashed before recording progress.

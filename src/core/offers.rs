@@ -71,7 +71,9 @@ impl<'r> OfferQuery<'r> {
         let spot = match policy.spot_policy {
             SpotPolicy::Spot => Some(true),
             SpotPolicy::OnDemand => Some(false),
-            SpotPolicy::Auto => None,
+            // Either may be reused; a launch resolves it first (`EffectivePolicy::for_launch`):
+            // spot until it falls back.
+            SpotPolicy::Auto | SpotPolicy::SpotThenOnDemand => None,
         };
         let gpu_names =
             req.gpu.as_ref().map(|g| g.names.iter().map(|n| n.to_lowercase()).collect()).unwrap_or_default();

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use jiff::Timestamp;
+
 use crate::api::duration::parse_duration;
 use crate::api::policy::{CreationPolicy, PolicySpec, RetryEvent, SpotPolicy, TerminationPolicy};
 use crate::api::resources::SpecError;
@@ -36,10 +38,24 @@ impl RetryPolicy {
     }
 }
 
+/// When `spot-then-on-demand` gives up on spot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpotFallback {
+    /// After this many interruptions of the run's spot machines.
+    pub interruptions: u32,
+    /// After this long without a spot machine launched.
+    pub wait: Duration,
+}
+
+/// `spotFallback`'s defaults: on-demand after one interruption or ten minutes.
+pub const DEFAULT_SPOT_FALLBACK: SpotFallback = SpotFallback { interruptions: 1, wait: Duration::from_secs(600) };
+
 /// Every policy resolved to a concrete value.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EffectivePolicy {
     pub spot_policy: SpotPolicy,
+    /// Used with [`SpotPolicy::SpotThenOnDemand`] only.
+    pub spot_fallback: SpotFallback,
     /// `None`: no price limit.
     pub max_price: Option<f64>,
     /// `None`: never retry.
@@ -63,6 +79,7 @@ impl EffectivePolicy {
     pub fn defaults(origin: Origin) -> Self {
         EffectivePolicy {
             spot_policy: SpotPolicy::OnDemand,
+            spot_fallback: DEFAULT_SPOT_FALLBACK,
             max_price: None,
             retry: None,
             idle_duration: Some(match origin {
@@ -76,6 +93,47 @@ impl EffectivePolicy {
             regions: vec![],
             instance_types: vec![],
         }
+    }
+
+    /// The policy to provision with now, and why it is on-demand when
+    /// `spot-then-on-demand` fell back: spot until the run's spot machines were
+    /// interrupted `spotFallback.afterInterruptions` times or spot has been tried since
+    /// `since` for `spotFallback.afterWaiting`; until then a spot launch that finds no
+    /// capacity is tried again (the wait is a retry window on no capacity), after it
+    /// on-demand offers are tried. Other spot policies are returned as they are.
+    pub fn for_launch(&self, interruptions: u32, since: Option<Timestamp>, now: Timestamp) -> (Self, Option<String>) {
+        if self.spot_policy != SpotPolicy::SpotThenOnDemand {
+            return (self.clone(), None);
+        }
+        let fb = self.spot_fallback;
+        let waited = since.is_some_and(|s| now >= crate::core::add(s, fb.wait));
+        let why = if interruptions >= fb.interruptions {
+            Some(format!(
+                "on-demand: the run lost {interruptions} spot machine(s) (spotFallback.afterInterruptions: {})",
+                fb.interruptions
+            ))
+        } else if waited {
+            Some(format!(
+                "on-demand: no spot machine launched within {} (spotFallback.afterWaiting)",
+                crate::api::duration::format_duration(fb.wait)
+            ))
+        } else {
+            None
+        };
+        let mut p = self.clone();
+        if why.is_some() {
+            p.spot_policy = SpotPolicy::OnDemand;
+        } else {
+            p.spot_policy = SpotPolicy::Spot;
+            let mut retry = p.retry.take().unwrap_or(RetryPolicy { on: vec![], duration: fb.wait });
+            if !retry.on.contains(&RetryEvent::NoCapacity) {
+                retry.on.push(RetryEvent::NoCapacity);
+                retry.duration = fb.wait;
+            }
+            retry.duration = retry.duration.max(fb.wait);
+            p.retry = Some(retry);
+        }
+        (p, why)
     }
 
     /// When an idle instance must be terminated, given how long it has been idle.
@@ -97,6 +155,21 @@ pub fn effective_policy(layers: &[&PolicySpec], origin: Origin) -> Result<Effect
     let mut p = EffectivePolicy::defaults(origin);
     if let Some(v) = first(layers, |l| l.spot_policy) {
         p.spot_policy = v;
+    }
+    if let Some(f) = first(layers, |l| l.spot_fallback.as_ref()) {
+        if let Some(n) = f.after_interruptions {
+            if n == 0 {
+                return Err(SpecError {
+                    field: "spotFallback.afterInterruptions".into(),
+                    token: n.to_string(),
+                    reason: "must be at least 1".into(),
+                });
+            }
+            p.spot_fallback.interruptions = n;
+        }
+        if let Some(w) = &f.after_waiting {
+            p.spot_fallback.wait = parse_duration("spotFallback.afterWaiting", w)?;
+        }
     }
     if let Some(v) = first(layers, |l| l.max_price) {
         if !(v >= 0.0 && v.is_finite()) {
@@ -226,5 +299,53 @@ mod tests {
         let e = effective_policy(&[&neg], Origin::Run).unwrap_err();
         assert_eq!(e.field, "maxPrice");
         assert_eq!(e.token, "-1");
+    }
+
+    #[test]
+    fn spot_then_on_demand_falls_back_after_the_wait_or_the_interruptions() {
+        let t = |s: &str| -> Timestamp { s.parse().unwrap() };
+        let fb = PolicySpec {
+            spot_policy: Some(SpotPolicy::SpotThenOnDemand),
+            spot_fallback: Some(crate::api::policy::SpotFallbackSpec {
+                after_interruptions: Some(2),
+                after_waiting: Some("15m".into()),
+            }),
+            ..spec()
+        };
+        let p = effective_policy(&[&fb], Origin::Run).unwrap();
+        let start = t("2026-01-01T00:00:00Z");
+        let (spot, why) = p.for_launch(1, Some(start), t("2026-01-01T00:14:59Z"));
+        assert_eq!((spot.spot_policy, why), (SpotPolicy::Spot, None));
+        let retry = spot.retry.expect("spot looks for capacity until the wait ends");
+        assert!(retry.retries_on(RetryEvent::NoCapacity) && retry.duration == Duration::from_secs(900));
+        let (od, why) = p.for_launch(1, Some(start), t("2026-01-01T00:15:00Z"));
+        assert_eq!(od.spot_policy, SpotPolicy::OnDemand);
+        assert!(why.unwrap().contains("within 15m"));
+        assert_eq!(od.retry, None, "on-demand keeps the run's own retry policy");
+        let (od, why) = p.for_launch(2, None, start);
+        assert_eq!(od.spot_policy, SpotPolicy::OnDemand);
+        assert!(why.unwrap().contains("lost 2 spot machine(s)"));
+        // Other spot policies are left alone.
+        let auto = effective_policy(&[&PolicySpec { spot_policy: Some(SpotPolicy::Auto), ..spec() }], Origin::Run);
+        let auto = auto.unwrap();
+        assert_eq!(auto.for_launch(5, Some(start), t("2027-01-01T00:00:00Z")), (auto.clone(), None));
+        let zero = PolicySpec {
+            spot_fallback: Some(crate::api::policy::SpotFallbackSpec {
+                after_interruptions: Some(0),
+                after_waiting: None,
+            }),
+            ..spec()
+        };
+        let e = effective_policy(&[&zero], Origin::Run).unwrap_err();
+        assert_eq!((e.field.as_str(), e.token.as_str()), ("spotFallback.afterInterruptions", "0"));
+        let bad = PolicySpec {
+            spot_fallback: Some(crate::api::policy::SpotFallbackSpec {
+                after_interruptions: None,
+                after_waiting: Some("soon".into()),
+            }),
+            ..spec()
+        };
+        let e = effective_policy(&[&bad], Origin::Run).unwrap_err();
+        assert_eq!(e.field, "spotFallback.afterWaiting");
     }
 }
