@@ -792,6 +792,42 @@ async fn a_crash_after_the_job_exited_keeps_the_run_s_outcome() {
     assert_eq!((ist.phase, ist.run), (InstancePhase::Idle, None));
 }
 
+/// A run's provisioning instance that went back to Pending after its launch was refused
+/// (no capacity, retrying) holds no machine: when the run finds an idle instance, it is
+/// ended and deleted, not left to launch once capacity returns.
+#[tokio::test]
+async fn a_provisioning_instance_refused_capacity_is_ended_when_its_run_finds_an_idle_one() {
+    let h = Harness::new().await;
+    let retry = kpool::api::policy::RetrySpec {
+        on: Some(vec![kpool::api::policy::RetryEvent::NoCapacity]),
+        duration: Some("1h".into()),
+    };
+    let policy = PolicySpec { retry: Some(retry), ..Default::default() };
+    for offer in catalog() {
+        h.backend.no_capacity_for(&offer.instance_type);
+    }
+    h.run("r", RunSpec { resources: cpu("8.."), policy, ..Default::default() }).await;
+    h.settle(3).await;
+    let st = h.get_instance("r-0").await.status.unwrap();
+    assert_eq!(st.phase, InstancePhase::Pending, "waiting for capacity: {st:?}");
+    assert!(!st.launch_attempts.is_empty(), "its launches were refused: {st:?}");
+    let refused = h.backend.creates().len();
+
+    // Capacity is back; an instance added by hand goes Idle before r-0 looks again.
+    h.backend.clear_no_capacity();
+    h.instance("m", InstanceSpec { resources: cpu("8"), ..Default::default() }).await;
+    for _ in 0..3 {
+        h.reconcile_instance("m").await.unwrap();
+    }
+    h.settle(3).await;
+    assert_eq!(h.get_run("r").await.status.unwrap().instance.as_deref(), Some("m"));
+    assert!(h.api::<kpool::api::instance::Instance>().get_opt("r-0").await.unwrap().is_none(), "r-0 is gone");
+    h.advance(Duration::from_secs(120));
+    h.settle(3).await;
+    let later: Vec<_> = h.backend.creates().into_iter().skip(refused).collect();
+    assert_eq!(later.len(), 1, "only m launched: {later:?}");
+}
+
 /// Found by the simulation: a run whose instance waited for room in its pool (another
 /// instance took the last slot between the run's decision and the instance's admission)
 /// waited past its retry window, Provisioning for ever.

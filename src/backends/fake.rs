@@ -218,6 +218,11 @@ impl FakeBackend {
         self.state().no_capacity.push(instance_type.to_string());
     }
 
+    /// Capacity is back for every instance type.
+    pub fn clear_no_capacity(&self) {
+        self.state().no_capacity.clear();
+    }
+
     /// The next `delete` call fails with `err`.
     pub fn fail_next_delete(&self, err: BackendError) {
         self.state().delete_errors.push_back(err);

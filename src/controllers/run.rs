@@ -17,8 +17,8 @@ use super::observe::{instance_pool, instances, policy_of, pool_of};
 use super::{is_conflict, Context, Error};
 use crate::api::conditions::{clear_false, condition_tri, find, set_false_since, set_progress, upsert, Progress};
 use crate::api::instance::{
-    Instance, InstancePhase, InstanceSpec, JobRef, INSTANCE_FINALIZER, INTERRUPTIONS_ANNOTATION, POOL_LABEL,
-    PROVISIONED_FOR_ANNOTATION, PROVISIONED_FOR_LABEL,
+    Instance, InstancePhase, InstanceSpec, JobRef, LaunchAttempt, LaunchOutcome, INSTANCE_FINALIZER,
+    INTERRUPTIONS_ANNOTATION, POOL_LABEL, PROVISIONED_FOR_ANNOTATION, PROVISIONED_FOR_LABEL,
 };
 use crate::api::pool::{Pool, PoolSpec, DEFAULT_POOL_NAME};
 use crate::api::run::{Run, RunPhase, RunStatus, RUN_FINALIZER};
@@ -822,7 +822,9 @@ async fn delete_if_unlaunched(ctx: &Context, ns: &str, name: &str, why: &str) ->
     let mut st = inst.status.clone().unwrap_or_default();
     let ended = matches!(st.phase, InstancePhase::Terminated | InstancePhase::Failed) && st.provider_id.is_none();
     if !ended {
-        if st.phase != InstancePhase::Pending || !st.launch_attempts.is_empty() {
+        // Pending again after launches that were refused or found absent holds no machine.
+        let machineless = |a: &LaunchAttempt| matches!(a.outcome, LaunchOutcome::Refused | LaunchOutcome::Absent);
+        if st.phase != InstancePhase::Pending || !st.launch_attempts.iter().all(machineless) {
             return Ok(false);
         }
         st.phase = InstancePhase::Terminated;
