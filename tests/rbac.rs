@@ -36,6 +36,12 @@ const GRANTED_NOT_EXERCISED: &[(&str, &str, &str, &str)] = &[
     ("list", "kpool.dev", "profiles", "profiles are read by name"),
     ("watch", "kpool.dev", "backends", "kube-runtime watches in runtime.rs"),
     ("watch", "kpool.dev", "profiles", "profiles are read on demand"),
+    (
+        "get",
+        "kpool.dev",
+        "pools",
+        "idleDuration: auto reads a pool afresh after a conflicting status write (tests/idle_auto.rs)",
+    ),
     ("delete", "kpool.dev", "instances", "a run drops its unlaunched instance when an idle one frees up first"),
     ("patch", "events.k8s.io", "events", "the event recorder folds repeated events into a series"),
     ("get", "", "configmaps", "offer catalogs from a ConfigMap (read by the backend factory)"),

@@ -174,6 +174,29 @@ pub struct LaunchAttempt {
     pub lookups: u32,
 }
 
+/// The idle deadline `idleDuration: auto` chose for one idle spell of an instance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoIdle {
+    /// The idle spell this is for: the `idleSince` it was chosen at.
+    pub since: Time,
+    /// How long the instance is kept idle in this spell, in seconds.
+    pub idle_seconds: u64,
+    /// When the instance is terminated unless a run takes it: `since` plus `idleSeconds`.
+    pub deadline: Time,
+    /// The machine shape whose gaps the choice rests on, `BACKEND/INSTANCE_TYPE`: a key
+    /// of the pool's `status.idleGaps`.
+    pub shape: String,
+    /// The boot time the choice weighed, in seconds.
+    pub boot_seconds: u64,
+    /// Seconds of risk this spell holds against the guarantee of never spending more
+    /// than twice what a planner that knew the future would.
+    pub risk_seconds: f64,
+    /// Why this deadline: the share of past gaps it covers and the expected saving
+    /// against keeping the instance for one boot time (ski-rental).
+    pub reason: String,
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }
@@ -224,6 +247,14 @@ pub struct InstanceStatus {
     /// When provisioning started (the first attempt).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provisioning_started_at: Option<Time>,
+    /// Seconds from the first provisioning attempt until the machine was ready: what a
+    /// run waits when no idle instance fits (`idleDuration: auto` weighs it against the
+    /// cost of keeping the instance idle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_seconds: Option<u64>,
+    /// With `idleDuration: auto`: the deadline chosen for the current idle spell, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_auto: Option<AutoIdle>,
     /// No provisioning call before this time: the backoff after throttling, or the next
     /// look for capacity while the retry window is open.
     #[serde(default, skip_serializing_if = "Option::is_none")]

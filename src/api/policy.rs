@@ -107,10 +107,13 @@ pub struct PolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySpec>,
     /// How long an instance may stay idle before it is terminated, e.g. `5m`, `72h`,
-    /// or `off` to keep it. Defaults to `5m` for instances that a run provisioned and
-    /// `72h` for instances added by hand.
+    /// `off` to keep it, or `auto` to let kpool choose for each idle spell from the idle
+    /// gaps the pool has seen for the instance's machine type, its price and its boot
+    /// time (never more than twice what a planner that knew the future would spend; the
+    /// instance's `Ready` condition says the deadline chosen and why). Defaults to `5m`
+    /// for instances that a run provisioned and `72h` for instances added by hand.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^(off|-1|[0-9]+([smhdw][0-9smhdw]*)?)$"))]
+    #[schemars(regex(pattern = r"^(off|-1|auto|[0-9]+([smhdw][0-9smhdw]*)?)$"))]
     pub idle_duration: Option<String>,
     /// `DestroyAfterIdle` (default) or `DontDestroy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -4,7 +4,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeMap;
+
 use super::policy::PolicySpec;
+use crate::core::idle_auto::spell::ShapeGaps;
 
 /// Annotation that marks a pool as the namespace's default pool.
 pub const DEFAULT_POOL_ANNOTATION: &str = "kpool.dev/default";
@@ -83,6 +86,13 @@ pub struct PoolStatus {
     /// What the pool's running machines cost, in US dollars per hour.
     #[serde(default)]
     pub price_per_hour: f64,
+    /// What `idleDuration: auto` has learned, per machine shape (`BACKEND/INSTANCE_TYPE`):
+    /// a histogram of the gaps between an instance going idle and the next run that
+    /// took it (or had to launch a machine of that shape), and the costs that keep its
+    /// choices within twice the planner's. Kept here so that it survives a restart of
+    /// kpool.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub idle_gaps: BTreeMap<String, ShapeGaps>,
     /// The generation of the spec this status describes; 0 until kpool has seen the object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = 0))]

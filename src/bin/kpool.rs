@@ -71,10 +71,11 @@ struct ControllerArgs {
     #[arg(long, env = "POD_NAMESPACE", default_value = "kpool-system", global = true)]
     leader_election_namespace: String,
     /// Idle duration of instances runs provision, unless a pool or profile says otherwise
-    /// (built-in: 5m; `off` keeps them).
+    /// (built-in: 5m; `off` keeps them; `auto` learns it from each pool's idle gaps).
     #[arg(long, env = "KPOOL_DEFAULT_IDLE_RUN", value_parser = idle_arg("--default-idle-duration-run"), global = true)]
     default_idle_duration_run: Option<String>,
-    /// Idle duration of instances added by hand (built-in: 72h; `off` keeps them).
+    /// Idle duration of instances added by hand (built-in: 72h; `off` keeps them; `auto`
+    /// learns it from each pool's idle gaps).
     #[arg(long, env = "KPOOL_DEFAULT_IDLE_MANUAL", value_parser = idle_arg("--default-idle-duration-manual"), global = true)]
     default_idle_duration_manual: Option<String>,
     /// How often the provider is asked about each idle or busy instance's machine (spot
@@ -116,7 +117,7 @@ enum LogFormat {
 
 fn idle_arg(flag: &'static str) -> impl Fn(&str) -> Result<String, String> + Clone {
     move |s: &str| match s {
-        "off" => Ok(s.to_string()),
+        "off" | "auto" => Ok(s.to_string()),
         _ => parse_duration(flag, s).map(|_| s.to_string()).map_err(|e| e.to_string()),
     }
 }

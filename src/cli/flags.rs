@@ -75,8 +75,9 @@ pub struct PolicyFlags {
     /// Only these instance types (repeatable).
     #[arg(long = "instance-type", value_name = "TYPE")]
     pub instance_types: Vec<String>,
-    /// How long the instance may stay idle, e.g. `30m`, or `off`.
-    #[arg(long, value_name = "DURATION", value_parser = |s: &str| check_duration("--idle-duration", s))]
+    /// How long the instance may stay idle, e.g. `30m`, `off`, or `auto` (learned from
+    /// the pool's idle gaps).
+    #[arg(long, value_name = "DURATION", value_parser = check_idle_duration)]
     pub idle_duration: Option<String>,
     /// Keep the instance until it is removed, whatever the idle duration.
     #[arg(long)]
@@ -114,6 +115,13 @@ fn check_duration(flag: &str, s: &str) -> Result<String, String> {
         return Ok(s.to_string());
     }
     parse_duration(flag, s).map(|_| s.to_string()).map_err(|e| e.to_string())
+}
+
+fn check_idle_duration(s: &str) -> Result<String, String> {
+    match s {
+        "auto" => Ok(s.to_string()),
+        _ => check_duration("--idle-duration", s),
+    }
 }
 
 impl ResourceFlags {

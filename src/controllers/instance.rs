@@ -12,6 +12,7 @@ use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::ResourceExt;
 
 use super::fence::{self, Fence};
+use super::idle_gaps;
 use super::metrics::InstanceSample;
 use super::observe::{holding_capacity, instances, policy_of, pool_of};
 use super::{Context, Error};
@@ -20,10 +21,12 @@ use crate::api::conditions::{
     self, clear_false, condition_tri, set_false_since, set_progress, upsert, Progress, READY,
 };
 use crate::api::instance::{
-    Instance, InstancePhase, InstanceStatus, INSTANCE_FINALIZER, PROVISIONED_FOR_ANNOTATION, PROVISIONED_FOR_LABEL,
+    AutoIdle, Instance, InstancePhase, InstanceStatus, INSTANCE_FINALIZER, PROVISIONED_FOR_ANNOTATION,
+    PROVISIONED_FOR_LABEL,
 };
 use crate::api::run::Run;
 use crate::backends::{machine_name, machine_tags, BackendError, MachineRef, MachineSpec, MachineState};
+use crate::core::idle_auto::spell;
 use crate::core::instance::launch::{self as outcome, Lookup, Resolution};
 use crate::core::instance::{self as sm, LaunchFailure, NoOffer, Step, POLL_INTERVAL};
 use crate::core::policy::{EffectivePolicy, Origin};
@@ -140,15 +143,44 @@ async fn step(inst: Instance, ctx: &Context) -> Result<Next, Error> {
         Step::Resolve => resolve(inst, st, &policy, ctx).await,
         Step::WaitUntil(at) => Ok(Next::Stop(Action::requeue(until(now, at)))),
         Step::Poll => poll(inst, st, &policy, ctx).await,
+        Step::DecideIdle => {
+            let shape = spell::shape(&st);
+            let mut gaps =
+                pool.as_ref().and_then(|p| p.status.as_ref()?.idle_gaps.get(&shape).cloned()).unwrap_or_default();
+            // The first idle spell of a machine a run had to launch: the run arrived about
+            // when provisioning started, one boot before the machine went idle, which
+            // tells the gaps of the shape's expired spells.
+            let first_launched = st.idle_auto.is_none() && inst.provisioned_for().is_some();
+            let arrival = match (&st.idle_since, st.boot_seconds) {
+                (Some(since), Some(boot)) if first_launched => {
+                    since.0.checked_sub(jiff::SignedDuration::from_secs(boot as i64)).ok()
+                }
+                _ => None,
+            };
+            if let Some(t) = arrival {
+                spell::launched(&mut gaps, t);
+            }
+            let Some((record, decision)) = spell::choose(&st, Some(&gaps.summary)) else {
+                return Ok(Next::Stop(Action::requeue(RECHECK)));
+            };
+            ready(&mut st, &inst, now, "Idle", &idle_message(Some(record.deadline.0), Some(&record)));
+            st.idle_auto = Some(record);
+            let written = ctx.write_status(&inst, &st).await?;
+            idle_gaps::record(ctx, &ns, &pool_name, &shape, |g| {
+                if let Some(t) = arrival {
+                    spell::launched(g, t);
+                }
+                g.summary.open(&decision);
+            })
+            .await?;
+            Ok(Next::Continue(written))
+        }
         Step::IdleUntil(deadline) => {
             if let Some(next) = check_health(&inst, &mut st, ctx).await? {
                 return Ok(next);
             }
             let reason = if st.phase == InstancePhase::Busy { "Busy" } else { "Idle" };
-            let msg = match deadline {
-                Some(d) => format!("idle; terminates at {d} unless a run takes it"),
-                None => "idle; kept until removed".to_string(),
-            };
+            let msg = idle_message(deadline, spell::current(&st).filter(|_| policy.auto_idle()));
             if st.phase == InstancePhase::Idle && ready(&mut st, &inst, now, reason, &msg) {
                 ctx.write_status(&inst, &st).await?;
             }
@@ -157,10 +189,17 @@ async fn step(inst: Instance, ctx: &Context) -> Result<Next, Error> {
         }
         Step::Expire => {
             sm::terminate(&mut st);
-            let msg = "idle duration elapsed; terminating the machine".to_string();
+            let msg = match spell::current(&status) {
+                Some(auto) => format!("idle deadline elapsed ({}); terminating the machine", auto.reason),
+                None => "idle duration elapsed; terminating the machine".to_string(),
+            };
             ready(&mut st, &inst, now, "IdleTimeout", &msg);
             ctx.event(&inst, false, "IdleTimeout", msg).await;
-            Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
+            let written = ctx.write_status(&inst, &st).await?;
+            if let Some(record) = spell::current(&status) {
+                idle_gaps::record(ctx, &ns, &pool_name, &record.shape, |g| spell::close_expired(g, record)).await?;
+            }
+            Ok(Next::Continue(written))
         }
         Step::CheckRun(run) => check_run(inst, st, &run, ctx).await,
         Step::Fence(job) => match fence::held(&inst, &mut st, &job, ctx).await {
@@ -811,6 +850,15 @@ fn join(m: &BTreeMap<String, String>) -> String {
 }
 
 /// Time from `now` until `t`, zero if past.
+/// The `Ready` message of an idle instance: its deadline, and why under `idleDuration: auto`.
+fn idle_message(deadline: Option<Timestamp>, auto: Option<&AutoIdle>) -> String {
+    match (deadline, auto) {
+        (Some(d), Some(a)) => format!("{}; terminates at {d} unless a run takes it", a.reason),
+        (Some(d), None) => format!("idle; terminates at {d} unless a run takes it"),
+        (None, _) => "idle; kept until removed".to_string(),
+    }
+}
+
 pub fn until(now: Timestamp, t: Timestamp) -> Duration {
     Duration::try_from(t.duration_since(now)).unwrap_or(Duration::ZERO)
 }

@@ -4,6 +4,7 @@ pub mod backend;
 pub mod context;
 pub mod fence;
 pub mod gc;
+pub mod idle_gaps;
 pub mod installation;
 pub mod instance;
 pub mod leader;

@@ -20,6 +20,9 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action, Err
     let mut st = pool_counts(all.iter().filter(|i| instance_pool(i) == Some(&name)));
     st.observed_generation = pool.metadata.generation;
     let previous = pool.status.clone().unwrap_or_default();
+    // Written by the instance and run controllers (see `idle_gaps`); carried over, on the
+    // resourceVersion this write is conditional on.
+    st.idle_gaps = previous.idle_gaps.clone();
     let holding = (st.provisioning + st.idle + st.busy + st.terminating) as usize;
     let at_capacity = pool.spec.max_instances.is_some_and(|m| holding >= m as usize);
     let now = ctx.now();

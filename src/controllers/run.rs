@@ -12,6 +12,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::ResourceExt;
 
+use super::idle_gaps;
 use super::instance::until;
 use super::observe::{instance_pool, instances, policy_of, pool_of};
 use super::{is_conflict, Context, Error};
@@ -22,6 +23,7 @@ use crate::api::instance::{
 };
 use crate::api::pool::{Pool, PoolSpec, DEFAULT_POOL_NAME};
 use crate::api::run::{Run, RunPhase, RunStatus, RUN_FINALIZER};
+use crate::core::idle_auto::spell;
 use crate::core::matching::{assign, IdleInstance, PendingRun};
 use crate::core::policy::{EffectivePolicy, Origin};
 use crate::core::pool::has_room;
@@ -226,6 +228,18 @@ async fn place(
             Err(Error::Kube(e)) if is_conflict(&e) => return Ok(Next::Stop(Action::requeue(Duration::ZERO))),
             Err(e) => return Err(e),
         };
+        // Under `idleDuration: auto`, the gap this claim ended is what the pool learns from.
+        // (Not when the run takes the machine it launched: that wait was a boot, not a gap.)
+        if let Some((pool, record)) =
+            chosen.status.as_ref().and_then(|s| Some((s.pool.as_deref()?, spell::current(s)?)))
+        {
+            let (now, own) = (ctx.now(), chosen.provisioned_for() == Some(run.name_any().as_str()));
+            idle_gaps::record(ctx, &ns, pool, &record.shape, |g| match own {
+                true => spell::close_launched_for(g, record),
+                false => spell::close_reused(g, record, now),
+            })
+            .await?;
+        }
         // A pending instance provisioned for this run is no longer needed.
         if let Some(p) = st.provisioning_instance.clone().filter(|p| *p != claimed.name_any()) {
             let why = format!("run {} found instance {} first", run.name_any(), claimed.name_any());

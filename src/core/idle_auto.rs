@@ -26,6 +26,8 @@
 //! spells still open. By induction auto's cost stays at most `2·boundCost + b`: never
 //! worse than ski-rental's factor 2, plus one boot of credit to start learning with.
 
+pub mod spell;
+
 use std::time::Duration;
 
 use schemars::JsonSchema;

@@ -10,6 +10,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::add;
+use super::idle_auto;
 use super::offers::next_offer;
 use super::policy::EffectivePolicy;
 use crate::api::instance::{InstancePhase, InstanceStatus, JobRef, ProvisioningAttempt};
@@ -40,6 +41,9 @@ pub enum Step {
     WaitUntil(Timestamp),
     /// Ask the backend how the machine is doing.
     Poll,
+    /// Idle under `idleDuration: auto` with no deadline chosen for this idle spell yet:
+    /// choose it from the pool's learned gaps ([`idle_auto::spell::choose`]).
+    DecideIdle,
     /// Idle: nothing to do until the deadline (`None`: kept forever).
     IdleUntil(Option<Timestamp>),
     /// The idle duration ran out: terminate.
@@ -69,6 +73,7 @@ pub fn next_step(status: &InstanceStatus, policy: &EffectivePolicy, now: Timesta
         InstancePhase::Provisioning if launch::unresolved(status) => Step::Resolve,
         InstancePhase::Provisioning if status.provider_id.is_none() => Step::Launch,
         InstancePhase::Provisioning => Step::Poll,
+        InstancePhase::Idle if policy.auto_idle() && idle_auto::spell::current(status).is_none() => Step::DecideIdle,
         InstancePhase::Idle => match idle_deadline(status, policy) {
             Some(deadline) if now >= deadline => Step::Expire,
             deadline => Step::IdleUntil(deadline),
@@ -109,8 +114,12 @@ pub fn next_step_awaited(status: &InstanceStatus, policy: &EffectivePolicy, now:
     }
 }
 
-/// When an idle instance is due for termination; `None` when it is kept.
+/// When an idle instance is due for termination; `None` when it is kept (or, under
+/// `idleDuration: auto`, before its deadline is chosen).
 pub fn idle_deadline(status: &InstanceStatus, policy: &EffectivePolicy) -> Option<Timestamp> {
+    if policy.auto_idle() {
+        return idle_auto::spell::current(status).map(|a| a.deadline.0);
+    }
     let since = status.idle_since.as_ref()?.0;
     let limit = policy.idle_limit()?;
     since.checked_add(jiff::SignedDuration::try_from(limit).ok()?).ok()
@@ -179,6 +188,9 @@ pub fn observe_machine(status: &mut InstanceStatus, machine: &Machine, now: Time
     if status.phase == InstancePhase::Provisioning && machine.state == MachineState::Running {
         status.phase = InstancePhase::Idle;
         status.idle_since = Some(Time(now));
+        if let Some(started) = &status.provisioning_started_at {
+            status.boot_seconds = Some(now.duration_since(started.0).as_secs().max(0) as u64);
+        }
         // A fresh round of attempts starts the next time the instance provisions.
         status.provisioning_started_at = None;
     }

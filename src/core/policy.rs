@@ -60,8 +60,11 @@ pub struct EffectivePolicy {
     pub max_price: Option<f64>,
     /// `None`: never retry.
     pub retry: Option<RetryPolicy>,
-    /// `None`: never terminate for idleness (`off`).
+    /// `None`: never terminate for idleness (`off`), or `idle_auto`.
     pub idle_duration: Option<Duration>,
+    /// `idleDuration: auto`: each idle spell's deadline is chosen from the pool's learned
+    /// gaps ([`crate::core::idle_auto`]); `idle_duration` is then `None`.
+    pub idle_auto: bool,
     pub termination_policy: TerminationPolicy,
     pub creation_policy: CreationPolicy,
     /// `None`: no limit.
@@ -86,6 +89,7 @@ impl EffectivePolicy {
                 Origin::Run => DEFAULT_IDLE_RUN_PROVISIONED,
                 Origin::Manual => DEFAULT_IDLE_MANUAL,
             }),
+            idle_auto: false,
             termination_policy: TerminationPolicy::DestroyAfterIdle,
             creation_policy: CreationPolicy::ReuseOrCreate,
             max_duration: None,
@@ -137,12 +141,19 @@ impl EffectivePolicy {
     }
 
     /// When an idle instance must be terminated, given how long it has been idle.
-    /// `None`: it is kept (`off` or `DontDestroy`).
+    /// `None`: it is kept (`off` or `DontDestroy`), or its deadline is chosen per idle
+    /// spell ([`auto_idle`](Self::auto_idle)).
     pub fn idle_limit(&self) -> Option<Duration> {
         match self.termination_policy {
             TerminationPolicy::DontDestroy => None,
             TerminationPolicy::DestroyAfterIdle => self.idle_duration,
         }
+    }
+
+    /// Whether each idle spell's deadline is chosen by `idleDuration: auto` (not with
+    /// `DontDestroy`, which keeps the instance).
+    pub fn auto_idle(&self) -> bool {
+        self.idle_auto && self.termination_policy == TerminationPolicy::DestroyAfterIdle
     }
 }
 
@@ -191,7 +202,15 @@ pub fn effective_policy(layers: &[&PolicySpec], origin: Origin) -> Result<Effect
         p.retry = Some(RetryPolicy { on, duration });
     }
     if let Some(v) = first(layers, |l| l.idle_duration.as_deref()) {
-        p.idle_duration = parse_optional_duration("idleDuration", v)?;
+        p.idle_auto = v.trim() == "auto";
+        p.idle_duration = match p.idle_auto {
+            true => None,
+            false => parse_optional_duration("idleDuration", v).map_err(|e| SpecError {
+                token: v.to_string(),
+                reason: format!("{} (at {:?}); give a duration such as `5m`, or `off`, or `auto`", e.reason, e.token),
+                ..e
+            })?,
+        };
     }
     if let Some(v) = first(layers, |l| l.termination_policy) {
         p.termination_policy = v;
@@ -271,6 +290,31 @@ mod tests {
         let p = effective_policy(&[&keep], Origin::Run).unwrap();
         assert_eq!(p.idle_duration, Some(DEFAULT_IDLE_RUN_PROVISIONED));
         assert_eq!(p.idle_limit(), None);
+    }
+
+    #[test]
+    fn idle_auto_is_its_own_rule_and_only_for_idle_duration() {
+        let auto = PolicySpec { idle_duration: Some(" auto".into()), ..spec() };
+        let p = effective_policy(&[&auto], Origin::Manual).unwrap();
+        assert!(p.idle_auto && p.auto_idle());
+        assert_eq!((p.idle_duration, p.idle_limit()), (None, None), "no fixed deadline beside auto");
+        // A more specific fixed value wins over a pool's auto, and the other way round.
+        let fixed = PolicySpec { idle_duration: Some("10m".into()), ..spec() };
+        let p = effective_policy(&[&fixed, &auto], Origin::Run).unwrap();
+        assert!(!p.idle_auto);
+        assert_eq!(p.idle_duration, Some(Duration::from_secs(600)));
+        assert!(effective_policy(&[&auto, &fixed], Origin::Run).unwrap().auto_idle());
+        // DontDestroy keeps the instance whatever auto would choose.
+        let keep = PolicySpec { termination_policy: Some(TerminationPolicy::DontDestroy), ..spec() };
+        assert!(!effective_policy(&[&keep, &auto], Origin::Run).unwrap().auto_idle());
+        // `auto` is not a max duration, nor a misspelt auto an idle duration.
+        let bad = PolicySpec { max_duration: Some("auto".into()), ..spec() };
+        let e = effective_policy(&[&bad], Origin::Run).unwrap_err();
+        assert_eq!(e.field, "maxDuration");
+        let bad = PolicySpec { idle_duration: Some("autoo".into()), ..spec() };
+        let e = effective_policy(&[&bad], Origin::Run).unwrap_err();
+        assert_eq!((e.field.as_str(), e.token.as_str()), ("idleDuration", "autoo"));
+        assert!(e.to_string().contains("or `auto`"), "{e}");
     }
 
     #[test]

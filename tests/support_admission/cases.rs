@@ -80,6 +80,16 @@ fn policies() -> Vec<Case> {
             rejected("spec.idleDuration", &["5 minutes"]),
         ),
         case(
+            "instance: idleDuration auto misspelt",
+            instance(json!({"idleDuration": "automatic"})),
+            rejected("spec.idleDuration", &["automatic"]),
+        ),
+        case(
+            "run: maxDuration auto (only idleDuration learns)",
+            run(json!({"maxDuration": "auto"})),
+            rejected("spec.maxDuration", &["auto"]),
+        ),
+        case(
             "run: maxDuration in words",
             run(json!({"maxDuration": "2 hours"})),
             rejected("spec.maxDuration", &["2 hours"]),
@@ -152,6 +162,8 @@ fn policies() -> Vec<Case> {
             run(json!({"spotPolicy": "auto", "maxPrice": 0, "idleDuration": "off"})),
             Admitted,
         ),
+        case("profile: idleDuration learned", profile(json!({"idleDuration": "auto"})), Admitted),
+        case("instance: idleDuration learned", instance(json!({"idleDuration": "auto"})), Admitted),
         case(
             "run: on-demand with durations",
             run(json!({"spotPolicy": "on-demand", "idleDuration": "90s", "maxDuration": "1d"})),
