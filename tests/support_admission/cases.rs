@@ -163,6 +163,22 @@ fn policies() -> Vec<Case> {
             Admitted,
         ),
         case("profile: idleDuration learned", profile(json!({"idleDuration": "auto"})), Admitted),
+        case(
+            "run: spot then on-demand with its fallback",
+            run(json!({"spotPolicy": "spot-then-on-demand",
+                "spotFallback": {"afterInterruptions": 2, "afterWaiting": "15m"}})),
+            Admitted,
+        ),
+        case(
+            "run: spot fallback after no interruption",
+            run(json!({"spotPolicy": "spot-then-on-demand", "spotFallback": {"afterInterruptions": 0}})),
+            rejected("spec.spotFallback.afterInterruptions", &["0"]),
+        ),
+        case(
+            "profile: spot fallback wait in words",
+            profile(json!({"spotFallback": {"afterWaiting": "a while"}})),
+            rejected("spec.spotFallback.afterWaiting", &["a while"]),
+        ),
         case("instance: idleDuration learned", instance(json!({"idleDuration": "auto"})), Admitted),
         case(
             "run: on-demand with durations",
