@@ -30,6 +30,7 @@ async fn pool_cmd(h: &Harness, line: &str, answer: Option<&str>) -> Result<Strin
         Command::Add(a) => cli::instances::add(a, Some(&client), NS, &mut term).await,
         Command::List => cli::pools::list(&client, NS, &mut term).await,
         Command::Queue(a) => cli::pools::queue(a, &client, NS, &mut term).await,
+        Command::Cost(a) => cli::cost::cost(a, &client, NS, &mut term).await,
         Command::Create(a) => cli::pools::create(a, &client, NS, &mut term).await,
         Command::Delete(a) => cli::pools::delete(a, &client, NS, &mut term).await,
         Command::SetDefault { name } => cli::pools::set_default(name, &client, NS, &mut term).await,
@@ -446,4 +447,56 @@ async fn queue_lists_waiting_runs_by_priority_then_age_with_why_they_wait() {
     assert_eq!(positions[0], ("z-urgent".to_string(), 1));
     assert_eq!(positions[2], ("b-second".to_string(), 3));
     assert_eq!(pool_cmd(&h, "queue --pool other", None).await.unwrap(), "No run waits in namespace ml.\n");
+}
+
+/// `cost` from the instances' statuses: one m5.2xlarge ($0.384/h) provisioned by run `a`
+/// at t0 (idle duration 25 min), busy 10 min, idle 20 min until run `b` takes it, busy 30
+/// min, then idle 25 min until it is torn down: 85 min billed, 45 of them idle; two runs,
+/// one of them reused.
+#[tokio::test]
+async fn cost_sums_each_instances_billed_time_at_its_price_with_idle_time_and_reuse() {
+    use std::time::Duration;
+    let h = Harness::new().await;
+    let policy = kpool::api::policy::PolicySpec { idle_duration: Some("25m".into()), ..Default::default() };
+    h.run("a", RunSpec { resources: cpu("8.."), policy, ..Default::default() }).await;
+    h.settle(3).await;
+    let on = h.get_run("a").await.status.unwrap().instance.unwrap();
+    h.advance(Duration::from_secs(600));
+    h.exec.exit("a", 0);
+    h.settle(1).await;
+    h.advance(Duration::from_secs(1200));
+    h.run("b", RunSpec { resources: cpu("8.."), ..Default::default() }).await;
+    h.settle(2).await;
+    assert_eq!(h.get_run("b").await.status.unwrap().instance.as_deref(), Some(on.as_str()), "b reuses it");
+    h.advance(Duration::from_secs(1800));
+    h.exec.exit("b", 0);
+    h.settle(1).await;
+    h.advance(Duration::from_secs(1500));
+    h.settle(2).await;
+    let st = h.get_instance(&on).await.status.unwrap();
+    assert_eq!(st.phase, InstancePhase::Terminated, "{st:?}");
+    let usage = st.usage.clone().unwrap();
+    assert_eq!((usage.busy_seconds, usage.idle_seconds, usage.runs), (2400, 2700, 2), "{usage:?}");
+
+    let json: serde_json::Value = serde_json::from_str(&pool_cmd(&h, "cost -o json", None).await.unwrap()).unwrap();
+    let item = &json["items"][0];
+    assert_eq!((item["pool"].as_str(), item["instanceType"].as_str()), (Some("default-pool"), Some("m5.2xlarge")));
+    let dollars = |seconds: f64| (seconds * 0.384 / 3600.0 * 10_000.0).round() / 10_000.0;
+    assert_eq!(item["spend"].as_f64(), Some(dollars(5100.0)), "{json}");
+    assert_eq!(item["idleSpend"].as_f64(), Some(dollars(2700.0)), "{json}");
+    assert_eq!(item["busySpend"].as_f64(), Some(dollars(2400.0)), "{json}");
+    assert_eq!((item["runs"].as_u64(), item["reusedRuns"].as_u64()), (Some(2), Some(1)), "{json}");
+    assert_eq!(item["reuseRate"].as_f64(), Some(0.5));
+    assert_eq!(json["total"]["spend"], item["spend"]);
+
+    let table = pool_cmd(&h, "cost", None).await.unwrap();
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("POOL") && lines[0].contains("IDLE SPEND"), "{table}");
+    assert!(lines[1].contains("m5.2xlarge") && lines[1].contains("$0.54") && lines[1].contains("$0.29"), "{table}");
+    assert!(lines[1].contains("50%"), "{table}");
+    assert!(lines[2].starts_with("TOTAL"), "{table}");
+    assert_eq!(
+        pool_cmd(&h, "cost --pool other", None).await.unwrap(),
+        "No instance with a launched machine in namespace ml.\n"
+    );
 }

@@ -645,7 +645,7 @@ async fn a_running_run_whose_backend_goes_away_says_so() {
     let inst = h.get_instance("a10g").await;
     let mut ist = inst.status.clone().unwrap();
     let job = kpool::api::instance::JobRef { run: "train".into(), run_uid: "u-train".into(), attempt: 0 };
-    kpool::core::instance::claim(&mut ist, job);
+    kpool::core::instance::claim(&mut ist, job, h.clock_now());
     h.ctx.write_status(&inst, &ist).await.unwrap();
     h.run("train", RunSpec { resources: gpu("A10G"), ..Default::default() }).await;
     h.reconcile_run("train").await.unwrap(); // adds the finalizer

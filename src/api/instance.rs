@@ -201,6 +201,33 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+/// How an instance's machine spent its billed time: from its launch until it was confirmed
+/// gone, split into busy spells (a run held it), idle spells (waiting for reuse) and the
+/// rest (booting, tearing down). Times are kpool's observations; the provider's bill may
+/// differ by its rounding and by the seconds before kpool saw a change.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    /// When the provider accepted the launch (billing starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launched_at: Option<Time>,
+    /// When the machine was confirmed gone (billing ends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<Time>,
+    /// Since when a run has held the instance (the busy spell under way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy_since: Option<Time>,
+    /// Seconds of the busy spells that ended.
+    #[serde(default)]
+    pub busy_seconds: u64,
+    /// Seconds of the idle spells that ended.
+    #[serde(default)]
+    pub idle_seconds: u64,
+    /// Runs that held the instance.
+    #[serde(default)]
+    pub runs: u32,
+}
+
 /// Observed state of an `Instance`.
 // Defaulted by the API server on every read until kpool writes it, so that an Instance
 // kpool has not seen yet carries `observedGeneration: 0`, which GitOps tools read as
@@ -252,6 +279,9 @@ pub struct InstanceStatus {
     /// cost of keeping the instance idle).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_seconds: Option<u64>,
+    /// How the machine's billed time was spent, for `kubectl pool cost`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
     /// With `idleDuration: auto`: the deadline chosen for the current idle spell, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_auto: Option<AutoIdle>,

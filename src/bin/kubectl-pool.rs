@@ -73,6 +73,7 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
         Command::AddSsh(a) => cli::ssh::add_ssh(a, need()?, ns, &mut term).await,
         Command::Logs(a) => cli::logs::logs(a, need()?, ns, &mut term).await,
         Command::Queue(a) => cli::pools::queue(a, need()?, ns, &mut term).await,
+        Command::Cost(a) => cli::cost::cost(a, need()?, ns, &mut term).await,
         Command::List => cli::pools::list(need()?, ns, &mut term).await,
         Command::Create(a) => cli::pools::create(a, need()?, ns, &mut term).await,
         Command::Delete(a) => cli::pools::delete(a, need()?, ns, &mut term).await,

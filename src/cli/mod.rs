@@ -3,6 +3,7 @@
 //! is a function of a client, a namespace and the terminal, so tests drive them against
 //! the in-memory API.
 
+pub mod cost;
 pub mod flags;
 pub mod instances;
 pub mod logs;
@@ -75,6 +76,10 @@ pub enum Command {
     /// The runs waiting in each pool's queue, in the order they will be served.
     #[command(after_help = "Examples:\n  kubectl pool queue\n  kubectl pool queue --pool training -o json")]
     Queue(QueueArgs),
+    /// What the namespace's instances cost: spend, idle spend, runs served and reuse, per
+    /// pool, backend and instance type.
+    #[command(after_help = "Examples:\n  kubectl pool cost\n  kubectl pool cost --pool training --since 7d -o json")]
+    Cost(CostArgs),
     /// List the namespace's pools.
     List,
     /// Create a pool.
@@ -218,6 +223,19 @@ pub struct PsArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = PsFormat::Table)]
     pub output: PsFormat,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CostArgs {
+    /// Only this pool.
+    #[arg(long)]
+    pub pool: Option<String>,
+    /// Only what was spent in this last stretch of time, e.g. `24h`, `7d`.
+    #[arg(long, value_name = "DURATION", value_parser = |s: &str| crate::api::duration::parse_duration("--since", s).map_err(|e| e.to_string()))]
+    pub since: Option<std::time::Duration>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
 }
 
 #[derive(clap::Args, Debug)]

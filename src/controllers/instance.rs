@@ -694,7 +694,7 @@ async fn teardown(inst: Instance, mut st: InstanceStatus, ctx: &Context) -> Resu
         Err(e) => return Err(teardown_failed(&inst, &mut st, e, ctx).await),
     };
     if deleted {
-        sm::gone(&mut st);
+        sm::gone(&mut st, now);
         clear_false(&mut st.conditions, TEARDOWN, "Deleted", "the machine is deleted", inst.metadata.generation, now);
         let (reason, message) = match crate::api::conditions::find(&st.conditions, "Ready") {
             // Lost by the health check: the message says what happened, keep it.

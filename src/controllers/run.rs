@@ -220,7 +220,7 @@ async fn place(
             return Ok(Next::Stop(Action::requeue(Duration::ZERO)));
         };
         let mut ist = chosen.status.clone().unwrap_or_default();
-        crate::core::instance::claim(&mut ist, JobRef::of(&run));
+        crate::core::instance::claim(&mut ist, JobRef::of(&run), now);
         // The claim carries the instance's resourceVersion: if anything else changed
         // the instance since we looked (another run claimed it), this fails with 409.
         let claimed = match ctx.write_status(&chosen, &ist).await {

@@ -176,6 +176,7 @@ pub fn choose_offer(
 pub fn launched(status: &mut InstanceStatus, machine: &Machine, now: Timestamp) {
     status.provider_id = Some(machine.provider_id.clone());
     status.next_attempt_at = None;
+    status.usage.get_or_insert_with(Default::default).launched_at.get_or_insert(Time(now));
     launch::record_launched(status, now);
     observe_machine(status, machine, now);
 }
@@ -258,7 +259,11 @@ pub fn launch_failed(
 }
 
 /// Idle → Busy for `run`.
-pub fn claim(status: &mut InstanceStatus, job: JobRef) {
+pub fn claim(status: &mut InstanceStatus, job: JobRef, now: Timestamp) {
+    close_spells(status, now);
+    let usage = status.usage.get_or_insert_with(Default::default);
+    usage.busy_since = Some(Time(now));
+    usage.runs += 1;
     status.phase = InstancePhase::Busy;
     status.run = Some(job.run.clone());
     status.job = Some(job);
@@ -267,10 +272,47 @@ pub fn claim(status: &mut InstanceStatus, job: JobRef) {
 
 /// Busy → Idle; the idle clock starts now. The job there has ended.
 pub fn release(status: &mut InstanceStatus, now: Timestamp) {
+    close_spells(status, now);
     status.phase = InstancePhase::Idle;
     status.run = None;
     status.job = None;
     status.idle_since = Some(Time(now));
+}
+
+/// Adds the busy or idle spell under way, up to `now`, to the usage's totals.
+fn close_spells(status: &mut InstanceStatus, now: Timestamp) {
+    let idle_since = status.idle_since.as_ref().map(|t| t.0);
+    let Some(usage) = status.usage.as_mut() else { return };
+    if let Some(since) = usage.busy_since.take() {
+        usage.busy_seconds += seconds_between(since.0, now);
+    }
+    if let Some(since) = idle_since {
+        usage.idle_seconds += seconds_between(since, now);
+    }
+}
+
+fn seconds_between(from: Timestamp, to: Timestamp) -> u64 {
+    u64::try_from(to.as_second() - from.as_second()).unwrap_or(0)
+}
+
+/// Billed seconds of an instance up to `now` (or its end): in all, busy and idle, the
+/// spell under way included; zero before a launch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Accrued {
+    pub total: u64,
+    pub busy: u64,
+    pub idle: u64,
+}
+
+pub fn accrued(status: &InstanceStatus, now: Timestamp) -> Accrued {
+    let Some(u) = status.usage.as_ref() else { return Accrued::default() };
+    let Some(launched) = u.launched_at.as_ref().map(|t| t.0) else { return Accrued::default() };
+    let end = u.ended_at.as_ref().map_or(now, |t| t.0);
+    let open = u.ended_at.is_none();
+    let busy = u.busy_seconds + u.busy_since.as_ref().filter(|_| open).map_or(0, |t| seconds_between(t.0, end));
+    let idle_open = status.idle_since.as_ref().filter(|_| open).map_or(0, |t| seconds_between(t.0, end));
+    let total = seconds_between(launched, end);
+    Accrued { total, busy: busy.min(total), idle: (u.idle_seconds + idle_open).min(total) }
 }
 
 /// Any live phase → Terminating.
@@ -279,7 +321,13 @@ pub fn terminate(status: &mut InstanceStatus) {
 }
 
 /// The backend says the machine is gone.
-pub fn gone(status: &mut InstanceStatus) {
+pub fn gone(status: &mut InstanceStatus, now: Timestamp) {
+    if status.phase != InstancePhase::Terminated {
+        close_spells(status, now);
+        if let Some(u) = status.usage.as_mut().filter(|u| u.launched_at.is_some()) {
+            u.ended_at.get_or_insert(Time(now));
+        }
+    }
     status.phase = InstancePhase::Terminated;
     status.address = None;
 }

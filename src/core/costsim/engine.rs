@@ -248,7 +248,7 @@ impl Sim<'_> {
         }
         let job = self.job(r);
         let inst = &mut self.insts[i];
-        instance::claim(&mut inst.status, job);
+        instance::claim(&mut inst.status, job, ts(t));
         inst.reserved_for = None;
         self.started[r] = Some(t);
         let end = t + secs_to_ms(self.trace[r].duration);
@@ -383,7 +383,7 @@ impl Sim<'_> {
         match instance::next_step(&inst.status, &inst.policy, ts(t)) {
             Step::Expire => {
                 instance::terminate(&mut inst.status);
-                instance::gone(&mut inst.status);
+                instance::gone(&mut inst.status, ts(t));
                 inst.terminated = Some(t);
                 let key = (inst.pool.clone(), shape(&inst.offer));
                 let since = inst.status.idle_since.as_ref().map(|s| ms_of(s.0)).unwrap_or(t);

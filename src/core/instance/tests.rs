@@ -58,7 +58,9 @@ fn full_lifecycle_pending_to_terminated() {
     // Idle for 5 minutes (run-provisioned default), then expired.
     assert_eq!(next_step(&s, &p, now), Step::IdleUntil(Some(t("2026-01-01T00:05:00Z"))));
     let job = JobRef { run: "run-1".into(), run_uid: "u1".into(), attempt: 0 };
-    claim(&mut s, job.clone());
+    claim(&mut s, job.clone(), t("2026-01-01T00:02:00Z"));
+    let mid = accrued(&s, t("2026-01-01T00:32:00Z"));
+    assert_eq!((mid.total, mid.busy, mid.idle), (1920, 1800, 120), "the busy spell under way counts");
     assert_eq!(next_step(&s, &p, t("2026-01-01T01:00:00Z")), Step::CheckRun("run-1".into()));
     // Its run let go of it while the job may still run: held, to stop that job first.
     s.run = None;
@@ -68,8 +70,16 @@ fn full_lifecycle_pending_to_terminated() {
     assert_eq!(next_step(&s, &p, t("2026-01-01T01:05:00Z")), Step::Expire);
     terminate(&mut s);
     assert_eq!(next_step(&s, &p, now), Step::Teardown);
-    gone(&mut s);
+    gone(&mut s, t("2026-01-01T01:06:00Z"));
     assert_eq!(next_step(&s, &p, now), Step::Done);
+    // Launched at 00:00, idle 2 min, busy 58 min, idle 5 min, 1 min tearing down (the
+    // idle clock runs until the machine is gone): billed 66 min in all, then no more.
+    let usage = s.usage.clone().unwrap();
+    assert_eq!((usage.busy_seconds, usage.idle_seconds, usage.runs), (3480, 480, 1));
+    let end = accrued(&s, t("2026-01-02T00:00:00Z"));
+    assert_eq!((end.total, end.busy, end.idle), (3960, 3480, 480));
+    gone(&mut s, t("2026-01-02T00:00:00Z"));
+    assert_eq!(accrued(&s, t("2026-01-03T00:00:00Z")), end, "ended once");
 }
 
 #[test]
