@@ -21,6 +21,8 @@ pub const PROVISIONED_FOR_ANNOTATION: &str = "kpool.dev/provisioned-for-run";
 pub const INTERRUPTIONS_ANNOTATION: &str = "kpool.dev/run-interruptions";
 /// Label carrying the pool name on instances kpool creates.
 pub const POOL_LABEL: &str = "kpool.dev/pool";
+/// On instances a pool keeps warm (`spec.warm`): the pool's name.
+pub const WARM_LABEL: &str = "kpool.dev/warm";
 
 /// Lifecycle phase of an instance.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use super::policy::PolicySpec;
+use super::resources::ResourcesSpec;
 use crate::core::idle_auto::spell::ShapeGaps;
 
 /// Annotation that marks a pool as the namespace's default pool.
@@ -50,6 +51,40 @@ pub struct PoolSpec {
     /// Default policies for the pool's instances and runs; below `profile` in precedence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub defaults: Option<PolicySpec>,
+    /// Idle instances kept ready so that runs start at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm: Option<WarmSpec>,
+}
+
+/// Warm headroom: the pool keeps at least `minIdle` idle instances of these resources.
+/// It launches one whenever a run takes one, never beyond `maxInstances`; warm instances
+/// do not idle out, and the pool ends the idle ones beyond `minIdle` (when a run gives
+/// one back, or `minIdle` is lowered).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WarmSpec {
+    /// How many idle instances to keep ready.
+    #[schemars(range(min = 0, max = 1000))]
+    pub min_idle: u32,
+    /// What each warm instance has, in the manifest grammar (e.g. `gpu: 24GB..`).
+    #[serde(default)]
+    pub resources: ResourcesSpec,
+    /// Policies of the warm instances (spot, price, backends, regions…), below the
+    /// pool's profile and defaults as for any instance; `idleDuration` does not apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicySpec>,
+}
+
+/// How the pool's warm headroom stands.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WarmStatus {
+    /// Idle warm instances wanted (`spec.warm.minIdle`).
+    pub wanted: u32,
+    /// Idle warm instances ready now.
+    pub ready: u32,
+    /// Warm instances on their way (pending or provisioning).
+    pub starting: u32,
 }
 
 /// Observed state of a `Pool`.
@@ -93,6 +128,9 @@ pub struct PoolStatus {
     /// kpool.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub idle_gaps: BTreeMap<String, ShapeGaps>,
+    /// With `spec.warm`: idle warm instances wanted, ready and starting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm: Option<WarmStatus>,
     /// The generation of the spec this status describes; 0 until kpool has seen the object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = 0))]

@@ -1,15 +1,20 @@
-//! The `Pool` controller: counts the pool's instances by phase and its $/hour.
+//! The `Pool` controller: counts the pool's instances by phase and its $/hour, and keeps
+//! its warm headroom (`spec.warm`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
+use kube::api::{Api, PostParams};
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
 
 use super::observe::{instance_pool, instances};
-use super::{Context, Error};
-use crate::api::conditions::condition;
-use crate::api::pool::{Pool, PoolStatus};
+use super::{is_conflict, is_not_found, Context, Error};
+use crate::api::conditions::{condition, condition_tri, set_progress, upsert, Progress};
+use crate::api::instance::{Instance, InstancePhase, InstanceSpec, INSTANCE_FINALIZER, POOL_LABEL, WARM_LABEL};
+use crate::api::pool::{Pool, PoolStatus, WarmStatus};
 use crate::core::pool::pool_counts;
 
 /// Reconciles one `Pool`: writes counts and conditions when they changed.
@@ -26,6 +31,7 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action, Err
     let holding = (st.provisioning + st.idle + st.busy + st.terminating) as usize;
     let at_capacity = pool.spec.max_instances.is_some_and(|m| holding >= m as usize);
     let now = ctx.now();
+    let warm = keep_warm(&pool, &all, holding as u32, &ctx).await?;
     let message = match pool.spec.max_instances {
         Some(m) => format!("{holding} of {m} instances in use"),
         None => format!("{holding} instances; no limit"),
@@ -50,11 +56,118 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action, Err
             now,
         ),
     ];
+    if let Some((w, message)) = warm {
+        let ok = w.ready >= w.wanted;
+        let reason = if ok {
+            "Ready"
+        } else if w.starting > 0 {
+            "Starting"
+        } else {
+            "NoRoom"
+        };
+        let c = condition(&previous.conditions, "Warm", ok, reason, message, pool.metadata.generation, now);
+        st.conditions.push(c);
+        st.warm = Some(w);
+    }
     // Skip writes that would change nothing but timestamps.
     if !same_except_times(&previous, &st) {
         ctx.write_status(&*pool, &st).await?;
     }
     Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// Keeps `spec.warm.minIdle` idle warm instances: launches the missing ones (within
+/// `maxInstances`; `holding` instances of the pool hold capacity now) and ends idle ones
+/// beyond it. Returns the headroom and a sentence on it; `None` without `spec.warm`.
+async fn keep_warm(
+    pool: &Pool,
+    all: &[Instance],
+    holding: u32,
+    ctx: &Context,
+) -> Result<Option<(WarmStatus, String)>, Error> {
+    let Some(warm) = pool.spec.warm.as_ref() else { return Ok(None) };
+    let name = pool.name_any();
+    let ns = pool.namespace().unwrap_or_default();
+    let phase = |i: &Instance| i.status.as_ref().map_or(InstancePhase::Pending, |s| s.phase);
+    let mine: Vec<&Instance> = all
+        .iter()
+        .filter(|i| i.labels().get(WARM_LABEL) == Some(&name) && i.metadata.deletion_timestamp.is_none())
+        .collect();
+    let idle: Vec<&Instance> = mine.iter().copied().filter(|i| phase(i) == InstancePhase::Idle).collect();
+    let starting = mine.iter().filter(|i| matches!(phase(i), InstancePhase::Pending | InstancePhase::Provisioning));
+    let starting = starting.count() as u32;
+    let ready = idle.len() as u32;
+    let room = pool.spec.max_instances.map_or(u32::MAX, |m| m.saturating_sub(holding));
+    let missing = warm.min_idle.saturating_sub(ready + starting);
+    let launch = missing.min(room);
+    let api: Api<Instance> = Api::namespaced(ctx.client.clone(), &ns);
+    let taken: std::collections::HashSet<String> = all.iter().map(|i| i.name_any()).collect();
+    let mut next = 0;
+    for _ in 0..launch {
+        let inst = loop {
+            let candidate = format!("{name}-warm-{next}");
+            next += 1;
+            if !taken.contains(&candidate) {
+                break candidate;
+            }
+        };
+        create_warm(&api, pool, &inst).await?;
+    }
+    // Idle beyond minIdle: ended with a status write conditional on the copy looked at,
+    // so that one a run claims meanwhile is left alone (the claim wins, or this does).
+    let mut surplus: Vec<&Instance> = idle.clone();
+    surplus.sort_by_key(|i| std::cmp::Reverse(i.name_any()));
+    for inst in surplus.into_iter().take(ready.saturating_sub(warm.min_idle) as usize) {
+        let mut st = inst.status.clone().unwrap_or_default();
+        crate::core::instance::terminate(&mut st);
+        let why = format!("pool {name} keeps {} warm; this one is beyond that", warm.min_idle);
+        let gen = inst.metadata.generation;
+        let c = condition_tri(&st.conditions, "Ready", "False", "WarmSurplus", &why, gen, ctx.now());
+        upsert(&mut st.conditions, c);
+        set_progress(&mut st.conditions, Progress::Reconciling, "WarmSurplus", &why, gen, ctx.now());
+        match ctx.write_status(inst, &st).await {
+            Ok(_) => ctx.event(inst, false, "WarmSurplus", why).await,
+            Err(Error::Kube(e)) if is_conflict(&e) || is_not_found(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // Ended warm instances are removed, so that their names do not pile up.
+    for inst in mine.iter().filter(|i| matches!(phase(i), InstancePhase::Terminated | InstancePhase::Failed)) {
+        match api.delete(&inst.name_any(), &Default::default()).await {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let message = if launch < missing {
+        format!(
+            "{ready} of {} warm instances idle, {starting} starting; maxInstances ({}) leaves no room for {} more",
+            warm.min_idle,
+            pool.spec.max_instances.unwrap_or_default(),
+            missing - launch
+        )
+    } else {
+        format!("{ready} of {} warm instances idle, {} starting", warm.min_idle, starting + launch)
+    };
+    Ok(Some((WarmStatus { wanted: warm.min_idle, ready, starting: starting + launch }, message)))
+}
+
+/// Creates warm instance `name` of `pool`: its resources and policies, never idling out.
+async fn create_warm(api: &Api<Instance>, pool: &Pool, name: &str) -> Result<(), Error> {
+    let warm = pool.spec.warm.clone().unwrap_or_default();
+    let mut policy = warm.policy.unwrap_or_default();
+    policy.idle_duration = Some("off".into());
+    let spec = InstanceSpec { pool: Some(pool.name_any()), resources: warm.resources, policy, ..Default::default() };
+    let mut inst = Instance::new(name, spec);
+    inst.metadata.namespace = pool.namespace();
+    inst.metadata.finalizers = Some(vec![INSTANCE_FINALIZER.to_string()]);
+    inst.metadata.labels =
+        Some(BTreeMap::from([(POOL_LABEL.to_string(), pool.name_any()), (WARM_LABEL.to_string(), pool.name_any())]));
+    match api.create(&PostParams::default(), &inst).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_conflict(&e) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn same_except_times(a: &PoolStatus, b: &PoolStatus) -> bool {

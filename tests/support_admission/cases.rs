@@ -142,6 +142,17 @@ fn policies() -> Vec<Case> {
         ),
         case("pool: negative maxInstances", pool(json!({"maxInstances": -1})), rejected("spec.maxInstances", &["-1"])),
         case(
+            "pool: warm headroom",
+            pool(json!({"maxInstances": 4, "warm": {"minIdle": 2, "resources": {"gpu": "24GB.."},
+                "policy": {"spotPolicy": "on-demand"}}})),
+            Admitted,
+        ),
+        case(
+            "pool: negative warm minIdle",
+            pool(json!({"warm": {"minIdle": -2}})),
+            rejected("spec.warm.minIdle", &["-2"]),
+        ),
+        case(
             "pool: fractional maxInstances",
             pool(json!({"maxInstances": 1.5})),
             rejected("spec.maxInstances", &["integer"]),
