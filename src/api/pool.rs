@@ -54,6 +54,35 @@ pub struct PoolSpec {
     /// Idle instances kept ready so that runs start at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm: Option<WarmSpec>,
+    /// Money limits: a launch that would go beyond one waits (`BudgetExceeded`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetSpec>,
+}
+
+/// What a pool may spend. Checked before each launch (runs' and warm instances'); what
+/// runs already is never stopped for it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetSpec {
+    /// The most the pool's live instances may cost together, in US dollars per hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub max_hourly_price: Option<f64>,
+    /// The most the pool may spend over a sliding window, from its instances' billed time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_spend: Option<SpendLimit>,
+}
+
+/// A spend limit over a sliding window.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SpendLimit {
+    /// US dollars.
+    #[schemars(range(min = 0.0))]
+    pub dollars: f64,
+    /// The window, e.g. `1d`, `7d`, `30d`.
+    #[schemars(regex(pattern = r"^[0-9]+([smhdw]|[0-9smhdw]*)$"))]
+    pub per: String,
 }
 
 /// Warm headroom: the pool keeps at least `minIdle` idle instances of these resources.

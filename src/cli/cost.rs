@@ -17,7 +17,7 @@ use super::output::table;
 use super::{CliError, CostArgs, Format, Term};
 use crate::api::instance::{Instance, InstanceStatus};
 use crate::api::run::Run;
-use crate::core::instance::accrued;
+use crate::core::instance::accrued_within;
 
 /// Spend of one (pool, backend, instance type), in dollars and runs.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -78,19 +78,8 @@ pub fn report(instances: &[Instance], runs: &[Run], since: Option<Timestamp>, no
     out
 }
 
-/// Seconds of `st`'s billed life inside `[since, now]`: in all, busy and idle.
 fn within(st: &InstanceStatus, since: Option<Timestamp>, now: Timestamp) -> (f64, f64, f64) {
-    let a = accrued(st, now);
-    let (total, busy, idle) = (a.total as f64, a.busy as f64, a.idle as f64);
-    let (Some(since), Some(usage)) = (since, st.usage.as_ref()) else { return (total, busy, idle) };
-    let Some(launched) = usage.launched_at.as_ref().map(|t| t.0) else { return (0.0, 0.0, 0.0) };
-    let end = usage.ended_at.as_ref().map_or(now, |t| t.0);
-    let inside = (end.as_second() - launched.as_second().max(since.as_second())).max(0) as f64;
-    if total <= 0.0 {
-        return (0.0, 0.0, 0.0);
-    }
-    let share = (inside / total).min(1.0);
-    (inside.min(total), busy * share, idle * share)
+    accrued_within(st, since, now)
 }
 
 /// `cost`.

@@ -123,7 +123,13 @@ pub async fn create(args: &CreateArgs, client: &Client, namespace: &str, term: &
     }
     let pool = Pool::new(
         &args.name,
-        PoolSpec { max_instances: args.max_instances, profile: args.profile.clone(), defaults: None, warm: None },
+        PoolSpec {
+            max_instances: args.max_instances,
+            profile: args.profile.clone(),
+            defaults: None,
+            warm: None,
+            budget: None,
+        },
     );
     api.create(&PostParams::default(), &pool).await?;
     writeln!(term.out, "pool {} created", args.name)?;

@@ -138,7 +138,10 @@ async fn step(inst: Instance, ctx: &Context) -> Result<Next, Error> {
             ready(&mut st, &inst, now, "Pending", "waiting for an offer");
             Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
         }
-        Step::ChooseOffer => choose_offer(inst, st, &policy, pool.and_then(|p| p.spec.max_instances), ctx).await,
+        Step::ChooseOffer => {
+            let (max, budget) = pool.map_or((None, None), |p| (p.spec.max_instances, p.spec.budget.clone()));
+            choose_offer(inst, st, &policy, max, budget.as_ref(), ctx).await
+        }
         Step::Launch => launch(inst, st, &policy, ctx).await,
         Step::Resolve => resolve(inst, st, &policy, ctx).await,
         Step::WaitUntil(at) => Ok(Next::Stop(Action::requeue(until(now, at)))),
@@ -231,6 +234,7 @@ async fn choose_offer(
     mut st: InstanceStatus,
     policy: &EffectivePolicy,
     max_instances: Option<u32>,
+    budget: Option<&crate::api::pool::BudgetSpec>,
     ctx: &Context,
 ) -> Result<Next, Error> {
     let ns = inst.namespace().unwrap_or_default();
@@ -263,6 +267,23 @@ async fn choose_offer(
     let (ranked, failed) = ctx.ranked_offers(&ns, &req, policy).await?;
     match sm::choose_offer(&st, &ranked, policy, now) {
         Ok(offer) => {
+            if let Some(budget) = budget {
+                let me = inst.name_any();
+                let members: Vec<&Instance> = all
+                    .iter()
+                    .filter(|i| super::observe::instance_pool(i) == Some(&pool) && i.name_any() != me)
+                    .collect();
+                if let Some(why) = crate::core::pool::over_budget(budget, &members, offer.price, now)? {
+                    let msg = format!("pool {pool}'s {why}; waiting");
+                    if ready(&mut st, &inst, now, "BudgetExceeded", &msg) {
+                        ctx.event(&inst, true, "BudgetExceeded", msg).await;
+                        ctx.write_status(&inst, &st).await?;
+                    }
+                    // Holds no slot of maxInstances while it waits.
+                    ctx.forget_admission(&ns, &pool, &me);
+                    return Ok(Next::Stop(Action::requeue(CAPACITY_RECHECK)));
+                }
+            }
             let mut msg = format!(
                 "launching {} in {} on {} at ${}/h",
                 offer.instance_type, offer.region, offer.backend, offer.price

@@ -304,6 +304,22 @@ pub struct Accrued {
     pub idle: u64,
 }
 
+/// Seconds of `status`'s billed life inside `[since, now]` (all of it without `since`):
+/// in all, busy and idle, these two in proportion when the window cuts the life.
+pub fn accrued_within(status: &InstanceStatus, since: Option<Timestamp>, now: Timestamp) -> (f64, f64, f64) {
+    let a = accrued(status, now);
+    let (total, busy, idle) = (a.total as f64, a.busy as f64, a.idle as f64);
+    let (Some(since), Some(usage)) = (since, status.usage.as_ref()) else { return (total, busy, idle) };
+    let Some(launched) = usage.launched_at.as_ref().map(|t| t.0) else { return (0.0, 0.0, 0.0) };
+    let end = usage.ended_at.as_ref().map_or(now, |t| t.0);
+    let inside = (end.as_second() - launched.as_second().max(since.as_second())).max(0) as f64;
+    if total <= 0.0 {
+        return (0.0, 0.0, 0.0);
+    }
+    let share = (inside / total).min(1.0);
+    (inside.min(total), busy * share, idle * share)
+}
+
 pub fn accrued(status: &InstanceStatus, now: Timestamp) -> Accrued {
     let Some(u) = status.usage.as_ref() else { return Accrued::default() };
     let Some(launched) = u.launched_at.as_ref().map(|t| t.0) else { return Accrued::default() };

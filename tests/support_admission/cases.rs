@@ -148,6 +148,21 @@ fn policies() -> Vec<Case> {
             Admitted,
         ),
         case(
+            "pool: budgets",
+            pool(json!({"budget": {"maxHourlyPrice": 12.5, "maxSpend": {"dollars": 500, "per": "7d"}}})),
+            Admitted,
+        ),
+        case(
+            "pool: negative hourly budget",
+            pool(json!({"budget": {"maxHourlyPrice": -1}})),
+            rejected("spec.budget.maxHourlyPrice", &["-1"]),
+        ),
+        case(
+            "pool: spend window in words",
+            pool(json!({"budget": {"maxSpend": {"dollars": 10, "per": "a week"}}})),
+            rejected("spec.budget.maxSpend.per", &["a week"]),
+        ),
+        case(
             "pool: negative warm minIdle",
             pool(json!({"warm": {"minIdle": -2}})),
             rejected("spec.warm.minIdle", &["-2"]),
