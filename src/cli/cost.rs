@@ -15,7 +15,7 @@ use kube::{Client, ResourceExt};
 
 use super::output::table;
 use super::{CliError, CostArgs, Format, Term};
-use crate::api::instance::{Instance, InstanceStatus};
+use crate::api::instance::Instance;
 use crate::api::run::Run;
 use crate::core::instance::accrued_within;
 
@@ -45,7 +45,7 @@ pub fn report(instances: &[Instance], runs: &[Run], since: Option<Timestamp>, no
         let Some(offer) = st.offer.as_ref() else { continue };
         let key = (st.pool.clone().unwrap_or_default(), offer.backend.clone(), offer.instance_type.clone());
         keys.insert(inst.name_any(), (key.clone(), inst.provisioned_for().map(String::from)));
-        let (total, busy, idle) = within(st, since, now);
+        let (total, busy, idle) = accrued_within(st, since, now);
         if total == 0.0 && st.usage.as_ref().and_then(|u| u.launched_at.as_ref()).is_none() {
             continue;
         }
@@ -76,10 +76,6 @@ pub fn report(instances: &[Instance], runs: &[Run], since: Option<Timestamp>, no
         }
     }
     out
-}
-
-fn within(st: &InstanceStatus, since: Option<Timestamp>, now: Timestamp) -> (f64, f64, f64) {
-    accrued_within(st, since, now)
 }
 
 /// `cost`.
@@ -158,7 +154,7 @@ fn round(dollars: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::instance::Usage;
+    use crate::api::instance::{InstanceStatus, Usage};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn t(s: &str) -> Timestamp {
@@ -179,10 +175,10 @@ mod tests {
             ..Default::default()
         };
         let now = t("2026-01-02T00:00:00Z");
-        assert_eq!(within(&st, None, now), (14_400.0, 3600.0, 10_800.0));
-        assert_eq!(within(&st, Some(t("2026-01-01T03:00:00Z")), now), (3600.0, 900.0, 2700.0));
-        assert_eq!(within(&st, Some(t("2026-01-01T05:00:00Z")), now), (0.0, 0.0, 0.0));
+        assert_eq!(accrued_within(&st, None, now), (14_400.0, 3600.0, 10_800.0));
+        assert_eq!(accrued_within(&st, Some(t("2026-01-01T03:00:00Z")), now), (3600.0, 900.0, 2700.0));
+        assert_eq!(accrued_within(&st, Some(t("2026-01-01T05:00:00Z")), now), (0.0, 0.0, 0.0));
         // Never launched: nothing billed.
-        assert_eq!(within(&InstanceStatus::default(), Some(t("2026-01-01T00:00:00Z")), now), (0.0, 0.0, 0.0));
+        assert_eq!(accrued_within(&InstanceStatus::default(), Some(t("2026-01-01T00:00:00Z")), now), (0.0, 0.0, 0.0));
     }
 }

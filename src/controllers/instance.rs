@@ -229,6 +229,18 @@ async fn step(inst: Instance, ctx: &Context) -> Result<Next, Error> {
     }
 }
 
+/// The policy to rank offers with for this launch (`spot-then-on-demand` resolved, see
+/// [`EffectivePolicy::for_launch`]) and why it fell back to on-demand, if it did.
+fn launch_policy(
+    inst: &Instance,
+    st: &InstanceStatus,
+    policy: &EffectivePolicy,
+    now: Timestamp,
+) -> (EffectivePolicy, Option<String>) {
+    let since = st.provisioning_started_at.as_ref().map(|t| t.0);
+    policy.for_launch(inst.run_interruptions(), since, now)
+}
+
 async fn choose_offer(
     inst: Instance,
     mut st: InstanceStatus,
@@ -261,8 +273,7 @@ async fn choose_offer(
         }
         return Ok(Next::Stop(Action::requeue(CAPACITY_RECHECK)));
     }
-    let since = st.provisioning_started_at.as_ref().map(|t| t.0);
-    let (policy, fallback) = policy.for_launch(inst.run_interruptions(), since, now);
+    let (policy, fallback) = launch_policy(&inst, &st, policy, now);
     let policy = &policy;
     let (ranked, failed) = ctx.ranked_offers(&ns, &req, policy).await?;
     match sm::choose_offer(&st, &ranked, policy, now) {
@@ -478,8 +489,7 @@ async fn launch_failed(
     let ns = inst.namespace().unwrap_or_default();
     let now = ctx.now();
     let req = inst.spec.resources.resolve()?;
-    let since = st.provisioning_started_at.as_ref().map(|t| t.0);
-    let (policy, _) = policy.for_launch(inst.run_interruptions(), since, now);
+    let (policy, _) = launch_policy(&inst, &st, policy, now);
     let policy = &policy;
     let (ranked, _) = ctx.ranked_offers(&ns, &req, policy).await?;
     let tried = st.offer.as_ref().map(|o| format!("{} in {}", o.instance_type, o.region)).unwrap_or_default();
@@ -835,7 +845,7 @@ async fn cleanup(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action, Error
 /// Sets the `Ready` condition from the phase, `Reconciling` or `Stalled` with it (see
 /// [`progress`]), and the generation the status describes. Returns true when any of it
 /// changed.
-fn ready(st: &mut InstanceStatus, inst: &Instance, now: Timestamp, reason: &str, message: &str) -> bool {
+pub(super) fn ready(st: &mut InstanceStatus, inst: &Instance, now: Timestamp, reason: &str, message: &str) -> bool {
     let status = match st.phase {
         InstancePhase::Idle | InstancePhase::Busy => "True",
         InstancePhase::Pending | InstancePhase::Provisioning => "Unknown",
@@ -870,7 +880,6 @@ fn join(m: &BTreeMap<String, String>) -> String {
     m.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join("; ")
 }
 
-/// Time from `now` until `t`, zero if past.
 /// The `Ready` message of an idle instance: its deadline, and why under `idleDuration: auto`.
 fn idle_message(deadline: Option<Timestamp>, auto: Option<&AutoIdle>) -> String {
     match (deadline, auto) {
@@ -880,6 +889,7 @@ fn idle_message(deadline: Option<Timestamp>, auto: Option<&AutoIdle>) -> String 
     }
 }
 
+/// Time from `now` until `t`, zero if past.
 pub fn until(now: Timestamp, t: Timestamp) -> Duration {
     Duration::try_from(t.duration_since(now)).unwrap_or(Duration::ZERO)
 }

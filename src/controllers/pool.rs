@@ -1,10 +1,9 @@
 //! The `Pool` controller: counts the pool's instances by phase and its $/hour, and keeps
 //! its warm headroom (`spec.warm`).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-
-use std::collections::BTreeMap;
 
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::Action;
@@ -12,7 +11,7 @@ use kube::ResourceExt;
 
 use super::observe::{instance_pool, instances};
 use super::{is_conflict, is_not_found, Context, Error};
-use crate::api::conditions::{condition, condition_tri, set_progress, upsert, Progress};
+use crate::api::conditions::condition;
 use crate::api::instance::{Instance, InstancePhase, InstanceSpec, INSTANCE_FINALIZER, POOL_LABEL, WARM_LABEL};
 use crate::api::pool::{Pool, PoolStatus, WarmStatus};
 use crate::core::pool::pool_counts;
@@ -121,10 +120,7 @@ async fn keep_warm(
         let mut st = inst.status.clone().unwrap_or_default();
         crate::core::instance::terminate(&mut st);
         let why = format!("pool {name} keeps {} warm; this one is beyond that", warm.min_idle);
-        let gen = inst.metadata.generation;
-        let c = condition_tri(&st.conditions, "Ready", "False", "WarmSurplus", &why, gen, ctx.now());
-        upsert(&mut st.conditions, c);
-        set_progress(&mut st.conditions, Progress::Reconciling, "WarmSurplus", &why, gen, ctx.now());
+        super::instance::ready(&mut st, inst, ctx.now(), "WarmSurplus", &why);
         match ctx.write_status(inst, &st).await {
             Ok(_) => ctx.event(inst, false, "WarmSurplus", why).await,
             Err(Error::Kube(e)) if is_conflict(&e) || is_not_found(&e) => {}

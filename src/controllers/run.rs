@@ -816,11 +816,6 @@ async fn create_instance(ctx: &Context, run: &Run, name: &str, pool: &str) -> Re
     }
 }
 
-/// Deletes instance `name` if it has not started launching. The delete holds only for
-/// the copy that was read (uid and resourceVersion preconditions): an instance that moved
-/// on to Provisioning meanwhile is kept, and joins the pool once up (it idles out if no
-/// run takes it). Had it been deleted mid-launch, its finalizer would still delete the
-/// machine, but after paying for a boot nobody uses.
 /// Ends and deletes instance `name` unless it has started launching; `false` when it has
 /// (it is kept: it joins the pool once up, and idles out if no run takes it).
 ///
@@ -842,10 +837,7 @@ async fn delete_if_unlaunched(ctx: &Context, ns: &str, name: &str, why: &str) ->
             return Ok(false);
         }
         st.phase = InstancePhase::Terminated;
-        let gen = inst.metadata.generation;
-        let c = condition_tri(&st.conditions, "Ready", "False", "NotNeeded", why, gen, ctx.now());
-        upsert(&mut st.conditions, c);
-        set_progress(&mut st.conditions, Progress::Stalled, "NotNeeded", why, gen, ctx.now());
+        super::instance::ready(&mut st, &inst, ctx.now(), "NotNeeded", why);
         match ctx.write_status(&inst, &st).await {
             Ok(_) => {}
             // It moved on (Provisioning) since it was read: look again next pass.

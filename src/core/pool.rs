@@ -59,12 +59,19 @@ pub fn pool_counts<'a>(instances: impl IntoIterator<Item = &'a Instance>) -> Poo
         if st.phase != InstancePhase::Failed {
             s.total += 1;
         }
-        if holds_capacity(st.phase) {
-            s.price_per_hour += st.offer.as_ref().map_or(0.0, |o| o.price);
-        }
+        s.price_per_hour += held_price(st);
     }
     s.price_per_hour = (s.price_per_hour * 10_000.0).round() / 10_000.0;
     s
+}
+
+/// What an instance's machine costs per hour while it holds capacity; 0 otherwise.
+fn held_price(st: &crate::api::instance::InstanceStatus) -> f64 {
+    if holds_capacity(st.phase) {
+        st.offer.as_ref().map_or(0.0, |o| o.price)
+    } else {
+        0.0
+    }
 }
 
 /// Why launching an offer at `price` $/hour would go beyond the pool's `budget`, given its
@@ -77,12 +84,7 @@ pub fn over_budget(
     now: jiff::Timestamp,
 ) -> Result<Option<String>, crate::api::resources::SpecError> {
     if let Some(max) = budget.max_hourly_price {
-        let live: f64 = members
-            .iter()
-            .filter_map(|i| i.status.as_ref())
-            .filter(|s| holds_capacity(s.phase))
-            .map(|s| s.offer.as_ref().map_or(0.0, |o| o.price))
-            .sum();
+        let live: f64 = members.iter().filter_map(|i| i.status.as_ref()).map(held_price).sum();
         if live + price > max + 1e-9 {
             return Ok(Some(format!(
                 "budget.maxHourlyPrice ${max}/h: the pool's live instances cost ${live:.4}/h and this launch ${price}/h"
