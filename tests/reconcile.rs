@@ -946,3 +946,41 @@ async fn a_run_of_higher_priority_is_served_before_older_runs() {
     h.reconcile_run("p2-urgent").await.unwrap();
     assert_eq!(h.get_run("p2-urgent").await.status.unwrap().instance.as_deref(), Some("cpu-a"));
 }
+
+/// A waiting run says where it stands: `status.queuePosition` (priority first, then age)
+/// and a `Queued` condition whose reason is what it waits for; both follow the queue as it
+/// moves, and the position goes once the run is on an instance.
+#[tokio::test]
+async fn waiting_runs_show_their_queue_position_and_why_they_wait() {
+    let h = Harness::new().await;
+    let reuse = PolicySpec { creation_policy: Some(CreationPolicy::Reuse), ..Default::default() };
+    for (name, priority) in [("w1-older", 0), ("w2-newer", 0), ("w3-urgent", 5)] {
+        h.run(name, RunSpec { resources: cpu("4.."), policy: reuse.clone(), priority, ..Default::default() }).await;
+        h.settle(1).await;
+    }
+    h.settle(1).await;
+    let queued = |st: &kpool::api::run::RunStatus| find(&st.conditions, "Queued").cloned().expect("Queued");
+    for (name, position) in [("w3-urgent", 1), ("w1-older", 2), ("w2-newer", 3)] {
+        let st = h.get_run(name).await.status.unwrap();
+        assert_eq!(st.queue_position, Some(position), "{name}: {st:?}");
+        let c = queued(&st);
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "NoIdleInstance"), "{name}: {c:?}");
+        assert!(c.message.starts_with(&format!("position {position} in the queue of pool ")), "{c:?}");
+    }
+    // One instance frees: the urgent run takes it and leaves the queue; the others move up.
+    h.instance("cpu-a", InstanceSpec { resources: cpu("4.."), ..Default::default() }).await;
+    for _ in 0..4 {
+        h.reconcile_instance("cpu-a").await.unwrap();
+    }
+    h.settle(1).await;
+    let st = h.get_run("w3-urgent").await.status.unwrap();
+    assert_eq!((st.instance.as_deref(), st.queue_position), (Some("cpu-a"), None), "{st:?}");
+    let c = queued(&st);
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Assigned"), "{c:?}");
+    for (name, position) in [("w1-older", 1), ("w2-newer", 2)] {
+        h.reconcile_run(name).await.unwrap();
+        let st = h.get_run(name).await.status.unwrap();
+        assert_eq!(st.queue_position, Some(position), "{name}: {st:?}");
+        assert!(queued(&st).message.starts_with(&format!("position {position} ")), "{st:?}");
+    }
+}

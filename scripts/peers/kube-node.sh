@@ -149,6 +149,16 @@ wait_for() {
     exit 1
 }
 
+# Succeeds when node $1 carries none of the taints the node lifecycle controller sets on
+# a node that is not (yet) Ready or reachable.
+untainted() {
+    local keys
+    keys=$("$KUBECTL" "${KC[@]}" get node "$1" -o 'jsonpath={.spec.taints[*].key}') || return 1
+    case " $keys " in
+    *" node.kubernetes.io/not-ready "* | *" node.kubernetes.io/unreachable "*) return 1 ;;
+    esac
+}
+
 start() {
     need_root
     node_paths "$@"
@@ -267,6 +277,10 @@ EOF
         --hostname-override "$NAME" --node-ip "$node_ip" --root-dir "$D/kubelet" \
         --cert-dir "$D/kubelet/pki" -v 1
     wait_for "node $NAME" 90 "$KUBECTL" "${KC[@]}" wait --for=condition=Ready "node/$NAME" --timeout=1s
+    # Ready is not yet schedulable: the node lifecycle controller lifts the
+    # node.kubernetes.io/not-ready taint a few seconds later; until then the scheduler (and
+    # kpool's kubernetes backend) passes the node over.
+    wait_for "node $NAME without the not-ready taint" 60 untainted "$NAME"
     log "node $NAME ready in $((SECONDS - started)) s (taint $TAINT=true:NoSchedule; logs in $D/logs)"
 }
 

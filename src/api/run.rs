@@ -62,6 +62,7 @@ impl RunPhase {
     doc = "A workload. It reuses an idle instance of its pool that fits, or provisions the cheapest offer.",
     printcolumn(name = "Instance", type_ = "string", json_path = ".status.instance"),
     printcolumn(name = "Status", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Queue", type_ = "integer", json_path = ".status.queuePosition", priority = 1),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.terminationReason", priority = 1),
     printcolumn(name = "Exit", type_ = "integer", json_path = ".status.exitCode", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
@@ -143,6 +144,13 @@ pub struct RunStatus {
     /// The instance being provisioned for this run, when none could be reused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provisioning_instance: Option<String>,
+    /// While the run waits for an instance: its place in its pool's queue, 1 for the run
+    /// served next (higher `spec.priority` first, then older). Refreshed whenever the run
+    /// is reconciled while it waits (at the latest every 30 s, and at once when capacity
+    /// frees); `kubectl pool queue` computes it live. Absent once the run is on an
+    /// instance or ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u32>,
     /// When the run was first submitted for placement (start of the retry window).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submitted_at: Option<Time>,
@@ -164,8 +172,11 @@ pub struct RunStatus {
     /// Attempts that ended, oldest first (at most 20 kept): where each ran and why it ended.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<RunAttempt>,
-    /// `Scheduled` (an instance is assigned) and `Succeeded` (the summary: True once the
-    /// commands exited 0, False once the run ended otherwise, Unknown before).
+    /// `Scheduled` (an instance is assigned), `Queued` (True while the run waits in its
+    /// pool's queue; its reason says why it waits — `PoolAtCapacity`, `BudgetExceeded`,
+    /// `NoIdleInstance`, `Provisioning`, `Retrying`… — and its message gives the position) and
+    /// `Succeeded` (the summary: True once the commands exited 0, False once the run ended
+    /// otherwise, Unknown before).
     /// `Reconciling` is True while the run waits for an instance (Pending, Provisioning);
     /// `Stalled` is True once it ended without doing its work (Failed, or Terminated by
     /// anything but `stop`). Both are absent otherwise, so kstatus (Flux, kpt) reads a

@@ -174,6 +174,11 @@ async fn place(
 
     // An instance provisioned for a run is reserved for it while that run waits for it.
     let runs = super::observe::runs(ctx, &ns).await?;
+    // Where the run stands in its pool's queue; a change alone is worth a status write
+    // while it waits (nothing is written while the queue stands still).
+    let position = queue_position(&run, &runs, &pool_name);
+    let moved = st.queue_position != Some(position);
+    st.queue_position = Some(position);
     let reservations: std::collections::HashMap<String, String> = runs
         .iter()
         .filter_map(|r| {
@@ -302,7 +307,7 @@ async fn place(
                 let why = ready
                     .map(|c| format!("{}: {}", c.reason, c.message))
                     .unwrap_or_else(|| "waiting for the instance to start".into());
-                if scheduled(&mut st, &run, now, false, "Provisioning", &format!("instance {name}: {why}")) {
+                if scheduled(&mut st, &run, now, false, "Provisioning", &format!("instance {name}: {why}")) || moved {
                     return Ok(Next::Continue(ctx.write_status(&run, &st).await?));
                 }
                 return Ok(Next::Stop(Action::requeue(WAIT_RECHECK)));
@@ -349,6 +354,8 @@ async fn place(
             if scheduled(&mut st, &run, now, false, reason, &message) {
                 ctx.event(&run, false, reason, message).await;
                 ctx.write_status(&run, &st).await?;
+            } else if moved {
+                ctx.write_status(&run, &st).await?;
             }
             let wait = retry_at.map(|t| until(now, t)).unwrap_or(WAIT_RECHECK).min(WAIT_RECHECK);
             Ok(Next::Stop(Action::requeue(wait)))
@@ -379,13 +386,7 @@ fn pick_in_queue(
         .filter(|r| r.name_any() != pending.name && sm::is_waiting(r))
         .filter(|r| !claimed.contains(r.name_any().as_str()))
         .filter(|r| key(r) < me)
-        .filter(|r| match r.status.as_ref().filter(|s| s.pool.is_some()) {
-            Some(s) => s.pool.as_deref() == Some(pending.pool.as_str()),
-            // Not reconciled yet (a run's first status write is its claim or its wait): it
-            // waits in the pool its spec names, which resolves as this run's does when
-            // both name the same pool (or none).
-            None => r.spec.pool == run.spec.pool,
-        })
+        .filter(|r| waits_in(r, run, &pending.pool))
         .filter_map(|r| {
             let requirements = r.spec.resources.resolve().ok()?;
             let other = PendingRun {
@@ -402,6 +403,29 @@ fn pick_in_queue(
     queue.push(pending.clone());
     let last = queue.len() - 1;
     assign(&queue, idle).into_iter().find(|&(r, _)| r == last).map(|(_, i)| i)
+}
+
+/// Whether the run `other` waits in `pool`, the pool of `run`. A run not reconciled yet
+/// (its first status write is its claim or its wait) waits in the pool its spec names,
+/// which resolves as `run`'s does when both name the same pool (or none).
+fn waits_in(other: &Run, run: &Run, pool: &str) -> bool {
+    match other.status.as_ref().filter(|s| s.pool.is_some()) {
+        Some(s) => s.pool.as_deref() == Some(pool),
+        None => other.spec.pool == run.spec.pool,
+    }
+}
+
+/// The place of `run` in the queue of `pool`: 1 + the waiting runs of the pool served
+/// before it ([`sm::queue_key`]: priority, then age).
+fn queue_position(run: &Run, runs: &[Run], pool: &str) -> u32 {
+    let me = sm::queue_key(run);
+    let ahead = runs
+        .iter()
+        .filter(|r| r.name_any() != run.name_any() && sm::is_waiting(r))
+        .filter(|r| waits_in(r, run, pool))
+        .filter(|r| sm::queue_key(r) < me)
+        .count();
+    u32::try_from(ahead).unwrap_or(u32::MAX).saturating_add(1)
 }
 
 /// How many runs ahead of `run` in the queue of pool `pool` wait for room in it (their
@@ -915,7 +939,40 @@ fn summary(st: &mut RunStatus, run: &Run, now: Timestamp, message: &str) {
     };
     let progress = progress(st);
     set_progress(&mut st.conditions, progress, &reason, message, generation, now);
+    queued(st, generation, now);
     st.observed_generation = generation;
+}
+
+/// Sets the `Queued` condition and `queuePosition`: True while the run waits for an
+/// instance (its reason is the `Scheduled` one: what it waits for), with its place in the
+/// pool's queue; False once it is on an instance or ended, and the position is cleared.
+fn queued(st: &mut RunStatus, generation: Option<i64>, now: Timestamp) {
+    let waiting = st.instance.is_none() && !st.phase.is_finished();
+    let scheduled = find(&st.conditions, "Scheduled").filter(|c| c.status == "False");
+    let (status, reason, message) = match scheduled {
+        Some(c) if waiting => {
+            let pool = st.pool.as_deref().unwrap_or_default();
+            let place = match st.queue_position {
+                Some(p) => format!("position {p} in the queue of pool {pool}"),
+                None => format!("waiting in the queue of pool {pool}"),
+            };
+            ("True", c.reason.clone(), format!("{place}: {}", c.message))
+        }
+        _ => {
+            st.queue_position = None;
+            let reason = match st.instance.as_deref() {
+                Some(_) if !st.phase.is_finished() => "Assigned".to_string(),
+                _ => st.phase.as_str().to_string(),
+            };
+            let message = match st.instance.as_deref() {
+                Some(i) => format!("left the queue for instance {i}"),
+                None => "left the queue".to_string(),
+            };
+            ("False", reason, message)
+        }
+    };
+    let c = condition_tri(&st.conditions, "Queued", status, &reason, &message, generation, now);
+    upsert(&mut st.conditions, c);
 }
 
 /// How GitOps tools should read a run: waiting for an instance, ended without doing its
