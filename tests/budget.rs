@@ -1,14 +1,15 @@
-//! Pool budgets (`Pool.spec.budget`): a launch that would go beyond `maxHourlyPrice` or
-//! `maxSpend` waits with `BudgetExceeded`, naming the budget and the figures; what runs is
-//! never stopped for it.
+//! Budgets (`Pool.spec.budget`, `Profile.spec.budget`): a launch that would go beyond
+//! `maxHourlyPrice` or `maxSpend` waits with `BudgetExceeded`, naming the budget and the
+//! figures; what runs is stopped for it only under a pool's `enforce: terminate`.
 
 mod support;
 
 use std::time::Duration;
 
 use kpool::api::conditions::find;
-use kpool::api::instance::InstancePhase;
-use kpool::api::pool::{BudgetSpec, PoolSpec, SpendLimit};
+use kpool::api::instance::{InstancePhase, InstanceSpec};
+use kpool::api::pool::{BudgetEnforce, BudgetSpec, Pool, PoolSpec, SpendLimit};
+use kpool::api::profile::{BudgetScope, Profile, ProfileBudget, ProfileSpec};
 use kpool::api::resources::ResourcesSpec;
 use kpool::api::run::{RunPhase, RunSpec};
 use support::*;
@@ -86,4 +87,142 @@ async fn a_spend_limit_holds_launches_until_the_window_has_moved_on() {
     h.settle(4).await;
     assert_eq!(h.get_run("b").await.status.unwrap().phase, RunPhase::Running);
     assert_eq!(h.backend.creates().len(), 2);
+}
+
+/// Two launches checked at the same moment: each sees the other's machine not launched
+/// yet, but the second still counts the first's price (the process keeps the launches it
+/// let through until the cache shows them), so together they stay within the cap.
+#[tokio::test]
+async fn two_launches_checked_at_once_stay_within_the_hourly_budget() {
+    let h = Harness::new().await;
+    let budget = BudgetSpec { max_hourly_price: Some(0.5), ..Default::default() };
+    h.pool("capped", PoolSpec { budget: Some(budget), ..Default::default() }).await;
+    for name in ["i1", "i2"] {
+        let spec = InstanceSpec { pool: Some("capped".into()), resources: cpu8(), ..Default::default() };
+        h.instance(name, spec).await;
+        h.reconcile_instance(name).await.unwrap();
+    }
+    let (a, b) = tokio::join!(h.reconcile_instance("i1"), h.reconcile_instance("i2"));
+    a.unwrap();
+    b.unwrap();
+    let phases = [h.get_instance("i1").await, h.get_instance("i2").await].map(|i| {
+        let st = i.status.unwrap();
+        (st.phase, find(&st.conditions, "Ready").unwrap().reason.clone())
+    });
+    let waits = phases.iter().filter(|p| **p == (InstancePhase::Pending, "BudgetExceeded".to_string())).count();
+    let launched = phases.iter().filter(|p| p.0 != InstancePhase::Pending).count();
+    assert_eq!((waits, launched), (1, 1), "one launches, one waits: {phases:?}");
+    h.settle(3).await;
+    assert_eq!(h.backend.creates().len(), 1, "$0.384 + $0.384 would be over $0.5/h");
+}
+
+/// A Profile's budget covers the instances launched under it across pools (an instance's
+/// own profile, else its pool's); with `scope: Namespace` it covers every instance.
+#[tokio::test]
+async fn profile_and_namespace_budgets_cover_their_instances_across_pools() {
+    let h = Harness::new().await;
+    let limits = BudgetSpec { max_hourly_price: Some(0.5), ..Default::default() };
+    let profile = |scope| ProfileSpec {
+        budget: Some(ProfileBudget { limits: limits.clone(), scope: Some(scope) }),
+        ..Default::default()
+    };
+    h.create(Profile::new("gpu-team", profile(BudgetScope::Profile))).await;
+    for pool in ["a", "b"] {
+        h.pool(pool, PoolSpec { profile: Some("gpu-team".into()), ..Default::default() }).await;
+    }
+    h.pool("free", PoolSpec::default()).await;
+    h.run("in-a", run_in("a")).await;
+    h.settle(3).await;
+    assert_eq!(h.get_run("in-a").await.status.unwrap().phase, RunPhase::Running);
+    h.run("in-b", run_in("b")).await;
+    h.run("in-free", run_in("free")).await;
+    h.settle(3).await;
+    let (reason, message) = waiting(&h, "in-b").await;
+    assert_eq!(reason, "BudgetExceeded");
+    assert!(message.starts_with("profile gpu-team's budget.maxHourlyPrice $0.5/h"), "{message}");
+    assert_eq!(h.get_run("in-free").await.status.unwrap().phase, RunPhase::Running, "pool free has no profile");
+    assert_eq!(h.backend.creates().len(), 2);
+
+    // A namespace-wide budget of $0.8/h: the two running ($0.768/h) leave no room anywhere.
+    let team = ProfileSpec {
+        budget: Some(ProfileBudget {
+            limits: BudgetSpec { max_hourly_price: Some(0.8), ..Default::default() },
+            scope: Some(BudgetScope::Namespace),
+        }),
+        ..Default::default()
+    };
+    h.create(Profile::new("whole-namespace", team)).await;
+    h.run("in-free-2", run_in("free")).await;
+    h.settle(3).await;
+    let (reason, message) = waiting(&h, "in-free-2").await;
+    assert_eq!(reason, "BudgetExceeded");
+    assert!(message.starts_with("the namespace's (profile whole-namespace) budget.maxHourlyPrice $0.8/h"), "{message}");
+    assert_eq!(h.backend.creates().len(), 2);
+}
+
+/// `enforce: terminate`: once the spend window is full, the pool's live instances are
+/// ended (the run on one is interrupted, with the budget as the reason); the controller
+/// looks again at the moment the window fills, not on a polling period.
+#[tokio::test]
+async fn enforce_terminate_ends_instances_once_the_spend_window_is_full() {
+    let h = Harness::new().await;
+    let budget = BudgetSpec {
+        max_spend: Some(SpendLimit { dollars: 0.02, per: "1d".into() }),
+        enforce: Some(BudgetEnforce::Terminate),
+        ..Default::default()
+    };
+    let pool = h.pool("strict", PoolSpec { budget: Some(budget), ..Default::default() }).await;
+    h.run("a", run_in("strict")).await;
+    h.settle(3).await;
+    let st = h.get_run("a").await.status.unwrap();
+    assert_eq!(st.phase, RunPhase::Running, "{st:?}");
+    // $0.02 at $0.384/h is 187.5 s: the pool asks to be looked at again then.
+    let action = kpool::controllers::pool::reconcile(
+        std::sync::Arc::new(h.api::<Pool>().get("strict").await.unwrap()),
+        h.ctx.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(action, kube::runtime::controller::Action::requeue(Duration::from_secs(188)), "{pool:?}");
+    h.advance(Duration::from_secs(180));
+    h.settle(2).await;
+    assert_eq!(h.get_run("a").await.status.unwrap().phase, RunPhase::Running, "$0.0192 spent: not yet");
+    h.advance(Duration::from_secs(60));
+    h.settle(4).await;
+    let st = h.get_run("a").await.status.unwrap();
+    assert_eq!((st.phase, st.termination_reason.as_deref()), (RunPhase::Terminated, Some("Interrupted")), "{st:?}");
+    let why = find(&st.conditions, "Succeeded").unwrap().message.clone();
+    assert!(why.contains("budget.maxSpend $0.02 per 1d") && why.contains("enforce: terminate"), "{why}");
+    assert!(h.backend.live_machines().is_empty(), "the machine is deleted");
+}
+
+/// Lowering `maxHourlyPrice` under `enforce: terminate` ends the fewest instances that
+/// bring the pool within it, idle ones first; with `enforce: wait` nothing is ended.
+#[tokio::test]
+async fn a_lowered_hourly_cap_under_enforce_terminate_ends_idle_instances_first() {
+    let h = Harness::new().await;
+    h.pool("p", PoolSpec::default()).await;
+    h.run("busy", run_in("p")).await;
+    h.run("done", run_in("p")).await;
+    h.settle(3).await;
+    h.exec.exit("done", 0);
+    h.settle(3).await;
+    let idle = h.get_run("done").await.status.unwrap().instance.unwrap();
+    assert_eq!(h.get_instance(&idle).await.status.unwrap().phase, InstancePhase::Idle);
+    let lower = |enforce| {
+        let budget = BudgetSpec { max_hourly_price: Some(0.5), enforce: Some(enforce), ..Default::default() };
+        serde_json::json!({"spec": {"budget": budget}})
+    };
+    let pools = h.api::<Pool>();
+    let patch = kube::api::Patch::Merge(lower(BudgetEnforce::Wait));
+    pools.patch("p", &Default::default(), &patch).await.unwrap();
+    h.settle(2).await;
+    assert_eq!(h.get_instance(&idle).await.status.unwrap().phase, InstancePhase::Idle, "wait ends nothing");
+    let patch = kube::api::Patch::Merge(lower(BudgetEnforce::Terminate));
+    pools.patch("p", &Default::default(), &patch).await.unwrap();
+    h.settle(3).await;
+    let st = h.get_instance(&idle).await.status.unwrap();
+    assert!(matches!(st.phase, InstancePhase::Terminating | InstancePhase::Terminated), "{st:?}");
+    assert_eq!(find(&st.conditions, "Ready").unwrap().reason, "BudgetExceeded");
+    assert_eq!(h.get_run("busy").await.status.unwrap().phase, RunPhase::Running, "one end was enough");
 }

@@ -326,7 +326,10 @@ async fn a_pool_profile_applies_to_its_runs() {
     let h = Harness::new().await;
     h.create(kpool::api::profile::Profile::new(
         "cheap",
-        kpool::api::profile::ProfileSpec { policy: PolicySpec { max_price: Some(0.5), ..Default::default() } },
+        kpool::api::profile::ProfileSpec {
+            policy: PolicySpec { max_price: Some(0.5), ..Default::default() },
+            ..Default::default()
+        },
     ))
     .await;
     h.pool("p", PoolSpec { profile: Some("cheap".into()), ..Default::default() }).await;

@@ -59,18 +59,37 @@ pub struct PoolSpec {
     pub budget: Option<BudgetSpec>,
 }
 
-/// What a pool may spend. Checked before each launch (runs' and warm instances'); what
-/// runs already is never stopped for it.
+/// What a pool (or a profile, or a namespace: see `Profile.spec.budget`) may spend.
+/// Checked before each launch (runs' and warm instances'); what runs already is stopped
+/// for it only with `enforce: terminate`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BudgetSpec {
-    /// The most the pool's live instances may cost together, in US dollars per hour.
+    /// The most the live instances may cost together, in US dollars per hour.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0))]
     pub max_hourly_price: Option<f64>,
-    /// The most the pool may spend over a sliding window, from its instances' billed time.
+    /// The most that may be spent over a sliding window, from the instances' billed time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_spend: Option<SpendLimit>,
+    /// What happens when the budget is exceeded while instances run (its limits were
+    /// lowered, or the spend window filled up): `wait` (the default) only holds new
+    /// launches; `terminate` also ends instances until the budget holds — idle ones
+    /// first, then busy ones, newest first (their runs are interrupted, and retried as
+    /// their policy says). Pool budgets only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforce: Option<BudgetEnforce>,
+}
+
+/// `budget.enforce`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BudgetEnforce {
+    /// Hold new launches; never stop what runs.
+    #[default]
+    Wait,
+    /// Hold new launches and end instances until the budget holds.
+    Terminate,
 }
 
 /// A spend limit over a sliding window.

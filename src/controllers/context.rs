@@ -89,6 +89,10 @@ pub struct Context {
     /// the API yet, per (namespace, pool). With a single active controller this makes
     /// `maxInstances` strict even when two instances are reconciled at once.
     admissions: Mutex<HashMap<(String, String), HashSet<String>>>,
+    /// Launches this process let through its budget checks whose offer the watch cache
+    /// may not show yet, per namespace and instance: counted by the next checks, so two
+    /// launches checked at once cannot together go beyond a budget.
+    launches: Mutex<HashMap<String, HashMap<String, PendingLaunch>>>,
     /// Built backends by (namespace, name, resourceVersion of the `Backend` object).
     backends: Mutex<BackendCache>,
     /// When each live instance's machine was last looked at (by instance UID).
@@ -177,6 +181,7 @@ impl Context {
             site_defaults: SiteDefaults::default(),
             health: HealthConfig::default(),
             admissions: Mutex::default(),
+            launches: Mutex::default(),
             backends: Mutex::default(),
             health_checked: Mutex::default(),
             caches: std::sync::OnceLock::new(),
@@ -413,10 +418,55 @@ impl Context {
         self.health_checked.lock().expect("health").remove(uid);
     }
 
-    /// Forgets an admission once the API shows it (or the instance is gone).
+    /// Forgets an admission once the API shows it (or the instance is gone), and the
+    /// instance's launch approved against budgets, if any.
     pub fn forget_admission(&self, ns: &str, pool: &str, name: &str) {
         if let Some(l) = self.admissions.lock().expect("admissions").get_mut(&(ns.to_string(), pool.to_string())) {
             l.remove(name);
         }
+        if let Some(l) = self.launches.lock().expect("launches").get_mut(ns) {
+            l.remove(name);
+        }
     }
+
+    /// Checks the launch of instance `name` in `ns` against budgets, atomically with the
+    /// other launches of this process: `check` gets, for what a budget covers, the $/hour
+    /// of launches approved earlier that the cache does not show yet (`shown`: instances
+    /// whose offer it shows), and says why the launch would go beyond, if it would. An
+    /// approved launch is recorded until the cache shows it or [`Self::forget_admission`].
+    pub fn approve_launch(
+        &self,
+        ns: &str,
+        name: &str,
+        launch: PendingLaunch,
+        shown: &HashSet<String>,
+        check: impl FnOnce(&dyn Fn(&crate::core::budget::Covers) -> f64) -> Result<Option<String>, Error>,
+    ) -> Result<Option<String>, Error> {
+        let mut all = self.launches.lock().expect("launches");
+        let ledger = all.entry(ns.to_string()).or_default();
+        ledger.retain(|n, _| !shown.contains(n));
+        let pending = |covers: &crate::core::budget::Covers| -> f64 {
+            ledger
+                .iter()
+                .filter(|(n, l)| n.as_str() != name && covers.includes(&l.pool, l.profile.as_deref()))
+                .map(|(_, l)| l.price)
+                .sum()
+        };
+        let why = check(&pending)?;
+        if why.is_none() {
+            ledger.insert(name.to_string(), launch);
+        }
+        Ok(why)
+    }
+}
+
+/// A launch approved against budgets (see [`Context::approve_launch`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PendingLaunch {
+    /// The offer's $/hour.
+    pub price: f64,
+    /// The instance's pool.
+    pub pool: String,
+    /// The profile it is launched under (its own, else its pool's).
+    pub profile: Option<String>,
 }

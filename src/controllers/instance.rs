@@ -139,8 +139,8 @@ async fn step(inst: Instance, ctx: &Context) -> Result<Next, Error> {
             Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
         }
         Step::ChooseOffer => {
-            let (max, budget) = pool.map_or((None, None), |p| (p.spec.max_instances, p.spec.budget.clone()));
-            choose_offer(inst, st, &policy, max, budget.as_ref(), ctx).await
+            let max = pool.and_then(|p| p.spec.max_instances);
+            choose_offer(inst, st, &policy, max, ctx).await
         }
         Step::Launch => launch(inst, st, &policy, ctx).await,
         Step::Resolve => resolve(inst, st, &policy, ctx).await,
@@ -246,7 +246,6 @@ async fn choose_offer(
     mut st: InstanceStatus,
     policy: &EffectivePolicy,
     max_instances: Option<u32>,
-    budget: Option<&crate::api::pool::BudgetSpec>,
     ctx: &Context,
 ) -> Result<Next, Error> {
     let ns = inst.namespace().unwrap_or_default();
@@ -278,22 +277,15 @@ async fn choose_offer(
     let (ranked, failed) = ctx.ranked_offers(&ns, &req, policy).await?;
     match sm::choose_offer(&st, &ranked, policy, now) {
         Ok(offer) => {
-            if let Some(budget) = budget {
-                let me = inst.name_any();
-                let members: Vec<&Instance> = all
-                    .iter()
-                    .filter(|i| super::observe::instance_pool(i) == Some(&pool) && i.name_any() != me)
-                    .collect();
-                if let Some(why) = crate::core::pool::over_budget(budget, &members, offer.price, now)? {
-                    let msg = format!("pool {pool}'s {why}; waiting");
-                    if ready(&mut st, &inst, now, "BudgetExceeded", &msg) {
-                        ctx.event(&inst, true, "BudgetExceeded", msg).await;
-                        ctx.write_status(&inst, &st).await?;
-                    }
-                    // Holds no slot of maxInstances while it waits.
-                    ctx.forget_admission(&ns, &pool, &me);
-                    return Ok(Next::Stop(Action::requeue(CAPACITY_RECHECK)));
+            if let Some(why) = super::budget::check_launch(ctx, &inst, &pool, &all, offer.price, now).await? {
+                let msg = format!("{why}; waiting");
+                if ready(&mut st, &inst, now, "BudgetExceeded", &msg) {
+                    ctx.event(&inst, true, "BudgetExceeded", msg).await;
+                    ctx.write_status(&inst, &st).await?;
                 }
+                // Holds no slot of maxInstances while it waits.
+                ctx.forget_admission(&ns, &pool, &inst.name_any());
+                return Ok(Next::Stop(Action::requeue(CAPACITY_RECHECK)));
             }
             let mut msg = format!(
                 "launching {} in {} on {} at ${}/h",
@@ -592,7 +584,7 @@ async fn check_run(inst: Instance, mut st: InstanceStatus, run: &str, ctx: &Cont
 }
 
 /// `Ready` reasons of instances the health check gave up on.
-pub const LOST_REASONS: [&str; 3] = ["Reclaimed", "MachineGone", "Unreachable"];
+pub const LOST_REASONS: [&str; 4] = ["Reclaimed", "MachineGone", "Unreachable", "BudgetExceeded"];
 
 /// The condition that says whether the instance's machine answers.
 pub const REACHABLE: &str = "Reachable";
@@ -845,6 +837,24 @@ async fn cleanup(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action, Error
 /// Sets the `Ready` condition from the phase, `Reconciling` or `Stalled` with it (see
 /// [`progress`]), and the generation the status describes. Returns true when any of it
 /// changed.
+/// Ends a live instance for `reason` (Terminating; the teardown deletes its machine) with
+/// a status write conditional on the copy `inst` the caller decided on: if anything
+/// changed it meanwhile (a run claimed it), the write fails and the instance is left
+/// alone. Whether it was ended.
+pub(super) async fn end_if_unchanged(inst: &Instance, reason: &str, why: String, ctx: &Context) -> Result<bool, Error> {
+    let mut st = inst.status.clone().unwrap_or_default();
+    sm::terminate(&mut st);
+    ready(&mut st, inst, ctx.now(), reason, &why);
+    match ctx.write_status(inst, &st).await {
+        Ok(_) => {
+            ctx.event(inst, reason == "BudgetExceeded", reason, why).await;
+            Ok(true)
+        }
+        Err(Error::Kube(e)) if super::is_conflict(&e) || super::is_not_found(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 pub(super) fn ready(st: &mut InstanceStatus, inst: &Instance, now: Timestamp, reason: &str, message: &str) -> bool {
     let status = match st.phase {
         InstancePhase::Idle | InstancePhase::Busy => "True",

@@ -1,6 +1,7 @@
 //! One module per kind: observe → `core` decides → apply → status (Server-Side Apply).
 
 pub mod backend;
+pub mod budget;
 pub mod context;
 pub mod fence;
 pub mod gc;

@@ -31,6 +31,7 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action, Err
     let at_capacity = pool.spec.max_instances.is_some_and(|m| holding >= m as usize);
     let now = ctx.now();
     let warm = keep_warm(&pool, &all, holding as u32, &ctx).await?;
+    let enforce_again = super::budget::enforce(&pool, &all, &ctx).await?;
     let message = match pool.spec.max_instances {
         Some(m) => format!("{holding} of {m} instances in use"),
         None => format!("{holding} instances; no limit"),
@@ -72,8 +73,11 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action, Err
     if !same_except_times(&previous, &st) {
         ctx.write_status(&*pool, &st).await?;
     }
-    Ok(Action::requeue(Duration::from_secs(300)))
+    Ok(Action::requeue(enforce_again.map_or(RECHECK, |d| d.min(RECHECK))))
 }
+
+/// How often a pool is looked at again when nothing it watches changes.
+const RECHECK: Duration = Duration::from_secs(300);
 
 /// Keeps `spec.warm.minIdle` idle warm instances: launches the missing ones (within
 /// `maxInstances`; `holding` instances of the pool hold capacity now) and ends idle ones
@@ -117,15 +121,8 @@ async fn keep_warm(
     let mut surplus: Vec<&Instance> = idle.clone();
     surplus.sort_by_key(|i| std::cmp::Reverse(i.name_any()));
     for inst in surplus.into_iter().take(ready.saturating_sub(warm.min_idle) as usize) {
-        let mut st = inst.status.clone().unwrap_or_default();
-        crate::core::instance::terminate(&mut st);
         let why = format!("pool {name} keeps {} warm; this one is beyond that", warm.min_idle);
-        super::instance::ready(&mut st, inst, ctx.now(), "WarmSurplus", &why);
-        match ctx.write_status(inst, &st).await {
-            Ok(_) => ctx.event(inst, false, "WarmSurplus", why).await,
-            Err(Error::Kube(e)) if is_conflict(&e) || is_not_found(&e) => {}
-            Err(e) => return Err(e),
-        }
+        super::instance::end_if_unchanged(inst, "WarmSurplus", why, ctx).await?;
     }
     // Ended warm instances are removed, so that their names do not pile up.
     for inst in mine.iter().filter(|i| matches!(phase(i), InstancePhase::Terminated | InstancePhase::Failed)) {

@@ -1,6 +1,7 @@
 //! Pure, sans-IO decisions: observed objects, offers and `now` in; actions out.
 //! No client, no clock.
 
+pub mod budget;
 pub mod costsim;
 pub mod gc;
 pub mod idle_auto;

@@ -59,57 +59,10 @@ pub fn pool_counts<'a>(instances: impl IntoIterator<Item = &'a Instance>) -> Poo
         if st.phase != InstancePhase::Failed {
             s.total += 1;
         }
-        s.price_per_hour += held_price(st);
+        s.price_per_hour += crate::core::budget::held_price(st);
     }
     s.price_per_hour = (s.price_per_hour * 10_000.0).round() / 10_000.0;
     s
-}
-
-/// What an instance's machine costs per hour while it holds capacity; 0 otherwise.
-fn held_price(st: &crate::api::instance::InstanceStatus) -> f64 {
-    if holds_capacity(st.phase) {
-        st.offer.as_ref().map_or(0.0, |o| o.price)
-    } else {
-        0.0
-    }
-}
-
-/// Why launching an offer at `price` $/hour would go beyond the pool's `budget`, given its
-/// other instances `members` (ended ones included, for what they spent); `None` when it
-/// stays within.
-pub fn over_budget(
-    budget: &crate::api::pool::BudgetSpec,
-    members: &[&Instance],
-    price: f64,
-    now: jiff::Timestamp,
-) -> Result<Option<String>, crate::api::resources::SpecError> {
-    if let Some(max) = budget.max_hourly_price {
-        let live: f64 = members.iter().filter_map(|i| i.status.as_ref()).map(held_price).sum();
-        if live + price > max + 1e-9 {
-            return Ok(Some(format!(
-                "budget.maxHourlyPrice ${max}/h: the pool's live instances cost ${live:.4}/h and this launch ${price}/h"
-            )));
-        }
-    }
-    if let Some(limit) = &budget.max_spend {
-        let per = crate::api::duration::parse_duration("budget.maxSpend.per", &limit.per)?;
-        let since = now.checked_sub(jiff::SignedDuration::try_from(per).unwrap_or(jiff::SignedDuration::MAX)).ok();
-        let spent: f64 = members
-            .iter()
-            .filter_map(|i| i.status.as_ref())
-            .map(|s| {
-                let (seconds, _, _) = crate::core::instance::accrued_within(s, since, now);
-                seconds * s.offer.as_ref().map_or(0.0, |o| o.price) / 3600.0
-            })
-            .sum();
-        if spent >= limit.dollars {
-            return Ok(Some(format!(
-                "budget.maxSpend ${} per {}: ${spent:.4} spent in that window",
-                limit.dollars, limit.per
-            )));
-        }
-    }
-    Ok(None)
 }
 
 #[cfg(test)]

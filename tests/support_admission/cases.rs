@@ -153,6 +153,32 @@ fn policies() -> Vec<Case> {
             Admitted,
         ),
         case(
+            "pool: budget enforced by terminating",
+            pool(json!({"budget": {"maxSpend": {"dollars": 100, "per": "30d"}, "enforce": "terminate"}})),
+            Admitted,
+        ),
+        case(
+            "pool: unknown budget enforcement",
+            pool(json!({"budget": {"maxHourlyPrice": 3, "enforce": "kill"}})),
+            rejected("spec.budget.enforce", &["kill"]),
+        ),
+        case(
+            "profile: namespace-wide budget",
+            profile(json!({"budget": {"maxHourlyPrice": 40, "maxSpend": {"dollars": 5000, "per": "30d"},
+                "scope": "Namespace"}})),
+            Admitted,
+        ),
+        case(
+            "profile: budget that terminates",
+            profile(json!({"budget": {"maxHourlyPrice": 40, "enforce": "terminate"}})),
+            rejected("spec.budget", &["Pool budgets only"]),
+        ),
+        case(
+            "profile: unknown budget scope",
+            profile(json!({"budget": {"maxHourlyPrice": 40, "scope": "Cluster"}})),
+            rejected("spec.budget.scope", &["Cluster"]),
+        ),
+        case(
             "pool: negative hourly budget",
             pool(json!({"budget": {"maxHourlyPrice": -1}})),
             rejected("spec.budget.maxHourlyPrice", &["-1"]),
