@@ -35,6 +35,7 @@ pub const DEFAULT_POOL_NAME: &str = "default-pool";
     printcolumn(name = "Busy", type_ = "integer", json_path = ".status.busy"),
     printcolumn(name = "Provisioning", type_ = "integer", json_path = ".status.provisioning"),
     printcolumn(name = "$/Hour", type_ = "number", json_path = ".status.pricePerHour"),
+    printcolumn(name = "Spent $", type_ = "number", json_path = ".status.cost.total.dollars", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -135,6 +136,71 @@ pub struct WarmStatus {
     pub starting: u32,
 }
 
+/// Spend of a group of instances: billed time × price, from their `status.usage`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Spend {
+    /// US dollars, from launch to termination (or now).
+    #[serde(default)]
+    pub dollars: f64,
+    /// Of those, while a run held the machine.
+    #[serde(default)]
+    pub busy_dollars: f64,
+    /// Of those, while the machine waited idle for reuse.
+    #[serde(default)]
+    pub idle_dollars: f64,
+    /// Runs the instances served.
+    #[serde(default)]
+    pub runs: u64,
+    /// Of those, runs that found the instance already up: all runs of an instance added
+    /// by hand or kept warm, and all but the first of one a run provisioned.
+    #[serde(default)]
+    pub reused_runs: u64,
+    /// Instances counted.
+    #[serde(default)]
+    pub instances: u64,
+}
+
+impl Spend {
+    /// Adds `o` to these figures.
+    pub fn add(&mut self, o: &Spend) {
+        self.dollars += o.dollars;
+        self.busy_dollars += o.busy_dollars;
+        self.idle_dollars += o.idle_dollars;
+        self.runs += o.runs;
+        self.reused_runs += o.reused_runs;
+        self.instances += o.instances;
+    }
+
+    /// The figures with dollars rounded to 1/10,000 (what status shows).
+    pub fn rounded(mut self) -> Spend {
+        let r = |d: f64| (d * 10_000.0).round() / 10_000.0;
+        (self.dollars, self.busy_dollars, self.idle_dollars) =
+            (r(self.dollars), r(self.busy_dollars), r(self.idle_dollars));
+        self
+    }
+}
+
+/// `Pool.status.cost`: the pool's spend, as of `asOf`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolCost {
+    /// When the figures were computed: they grow with every second a machine runs, and
+    /// are refreshed whenever the pool's status is written, and at least hourly while its
+    /// machines run (between two refreshes, `pricePerHour` says how fast they grow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// All the pool's instances: those that exist, and those deleted (`deleted`).
+    pub total: Spend,
+    /// Instances whose objects were deleted, folded in as each one went.
+    #[serde(default)]
+    pub deleted: Spend,
+    /// UIDs of the last instances folded into `deleted` (at most 32), so that a fold
+    /// retried after a crash is not counted twice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recently_deleted: Vec<String>,
+}
+
 /// Observed state of a `Pool`.
 // Defaulted by the API server on every read until kpool writes it, so that a Pool kpool
 // has not seen yet carries `observedGeneration: 0`, which GitOps tools read as
@@ -179,6 +245,10 @@ pub struct PoolStatus {
     /// With `spec.warm`: idle warm instances wanted, ready and starting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm: Option<WarmStatus>,
+    /// What the pool's machines have cost since the pool exists, deleted Instances
+    /// included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<PoolCost>,
     /// The generation of the spec this status describes; 0 until kpool has seen the object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = 0))]

@@ -814,6 +814,8 @@ async fn cleanup(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action, Error
         }
     };
     if deleted {
+        // What it spent stays in its pool's figures once the object is gone.
+        super::pool_cost::fold(&ctx, &inst, &st).await?;
         ctx.metrics.observe_instance(&inst.uid().unwrap_or_default(), None);
         ctx.forget_admission(&ns, st.pool.as_deref().unwrap_or_default(), &inst.name_any());
         ctx.event(&*inst, false, "Deleted", "the machine is gone; removing the instance".into()).await;
@@ -834,9 +836,6 @@ async fn cleanup(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action, Error
     Err(Error::StillDeleting(st.machine_name.unwrap_or_default()))
 }
 
-/// Sets the `Ready` condition from the phase, `Reconciling` or `Stalled` with it (see
-/// [`progress`]), and the generation the status describes. Returns true when any of it
-/// changed.
 /// Ends a live instance for `reason` (Terminating; the teardown deletes its machine) with
 /// a status write conditional on the copy `inst` the caller decided on: if anything
 /// changed it meanwhile (a run claimed it), the write fails and the instance is left
@@ -855,6 +854,9 @@ pub(super) async fn end_if_unchanged(inst: &Instance, reason: &str, why: String,
     }
 }
 
+/// Sets the `Ready` condition from the phase, `Reconciling` or `Stalled` with it (see
+/// [`progress`]), and the generation the status describes. Returns true when any of it
+/// changed.
 pub(super) fn ready(st: &mut InstanceStatus, inst: &Instance, now: Timestamp, reason: &str, message: &str) -> bool {
     let status = match st.phase {
         InstancePhase::Idle | InstancePhase::Busy => "True",

@@ -49,6 +49,20 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SpendLabels {
+    backend: String,
+    /// `busy`, `idle` or `other` (booting, tearing down).
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PlacedLabels {
+    backend: String,
+    /// `true` when the run found the instance already up.
+    reused: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabels {
     phase: String,
     backend: String,
@@ -79,8 +93,17 @@ pub struct Metrics {
     idle_cost: Family<BackendLabels, Gauge<f64, AtomicU64>>,
     leader: Gauge,
     requests: Family<RequestLabels, Counter>,
-    samples: Mutex<HashMap<String, InstanceSample>>,
+    spend: Family<SpendLabels, Counter<f64, AtomicU64>>,
+    placed: Family<PlacedLabels, Counter>,
+    samples: Mutex<Samples>,
     ready: AtomicBool,
+}
+
+/// The instances' samples, and when their prices were last added to the spend.
+#[derive(Default)]
+struct Samples {
+    by_uid: HashMap<String, InstanceSample>,
+    accrued_until: Option<std::time::Instant>,
 }
 
 impl Default for Metrics {
@@ -106,6 +129,19 @@ impl Metrics {
         let idle_cost = Family::<BackendLabels, Gauge<f64, AtomicU64>>::default();
         let leader = Gauge::default();
         let requests = Family::<RequestLabels, Counter>::default();
+        let spend = Family::<SpendLabels, Counter<f64, AtomicU64>>::default();
+        let placed = Family::<PlacedLabels, Counter>::default();
+        registry.register(
+            "spend_dollars",
+            "What the machines held by this controller cost while it ran (their price × time), by backend and \
+             state (busy, idle, other)",
+            spend.clone(),
+        );
+        registry.register(
+            "runs_placed",
+            "Runs placed on an instance, by backend and whether the instance was already up (reused)",
+            placed.clone(),
+        );
         registry.register("reconciles", "Reconciles, by controller", reconciles.clone());
         registry.register(
             "reconcile_failures",
@@ -152,6 +188,8 @@ impl Metrics {
             idle_cost,
             leader,
             requests,
+            spend,
+            placed,
             samples: Mutex::default(),
             ready: AtomicBool::new(false),
         }
@@ -200,22 +238,51 @@ impl Metrics {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
+    /// Counts a run placed on an instance of `backend`; `reused` when the instance was up
+    /// before the run came (not provisioned for it).
+    pub fn run_placed(&self, backend: &str, reused: bool) {
+        let labels = PlacedLabels { backend: backend.to_string(), reused: reused.to_string() };
+        self.placed.get_or_create(&labels).inc();
+    }
+
+    /// Adds to the spend what the sampled machines cost from the last time until `now`.
+    fn accrue(&self, samples: &mut Samples, now: std::time::Instant) {
+        let from = samples.accrued_until.replace(now);
+        let Some(hours) = from.map(|f| now.saturating_duration_since(f).as_secs_f64() / 3600.0) else { return };
+        for s in samples.by_uid.values() {
+            let Some(price) = s.price.filter(|p| p.is_finite()) else { continue };
+            let state = match s.phase {
+                "Busy" => "busy",
+                "Idle" => "idle",
+                _ => "other",
+            };
+            let labels = SpendLabels { backend: s.backend.clone(), state: state.to_string() };
+            self.spend.get_or_create(&labels).inc_by(price * hours);
+        }
+    }
+
     /// Records what an instance (by UID) looks like now; `None` forgets it.
     pub fn observe_instance(&self, uid: &str, sample: Option<InstanceSample>) {
-        let mut samples = self.samples.lock().expect("samples");
+        self.observe_instance_at(uid, sample, std::time::Instant::now());
+    }
+
+    fn observe_instance_at(&self, uid: &str, sample: Option<InstanceSample>, now: std::time::Instant) {
+        let mut guard = self.samples.lock().expect("samples");
+        let samples = &mut *guard;
+        if sample.as_ref() == samples.by_uid.get(uid) {
+            return;
+        }
+        // What the machines cost until this change, at the prices before it.
+        self.accrue(samples, now);
         match sample {
             Some(s) => {
-                if samples.get(uid) == Some(&s) {
-                    return;
-                }
-                samples.insert(uid.to_string(), s);
+                samples.by_uid.insert(uid.to_string(), s);
             }
             None => {
-                if samples.remove(uid).is_none() {
-                    return;
-                }
+                samples.by_uid.remove(uid);
             }
         }
+        let samples = &samples.by_uid;
         self.instances.clear();
         self.price.clear();
         self.idle_cost.clear();
@@ -240,6 +307,11 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        self.render_at(std::time::Instant::now())
+    }
+
+    fn render_at(&self, now: std::time::Instant) -> String {
+        self.accrue(&mut self.samples.lock().expect("samples"), now);
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
@@ -302,6 +374,27 @@ mod tests {
         assert!(!text.contains("phase=\"Idle\""), "{text}");
         assert!(text.contains("kpool_price_dollars_per_hour{backend=\"aws\"} 2.0"), "{text}");
         assert!(!text.contains("kpool_idle_cost_dollars_per_hour{"), "{text}");
+    }
+
+    #[test]
+    fn spend_accrues_price_times_time_by_state_and_placements_are_counted() {
+        let m = Metrics::new();
+        let t0 = std::time::Instant::now();
+        let at = |secs| t0 + Duration::from_secs(secs);
+        let sample = |phase, price| Some(InstanceSample { phase, backend: "aws".into(), price: Some(price) });
+        m.observe_instance_at("a", sample("Busy", 2.0), at(0));
+        m.observe_instance_at("b", sample("Idle", 1.0), at(0));
+        // An hour: a busy $2, b idle $1; then a goes idle, b goes, and half an hour passes.
+        m.observe_instance_at("a", sample("Idle", 2.0), at(3600));
+        m.observe_instance_at("b", None, at(3600));
+        let text = m.render_at(at(5400));
+        assert!(text.contains("kpool_spend_dollars_total{backend=\"aws\",state=\"busy\"} 2.0"), "{text}");
+        assert!(text.contains("kpool_spend_dollars_total{backend=\"aws\",state=\"idle\"} 2.0"), "{text}");
+        m.run_placed("aws", true);
+        m.run_placed("aws", false);
+        m.run_placed("aws", true);
+        let text = m.render_at(at(5400));
+        assert!(text.contains("kpool_runs_placed_total{backend=\"aws\",reused=\"true\"} 2"), "{text}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod pool;
+pub mod pool_cost;
 pub mod requests;
 pub mod run;
 pub mod runtime;

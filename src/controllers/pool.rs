@@ -69,8 +69,13 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action, Err
         st.conditions.push(c);
         st.warm = Some(w);
     }
-    // Skip writes that would change nothing but timestamps.
-    if !same_except_times(&previous, &st) {
+    // Skip writes that would change nothing but timestamps, and the spend, which grows
+    // every second: it is refreshed with any other change, and at least hourly.
+    let cost = super::pool_cost::current(&name, previous.cost.as_ref(), &all, now);
+    let stale = super::pool_cost::is_stale(previous.cost.as_ref(), &cost, st.price_per_hour, now);
+    st.cost = previous.cost.clone();
+    if !same_except_times(&previous, &st) || stale {
+        st.cost = Some(cost);
         ctx.write_status(&*pool, &st).await?;
     }
     Ok(Action::requeue(enforce_again.map_or(RECHECK, |d| d.min(RECHECK))))

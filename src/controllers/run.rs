@@ -233,6 +233,9 @@ async fn place(
             Err(Error::Kube(e)) if is_conflict(&e) => return Ok(Next::Stop(Action::requeue(Duration::ZERO))),
             Err(e) => return Err(e),
         };
+        let backend = chosen.status.as_ref().and_then(|s| s.offer.as_ref()).map(|o| o.backend.as_str());
+        let reused = chosen.provisioned_for() != Some(run.name_any().as_str());
+        ctx.metrics.run_placed(backend.unwrap_or_default(), reused);
         // Under `idleDuration: auto`, the gap this claim ended is what the pool learns from.
         // (Not when the run takes the machine it launched: that wait was a boot, not a gap.)
         if let Some((pool, record)) =

@@ -65,6 +65,25 @@ pub fn pool_counts<'a>(instances: impl IntoIterator<Item = &'a Instance>) -> Poo
     s
 }
 
+/// What one instance has spent by `now` (nothing before its launch), and the runs it
+/// served ([`Spend`] says which count as reused).
+pub fn spend_of(inst: &Instance, now: jiff::Timestamp) -> crate::api::pool::Spend {
+    let Some(st) = inst.status.as_ref() else { return Default::default() };
+    let Some(usage) = st.usage.as_ref().filter(|u| u.launched_at.is_some()) else { return Default::default() };
+    let per_second = st.offer.as_ref().map_or(0.0, |o| if o.price.is_finite() { o.price / 3600.0 } else { 0.0 });
+    let a = crate::core::instance::accrued(st, now);
+    let runs = u64::from(usage.runs);
+    let first_was_its_own = inst.provisioned_for().is_some() && runs > 0;
+    crate::api::pool::Spend {
+        dollars: a.total as f64 * per_second,
+        busy_dollars: a.busy as f64 * per_second,
+        idle_dollars: a.idle as f64 * per_second,
+        runs,
+        reused_runs: runs - u64::from(first_was_its_own),
+        instances: 1,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
