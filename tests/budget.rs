@@ -226,3 +226,63 @@ async fn a_lowered_hourly_cap_under_enforce_terminate_ends_idle_instances_first(
     assert_eq!(find(&st.conditions, "Ready").unwrap().reason, "BudgetExceeded");
     assert_eq!(h.get_run("busy").await.status.unwrap().phase, RunPhase::Running, "one end was enough");
 }
+
+/// A simulated month and a half on the test clock: one 2-hour run a day at $0.384/h under
+/// `maxSpend: $5 per 30d`. Launches stop once the window holds $5 (a run that started
+/// below it finishes: at most one run and its idle minutes beyond), and resume as the
+/// window slides past the first days.
+#[tokio::test]
+async fn a_monthly_spend_limit_over_a_simulated_month_and_a_half() {
+    let h = Harness::new().await;
+    let limit = SpendLimit { dollars: 5.0, per: "30d".into() };
+    let budget = BudgetSpec { max_spend: Some(limit), ..Default::default() };
+    h.pool("monthly", PoolSpec { budget: Some(budget), ..Default::default() }).await;
+    let day = Duration::from_secs(86_400);
+    let (mut ran, mut held) = (Vec::new(), Vec::new());
+    for d in 0..45 {
+        let name = format!("day-{d}");
+        h.run(&name, run_in("monthly")).await;
+        h.settle(3).await;
+        let started = h.get_run(&name).await.status.unwrap().phase == RunPhase::Running;
+        if started {
+            ran.push(d);
+            h.advance(Duration::from_secs(7200));
+            h.exec.exit(&name, 0);
+            h.settle(3).await;
+            // The idle duration (5m for a run's machine) ends it.
+            h.advance(Duration::from_secs(300));
+            h.settle(4).await;
+            h.advance(day - Duration::from_secs(7500));
+        } else {
+            held.push(d);
+            let (reason, _) = waiting(&h, &name).await;
+            assert_eq!(reason, "BudgetExceeded", "day {d}");
+            // It is not needed tomorrow: tomorrow's run asks again.
+            let _ = h.delete_run(&name).await;
+            h.advance(day);
+        }
+        h.settle(3).await;
+        // What the pool's machines spent in the last 30 days, from their statuses.
+        let now = h.clock_now();
+        let since = now.checked_sub(jiff::SignedDuration::from_hours(30 * 24)).unwrap();
+        let spent: f64 = h
+            .api::<kpool::api::instance::Instance>()
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter_map(|i| i.status.as_ref())
+            .map(|s| {
+                let (secs, _, _) = kpool::core::instance::accrued_within(s, Some(since), now);
+                secs * s.offer.as_ref().map_or(0.0, |o| o.price) / 3600.0
+            })
+            .sum();
+        // One run (2 h) and its 5 idle minutes may start just below the limit.
+        assert!(spent <= 5.0 + 0.384 * (2.0 + 5.0 / 60.0) + 1e-6, "day {d}: ${spent:.4} in the window");
+    }
+    // A run and its idle tail cost $0.80: 7 fit in $5 (the 7th starting at $4.80).
+    assert_eq!(&ran[..7], &[0, 1, 2, 3, 4, 5, 6], "ran {ran:?}");
+    assert_eq!(held.first(), Some(&7), "held {held:?}");
+    assert!(ran.iter().any(|&d| d >= 30), "launches resume once the window slides: ran {ran:?}");
+}
