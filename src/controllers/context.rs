@@ -93,6 +93,12 @@ pub struct Context {
     /// may not show yet, per namespace and instance: counted by the next checks, so two
     /// launches checked at once cannot together go beyond a budget.
     launches: Mutex<HashMap<String, HashMap<String, PendingLaunch>>>,
+    /// The resourceVersion of this process's last status write of each object, by UID:
+    /// a cached copy with another one may predate that write (see [`Self::is_current`]).
+    written: Mutex<HashMap<String, String>>,
+    /// Claims this process is making, by run UID: the instance a run is taking, until
+    /// the run's status says so (see [`Self::claim_in_flight`]).
+    claims: Mutex<HashMap<String, String>>,
     /// Built backends by (namespace, name, resourceVersion of the `Backend` object).
     backends: Mutex<BackendCache>,
     /// When each live instance's machine was last looked at (by instance UID).
@@ -182,6 +188,8 @@ impl Context {
             health: HealthConfig::default(),
             admissions: Mutex::default(),
             launches: Mutex::default(),
+            written: Mutex::default(),
+            claims: Mutex::default(),
             backends: Mutex::default(),
             health_checked: Mutex::default(),
             caches: std::sync::OnceLock::new(),
@@ -309,7 +317,58 @@ impl Context {
             "status": status,
         });
         let pp = PatchParams::apply(FIELD_MANAGER).force();
-        Ok(api.patch_status(&obj.name_any(), &pp, &Patch::Apply(&body)).await?)
+        let written = api.patch_status(&obj.name_any(), &pp, &Patch::Apply(&body)).await?;
+        if let (Some(uid), Some(version)) = (written.uid(), written.resource_version()) {
+            self.written.lock().expect("written").insert(uid, version);
+        }
+        Ok(written)
+    }
+
+    /// Whether `obj` (a copy from the watch cache) shows this process's last status write
+    /// of it, or a later change: only then may a decision that must not be made twice
+    /// (claiming an instance, starting a job) rest on it. The copies a process reads can
+    /// only lag behind its own writes (a new process lists everything written before),
+    /// so a copy whose resourceVersion is the one last written is current; another one
+    /// is checked at the API once (the copy may be newer than the write: someone else
+    /// changed the object since).
+    pub async fn is_current<K>(&self, obj: &K) -> Result<bool, Error>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+    {
+        let (Some(uid), Some(version)) = (obj.uid(), obj.resource_version()) else { return Ok(true) };
+        let last = self.written.lock().expect("written").get(&uid).cloned();
+        if last.is_none_or(|w| w == version) {
+            return Ok(true);
+        }
+        let api: Api<K> = Api::namespaced(self.client.clone(), &obj.namespace().unwrap_or_default());
+        let fresh = api.get_opt(&obj.name_any()).await?;
+        let current = fresh.and_then(|f| f.resource_version()).is_some_and(|v| v == version);
+        if current {
+            self.written.lock().expect("written").insert(uid, version);
+        }
+        Ok(current)
+    }
+
+    /// Drops what is kept about the writes and claims of an object that is gone.
+    pub fn forget_object(&self, uid: &str) {
+        self.written.lock().expect("written").remove(uid);
+        self.claims.lock().expect("claims").remove(uid);
+    }
+
+    /// Records that the run with UID `run` is claiming `instance` (before the claim is
+    /// written), or, with `None`, that its status now says where it is.
+    pub fn set_claim_in_flight(&self, run: &str, instance: Option<&str>) {
+        let mut claims = self.claims.lock().expect("claims");
+        match instance {
+            Some(i) => claims.insert(run.to_string(), i.to_string()),
+            None => claims.remove(run),
+        };
+    }
+
+    /// The instance the run with UID `run` was claiming in this process when its pass
+    /// ended before its status said so (the claim may be written but not in the cache yet).
+    pub fn claim_in_flight(&self, run: &str) -> Option<String> {
+        self.claims.lock().expect("claims").get(run).cloned()
     }
 
     /// The backend built from the `Backend` object `name` of namespace `ns`.

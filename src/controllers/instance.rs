@@ -818,6 +818,7 @@ async fn cleanup(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action, Error
         super::pool_cost::fold(&ctx, &inst, &st).await?;
         ctx.metrics.observe_instance(&inst.uid().unwrap_or_default(), None);
         ctx.forget_admission(&ns, st.pool.as_deref().unwrap_or_default(), &inst.name_any());
+        ctx.forget_object(&inst.uid().unwrap_or_default());
         ctx.event(&*inst, false, "Deleted", "the machine is gone; removing the instance".into()).await;
         return Ok(Action::await_change());
     }

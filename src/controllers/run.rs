@@ -147,14 +147,12 @@ async fn place(
     let ns = run.namespace().unwrap_or_default();
     let now = ctx.now();
     let pool_name = st.pool.clone().unwrap_or_default();
-    // After a pass that went as far as claiming (its `Scheduled` condition says Starting
-    // on an instance), the claim may be written but not yet in the watch cache: that
-    // instance is read from the API, so that a claim that is there is found and not made
-    // twice.
-    let claim_in_flight = find(&st.conditions, "Scheduled")
-        .filter(|c| c.reason == "Starting")
-        .and_then(|c| c.message.strip_prefix(STARTING_ON))
-        .map(str::to_string);
+    // After a pass of this process that went as far as claiming, the claim may be written
+    // but not yet in the watch cache: that instance is read from the API, so that a claim
+    // that is there is found and not made twice. (A new process lists everything written
+    // before it started.)
+    let uid = run.uid().unwrap_or_default();
+    let claim_in_flight = ctx.claim_in_flight(&uid);
     let mut all = instances(ctx, &ns).await?;
     if let Some(name) = claim_in_flight {
         let fresh = Api::<Instance>::namespaced(ctx.client.clone(), &ns).get_opt(&name).await?;
@@ -166,9 +164,9 @@ async fn place(
     if let Some(held) = all.iter().find(|i| {
         i.status.as_ref().is_some_and(|s| s.phase == InstancePhase::Busy && s.run.as_deref() == Some(&run.name_any()))
     }) {
-        let Some(run) = confirm(ctx, &run, &mut st, &held.name_any()).await? else {
-            return Ok(Next::Stop(Action::requeue(Duration::ZERO)));
-        };
+        if !ctx.is_current(&run).await? {
+            return Ok(Next::Stop(Action::requeue(CACHE_CATCH_UP)));
+        }
         return start(run, st, held.clone(), &policy, ctx).await;
     }
 
@@ -219,11 +217,13 @@ async fn place(
         .collect();
     if let Some(ix) = pick_in_queue(&pending, &run, &runs, &claimed, &idle) {
         let chosen = all.iter().find(|i| i.name_any() == idle[ix].name).cloned().expect("picked from all");
-        // The run must be as we read it before it takes an instance: a stale copy (e.g.
-        // of a run that has already run) claims nothing and starts nothing.
-        let Some(run) = confirm(ctx, &run, &mut st, &chosen.name_any()).await? else {
-            return Ok(Next::Stop(Action::requeue(Duration::ZERO)));
-        };
+        // The run must be as current as this process's writes before it takes an
+        // instance: a stale copy (e.g. of a run that has already run) claims nothing and
+        // starts nothing.
+        if !ctx.is_current(&run).await? {
+            return Ok(Next::Stop(Action::requeue(CACHE_CATCH_UP)));
+        }
+        ctx.set_claim_in_flight(&uid, Some(&chosen.name_any()));
         let mut ist = chosen.status.clone().unwrap_or_default();
         crate::core::instance::claim(&mut ist, JobRef::of(&run), now);
         // The claim carries the instance's resourceVersion: if anything else changed
@@ -450,24 +450,11 @@ fn ahead_waiting_for_room(run: &Run, runs: &[Run], pool: &str) -> usize {
         .count()
 }
 
-/// The message of a run's `Scheduled` condition (reason `Starting`) before the name of the
-/// instance it is claiming.
-const STARTING_ON: &str = "starting the job on instance ";
+/// How long a pass that found the run's cached copy behind this process's own writes
+/// waits for the cache to catch up.
+const CACHE_CATCH_UP: Duration = Duration::from_millis(200);
 
-/// Records that the run is starting on `instance` (its `Scheduled` condition), with the
-/// run's resourceVersion as the write's precondition. `None` when the run changed since
-/// it was read: the copy is stale (say, the cache's, of a run that has already run) and
-/// must neither claim an instance nor start a job; the next pass reads it afresh.
-async fn confirm(ctx: &Context, run: &Run, st: &mut RunStatus, instance: &str) -> Result<Option<Run>, Error> {
-    scheduled(st, run, ctx.now(), false, "Starting", &format!("{STARTING_ON}{instance}"));
-    match ctx.write_status(run, st).await {
-        Ok(run) => Ok(Some(run)),
-        Err(Error::Kube(e)) if is_conflict(&e) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Starts the job of `run`, whose claim on `inst` was written after [`confirm`]. A start
+/// Starts the job of `run`, whose claim on `inst` is written. A start
 /// that keeps failing ends the attempt after the grace of [`exec_failed`].
 async fn start(
     run: Run,
@@ -497,7 +484,9 @@ async fn start(
     sm::assigned(&mut st, &inst.name_any(), now);
     scheduled(&mut st, &run, now, true, "Assigned", &format!("running on instance {}", inst.name_any()));
     ctx.event(&run, false, "Assigned", format!("running on instance {}", inst.name_any())).await;
-    Ok(Next::Continue(ctx.write_status(&run, &st).await?))
+    let run = ctx.write_status(&run, &st).await?;
+    ctx.set_claim_in_flight(&run.uid().unwrap_or_default(), None);
+    Ok(Next::Continue(run))
 }
 
 /// Running: the instance must still hold the run; the job's exit ends the run.
@@ -903,6 +892,7 @@ async fn cleanup(run: Arc<Run>, ctx: Arc<Context>) -> Result<Action, Error> {
         let why = format!("run {} was deleted before a launch", run.name_any());
         delete_if_unlaunched(&ctx, &run.namespace().unwrap_or_default(), p, &why).await?;
     }
+    ctx.forget_object(&run.uid().unwrap_or_default());
     Ok(Action::await_change())
 }
 
