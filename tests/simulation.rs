@@ -10,7 +10,8 @@
 //! - the provider loses answers (a create or delete that did its work, then a transport
 //!   error), has no capacity, and reclaims machines;
 //! - status writes conflict, Instance creates fail;
-//! - the Backend's regions are edited; the Backend is deleted and later created again;
+//! - the Backend's regions are edited; the Backend is deleted and later created again, or
+//!   removed by hand with its finalizer while instances use it and put back a step later;
 //! - the pool has a maxInstances in most seeds (`KPOOL_SIM_MAX_INSTANCES=0` turns it off).
 //!
 //! The backend is regional (a machine lives in its offer's region; a name is unique per
@@ -125,6 +126,9 @@ enum BackendLife {
     Live,
     Deleting,
     Gone(usize),
+    /// Removed by hand with its finalizer (`kubectl patch … finalizers: null`) while
+    /// instances use it, at this step; an administrator puts it back at the next one.
+    Forced(usize),
 }
 
 struct Sim {
@@ -180,7 +184,11 @@ impl Sim {
             faults: self.faults.clone(),
         });
         let clock = Arc::new(self.h.clock.clone());
-        self.h.ctx = Arc::new(Context::new(client, factory, Arc::new(self.exec.clone()), clock));
+        // The production dispatch in front of the hosts: it reads the instance's Backend
+        // (through the same faulty API), so a missing one is met as in production.
+        let exec = Arc::new(self.exec.clone());
+        let dispatch = kpool::exec::DispatchExecutor::with_executors(client.clone(), exec.clone(), exec);
+        self.h.ctx = Arc::new(Context::new(client, factory, Arc::new(dispatch), clock));
         self.gc = Collector::default();
     }
 
@@ -308,6 +316,15 @@ impl Sim {
                 self.backend = BackendLife::Deleting;
                 n += 1;
             }
+            BackendLife::Live if self.rng.chance(1) => {
+                let api = self.h.api::<Backend>();
+                let drop = serde_json::json!({"metadata": {"finalizers": null}});
+                api.patch("aws", &PatchParams::default(), &Patch::Merge(&drop)).await.unwrap();
+                api.delete("aws", &Default::default()).await.unwrap();
+                self.backend = BackendLife::Forced(self.fig.steps);
+                n += 1;
+            }
+            BackendLife::Forced(at) if self.fig.steps > at => self.recreate_backend().await,
             BackendLife::Gone(at) if self.fig.steps >= at + 6 && self.rng.chance(30) => self.recreate_backend().await,
             _ => {}
         }
@@ -328,7 +345,11 @@ impl Sim {
                 12..=15 => self.exec.exit(&name, 1),
                 16 => {
                     let patch = serde_json::json!({"spec": {"stop": true}});
-                    self.h.api::<Run>().patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+                    let pp = PatchParams::default();
+                    if self.h.api::<Run>().patch(&name, &pp, &Patch::Merge(&patch)).await.is_err() {
+                        let v = format!("the job of run {name} still runs after the run was deleted");
+                        self.fig.violations.push((self.fig.steps, v));
+                    }
                 }
                 _ => {}
             }
@@ -386,7 +407,12 @@ impl Sim {
                 }
             }
         }
-        let found = check::check(&w, self.h.clock_now(), &mut self.mem);
+        let mut found = check::check(&w, self.h.clock_now(), &mut self.mem);
+        let running = w.runs.iter().filter_map(|(name, r)| {
+            let st = r.status.as_ref().filter(|s| s.phase == kpool::api::run::RunPhase::Running)?;
+            Some((name.as_str(), st.instance.as_deref()?))
+        });
+        found.extend(self.exec.running_without_a_job(running));
         self.fig.violations.extend(found.into_iter().chain(self.exec.take_violations()).map(|v| (step, v)));
     }
 
@@ -412,7 +438,7 @@ impl Sim {
             self.tick().await;
         }
         // Drain: no faults; every job ends; the pool empties once idle durations pass.
-        if let BackendLife::Gone(_) = self.backend {
+        if let BackendLife::Gone(_) | BackendLife::Forced(_) = self.backend {
             self.recreate_backend().await;
         }
         for _ in 0..DRAIN {

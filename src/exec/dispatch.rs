@@ -20,9 +20,13 @@ use crate::backends::factory::DefaultFactory;
 
 pub struct DispatchExecutor {
     client: kube::Client,
-    ssh: SshExecutor,
-    pod: PodExecutor,
+    ssh: Arc<dyn JobRunner>,
+    pod: Arc<dyn JobRunner>,
 }
+
+/// What [`DispatchExecutor`] hands a job to: an executor that can also read its logs.
+pub trait JobRunner: Executor + JobLogs {}
+impl<T: Executor + JobLogs> JobRunner for T {}
 
 impl DispatchExecutor {
     /// `factory` should be the controller's, so SSH host keys are shared with the backend
@@ -30,11 +34,16 @@ impl DispatchExecutor {
     pub fn new(client: kube::Client, factory: Arc<DefaultFactory>) -> Self {
         let installation = factory.installation().map(str::to_string);
         let allowances = factory.allowances().clone();
-        DispatchExecutor {
-            ssh: SshExecutor::from_api(client.clone(), factory),
-            pod: PodExecutor::new(client.clone()).with_installation(installation).with_allowances(allowances),
-            client,
-        }
+        let ssh = SshExecutor::from_api(client.clone(), factory);
+        let pod = PodExecutor::new(client.clone()).with_installation(installation).with_allowances(allowances);
+        DispatchExecutor::with_executors(client, Arc::new(ssh), Arc::new(pod))
+    }
+
+    /// Dispatches to `ssh` (instances of `ssh`, `aws` and `lambda` backends) and `pod`
+    /// (`kubernetes` backends), reading Backends with `client`: the simulation runs its
+    /// hosts behind the same choice, missing Backend included.
+    pub fn with_executors(client: kube::Client, ssh: Arc<dyn JobRunner>, pod: Arc<dyn JobRunner>) -> Self {
+        DispatchExecutor { client, ssh, pod }
     }
 
     /// The type of the instance's `Backend`; an error when it has none or it is missing.
@@ -50,10 +59,10 @@ impl DispatchExecutor {
         obj.map(|b| b.spec.type_).ok_or(ExecError::MissingBackend { backend: name, namespace })
     }
 
-    async fn pick(&self, instance: &Instance) -> Result<&dyn Executor, ExecError> {
+    async fn pick(&self, instance: &Instance) -> Result<&dyn JobRunner, ExecError> {
         Ok(match self.backend_type(instance).await? {
-            BackendType::Ssh | BackendType::Aws | BackendType::Lambda => &self.ssh,
-            BackendType::Kubernetes => &self.pod,
+            BackendType::Ssh | BackendType::Aws | BackendType::Lambda => self.ssh.as_ref(),
+            BackendType::Kubernetes => self.pod.as_ref(),
         })
     }
 }
@@ -77,9 +86,6 @@ impl Executor for DispatchExecutor {
 #[async_trait]
 impl JobLogs for DispatchExecutor {
     async fn logs(&self, run: &Run, instance: &Instance, from_byte: u64) -> Result<(String, u64), ExecError> {
-        match self.backend_type(instance).await? {
-            BackendType::Ssh | BackendType::Aws | BackendType::Lambda => self.ssh.logs(run, instance, from_byte).await,
-            BackendType::Kubernetes => self.pod.logs(run, instance, from_byte).await,
-        }
+        self.pick(instance).await?.logs(run, instance, from_byte).await
     }
 }

@@ -29,7 +29,7 @@ pub mod env;
 pub mod pod;
 pub mod ssh;
 
-pub use self::dispatch::DispatchExecutor;
+pub use self::dispatch::{DispatchExecutor, JobRunner};
 pub use self::pod::PodExecutor;
 pub use self::ssh::SshExecutor;
 

@@ -81,7 +81,11 @@ fn runs_and_instances(w: &World, now: Timestamp, v: &mut Vec<String>) {
         let Some(st) = &inst.status else { continue };
         if st.phase == InstancePhase::Busy {
             let Some(run) = st.run.as_deref() else {
-                v.push(format!("busy instance {name} names no run"));
+                // Held: its run let go without knowing its job stopped, and the instance
+                // fences the job before it takes another run (the hosts' side checks that).
+                if st.job.is_none() {
+                    v.push(format!("busy instance {name} names no run and holds no job"));
+                }
                 continue;
             };
             if let Some(other) = holders.insert(run, name) {

@@ -229,6 +229,16 @@ impl SimExecutor {
         self.hosts().starts
     }
 
+    /// Runs that `runs` says are Running on an instance where no job of theirs was ever
+    /// started: an executor that pretended to start them (as one did for instances whose
+    /// Backend is missing) leaves a run Running that runs nothing.
+    pub fn running_without_a_job<'a>(&self, runs: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<String> {
+        let hosts = self.hosts();
+        runs.filter(|(run, inst)| hosts.jobs.get(*run).is_none_or(|j| j.instance != *inst))
+            .map(|(run, inst)| format!("run {run} is Running on {inst}, where no job of it was started"))
+            .collect()
+    }
+
     /// The violations seen so far (taken).
     pub fn take_violations(&self) -> Vec<String> {
         std::mem::take(&mut self.hosts().violations)
@@ -249,6 +259,14 @@ impl SimExecutor {
 
 fn name_of(run: &Run) -> String {
     run.metadata.name.clone().unwrap_or_default()
+}
+
+#[async_trait]
+impl kpool::exec::JobLogs for SimExecutor {
+    async fn logs(&self, _run: &Run, _instance: &Instance, from_byte: u64) -> Result<(String, u64), ExecError> {
+        self.call()?;
+        Ok((String::new(), from_byte))
+    }
 }
 
 #[async_trait]
