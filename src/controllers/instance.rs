@@ -75,12 +75,17 @@ async fn apply(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action, Error> 
     let api: Api<Instance> = Api::namespaced(ctx.client.clone(), &inst.namespace().unwrap_or_default());
     let name = inst.name_any();
     let mut inst = (*inst).clone();
+    let mut recorded = false;
     for _ in 0..MAX_STEPS {
         // Boxed: the step's future holds every backend and executor call it may make.
         match Box::pin(step(inst, &ctx)).await? {
-            Next::Continue(i) => inst = i,
+            Next::Continue(i) => {
+                recorded = i.status.as_ref().is_some_and(|s| s.observed_generation == generation);
+                inst = i;
+            }
             Next::Stop(a) => {
-                if unobserved {
+                // As for runs: skipped when a status this pass wrote already records it.
+                if unobserved && !recorded {
                     ctx.observe_generation(&api, &name, generation, |i: &Instance| i.status.as_ref()).await?;
                 }
                 return Ok(a);

@@ -68,12 +68,18 @@ async fn apply(run: Arc<Run>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api: Api<Run> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
     let name = run.name_any();
     let mut run = (*run).clone();
+    let mut recorded = false;
     for _ in 0..MAX_STEPS {
         // Boxed: the step's future holds every executor call it may make (SSH, Pods).
         match Box::pin(step(run, &ctx)).await? {
-            Next::Continue(r) => run = r,
+            Next::Continue(r) => {
+                recorded = r.status.as_ref().is_some_and(|s| s.observed_generation == generation);
+                run = r;
+            }
             Next::Stop(a) => {
-                if unobserved {
+                // Unless a status this pass wrote (the last object it went on from) already
+                // says so, the generation seen is recorded.
+                if unobserved && !recorded {
                     ctx.observe_generation(&api, &name, generation, |r: &Run| r.status.as_ref()).await?;
                 }
                 return Ok(a);
