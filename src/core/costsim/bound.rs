@@ -1,56 +1,48 @@
 //! The offline lower bound: what any idle policy must at least pay on a trace.
 //!
-//! **The model.** Every machine serves a chain of runs of one pool: the first run of the
-//! chain waits for the machine's boot, every later one takes the machine when it
-//! arrives, after an idle gap since the previous run ended. A run ends at its arrival
-//! plus its duration (`eᵢ = aᵢ + dᵢ`), or one boot later if it waited for a boot. The
-//! bound is the cheapest such set of chains, each machine-second billed at the price
-//! `pⱼ` of the cheapest offer that fits the run `j` it precedes or serves:
+//! **The model** is the simulator's world seen by a planner that knows the future. Every
+//! machine serves a chain of runs of one pool: the first run of the chain waits for the
+//! machine's boot `b` (so it runs from `aᵢ + b` and ends at `eᵢ + b`, with `eᵢ = aᵢ + dᵢ`),
+//! every later one takes the machine when it arrives (runs from `aᵢ`, ends at `eᵢ`), after
+//! an idle gap since the previous run of the chain ended; each machine end serves at most
+//! one later run. Its cost, with `pⱼ` the price of the cheapest offer that fits run `j`
+//! and `p` the lowest of them in the pool:
 //!
 //! ```text
-//! Σⱼ pⱼ·dⱼ  +  Σ_{j first of a chain} pⱼ·b  +  Σ_{i then j on a machine} pⱼ·gap(i, j)
+//! Σⱼ pⱼ·dⱼ  +  Σ_{j first of a chain} pⱼ·b  +  Σ_{i then j on a machine} p·(aⱼ − end of i)
 //! ```
 //!
-//! where `gap(i, j) = aⱼ − eᵢ − b` when that is 0 or more, else `aⱼ − eᵢ` (0 or more): the
-//! end of `i` is taken to be whichever of its two possible ends lies closest before `aⱼ`,
-//! whether or not `i` waited for a boot. That is the one relaxation of the model (besides
-//! billing at `pⱼ` and letting a machine serve runs of any shape of its pool); it keeps
-//! the problem an assignment: each end is used by at most one later start, each start
-//! takes at most one earlier end or pays a boot. A reuse worth making has
-//! `gap < b`, so the only candidate ends of a start at `aⱼ` are those in `(aⱼ − 2b, aⱼ]`.
-//!
-//! **Why no policy pays less**, in the simulator's world (a run takes an idle machine
-//! when it arrives or waits exactly one boot for a new one; machines are billed from
-//! launch to termination and stay in their pool):
-//! - each run runs for `dⱼ` on a machine that fits it, so at a price `≥ pⱼ`;
-//! - a run on a new machine is preceded by that machine's boot, billed `≥ pⱼ·b`;
-//! - a run `j` that reuses a machine follows the machine's previous run `i` of the same
-//!   pool, which started at `aᵢ` or `aᵢ + b`, so ended at `eᵢ` or `eᵢ + b`, no later than
-//!   `aⱼ`; the idle spell between them is at least `gap(i, j)` (the later of the two ends
-//!   that fits before `aⱼ`), billed `≥ pⱼ·gap(i, j)`; each machine's previous run is
-//!   followed by one run only, so the policy's reuses are an assignment of ends to
-//!   starts, one the bound minimises over (a reuse with `gap ≥ b` counts as a boot, which
-//!   is cheaper);
-//! - boots and idle spells are disjoint stretches of machine time, each before exactly
-//!   one run, and idle time after a machine's last run is not counted.
+//! **Why no policy pays less** (in the simulator a run takes an idle machine when it
+//! arrives or waits exactly one boot for a new one; machines are billed from launch to
+//! termination and stay in their pool): what each policy's machines do is such a set of
+//! chains, and it is billed at least this. Each run runs for `dⱼ` on a machine that fits
+//! it, so at a price `≥ pⱼ`; a run on a new machine is preceded by that machine's boot,
+//! billed `≥ pⱼ·b`, and starts one boot after it arrived; a run that reuses a machine
+//! follows the machine's previous run, which ended at its own end (or one boot later if it
+//! had waited), no later than the arrival, and the machine idled in between, billed
+//! `≥ p` per second; boots and idle spells are disjoint stretches of machine time, and idle
+//! time after a machine's last run is not counted. Letting a machine serve runs of any
+//! shape of its pool and billing idle time at the pool's lowest price only lower it.
 //!
 //! A bound with machines launched ahead of arrivals (no run waits, every run ends at
 //! `eᵢ`) would not be one here: a run that waited for a boot ends one boot later, so a
 //! later run can find its machine idle for less than `aⱼ − eᵢ` (two A100 runs of 600 s at
 //! 0 and 800 cost 1,400 machine-seconds under fixed-5m, 1,560 under that bound).
 //!
-//! **How it is solved exactly.** A min-cost flow, one unit per start, from each start to
-//! the sink either directly (a boot, `pⱼ·b`) or through one earlier end (`pⱼ·gap`, each
-//! end carrying one unit). Starts are added in arrival order and each addition augments
-//! along a shortest path in the residual graph (successive shortest paths, Dijkstra on
-//! reduced costs with node potentials): after each augmentation the flow is a min-cost
-//! flow for the starts added so far, so after the last it is the optimum assignment. A
-//! search stops when it reaches the sink (the potentials of the nodes it settled are
-//! lowered by how much closer than the sink they were, which keeps every reduced cost
-//! non-negative), and it never leaves a few boots' worth of time around the new start
-//! except along reuses worth re-arranging, so 10,000 runs take well under a second.
-//! Costs are integers (micro-dollars per hour × milliseconds): no rounding in the
-//! search.
+//! **How it is computed.** Without the tie between a run's end and how it started, the
+//! model is an assignment: each start takes one earlier end (`eᵢ` or `eᵢ + b`, paying the
+//! idle time) or pays a boot, each end is taken once. That is a min-cost flow on the time
+//! line ([`assign`]): one unit from each start, to the sink by a boot or back along the
+//! time line (billed per millisecond) to an end that enters it at `eᵢ` and at `eᵢ + b`.
+//! Starts are added in arrival order, each augmenting along a shortest path of the
+//! residual graph (successive shortest paths, Dijkstra on reduced costs with node
+//! potentials): after each the flow is a min-cost flow for the starts added so far, so
+//! after the last it is the optimum assignment. A search stops when it settles the sink;
+//! the potentials of the nodes it settled are lowered by how much closer than the sink
+//! they were, which keeps every reduced cost non-negative. The tie is then priced in
+//! ([`pool_bound`], a Lagrangian relaxation): any prices give a lower bound, and the
+//! highest found is kept. Costs are integers (micro-dollars per hour × milliseconds): no
+//! rounding in the search. 10,000 runs take about a second.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -206,7 +198,7 @@ fn assign(jobs: &[Job], b: i64, late: &[i64], early: &[i64]) -> Assignment {
 }
 
 /// Rounds of multiplier updates ([`pool_bound`]).
-const ROUNDS: usize = 60;
+pub(super) const ROUNDS: usize = 60;
 
 /// The bound for the runs of one pool, sorted by arrival, in micro-dollars per hour ×
 /// milliseconds (busy time left out), and the assignment it was found at.
@@ -216,9 +208,10 @@ const ROUNDS: usize = 60;
 /// it did not; those two conditions are priced in (a Lagrangian relaxation): a reuse of
 /// the late end of run `i` costs `late[i]` more, of its early end `early[i]` more, and a
 /// boot of run `i` costs `early[i] − late[i]` more, minus `Σ early` once. For every
-/// choice of non-negative prices, every schedule of the model costs at least as much as
-/// before (its late ends follow boots, its early ends follow reuses, so the extra terms
-/// add up to 0 or less), so the cheapest assignment under them is still a lower bound;
+/// choice of non-negative prices, every schedule of the model costs no more under them
+/// than it really does (its late ends follow boots, its early ends follow reuses, so the
+/// extra terms add up to 0 or less), so the cheapest assignment under them is still a
+/// lower bound;
 /// the prices are raised where an assignment breaks a condition and lowered where it
 /// keeps one with room (subgradient steps), and the highest bound found is kept. With all
 /// prices 0 it is the plain assignment.
@@ -263,10 +256,6 @@ fn pool_bound(jobs: &[Job], b: i64, rounds: usize) -> (i64, Assignment) {
 /// bound was found at (they need not add up to the bound); waits are not modelled
 /// (reported as 0).
 pub fn offline_bound(trace: &[TraceRun], config: &Config) -> PolicyReport {
-    offline_bound_in(trace, config, ROUNDS)
-}
-
-pub(super) fn offline_bound_in(trace: &[TraceRun], config: &Config, rounds: usize) -> PolicyReport {
     let policy = EffectivePolicy::defaults(Origin::Run);
     let b = config.boot.as_millis() as i64;
     let mut pools: BTreeMap<&str, Vec<Job>> = BTreeMap::new();
@@ -289,7 +278,7 @@ pub(super) fn offline_bound_in(trace: &[TraceRun], config: &Config, rounds: usiz
     let (mut runs, mut reused) = (0, 0);
     for jobs in pools.values_mut() {
         jobs.sort_by_key(|j| j.arrival);
-        let (value, a) = pool_bound(jobs, b, rounds);
+        let (value, a) = pool_bound(jobs, b, ROUNDS);
         total += dollars(value);
         idle_cost += dollars(a.idle);
         for (job, boot) in jobs.iter().zip(a.boots) {
@@ -319,7 +308,8 @@ pub(super) fn offline_bound_in(trace: &[TraceRun], config: &Config, rounds: usiz
 }
 
 /// The bound in the integer units of the search (micro-dollars per hour × ms, busy time
-/// left out) after `rounds` rounds (1: the plain assignment), for the tests: runs given as (arrival s, duration s, price $/h), one pool.
+/// left out) after `rounds` rounds (1: the plain assignment) and the number of boots, for
+/// the tests: runs given as (arrival s, duration s, price $/h), one pool.
 #[cfg(test)]
 pub(super) fn assignment_cost(runs: &[(f64, f64, f64)], boot_s: f64, rounds: usize) -> (i64, usize) {
     let mut jobs: Vec<Job> = runs

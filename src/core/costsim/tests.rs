@@ -287,7 +287,7 @@ fn the_bound_is_the_optimum_assignment_and_below_every_schedule() {
             runs.iter().map(|&(a, d, p)| (a as f64 / 1000.0, d as f64 / 1000.0, p as f64 / 1e6)).collect();
         let (plain, _) = assignment_cost(&secs, 180.0, 1);
         assert_eq!(plain, best_assignment(&runs, boot, rate, 0, &mut vec![false; n]), "case {case}: {runs:?}");
-        let (cost, _) = assignment_cost(&secs, 180.0, 60);
+        let (cost, _) = assignment_cost(&secs, 180.0, super::bound::ROUNDS);
         assert!(cost >= plain, "case {case}: the priced rounds only raise the bound");
         if case % 2 == 0 {
             let busy: i64 = runs.iter().map(|r| r.1).sum();
