@@ -34,7 +34,8 @@
 //! {"arrival": 900, "duration": 1200, "resources": {"cpu": "8..", "memory": "32GB.."}, "priority": 10}
 //! ```
 //!
-//! **The offline lower bound** ([`offline_bound`]): see that function for why it is one.
+//! **The offline lower bound** ([`offline_bound`]): the cheapest schedule of this world for
+//! a planner that knows the future; `bound.rs` says how it is computed and why it is one.
 
 mod bound;
 mod engine;

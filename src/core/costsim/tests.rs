@@ -178,3 +178,137 @@ fn auto_learns_to_tear_down_between_sweeps() {
     assert!(ratio < 0.92, "auto {} vs ski-rental {} ({ratio:.3})", auto.total_cost, ski.total_cost);
     assert!(auto.total_cost >= none.total_cost, "nothing beats no-reuse here");
 }
+
+/// A at 0 (boots until 180, ends at 780), B at 800, C at 810, 600 s each. Both would
+/// like A's machine (idle 20 s and 30 s), but it can serve one of them: A's boot, B after
+/// 20 s idle, C's boot.
+#[test]
+fn the_bound_lets_each_machine_end_serve_one_later_run() {
+    let trace = parse_trace("arrival,duration,gpu\n0,600,A100:1\n800,600,A100:1\n810,600,A100:1\n").unwrap();
+    let b = offline_bound(&trace, &config());
+    assert!((b.total_cost - cost_of(180.0 + 600.0 + 20.0 + 600.0 + 180.0 + 600.0)).abs() < 1e-9, "{}", b.total_cost);
+    assert!((b.idle_cost - cost_of(20.0)).abs() < 1e-9);
+    assert_eq!((b.launched, b.reused), (2, 1));
+    // The clairvoyant schedule does exactly that (keeping A 1 ms past B's arrival).
+    let c = simulate(&trace, &config(), &Policy::Clairvoyant);
+    assert!((c.total_cost - b.total_cost).abs() < cost_of(0.0011), "{} vs {}", c.total_cost, b.total_cost);
+}
+
+/// A at 0 waits for its boot, so ends at 780, not 600: B at 800 finds the machine idle
+/// for 20 s, and B at 650 finds no machine at all. The bound follows both: the
+/// clairvoyant schedule pays it (to the millisecond it keeps A past B's arrival).
+#[test]
+fn the_bound_knows_a_run_that_waited_for_its_boot_ends_one_boot_later() {
+    for (second, seconds) in [(800.0, 180.0 + 600.0 + 20.0 + 600.0), (650.0, 2.0 * (180.0 + 600.0))] {
+        let trace = two_runs(second);
+        let b = offline_bound(&trace, &config());
+        assert!(
+            (b.total_cost - cost_of(seconds)).abs() < 1e-9,
+            "B at {second}: {} vs {}",
+            b.total_cost,
+            cost_of(seconds)
+        );
+        let c = simulate(&trace, &config(), &Policy::Clairvoyant);
+        assert!(
+            (c.total_cost - b.total_cost).abs() < cost_of(0.0011),
+            "B at {second}: {} vs {}",
+            c.total_cost,
+            b.total_cost
+        );
+    }
+}
+
+/// Random traces of up to 7 runs. With its prices at 0 the bound is exactly the cheapest
+/// assignment of ends (each run's, at `e` or `e + b`) to starts, by brute force over all
+/// of them (mixed prices too). Priced, it stays at or below the cheapest schedule (brute
+/// force over chains where a run that launches a machine starts one boot late), which is
+/// at or below every simulated policy, and it reaches that optimum more often.
+#[test]
+fn the_bound_is_the_optimum_assignment_and_below_every_schedule() {
+    use super::bound::assignment_cost;
+    // Cheapest assignment: start `k` (in arrival order) boots or takes an unused end.
+    fn best_assignment(runs: &[(i64, i64, i64)], b: i64, rate: i64, k: usize, used: &mut Vec<bool>) -> i64 {
+        if k == runs.len() {
+            return 0;
+        }
+        let (a, _, p) = runs[k];
+        let mut best = p * b + best_assignment(runs, b, rate, k + 1, used);
+        for i in 0..runs.len() {
+            let e = runs[i].0 + runs[i].1;
+            let gap = if a >= e + b { a - e - b } else { a - e };
+            if !used[i] && gap >= 0 {
+                used[i] = true;
+                best = best.min(rate * gap + best_assignment(runs, b, rate, k + 1, used));
+                used[i] = false;
+            }
+        }
+        best
+    }
+    // Cheapest schedule (machine-ms): machines free at `free` times; run `k` launches
+    // one (boot, then ends at a + d + b) or takes one free by its arrival.
+    fn best_schedule(runs: &[(i64, i64, i64)], b: i64, k: usize, free: &mut Vec<i64>) -> i64 {
+        if k == runs.len() {
+            return 0;
+        }
+        let (a, d, _) = runs[k];
+        free.push(a + d + b);
+        let mut best = b + d + best_schedule(runs, b, k + 1, free);
+        free.pop();
+        for m in 0..free.len() {
+            let e = free[m];
+            if e <= a {
+                free[m] = a + d;
+                best = best.min(a - e + d + best_schedule(runs, b, k + 1, free));
+                free[m] = e;
+            }
+        }
+        best
+    }
+    let mut rng = families::Rng::new(15);
+    let boot = 180_000;
+    let (mut tight, mut plain_tight) = (0, 0);
+    for case in 0..400 {
+        let n = 2 + (rng.next_u64() % 6) as usize;
+        let mut runs: Vec<(i64, i64, i64)> = (0..n)
+            .map(|_| {
+                let a = (rng.range(0.0, 1500.0) as i64) * 1000;
+                let d = (1.0 + rng.range(0.0, 600.0)) as i64 * 1000;
+                let p = if case % 2 == 0 {
+                    4_100_000
+                } else {
+                    [1_000_000, 2_000_000, 3_000_000][rng.next_u64() as usize % 3]
+                };
+                (a, d, p)
+            })
+            .collect();
+        runs.sort_by_key(|r| r.0);
+        let rate = runs.iter().map(|r| r.2).min().unwrap();
+        let secs: Vec<(f64, f64, f64)> =
+            runs.iter().map(|&(a, d, p)| (a as f64 / 1000.0, d as f64 / 1000.0, p as f64 / 1e6)).collect();
+        let (plain, _) = assignment_cost(&secs, 180.0, 1);
+        assert_eq!(plain, best_assignment(&runs, boot, rate, 0, &mut vec![false; n]), "case {case}: {runs:?}");
+        let (cost, _) = assignment_cost(&secs, 180.0, super::bound::ROUNDS);
+        assert!(cost >= plain, "case {case}: the priced rounds only raise the bound");
+        if case % 2 == 0 {
+            let busy: i64 = runs.iter().map(|r| r.1).sum();
+            let schedule = best_schedule(&runs, boot, 0, &mut Vec::new()) - busy;
+            assert!(cost <= rate * schedule, "case {case}: bound {cost} above the best schedule {schedule}: {runs:?}");
+            tight += usize::from(cost == rate * schedule);
+            plain_tight += usize::from(plain == rate * schedule);
+            let csv: String = secs.iter().map(|(a, d, _)| format!("{a},{d},A100:1\n")).collect();
+            let trace = parse_trace(&format!("arrival,duration,gpu\n{csv}")).unwrap();
+            let best = cost_of((schedule + busy) as f64 / 1000.0);
+            for policy in Policy::all() {
+                let r = simulate(&trace, &config(), &policy);
+                assert!(
+                    r.total_cost >= best - 1e-9,
+                    "case {case}: {} {} below the best schedule {best}",
+                    r.policy,
+                    r.total_cost
+                );
+            }
+        }
+    }
+    eprintln!("bound equal to the best schedule: {tight}/200 priced, {plain_tight}/200 plain");
+    assert!(tight > plain_tight, "{tight} vs {plain_tight}");
+}
