@@ -51,11 +51,14 @@ pub struct QueueMemory {
     held: BTreeMap<String, String>,
 }
 
+fn is_idle(inst: &Instance) -> bool {
+    inst.status.as_ref().is_some_and(|s| s.phase == InstancePhase::Idle && s.run.is_none())
+        && inst.metadata.deletion_timestamp.is_none()
+}
+
+/// Whether idle instance `inst` is free for waiting run `run` (see the module docs).
 fn free_for(run: &Run, inst: &Instance, reserved: &BTreeMap<String, String>) -> bool {
     let Some(st) = inst.status.as_ref() else { return false };
-    if st.phase != InstancePhase::Idle || st.run.is_some() || inst.metadata.deletion_timestamp.is_some() {
-        return false;
-    }
     let pool = run.status.as_ref().and_then(|s| s.pool.clone());
     if pool.is_none() || st.pool != pool {
         return false;
@@ -80,18 +83,21 @@ pub fn check(w: &World, warm: Option<&WarmSpec>, now: Timestamp, mem: &mut Queue
         .collect();
     let mut queue: Vec<&Run> = w.runs.values().filter(|r| is_waiting(r)).collect();
     queue.sort_by_key(|r| queue_key(r));
+    let idle: Vec<&Instance> = w.instances.values().filter(|i| is_idle(i)).collect();
+    let free: Vec<BTreeSet<String>> = queue
+        .iter()
+        .map(|run| idle.iter().filter(|i| free_for(run, i, &reserved)).map(|i| i.name_any()).collect())
+        .collect();
     let mut waiting = BTreeMap::new();
     for (k, run) in queue.iter().enumerate() {
-        let free: BTreeSet<String> =
-            w.instances.values().filter(|i| free_for(run, i, &reserved)).map(|i| i.name_any()).collect();
-        for inst in &free {
-            let held = queue[..k].iter().any(|a| free_for(a, &w.instances[inst], &reserved));
+        for inst in &free[k] {
+            let held = free[..k].iter().any(|f| f.contains(inst));
             if !held {
                 let why = format!("run {} waited two steps while instance {inst} was free for it", run.name_any());
                 seen.insert((run.name_any(), inst.clone(), "a1"), why);
             }
         }
-        waiting.insert(run.name_any(), free);
+        waiting.insert(run.name_any(), free[k].clone());
     }
     // (a2): who took what since the previous check.
     let held: BTreeMap<String, String> = w
