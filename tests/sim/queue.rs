@@ -13,9 +13,11 @@
 //! when some waiting run ahead of R in the queue could take it (it is free for that run).
 //! - (a1) No run waits while an instance is free for it that is not held for a run ahead
 //!   of it.
-//! - (a2) No run overtakes: a run that newly holds instance I at a check, while a run
-//!   ahead of it in the queue that I was free for (at the previous check) still waits,
-//!   is a violation. Breaking priority or age order in `pick_in_queue` breaks this.
+//! - (a2) No run overtakes: when a run T newly holds instance I at a check, no run A that
+//!   waited at the previous check, ahead of T in the queue, still waits with nothing free
+//!   for it, while I fits A (its pool, requirements and policy; not provisioned for T).
+//!   An instance that goes idle and is taken within one step is judged here: breaking
+//!   priority or age order in `pick_in_queue` breaks this.
 //!
 //! **Warm headroom.** For a pool with `spec.warm`, *wanted* is what
 //! `core::warm::wanted` gives at the check's time; warm instances (labelled
@@ -45,8 +47,10 @@ pub struct QueueMemory {
     /// Conditions seen at the previous check, by (run, instance, kind); reported when
     /// seen again.
     suspects: BTreeSet<(String, String, &'static str)>,
-    /// Waiting runs and the instances free for each, at the previous check.
-    waiting: BTreeMap<String, BTreeSet<String>>,
+    /// Waiting runs, at the previous check.
+    waiting: BTreeSet<String>,
+    /// Instance → the run it was provisioned for, at the previous check.
+    reserved: BTreeMap<String, String>,
     /// Instance → run holding it, at the previous check.
     held: BTreeMap<String, String>,
 }
@@ -58,6 +62,12 @@ fn is_idle(inst: &Instance) -> bool {
 
 /// Whether idle instance `inst` is free for waiting run `run` (see the module docs).
 fn free_for(run: &Run, inst: &Instance, reserved: &BTreeMap<String, String>) -> bool {
+    is_idle(inst) && fits(run, inst, reserved)
+}
+
+/// Whether `inst` would do for `run`, busy or not: same pool, its offer fits the run's
+/// requirements and policy, and it is not provisioned for another run.
+fn fits(run: &Run, inst: &Instance, reserved: &BTreeMap<String, String>) -> bool {
     let Some(st) = inst.status.as_ref() else { return false };
     let pool = run.status.as_ref().and_then(|s| s.pool.clone());
     if pool.is_none() || st.pool != pool {
@@ -88,7 +98,6 @@ pub fn check(w: &World, warm: Option<&WarmSpec>, now: Timestamp, mem: &mut Queue
         .iter()
         .map(|run| idle.iter().filter(|i| free_for(run, i, &reserved)).map(|i| i.name_any()).collect())
         .collect();
-    let mut waiting = BTreeMap::new();
     for (k, run) in queue.iter().enumerate() {
         for inst in &free[k] {
             let held = free[..k].iter().any(|f| f.contains(inst));
@@ -97,8 +106,9 @@ pub fn check(w: &World, warm: Option<&WarmSpec>, now: Timestamp, mem: &mut Queue
                 seen.insert((run.name_any(), inst.clone(), "a1"), why);
             }
         }
-        waiting.insert(run.name_any(), free[k].clone());
     }
+    let stuck: BTreeSet<String> =
+        queue.iter().zip(&free).filter(|(_, f)| f.is_empty()).map(|(r, _)| r.name_any()).collect();
     // (a2): who took what since the previous check.
     let held: BTreeMap<String, String> = w
         .instances
@@ -112,13 +122,15 @@ pub fn check(w: &World, warm: Option<&WarmSpec>, now: Timestamp, mem: &mut Queue
         if mem.held.get(inst) == Some(taker) {
             continue;
         }
-        let Some(taker_run) = w.runs.get(taker) else { continue };
-        for (other, free) in &mem.waiting {
-            let still = w.runs.get(other).is_some_and(|r| is_waiting(r));
-            let ahead = w.runs.get(other).is_some_and(|r| queue_key(r) < queue_key(taker_run));
-            // Something else free for it now is (a1)'s to judge.
-            let stuck = waiting.get(other).is_some_and(|f: &BTreeSet<String>| f.is_empty());
-            if other != taker && still && ahead && stuck && free.contains(inst) {
+        let (Some(taker_run), Some(instance)) = (w.runs.get(taker), w.instances.get(inst)) else { continue };
+        if !mem.waiting.contains(taker) || mem.reserved.get(inst) == Some(taker) {
+            continue;
+        }
+        // Runs ahead of the taker that waited then and wait now with nothing free (what is
+        // free for them now is (a1)'s to judge).
+        for other in mem.waiting.iter().filter(|o| *o != taker && stuck.contains(*o)) {
+            let Some(a) = w.runs.get(other) else { continue };
+            if queue_key(a) < queue_key(taker_run) && fits(a, instance, &mem.reserved) {
                 v.push(format!("run {taker} took instance {inst} while run {other}, ahead of it in the queue, waited"));
             }
         }
@@ -159,7 +171,8 @@ pub fn check(w: &World, warm: Option<&WarmSpec>, now: Timestamp, mem: &mut Queue
         }
     }
     mem.suspects = seen.into_keys().collect();
-    mem.waiting = waiting;
+    mem.waiting = queue.iter().map(|r| r.name_any()).collect();
+    mem.reserved = reserved;
     mem.held = held;
     v
 }
