@@ -123,7 +123,8 @@ pub fn check(w: &World, warm: Option<&WarmSpec>, now: Timestamp, mem: &mut Queue
             continue;
         }
         let (Some(taker_run), Some(instance)) = (w.runs.get(taker), w.instances.get(inst)) else { continue };
-        if !mem.waiting.contains(taker) || mem.reserved.get(inst) == Some(taker) {
+        // A run's own instance (provisioned for it, maybe within this step) is its own.
+        if !mem.waiting.contains(taker) || instance.provisioned_for() == Some(taker.as_str()) {
             continue;
         }
         // Runs ahead of the taker that waited then and wait now with nothing free (what is
