@@ -228,7 +228,7 @@ async fn a_warm_instance_claimed_as_its_window_closes_stays_with_its_run() {
 async fn window_headroom_stays_within_the_budget_and_unlaunched_surplus_ends_unlaunched() {
     // m5.xlarge costs $0.192/h: a $0.5/h budget holds two of the four the window wants.
     let h = Harness::new().await;
-    let budget = Some(BudgetSpec { max_hourly_price: Some(0.5), max_spend: None });
+    let budget = Some(BudgetSpec { max_hourly_price: Some(0.5), ..Default::default() });
     h.pool("gpu", PoolSpec { warm: windowed(0, "0 10 * * *", "1h", 4), budget, ..Default::default() }).await;
     h.settle(4).await;
     assert_eq!(h.backend.live_machines().len(), 2);
