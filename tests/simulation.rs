@@ -37,6 +37,8 @@
 mod check;
 #[path = "sim/faults.rs"]
 mod faults;
+#[path = "sim/queue.rs"]
+mod queue;
 mod support;
 
 use std::collections::BTreeMap;
@@ -50,7 +52,7 @@ use kpool::api::backend::{Backend, BackendSpec, BackendType};
 use kpool::api::instance::InstancePhase;
 use kpool::api::offer::Offer;
 use kpool::api::policy::{PolicySpec, RetryEvent, RetrySpec};
-use kpool::api::pool::{PoolSpec, DEFAULT_POOL_NAME};
+use kpool::api::pool::{Pool, PoolSpec, WarmSpec, WarmWindow, DEFAULT_POOL_NAME};
 use kpool::api::resources::ResourcesSpec;
 use kpool::api::run::{Run, RunSpec};
 use kpool::backends::fake::FakeFactory;
@@ -139,7 +141,10 @@ struct Sim {
     rng: Rng,
     race: u64,
     mem: Memory,
+    queue: queue::QueueMemory,
     max_instances: Option<u32>,
+    /// The pool's warm headroom, in some seeds (with a window in half of those).
+    warm: Option<WarmSpec>,
     backend: BackendLife,
     lost_creates: bool,
     fig: Figures,
@@ -155,7 +160,18 @@ impl Sim {
         let exec = SimExecutor::new(h.backend.clone(), faults.clone());
         let mut rng = Rng(seed);
         let max_instances = (!rng.chance(25)).then(|| 2 + rng.below(4) as u32).filter(|_| pool_limit);
-        h.pool(DEFAULT_POOL_NAME, PoolSpec { max_instances, ..Default::default() }).await;
+        let warm = rng.chance(40).then(|| {
+            // The simulation starts at 10:00; this window is open from 10:20 to 10:40.
+            let window = WarmWindow { schedule: "20 10 * * *".into(), duration: "20m".into(), ..Default::default() };
+            let min_idle = 1 + rng.below(2) as u32;
+            let windows = match rng.chance(50) {
+                true => vec![WarmWindow { min_idle: min_idle + 1, ..window }],
+                false => vec![],
+            };
+            let resources = ResourcesSpec { cpu: Some("4..".into()), ..Default::default() };
+            WarmSpec { min_idle, resources, windows, ..Default::default() }
+        });
+        h.pool(DEFAULT_POOL_NAME, PoolSpec { max_instances, warm: warm.clone(), ..Default::default() }).await;
         let mut sim = Sim {
             h,
             faults,
@@ -164,7 +180,9 @@ impl Sim {
             rng,
             race: seed,
             mem: Memory::default(),
+            queue: Default::default(),
             max_instances,
+            warm,
             backend: BackendLife::Live,
             lost_creates,
             fig: Figures::default(),
@@ -251,6 +269,7 @@ impl Sim {
             false => format!("run-{n}"),
         };
         let spec = RunSpec {
+            priority: *self.rng.pick(&[0, 0, 0, 5, 10]),
             resources: self.rng.pick(&shapes).clone(),
             commands: vec!["train".into()],
             policy,
@@ -413,6 +432,7 @@ impl Sim {
             Some((name.as_str(), st.instance.as_deref()?))
         });
         found.extend(self.exec.running_without_a_job(running));
+        found.extend(queue::check(&w, self.warm.as_ref(), self.h.clock_now(), &mut self.queue));
         self.fig.violations.extend(found.into_iter().chain(self.exec.take_violations()).map(|v| (step, v)));
     }
 
@@ -440,6 +460,13 @@ impl Sim {
         // Drain: no faults; every job ends; the pool empties once idle durations pass.
         if let BackendLife::Gone(_) | BackendLife::Forced(_) = self.backend {
             self.recreate_backend().await;
+        }
+        // No more headroom: the warm instances end with the rest.
+        if let Some(warm) = self.warm.as_mut() {
+            *warm = WarmSpec { min_idle: 0, windows: vec![], ..warm.clone() };
+            let patch = serde_json::json!({"spec": {"warm": {"minIdle": 0, "windows": null}}});
+            let api = self.h.api::<Pool>();
+            api.patch(DEFAULT_POOL_NAME, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
         }
         for _ in 0..DRAIN {
             for name in self.exec.running() {

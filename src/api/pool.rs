@@ -105,14 +105,16 @@ pub struct SpendLimit {
     pub per: String,
 }
 
-/// Warm headroom: the pool keeps at least `minIdle` idle instances of these resources.
-/// It launches one whenever a run takes one, never beyond `maxInstances`; warm instances
-/// do not idle out, and the pool ends the idle ones beyond `minIdle` (when a run gives
-/// one back, or `minIdle` is lowered).
+/// Warm headroom: the pool keeps at least `minIdle` idle instances of these resources
+/// (more while a window is open). It launches one whenever a run takes one, never beyond
+/// `maxInstances` or the budget; warm instances do not idle out, and the pool ends the
+/// idle ones beyond what it wants (when a run gives one back, a window closes, or
+/// `minIdle` is lowered).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WarmSpec {
-    /// How many idle instances to keep ready.
+    /// How many idle instances to keep ready outside the windows (default 0).
+    #[serde(default)]
     #[schemars(range(min = 0, max = 1000))]
     pub min_idle: u32,
     /// What each warm instance has, in the manifest grammar (e.g. `gpu: 24GB..`).
@@ -122,18 +124,61 @@ pub struct WarmSpec {
     /// pool's profile and defaults as for any instance; `idleDuration` does not apply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicySpec>,
+    /// Times with more headroom, e.g. the working day: while windows are open the pool
+    /// keeps the largest of their `minIdle` and the `minIdle` above; when the last closes,
+    /// the idle warm instances beyond that are ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub windows: Vec<WarmWindow>,
+}
+
+/// Five cron fields, each a comma-separated list of `*`, `N`, `N-M`, optionally with a
+/// step `/S`; numbers in range (minute 0-59, hour 0-23, day 1-31, month 1-12, weekday 0-7).
+pub const CRON_PATTERN: &str = concat!(
+    r"^(\*|[1-5]?[0-9](-[1-5]?[0-9])?)(/[1-9][0-9]?)?(,(\*|[1-5]?[0-9](-[1-5]?[0-9])?)(/[1-9][0-9]?)?)*",
+    r" +(\*|(1?[0-9]|2[0-3])(-(1?[0-9]|2[0-3]))?)(/[1-9][0-9]?)?(,(\*|(1?[0-9]|2[0-3])(-(1?[0-9]|2[0-3]))?)(/[1-9][0-9]?)?)*",
+    r" +(\*|([1-9]|[12][0-9]|3[01])(-([1-9]|[12][0-9]|3[01]))?)(/[1-9][0-9]?)?(,(\*|([1-9]|[12][0-9]|3[01])(-([1-9]|[12][0-9]|3[01]))?)(/[1-9][0-9]?)?)*",
+    r" +(\*|([1-9]|1[0-2])(-([1-9]|1[0-2]))?)(/[1-9][0-9]?)?(,(\*|([1-9]|1[0-2])(-([1-9]|1[0-2]))?)(/[1-9][0-9]?)?)*",
+    r" +(\*|[0-7](-[0-7])?)(/[1-9][0-9]?)?(,(\*|[0-7](-[0-7])?)(/[1-9][0-9]?)?)*$",
+);
+
+/// A time window of warm headroom: it opens at each firing of `schedule` and stays open
+/// for `duration`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WarmWindow {
+    /// When the window opens, as five cron fields: minute hour day-of-month month
+    /// day-of-week, each `*`, a number, a range `1-5`, a list `1,15`, or a step `*/15`;
+    /// numbers only (Sunday is 0 or 7). `0 8 * * 1-5`: weekdays at 08:00.
+    #[schemars(regex(pattern = CRON_PATTERN))]
+    pub schedule: String,
+    /// How long it stays open: `10h`, `1h30m`, `1d`.
+    #[schemars(regex(pattern = r"^[0-9]+([smhdw]|[0-9smhdw]*)$"))]
+    pub duration: String,
+    /// Idle warm instances to keep while it is open.
+    #[schemars(range(min = 0, max = 1000))]
+    pub min_idle: u32,
+    /// The IANA time zone the schedule is read in (`Europe/Berlin`); UTC when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
 }
 
 /// How the pool's warm headroom stands.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WarmStatus {
-    /// Idle warm instances wanted (`spec.warm.minIdle`).
+    /// Idle warm instances wanted now: `spec.warm.minIdle`, or more while a window is open.
     pub wanted: u32,
     /// Idle warm instances ready now.
     pub ready: u32,
     /// Warm instances on their way (pending or provisioning).
     pub starting: u32,
+    /// The schedules of the windows open now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub open_windows: Vec<String>,
+    /// When a window next opens or closes (the wanted count may change then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_change: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
 /// Spend of a group of instances: billed time × price, from their `status.usage`.

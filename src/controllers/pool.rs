@@ -56,15 +56,19 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action, Err
             now,
         ),
     ];
-    if let Some((w, message)) = warm {
-        let ok = w.ready >= w.wanted;
-        let reason = if ok {
-            "Ready"
-        } else if w.starting > 0 {
-            "Starting"
-        } else {
-            "NoRoom"
+    // The pool also wakes when a warm window next opens or closes.
+    let mut requeue = RECHECK;
+    if let Some(Warmth { status: w, message, invalid }) = warm {
+        let ok = w.ready >= w.wanted && invalid.is_none();
+        let (reason, message) = match invalid {
+            Some(e) => ("InvalidWindow", format!("{e}; this window is ignored; {message}")),
+            None if ok => ("Ready", message),
+            None if w.starting > 0 => ("Starting", message),
+            None => ("NoRoom", message),
         };
+        if let Some(t) = w.next_change.as_ref() {
+            requeue = requeue.min(super::instance::until(now, t.0));
+        }
         let c = condition(&previous.conditions, "Warm", ok, reason, message, pool.metadata.generation, now);
         st.conditions.push(c);
         st.warm = Some(w);
@@ -78,22 +82,29 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action, Err
         st.cost = Some(cost);
         ctx.write_status(&*pool, &st).await?;
     }
-    Ok(Action::requeue(enforce_again.map_or(RECHECK, |d| d.min(RECHECK))))
+    Ok(Action::requeue(enforce_again.map_or(requeue, |d| d.min(requeue))))
 }
 
 /// How often a pool is looked at again when nothing it watches changes.
 const RECHECK: Duration = Duration::from_secs(300);
 
-/// Keeps `spec.warm.minIdle` idle warm instances: launches the missing ones (within
-/// `maxInstances`; `holding` instances of the pool hold capacity now) and ends idle ones
-/// beyond it. Returns the headroom and a sentence on it; `None` without `spec.warm`.
-async fn keep_warm(
-    pool: &Pool,
-    all: &[Instance],
-    holding: u32,
-    ctx: &Context,
-) -> Result<Option<(WarmStatus, String)>, Error> {
+/// The pool's warm headroom as [`keep_warm`] left it.
+struct Warmth {
+    status: WarmStatus,
+    /// A sentence on it, for the `Warm` condition.
+    message: String,
+    /// The first window that is not valid, named by field and value.
+    invalid: Option<crate::api::resources::SpecError>,
+}
+
+/// Keeps the idle warm instances the pool wants now (`spec.warm.minIdle`, more while a
+/// window is open): launches the missing ones (within `maxInstances`; `holding`
+/// instances of the pool hold capacity now) and ends idle ones beyond it. `None` without
+/// `spec.warm`.
+async fn keep_warm(pool: &Pool, all: &[Instance], holding: u32, ctx: &Context) -> Result<Option<Warmth>, Error> {
     let Some(warm) = pool.spec.warm.as_ref() else { return Ok(None) };
+    let (wanted, invalid) = crate::core::warm::wanted(warm, ctx.now());
+    let min_idle = wanted.min_idle;
     let name = pool.name_any();
     let ns = pool.namespace().unwrap_or_default();
     let phase = |i: &Instance| i.status.as_ref().map_or(InstancePhase::Pending, |s| s.phase);
@@ -105,8 +116,24 @@ async fn keep_warm(
     let starting = mine.iter().filter(|i| matches!(phase(i), InstancePhase::Pending | InstancePhase::Provisioning));
     let starting = starting.count() as u32;
     let ready = idle.len() as u32;
+    // Beyond what is wanted now (a window closed): warm instances not launched yet are
+    // ended first, by a status write conditional on the copy looked at, as the instance
+    // controller writes Provisioning before a launch: one of the two wins, and an ended
+    // instance is never launched. (Removed with the other ended ones on the next pass.)
+    let excess = (ready + starting).saturating_sub(min_idle) as usize;
+    let mut unlaunched: Vec<&Instance> =
+        mine.iter().copied().filter(|i| i.status.as_ref().is_none_or(crate::core::instance::unlaunched)).collect();
+    unlaunched.sort_by_key(|i| std::cmp::Reverse(i.name_any()));
+    let mut ended = 0;
+    for inst in unlaunched.into_iter().take(excess) {
+        let why = format!("pool {name} keeps {min_idle} warm now; this one was not launched yet and is not needed");
+        if super::instance::end_if_unchanged(inst, "WarmSurplus", why, ctx).await? {
+            ended += 1;
+        }
+    }
+    let starting = starting - ended;
     let room = pool.spec.max_instances.map_or(u32::MAX, |m| m.saturating_sub(holding));
-    let missing = warm.min_idle.saturating_sub(ready + starting);
+    let missing = min_idle.saturating_sub(ready + starting);
     let launch = missing.min(room);
     let api: Api<Instance> = Api::namespaced(ctx.client.clone(), &ns);
     let taken: std::collections::HashSet<String> = all.iter().map(|i| i.name_any()).collect();
@@ -125,8 +152,8 @@ async fn keep_warm(
     // so that one a run claims meanwhile is left alone (the claim wins, or this does).
     let mut surplus: Vec<&Instance> = idle.clone();
     surplus.sort_by_key(|i| std::cmp::Reverse(i.name_any()));
-    for inst in surplus.into_iter().take(ready.saturating_sub(warm.min_idle) as usize) {
-        let why = format!("pool {name} keeps {} warm; this one is beyond that", warm.min_idle);
+    for inst in surplus.into_iter().take(ready.saturating_sub(min_idle) as usize) {
+        let why = format!("pool {name} keeps {min_idle} warm now; this one is beyond that");
         super::instance::end_if_unchanged(inst, "WarmSurplus", why, ctx).await?;
     }
     // Ended warm instances are removed, so that their names do not pile up.
@@ -137,17 +164,30 @@ async fn keep_warm(
             Err(e) => return Err(e.into()),
         }
     }
-    let message = if launch < missing {
+    let mut message = if launch < missing {
         format!(
-            "{ready} of {} warm instances idle, {starting} starting; maxInstances ({}) leaves no room for {} more",
-            warm.min_idle,
+            "{ready} of {min_idle} warm instances idle, {starting} starting; maxInstances ({}) leaves no room for {} \
+             more",
             pool.spec.max_instances.unwrap_or_default(),
             missing - launch
         )
     } else {
-        format!("{ready} of {} warm instances idle, {} starting", warm.min_idle, starting + launch)
+        format!("{ready} of {min_idle} warm instances idle, {} starting", starting + launch)
     };
-    Ok(Some((WarmStatus { wanted: warm.min_idle, ready, starting: starting + launch }, message)))
+    if !wanted.open.is_empty() {
+        message.push_str(&format!("; window open: {}", wanted.open.join(", ")));
+    }
+    if let Some(t) = wanted.next_change {
+        message.push_str(&format!("; next window change at {t}"));
+    }
+    let status = WarmStatus {
+        wanted: min_idle,
+        ready,
+        starting: starting + launch,
+        open_windows: wanted.open,
+        next_change: wanted.next_change.map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time),
+    };
+    Ok(Some(Warmth { status, message, invalid }))
 }
 
 /// Creates warm instance `name` of `pool`: its resources and policies, never idling out.

@@ -336,6 +336,14 @@ pub fn terminate(status: &mut InstanceStatus) {
     status.phase = InstancePhase::Terminating;
 }
 
+/// Whether an instance is Pending and holds no machine: never launched, or only launches
+/// that were refused or found absent. Ending it needs no teardown.
+pub fn unlaunched(status: &InstanceStatus) -> bool {
+    use crate::api::instance::LaunchOutcome;
+    status.phase == InstancePhase::Pending
+        && status.launch_attempts.iter().all(|a| matches!(a.outcome, LaunchOutcome::Refused | LaunchOutcome::Absent))
+}
+
 /// The backend says the machine is gone.
 pub fn gone(status: &mut InstanceStatus, now: Timestamp) {
     if status.phase != InstancePhase::Terminated {

@@ -3,6 +3,7 @@
 
 pub mod budget;
 pub mod costsim;
+pub mod cron;
 pub mod gc;
 pub mod idle_auto;
 pub mod instance;
@@ -11,6 +12,7 @@ pub mod offers;
 pub mod policy;
 pub mod pool;
 pub mod run;
+pub mod warm;
 
 use std::time::Duration;
 

@@ -194,6 +194,38 @@ fn policies() -> Vec<Case> {
             rejected("spec.warm.minIdle", &["-2"]),
         ),
         case(
+            "pool: warm windows",
+            pool(json!({"warm": {"minIdle": 1, "windows": [
+                {"schedule": "0 8 * * 1-5", "duration": "10h", "minIdle": 4, "timeZone": "Europe/Berlin"},
+                {"schedule": "*/30 0-6,22-23 1,15 */2 0,6-7", "duration": "1h30m", "minIdle": 2}]}})),
+            Admitted,
+        ),
+        case(
+            "pool: warm window hour out of range",
+            pool(json!({"warm": {"windows": [{"schedule": "0 25 * * *", "duration": "1h", "minIdle": 1}]}})),
+            rejected("spec.warm.windows[0].schedule", &["0 25 * * *"]),
+        ),
+        case(
+            "pool: warm window with four fields",
+            pool(json!({"warm": {"windows": [{"schedule": "0 8 * 1-5", "duration": "1h", "minIdle": 1}]}})),
+            rejected("spec.warm.windows[0].schedule", &["0 8 * 1-5"]),
+        ),
+        case(
+            "pool: warm window with a day name",
+            pool(json!({"warm": {"windows": [{"schedule": "0 8 * * MON", "duration": "1h", "minIdle": 1}]}})),
+            rejected("spec.warm.windows[0].schedule", &["0 8 * * MON"]),
+        ),
+        case(
+            "pool: warm window duration in words",
+            pool(json!({"warm": {"windows": [{"schedule": "0 8 * * *", "duration": "ten hours", "minIdle": 1}]}})),
+            rejected("spec.warm.windows[0].duration", &["ten hours"]),
+        ),
+        case(
+            "pool: warm window without minIdle",
+            pool(json!({"warm": {"windows": [{"schedule": "0 8 * * *", "duration": "1h"}]}})),
+            rejected("spec.warm.windows[0].minIdle", &[]),
+        ),
+        case(
             "pool: fractional maxInstances",
             pool(json!({"maxInstances": 1.5})),
             rejected("spec.maxInstances", &["integer"]),
