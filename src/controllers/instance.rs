@@ -808,7 +808,10 @@ async fn cleanup(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action, Error
     let mut st = inst.status.clone().unwrap_or_default();
     // Later writes go on from the object the fence wrote, if it wrote one.
     let inst = fence::before_teardown(&inst, &mut st, &ctx).await?.map(Arc::new).unwrap_or(inst);
-    let deleted = match delete_machine(&inst, &st, &ctx).await {
+    // Terminated: the teardown already saw the machine gone (and what it left at the
+    // provider deleted), so the Backend is not needed again — it may be gone too.
+    let deleted = if st.phase == InstancePhase::Terminated { Ok(true) } else { delete_machine(&inst, &st, &ctx).await };
+    let deleted = match deleted {
         Ok(deleted) => deleted,
         Err(e) => {
             if st.phase != InstancePhase::Terminating {
