@@ -166,19 +166,28 @@ async fn a_window_opens_on_time_launches_headroom_and_its_close_ends_the_surplus
 }
 
 /// The client of the pool controller: before the pool's first status write to instance
-/// `victim`, run `claimer` is reconciled (on the plain context), so that its claim lands
+/// `victim`, run `claimer` is created with `spec` and reconciled (on the plain context),
+/// so that it arrives after the pool looked at the waiting runs and its claim lands
 /// between the pool's read and its write.
-fn claim_before_write(h: &Harness, victim: &str, claimer: &str) -> Arc<kpool::controllers::Context> {
+fn claim_before_write(h: &Harness, victim: &str, claimer: &str, spec: RunSpec) -> Arc<kpool::controllers::Context> {
     let inner = h.ctx.client.clone();
     let run_ctx = h.ctx.clone();
     let target = format!("/instances/{victim}/status");
     let claimer = claimer.to_string();
+    let now = h.clock_now();
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
         let (inner, run_ctx, claimer, done) = (inner.clone(), run_ctx.clone(), claimer.clone(), done.clone());
+        let spec = spec.clone();
         let hit = req.method() == http::Method::PATCH && req.uri().path().ends_with(&target);
         async move {
             if hit && !done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                let mut run = kpool::api::run::Run::new(&claimer, spec);
+                run.metadata.namespace = Some(NS.into());
+                run.metadata.finalizers = Some(vec![HOLD.to_string()]);
+                run.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
+                let api = kube::Api::<kpool::api::run::Run>::namespaced(inner.clone(), NS);
+                api.create(&Default::default(), &run).await?;
                 // Its first passes add its finalizer and resolve its pool; then it claims.
                 for _ in 0..3 {
                     let run = kube::Api::<kpool::api::run::Run>::namespaced(inner.clone(), NS).get(&claimer).await?;
@@ -209,9 +218,8 @@ async fn a_warm_instance_claimed_as_its_window_closes_stays_with_its_run() {
         instance: Some("gpu-warm-1".into()),
         ..Default::default()
     };
-    h.run("late", spec).await;
     let pool = h.api::<Pool>().get("gpu").await.unwrap();
-    let racing = claim_before_write(&h, "gpu-warm-1", "late");
+    let racing = claim_before_write(&h, "gpu-warm-1", "late", spec);
     kpool::controllers::pool::reconcile(Arc::new(pool), racing).await.unwrap();
     let claimed = h.get_instance("gpu-warm-1").await.status.unwrap();
     assert_eq!((claimed.phase, claimed.run.as_deref()), (InstancePhase::Busy, Some("late")), "the claim won");
@@ -259,4 +267,42 @@ async fn a_bad_window_is_reported_by_field_and_value_and_the_base_min_idle_stays
         c.message
     );
     assert!(c.message.contains("\"MON\" is not a number"), "{}", c.message);
+}
+
+#[tokio::test]
+async fn an_idle_warm_instance_a_waiting_run_fits_is_not_ended_as_surplus() {
+    // Two warm instances, both busy; two more runs wait for room (maxInstances 2).
+    let h = Harness::new().await;
+    h.pool("gpu", PoolSpec { max_instances: Some(2), warm: warm(2), ..Default::default() }).await;
+    h.settle(4).await;
+    let spec = || RunSpec { pool: Some("gpu".into()), resources: cpu("4"), ..Default::default() };
+    for name in ["a", "b"] {
+        h.run(name, spec()).await;
+    }
+    h.settle(4).await;
+    for name in ["c", "d"] {
+        h.run(name, spec()).await;
+        h.advance(Duration::from_secs(1));
+    }
+    h.settle(4).await;
+    assert_eq!(h.get_run("c").await.status.unwrap().phase, RunPhase::Pending);
+    let launched = h.backend.creates().len();
+
+    // The headroom goes to 0 as the two jobs end; the pool looks before the waiting runs
+    // do. Both freed instances are wanted by waiting runs: none is surplus.
+    let mut pool = h.api::<Pool>().get("gpu").await.unwrap();
+    pool.spec.warm = warm(0);
+    h.api::<Pool>().replace("gpu", &Default::default(), &pool).await.unwrap();
+    for name in ["a", "b"] {
+        h.exec.exit(name, 0);
+        h.reconcile_run(name).await.unwrap();
+    }
+    reconcile_pool(&h).await;
+    h.settle(5).await;
+    for name in ["c", "d"] {
+        let st = h.get_run(name).await.status.unwrap();
+        assert_eq!(st.phase, RunPhase::Running, "{name}: {st:?}");
+        assert!(st.instance.as_deref().unwrap().starts_with("gpu-warm-"), "{name} took a warm one: {st:?}");
+    }
+    assert_eq!(h.backend.creates().len(), launched, "no machine launched while fitting ones were idle");
 }

@@ -150,7 +150,11 @@ async fn keep_warm(pool: &Pool, all: &[Instance], holding: u32, ctx: &Context) -
     }
     // Idle beyond minIdle: ended with a status write conditional on the copy looked at,
     // so that one a run claims meanwhile is left alone (the claim wins, or this does).
-    let mut surplus: Vec<&Instance> = idle.clone();
+    // One a waiting run of the pool is about to take is not surplus: ending it would make
+    // that run launch (and wait for) another machine.
+    let wanted_by_runs = taken_by_waiting_runs(pool, all, ctx).await?;
+    let mut surplus: Vec<&Instance> =
+        idle.iter().copied().filter(|i| !wanted_by_runs.contains(&i.name_any())).collect();
     surplus.sort_by_key(|i| std::cmp::Reverse(i.name_any()));
     for inst in surplus.into_iter().take(ready.saturating_sub(min_idle) as usize) {
         let why = format!("pool {name} keeps {min_idle} warm now; this one is beyond that");
@@ -188,6 +192,72 @@ async fn keep_warm(pool: &Pool, all: &[Instance], holding: u32, ctx: &Context) -
         next_change: wanted.next_change.map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time),
     };
     Ok(Some(Warmth { status, message, invalid }))
+}
+
+/// The idle instances of `pool` its waiting runs take next: one pass of the runs' own
+/// assignment ([`assign`](crate::core::matching::assign)) over the waiting runs in queue
+/// order, each with its own requirements and policy, and the pool's idle instances.
+async fn taken_by_waiting_runs(
+    pool: &Pool,
+    all: &[Instance],
+    ctx: &Context,
+) -> Result<std::collections::HashSet<String>, Error> {
+    use crate::core::matching::{assign, IdleInstance, PendingRun};
+    let ns = pool.namespace().unwrap_or_default();
+    let name = pool.name_any();
+    let reserved: BTreeMap<String, String> =
+        all.iter().filter_map(|i| Some((i.name_any(), i.provisioned_for()?.to_string()))).collect();
+    let idle: Vec<IdleInstance> = all
+        .iter()
+        .filter(|i| i.metadata.deletion_timestamp.is_none() && instance_pool(i) == Some(&name))
+        .filter_map(|i| {
+            let s = i.status.as_ref().filter(|s| s.phase == InstancePhase::Idle && s.run.is_none())?;
+            Some(IdleInstance {
+                name: i.name_any(),
+                namespace: ns.clone(),
+                pool: name.clone(),
+                offer: s.offer.clone()?,
+                reserved_for: reserved.get(&i.name_any()).cloned(),
+            })
+        })
+        .collect();
+    if idle.is_empty() {
+        return Ok(Default::default());
+    }
+    let mut waiting: Vec<crate::api::run::Run> = super::observe::runs(ctx, &ns)
+        .await?
+        .into_iter()
+        .filter(crate::core::run::is_waiting)
+        .filter(|r| {
+            let st = r.status.as_ref().and_then(|s| s.pool.as_deref());
+            st.or(r.spec.pool.as_deref()).unwrap_or(crate::api::pool::DEFAULT_POOL_NAME) == name
+        })
+        .collect();
+    waiting.sort_by_key(crate::core::run::queue_key);
+    let mut queue = Vec::with_capacity(waiting.len());
+    for r in &waiting {
+        let Ok(requirements) = r.spec.resources.resolve() else { continue };
+        let policy = super::observe::policy_of(
+            ctx,
+            &ns,
+            &r.spec.policy,
+            r.spec.profile.as_deref(),
+            Some(pool),
+            crate::core::policy::Origin::Run,
+        )
+        .await;
+        // A run whose policy does not resolve fails; it takes nothing.
+        let Ok(policy) = policy else { continue };
+        queue.push(PendingRun {
+            name: r.name_any(),
+            namespace: ns.clone(),
+            pool: name.clone(),
+            requirements,
+            policy,
+            pinned_instance: r.spec.instance.clone(),
+        });
+    }
+    Ok(assign(&queue, &idle).into_iter().map(|(_, i)| idle[i].name.clone()).collect())
 }
 
 /// Creates warm instance `name` of `pool`: its resources and policies, never idling out.
