@@ -625,7 +625,7 @@ async fn a_run_on_an_instance_whose_backend_is_missing_says_so_and_starts_nothin
     h.api::<kpool::api::backend::Backend>().delete("aws", &Default::default()).await.unwrap();
 
     h.run("train", RunSpec { resources: gpu("A10G"), ..Default::default() }).await;
-    h.reconcile_run("train").await.unwrap(); // adds the finalizer
+    add_run_finalizer(&h, "train").await;
     let err = h.reconcile_run("train").await.unwrap_err();
     assert_eq!(err.category(), "MissingBackend", "{}", kpool::controllers::chain(&err));
 
@@ -651,7 +651,7 @@ async fn a_running_run_whose_backend_goes_away_says_so() {
     kpool::core::instance::claim(&mut ist, job, h.clock_now());
     h.ctx.write_status(&inst, &ist).await.unwrap();
     h.run("train", RunSpec { resources: gpu("A10G"), ..Default::default() }).await;
-    h.reconcile_run("train").await.unwrap(); // adds the finalizer
+    add_run_finalizer(&h, "train").await;
     let run = h.get_run("train").await;
     let mut st = RunStatus {
         pool: Some("default-pool".into()),
@@ -729,7 +729,7 @@ async fn a_run_with_a_200_character_name_provisions_and_runs() {
 async fn a_failed_instance_create_after_the_status_write_is_retried_not_read_as_no_capacity() {
     let h = Harness::new().await;
     h.run("train", RunSpec { resources: gpu("A10G"), ..Default::default() }).await;
-    h.reconcile_run("train").await.unwrap(); // adds the finalizer
+    add_run_finalizer(&h, "train").await;
     h.fail_instance_creates.store(1, std::sync::atomic::Ordering::SeqCst);
     let err = h.reconcile_run("train").await.unwrap_err();
     assert_eq!(err.category(), "KubeApi", "{}", kpool::controllers::chain(&err));
@@ -771,6 +771,39 @@ async fn a_stale_copy_of_a_run_that_already_ran_claims_nothing_and_starts_nothin
         assert_eq!((ist.phase, ist.run.as_deref()), (InstancePhase::Idle, None), "{name}");
     }
     assert_eq!(h.get_run("a").await.status.unwrap().phase, RunPhase::Succeeded);
+}
+
+/// The watch brings back the copy this process's finalizer patch wrote after the pass
+/// that made it has gone on to claim and start: that copy is known stale from the
+/// process's own writes, and its pass neither claims nor reads the run again (not even
+/// to record the generation its defaulted status does not show).
+#[tokio::test]
+async fn a_copy_this_process_wrote_before_its_last_write_is_stale_without_a_read() {
+    let h = Harness::new().await;
+    idle_instance(&h, "a10g", gpu("A10G")).await;
+    idle_instance(&h, "a10g-2", gpu("A10G")).await;
+    h.run("a", RunSpec { resources: gpu("A10G"), ..Default::default() }).await;
+    let fresh = h.get_run("a").await;
+    let mut with_finalizer = h.ctx.add_finalizer(&fresh, kpool::api::run::RUN_FINALIZER).await.unwrap().unwrap();
+    // As the API server hands out a run kpool has not written a status for yet.
+    let default = kpool::api::run::RunStatus { observed_generation: Some(0), ..Default::default() };
+    with_finalizer.status = Some(default);
+    h.reconcile_run("a").await.unwrap();
+    assert_eq!(h.get_run("a").await.status.unwrap().phase, RunPhase::Running);
+
+    let before = h.api_calls.lock().unwrap().len();
+    let _ = kpool::controllers::run::reconcile(std::sync::Arc::new(with_finalizer), h.ctx.clone()).await;
+    let calls: Vec<ApiCall> = h.api_calls.lock().unwrap()[before..].to_vec();
+    let reads_of_runs = calls.iter().filter(|c| c.verb == "get" && c.resource == "runs").count();
+    assert_eq!(reads_of_runs, 0, "{calls:?}");
+    assert_eq!(h.exec.started(), vec!["a".to_string()], "the job ran once");
+    let mut held = Vec::new();
+    for name in ["a10g", "a10g-2"] {
+        if h.get_instance(name).await.status.unwrap().run.is_some() {
+            held.push(name);
+        }
+    }
+    assert_eq!(held.len(), 1, "one instance holds the run: {held:?}");
 }
 
 /// A controller that dies after a job exited but before the run recorded it (here: the
@@ -844,7 +877,6 @@ async fn a_run_whose_instance_waits_for_room_fails_when_its_retry_window_ends() 
     };
     let policy = PolicySpec { retry: Some(retry), ..Default::default() };
     h.run("r", RunSpec { pool: Some("small".into()), resources: cpu("8.."), policy, ..Default::default() }).await;
-    h.reconcile_run("r").await.unwrap(); // adds the finalizer
     h.reconcile_run("r").await.unwrap();
     assert_eq!(h.get_run("r").await.status.unwrap().provisioning_instance.as_deref(), Some("r-0"));
     // A manual instance the run does not fit takes the slot before r-0 is admitted.
@@ -986,4 +1018,10 @@ async fn waiting_runs_show_their_queue_position_and_why_they_wait() {
         assert_eq!(st.queue_position, Some(position), "{name}: {st:?}");
         assert!(queued(&st).message.starts_with(&format!("position {position} ")), "{st:?}");
     }
+}
+
+/// Adds the run's finalizer as its first pass would, and nothing else.
+async fn add_run_finalizer(h: &Harness, name: &str) {
+    let run = h.get_run(name).await;
+    h.ctx.add_finalizer(&run, kpool::api::run::RUN_FINALIZER).await.unwrap().expect("a current copy");
 }

@@ -93,9 +93,9 @@ pub struct Context {
     /// may not show yet, per namespace and instance: counted by the next checks, so two
     /// launches checked at once cannot together go beyond a budget.
     launches: Mutex<HashMap<String, HashMap<String, PendingLaunch>>>,
-    /// The resourceVersion of this process's last status write of each object, by UID:
-    /// a cached copy with another one may predate that write (see [`Self::is_current`]).
-    written: Mutex<HashMap<String, String>>,
+    /// The resourceVersions of this process's last writes of each object, by UID: a
+    /// cached copy with another one may predate the last write (see [`Self::is_current`]).
+    written: Mutex<HashMap<String, Writes>>,
     /// Claims this process is making, by run UID: the instance a run is taking, until
     /// the run's status says so (see [`Self::claim_in_flight`]).
     claims: Mutex<HashMap<String, String>>,
@@ -105,6 +105,18 @@ pub struct Context {
     health_checked: Mutex<HashMap<String, Timestamp>>,
     /// The controllers' watch caches, once they run (reconcile tests run without).
     caches: std::sync::OnceLock<Caches>,
+}
+
+/// This process's writes of one object: the resourceVersion of the last, and of a few
+/// before it (a copy showing one of those is known stale without asking the API).
+#[derive(Default)]
+struct Writes {
+    last: String,
+    earlier: Vec<String>,
+}
+
+impl Writes {
+    const KEPT: usize = 8;
 }
 
 /// The stores the controllers' watches keep (one watch per kind, shared): what the
@@ -318,9 +330,7 @@ impl Context {
         });
         let pp = PatchParams::apply(FIELD_MANAGER).force();
         let written = api.patch_status(&obj.name_any(), &pp, &Patch::Apply(&body)).await?;
-        if let (Some(uid), Some(version)) = (written.uid(), written.resource_version()) {
-            self.written.lock().expect("written").insert(uid, version);
-        }
+        self.record_write(obj, &written);
         Ok(written)
     }
 
@@ -336,17 +346,80 @@ impl Context {
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
     {
         let (Some(uid), Some(version)) = (obj.uid(), obj.resource_version()) else { return Ok(true) };
-        let last = self.written.lock().expect("written").get(&uid).cloned();
-        if last.is_none_or(|w| w == version) {
-            return Ok(true);
+        match self.written.lock().expect("written").get(&uid) {
+            None => return Ok(true),
+            Some(w) if w.last == version => return Ok(true),
+            // A version this process wrote before its last write: older than that.
+            Some(w) if w.earlier.contains(&version) => return Ok(false),
+            Some(_) => {}
         }
         let api: Api<K> = Api::namespaced(self.client.clone(), &obj.namespace().unwrap_or_default());
         let fresh = api.get_opt(&obj.name_any()).await?;
         let current = fresh.and_then(|f| f.resource_version()).is_some_and(|v| v == version);
         if current {
-            self.written.lock().expect("written").insert(uid, version);
+            self.written.lock().expect("written").entry(uid).or_default().last = version;
         }
         Ok(current)
+    }
+
+    /// Whether `obj` is a copy this process knows to be older than its own last write of
+    /// the object (one it wrote, or wrote over, before that write). No request is made.
+    pub fn known_stale<K: Resource>(&self, obj: &K) -> bool {
+        let (Some(uid), Some(version)) = (obj.uid(), obj.resource_version()) else { return false };
+        self.written.lock().expect("written").get(&uid).is_some_and(|w| w.earlier.contains(&version))
+    }
+
+    /// Remembers `written`'s resourceVersion as this process's last write of the object,
+    /// and the one it was written over (`base`, the copy the pass read) among the earlier
+    /// ones: a version that existed before a write is older than the write's.
+    fn record_write<K: Resource>(&self, base: &K, written: &K) {
+        let (Some(uid), Some(version)) = (written.uid(), written.resource_version()) else { return };
+        let mut all = self.written.lock().expect("written");
+        let w = all.entry(uid).or_default();
+        let last = std::mem::replace(&mut w.last, version);
+        for old in [last, base.resource_version().unwrap_or_default()] {
+            if !old.is_empty() && old != w.last && !w.earlier.contains(&old) {
+                if w.earlier.len() == Writes::KEPT {
+                    w.earlier.remove(0);
+                }
+                w.earlier.push(old);
+            }
+        }
+    }
+
+    /// Adds `finalizer` to `obj` (a copy that lacks it and is not being deleted) and
+    /// returns the object as written, so that the pass goes on at once instead of waiting
+    /// for the watch to bring the change back. `None` when the copy is older than this
+    /// process's own last write of the object ([`Self::is_current`]): the finalizer was
+    /// most likely added then, and the object is looked at again once the cache has caught
+    /// up, instead of adding it twice. The patch tests the list it extends, so a concurrent
+    /// change to it fails the patch instead of losing an entry.
+    pub async fn add_finalizer<K>(&self, obj: &K, finalizer: &str) -> Result<Option<K>, Error>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+    {
+        if !self.is_current(obj).await? {
+            return Ok(None);
+        }
+        let api: Api<K> = Api::namespaced(self.client.clone(), &obj.namespace().unwrap_or_default());
+        use json_patch::{jsonptr::PointerBuf, AddOperation, PatchOperation, TestOperation};
+        use std::str::FromStr;
+        let list = PointerBuf::from_str("/metadata/finalizers").expect("a valid JSON pointer");
+        let (test, add) = match obj.finalizers() {
+            // The API server leaves an empty list out.
+            [] => (serde_json::Value::Null, (list.clone(), serde_json::json!([finalizer]))),
+            present => {
+                let end = PointerBuf::from_str("/metadata/finalizers/-").expect("a valid JSON pointer");
+                (serde_json::json!(present), (end, serde_json::json!(finalizer)))
+            }
+        };
+        let patch = json_patch::Patch(vec![
+            PatchOperation::Test(TestOperation { path: list, value: test }),
+            PatchOperation::Add(AddOperation { path: add.0, value: add.1 }),
+        ]);
+        let written = api.patch(&obj.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch)).await?;
+        self.record_write(obj, &written);
+        Ok(Some(written))
     }
 
     /// Drops what is kept about the writes and claims of an object that is gone.

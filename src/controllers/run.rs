@@ -45,6 +45,16 @@ pub const WAIT_RECHECK: Duration = Duration::from_secs(60);
 pub async fn reconcile(run: Arc<Run>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = run.namespace().unwrap_or_default();
     let api: Api<Run> = Api::namespaced(ctx.client.clone(), &ns);
+    // The finalizer is added here rather than by `finalizer` (which ends the pass after
+    // adding it): the pass goes on with the object as written, one watch round trip
+    // sooner, and a copy older than that write does not add it again.
+    let mut run = run;
+    if run.metadata.deletion_timestamp.is_none() && !run.finalizers().iter().any(|f| f == RUN_FINALIZER) {
+        match ctx.add_finalizer(run.as_ref(), RUN_FINALIZER).await? {
+            Some(written) => run = Arc::new(written),
+            None => return Ok(Action::requeue(CACHE_CATCH_UP)),
+        }
+    }
     finalizer(&api, RUN_FINALIZER, run, |event| async {
         match event {
             Finalizer::Apply(r) => apply(r, ctx.clone()).await,
@@ -64,7 +74,10 @@ enum Next {
 
 async fn apply(run: Arc<Run>, ctx: Arc<Context>) -> Result<Action, Error> {
     let generation = run.metadata.generation;
-    let unobserved = run.status.as_ref().is_some_and(|s| s.observed_generation != generation);
+    // A copy older than this process's own write of the run needs nothing recorded: that
+    // write recorded the generation.
+    let unobserved =
+        run.status.as_ref().is_some_and(|s| s.observed_generation != generation) && !ctx.known_stale(run.as_ref());
     let api: Api<Run> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
     let name = run.name_any();
     let mut run = (*run).clone();

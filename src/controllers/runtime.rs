@@ -89,7 +89,7 @@ pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig, namespace: Option<S
     let backend_controller = Controller::for_shared_stream(backend_events, backend_store.clone());
     // Profiles are read by every reconcile that resolves a policy: a watch keeps them.
     let (profile_store, profile_writer) = reflector::store();
-    let profile_watch = reflector(profile_writer, watcher(profiles, cfg.clone()).default_backoff())
+    let profile_watch = reflector(profile_writer, watcher(profiles, cfg.clone()).default_backoff().modify(slim))
         .applied_objects()
         .for_each(|_| async {});
     let profile_watch = tokio::spawn(profile_watch);
@@ -152,15 +152,28 @@ where
 {
     let (store, writer) = reflector::store_shared(SHARED_BUFFER);
     let events = writer.subscribe().expect("a shared store has subscribers");
-    let task =
-        tokio::spawn(watcher(api, cfg.clone()).default_backoff().reflect_shared(writer).applied_objects().for_each(
+    let task = tokio::spawn(
+        watcher(api, cfg.clone()).default_backoff().modify(slim).reflect_shared(writer).applied_objects().for_each(
             move |r| async move {
                 if let Err(e) = r {
                     tracing::warn!(error = %e, kind = what, "a watch failed; retrying");
                 }
             },
-        ));
+        ),
+    );
     (store, events, task)
+}
+
+/// What the caches keep of an object: everything but the field managers' bookkeeping
+/// (`metadata.managedFields`, often the largest part of a small object) and kubectl's
+/// copy of the last applied manifest, which no reconcile reads. kpool writes statuses by
+/// patches that never carry `metadata`, so a slim copy never writes them away.
+fn slim<K: kube::Resource>(o: &mut K) {
+    let meta = o.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
 }
 
 /// How many instance changes the shared watch holds for a controller that has not taken
