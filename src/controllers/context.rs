@@ -267,10 +267,11 @@ impl Context {
     }
 
     /// Publishes an Event about `obj`. Failing to publish never fails a reconcile.
-    pub async fn event<K>(&self, obj: &K, warning: bool, reason: &str, note: String)
+    pub async fn event<K>(&self, obj: &K, warning: bool, reason: impl AsRef<str>, note: String)
     where
         K: Resource<DynamicType = ()>,
     {
+        let reason = reason.as_ref();
         let ev = Event {
             type_: if warning { EventType::Warning } else { EventType::Normal },
             reason: reason.to_string(),
