@@ -17,7 +17,7 @@ use crate::api::instance::{InstancePhase, InstanceStatus, JobRef, ProvisioningAt
 use crate::api::offer::Offer;
 use crate::api::policy::RetryEvent;
 use crate::api::reasons::Reason;
-use crate::backends::{BackendError, Machine, MachineState};
+use crate::core::machine::{BackendError, Machine, MachineState};
 
 /// At most this many failed attempts are kept in status.
 pub const MAX_ATTEMPTS_KEPT: usize = 20;
