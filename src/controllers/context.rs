@@ -519,8 +519,7 @@ impl Context {
         }
         // Admissions the API already shows are counted once.
         let pending_in_ledger = ledger.iter().filter(|n| !holding.contains(*n)).count();
-        let count = holding.len() + pending_in_ledger;
-        if crate::core::pool::has_room(max, count) {
+        if crate::core::pool::fits(max, holding.len(), pending_in_ledger) {
             ledger.insert(name.to_string());
             true
         } else {

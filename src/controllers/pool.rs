@@ -15,7 +15,7 @@ use crate::api::conditions::{condition, AT_CAPACITY, READY, WARM};
 use crate::api::instance::{Instance, InstancePhase, InstanceSpec, INSTANCE_FINALIZER, POOL_LABEL, WARM_LABEL};
 use crate::api::pool::{Pool, PoolStatus, WarmStatus};
 use crate::api::reasons::Reason;
-use crate::core::pool::pool_counts;
+use crate::core::pool::{fits, pool_counts, room};
 
 /// Reconciles one `Pool`: writes counts and conditions when they changed.
 pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -29,7 +29,7 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action, Err
     // resourceVersion this write is conditional on.
     st.idle_gaps = previous.idle_gaps.clone();
     let holding = (st.provisioning + st.idle + st.busy + st.terminating) as usize;
-    let at_capacity = pool.spec.max_instances.is_some_and(|m| holding >= m as usize);
+    let at_capacity = !fits(pool.spec.max_instances, holding, 0);
     let now = ctx.now();
     let warm = keep_warm(&pool, &all, holding as u32, &ctx).await?;
     let enforce_again = super::budget::enforce(&pool, &all, &ctx).await?;
@@ -133,7 +133,7 @@ async fn keep_warm(pool: &Pool, all: &[Instance], holding: u32, ctx: &Context) -
         }
     }
     let starting = starting - ended;
-    let room = pool.spec.max_instances.map_or(u32::MAX, |m| m.saturating_sub(holding));
+    let room = room(pool.spec.max_instances, holding as usize, 0).map_or(u32::MAX, |r| r as u32);
     let missing = min_idle.saturating_sub(ready + starting);
     let launch = missing.min(room);
     let api: Api<Instance> = Api::namespaced(ctx.client.clone(), &ns);

@@ -14,7 +14,7 @@ use kube::ResourceExt;
 
 use super::idle_gaps;
 use super::instance::until;
-use super::observe::{instance_pool, instances, policy_of, pool_of};
+use super::observe::{instances, policy_of, pool_of};
 use super::{is_conflict, Context, Error};
 use crate::api::conditions::{
     clear_false, condition_tri, find, set_false_since, set_progress, upsert, Progress, QUEUED, READY, SCHEDULED,
@@ -30,7 +30,7 @@ use crate::api::run::{Run, RunPhase, RunStatus, RUN_FINALIZER};
 use crate::core::idle_auto::spell;
 use crate::core::matching::{assign, IdleInstance, PendingRun};
 use crate::core::policy::{EffectivePolicy, Origin};
-use crate::core::pool::has_room;
+use crate::core::pool::{fits, occupying};
 use crate::core::run::{self as sm, JobState, NoFit};
 use crate::exec::ExecError;
 
@@ -349,16 +349,10 @@ async fn place(
     }
 
     let max = pool.as_ref().and_then(|p| p.spec.max_instances);
-    let in_pool = all
-        .iter()
-        .filter(|i| instance_pool(i).is_none_or(|p| p == pool_name))
-        .filter(|i| {
-            i.status.as_ref().is_none_or(|s| !matches!(s.phase, InstancePhase::Terminated | InstancePhase::Failed))
-        })
-        .count();
+    let in_pool = occupying(&all, &pool_name);
     // Free slots go to the runs ahead in the queue that wait for room first.
     let ahead = if max.is_some() { ahead_waiting_for_room(&run, &runs, &pool_name) } else { 0 };
-    match sm::no_fit(&st, &policy, &pool_name, has_room(max, in_pool + ahead), run.spec.instance.as_deref(), now) {
+    match sm::no_fit(&st, &policy, &pool_name, fits(max, in_pool, ahead), run.spec.instance.as_deref(), now) {
         NoFit::Provision => {
             let name = sm::instance_name_for(&run.name_any(), st.attempts);
             sm::provisioning(&mut st, &name);
@@ -376,7 +370,7 @@ async fn place(
             Ok(Next::Continue(run))
         }
         NoFit::Wait { reason, mut message, retry_at } => {
-            if reason == Reason::PoolAtCapacity && has_room(max, in_pool) {
+            if reason == Reason::PoolAtCapacity && fits(max, in_pool, 0) {
                 message = format!(
                     "pool {pool_name} has a free slot, held for the {ahead} run(s) ahead of this one in its queue \
                      (priority, then age)"
@@ -529,21 +523,14 @@ async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Con
     let holds = inst.as_ref().is_some_and(holds_run);
     let Some(inst) = inst.clone().filter(|_| holds) else {
         // Why it went, as the instance says (the health check's reason), if it still exists.
-        let lost = inst
-            .as_ref()
-            .and_then(|i| i.status.as_ref())
-            .and_then(|s| find(&s.conditions, READY))
-            .and_then(|c| Reason::parse(&c.reason).filter(|r| r.instance_lost()).map(|r| (r, c.message.clone())));
-        let (reason, msg) = match lost {
-            Some((Reason::Unreachable, m)) => (Reason::InstanceUnreachable, format!("instance {name}: {m}")),
-            Some((_, m)) => (Reason::Interrupted, format!("instance {name}: {m}")),
-            None => (Reason::Interrupted, format!("instance {name} went away while the run was on it")),
-        };
-        ctx.event(&run, true, reason, msg.clone()).await;
-        if sm::interrupted(&mut st, policy, reason, now) {
-            scheduled(&mut st, &run, now, false, Reason::Retrying, &format!("{msg}; retrying"));
+        let ready = inst.as_ref().and_then(|i| i.status.as_ref()).and_then(|s| find(&s.conditions, READY));
+        let lost =
+            sm::instance_lost(&mut st, policy, &name, ready.map(|c| (c.reason.as_str(), c.message.as_str())), now);
+        ctx.event(&run, true, lost.reason, lost.message.clone()).await;
+        if lost.retried {
+            scheduled(&mut st, &run, now, false, Reason::Retrying, &format!("{}; retrying", lost.message));
         } else {
-            summary(&mut st, &run, now, &msg);
+            summary(&mut st, &run, now, &lost.message);
         }
         return Ok(Next::Continue(ctx.write_status(&run, &st).await?));
     };

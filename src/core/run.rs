@@ -192,6 +192,41 @@ pub fn interrupted(status: &mut RunStatus, policy: &EffectivePolicy, reason: Rea
     false
 }
 
+/// What became of a running run whose instance no longer holds it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Interruption {
+    /// `InstanceUnreachable` when kpool gave the instance up for not answering, else
+    /// `Interrupted`.
+    pub reason: Reason,
+    /// What happened to the instance, for the run's status and its Event.
+    pub message: String,
+    /// Whether the run goes back to Pending for another attempt; else it is Terminated.
+    pub retried: bool,
+}
+
+/// The run's instance `instance` no longer holds the run. `ready` is the instance's
+/// `Ready` condition (reason, message) when the instance still exists: when kpool gave
+/// it up while it was live ([`Reason::instance_lost`]: reclaimed, gone at the provider,
+/// unreachable, over its pool's budget), its message says what happened. The run is
+/// [`interrupted`]: retried when its policy retries on interruption and the window is
+/// open, else Terminated with the reason.
+pub fn instance_lost(
+    status: &mut RunStatus,
+    policy: &EffectivePolicy,
+    instance: &str,
+    ready: Option<(&str, &str)>,
+    now: Timestamp,
+) -> Interruption {
+    let lost = ready.and_then(|(r, m)| Some((Reason::parse(r).filter(|r| r.instance_lost())?, m)));
+    let (reason, message) = match lost {
+        Some((Reason::Unreachable, m)) => (Reason::InstanceUnreachable, format!("instance {instance}: {m}")),
+        Some((_, m)) => (Reason::Interrupted, format!("instance {instance}: {m}")),
+        None => (Reason::Interrupted, format!("instance {instance} went away while the run was on it")),
+    };
+    let retried = interrupted(status, policy, reason, now);
+    Interruption { reason, message, retried }
+}
+
 /// The attempt could not be started or followed (`reason`, e.g. `StartFailed`): retried
 /// when the policy retries on errors and the window is open (returns true), else Failed.
 pub fn attempt_failed(status: &mut RunStatus, policy: &EffectivePolicy, reason: Reason, now: Timestamp) -> bool {

@@ -200,3 +200,57 @@ fn instance_names_fit_an_object_name_for_any_run_name() {
     assert_ne!(instance_name_for(&a, 0), instance_name_for(&b, 0));
     assert_eq!(instance_name_for(&a, 0), instance_name_for(&a, 0), "stable");
 }
+
+#[test]
+fn a_lost_instance_interrupts_its_run_with_the_reason_its_health_verdict_gives() {
+    let now = t("2026-01-01T00:10:00Z");
+    let no_retry = policy(PolicySpec::default());
+    for (ready, reason, message) in [
+        (Some(("Reclaimed", "spot reclaimed")), Reason::Interrupted, "instance i: spot reclaimed"),
+        (Some(("MachineGone", "gone")), Reason::Interrupted, "instance i: gone"),
+        (Some(("BudgetExceeded", "over $5")), Reason::Interrupted, "instance i: over $5"),
+        (Some(("Unreachable", "no answer")), Reason::InstanceUnreachable, "instance i: no answer"),
+        // Not a loss kpool decided (ended by hand, idled out): its message is not the run's.
+        (Some(("IdleTimeout", "idle")), Reason::Interrupted, "instance i went away while the run was on it"),
+        (Some(("SomethingElse", "x")), Reason::Interrupted, "instance i went away while the run was on it"),
+        (None, Reason::Interrupted, "instance i went away while the run was on it"),
+    ] {
+        let mut s = submitted("2026-01-01T00:00:00Z");
+        assigned(&mut s, "i", now);
+        let lost = instance_lost(&mut s, &no_retry, "i", ready, now);
+        assert_eq!(lost, Interruption { reason, message: message.to_string(), retried: false }, "{ready:?}");
+        assert_eq!((s.phase, s.termination_reason.as_deref()), (RunPhase::Terminated, Some(reason.as_str())));
+        assert_eq!(
+            s.history.last().map(|a| (a.instance.as_deref(), a.reason.as_str())),
+            Some((Some("i"), reason.as_str()))
+        );
+    }
+}
+
+#[test]
+fn a_lost_instance_retries_its_run_only_within_an_interruption_retry_window() {
+    let on = |events: Vec<RetryEvent>| {
+        policy(PolicySpec {
+            retry: Some(RetrySpec { on: Some(events), duration: Some("1h".into()) }),
+            ..Default::default()
+        })
+    };
+    let reclaimed = Some(("Reclaimed", "spot reclaimed"));
+    for (p, at, retried) in [
+        (on(vec![RetryEvent::Interruption]), "2026-01-01T00:30:00Z", true),
+        (on(vec![RetryEvent::Interruption]), "2026-01-01T01:00:00Z", false),
+        (on(vec![RetryEvent::NoCapacity, RetryEvent::Error]), "2026-01-01T00:30:00Z", false),
+    ] {
+        let mut s = submitted("2026-01-01T00:00:00Z");
+        assigned(&mut s, "i", t("2026-01-01T00:10:00Z"));
+        let lost = instance_lost(&mut s, &p, "i", reclaimed, t(at));
+        assert_eq!(lost.retried, retried, "{at}");
+        if retried {
+            assert_eq!((s.phase, s.instance.as_deref(), s.attempts), (RunPhase::Pending, None, 1));
+            assert_eq!(s.termination_reason, None);
+        } else {
+            assert_eq!((s.phase, s.termination_reason.as_deref()), (RunPhase::Terminated, Some("Interrupted")));
+        }
+        assert_eq!(s.history.last().map(|a| a.reason.as_str()), Some("Interrupted"));
+    }
+}
