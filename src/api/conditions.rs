@@ -16,6 +16,9 @@ pub const MAX_MESSAGE: usize = 300;
 
 /// Root condition of an `Instance` (and of `Pool` and `Backend`).
 pub const READY: &str = "Ready";
+/// Whether an instance's machine answers (`False` with reason `Unreachable` while it does
+/// not).
+pub const REACHABLE: &str = "Reachable";
 /// Root condition of a `Run`: `True` once it succeeded, `False` once it ended otherwise.
 pub const SUCCEEDED: &str = "Succeeded";
 /// A run's placement: `True` once it is on an instance, `False` with why it waits.

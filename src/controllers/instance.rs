@@ -18,7 +18,7 @@ use super::observe::{holding_capacity, instances, policy_of, pool_of};
 use super::{Context, Error};
 use crate::api::backend::BackendType;
 use crate::api::conditions::{
-    self, clear_false, condition_tri, set_false_since, set_progress, upsert, Progress, READY,
+    self, clear_false, condition_tri, set_false_since, set_progress, upsert, Progress, REACHABLE, READY,
 };
 use crate::api::instance::{
     AutoIdle, Instance, InstancePhase, InstanceStatus, INSTANCE_FINALIZER, PROVISIONED_FOR_ANNOTATION,
@@ -28,6 +28,7 @@ use crate::api::reasons::Reason;
 use crate::api::run::Run;
 use crate::backends::{machine_name, machine_tags, BackendError, MachineRef, MachineSpec, MachineState};
 use crate::core::idle_auto::spell;
+use crate::core::instance::health::{self, Verdict, NOT_ANSWERING};
 use crate::core::instance::launch::{self as outcome, Lookup, Resolution};
 use crate::core::instance::{self as sm, LaunchFailure, NoOffer, Step, POLL_INTERVAL};
 use crate::core::policy::{EffectivePolicy, Origin};
@@ -595,9 +596,6 @@ async fn check_run(inst: Instance, mut st: InstanceStatus, run: &str, ctx: &Cont
     Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
 }
 
-/// The condition that says whether the instance's machine answers.
-pub const REACHABLE: &str = "Reachable";
-
 /// The condition that says why deleting the instance's machine fails: `False` (reason
 /// `DeleteFailed`, the provider's error) while the backend cannot delete it or confirm it
 /// gone, `True` once it is deleted after such a failure; absent otherwise.
@@ -611,14 +609,11 @@ fn health_wait(inst: &Instance, ctx: &Context) -> Duration {
 
 /// The health check of an Idle or Busy instance, at most once per
 /// [`HealthConfig::interval`](super::context::HealthConfig): asks the backend how the
-/// machine is. `Running` -> reachable; `Pending` -> up at the provider but not answering
-/// (the `Reachable` condition goes False at once; after the unreachable grace the
-/// instance is terminated with reason `Unreachable`); `Stopping`, `Terminated` or
-/// `NotFound` -> the provider took it back (a spot reclaim, a termination outside kpool):
-/// terminated at once with reason `Reclaimed` (spot) or `MachineGone`. A run on it is
-/// then interrupted by the run controller. A failing provider call changes nothing (the
-/// provider's outage is not the machine's). Busy instances of `kubernetes` backends are
-/// left to the job runner, which follows the job Pod that stands in for the slot.
+/// machine is and applies the verdict of [`health::verdict`] (reachable again, not
+/// answering within the grace, or lost: Terminating with `Unreachable`, `Reclaimed` or
+/// `MachineGone`). A run on a lost instance is then interrupted by the run controller.
+/// Busy instances of `kubernetes` backends are left to the job runner, which follows the
+/// job Pod that stands in for the slot.
 ///
 /// `Some(next)` when the instance changed phase and the caller must go on from there.
 async fn check_health(inst: &Instance, st: &mut InstanceStatus, ctx: &Context) -> Result<Option<Next>, Error> {
@@ -643,23 +638,18 @@ async fn check_health(inst: &Instance, st: &mut InstanceStatus, ctx: &Context) -
     // Looked for where it was launched, not only where the Backend would launch today: a
     // Backend edit (regions, namespace) must never read as the machine being gone.
     let machine = MachineRef { name, ..MachineRef::of(st).unwrap_or_default() };
-    let gone = if offer.spot { Reason::Reclaimed } else { Reason::MachineGone };
-    let verdict = match backend.get_at(&machine).await {
-        Ok(m) if m.state == MachineState::Running => None,
-        Ok(m) if m.state == MachineState::Pending => {
-            Some((Reason::Unreachable, "the machine does not answer".to_string()))
-        }
-        Ok(m) => Some((gone, format!("the provider reports machine {} {:?}", m.provider_id, m.state))),
-        Err(BackendError::NotFound(_)) => Some((gone, "the provider no longer has the machine".to_string())),
-        Err(e) => {
-            tracing::warn!(instance = %inst.name_any(), error = %e, "health check failed: provider did not answer");
-            ctx.metrics.health_check_failed(&offer.backend);
-            return Ok(None);
-        }
-    };
+    let answer = backend.get_at(&machine).await;
+    let (grace, interval) = (ctx.health.unreachable_grace, ctx.health.interval);
     let gen = inst.metadata.generation;
-    match verdict {
-        None => {
+    match health::verdict(answer.as_ref(), st, offer.spot, grace, interval, now) {
+        Verdict::Unknown => {
+            if let Err(e) = &answer {
+                tracing::warn!(instance = %inst.name_any(), error = %e, "health check failed: provider did not answer");
+            }
+            ctx.metrics.health_check_failed(&offer.backend);
+            Ok(None)
+        }
+        Verdict::Reachable => {
             let back = "the machine answers again";
             if !clear_false(&mut st.conditions, REACHABLE, Reason::Reachable, back, gen, now) {
                 return Ok(None);
@@ -667,37 +657,24 @@ async fn check_health(inst: &Instance, st: &mut InstanceStatus, ctx: &Context) -
             ctx.event(inst, false, Reason::Reachable, back.into()).await;
             Ok(Some(Next::Continue(ctx.write_status(inst, st).await?)))
         }
-        // Just released: its machine may still be coming back (a kubernetes slot Pod that
-        // is created again when a job ends); it gets one interval before it counts.
-        Some((Reason::Unreachable, _)) if recently_idle(st, ctx, now) => Ok(None),
-        Some((Reason::Unreachable, msg)) => {
-            let (first, since) = set_false_since(&mut st.conditions, REACHABLE, Reason::Unreachable, &msg, gen, now);
-            let deadline = crate::core::add(since, ctx.health.unreachable_grace);
-            if now < deadline {
-                if first {
-                    let note = format!("{msg}; the instance is terminated at {deadline} if it stays so");
-                    ctx.event(inst, true, Reason::Unreachable, note).await;
-                    return Ok(Some(Next::Continue(ctx.write_status(inst, st).await?)));
-                }
+        Verdict::Settling => Ok(None),
+        Verdict::Unreachable { deadline } => {
+            let (first, _) =
+                set_false_since(&mut st.conditions, REACHABLE, Reason::Unreachable, NOT_ANSWERING, gen, now);
+            if !first {
                 return Ok(None);
             }
-            let msg = format!("{msg} for {}s; terminating the instance", ctx.health.unreachable_grace.as_secs());
-            give_up(inst, st, Reason::Unreachable, &msg, ctx).await.map(Some)
+            let note = format!("{NOT_ANSWERING}; the instance is terminated at {deadline} if it stays so");
+            ctx.event(inst, true, Reason::Unreachable, note).await;
+            Ok(Some(Next::Continue(ctx.write_status(inst, st).await?)))
         }
-        Some((reason, msg)) => {
-            let msg = match &st.run {
-                Some(run) => format!("{msg}; run {run} is interrupted"),
-                None => msg,
-            };
-            give_up(inst, st, reason, &msg, ctx).await.map(Some)
+        Verdict::Lost { reason, message } => {
+            if reason == Reason::Unreachable {
+                set_false_since(&mut st.conditions, REACHABLE, Reason::Unreachable, NOT_ANSWERING, gen, now);
+            }
+            give_up(inst, st, reason, &message, ctx).await.map(Some)
         }
     }
-}
-
-/// Whether the instance went idle less than a health-check interval ago.
-fn recently_idle(st: &InstanceStatus, ctx: &Context, now: Timestamp) -> bool {
-    st.phase == InstancePhase::Idle
-        && st.idle_since.as_ref().is_some_and(|t| now < crate::core::add(t.0, ctx.health.interval))
 }
 
 /// A live instance that cannot be used any more: Terminating with `reason`, so that the

@@ -2,6 +2,7 @@
 //! Terminated, plus Failed. Each transition is a function of (status, facts, now).
 //! Where launches went, and launches that got no answer: [`launch`].
 
+pub mod health;
 pub mod launch;
 
 use std::time::Duration;
