@@ -16,6 +16,19 @@ pub const MAX_MESSAGE: usize = 300;
 
 /// Root condition of an `Instance` (and of `Pool` and `Backend`).
 pub const READY: &str = "Ready";
+/// Whether an instance's machine answers (`False` with reason `Unreachable` while it does
+/// not).
+pub const REACHABLE: &str = "Reachable";
+/// Root condition of a `Run`: `True` once it succeeded, `False` once it ended otherwise.
+pub const SUCCEEDED: &str = "Succeeded";
+/// A run's placement: `True` once it is on an instance, `False` with why it waits.
+pub const SCHEDULED: &str = "Scheduled";
+/// A run's place in its pool's queue.
+pub const QUEUED: &str = "Queued";
+/// A pool holds `maxInstances` instances.
+pub const AT_CAPACITY: &str = "AtCapacity";
+/// A pool keeps its warm minimum of idle instances.
+pub const WARM: &str = "Warm";
 /// Abnormal-true: the controller is still working towards the spec.
 pub const RECONCILING: &str = "Reconciling";
 /// Abnormal-true: the object cannot get further without a change from outside.
@@ -37,7 +50,7 @@ pub enum Progress {
 pub fn set_progress(
     conditions: &mut Vec<Condition>,
     progress: Progress,
-    reason: &str,
+    reason: impl AsRef<str>,
     message: &str,
     generation: Option<i64>,
     now: Timestamp,
@@ -77,7 +90,7 @@ pub fn condition(
     previous: &[Condition],
     type_: &str,
     status: bool,
-    reason: &str,
+    reason: impl AsRef<str>,
     message: impl Into<String>,
     generation: Option<i64>,
     now: Timestamp,
@@ -90,7 +103,7 @@ pub fn condition_tri(
     previous: &[Condition],
     type_: &str,
     status: &str,
-    reason: &str,
+    reason: impl AsRef<str>,
     message: impl Into<String>,
     generation: Option<i64>,
     now: Timestamp,
@@ -107,7 +120,7 @@ pub fn condition_tri(
     Condition {
         type_: type_.to_string(),
         status: status.to_string(),
-        reason: reason.to_string(),
+        reason: reason.as_ref().to_string(),
         message,
         observed_generation: generation,
         last_transition_time,
@@ -137,7 +150,7 @@ pub fn upsert(conditions: &mut Vec<Condition>, new: Condition) {
 pub fn set_false_since(
     conditions: &mut Vec<Condition>,
     type_: &str,
-    reason: &str,
+    reason: impl AsRef<str>,
     message: &str,
     generation: Option<i64>,
     now: Timestamp,
@@ -154,7 +167,7 @@ pub fn set_false_since(
 pub fn clear_false(
     conditions: &mut Vec<Condition>,
     type_: &str,
-    reason: &str,
+    reason: impl AsRef<str>,
     message: &str,
     generation: Option<i64>,
     now: Timestamp,

@@ -11,6 +11,7 @@ pub mod offer;
 pub mod policy;
 pub mod pool;
 pub mod profile;
+pub mod reasons;
 pub mod resources;
 pub mod run;
 
@@ -20,6 +21,7 @@ pub use offer::Offer;
 pub use policy::{CreationPolicy, PolicySpec, RetryEvent, SpotPolicy, TerminationPolicy};
 pub use pool::{Pool, PoolSpec, PoolStatus};
 pub use profile::{Profile, ProfileSpec};
+pub use reasons::Reason;
 pub use run::{Run, RunPhase, RunSpec, RunStatus};
 
 use kube::CustomResourceExt;

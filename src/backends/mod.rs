@@ -26,13 +26,13 @@ pub mod ssh;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::api::backend::Backend as BackendObject;
 use crate::api::offer::Offer;
 use crate::api::resources::Requirements;
+pub use crate::core::machine::{BackendError, Machine, MachineState};
 
 /// Tag carrying the owning `Instance`'s UID on every cloud resource.
 pub const TAG_INSTANCE_UID: &str = "kpool.dev/instance-uid";
@@ -136,52 +136,6 @@ pub fn machine_tags(instance: &crate::api::instance::Instance) -> BTreeMap<Strin
     ])
 }
 
-/// Errors a backend reports, by what the caller should do about them.
-#[derive(Clone, Debug, PartialEq, thiserror::Error)]
-pub enum BackendError {
-    /// The machine (or the resource asked for) does not exist.
-    #[error("not found: {0}")]
-    NotFound(String),
-    /// The provider has no capacity for this offer right now; try the next offer.
-    #[error("insufficient capacity: {0}")]
-    InsufficientCapacity(String),
-    /// The provider throttled us; retry after the delay.
-    #[error("rate limited: {message}")]
-    RateLimited { message: String, retry_after: Option<Duration> },
-    /// The backend's configuration (credentials, regions, endpoint) is wrong.
-    #[error("invalid backend configuration: {0}")]
-    InvalidConfig(String),
-    /// No answer, or the provider failed while answering (a timeout, a dropped connection,
-    /// a 5xx, an unreadable reply): whether the request took effect is unknown. After a
-    /// `create`, the machine may exist: it is looked up before anything else is launched.
-    #[error("no answer: {0}")]
-    Unanswered(String),
-    /// The provider answered with an error that fits none of the above: the request was
-    /// refused. Retried with backoff.
-    #[error("{0}")]
-    Other(String),
-}
-
-impl BackendError {
-    /// A bounded string for Event reasons, status and metric labels.
-    pub fn category(&self) -> &'static str {
-        match self {
-            BackendError::NotFound(_) => "NotFound",
-            BackendError::InsufficientCapacity(_) => "InsufficientCapacity",
-            BackendError::RateLimited { .. } => "RateLimited",
-            BackendError::InvalidConfig(_) => "InvalidConfig",
-            BackendError::Unanswered(_) => "Unanswered",
-            BackendError::Other(_) => "Other",
-        }
-    }
-
-    /// Whether a `create` that failed so may still have launched its machine: only when
-    /// no usable answer came back. Every other error is the provider's refusal.
-    pub fn outcome_unknown(&self) -> bool {
-        matches!(self, BackendError::Unanswered(_))
-    }
-}
-
 /// What to launch.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MachineSpec {
@@ -195,33 +149,6 @@ pub struct MachineSpec {
     /// VM-like machines (aws, lambda) install for the login user at launch, so that runs can
     /// be executed over SSH with the private half kept in the instance's Secret.
     pub ssh_public_key: Option<String>,
-}
-
-/// The provider's view of a machine's lifecycle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MachineState {
-    /// Launched, not ready yet.
-    Pending,
-    /// Up and reachable.
-    Running,
-    /// Being shut down or deleted.
-    Stopping,
-    /// Gone (terminated, deleted or reclaimed).
-    Terminated,
-}
-
-/// A machine as the provider reports it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Machine {
-    /// The UID-derived machine name.
-    pub name: String,
-    /// The provider's id (e.g. `i-0abc…`, a Pod name).
-    pub provider_id: String,
-    pub state: MachineState,
-    /// Address where the machine can be reached, once known.
-    pub address: Option<String>,
-    /// The tags the machine carries.
-    pub tags: BTreeMap<String, String>,
 }
 
 /// Where an instance's machine is, as the instance recorded it when the machine was

@@ -28,6 +28,7 @@ use super::{Context, Error};
 use crate::api::backend::{Backend, BackendStatus};
 use crate::api::conditions::{condition, upsert, READY};
 use crate::api::instance::Instance;
+use crate::api::reasons::Reason;
 
 /// Finalizer of a Backend: removed once no Instance has a machine of it.
 pub const BACKEND_FINALIZER: &str = "kpool.dev/backend-in-use";
@@ -69,7 +70,11 @@ async fn apply(b: Arc<Backend>, ctx: &Context) -> Result<Action, Error> {
         mark::<ConfigMap>(ctx, &ns, name, true).await?;
     }
     let (ready, reason, message) = match ctx.build_backend(&b).await {
-        Ok(_) => (true, "Configured", "the backend's configuration, credentials and catalog could be read".to_string()),
+        Ok(_) => (
+            true,
+            Reason::Configured.as_str(),
+            "the backend's configuration, credentials and catalog could be read".to_string(),
+        ),
         Err(e) => (false, e.category(), super::chain(&e)),
     };
     let mut st = b.status.clone().unwrap_or_default();
@@ -99,7 +104,8 @@ async fn cleanup(b: Arc<Backend>, ctx: &Context) -> Result<Action, Error> {
     if !users.is_empty() {
         let mut st = b.status.clone().unwrap_or_default();
         let message = format!("deletion waits for the machines of instances {}", users.join(", "));
-        let c = condition(&st.conditions, IN_USE, true, "InstancesLeft", message, b.metadata.generation, ctx.now());
+        let c =
+            condition(&st.conditions, IN_USE, true, Reason::InstancesLeft, message, b.metadata.generation, ctx.now());
         if !st.conditions.contains(&c) {
             upsert(&mut st.conditions, c);
             write_status(ctx, &b, &st).await?;

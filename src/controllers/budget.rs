@@ -14,6 +14,7 @@ use super::{Context, Error};
 use crate::api::instance::Instance;
 use crate::api::pool::{BudgetEnforce, BudgetSpec, Pool};
 use crate::api::profile::BudgetScope;
+use crate::api::reasons::Reason;
 use crate::core::budget::{over_budget, Covers};
 
 /// The profile an instance is launched under: its own `spec.profile`, else its pool's.
@@ -90,7 +91,7 @@ pub async fn enforce(pool: &Pool, all: &[Instance], ctx: &Context) -> Result<Opt
     let (end, why) = crate::core::budget::to_end(budget, &members, now)?;
     for inst in end {
         let msg = format!("pool {name}'s {why}; budget.enforce: terminate ends this instance");
-        super::instance::end_if_unchanged(inst, "BudgetExceeded", msg, ctx).await?;
+        super::instance::end_if_unchanged(inst, Reason::BudgetExceeded, msg, ctx).await?;
     }
     Ok(crate::core::budget::spend_reached_at(budget, &members, now).map(|t| super::instance::until(now, t)))
 }

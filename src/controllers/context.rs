@@ -267,10 +267,11 @@ impl Context {
     }
 
     /// Publishes an Event about `obj`. Failing to publish never fails a reconcile.
-    pub async fn event<K>(&self, obj: &K, warning: bool, reason: &str, note: String)
+    pub async fn event<K>(&self, obj: &K, warning: bool, reason: impl AsRef<str>, note: String)
     where
         K: Resource<DynamicType = ()>,
     {
+        let reason = reason.as_ref();
         let ev = Event {
             type_: if warning { EventType::Warning } else { EventType::Normal },
             reason: reason.to_string(),
@@ -518,8 +519,7 @@ impl Context {
         }
         // Admissions the API already shows are counted once.
         let pending_in_ledger = ledger.iter().filter(|n| !holding.contains(*n)).count();
-        let count = holding.len() + pending_in_ledger;
-        if crate::core::pool::has_room(max, count) {
+        if crate::core::pool::fits(max, holding.len(), pending_in_ledger) {
             ledger.insert(name.to_string());
             true
         } else {

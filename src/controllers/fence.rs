@@ -30,6 +30,7 @@ use super::{chain, Context, Error};
 use crate::api::backend::Backend as BackendObject;
 use crate::api::conditions::{clear_false, condition_tri, set_false_since, upsert};
 use crate::api::instance::{Instance, InstanceStatus, JobRef};
+use crate::api::reasons::Reason;
 
 /// The instance condition that says whether the job of its last run is known to be
 /// stopped: False (reason `FencePending`) while kpool cannot stop it on the machine, True
@@ -97,8 +98,8 @@ pub async fn before_teardown(
     if cloud_vm {
         st.job = None;
         let msg = format!("could not stop the job of run {} ({}); deleting the machine stops it", job.run, chain(&err));
-        clear_false(&mut st.conditions, JOB_FENCED, "MachineDeleted", &msg, inst.metadata.generation, ctx.now());
-        ctx.event(inst, true, "FenceByDeletion", msg).await;
+        clear_false(&mut st.conditions, JOB_FENCED, Reason::MachineDeleted, &msg, inst.metadata.generation, ctx.now());
+        ctx.event(inst, true, Reason::FenceByDeletion, msg).await;
         return ctx.write_status(inst, st).await.map(Some);
     }
     let (first, since) = pending(inst, st, &job, &err, ctx).await;
@@ -119,13 +120,13 @@ pub async fn before_teardown(
             &st.conditions,
             JOB_FENCED,
             "Unknown",
-            "Abandoned",
+            Reason::Abandoned,
             &msg,
             inst.metadata.generation,
             ctx.now(),
         );
         upsert(&mut st.conditions, c);
-        ctx.event(inst, true, "FenceAbandoned", msg).await;
+        ctx.event(inst, true, Reason::FenceAbandoned, msg).await;
         return ctx.write_status(inst, st).await.map(Some);
     }
     if first {
@@ -149,10 +150,16 @@ async fn pending(
         job.attempt,
         chain(err)
     );
-    let (first, since) =
-        set_false_since(&mut st.conditions, JOB_FENCED, "FencePending", &msg, inst.metadata.generation, ctx.now());
+    let (first, since) = set_false_since(
+        &mut st.conditions,
+        JOB_FENCED,
+        Reason::FencePending,
+        &msg,
+        inst.metadata.generation,
+        ctx.now(),
+    );
     if first {
-        ctx.event(inst, true, "FencePending", msg).await;
+        ctx.event(inst, true, Reason::FencePending, msg).await;
     }
     (first, since)
 }
@@ -161,7 +168,7 @@ async fn pending(
 async fn fenced(inst: &Instance, st: &mut InstanceStatus, job: &JobRef, ctx: &Context) {
     st.job = None;
     let msg = format!("the job of run {} is stopped on the machine", job.run);
-    if clear_false(&mut st.conditions, JOB_FENCED, "Fenced", &msg, inst.metadata.generation, ctx.now()) {
-        ctx.event(inst, false, "Fenced", msg).await;
+    if clear_false(&mut st.conditions, JOB_FENCED, Reason::Fenced, &msg, inst.metadata.generation, ctx.now()) {
+        ctx.event(inst, false, Reason::Fenced, msg).await;
     }
 }

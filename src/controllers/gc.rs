@@ -26,6 +26,7 @@ use kube::ResourceExt;
 use super::{Context, Error};
 use crate::api::backend::Backend as BackendObject;
 use crate::api::instance::Instance;
+use crate::api::reasons::Reason;
 use crate::core::gc::orphans;
 use crate::core::instance::launch::claimed_backends;
 
@@ -112,7 +113,7 @@ impl Collector {
                              before kpool tagged machines with one) and no Instance here owns it; kpool never \
                              deletes such machines: delete it by hand if no other installation uses it"
                         );
-                        ctx.event(&obj, true, "UnattributedMachine", note).await;
+                        ctx.event(&obj, true, Reason::UnattributedMachine, note).await;
                         report.unattributed.push(name);
                     }
                 }
@@ -126,7 +127,7 @@ impl Collector {
                     ctx.event(
                         &obj,
                         true,
-                        "OrphanedMachine",
+                        Reason::OrphanedMachine,
                         format!("machine {name} is tagged as kpool's but no Instance owns it"),
                     )
                     .await;
@@ -135,8 +136,13 @@ impl Collector {
                 }
                 match backend.delete(&name).await {
                     Ok(()) | Err(crate::backends::BackendError::NotFound(_)) => {
-                        ctx.event(&obj, true, "OrphanDeleted", format!("deleted machine {name}: no Instance owns it"))
-                            .await;
+                        ctx.event(
+                            &obj,
+                            true,
+                            Reason::OrphanDeleted,
+                            format!("deleted machine {name}: no Instance owns it"),
+                        )
+                        .await;
                         report.deleted.push(name);
                     }
                     Err(e) => tracing::warn!(machine = %name, category = e.category(), "failed to delete orphan"),

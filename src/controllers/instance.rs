@@ -18,15 +18,17 @@ use super::observe::{holding_capacity, instances, policy_of, pool_of};
 use super::{Context, Error};
 use crate::api::backend::BackendType;
 use crate::api::conditions::{
-    self, clear_false, condition_tri, set_false_since, set_progress, upsert, Progress, READY,
+    self, clear_false, condition_tri, set_false_since, set_progress, upsert, Progress, REACHABLE, READY,
 };
 use crate::api::instance::{
     AutoIdle, Instance, InstancePhase, InstanceStatus, INSTANCE_FINALIZER, PROVISIONED_FOR_ANNOTATION,
     PROVISIONED_FOR_LABEL,
 };
+use crate::api::reasons::Reason;
 use crate::api::run::Run;
 use crate::backends::{machine_name, machine_tags, BackendError, MachineRef, MachineSpec, MachineState};
 use crate::core::idle_auto::spell;
+use crate::core::instance::health::{self, Verdict, NOT_ANSWERING};
 use crate::core::instance::launch::{self as outcome, Lookup, Resolution};
 use crate::core::instance::{self as sm, LaunchFailure, NoOffer, Step, POLL_INTERVAL};
 use crate::core::policy::{EffectivePolicy, Origin};
@@ -121,8 +123,8 @@ async fn step(inst: Instance, ctx: &Context) -> Result<Next, Error> {
             st.machine_name.get_or_insert_with(|| machine_name(&inst.uid().unwrap_or_default()));
             st.phase = InstancePhase::Failed;
             let msg = format!("{e}; fix the spec or the profile");
-            ready(&mut st, &inst, now, "InvalidSpec", &msg);
-            ctx.event(&inst, true, "InvalidSpec", msg).await;
+            ready(&mut st, &inst, now, Reason::InvalidSpec, &msg);
+            ctx.event(&inst, true, Reason::InvalidSpec, msg).await;
             ctx.write_status(&inst, &st).await?;
             return Ok(Next::Stop(Action::await_change()));
         }
@@ -140,7 +142,7 @@ async fn step(inst: Instance, ctx: &Context) -> Result<Next, Error> {
         Step::RecordIdentity => {
             st.machine_name = Some(machine_name(&inst.uid().unwrap_or_default()));
             st.pool = Some(pool_name);
-            ready(&mut st, &inst, now, "Pending", "waiting for an offer");
+            ready(&mut st, &inst, now, Reason::Pending, "waiting for an offer");
             Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
         }
         Step::ChooseOffer => {
@@ -171,7 +173,7 @@ async fn step(inst: Instance, ctx: &Context) -> Result<Next, Error> {
             let Some((record, decision)) = spell::choose(&st, Some(&gaps.summary)) else {
                 return Ok(Next::Stop(Action::requeue(RECHECK)));
             };
-            ready(&mut st, &inst, now, "Idle", &idle_message(Some(record.deadline.0), Some(&record)));
+            ready(&mut st, &inst, now, Reason::Idle, &idle_message(Some(record.deadline.0), Some(&record)));
             st.idle_auto = Some(record);
             let written = ctx.write_status(&inst, &st).await?;
             idle_gaps::record(ctx, &ns, &pool_name, &shape, |g| {
@@ -187,7 +189,7 @@ async fn step(inst: Instance, ctx: &Context) -> Result<Next, Error> {
             if let Some(next) = check_health(&inst, &mut st, ctx).await? {
                 return Ok(next);
             }
-            let reason = if st.phase == InstancePhase::Busy { "Busy" } else { "Idle" };
+            let reason = if st.phase == InstancePhase::Busy { Reason::Busy } else { Reason::Idle };
             let msg = idle_message(deadline, spell::current(&st).filter(|_| policy.auto_idle()));
             if st.phase == InstancePhase::Idle && ready(&mut st, &inst, now, reason, &msg) {
                 ctx.write_status(&inst, &st).await?;
@@ -201,8 +203,8 @@ async fn step(inst: Instance, ctx: &Context) -> Result<Next, Error> {
                 Some(auto) => format!("idle deadline elapsed ({}); terminating the machine", auto.reason),
                 None => "idle duration elapsed; terminating the machine".to_string(),
             };
-            ready(&mut st, &inst, now, "IdleTimeout", &msg);
-            ctx.event(&inst, false, "IdleTimeout", msg).await;
+            ready(&mut st, &inst, now, Reason::IdleTimeout, &msg);
+            ctx.event(&inst, false, Reason::IdleTimeout, msg).await;
             let written = ctx.write_status(&inst, &st).await?;
             if let Some(record) = spell::current(&status) {
                 idle_gaps::record(ctx, &ns, &pool_name, &record.shape, |g| spell::close_expired(g, record)).await?;
@@ -213,17 +215,17 @@ async fn step(inst: Instance, ctx: &Context) -> Result<Next, Error> {
         Step::Fence(job) => match fence::held(&inst, &mut st, &job, ctx).await {
             Fence::Done => {
                 sm::release(&mut st, now);
-                ready(&mut st, &inst, now, "Idle", &format!("the job of run {} is stopped; idle", job.run));
+                ready(&mut st, &inst, now, Reason::Idle, &format!("the job of run {} is stopped; idle", job.run));
                 Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
             }
             Fence::Pending { changed, retry } => {
                 let msg = format!("run {} let go of the instance; stopping its job on the machine", job.run);
-                if ready(&mut st, &inst, now, "Fencing", &msg) || changed {
+                if ready(&mut st, &inst, now, Reason::Fencing, &msg) || changed {
                     ctx.write_status(&inst, &st).await?;
                 }
                 Ok(Next::Stop(Action::requeue(retry)))
             }
-            Fence::GiveUp(msg) => give_up(&inst, &mut st, "Unreachable", &msg, ctx).await,
+            Fence::GiveUp(msg) => give_up(&inst, &mut st, Reason::Unreachable, &msg, ctx).await,
         },
         Step::Teardown => teardown(inst, st, ctx).await,
         Step::Done => {
@@ -261,8 +263,8 @@ async fn choose_offer(
         Err(e) => {
             st.phase = InstancePhase::Failed;
             let msg = format!("{e}; create a new Instance with valid resources");
-            ready(&mut st, &inst, now, "InvalidSpec", &msg);
-            ctx.event(&inst, true, "InvalidSpec", msg).await;
+            ready(&mut st, &inst, now, Reason::InvalidSpec, &msg);
+            ctx.event(&inst, true, Reason::InvalidSpec, msg).await;
             ctx.write_status(&inst, &st).await?;
             return Ok(Next::Stop(Action::await_change()));
         }
@@ -271,8 +273,8 @@ async fn choose_offer(
     let holding = holding_capacity(&all, &pool, &inst.name_any());
     if !ctx.admit(&ns, &pool, &inst.name_any(), max_instances, &holding) {
         let msg = format!("pool {pool} has reached maxInstances ({}); waiting for room", max_instances.unwrap_or(0));
-        if ready(&mut st, &inst, now, "PoolAtCapacity", &msg) {
-            ctx.event(&inst, false, "PoolAtCapacity", msg).await;
+        if ready(&mut st, &inst, now, Reason::PoolAtCapacity, &msg) {
+            ctx.event(&inst, false, Reason::PoolAtCapacity, msg).await;
             ctx.write_status(&inst, &st).await?;
         }
         return Ok(Next::Stop(Action::requeue(CAPACITY_RECHECK)));
@@ -284,8 +286,8 @@ async fn choose_offer(
         Ok(offer) => {
             if let Some(why) = super::budget::check_launch(ctx, &inst, &pool, &all, offer.price, now).await? {
                 let msg = format!("{why}; waiting");
-                if ready(&mut st, &inst, now, "BudgetExceeded", &msg) {
-                    ctx.event(&inst, true, "BudgetExceeded", msg).await;
+                if ready(&mut st, &inst, now, Reason::BudgetExceeded, &msg) {
+                    ctx.event(&inst, true, Reason::BudgetExceeded, msg).await;
                     ctx.write_status(&inst, &st).await?;
                 }
                 // Holds no slot of maxInstances while it waits.
@@ -298,11 +300,11 @@ async fn choose_offer(
             );
             if let Some(why) = fallback {
                 msg.push_str(&format!(" ({why})"));
-                ctx.event(&inst, false, "SpotFallback", why).await;
+                ctx.event(&inst, false, Reason::SpotFallback, why).await;
             }
             sm::start_provisioning(&mut st, offer, now);
-            ready(&mut st, &inst, now, "Provisioning", &msg);
-            ctx.event(&inst, false, "Provisioning", msg).await;
+            ready(&mut st, &inst, now, Reason::Provisioning, &msg);
+            ctx.event(&inst, false, Reason::Provisioning, msg).await;
             Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
         }
         Err(no) => {
@@ -316,7 +318,7 @@ async fn choose_offer(
                         st.provisioning_started_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
                     }
                     st.next_attempt_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at));
-                    ready(&mut st, &inst, now, "WaitingForCapacity", &format!("{msg}; retrying"));
+                    ready(&mut st, &inst, now, Reason::WaitingForCapacity, &format!("{msg}; retrying"));
                     ctx.write_status(&inst, &st).await?;
                     Ok(Next::Stop(Action::requeue(until(now, at))))
                 }
@@ -364,9 +366,9 @@ async fn launch(
         Ok(machine) => {
             sm::launched(&mut st, &machine, now);
             let msg = format!("machine {} launched ({})", machine.provider_id, offer.instance_type);
-            let reason = if st.phase == InstancePhase::Idle { "Idle" } else { "Provisioning" };
+            let reason = if st.phase == InstancePhase::Idle { Reason::Idle } else { Reason::Provisioning };
             ready(&mut st, &inst, now, reason, &msg);
-            ctx.event(&inst, false, "Launched", msg).await;
+            ctx.event(&inst, false, Reason::Launched, msg).await;
             Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
         }
         Err(err) if err.outcome_unknown() => launch_unanswered(inst, st, err, ctx).await,
@@ -396,7 +398,7 @@ async fn launch_unanswered(
         "launch of {} in {} on {} got no answer ({err}); looking for machine {name} there before trying any other offer",
         offer.instance_type, offer.region, offer.backend
     );
-    ctx.event(&inst, true, "LaunchUnanswered", msg.clone()).await;
+    ctx.event(&inst, true, Reason::LaunchUnanswered, msg.clone()).await;
     still_resolving(&inst, &mut st, &msg, at, ctx).await
 }
 
@@ -409,8 +411,8 @@ async fn still_resolving(
     ctx: &Context,
 ) -> Result<Next, Error> {
     let now = ctx.now();
-    set_false_since(&mut st.conditions, LAUNCH_RESOLVED, "Resolving", msg, inst.metadata.generation, now);
-    ready(st, inst, now, "ResolvingLaunch", msg);
+    set_false_since(&mut st.conditions, LAUNCH_RESOLVED, Reason::Resolving, msg, inst.metadata.generation, now);
+    ready(st, inst, now, Reason::ResolvingLaunch, msg);
     ctx.write_status(inst, st).await?;
     Ok(Next::Stop(Action::requeue(until(now, next))))
 }
@@ -447,10 +449,10 @@ async fn resolve(
                 "machine {} ({}) found where the unanswered launch went; it is this instance's",
                 m.provider_id, machine.name
             );
-            clear_false(&mut st.conditions, LAUNCH_RESOLVED, "MachineFound", &msg, gen, now);
-            let reason = if st.phase == InstancePhase::Idle { "Idle" } else { "Provisioning" };
+            clear_false(&mut st.conditions, LAUNCH_RESOLVED, Reason::MachineFound, &msg, gen, now);
+            let reason = if st.phase == InstancePhase::Idle { Reason::Idle } else { Reason::Provisioning };
             ready(&mut st, &inst, now, reason, &msg);
-            ctx.event(&inst, false, "Launched", msg).await;
+            ctx.event(&inst, false, Reason::Launched, msg).await;
             Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
         }
         Resolution::Absent => {
@@ -458,7 +460,7 @@ async fn resolve(
                 "no machine {} in {} on {}: the unanswered launch started none",
                 machine.name, offer.region, offer.backend
             );
-            clear_false(&mut st.conditions, LAUNCH_RESOLVED, "NoMachine", &msg, gen, now);
+            clear_false(&mut st.conditions, LAUNCH_RESOLVED, Reason::NoMachine, &msg, gen, now);
             let err = BackendError::Unanswered(format!("the launch got no answer and started no machine ({msg})"));
             launch_failed(inst, st, policy, err, ctx).await
         }
@@ -496,11 +498,11 @@ async fn launch_failed(
         LaunchFailure::NextOffer => {
             let o = st.offer.clone().unwrap_or_default();
             let msg = format!("{tried} failed ({}); trying {} in {}", err.category(), o.instance_type, o.region);
-            ready(&mut st, &inst, now, "Provisioning", &msg);
+            ready(&mut st, &inst, now, Reason::Provisioning, &msg);
             Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
         }
         LaunchFailure::RetryAt(at) => {
-            ready(&mut st, &inst, now, "WaitingForCapacity", &format!("{tried} failed: {err}; retrying"));
+            ready(&mut st, &inst, now, Reason::WaitingForCapacity, &format!("{tried} failed: {err}; retrying"));
             ctx.write_status(&inst, &st).await?;
             Ok(Next::Stop(Action::requeue(until(now, at))))
         }
@@ -524,8 +526,8 @@ async fn poll(inst: Instance, mut st: InstanceStatus, policy: &EffectivePolicy, 
     match backend.get_at(&machine).await {
         Ok(m) if m.state == MachineState::Running => {
             sm::observe_machine(&mut st, &m, now);
-            ready(&mut st, &inst, now, "Idle", "machine is up; ready for runs");
-            ctx.event(&inst, false, "Ready", format!("machine {} is up", m.provider_id)).await;
+            ready(&mut st, &inst, now, Reason::Idle, "machine is up; ready for runs");
+            ctx.event(&inst, false, Reason::Ready, format!("machine {} is up", m.provider_id)).await;
             Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
         }
         Ok(m) if m.state == MachineState::Pending => {
@@ -579,20 +581,20 @@ async fn check_run(inst: Instance, mut st: InstanceStatus, run: &str, ctx: &Cont
     if st.job.is_some() {
         // Its job may still run on the machine: held until it is stopped there.
         st.run = None;
-        ready(&mut st, &inst, now, "Fencing", &format!("run {run} no longer holds the instance; stopping its job"));
+        ready(
+            &mut st,
+            &inst,
+            now,
+            Reason::Fencing,
+            &format!("run {run} no longer holds the instance; stopping its job"),
+        );
         return Ok(Next::Continue(ctx.write_status(&inst, &st).await?));
     }
     sm::release(&mut st, now);
-    ready(&mut st, &inst, now, "Idle", &format!("run {run} no longer holds the instance"));
-    ctx.event(&inst, false, "Released", format!("run {run} is gone or finished")).await;
+    ready(&mut st, &inst, now, Reason::Idle, &format!("run {run} no longer holds the instance"));
+    ctx.event(&inst, false, Reason::Released, format!("run {run} is gone or finished")).await;
     Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
 }
-
-/// `Ready` reasons of instances the health check gave up on.
-pub const LOST_REASONS: [&str; 4] = ["Reclaimed", "MachineGone", "Unreachable", "BudgetExceeded"];
-
-/// The condition that says whether the instance's machine answers.
-pub const REACHABLE: &str = "Reachable";
 
 /// The condition that says why deleting the instance's machine fails: `False` (reason
 /// `DeleteFailed`, the provider's error) while the backend cannot delete it or confirm it
@@ -607,14 +609,11 @@ fn health_wait(inst: &Instance, ctx: &Context) -> Duration {
 
 /// The health check of an Idle or Busy instance, at most once per
 /// [`HealthConfig::interval`](super::context::HealthConfig): asks the backend how the
-/// machine is. `Running` -> reachable; `Pending` -> up at the provider but not answering
-/// (the `Reachable` condition goes False at once; after the unreachable grace the
-/// instance is terminated with reason `Unreachable`); `Stopping`, `Terminated` or
-/// `NotFound` -> the provider took it back (a spot reclaim, a termination outside kpool):
-/// terminated at once with reason `Reclaimed` (spot) or `MachineGone`. A run on it is
-/// then interrupted by the run controller. A failing provider call changes nothing (the
-/// provider's outage is not the machine's). Busy instances of `kubernetes` backends are
-/// left to the job runner, which follows the job Pod that stands in for the slot.
+/// machine is and applies the verdict of [`health::verdict`] (reachable again, not
+/// answering within the grace, or lost: Terminating with `Unreachable`, `Reclaimed` or
+/// `MachineGone`). A run on a lost instance is then interrupted by the run controller.
+/// Busy instances of `kubernetes` backends are left to the job runner, which follows the
+/// job Pod that stands in for the slot.
 ///
 /// `Some(next)` when the instance changed phase and the caller must go on from there.
 async fn check_health(inst: &Instance, st: &mut InstanceStatus, ctx: &Context) -> Result<Option<Next>, Error> {
@@ -639,59 +638,43 @@ async fn check_health(inst: &Instance, st: &mut InstanceStatus, ctx: &Context) -
     // Looked for where it was launched, not only where the Backend would launch today: a
     // Backend edit (regions, namespace) must never read as the machine being gone.
     let machine = MachineRef { name, ..MachineRef::of(st).unwrap_or_default() };
-    let verdict = match backend.get_at(&machine).await {
-        Ok(m) if m.state == MachineState::Running => None,
-        Ok(m) if m.state == MachineState::Pending => Some(("Unreachable", "the machine does not answer".to_string())),
-        Ok(m) => Some(("Gone", format!("the provider reports machine {} {:?}", m.provider_id, m.state))),
-        Err(BackendError::NotFound(_)) => Some(("Gone", "the provider no longer has the machine".to_string())),
-        Err(e) => {
-            tracing::warn!(instance = %inst.name_any(), error = %e, "health check failed: provider did not answer");
-            ctx.metrics.health_check_failed(&offer.backend);
-            return Ok(None);
-        }
-    };
+    let answer = backend.get_at(&machine).await;
+    let (grace, interval) = (ctx.health.unreachable_grace, ctx.health.interval);
     let gen = inst.metadata.generation;
-    match verdict {
-        None => {
+    match health::verdict(answer.as_ref(), st, offer.spot, grace, interval, now) {
+        Verdict::Unknown => {
+            if let Err(e) = &answer {
+                tracing::warn!(instance = %inst.name_any(), error = %e, "health check failed: provider did not answer");
+            }
+            ctx.metrics.health_check_failed(&offer.backend);
+            Ok(None)
+        }
+        Verdict::Reachable => {
             let back = "the machine answers again";
-            if !clear_false(&mut st.conditions, REACHABLE, "Reachable", back, gen, now) {
+            if !clear_false(&mut st.conditions, REACHABLE, Reason::Reachable, back, gen, now) {
                 return Ok(None);
             }
-            ctx.event(inst, false, "Reachable", back.into()).await;
+            ctx.event(inst, false, Reason::Reachable, back.into()).await;
             Ok(Some(Next::Continue(ctx.write_status(inst, st).await?)))
         }
-        // Just released: its machine may still be coming back (a kubernetes slot Pod that
-        // is created again when a job ends); it gets one interval before it counts.
-        Some(("Unreachable", _)) if recently_idle(st, ctx, now) => Ok(None),
-        Some(("Unreachable", msg)) => {
-            let (first, since) = set_false_since(&mut st.conditions, REACHABLE, "Unreachable", &msg, gen, now);
-            let deadline = crate::core::add(since, ctx.health.unreachable_grace);
-            if now < deadline {
-                if first {
-                    let note = format!("{msg}; the instance is terminated at {deadline} if it stays so");
-                    ctx.event(inst, true, "Unreachable", note).await;
-                    return Ok(Some(Next::Continue(ctx.write_status(inst, st).await?)));
-                }
+        Verdict::Settling => Ok(None),
+        Verdict::Unreachable { deadline } => {
+            let (first, _) =
+                set_false_since(&mut st.conditions, REACHABLE, Reason::Unreachable, NOT_ANSWERING, gen, now);
+            if !first {
                 return Ok(None);
             }
-            let msg = format!("{msg} for {}s; terminating the instance", ctx.health.unreachable_grace.as_secs());
-            give_up(inst, st, "Unreachable", &msg, ctx).await.map(Some)
+            let note = format!("{NOT_ANSWERING}; the instance is terminated at {deadline} if it stays so");
+            ctx.event(inst, true, Reason::Unreachable, note).await;
+            Ok(Some(Next::Continue(ctx.write_status(inst, st).await?)))
         }
-        Some((_, msg)) => {
-            let reason = if offer.spot { "Reclaimed" } else { "MachineGone" };
-            let msg = match &st.run {
-                Some(run) => format!("{msg}; run {run} is interrupted"),
-                None => msg,
-            };
-            give_up(inst, st, reason, &msg, ctx).await.map(Some)
+        Verdict::Lost { reason, message } => {
+            if reason == Reason::Unreachable {
+                set_false_since(&mut st.conditions, REACHABLE, Reason::Unreachable, NOT_ANSWERING, gen, now);
+            }
+            give_up(inst, st, reason, &message, ctx).await.map(Some)
         }
     }
-}
-
-/// Whether the instance went idle less than a health-check interval ago.
-fn recently_idle(st: &InstanceStatus, ctx: &Context, now: Timestamp) -> bool {
-    st.phase == InstancePhase::Idle
-        && st.idle_since.as_ref().is_some_and(|t| now < crate::core::add(t.0, ctx.health.interval))
 }
 
 /// A live instance that cannot be used any more: Terminating with `reason`, so that the
@@ -699,7 +682,7 @@ fn recently_idle(st: &InstanceStatus, ctx: &Context, now: Timestamp) -> bool {
 async fn give_up(
     inst: &Instance,
     st: &mut InstanceStatus,
-    reason: &str,
+    reason: Reason,
     msg: &str,
     ctx: &Context,
 ) -> Result<Next, Error> {
@@ -707,7 +690,7 @@ async fn give_up(
     sm::terminate(st);
     ready(st, inst, now, reason, msg);
     ctx.event(inst, true, reason, msg.to_string()).await;
-    ctx.metrics.instance_lost(st.offer.as_ref().map(|o| o.backend.as_str()).unwrap_or_default(), reason);
+    ctx.metrics.instance_lost(st.offer.as_ref().map(|o| o.backend.as_str()).unwrap_or_default(), reason.as_str());
     Ok(Next::Continue(ctx.write_status(inst, st).await?))
 }
 
@@ -723,15 +706,23 @@ async fn teardown(inst: Instance, mut st: InstanceStatus, ctx: &Context) -> Resu
     };
     if deleted {
         sm::gone(&mut st, now);
-        clear_false(&mut st.conditions, TEARDOWN, "Deleted", "the machine is deleted", inst.metadata.generation, now);
-        let (reason, message) = match crate::api::conditions::find(&st.conditions, "Ready") {
+        clear_false(
+            &mut st.conditions,
+            TEARDOWN,
+            Reason::Deleted,
+            "the machine is deleted",
+            inst.metadata.generation,
+            now,
+        );
+        let was = crate::api::conditions::find(&st.conditions, READY);
+        let (reason, message) = match was.and_then(|c| Reason::parse(&c.reason).map(|r| (r, c))) {
             // Lost by the health check: the message says what happened, keep it.
-            Some(c) if LOST_REASONS.contains(&c.reason.as_str()) => (c.reason.clone(), c.message.clone()),
-            Some(c) if c.reason != "Terminating" => (c.reason.clone(), "the machine is deleted".into()),
-            _ => ("Terminated".into(), "the machine is deleted".into()),
+            Some((r, c)) if r.instance_lost() => (r, c.message.clone()),
+            Some((r, _)) if r != Reason::Terminating => (r, "the machine is deleted".to_string()),
+            _ => (Reason::Terminated, "the machine is deleted".to_string()),
         };
-        ready(&mut st, &inst, now, &reason, &message);
-        ctx.event(&inst, false, "Terminated", "the machine is deleted".into()).await;
+        ready(&mut st, &inst, now, reason, &message);
+        ctx.event(&inst, false, Reason::Terminated, "the machine is deleted".into()).await;
         ctx.forget_admission(&ns, st.pool.as_deref().unwrap_or_default(), &inst.name_any());
         return Ok(Next::Continue(ctx.write_status(&inst, &st).await?));
     }
@@ -748,8 +739,8 @@ async fn teardown_failed(inst: &Instance, st: &mut InstanceStatus, err: Error, c
     if conditions::find(&st.conditions, TEARDOWN).is_some_and(|c| c.status == "False" && c.message == msg) {
         return err;
     }
-    set_false_since(&mut st.conditions, TEARDOWN, "DeleteFailed", &msg, inst.metadata.generation, ctx.now());
-    ctx.event(inst, true, "DeleteFailed", msg).await;
+    set_false_since(&mut st.conditions, TEARDOWN, Reason::DeleteFailed, &msg, inst.metadata.generation, ctx.now());
+    ctx.event(inst, true, Reason::DeleteFailed, msg).await;
     // Best effort: the error is returned (and logged) whether or not this is recorded.
     if let Err(e) = ctx.write_status(inst, st).await {
         tracing::debug!(error = %e, "failed to record the teardown failure");
@@ -816,7 +807,7 @@ async fn cleanup(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action, Error
         Err(e) => {
             if st.phase != InstancePhase::Terminating {
                 sm::terminate(&mut st);
-                ready(&mut st, &inst, ctx.now(), "Terminating", "instance deleted; deleting the machine");
+                ready(&mut st, &inst, ctx.now(), Reason::Terminating, "instance deleted; deleting the machine");
             }
             return Err(teardown_failed(&inst, &mut st, e, &ctx).await);
         }
@@ -827,16 +818,17 @@ async fn cleanup(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action, Error
         ctx.metrics.observe_instance(&inst.uid().unwrap_or_default(), None);
         ctx.forget_admission(&ns, st.pool.as_deref().unwrap_or_default(), &inst.name_any());
         ctx.forget_object(&inst.uid().unwrap_or_default());
-        ctx.event(&*inst, false, "Deleted", "the machine is gone; removing the instance".into()).await;
+        ctx.event(&*inst, false, Reason::Deleted, "the machine is gone; removing the instance".into()).await;
         return Ok(Action::await_change());
     }
     if st.phase != InstancePhase::Terminating {
         let now = ctx.now();
         if let Some(run) = &st.run {
-            ctx.event(&*inst, true, "Terminating", format!("instance deleted while run {run} was using it")).await;
+            ctx.event(&*inst, true, Reason::Terminating, format!("instance deleted while run {run} was using it"))
+                .await;
         }
         sm::terminate(&mut st);
-        ready(&mut st, &inst, now, "Terminating", "instance deleted; deleting the machine");
+        ready(&mut st, &inst, now, Reason::Terminating, "instance deleted; deleting the machine");
         // Best effort: the object is going away; a conflict is retried by the next pass.
         if let Err(e) = ctx.write_status(&*inst, &st).await {
             tracing::debug!(error = %e, "failed to record Terminating");
@@ -849,13 +841,18 @@ async fn cleanup(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action, Error
 /// a status write conditional on the copy `inst` the caller decided on: if anything
 /// changed it meanwhile (a run claimed it), the write fails and the instance is left
 /// alone. Whether it was ended.
-pub(super) async fn end_if_unchanged(inst: &Instance, reason: &str, why: String, ctx: &Context) -> Result<bool, Error> {
+pub(super) async fn end_if_unchanged(
+    inst: &Instance,
+    reason: Reason,
+    why: String,
+    ctx: &Context,
+) -> Result<bool, Error> {
     let mut st = inst.status.clone().unwrap_or_default();
     sm::terminate(&mut st);
     ready(&mut st, inst, ctx.now(), reason, &why);
     match ctx.write_status(inst, &st).await {
         Ok(_) => {
-            ctx.event(inst, reason == "BudgetExceeded", reason, why).await;
+            ctx.event(inst, reason == Reason::BudgetExceeded, reason, why).await;
             Ok(true)
         }
         Err(Error::Kube(e)) if super::is_conflict(&e) || super::is_not_found(&e) => Ok(false),
@@ -866,7 +863,7 @@ pub(super) async fn end_if_unchanged(inst: &Instance, reason: &str, why: String,
 /// Sets the `Ready` condition from the phase, `Reconciling` or `Stalled` with it (see
 /// [`progress`]), and the generation the status describes. Returns true when any of it
 /// changed.
-pub(super) fn ready(st: &mut InstanceStatus, inst: &Instance, now: Timestamp, reason: &str, message: &str) -> bool {
+pub(super) fn ready(st: &mut InstanceStatus, inst: &Instance, now: Timestamp, reason: Reason, message: &str) -> bool {
     let status = match st.phase {
         InstancePhase::Idle | InstancePhase::Busy => "True",
         InstancePhase::Pending | InstancePhase::Provisioning => "Unknown",

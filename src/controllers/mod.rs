@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use kube::runtime::controller::Action;
 
+use crate::api::reasons::Reason;
 use crate::api::resources::SpecError;
 use crate::backends::BackendError;
 use crate::exec::ExecError;
@@ -57,31 +58,32 @@ pub enum Error {
 impl Error {
     /// A bounded string for Event reasons and metric labels.
     pub fn category(&self) -> &'static str {
-        match self {
-            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "Conflict",
-            Error::Kube(_) => "KubeApi",
-            Error::Backend { source, .. } => source.category(),
-            Error::Exec(e) => e.category(),
-            Error::Invalid(_) => "InvalidSpec",
-            Error::StillDeleting(_) => "StillDeleting",
-            Error::MissingBackend(..) => "MissingBackend",
-            Error::BackendInUse(..) => "BackendInUse",
-            Error::InstanceKey(_) => "InstanceKey",
+        let reason = match self {
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 => Reason::Conflict,
+            Error::Kube(_) => Reason::KubeApi,
+            Error::Backend { source, .. } => return source.category(),
+            Error::Exec(e) => return e.category(),
+            Error::Invalid(_) => Reason::InvalidSpec,
+            Error::StillDeleting(_) => Reason::StillDeleting,
+            Error::MissingBackend(..) => Reason::MissingBackend,
+            Error::BackendInUse(..) => Reason::BackendInUse,
+            Error::InstanceKey(_) => Reason::InstanceKey,
             Error::Finalizer(e) => match e.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
-                    e.category()
+                    return e.category()
                 }
-                _ => "Finalizer",
+                _ => Reason::Finalizer,
             },
-        }
+        };
+        reason.as_str()
     }
 
     /// How soon to try again after this error.
     pub fn retry_after(&self) -> Duration {
-        match self.category() {
-            "Conflict" => Duration::from_millis(200),
-            "StillDeleting" | "BackendInUse" => Duration::from_secs(5),
-            "RateLimited" => Duration::from_secs(30),
+        match Reason::parse(self.category()) {
+            Some(Reason::Conflict) => Duration::from_millis(200),
+            Some(Reason::StillDeleting | Reason::BackendInUse) => Duration::from_secs(5),
+            Some(Reason::RateLimited) => Duration::from_secs(30),
             _ => Duration::from_secs(15),
         }
     }

@@ -11,10 +11,11 @@ use kube::ResourceExt;
 
 use super::observe::{instance_pool, instances};
 use super::{is_conflict, is_not_found, Context, Error};
-use crate::api::conditions::condition;
+use crate::api::conditions::{condition, AT_CAPACITY, READY, WARM};
 use crate::api::instance::{Instance, InstancePhase, InstanceSpec, INSTANCE_FINALIZER, POOL_LABEL, WARM_LABEL};
 use crate::api::pool::{Pool, PoolStatus, WarmStatus};
-use crate::core::pool::pool_counts;
+use crate::api::reasons::Reason;
+use crate::core::pool::{fits, pool_counts, room};
 
 /// Reconciles one `Pool`: writes counts and conditions when they changed.
 pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -28,7 +29,7 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action, Err
     // resourceVersion this write is conditional on.
     st.idle_gaps = previous.idle_gaps.clone();
     let holding = (st.provisioning + st.idle + st.busy + st.terminating) as usize;
-    let at_capacity = pool.spec.max_instances.is_some_and(|m| holding >= m as usize);
+    let at_capacity = !fits(pool.spec.max_instances, holding, 0);
     let now = ctx.now();
     let warm = keep_warm(&pool, &all, holding as u32, &ctx).await?;
     let enforce_again = super::budget::enforce(&pool, &all, &ctx).await?;
@@ -39,18 +40,18 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action, Err
     st.conditions = vec![
         condition(
             &previous.conditions,
-            "Ready",
+            READY,
             true,
-            "Reconciled",
+            Reason::Reconciled,
             "counts are up to date",
             pool.metadata.generation,
             now,
         ),
         condition(
             &previous.conditions,
-            "AtCapacity",
+            AT_CAPACITY,
             at_capacity,
-            if at_capacity { "MaxInstancesReached" } else { "HasRoom" },
+            if at_capacity { Reason::MaxInstancesReached } else { Reason::HasRoom },
             message,
             pool.metadata.generation,
             now,
@@ -61,15 +62,15 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action, Err
     if let Some(Warmth { status: w, message, invalid }) = warm {
         let ok = w.ready >= w.wanted && invalid.is_none();
         let (reason, message) = match invalid {
-            Some(e) => ("InvalidWindow", format!("{e}; this window is ignored; {message}")),
-            None if ok => ("Ready", message),
-            None if w.starting > 0 => ("Starting", message),
-            None => ("NoRoom", message),
+            Some(e) => (Reason::InvalidWindow, format!("{e}; this window is ignored; {message}")),
+            None if ok => (Reason::Ready, message),
+            None if w.starting > 0 => (Reason::Starting, message),
+            None => (Reason::NoRoom, message),
         };
         if let Some(t) = w.next_change.as_ref() {
             requeue = requeue.min(super::instance::until(now, t.0));
         }
-        let c = condition(&previous.conditions, "Warm", ok, reason, message, pool.metadata.generation, now);
+        let c = condition(&previous.conditions, WARM, ok, reason, message, pool.metadata.generation, now);
         st.conditions.push(c);
         st.warm = Some(w);
     }
@@ -127,12 +128,12 @@ async fn keep_warm(pool: &Pool, all: &[Instance], holding: u32, ctx: &Context) -
     let mut ended = 0;
     for inst in unlaunched.into_iter().take(excess) {
         let why = format!("pool {name} keeps {min_idle} warm now; this one was not launched yet and is not needed");
-        if super::instance::end_if_unchanged(inst, "WarmSurplus", why, ctx).await? {
+        if super::instance::end_if_unchanged(inst, Reason::WarmSurplus, why, ctx).await? {
             ended += 1;
         }
     }
     let starting = starting - ended;
-    let room = pool.spec.max_instances.map_or(u32::MAX, |m| m.saturating_sub(holding));
+    let room = room(pool.spec.max_instances, holding as usize, 0).map_or(u32::MAX, |r| r as u32);
     let missing = min_idle.saturating_sub(ready + starting);
     let launch = missing.min(room);
     let api: Api<Instance> = Api::namespaced(ctx.client.clone(), &ns);
@@ -158,7 +159,7 @@ async fn keep_warm(pool: &Pool, all: &[Instance], holding: u32, ctx: &Context) -
     surplus.sort_by_key(|i| std::cmp::Reverse(i.name_any()));
     for inst in surplus.into_iter().take(ready.saturating_sub(min_idle) as usize) {
         let why = format!("pool {name} keeps {min_idle} warm now; this one is beyond that");
-        super::instance::end_if_unchanged(inst, "WarmSurplus", why, ctx).await?;
+        super::instance::end_if_unchanged(inst, Reason::WarmSurplus, why, ctx).await?;
     }
     // Ended warm instances are removed, so that their names do not pile up.
     for inst in mine.iter().filter(|i| matches!(phase(i), InstancePhase::Terminated | InstancePhase::Failed)) {

@@ -14,19 +14,23 @@ use kube::ResourceExt;
 
 use super::idle_gaps;
 use super::instance::until;
-use super::observe::{instance_pool, instances, policy_of, pool_of};
+use super::observe::{instances, policy_of, pool_of};
 use super::{is_conflict, Context, Error};
-use crate::api::conditions::{clear_false, condition_tri, find, set_false_since, set_progress, upsert, Progress};
+use crate::api::conditions::{
+    clear_false, condition_tri, find, set_false_since, set_progress, upsert, Progress, QUEUED, READY, SCHEDULED,
+    SUCCEEDED,
+};
 use crate::api::instance::{
     Instance, InstancePhase, InstanceSpec, JobRef, LaunchAttempt, LaunchOutcome, INSTANCE_FINALIZER,
     INTERRUPTIONS_ANNOTATION, POOL_LABEL, PROVISIONED_FOR_ANNOTATION, PROVISIONED_FOR_LABEL,
 };
 use crate::api::pool::{Pool, PoolSpec, DEFAULT_POOL_NAME};
+use crate::api::reasons::Reason;
 use crate::api::run::{Run, RunPhase, RunStatus, RUN_FINALIZER};
 use crate::core::idle_auto::spell;
 use crate::core::matching::{assign, IdleInstance, PendingRun};
 use crate::core::policy::{EffectivePolicy, Origin};
-use crate::core::pool::has_room;
+use crate::core::pool::{fits, occupying};
 use crate::core::run::{self as sm, JobState, NoFit};
 use crate::exec::ExecError;
 
@@ -115,7 +119,7 @@ async fn step(run: Run, ctx: &Context) -> Result<Next, Error> {
         st.pool = Some(pool_name);
         st.submitted_at = Some(Time(now));
         st.phase = RunPhase::Pending;
-        scheduled(&mut st, &run, now, false, "Pending", "looking for an idle instance");
+        scheduled(&mut st, &run, now, false, Reason::Pending, "looking for an idle instance");
         // Not written on its own: every way on from here writes the status (a claim, a
         // wait, a provisioning, a failure), with these fields in it. A run placed at once
         // costs one status write less.
@@ -135,7 +139,7 @@ async fn step(run: Run, ctx: &Context) -> Result<Next, Error> {
         Ok(v) => v,
         Err(Error::Invalid(e)) => {
             let msg = format!("{e}; fix the spec or the profile and create the run again");
-            return finish(ctx, run, st, RunPhase::Failed, "InvalidSpec", None, &msg).await;
+            return finish(ctx, run, st, RunPhase::Failed, Reason::InvalidSpec, None, &msg).await;
         }
         Err(e) => return Err(e),
     };
@@ -145,7 +149,7 @@ async fn step(run: Run, ctx: &Context) -> Result<Next, Error> {
             None => "stopped by the user".to_string(),
             Some(why) => format!("stopped by the user; {why}"),
         };
-        return finish(ctx, run, st, RunPhase::Terminated, "Stopped", None, &msg).await;
+        return finish(ctx, run, st, RunPhase::Terminated, Reason::Stopped, None, &msg).await;
     }
 
     match st.phase {
@@ -282,13 +286,11 @@ async fn place(
             // answer was lost). Create it now; a failure is an API error, retried, never
             // a provisioning failure. A 409 means it exists after all.
             create_instance(ctx, &run, &name, &pool_name).await?;
-            ctx.event(&run, false, "Provisioning", format!("no idle instance fits; provisioning instance {name}"))
-                .await;
             return Ok(Next::Stop(Action::requeue(WAIT_RECHECK)));
         };
         let phase = inst.status.as_ref().map(|s| s.phase);
         // What the instance's Ready condition says, if it says anything.
-        let ready = inst.status.as_ref().and_then(|s| find(&s.conditions, "Ready"));
+        let ready = inst.status.as_ref().and_then(|s| find(&s.conditions, READY));
         match phase {
             Some(InstancePhase::Failed) | Some(InstancePhase::Terminated) | Some(InstancePhase::Terminating) => {
                 let why = ready.map(|c| c.message.clone()).unwrap_or_else(|| format!("instance {name} is gone"));
@@ -300,14 +302,21 @@ async fn place(
                         run,
                         st,
                         RunPhase::Failed,
-                        "NoCapacity",
+                        Reason::NoCapacity,
                         None,
                         &format!("could not provision: {why}"),
                     )
                     .await;
                 }
                 sm::provisioning_failed(&mut st, now);
-                scheduled(&mut st, &run, now, false, "Retrying", &format!("provisioning failed ({why}); retrying"));
+                scheduled(
+                    &mut st,
+                    &run,
+                    now,
+                    false,
+                    Reason::Retrying,
+                    &format!("provisioning failed ({why}); retrying"),
+                );
                 return Ok(Next::Continue(ctx.write_status(&run, &st).await?));
             }
             // Not launched yet (waiting for room in its pool) when the run's retry window
@@ -323,13 +332,15 @@ async fn place(
                     return Ok(Next::Stop(Action::requeue(Duration::ZERO)));
                 }
                 let msg = format!("retry window ended: instance {name} was never launched: {why}");
-                return finish(ctx, run, st, RunPhase::Failed, "NoCapacity", None, &msg).await;
+                return finish(ctx, run, st, RunPhase::Failed, Reason::NoCapacity, None, &msg).await;
             }
             _ => {
                 let why = ready
                     .map(|c| format!("{}: {}", c.reason, c.message))
                     .unwrap_or_else(|| "waiting for the instance to start".into());
-                if scheduled(&mut st, &run, now, false, "Provisioning", &format!("instance {name}: {why}")) || moved {
+                if scheduled(&mut st, &run, now, false, Reason::Provisioning, &format!("instance {name}: {why}"))
+                    || moved
+                {
                     return Ok(Next::Continue(ctx.write_status(&run, &st).await?));
                 }
                 return Ok(Next::Stop(Action::requeue(WAIT_RECHECK)));
@@ -338,16 +349,10 @@ async fn place(
     }
 
     let max = pool.as_ref().and_then(|p| p.spec.max_instances);
-    let in_pool = all
-        .iter()
-        .filter(|i| instance_pool(i).is_none_or(|p| p == pool_name))
-        .filter(|i| {
-            i.status.as_ref().is_none_or(|s| !matches!(s.phase, InstancePhase::Terminated | InstancePhase::Failed))
-        })
-        .count();
+    let in_pool = occupying(&all, &pool_name);
     // Free slots go to the runs ahead in the queue that wait for room first.
     let ahead = if max.is_some() { ahead_waiting_for_room(&run, &runs, &pool_name) } else { 0 };
-    match sm::no_fit(&st, &policy, &pool_name, has_room(max, in_pool + ahead), run.spec.instance.as_deref(), now) {
+    match sm::no_fit(&st, &policy, &pool_name, fits(max, in_pool, ahead), run.spec.instance.as_deref(), now) {
         NoFit::Provision => {
             let name = sm::instance_name_for(&run.name_any(), st.attempts);
             sm::provisioning(&mut st, &name);
@@ -356,18 +361,16 @@ async fn place(
                 &run,
                 now,
                 false,
-                "Provisioning",
+                Reason::Provisioning,
                 &format!("no idle instance fits; provisioning {name}"),
             );
             // Record the name first: a crash after this write cannot create a second one.
             let run = ctx.write_status(&run, &st).await?;
             create_instance(ctx, &run, &name, &pool_name).await?;
-            ctx.event(&run, false, "Provisioning", format!("no idle instance fits; provisioning instance {name}"))
-                .await;
             Ok(Next::Continue(run))
         }
         NoFit::Wait { reason, mut message, retry_at } => {
-            if reason == "PoolAtCapacity" && has_room(max, in_pool) {
+            if reason == Reason::PoolAtCapacity && fits(max, in_pool, 0) {
                 message = format!(
                     "pool {pool_name} has a free slot, held for the {ahead} run(s) ahead of this one in its queue \
                      (priority, then age)"
@@ -462,7 +465,7 @@ fn ahead_waiting_for_room(run: &Run, runs: &[Run], pool: &str) -> usize {
             r.status.as_ref().is_some_and(|s| {
                 s.pool.as_deref() == Some(pool)
                     && s.provisioning_instance.is_none()
-                    && find(&s.conditions, "Scheduled").is_some_and(|c| c.reason == "PoolAtCapacity")
+                    && find(&s.conditions, SCHEDULED).is_some_and(|c| c.reason == Reason::PoolAtCapacity)
             })
         })
         .filter(|r| sm::queue_key(r) < me)
@@ -489,7 +492,7 @@ async fn start(
             // Executors refuse before anything runs on the machine.
             release_instance(ctx, &run, Some(&inst.name_any()), true).await?;
             let msg = e.to_string();
-            return finish(ctx, run, st, RunPhase::Failed, "Unsupported", None, &msg).await;
+            return finish(ctx, run, st, RunPhase::Failed, Reason::Unsupported, None, &msg).await;
         }
         Err(e) => {
             let limit =
@@ -499,10 +502,10 @@ async fn start(
             return attempt_failed(ctx, run, st, policy, reason, &msg, &inst.name_any()).await;
         }
     }
-    clear_false(&mut st.conditions, JOB_CONTROL, "Controlled", "the job started", run.metadata.generation, now);
+    clear_false(&mut st.conditions, JOB_CONTROL, Reason::Controlled, "the job started", run.metadata.generation, now);
     sm::assigned(&mut st, &inst.name_any(), now);
-    scheduled(&mut st, &run, now, true, "Assigned", &format!("running on instance {}", inst.name_any()));
-    ctx.event(&run, false, "Assigned", format!("running on instance {}", inst.name_any())).await;
+    scheduled(&mut st, &run, now, true, Reason::Assigned, &format!("running on instance {}", inst.name_any()));
+    ctx.event(&run, false, Reason::Assigned, format!("running on instance {}", inst.name_any())).await;
     let run = ctx.write_status(&run, &st).await?;
     ctx.set_claim_in_flight(&run.uid().unwrap_or_default(), None);
     Ok(Next::Continue(run))
@@ -520,22 +523,14 @@ async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Con
     let holds = inst.as_ref().is_some_and(holds_run);
     let Some(inst) = inst.clone().filter(|_| holds) else {
         // Why it went, as the instance says (the health check's reason), if it still exists.
-        let lost = inst
-            .as_ref()
-            .and_then(|i| i.status.as_ref())
-            .and_then(|s| find(&s.conditions, "Ready"))
-            .filter(|c| super::instance::LOST_REASONS.contains(&c.reason.as_str()))
-            .map(|c| (c.reason.clone(), c.message.clone()));
-        let (reason, msg) = match lost {
-            Some((r, m)) if r == "Unreachable" => ("InstanceUnreachable", format!("instance {name}: {m}")),
-            Some((_, m)) => ("Interrupted", format!("instance {name}: {m}")),
-            None => ("Interrupted", format!("instance {name} went away while the run was on it")),
-        };
-        ctx.event(&run, true, reason, msg.clone()).await;
-        if sm::interrupted(&mut st, policy, reason, now) {
-            scheduled(&mut st, &run, now, false, "Retrying", &format!("{msg}; retrying"));
+        let ready = inst.as_ref().and_then(|i| i.status.as_ref()).and_then(|s| find(&s.conditions, READY));
+        let lost =
+            sm::instance_lost(&mut st, policy, &name, ready.map(|c| (c.reason.as_str(), c.message.as_str())), now);
+        ctx.event(&run, true, lost.reason, lost.message.clone()).await;
+        if lost.retried {
+            scheduled(&mut st, &run, now, false, Reason::Retrying, &format!("{}; retrying", lost.message));
         } else {
-            summary(&mut st, &run, now, &msg);
+            summary(&mut st, &run, now, &lost.message);
         }
         return Ok(Next::Continue(ctx.write_status(&run, &st).await?));
     };
@@ -545,7 +540,7 @@ async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Con
                 None => "maxDuration reached; stopped".to_string(),
                 Some(why) => format!("maxDuration reached; {why}"),
             };
-            return finish(ctx, run, st, RunPhase::Terminated, "MaxDurationExceeded", None, &msg).await;
+            return finish(ctx, run, st, RunPhase::Terminated, Reason::MaxDurationExceeded, None, &msg).await;
         }
     }
     let state = match ctx.executor.status(&run, &inst).await {
@@ -556,7 +551,7 @@ async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Con
                 None => e.to_string(),
                 Some(why) => format!("{e}; {why}"),
             };
-            return finish(ctx, run, st, RunPhase::Failed, "Unsupported", None, &msg).await;
+            return finish(ctx, run, st, RunPhase::Failed, Reason::Unsupported, None, &msg).await;
         }
         Err(e) => {
             let grace = ctx.health.unreachable_grace;
@@ -567,12 +562,12 @@ async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Con
     };
     let generation = run.metadata.generation;
     let back = "the instance answers again";
-    let reachable_again = clear_false(&mut st.conditions, REACHABLE, "Reachable", back, generation, now);
+    let reachable_again = clear_false(&mut st.conditions, REACHABLE, Reason::Reachable, back, generation, now);
     if reachable_again {
-        ctx.event(&run, false, "Reachable", format!("instance {name} answers again")).await;
+        ctx.event(&run, false, Reason::Reachable, format!("instance {name} answers again")).await;
     }
     let controlled_again =
-        clear_false(&mut st.conditions, JOB_CONTROL, "Controlled", "the job answers", generation, now);
+        clear_false(&mut st.conditions, JOB_CONTROL, Reason::Controlled, "the job answers", generation, now);
     if reachable_again || controlled_again {
         st = ctx.write_status(&run, &st).await?.status.unwrap_or_default();
     }
@@ -585,7 +580,7 @@ async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Con
             let retried = sm::job_exited(&mut st, policy, code, now);
             let msg = format!("the job exited with code {code}");
             if retried {
-                scheduled(&mut st, &run, now, false, "Retrying", &format!("{msg}; retrying"));
+                scheduled(&mut st, &run, now, false, Reason::Retrying, &format!("{msg}; retrying"));
             } else {
                 summary(&mut st, &run, now, &msg);
             }
@@ -594,7 +589,7 @@ async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Con
             // first, the next pass would take the run for interrupted and lose its exit.
             let run = ctx.write_status(&run, &st).await?;
             release_instance(ctx, &run, Some(&name), true).await?;
-            ctx.event(&run, code != 0, if code == 0 { "Succeeded" } else { "Failed" }, msg).await;
+            ctx.event(&run, code != 0, if code == 0 { Reason::Succeeded } else { Reason::Failed }, msg).await;
             Ok(Next::Continue(run))
         }
     }
@@ -614,14 +609,14 @@ async fn exec_failed(
     verb: &str,
     err: ExecError,
     limit: Duration,
-) -> Result<(&'static str, String), Error> {
+) -> Result<(Reason, String), Error> {
     let now = ctx.now();
     let msg = format!("failed to {verb} the job on instance {instance}: {}", super::chain(&err));
     let reason = match &err {
-        ExecError::MissingBackend { .. } => "MissingBackend",
-        ExecError::Unreachable(_) => "InstanceUnreachable",
-        _ if verb == "start" => "StartFailed",
-        _ => "ExecutorError",
+        ExecError::MissingBackend { .. } => Reason::MissingBackend,
+        ExecError::Unreachable(_) => Reason::InstanceUnreachable,
+        _ if verb == "start" => Reason::StartFailed,
+        _ => Reason::ExecutorError,
     };
     let before = find(&st.conditions, JOB_CONTROL).cloned();
     let (_, since) = set_false_since(&mut st.conditions, JOB_CONTROL, reason, &msg, run.metadata.generation, now);
@@ -643,7 +638,7 @@ async fn attempt_failed(
     run: Run,
     mut st: RunStatus,
     policy: &EffectivePolicy,
-    reason: &str,
+    reason: Reason,
     msg: &str,
     instance: &str,
 ) -> Result<Next, Error> {
@@ -652,8 +647,8 @@ async fn attempt_failed(
     ctx.event(&run, true, reason, msg.to_string()).await;
     if sm::attempt_failed(&mut st, policy, reason, now) {
         let generation = run.metadata.generation;
-        clear_false(&mut st.conditions, JOB_CONTROL, "Retrying", "a new attempt starts", generation, now);
-        scheduled(&mut st, &run, now, false, "Retrying", &format!("{msg}; retrying"));
+        clear_false(&mut st.conditions, JOB_CONTROL, Reason::Retrying, "a new attempt starts", generation, now);
+        scheduled(&mut st, &run, now, false, Reason::Retrying, &format!("{msg}; retrying"));
     } else {
         summary(&mut st, &run, now, msg);
     }
@@ -679,24 +674,29 @@ async fn unreachable(
     let name = inst.name_any();
     let msg = format!("instance {name} does not answer ({why})");
     let (first, since) =
-        set_false_since(&mut st.conditions, REACHABLE, "InstanceUnreachable", &msg, run.metadata.generation, now);
+        set_false_since(&mut st.conditions, REACHABLE, Reason::InstanceUnreachable, &msg, run.metadata.generation, now);
     let grace = ctx.health.unreachable_grace;
     let deadline = crate::core::add(since, grace);
     if now < deadline {
         if first {
-            ctx.event(&run, true, "InstanceUnreachable", format!("{msg}; giving up at {deadline} if it stays so"))
-                .await;
+            ctx.event(
+                &run,
+                true,
+                Reason::InstanceUnreachable,
+                format!("{msg}; giving up at {deadline} if it stays so"),
+            )
+            .await;
             ctx.write_status(&run, &st).await?;
         }
         return Ok(Next::Stop(Action::requeue(until(now, deadline).min(JOB_POLL))));
     }
     let msg = format!("{msg} for {}s; the instance is held until the job is stopped there", grace.as_secs());
-    ctx.event(&run, true, "InstanceUnreachable", msg.clone()).await;
+    ctx.event(&run, true, Reason::InstanceUnreachable, msg.clone()).await;
     let ist = inst.status.clone().unwrap_or_default();
     let job = ist.job.clone().unwrap_or_else(|| JobRef::of(&run));
     hold_instance(ctx, &run, inst, ist, job, &msg).await?;
-    if sm::interrupted(&mut st, policy, "InstanceUnreachable", now) {
-        scheduled(&mut st, &run, now, false, "Retrying", &format!("{msg}; retrying"));
+    if sm::interrupted(&mut st, policy, Reason::InstanceUnreachable, now) {
+        scheduled(&mut st, &run, now, false, Reason::Retrying, &format!("{msg}; retrying"));
     } else {
         summary(&mut st, &run, now, &msg);
     }
@@ -709,7 +709,7 @@ async fn finish(
     run: Run,
     mut st: RunStatus,
     phase: RunPhase,
-    reason: &str,
+    reason: Reason,
     exit: Option<i32>,
     message: &str,
 ) -> Result<Next, Error> {
@@ -738,7 +738,7 @@ async fn stop_job(ctx: &Context, run: &Run, instance: Option<&str>) -> Result<Op
         Err(e) => {
             let why =
                 format!("the job could not be stopped ({}); instance {name} is held until it is", super::chain(&e));
-            ctx.event(run, true, "StopFailed", why.clone()).await;
+            ctx.event(run, true, Reason::StopFailed, why.clone()).await;
             let ist = inst.status.clone().unwrap_or_default();
             if ist.run.as_deref() == Some(&run.name_any()) && ist.phase == InstancePhase::Busy {
                 let job = ist.job.clone().unwrap_or_else(|| JobRef::of(run));
@@ -784,16 +784,16 @@ async fn release(ctx: &Context, run: &Run, instance: Option<&str>, fence: Option
     crate::core::instance::release(&mut ist, now);
     let c = condition_tri(
         &ist.conditions,
-        "Ready",
+        READY,
         "True",
-        "Idle",
+        Reason::Idle,
         format!("run {} ended; idle", run.name_any()),
         inst.metadata.generation,
         now,
     );
     upsert(&mut ist.conditions, c);
     ctx.write_status(&inst, &ist).await?;
-    ctx.event(&inst, false, "Released", format!("run {} ended; the instance is idle", run.name_any())).await;
+    ctx.event(&inst, false, Reason::Released, format!("run {} ended; the instance is idle", run.name_any())).await;
     Ok(())
 }
 
@@ -811,13 +811,14 @@ async fn hold_instance(
     ist.run = None;
     ist.job = Some(job);
     let msg = format!("run {} let go of the instance: {why}", run.name_any());
-    let c = condition_tri(&ist.conditions, "Ready", "True", "Fencing", msg.clone(), inst.metadata.generation, now);
+    let c = condition_tri(&ist.conditions, READY, "True", Reason::Fencing, msg.clone(), inst.metadata.generation, now);
     upsert(&mut ist.conditions, c);
     ctx.write_status(inst, &ist).await?;
-    ctx.event(inst, true, "Fencing", msg).await;
+    ctx.event(inst, true, Reason::Fencing, msg).await;
     Ok(())
 }
 
+/// Creates instance `name` for the run (or finds it created) and says so in an Event.
 async fn create_instance(ctx: &Context, run: &Run, name: &str, pool: &str) -> Result<(), Error> {
     let ns = run.namespace().unwrap_or_default();
     let api: Api<Instance> = Api::namespaced(ctx.client.clone(), &ns);
@@ -838,17 +839,21 @@ async fn create_instance(ctx: &Context, run: &Run, name: &str, pool: &str) -> Re
         (PROVISIONED_FOR_LABEL.to_string(), run.uid().unwrap_or_default()),
         (POOL_LABEL.to_string(), pool.to_string()),
     ]));
-    let interrupted = run.status.as_ref().map_or(0, |s| s.history.iter().filter(|a| a.reason == "Interrupted").count());
+    let interrupted =
+        run.status.as_ref().map_or(0, |s| s.history.iter().filter(|a| a.reason == Reason::Interrupted).count());
     inst.metadata.annotations = Some(BTreeMap::from([
         (PROVISIONED_FOR_ANNOTATION.to_string(), run.name_any()),
         (INTERRUPTIONS_ANNOTATION.to_string(), interrupted.to_string()),
     ]));
     match api.create(&PostParams::default(), &inst).await {
-        Ok(_) => Ok(()),
-        // Created by an earlier pass that crashed before recording progress.
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
+        // A 409: created by an earlier pass that crashed before recording progress.
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(e.into()),
     }
+    let note = format!("no idle instance fits; provisioning instance {name}");
+    ctx.event(run, false, Reason::Provisioning, note).await;
+    Ok(())
 }
 
 /// Ends and deletes instance `name` unless it has started launching; `false` when it has
@@ -872,7 +877,7 @@ async fn delete_if_unlaunched(ctx: &Context, ns: &str, name: &str, why: &str) ->
             return Ok(false);
         }
         st.phase = InstancePhase::Terminated;
-        super::instance::ready(&mut st, &inst, ctx.now(), "NotNeeded", why);
+        super::instance::ready(&mut st, &inst, ctx.now(), Reason::NotNeeded, why);
         match ctx.write_status(&inst, &st).await {
             Ok(_) => {}
             // It moved on (Provisioning) since it was read: look again next pass.
@@ -916,17 +921,17 @@ async fn cleanup(run: Arc<Run>, ctx: Arc<Context>) -> Result<Action, Error> {
 }
 
 /// Sets `Scheduled`; returns true when it changed.
-fn scheduled(st: &mut RunStatus, run: &Run, now: Timestamp, assigned: bool, reason: &str, message: &str) -> bool {
+fn scheduled(st: &mut RunStatus, run: &Run, now: Timestamp, assigned: bool, reason: Reason, message: &str) -> bool {
     let c = condition_tri(
         &st.conditions,
-        "Scheduled",
+        SCHEDULED,
         if assigned { "True" } else { "False" },
         reason,
         message,
         run.metadata.generation,
         now,
     );
-    let changed = find(&st.conditions, "Scheduled")
+    let changed = find(&st.conditions, SCHEDULED)
         .is_none_or(|old| old.status != c.status || old.reason != c.reason || old.message != c.message);
     upsert(&mut st.conditions, c);
     summary(st, run, now, message);
@@ -937,15 +942,15 @@ fn scheduled(st: &mut RunStatus, run: &Run, now: Timestamp, assigned: bool, reas
 /// (see [`progress`]), and the generation the status describes.
 fn summary(st: &mut RunStatus, run: &Run, now: Timestamp, message: &str) {
     let (status, reason) = match st.phase {
-        RunPhase::Succeeded => ("True", "Succeeded".to_string()),
+        RunPhase::Succeeded => ("True", Reason::Succeeded.to_string()),
         RunPhase::Failed | RunPhase::Terminated => ("False", st.termination_reason.clone().unwrap_or_default()),
         p => ("Unknown", p.as_str().to_string()),
     };
     let generation = run.metadata.generation;
-    let c = condition_tri(&st.conditions, "Succeeded", status, &reason, message, generation, now);
+    let c = condition_tri(&st.conditions, SUCCEEDED, status, &reason, message, generation, now);
     upsert(&mut st.conditions, c);
     // While waiting, the `Scheduled` reason says what for (PoolAtCapacity, Retrying, …).
-    let reason = match find(&st.conditions, "Scheduled") {
+    let reason = match find(&st.conditions, SCHEDULED) {
         Some(c) if c.status == "False" && !st.phase.is_finished() => c.reason.clone(),
         _ => reason,
     };
@@ -960,7 +965,7 @@ fn summary(st: &mut RunStatus, run: &Run, now: Timestamp, message: &str) {
 /// pool's queue; False once it is on an instance or ended, and the position is cleared.
 fn queued(st: &mut RunStatus, generation: Option<i64>, now: Timestamp) {
     let waiting = st.instance.is_none() && !st.phase.is_finished();
-    let scheduled = find(&st.conditions, "Scheduled").filter(|c| c.status == "False");
+    let scheduled = find(&st.conditions, SCHEDULED).filter(|c| c.status == "False");
     let (status, reason, message) = match scheduled {
         Some(c) if waiting => {
             let pool = st.pool.as_deref().unwrap_or_default();
@@ -973,7 +978,7 @@ fn queued(st: &mut RunStatus, generation: Option<i64>, now: Timestamp) {
         _ => {
             st.queue_position = None;
             let reason = match st.instance.as_deref() {
-                Some(_) if !st.phase.is_finished() => "Assigned".to_string(),
+                Some(_) if !st.phase.is_finished() => Reason::Assigned.to_string(),
                 _ => st.phase.as_str().to_string(),
             };
             let message = match st.instance.as_deref() {
@@ -983,7 +988,7 @@ fn queued(st: &mut RunStatus, generation: Option<i64>, now: Timestamp) {
             ("False", reason, message)
         }
     };
-    let c = condition_tri(&st.conditions, "Queued", status, &reason, &message, generation, now);
+    let c = condition_tri(&st.conditions, QUEUED, status, &reason, &message, generation, now);
     upsert(&mut st.conditions, c);
 }
 
@@ -994,7 +999,7 @@ pub fn progress(st: &RunStatus) -> Progress {
     match st.phase {
         RunPhase::Pending | RunPhase::Provisioning => Progress::Reconciling,
         RunPhase::Running | RunPhase::Succeeded => Progress::Settled,
-        RunPhase::Terminated if st.termination_reason.as_deref() == Some("Stopped") => Progress::Settled,
+        RunPhase::Terminated if st.termination_reason.as_deref() == Some(Reason::Stopped.as_str()) => Progress::Settled,
         RunPhase::Failed | RunPhase::Terminated => Progress::Stalled,
     }
 }

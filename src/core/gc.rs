@@ -6,7 +6,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use super::add;
-use crate::backends::{Machine, MachineState};
+use crate::core::machine::{Machine, MachineState};
 
 /// Machines to collect: tagged as ours, not owned by any live instance, and seen
 /// orphaned for at least `grace` (so a machine whose `Instance` status write is still

@@ -2,6 +2,7 @@
 //! Terminated, plus Failed. Each transition is a function of (status, facts, now).
 //! Where launches went, and launches that got no answer: [`launch`].
 
+pub mod health;
 pub mod launch;
 
 use std::time::Duration;
@@ -16,7 +17,8 @@ use super::policy::EffectivePolicy;
 use crate::api::instance::{InstancePhase, InstanceStatus, JobRef, ProvisioningAttempt};
 use crate::api::offer::Offer;
 use crate::api::policy::RetryEvent;
-use crate::backends::{BackendError, Machine, MachineState};
+use crate::api::reasons::Reason;
+use crate::core::machine::{BackendError, Machine, MachineState};
 
 /// At most this many failed attempts are kept in status.
 pub const MAX_ATTEMPTS_KEPT: usize = 20;
@@ -142,7 +144,7 @@ pub enum NoOffer {
     /// Look again at this time (the retry window is still open).
     RetryAt(Timestamp),
     /// Give up: Failed with this reason.
-    Fail(&'static str),
+    Fail(Reason),
 }
 
 /// Chooses the next offer to try from the ranked list, skipping offers already tried
@@ -164,11 +166,11 @@ pub fn choose_offer(
             if now < end {
                 Err(NoOffer::RetryAt(std::cmp::min(end, add(now, RETRY_BACKOFF))))
             } else {
-                Err(NoOffer::Fail("NoCapacity"))
+                Err(NoOffer::Fail(Reason::NoCapacity))
             }
         }
-        _ if ranked.is_empty() => Err(NoOffer::Fail("NoOffers")),
-        _ => Err(NoOffer::Fail("NoCapacity")),
+        _ if ranked.is_empty() => Err(NoOffer::Fail(Reason::NoOffers)),
+        _ => Err(NoOffer::Fail(Reason::NoCapacity)),
     }
 }
 
@@ -205,7 +207,7 @@ pub enum LaunchFailure {
     /// Try again later (rate limit, transient error, or retry window still open).
     RetryAt(Timestamp),
     /// Failed for good with this reason.
-    Fail(&'static str),
+    Fail(Reason),
 }
 
 /// Records a failed launch and decides what comes next: the next offer for capacity

@@ -7,6 +7,7 @@ pub mod cron;
 pub mod gc;
 pub mod idle_auto;
 pub mod instance;
+pub mod machine;
 pub mod matching;
 pub mod offers;
 pub mod policy;

@@ -1,7 +1,7 @@
 //! Pools: which pool an object belongs to, whether the pool has room, and what the
 //! pool's status says.
 
-use crate::api::instance::{Instance, InstancePhase};
+use crate::api::instance::{Instance, InstancePhase, InstanceStatus};
 use crate::api::pool::{Pool, PoolStatus, DEFAULT_POOL_ANNOTATION, DEFAULT_POOL_NAME};
 
 /// The pool an object belongs to: its own `spec.pool`, else the namespace's pool
@@ -34,9 +34,40 @@ pub fn holds_capacity(phase: InstancePhase) -> bool {
     )
 }
 
-/// Whether one more instance may be admitted, given how many already hold capacity.
-pub fn has_room(max_instances: Option<u32>, holding: usize) -> bool {
-    max_instances.is_none_or(|max| holding < max as usize)
+/// Whether an instance of some pool takes one of its `maxInstances` slots when a new
+/// instance is to be created: every instance that has not ended, launched or not (one
+/// that has not launched yet will, once admitted). Placement counts so, so that runs do
+/// not create instances that could only wait for room.
+pub fn occupies_slot(status: Option<&InstanceStatus>) -> bool {
+    status.is_none_or(|s| !matches!(s.phase, InstancePhase::Terminated | InstancePhase::Failed))
+}
+
+/// The instances of `pool` that occupy a slot ([`occupies_slot`]); instances not yet
+/// resolved to a pool count too, as they may turn out to be this pool's.
+pub fn occupying<'a>(instances: impl IntoIterator<Item = &'a Instance>, pool: &str) -> usize {
+    instances
+        .into_iter()
+        .filter(|i| i.status.as_ref().and_then(|s| s.pool.as_deref()).is_none_or(|p| p == pool))
+        .filter(|i| occupies_slot(i.status.as_ref()))
+        .count()
+}
+
+/// The capacity rule: how many more instances fit under `maxInstances` in a pool that
+/// holds `held` instances and has promised `reserved` more slots (launches admitted but
+/// not yet visible, runs ahead in the queue that wait for room). `None`: no limit.
+///
+/// Every decision about `maxInstances` goes through here: admitting a launch (`held`:
+/// instances that [`hold_capacity`](holds_capacity), `reserved`: admissions the API does
+/// not show yet), creating an instance for a run (`held`: [`occupying`], `reserved`:
+/// runs ahead), the pool's `AtCapacity` condition and how many warm instances it may
+/// start.
+pub fn room(max_instances: Option<u32>, held: usize, reserved: usize) -> Option<usize> {
+    max_instances.map(|max| (max as usize).saturating_sub(held.saturating_add(reserved)))
+}
+
+/// Whether one more instance fits ([`room`]).
+pub fn fits(max_instances: Option<u32>, held: usize, reserved: usize) -> bool {
+    room(max_instances, held, reserved) != Some(0)
 }
 
 /// Counts a pool's instances by phase and sums the price of those holding machines.
@@ -116,10 +147,45 @@ mod tests {
 
     #[test]
     fn room_is_bounded_by_max_instances() {
-        assert!(has_room(None, 1_000));
-        assert!(has_room(Some(2), 1));
-        assert!(!has_room(Some(2), 2));
-        assert!(!has_room(Some(0), 0));
+        assert!(fits(None, 1_000, 1_000));
+        assert!(fits(Some(2), 1, 0));
+        assert!(!fits(Some(2), 2, 0));
+        assert!(!fits(Some(0), 0, 0));
+        assert_eq!(room(None, 5, 5), None);
+        assert_eq!(room(Some(4), 1, 0), Some(3));
+        assert_eq!(room(Some(4), 5, 0), Some(0), "over the limit (maxInstances lowered) is no room");
+        assert_eq!(room(Some(4), usize::MAX, 1), Some(0));
+    }
+
+    #[test]
+    fn reservations_take_room_like_held_instances() {
+        // Two held, one admitted launch the API does not show yet: the fourth fits, the
+        // fifth does not.
+        assert!(fits(Some(4), 2, 1));
+        assert!(!fits(Some(4), 2, 2));
+        assert!(!fits(Some(4), 0, 4), "runs ahead in the queue hold the free slots");
+        assert_eq!(room(Some(4), 2, 1), Some(1));
+    }
+
+    #[test]
+    fn every_instance_that_has_not_ended_occupies_a_slot_of_its_pool() {
+        let inst = |name: &str, pool: Option<&str>, phase: Option<InstancePhase>| {
+            let mut i = Instance::new(name, Default::default());
+            i.status = phase.map(|phase| InstanceStatus { phase, pool: pool.map(String::from), ..Default::default() });
+            i
+        };
+        let all = [
+            inst("new", None, None),
+            inst("unresolved", None, Some(InstancePhase::Pending)),
+            inst("pending", Some("p"), Some(InstancePhase::Pending)),
+            inst("up", Some("p"), Some(InstancePhase::Idle)),
+            inst("ending", Some("p"), Some(InstancePhase::Terminating)),
+            inst("ended", Some("p"), Some(InstancePhase::Terminated)),
+            inst("failed", Some("p"), Some(InstancePhase::Failed)),
+            inst("other", Some("q"), Some(InstancePhase::Busy)),
+        ];
+        assert_eq!(occupying(&all, "p"), 5);
+        assert_eq!(occupying(&all, "q"), 3);
     }
 
     #[test]

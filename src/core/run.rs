@@ -7,6 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::add;
 use super::policy::EffectivePolicy;
 use crate::api::policy::{CreationPolicy, RetryEvent};
+use crate::api::reasons::Reason;
 use crate::api::run::{RunAttempt, RunPhase, RunStatus};
 
 /// At most this many ended attempts are kept in `status.history`.
@@ -25,9 +26,9 @@ pub enum NoFit {
     /// Create a new instance for the run.
     Provision,
     /// Wait (Pending) and say why; look again at `retry_at` at the latest.
-    Wait { reason: &'static str, message: String, retry_at: Option<Timestamp> },
+    Wait { reason: Reason, message: String, retry_at: Option<Timestamp> },
     /// Give up: the run fails with this reason.
-    Fail { reason: &'static str, message: String },
+    Fail { reason: Reason, message: String },
 }
 
 /// The end of the run's retry window (no-capacity), if it retries.
@@ -66,7 +67,7 @@ pub fn no_fit(
         return wait_or_fail(
             deadline,
             now,
-            "InstanceNotAvailable",
+            Reason::InstanceNotAvailable,
             format!("instance {name} is not idle in pool {pool} or does not fit the run"),
         );
     }
@@ -74,7 +75,7 @@ pub fn no_fit(
         return wait_or_fail(
             deadline,
             now,
-            "NoIdleInstance",
+            Reason::NoIdleInstance,
             format!("no idle instance in pool {pool} fits; creationPolicy Reuse never provisions"),
         );
     }
@@ -82,16 +83,18 @@ pub fn no_fit(
         return wait_or_fail(
             deadline,
             now,
-            "PoolAtCapacity",
+            Reason::PoolAtCapacity,
             format!("pool {pool} has reached maxInstances; waiting for an instance to free up"),
         );
     }
     NoFit::Provision
 }
 
-fn wait_or_fail(deadline: Option<Timestamp>, now: Timestamp, reason: &'static str, message: String) -> NoFit {
+fn wait_or_fail(deadline: Option<Timestamp>, now: Timestamp, reason: Reason, message: String) -> NoFit {
     match deadline {
-        Some(d) if now >= d => NoFit::Fail { reason: "NoCapacity", message: format!("retry window ended: {message}") },
+        Some(d) if now >= d => {
+            NoFit::Fail { reason: Reason::NoCapacity, message: format!("retry window ended: {message}") }
+        }
         d => NoFit::Wait { reason, message, retry_at: d },
     }
 }
@@ -149,11 +152,11 @@ pub fn max_duration_deadline(status: &RunStatus, policy: &EffectivePolicy) -> Op
 }
 
 /// Ends the run.
-pub fn finish(status: &mut RunStatus, phase: RunPhase, reason: &str, exit_code: Option<i32>, now: Timestamp) {
+pub fn finish(status: &mut RunStatus, phase: RunPhase, reason: Reason, exit_code: Option<i32>, now: Timestamp) {
     debug_assert!(phase.is_finished());
     record(status, reason, exit_code, now);
     status.phase = phase;
-    status.termination_reason = Some(reason.to_string());
+    status.termination_reason = Some(reason.as_str().to_string());
     if exit_code.is_some() {
         status.exit_code = exit_code;
     }
@@ -165,21 +168,21 @@ pub fn finish(status: &mut RunStatus, phase: RunPhase, reason: &str, exit_code: 
 /// Returns true when the run goes back to Pending for another attempt.
 pub fn job_exited(status: &mut RunStatus, policy: &EffectivePolicy, code: i32, now: Timestamp) -> bool {
     if code == 0 {
-        finish(status, RunPhase::Succeeded, "Completed", Some(0), now);
+        finish(status, RunPhase::Succeeded, Reason::Completed, Some(0), now);
         return false;
     }
     if retry_open(status, policy, RetryEvent::Error, now) {
-        record(status, "ContainerExitedWithError", Some(code), now);
+        record(status, Reason::ContainerExitedWithError, Some(code), now);
         resubmit(status, Some(code));
         return true;
     }
-    finish(status, RunPhase::Failed, "ContainerExitedWithError", Some(code), now);
+    finish(status, RunPhase::Failed, Reason::ContainerExitedWithError, Some(code), now);
     false
 }
 
 /// The run's instance went away (terminated, reclaimed, unreachable). Returns true
 /// when the run is resubmitted.
-pub fn interrupted(status: &mut RunStatus, policy: &EffectivePolicy, reason: &str, now: Timestamp) -> bool {
+pub fn interrupted(status: &mut RunStatus, policy: &EffectivePolicy, reason: Reason, now: Timestamp) -> bool {
     if retry_open(status, policy, RetryEvent::Interruption, now) {
         record(status, reason, None, now);
         resubmit(status, None);
@@ -189,9 +192,44 @@ pub fn interrupted(status: &mut RunStatus, policy: &EffectivePolicy, reason: &st
     false
 }
 
+/// What became of a running run whose instance no longer holds it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Interruption {
+    /// `InstanceUnreachable` when kpool gave the instance up for not answering, else
+    /// `Interrupted`.
+    pub reason: Reason,
+    /// What happened to the instance, for the run's status and its Event.
+    pub message: String,
+    /// Whether the run goes back to Pending for another attempt; else it is Terminated.
+    pub retried: bool,
+}
+
+/// The run's instance `instance` no longer holds the run. `ready` is the instance's
+/// `Ready` condition (reason, message) when the instance still exists: when kpool gave
+/// it up while it was live ([`Reason::instance_lost`]: reclaimed, gone at the provider,
+/// unreachable, over its pool's budget), its message says what happened. The run is
+/// [`interrupted`]: retried when its policy retries on interruption and the window is
+/// open, else Terminated with the reason.
+pub fn instance_lost(
+    status: &mut RunStatus,
+    policy: &EffectivePolicy,
+    instance: &str,
+    ready: Option<(&str, &str)>,
+    now: Timestamp,
+) -> Interruption {
+    let lost = ready.and_then(|(r, m)| Some((Reason::parse(r).filter(|r| r.instance_lost())?, m)));
+    let (reason, message) = match lost {
+        Some((Reason::Unreachable, m)) => (Reason::InstanceUnreachable, format!("instance {instance}: {m}")),
+        Some((_, m)) => (Reason::Interrupted, format!("instance {instance}: {m}")),
+        None => (Reason::Interrupted, format!("instance {instance} went away while the run was on it")),
+    };
+    let retried = interrupted(status, policy, reason, now);
+    Interruption { reason, message, retried }
+}
+
 /// The attempt could not be started or followed (`reason`, e.g. `StartFailed`): retried
 /// when the policy retries on errors and the window is open (returns true), else Failed.
-pub fn attempt_failed(status: &mut RunStatus, policy: &EffectivePolicy, reason: &str, now: Timestamp) -> bool {
+pub fn attempt_failed(status: &mut RunStatus, policy: &EffectivePolicy, reason: Reason, now: Timestamp) -> bool {
     if retry_open(status, policy, RetryEvent::Error, now) {
         record(status, reason, None, now);
         resubmit(status, None);
@@ -204,20 +242,20 @@ pub fn attempt_failed(status: &mut RunStatus, policy: &EffectivePolicy, reason: 
 /// Provisioning an instance for the run failed and the retry window is open: back to
 /// Pending for another attempt.
 pub fn provisioning_failed(status: &mut RunStatus, now: Timestamp) {
-    record(status, "NoCapacity", None, now);
+    record(status, Reason::NoCapacity, None, now);
     status.provisioning_instance = None;
     status.attempts += 1;
     status.phase = RunPhase::Pending;
 }
 
 /// Appends the attempt that ends now to the history (bounded).
-fn record(status: &mut RunStatus, reason: &str, exit_code: Option<i32>, now: Timestamp) {
+fn record(status: &mut RunStatus, reason: Reason, exit_code: Option<i32>, now: Timestamp) {
     status.history.push(RunAttempt {
         instance: status.instance.clone().or_else(|| status.provisioning_instance.clone()),
         started_at: status.started_at.clone(),
         finished_at: Time(now),
         exit_code,
-        reason: reason.to_string(),
+        reason: reason.as_str().to_string(),
     });
     let excess = status.history.len().saturating_sub(MAX_HISTORY);
     status.history.drain(..excess);

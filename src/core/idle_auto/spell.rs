@@ -222,10 +222,10 @@ mod tests {
             provisioning_started_at: Some(Time(at(0))),
             ..Default::default()
         };
-        let machine = crate::backends::Machine {
+        let machine = crate::core::machine::Machine {
             name: "m".into(),
             provider_id: "p".into(),
-            state: crate::backends::MachineState::Running,
+            state: crate::core::machine::MachineState::Running,
             address: None,
             tags: Default::default(),
         };

@@ -23,7 +23,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::add;
 use crate::api::instance::{InstancePhase, InstanceStatus, LaunchAttempt, LaunchOutcome};
 use crate::api::offer::Offer;
-use crate::backends::{BackendError, Machine, MachineState};
+use crate::core::machine::{BackendError, Machine, MachineState};
 
 /// The first look-up of a launch that got no answer comes this long after it.
 pub const LOOKUP_BACKOFF: Duration = Duration::from_secs(5);

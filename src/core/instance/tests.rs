@@ -113,7 +113,7 @@ fn launch_failure_falls_back_to_the_next_offer_and_records_why() {
     assert_eq!(s.attempts[0].error, "InsufficientCapacity");
     assert_eq!(s.attempts[0].offer.instance_type, "a");
     // The last offer fails too: without a retry policy, the instance fails.
-    assert_eq!(launch_failed(&mut s, &err, &ranked, &p, now), LaunchFailure::Fail("NoCapacity"));
+    assert_eq!(launch_failed(&mut s, &err, &ranked, &p, now), LaunchFailure::Fail(Reason::NoCapacity));
     assert_eq!(s.phase, InstancePhase::Failed);
     assert_eq!(s.attempts.len(), 2);
 }
@@ -136,14 +136,17 @@ fn retry_window_sends_the_instance_back_to_pending_until_it_ends() {
     // provisioning_started_at is kept, so the window does not restart.
     start_provisioning(&mut s, offer("a", 1.0), t("2026-01-01T00:10:00Z"));
     assert_eq!(s.provisioning_started_at.as_ref().unwrap().0, start);
-    assert_eq!(launch_failed(&mut s, &err, &ranked, &p, t("2026-01-01T00:10:00Z")), LaunchFailure::Fail("NoCapacity"));
+    assert_eq!(
+        launch_failed(&mut s, &err, &ranked, &p, t("2026-01-01T00:10:00Z")),
+        LaunchFailure::Fail(Reason::NoCapacity)
+    );
 }
 
 #[test]
 fn no_offers_at_all_fails_with_no_offers() {
     let p = policy(PolicySpec::default(), Origin::Run);
     let s = identified();
-    assert_eq!(choose_offer(&s, &[], &p, t("2026-01-01T00:00:00Z")), Err(NoOffer::Fail("NoOffers")));
+    assert_eq!(choose_offer(&s, &[], &p, t("2026-01-01T00:00:00Z")), Err(NoOffer::Fail(Reason::NoOffers)));
 }
 
 #[test]

@@ -56,7 +56,7 @@ fn waiting_fails_when_the_retry_window_ends() {
     }
     assert!(matches!(
         no_fit(&s, &p, "p", true, None, t("2026-01-01T01:00:00Z")),
-        NoFit::Fail { reason: "NoCapacity", .. }
+        NoFit::Fail { reason: Reason::NoCapacity, .. }
     ));
 }
 
@@ -112,11 +112,11 @@ fn errors_and_interruptions_retry_only_when_the_policy_says() {
     assert!(job_exited(&mut s, &retry, 3, now));
     assert_eq!((s.phase, s.attempts, s.instance.as_deref()), (RunPhase::Pending, 1, None));
     assigned(&mut s, "j", now);
-    assert!(interrupted(&mut s, &retry, "Interrupted", now));
+    assert!(interrupted(&mut s, &retry, Reason::Interrupted, now));
     assert_eq!(s.attempts, 2);
     // After the window: terminated with the reason given.
     assigned(&mut s, "k", now);
-    assert!(!interrupted(&mut s, &retry, "InstanceUnreachable", t("2026-01-01T01:00:00Z")));
+    assert!(!interrupted(&mut s, &retry, Reason::InstanceUnreachable, t("2026-01-01T01:00:00Z")));
     assert_eq!((s.phase, s.termination_reason.as_deref()), (RunPhase::Terminated, Some("InstanceUnreachable")));
 }
 
@@ -130,7 +130,7 @@ fn every_ended_attempt_is_recorded_with_where_it_ran_and_why_it_ended() {
     assigned(&mut s, "a", t("2026-01-01T00:02:00Z"));
     assert!(job_exited(&mut s, &p, 2, t("2026-01-01T00:03:00Z")), "retried on error");
     assigned(&mut s, "b", t("2026-01-01T00:04:00Z"));
-    assert!(interrupted(&mut s, &p, "Interrupted", t("2026-01-01T00:05:00Z")));
+    assert!(interrupted(&mut s, &p, Reason::Interrupted, t("2026-01-01T00:05:00Z")));
     assigned(&mut s, "c", t("2026-01-01T00:06:00Z"));
     assert!(!job_exited(&mut s, &p, 0, t("2026-01-01T00:07:00Z")));
 
@@ -158,7 +158,7 @@ fn the_history_is_bounded() {
     let mut s = submitted("2026-01-01T00:00:00Z");
     for i in 0..(MAX_HISTORY + 5) {
         assigned(&mut s, &format!("i{i}"), t("2026-01-01T00:00:00Z"));
-        assert!(interrupted(&mut s, &p, "Interrupted", t("2026-01-01T01:00:00Z")));
+        assert!(interrupted(&mut s, &p, Reason::Interrupted, t("2026-01-01T01:00:00Z")));
     }
     assert_eq!(s.history.len(), MAX_HISTORY);
     assert_eq!(s.history[0].instance.as_deref(), Some("i5"), "the oldest go first");
@@ -172,7 +172,7 @@ fn a_run_waits_for_the_instance_it_provisions_until_it_claims_one_or_ends() {
     assert!(waits_for(&s, "r-0"));
     assert!(!waits_for(&s, "r-1"));
     let mut ended = s.clone();
-    finish(&mut ended, RunPhase::Terminated, "Stopped", None, t("2026-01-01T00:01:00Z"));
+    finish(&mut ended, RunPhase::Terminated, Reason::Stopped, None, t("2026-01-01T00:01:00Z"));
     assert!(!waits_for(&ended, "r-0"));
     assert_eq!(ended.provisioning_instance, None);
     // A run that claims another idle instance stops waiting for the one it provisions.
@@ -199,4 +199,58 @@ fn instance_names_fit_an_object_name_for_any_run_name() {
     let b = format!("{}b", "x".repeat(MAX_OBJECT_NAME - 1));
     assert_ne!(instance_name_for(&a, 0), instance_name_for(&b, 0));
     assert_eq!(instance_name_for(&a, 0), instance_name_for(&a, 0), "stable");
+}
+
+#[test]
+fn a_lost_instance_interrupts_its_run_with_the_reason_its_health_verdict_gives() {
+    let now = t("2026-01-01T00:10:00Z");
+    let no_retry = policy(PolicySpec::default());
+    for (ready, reason, message) in [
+        (Some(("Reclaimed", "spot reclaimed")), Reason::Interrupted, "instance i: spot reclaimed"),
+        (Some(("MachineGone", "gone")), Reason::Interrupted, "instance i: gone"),
+        (Some(("BudgetExceeded", "over $5")), Reason::Interrupted, "instance i: over $5"),
+        (Some(("Unreachable", "no answer")), Reason::InstanceUnreachable, "instance i: no answer"),
+        // Not a loss kpool decided (ended by hand, idled out): its message is not the run's.
+        (Some(("IdleTimeout", "idle")), Reason::Interrupted, "instance i went away while the run was on it"),
+        (Some(("SomethingElse", "x")), Reason::Interrupted, "instance i went away while the run was on it"),
+        (None, Reason::Interrupted, "instance i went away while the run was on it"),
+    ] {
+        let mut s = submitted("2026-01-01T00:00:00Z");
+        assigned(&mut s, "i", now);
+        let lost = instance_lost(&mut s, &no_retry, "i", ready, now);
+        assert_eq!(lost, Interruption { reason, message: message.to_string(), retried: false }, "{ready:?}");
+        assert_eq!((s.phase, s.termination_reason.as_deref()), (RunPhase::Terminated, Some(reason.as_str())));
+        assert_eq!(
+            s.history.last().map(|a| (a.instance.as_deref(), a.reason.as_str())),
+            Some((Some("i"), reason.as_str()))
+        );
+    }
+}
+
+#[test]
+fn a_lost_instance_retries_its_run_only_within_an_interruption_retry_window() {
+    let on = |events: Vec<RetryEvent>| {
+        policy(PolicySpec {
+            retry: Some(RetrySpec { on: Some(events), duration: Some("1h".into()) }),
+            ..Default::default()
+        })
+    };
+    let reclaimed = Some(("Reclaimed", "spot reclaimed"));
+    for (p, at, retried) in [
+        (on(vec![RetryEvent::Interruption]), "2026-01-01T00:30:00Z", true),
+        (on(vec![RetryEvent::Interruption]), "2026-01-01T01:00:00Z", false),
+        (on(vec![RetryEvent::NoCapacity, RetryEvent::Error]), "2026-01-01T00:30:00Z", false),
+    ] {
+        let mut s = submitted("2026-01-01T00:00:00Z");
+        assigned(&mut s, "i", t("2026-01-01T00:10:00Z"));
+        let lost = instance_lost(&mut s, &p, "i", reclaimed, t(at));
+        assert_eq!(lost.retried, retried, "{at}");
+        if retried {
+            assert_eq!((s.phase, s.instance.as_deref(), s.attempts), (RunPhase::Pending, None, 1));
+            assert_eq!(s.termination_reason, None);
+        } else {
+            assert_eq!((s.phase, s.termination_reason.as_deref()), (RunPhase::Terminated, Some("Interrupted")));
+        }
+        assert_eq!(s.history.last().map(|a| a.reason.as_str()), Some("Interrupted"));
+    }
 }
