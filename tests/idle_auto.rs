@@ -156,3 +156,41 @@ async fn a_pool_write_that_meets_a_conflict_is_made_again_and_counts_once() {
     // A pool that is not there learns nothing, and is no error.
     kpool::controllers::idle_gaps::record(&h.ctx, NS, "gone", "aws/c5.xlarge", observe).await.unwrap();
 }
+
+/// The context of a spell comes from the controller's caches: the pool's other idle
+/// instances of the shape and its last run arrival. It is recorded with the deadline and
+/// keys the histogram the spell's gap joins.
+#[tokio::test]
+async fn a_spells_context_is_seen_recorded_and_learned_from() {
+    let h = Harness::new().await;
+    auto_pool(&h).await;
+    let spec = || InstanceSpec { pool: Some("learn".into()), resources: cpu("4.."), ..Default::default() };
+    booting(&h, async {
+        h.instance("box-a", spec()).await;
+        h.instance("box-b", spec()).await;
+    })
+    .await;
+    let a = h.get_instance("box-a").await.status.unwrap().idle_auto.unwrap();
+    let b = h.get_instance("box-b").await.status.unwrap().idle_auto.unwrap();
+    // No run seen yet; the one that went idle second saw the other idle.
+    let mut seen = [a.context.clone().unwrap(), b.context.clone().unwrap()];
+    seen.sort();
+    assert_eq!(seen, ["i0a2", "i1a2"]);
+
+    // A run takes box-a (first by name) 30 s later, and the gap joins box-a's context.
+    h.advance(Duration::from_secs(30));
+    h.run("job", RunSpec { pool: Some("learn".into()), resources: cpu("4.."), ..Default::default() }).await;
+    h.settle(2).await;
+    assert_eq!(h.get_run("job").await.status.unwrap().instance.as_deref(), Some("box-a"));
+    let gaps = gaps_of(&h, &a.shape).await;
+    let learned: Vec<(&str, u32)> = gaps.contexts.iter().map(|(k, c)| (k.as_str(), c.iter().sum())).collect();
+    assert_eq!(learned, vec![("i0a2", 1)], "{gaps:?}");
+
+    // It ends 10 s later: box-b is idle, and the run arrived 10 s before.
+    h.advance(Duration::from_secs(10));
+    h.exec.exit("job", 0);
+    h.settle(2).await;
+    let st = h.get_instance("box-a").await.status.unwrap();
+    let auto = st.idle_auto.unwrap();
+    assert_eq!(auto.context.as_deref(), Some("i1a0"), "{}", auto.reason);
+}
