@@ -512,7 +512,10 @@ async fn cost_sums_each_instances_billed_time_at_its_price_with_idle_time_and_re
     assert_eq!((item["pool"].as_str(), item["deleted"].as_bool()), (Some("default-pool"), Some(true)), "{json}");
     assert_eq!(item["spend"].as_f64(), Some(dollars(5100.0)), "{json}");
     assert_eq!(item["idleSpend"].as_f64(), Some(dollars(2700.0)), "{json}");
-    assert_eq!((item["instances"].as_u64(), item["runs"].as_u64(), item["reusedRuns"].as_u64()), (Some(1), Some(2), Some(1)));
+    assert_eq!(
+        (item["instances"].as_u64(), item["runs"].as_u64(), item["reusedRuns"].as_u64()),
+        (Some(1), Some(2), Some(1))
+    );
     let table = pool_cmd(&h, "cost", None).await.unwrap();
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[1].starts_with("default-pool") && lines[1].contains("(deleted)"), "{table}");

@@ -119,8 +119,11 @@ async fn learned_gaps_change_the_deadline_and_survive_a_new_controller() {
     // Gaps longer than a boot: idling through one costs more than booting again, so
     // the instance goes at once (within the 2x guarantee's slack, just: 90 s of risk).
     assert_eq!(auto.idle_seconds, 0, "{} {gaps:?}", auto.reason);
-    let why = "idle 0s: 0% of the last 8 gaps were shorter; expected saving $0.0048 per idle spell against ski-rental";
+    // All eight spells started alike (no other instance idle, the last run a boot ago):
+    // the context's own histogram decides, and the reason says which context.
+    let why = "idle 0s: 0% of the last 8 gaps of spells starting as this one (i0a2: no other instance idle, no run arrived for a boot or more) were shorter; expected saving $0.0048 per idle spell against ski-rental";
     assert_eq!(auto.reason, why);
+    assert_eq!(auto.context.as_deref(), Some("i0a2"));
 
     // A new controller (nothing in memory) goes on from the pool's status: the next
     // run's machine tells a ninth gap, and its idle spell is decided from all nine.

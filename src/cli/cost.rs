@@ -34,7 +34,12 @@ pub const DELETED: &str = "(deleted)";
 /// What each instance spent inside `[since, now]`, grouped, plus (without `since`) each
 /// pool's deleted instances. An instance already folded into its pool's deleted figures
 /// (its object not gone yet) counts there only.
-pub fn report(instances: &[Instance], pools: &[Pool], since: Option<Timestamp>, now: Timestamp) -> BTreeMap<Key, Spend> {
+pub fn report(
+    instances: &[Instance],
+    pools: &[Pool],
+    since: Option<Timestamp>,
+    now: Timestamp,
+) -> BTreeMap<Key, Spend> {
     let mut out: BTreeMap<Key, Spend> = BTreeMap::new();
     let cost = |pool: &str| pools.iter().find(|p| p.name_any() == pool).and_then(|p| p.status.as_ref()?.cost.as_ref());
     for inst in instances {

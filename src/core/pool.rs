@@ -74,11 +74,7 @@ pub fn spend_of(inst: &Instance, now: jiff::Timestamp) -> crate::api::pool::Spen
 /// [`spend_of`] for the part of the instance's life after `since`: dollars in proportion
 /// (busy and idle alike). Its runs and its spells against 5 minutes carry no times, so
 /// they count only for an instance launched after `since`.
-pub fn spend_within(
-    inst: &Instance,
-    since: Option<jiff::Timestamp>,
-    now: jiff::Timestamp,
-) -> crate::api::pool::Spend {
+pub fn spend_within(inst: &Instance, since: Option<jiff::Timestamp>, now: jiff::Timestamp) -> crate::api::pool::Spend {
     let whole = spend_whole(inst, now);
     let Some(since) = since else { return whole };
     let Some(st) = inst.status.as_ref() else { return whole };

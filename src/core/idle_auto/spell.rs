@@ -328,7 +328,10 @@ mod tests {
         st.idle_since = Some(Time(at(500)));
         assert_eq!(next_step(&st, &policy, at(501)), Step::DecideIdle);
         // Without its own boot time, the default one.
-        assert_eq!(choose(&idle_status(0, None), None, &Default::default()).unwrap().0.idle_seconds, DEFAULT_BOOT.as_secs());
+        assert_eq!(
+            choose(&idle_status(0, None), None, &Default::default()).unwrap().0.idle_seconds,
+            DEFAULT_BOOT.as_secs()
+        );
     }
 
     #[test]
@@ -445,5 +448,29 @@ mod tests {
         saving_expired(&mut st, &record);
         let u = st.usage.clone().unwrap();
         assert_eq!((u.saved_vs_5m_seconds, u.settled_vs_5m, u.unsettled_vs_5m), (-850, 4, 1));
+    }
+
+    /// Past the cap, spells alike merge, and a spell unlike the others (the one a short
+    /// deadline ended) is kept: the guard settles it at the next launch. Dropping the
+    /// oldest instead lost that settlement on every batch sweep (auto fell to ski-rental).
+    #[test]
+    fn past_the_cap_alike_expired_spells_merge_and_a_unique_one_is_kept_for_the_guard() {
+        let mut gaps = ShapeGaps::default();
+        let (mut quick, _) = choose(&idle_status(0, Some(100)), None, &Default::default()).unwrap();
+        quick.idle_seconds = 0;
+        close_expired(&mut gaps, &quick);
+        let (ski, _) = choose(&idle_status(10, Some(100)), None, &Default::default()).unwrap();
+        for _ in 0..MAX_EXPIRED_KEPT + 4 {
+            close_expired(&mut gaps, &ski);
+        }
+        assert_eq!(gaps.expired.len(), MAX_EXPIRED_KEPT);
+        assert_eq!(gaps.expired.iter().map(|e| e.count).sum::<u32>(), MAX_EXPIRED_KEPT as u32 + 5);
+        assert_eq!((gaps.expired[0].idle_seconds, gaps.expired[0].count), (Some(0), 1));
+        // A launch an hour later: the planner would have paid a boot on each spell, which
+        // only the quick one had not been counted at (min(0, 100) at expiry).
+        let before = gaps.summary.bound_cost;
+        launched(&mut gaps, at(3600));
+        assert_eq!(gaps.summary.bound_cost - before, 100.0);
+        assert_eq!(gaps.summary.gaps(), 1);
     }
 }

@@ -217,7 +217,10 @@ fn a_spells_context_buckets_the_other_idle_instances_and_the_time_since_the_last
     assert_eq!(at(3, Some(179.0)), "i2a1");
     assert_eq!(at(4, Some(180.0)), "i4a2");
     assert_eq!(at(40, None), "i4a2");
-    assert_eq!(SpellContext::describe("i2a0"), "2-3 others idle, the last run arrived under a quarter of a boot before");
+    assert_eq!(
+        SpellContext::describe("i2a0"),
+        "2-3 others idle, the last run arrived under a quarter of a boot before"
+    );
 }
 
 /// One shape, two kinds of spell: those that start alone right after an arrival are
@@ -237,7 +240,11 @@ fn a_context_with_enough_gaps_decides_from_its_own() {
     assert!(shape.idle >= secs(30.0), "the mix keeps past the short gaps: {:?}", shape.idle);
     let d = g.decide(&quiet, BOOT);
     assert_eq!((d.idle, d.context.as_deref(), d.gaps), (Duration::ZERO, Some("i4a2"), 20));
-    assert!(d.explain(1.0).contains("i4a2: 4 or more others idle, no run arrived for a boot or more"), "{}", d.explain(1.0));
+    assert!(
+        d.explain(1.0).contains("i4a2: 4 or more others idle, no run arrived for a boot or more"),
+        "{}",
+        d.explain(1.0)
+    );
     let d = g.decide(&busy, BOOT);
     assert!(d.idle >= secs(30.0) && d.idle < BOOT, "{:?}", d.idle);
     assert_eq!(d.context.as_deref(), Some("i0a0"));
