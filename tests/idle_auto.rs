@@ -187,7 +187,7 @@ async fn a_spells_context_is_seen_recorded_and_learned_from() {
     assert_eq!(h.get_run("job").await.status.unwrap().instance.as_deref(), Some("box-a"));
     let gaps = gaps_of(&h, &a.shape).await;
     let learned: Vec<(&str, u32)> = gaps.contexts.iter().map(|(k, c)| (k.as_str(), c.iter().sum())).collect();
-    assert_eq!(learned, vec![("i0a2", 1)], "{gaps:?}");
+    assert_eq!(learned, vec![(a.context.as_deref().unwrap(), 1)], "{gaps:?}");
 
     // It ends 10 s later: box-b is idle, and the run arrived 10 s before.
     h.advance(Duration::from_secs(10));
