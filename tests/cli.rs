@@ -499,4 +499,69 @@ async fn cost_sums_each_instances_billed_time_at_its_price_with_idle_time_and_re
         pool_cmd(&h, "cost --pool other", None).await.unwrap(),
         "No instance with a launched machine in namespace ml.\n"
     );
+    assert!(!table.contains("auto saved"), "no auto spell: {table}");
+
+    // The instance is deleted: its figures stay, as the pool's deleted instances.
+    let _ = h.delete_instance(&on).await;
+    h.settle(1).await;
+    assert!(h.api::<kpool::api::instance::Instance>().get_opt(&on).await.unwrap().is_none(), "deleted");
+    let json: serde_json::Value = serde_json::from_str(&pool_cmd(&h, "cost -o json", None).await.unwrap()).unwrap();
+    let items = json["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{json}");
+    let item = &items[0];
+    assert_eq!((item["pool"].as_str(), item["deleted"].as_bool()), (Some("default-pool"), Some(true)), "{json}");
+    assert_eq!(item["spend"].as_f64(), Some(dollars(5100.0)), "{json}");
+    assert_eq!(item["idleSpend"].as_f64(), Some(dollars(2700.0)), "{json}");
+    assert_eq!(
+        (item["instances"].as_u64(), item["runs"].as_u64(), item["reusedRuns"].as_u64()),
+        (Some(1), Some(2), Some(1))
+    );
+    let table = pool_cmd(&h, "cost", None).await.unwrap();
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[1].starts_with("default-pool") && lines[1].contains("(deleted)"), "{table}");
+    assert!(lines[1].contains("$0.54") && lines[1].contains("$0.29") && lines[1].contains("50%"), "{table}");
+}
+
+/// `cost` says what `idleDuration: auto` saved against 5 minutes, by hand: the machine
+/// (m5.2xlarge, $0.384/h) boots in 400 s. Run `a` launches it; once idle, auto (nothing
+/// learned yet: one boot, 400 s) keeps it, and run `b` takes it 350 s later: 5 minutes
+/// would have ended it at 300 s and booted a new one (700 s) against auto's 350 s, 350 s
+/// saved. Idle again, nothing comes: auto ends it at 400 s where 5 minutes would have at
+/// 300 s, 100 s lost. 250 s saved in all: $0.0267.
+#[tokio::test]
+async fn cost_shows_what_auto_saved_against_five_minutes() {
+    use std::time::Duration;
+    let h = Harness::new().await;
+    let auto = kpool::api::policy::PolicySpec { idle_duration: Some("auto".into()), ..Default::default() };
+    let spec = || RunSpec { resources: cpu("8.."), policy: auto.clone(), ..Default::default() };
+    h.backend.set_pending_polls(u32::MAX);
+    h.run("a", spec()).await;
+    h.settle(2).await;
+    h.advance(Duration::from_secs(400));
+    h.backend.set_pending_polls(0);
+    h.settle(3).await;
+    let on = h.get_run("a").await.status.unwrap().instance.unwrap();
+    assert_eq!(h.get_instance(&on).await.status.unwrap().boot_seconds, Some(400));
+    h.exec.exit("a", 0);
+    h.settle(2).await;
+    assert_eq!(h.get_instance(&on).await.status.unwrap().idle_auto.map(|a| a.idle_seconds), Some(400));
+    h.advance(Duration::from_secs(350));
+    h.run("b", spec()).await;
+    h.settle(2).await;
+    assert_eq!(h.get_run("b").await.status.unwrap().instance.as_deref(), Some(on.as_str()), "b reuses it");
+    let usage = h.get_instance(&on).await.status.unwrap().usage.unwrap();
+    assert_eq!((usage.saved_vs_5m_seconds, usage.settled_vs_5m, usage.unsettled_vs_5m), (350, 1, 0));
+    h.exec.exit("b", 0);
+    h.settle(2).await;
+    h.advance(Duration::from_secs(401));
+    h.settle(2).await;
+    let usage = h.get_instance(&on).await.status.unwrap().usage.unwrap();
+    assert_eq!((usage.saved_vs_5m_seconds, usage.settled_vs_5m, usage.unsettled_vs_5m), (250, 2, 0));
+
+    let json: serde_json::Value = serde_json::from_str(&pool_cmd(&h, "cost -o json", None).await.unwrap()).unwrap();
+    let total = &json["total"];
+    let saved = (250.0 * 0.384 / 3600.0 * 10_000.0_f64).round() / 10_000.0;
+    assert_eq!((total["savedVs5m"].as_f64(), total["settledVs5m"].as_u64()), (Some(saved), Some(2)), "{json}");
+    let table = pool_cmd(&h, "cost", None).await.unwrap();
+    assert!(table.ends_with("auto saved $0.03 vs 5m over 2 idle spells\n"), "{table}");
 }

@@ -119,8 +119,11 @@ async fn learned_gaps_change_the_deadline_and_survive_a_new_controller() {
     // Gaps longer than a boot: idling through one costs more than booting again, so
     // the instance goes at once (within the 2x guarantee's slack, just: 90 s of risk).
     assert_eq!(auto.idle_seconds, 0, "{} {gaps:?}", auto.reason);
-    let why = "idle 0s: 0% of the last 8 gaps were shorter; expected saving $0.0048 per idle spell against ski-rental";
+    // All eight spells started alike (no other instance idle, the last run a boot ago):
+    // the context's own histogram decides, and the reason says which context.
+    let why = "idle 0s: 0% of the last 8 gaps of spells starting as this one (i0a2: no other instance idle, no run arrived for a boot or more) were shorter; expected saving $0.0048 per idle spell against ski-rental";
     assert_eq!(auto.reason, why);
+    assert_eq!(auto.context.as_deref(), Some("i0a2"));
 
     // A new controller (nothing in memory) goes on from the pool's status: the next
     // run's machine tells a ninth gap, and its idle spell is decided from all nine.
@@ -155,4 +158,42 @@ async fn a_pool_write_that_meets_a_conflict_is_made_again_and_counts_once() {
     assert_eq!(gaps_of(&h, "aws/c5.xlarge").await.summary.gaps(), 1, "counted once");
     // A pool that is not there learns nothing, and is no error.
     kpool::controllers::idle_gaps::record(&h.ctx, NS, "gone", "aws/c5.xlarge", observe).await.unwrap();
+}
+
+/// The context of a spell comes from the controller's caches: the pool's other idle
+/// instances of the shape and its last run arrival. It is recorded with the deadline and
+/// keys the histogram the spell's gap joins.
+#[tokio::test]
+async fn a_spells_context_is_seen_recorded_and_learned_from() {
+    let h = Harness::new().await;
+    auto_pool(&h).await;
+    let spec = || InstanceSpec { pool: Some("learn".into()), resources: cpu("4.."), ..Default::default() };
+    booting(&h, async {
+        h.instance("box-a", spec()).await;
+        h.instance("box-b", spec()).await;
+    })
+    .await;
+    let a = h.get_instance("box-a").await.status.unwrap().idle_auto.unwrap();
+    let b = h.get_instance("box-b").await.status.unwrap().idle_auto.unwrap();
+    // No run seen yet; the one that went idle second saw the other idle.
+    let mut seen = [a.context.clone().unwrap(), b.context.clone().unwrap()];
+    seen.sort();
+    assert_eq!(seen, ["i0a2", "i1a2"]);
+
+    // A run takes box-a (first by name) 30 s later, and the gap joins box-a's context.
+    h.advance(Duration::from_secs(30));
+    h.run("job", RunSpec { pool: Some("learn".into()), resources: cpu("4.."), ..Default::default() }).await;
+    h.settle(2).await;
+    assert_eq!(h.get_run("job").await.status.unwrap().instance.as_deref(), Some("box-a"));
+    let gaps = gaps_of(&h, &a.shape).await;
+    let learned: Vec<(&str, u32)> = gaps.contexts.iter().map(|(k, c)| (k.as_str(), c.iter().sum())).collect();
+    assert_eq!(learned, vec![(a.context.as_deref().unwrap(), 1)], "{gaps:?}");
+
+    // It ends 10 s later: box-b is idle, and the run arrived 10 s before.
+    h.advance(Duration::from_secs(10));
+    h.exec.exit("job", 0);
+    h.settle(2).await;
+    let st = h.get_instance("box-a").await.status.unwrap();
+    let auto = st.idle_auto.unwrap();
+    assert_eq!(auto.context.as_deref(), Some("i1a0"), "{}", auto.reason);
 }

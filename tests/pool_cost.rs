@@ -48,7 +48,15 @@ async fn the_pool_sums_its_instances_spend_and_keeps_it_when_they_are_deleted() 
     h.settle(3).await;
     let c = cost(&h).await;
     // a: 2100 s (1800 busy, 300 idle); b's machine: 1200 s busy so far, 2 runs, 1 reused.
-    let want = Spend { dollars: 0.352, busy_dollars: 0.32, idle_dollars: 0.032, runs: 3, reused_runs: 1, instances: 2 };
+    let want = Spend {
+        dollars: 0.352,
+        busy_dollars: 0.32,
+        idle_dollars: 0.032,
+        runs: 3,
+        reused_runs: 1,
+        instances: 2,
+        ..Default::default()
+    };
     assert_eq!(c.total, want, "{c:?}");
     assert_eq!(c.deleted, Spend::default());
 
@@ -59,7 +67,15 @@ async fn the_pool_sums_its_instances_spend_and_keeps_it_when_they_are_deleted() 
     assert_eq!(c.total, want, "{c:?}");
     assert_eq!(
         c.deleted,
-        Spend { dollars: 0.224, busy_dollars: 0.192, idle_dollars: 0.032, runs: 1, reused_runs: 0, instances: 1 }
+        Spend {
+            dollars: 0.224,
+            busy_dollars: 0.192,
+            idle_dollars: 0.032,
+            runs: 1,
+            reused_runs: 0,
+            instances: 1,
+            ..Default::default()
+        }
     );
     assert_eq!(c.recently_deleted.len(), 1);
 }

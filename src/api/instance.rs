@@ -197,6 +197,11 @@ pub struct AutoIdle {
     /// Why this deadline: the share of past gaps it covers and the expected saving
     /// against keeping the instance for one boot time (ski-rental).
     pub reason: String,
+    /// The context the spell started in, which keys the gap histogram it learns into
+    /// (`i` other idle instances of the shape, `a` time since the pool's last arrival;
+    /// see `reason`). Absent in records from before contexts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -228,6 +233,25 @@ pub struct Usage {
     /// Runs that held the instance.
     #[serde(default)]
     pub runs: u32,
+    /// Under `idleDuration: auto`: machine-seconds auto saved against a fixed 5-minute
+    /// idle duration over the idle spells it settled (negative: auto cost more). A spell
+    /// a run ended after a gap `g` would have cost `min(g, 5m)`, plus a boot when `g`
+    /// passed 5 minutes, against `g`; a spell auto ended after `d` of 5 minutes or more,
+    /// `5m` against `d` (both then pay the next run's boot).
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub saved_vs_5m_seconds: i64,
+    /// Auto spells settled into `savedVs5mSeconds`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub settled_vs_5m: u32,
+    /// Auto spells ended before 5 minutes, not in `savedVs5mSeconds`: what 5 minutes
+    /// would have cost depends on whether a fitting run came before they ran out, which
+    /// the instance cannot know.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unsettled_vs_5m: u32,
+}
+
+fn is_zero_i64(n: &i64) -> bool {
+    *n == 0
 }
 
 /// Observed state of an `Instance`.

@@ -204,6 +204,25 @@ pub struct Spend {
     /// Instances counted.
     #[serde(default)]
     pub instances: u64,
+    /// What `idleDuration: auto` saved against a fixed 5-minute idle duration on the idle
+    /// spells it settled, in US dollars (negative: auto cost more); see an Instance's
+    /// `status.usage.savedVs5mSeconds`.
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    pub saved_vs_5m_dollars: f64,
+    /// Auto idle spells settled into `savedVs5mDollars`.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub settled_vs_5m: u64,
+    /// Auto idle spells ended before 5 minutes, left out of `savedVs5mDollars`.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub unsettled_vs_5m: u64,
+}
+
+fn is_zero_f64(n: &f64) -> bool {
+    *n == 0.0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Spend {
@@ -215,13 +234,16 @@ impl Spend {
         self.runs += o.runs;
         self.reused_runs += o.reused_runs;
         self.instances += o.instances;
+        self.saved_vs_5m_dollars += o.saved_vs_5m_dollars;
+        self.settled_vs_5m += o.settled_vs_5m;
+        self.unsettled_vs_5m += o.unsettled_vs_5m;
     }
 
     /// The figures with dollars rounded to 1/10,000 (what status shows).
     pub fn rounded(mut self) -> Spend {
         let r = |d: f64| (d * 10_000.0).round() / 10_000.0;
-        (self.dollars, self.busy_dollars, self.idle_dollars) =
-            (r(self.dollars), r(self.busy_dollars), r(self.idle_dollars));
+        (self.dollars, self.busy_dollars, self.idle_dollars, self.saved_vs_5m_dollars) =
+            (r(self.dollars), r(self.busy_dollars), r(self.idle_dollars), r(self.saved_vs_5m_dollars));
         self
     }
 }

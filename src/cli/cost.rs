@@ -1,11 +1,17 @@
-//! `kubectl pool cost`: what the namespace's instances cost, from their statuses.
+//! `kubectl pool cost`: what the namespace's pools spent, from their instances' statuses
+//! and, for the instances deleted since, from each pool's `status.cost.deleted`.
 //!
-//! An instance's status records when its machine was launched and confirmed gone and how
+//! The figures are [`Spend`]'s, as the pool controller sums them ([`spend_of`]): an
+//! instance's status records when its machine was launched and confirmed gone and how
 //! its time split into busy and idle spells (`status.usage`); at its offer's price that
 //! is its cost, right for spot and for machines that ended outside kpool (the end is when
-//! kpool saw it gone). Instances deleted from the cluster take their figures with them.
-//! With `--since`, an instance counts for the part of its life inside the window, its
-//! busy and idle seconds in proportion.
+//! kpool saw it gone). Deleted instances show as one `(deleted)` line per pool. With
+//! `--since`, an instance counts for the part of its life inside the window, its busy and
+//! idle seconds in proportion; runs and savings carry no times, so only instances
+//! launched inside the window count them, and deleted instances are left out.
+//!
+//! Under `idleDuration: auto`, the last line says what auto saved against a fixed
+//! 5-minute idle duration on the idle spells it could settle, and how many it could not.
 
 use std::collections::BTreeMap;
 
@@ -16,72 +22,71 @@ use kube::{Client, ResourceExt};
 use super::output::table;
 use super::{CliError, CostArgs, Format, Term};
 use crate::api::instance::Instance;
-use crate::api::run::Run;
-use crate::core::instance::accrued_within;
+use crate::api::pool::{Pool, Spend};
+use crate::core::pool::spend_within;
 
-/// Spend of one (pool, backend, instance type), in dollars and runs.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Line {
-    pub instances: u32,
-    pub spend: f64,
-    pub busy_spend: f64,
-    pub idle_spend: f64,
-    /// Runs that started on these instances.
-    pub runs: u32,
-    /// Of those, runs that found the instance idle (it was not provisioned for them).
-    pub reused: u32,
-}
-
-/// Groups key: pool, backend, instance type.
+/// Groups key: pool, backend, instance type; deleted instances: pool, [`DELETED`], "".
 pub type Key = (String, String, String);
 
-/// The cost of each instance's life inside `[since, now]`, grouped, and the runs they
-/// served (runs started inside the window).
-pub fn report(instances: &[Instance], runs: &[Run], since: Option<Timestamp>, now: Timestamp) -> BTreeMap<Key, Line> {
-    let mut out: BTreeMap<Key, Line> = BTreeMap::new();
-    let mut keys: BTreeMap<String, (Key, Option<String>)> = BTreeMap::new();
+/// The backend column of a pool's deleted instances.
+pub const DELETED: &str = "(deleted)";
+
+/// What each instance spent inside `[since, now]`, grouped, plus (without `since`) each
+/// pool's deleted instances. An instance already folded into its pool's deleted figures
+/// (its object not gone yet) counts there only.
+pub fn report(
+    instances: &[Instance],
+    pools: &[Pool],
+    since: Option<Timestamp>,
+    now: Timestamp,
+) -> BTreeMap<Key, Spend> {
+    let mut out: BTreeMap<Key, Spend> = BTreeMap::new();
+    let cost = |pool: &str| pools.iter().find(|p| p.name_any() == pool).and_then(|p| p.status.as_ref()?.cost.as_ref());
     for inst in instances {
         let Some(st) = inst.status.as_ref() else { continue };
         let Some(offer) = st.offer.as_ref() else { continue };
-        let key = (st.pool.clone().unwrap_or_default(), offer.backend.clone(), offer.instance_type.clone());
-        keys.insert(inst.name_any(), (key.clone(), inst.provisioned_for().map(String::from)));
-        let (total, busy, idle) = accrued_within(st, since, now);
-        if total == 0.0 && st.usage.as_ref().and_then(|u| u.launched_at.as_ref()).is_none() {
+        let pool = st.pool.clone().unwrap_or_default();
+        if since.is_none() && inst.uid().is_some_and(|u| cost(&pool).is_some_and(|c| c.recently_deleted.contains(&u))) {
             continue;
         }
-        let line = out.entry(key).or_default();
-        let per_second = if offer.price.is_finite() { offer.price / 3600.0 } else { 0.0 };
-        line.instances += 1;
-        line.spend += total * per_second;
-        line.busy_spend += busy * per_second;
-        line.idle_spend += idle * per_second;
+        let spend = spend_within(inst, since, now);
+        if spend.instances == 0 {
+            continue;
+        }
+        out.entry((pool, offer.backend.clone(), offer.instance_type.clone())).or_default().add(&spend);
     }
-    for run in runs {
-        let Some(st) = run.status.as_ref() else { continue };
-        let started = st.started_at.as_ref().map(|t| t.0);
-        if since.is_some_and(|s| started.is_none_or(|t| t < s)) {
-            continue;
-        }
-        // Every instance the run ran on (its history holds the ended attempts, the last
-        // one's instance too), each once.
-        let on: std::collections::BTreeSet<String> =
-            st.history.iter().filter_map(|a| a.instance.clone()).chain(st.instance.clone()).collect();
-        for name in on {
-            let Some((key, provisioned_for)) = keys.get(&name) else { continue };
-            let line = out.entry(key.clone()).or_default();
-            line.runs += 1;
-            if provisioned_for.as_deref() != Some(run.name_any().as_str()) {
-                line.reused += 1;
-            }
+    if since.is_none() {
+        for p in pools {
+            let Some(c) = p.status.as_ref().and_then(|s| s.cost.as_ref()).filter(|c| c.deleted.instances > 0) else {
+                continue;
+            };
+            out.entry((p.name_any(), DELETED.into(), String::new())).or_default().add(&c.deleted);
         }
     }
     out
 }
 
+/// `auto saved $X vs 5m …`, or nothing when no auto spell ended.
+pub fn saved_line(total: &Spend) -> Option<String> {
+    if total.settled_vs_5m + total.unsettled_vs_5m == 0 {
+        return None;
+    }
+    let saved = total.saved_vs_5m_dollars;
+    let verb = if saved < 0.0 { "lost" } else { "saved" };
+    let mut line = format!("auto {verb} ${:.2} vs 5m over {} idle spells", saved.abs(), total.settled_vs_5m);
+    if total.unsettled_vs_5m > 0 {
+        line += &format!(
+            "; {} spells auto ended before 5 minutes are not counted (5m's cost depends on whether a run would have come)",
+            total.unsettled_vs_5m
+        );
+    }
+    Some(line)
+}
+
 /// `cost`.
 pub async fn cost(args: &CostArgs, client: &Client, namespace: &str, term: &mut Term<'_>) -> Result<(), CliError> {
     let instances = Api::<Instance>::namespaced(client.clone(), namespace).list(&Default::default()).await?.items;
-    let runs = Api::<Run>::namespaced(client.clone(), namespace).list(&Default::default()).await?.items;
+    let pools = Api::<Pool>::namespaced(client.clone(), namespace).list(&Default::default()).await?.items;
     let now = Timestamp::now();
     let since = match args.since {
         Some(d) => Some(
@@ -90,23 +95,20 @@ pub async fn cost(args: &CostArgs, client: &Client, namespace: &str, term: &mut 
         ),
         None => None,
     };
-    let mut lines = report(&instances, &runs, since, now);
+    let mut lines = report(&instances, &pools, since, now);
     lines.retain(|(pool, _, _), _| args.pool.as_ref().is_none_or(|p| p == pool));
-    let mut total = Line::default();
+    let mut total = Spend::default();
     for l in lines.values() {
-        total.instances += l.instances;
-        total.spend += l.spend;
-        total.busy_spend += l.busy_spend;
-        total.idle_spend += l.idle_spend;
-        total.runs += l.runs;
-        total.reused += l.reused;
+        total.add(l);
     }
-    let reuse = |l: &Line| if l.runs == 0 { None } else { Some(f64::from(l.reused) / f64::from(l.runs)) };
+    let reuse = |l: &Spend| if l.runs == 0 { None } else { Some(l.reused_runs as f64 / l.runs as f64) };
     if args.output == Format::Json {
-        let json = |l: &Line| {
+        let json = |l: &Spend| {
             serde_json::json!({
-                "instances": l.instances, "spend": round(l.spend), "busySpend": round(l.busy_spend),
-                "idleSpend": round(l.idle_spend), "runs": l.runs, "reusedRuns": l.reused, "reuseRate": reuse(l),
+                "instances": l.instances, "spend": round(l.dollars), "busySpend": round(l.busy_dollars),
+                "idleSpend": round(l.idle_dollars), "runs": l.runs, "reusedRuns": l.reused_runs, "reuseRate": reuse(l),
+                "savedVs5m": round(l.saved_vs_5m_dollars), "settledVs5m": l.settled_vs_5m,
+                "unsettledVs5m": l.unsettled_vs_5m,
             })
         };
         let items: Vec<serde_json::Value> = lines
@@ -114,8 +116,12 @@ pub async fn cost(args: &CostArgs, client: &Client, namespace: &str, term: &mut 
             .map(|((pool, backend, itype), l)| {
                 let mut v = json(l);
                 v["pool"] = pool.clone().into();
-                v["backend"] = backend.clone().into();
-                v["instanceType"] = itype.clone().into();
+                if backend == DELETED {
+                    v["deleted"] = true.into();
+                } else {
+                    v["backend"] = backend.clone().into();
+                    v["instanceType"] = itype.clone().into();
+                }
                 v
             })
             .collect();
@@ -128,14 +134,14 @@ pub async fn cost(args: &CostArgs, client: &Client, namespace: &str, term: &mut 
         writeln!(term.out, "No instance with a launched machine in namespace {namespace}.")?;
         return Ok(());
     }
-    let row = |pool: &str, backend: &str, itype: &str, l: &Line| {
+    let row = |pool: &str, backend: &str, itype: &str, l: &Spend| {
         vec![
             pool.to_string(),
             backend.to_string(),
             itype.to_string(),
             l.instances.to_string(),
-            format!("${:.2}", l.spend),
-            format!("${:.2}", l.idle_spend),
+            format!("${:.2}", l.dollars),
+            format!("${:.2}", l.idle_dollars),
             l.runs.to_string(),
             reuse(l).map_or("-".into(), |r| format!("{:.0}%", r * 100.0)),
         ]
@@ -144,6 +150,9 @@ pub async fn cost(args: &CostArgs, client: &Client, namespace: &str, term: &mut 
     rows.push(row("TOTAL", "", "", &total));
     let header = ["POOL", "BACKEND", "TYPE", "INSTANCES", "SPEND", "IDLE SPEND", "RUNS", "REUSED"];
     write!(term.out, "{}", table(&header, &rows))?;
+    if let Some(line) = saved_line(&total) {
+        writeln!(term.out, "{line}")?;
+    }
     Ok(())
 }
 
@@ -155,6 +164,7 @@ fn round(dollars: f64) -> f64 {
 mod tests {
     use super::*;
     use crate::api::instance::{InstanceStatus, Usage};
+    use crate::core::instance::accrued_within;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn t(s: &str) -> Timestamp {

@@ -13,15 +13,13 @@
 //! the retries, between the instance write and the pool write loses that observation
 //! (a gap unseen, or a spell's reserved risk left open: both only make auto more careful).
 
-use kube::api::Api;
 use kube::ResourceExt;
 
-use super::{is_conflict, Context, Error};
-use crate::api::pool::Pool;
-use crate::core::idle_auto::spell::ShapeGaps;
-
-/// How many times a pool write that met a conflict is made again.
-const MAX_TRIES: usize = 5;
+use super::pool::{update_status, FirstRead, GiveUp};
+use super::{observe, Context, Error};
+use crate::api::instance::{Instance, InstanceStatus};
+use crate::core::idle_auto::spell::{self, ShapeGaps};
+use crate::core::idle_auto::SpellContext;
 
 /// Applies `observe` to the summary of `shape` in pool `pool` of namespace `ns`.
 pub async fn record(
@@ -31,19 +29,34 @@ pub async fn record(
     shape: &str,
     observe: impl Fn(&mut ShapeGaps),
 ) -> Result<(), Error> {
-    let api: Api<Pool> = Api::namespaced(ctx.client.clone(), ns);
-    // The watch cache's copy first; after a conflict, the API's.
-    let mut latest = ctx.get_in(ns, pool, |c| &c.pools, |_| true).await?;
-    for _ in 0..MAX_TRIES {
-        let Some(p) = latest else { return Ok(()) };
-        let mut st = p.status.clone().unwrap_or_default();
+    update_status(ctx, ns, pool, FirstRead::Cache, GiveUp::Warn("idle gap"), |st| {
         observe(st.idle_gaps.entry(shape.to_string()).or_default());
-        match ctx.write_status(&p, &st).await {
-            Ok(_) => return Ok(()),
-            Err(Error::Kube(e)) if is_conflict(&e) => latest = api.get_opt(&p.name_any()).await?,
-            Err(e) => return Err(e),
-        }
-    }
-    tracing::warn!(namespace = ns, pool, shape, "idle gap not recorded: the pool kept changing");
-    Ok(())
+        true
+    })
+    .await
+}
+
+/// The context of the idle spell `inst` (status `st`, just gone idle in pool `pool`)
+/// starts, from the watch caches: the pool's other idle instances of its shape, and its
+/// last run arrival (`submittedAt`) up to the spell's start.
+pub async fn spell_context(
+    ctx: &Context,
+    ns: &str,
+    inst: &Instance,
+    st: &InstanceStatus,
+    pool: &str,
+) -> Result<SpellContext, Error> {
+    let all = observe::instances(ctx, ns).await?;
+    let since = st.idle_since.as_ref().map(|t| t.0);
+    let last_arrival = observe::runs(ctx, ns)
+        .await?
+        .iter()
+        .filter_map(|r| r.status.as_ref())
+        .filter(|r| r.pool.as_deref() == Some(pool))
+        .filter_map(|r| r.submitted_at.as_ref().map(|t| t.0))
+        .filter(|t| since.is_none_or(|s| *t <= s))
+        .max();
+    let name = inst.name_any();
+    let live = all.iter().filter_map(|i| Some((i.metadata.name.as_deref()?, i.status.as_ref()?)));
+    Ok(spell::context(&name, st, live, last_arrival))
 }

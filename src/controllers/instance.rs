@@ -170,7 +170,8 @@ async fn step(inst: Instance, ctx: &Context) -> Result<Next, Error> {
             if let Some(t) = arrival {
                 spell::launched(&mut gaps, t);
             }
-            let Some((record, decision)) = spell::choose(&st, Some(&gaps.summary)) else {
+            let context = idle_gaps::spell_context(ctx, &ns, &inst, &st, &pool_name).await?;
+            let Some((record, decision)) = spell::choose(&st, Some(&gaps), &context) else {
                 return Ok(Next::Stop(Action::requeue(RECHECK)));
             };
             ready(&mut st, &inst, now, Reason::Idle, &idle_message(Some(record.deadline.0), Some(&record)));
@@ -199,6 +200,9 @@ async fn step(inst: Instance, ctx: &Context) -> Result<Next, Error> {
         }
         Step::Expire => {
             sm::terminate(&mut st);
+            if let Some(record) = spell::current(&status) {
+                spell::saving_expired(&mut st, record);
+            }
             let msg = match spell::current(&status) {
                 Some(auto) => format!("idle deadline elapsed ({}); terminating the machine", auto.reason),
                 None => "idle duration elapsed; terminating the machine".to_string(),

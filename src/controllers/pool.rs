@@ -289,3 +289,67 @@ fn same_except_times(a: &PoolStatus, b: &PoolStatus) -> bool {
     };
     strip(a) == strip(b)
 }
+
+/// Where a pool-status update reads the pool first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirstRead {
+    /// The watch cache's copy (a stale one only costs a conflict and a fresh read).
+    Cache,
+    /// The API's.
+    Api,
+}
+
+/// What a pool-status update does when it met a conflict on every one of its tries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GiveUp {
+    /// Logs a warning naming `what` was not written, and succeeds.
+    Warn(&'static str),
+    /// Returns the conflict, for the caller's reconcile to be retried.
+    Fail,
+}
+
+/// How many times a pool-status write that met a conflict is made.
+const STATUS_TRIES: usize = 5;
+
+/// Applies `change` to the status of pool `pool` of namespace `ns` and writes it,
+/// conditional on the resourceVersion it was computed from: a 409 (another writer came
+/// first) reads the pool again from the API and applies `change` to the new status, up
+/// to [`STATUS_TRIES`] writes, then does as `give_up` says. `change` returns whether
+/// there is anything to write (false: done, nothing written). A pool that does not exist
+/// is nothing to update.
+pub async fn update_status(
+    ctx: &Context,
+    ns: &str,
+    pool: &str,
+    first: FirstRead,
+    give_up: GiveUp,
+    change: impl Fn(&mut PoolStatus) -> bool,
+) -> Result<(), Error> {
+    let api: Api<Pool> = Api::namespaced(ctx.client.clone(), ns);
+    let mut latest = match first {
+        FirstRead::Cache => ctx.get_in(ns, pool, |c| &c.pools, |_| true).await?,
+        FirstRead::Api => api.get_opt(pool).await?,
+    };
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let Some(p) = latest else { return Ok(()) };
+        let mut st = p.status.clone().unwrap_or_default();
+        if !change(&mut st) {
+            return Ok(());
+        }
+        match ctx.write_status(&p, &st).await {
+            Ok(_) => return Ok(()),
+            Err(Error::Kube(e)) if is_conflict(&e) && tries < STATUS_TRIES => latest = api.get_opt(pool).await?,
+            Err(e) => {
+                return match (give_up, &e) {
+                    (GiveUp::Warn(what), Error::Kube(k)) if is_conflict(k) => {
+                        tracing::warn!(namespace = ns, pool, what, "pool status not updated: the pool kept changing");
+                        Ok(())
+                    }
+                    _ => Err(e),
+                }
+            }
+        }
+    }
+}

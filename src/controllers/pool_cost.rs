@@ -8,18 +8,16 @@
 //! records the instance's UID in `cost.recentlyDeleted`: a fold retried after a crash
 //! between it and the finalizer's removal finds its UID there and is not counted twice.
 
-use kube::api::Api;
 use kube::ResourceExt;
 
-use super::{is_conflict, Context, Error};
+use super::pool::{update_status, FirstRead, GiveUp};
+use super::{Context, Error};
 use crate::api::instance::{Instance, InstanceStatus};
-use crate::api::pool::{Pool, PoolCost};
+use crate::api::pool::PoolCost;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// How many folded UIDs a pool remembers.
 const RECENT: usize = 32;
-/// How many times a pool write that met a conflict is made again.
-const MAX_TRIES: usize = 5;
 
 /// Folds what `inst` (with status `st`, its last) spent into its pool's `cost.deleted`.
 pub async fn fold(ctx: &Context, inst: &Instance, st: &InstanceStatus) -> Result<(), Error> {
@@ -32,16 +30,12 @@ pub async fn fold(ctx: &Context, inst: &Instance, st: &InstanceStatus) -> Result
     if spend.instances == 0 {
         return Ok(());
     }
-    let api: Api<Pool> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut latest = api.get_opt(pool).await?;
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        let Some(p) = latest else { return Ok(()) };
-        let mut status = p.status.clone().unwrap_or_default();
+    // Still conflicting after the tries: the error goes back and the finalizer's pass is
+    // retried.
+    update_status(ctx, &ns, pool, FirstRead::Api, GiveUp::Fail, |status| {
         let cost = status.cost.get_or_insert_with(|| PoolCost { as_of: Some(Time(now)), ..Default::default() });
         if cost.recently_deleted.contains(&uid) {
-            return Ok(());
+            return false;
         }
         cost.deleted.add(&spend);
         cost.deleted = std::mem::take(&mut cost.deleted).rounded();
@@ -50,13 +44,9 @@ pub async fn fold(ctx: &Context, inst: &Instance, st: &InstanceStatus) -> Result
         cost.recently_deleted.push(uid.clone());
         let excess = cost.recently_deleted.len().saturating_sub(RECENT);
         cost.recently_deleted.drain(..excess);
-        match ctx.write_status(&p, &status).await {
-            Ok(_) => return Ok(()),
-            // Still conflicting: the error goes back and the finalizer's pass is retried.
-            Err(Error::Kube(e)) if is_conflict(&e) && tries < MAX_TRIES => latest = api.get_opt(&p.name_any()).await?,
-            Err(e) => return Err(e),
-        }
-    }
+        true
+    })
+    .await
 }
 
 /// How old the figures may get while the pool's machines run.

@@ -248,6 +248,12 @@ async fn place(
         }
         ctx.set_claim_in_flight(&uid, Some(&chosen.name_any()));
         let mut ist = chosen.status.clone().unwrap_or_default();
+        // An auto spell a run other than the instance's own ends: what 5 minutes would
+        // have cost on it, with the claim.
+        if let Some(record) = spell::current(&ist).filter(|_| chosen.provisioned_for() != Some(&run.name_any())) {
+            let record = record.clone();
+            spell::saving_reused(&mut ist, &record, now);
+        }
         crate::core::instance::claim(&mut ist, JobRef::of(&run), now);
         // The claim carries the instance's resourceVersion: if anything else changed
         // the instance since we looked (another run claimed it), this fails with 409.

@@ -16,6 +16,15 @@
 //! long (pay one boot instead of idling through a long gap), a long one when gaps are
 //! regular and cheaper to idle through than a boot.
 //!
+//! **Contexts.** The same shape's gaps differ with the moment a spell starts: an
+//! instance that goes idle while others of its shape already wait is taken only after
+//! them, and when the pool's last run arrived long ago the next one tends to be far off
+//! too (gaps that have lasted tend to go on). So every gap is also counted in a histogram
+//! of its spell's context ([`SpellContext`]: the other idle instances, bucketed, and the
+//! time since the pool's last arrival against one boot), at most [`MAX_CONTEXTS`] per
+//! shape, and a spell whose context has [`MIN_GAPS`] gaps decides from those alone. The
+//! controller reads both from its caches; the guard below stays per shape.
+//!
 //! **The guard.** A learned `T` can lose to ski-rental when the future does not look like
 //! the past. Choosing `T` risks at most `|T − b|` machine-seconds more than twice the
 //! planner's cost on that idle spell (gaps just above `T`). The summary keeps what auto
@@ -108,6 +117,9 @@ pub struct AutoDecision {
     pub expected_saving: f64,
     /// Seconds of risk this spell reserves against the 2× guarantee: `|idle − boot|`.
     pub risk: f64,
+    /// The context histogram the decision rests on ([`SpellContext::key`]); `None`: the
+    /// shape's whole histogram.
+    pub context: Option<String>,
 }
 
 impl AutoDecision {
@@ -119,9 +131,14 @@ impl AutoDecision {
                 format!("idle {idle} (one boot, ski-rental): {} gaps seen, {MIN_GAPS} needed to learn", self.gaps)
             }
             Reason::Learned | Reason::Guarded => format!(
-                "idle {idle}: {:.0}% of the last {} gaps were shorter; expected saving ${:.4} per idle spell against ski-rental{}",
+                "idle {idle}: {:.0}% of the last {} gaps{} were shorter; expected saving ${:.4} per idle spell against ski-rental{}",
                 self.quantile * 100.0,
                 self.gaps,
+                self.context.as_deref().map_or(String::new(), |k| format!(
+                    " of spells starting as this one ({}: {})",
+                    k,
+                    SpellContext::describe(k)
+                )),
                 self.expected_saving * price / 3600.0,
                 if self.reason == Reason::Guarded { " (limited by the 2x guarantee)" } else { "" }
             ),
@@ -129,44 +146,108 @@ impl AutoDecision {
     }
 }
 
+/// Number of gaps in a histogram.
+fn total(counts: &[u32]) -> u32 {
+    counts.iter().sum()
+}
+
+/// Adds `gap` to a histogram, halving every count past [`MAX_GAPS`].
+fn add(counts: &mut Vec<u32>, gap: Duration) {
+    if counts.len() != BUCKETS {
+        counts.resize(BUCKETS, 0);
+    }
+    counts[bucket_of(gap.as_secs_f64())] += 1;
+    if total(counts) > MAX_GAPS {
+        for c in counts.iter_mut() {
+            *c /= 2;
+        }
+    }
+}
+
+/// Expected machine-seconds of an idle spell kept for `t` under histogram `counts`: idle
+/// until the next run, or `t` then a boot.
+fn expected_cost(counts: &[u32], t: f64, boot: f64) -> f64 {
+    let n = total(counts).max(1) as f64;
+    let sum: f64 = counts
+        .iter()
+        .enumerate()
+        .map(|(k, &c)| {
+            let g = representative(k);
+            c as f64 * if g <= t { g } else { t + boot }
+        })
+        .sum();
+    sum / n
+}
+
+/// Share of the gaps of `counts` no longer than `t`.
+fn quantile(counts: &[u32], t: f64) -> f64 {
+    let below: u32 = counts.iter().enumerate().filter(|(k, _)| representative(*k) <= t).map(|(_, c)| c).sum();
+    below as f64 / total(counts).max(1) as f64
+}
+
+/// What is known of the moment an idle spell starts besides the instance's shape, from
+/// what the controller sees in its caches: how many other instances of the shape in the
+/// pool are idle (each would be taken first, or alongside), and how long ago the pool's
+/// last run arrived (gaps between arrivals that are already long tend to go on).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SpellContext {
+    /// Other idle instances of the shape in the pool.
+    pub idle_others: u32,
+    /// Since the pool's last run arrival; `None`: no run seen.
+    pub since_arrival: Option<Duration>,
+}
+
+/// Most context histograms kept per shape (the keys [`SpellContext::key`] can give).
+pub const MAX_CONTEXTS: usize = 12;
+
+impl SpellContext {
+    /// The key of the spell's context histogram: `i` and the other idle instances (0, 1,
+    /// 2 for 2-3, 4 for 4 or more), `a` and the time since the last arrival (0: under a
+    /// quarter of a boot, 1: under a boot, 2: longer or none seen), e.g. `i2a0`.
+    pub fn key(&self, boot: Duration) -> String {
+        let i = match self.idle_others {
+            0 => 0,
+            1 => 1,
+            2 | 3 => 2,
+            _ => 4,
+        };
+        let b = boot.as_secs_f64();
+        let a = match self.since_arrival.map(|d| d.as_secs_f64()) {
+            Some(s) if s < b / 4.0 => 0,
+            Some(s) if s < b => 1,
+            _ => 2,
+        };
+        format!("i{i}a{a}")
+    }
+
+    /// The context a [`key`](Self::key) stands for, in words.
+    pub fn describe(key: &str) -> String {
+        let idle = match key.get(1..2) {
+            Some("0") => "no other instance idle",
+            Some("1") => "1 other idle",
+            Some("2") => "2-3 others idle",
+            Some("4") => "4 or more others idle",
+            _ => "any number idle",
+        };
+        let arrival = match key.get(3..4) {
+            Some("0") => "the last run arrived under a quarter of a boot before",
+            Some("1") => "the last run arrived under one boot before",
+            Some("2") => "no run arrived for a boot or more",
+            _ => "any last arrival",
+        };
+        format!("{idle}, {arrival}")
+    }
+}
+
 impl GapSummary {
     /// Number of gaps in the histogram.
     pub fn gaps(&self) -> u32 {
-        self.counts.iter().sum()
+        total(&self.counts)
     }
 
     /// Records the gap between an instance going idle and the next run that fitted it.
     pub fn observe(&mut self, gap: Duration) {
-        if self.counts.len() != BUCKETS {
-            self.counts.resize(BUCKETS, 0);
-        }
-        self.counts[bucket_of(gap.as_secs_f64())] += 1;
-        if self.gaps() > MAX_GAPS {
-            for c in &mut self.counts {
-                *c /= 2;
-            }
-        }
-    }
-
-    /// Expected machine-seconds of an idle spell kept for `t`: idle until the next run,
-    /// or `t` then a boot.
-    fn expected_cost(&self, t: f64, boot: f64) -> f64 {
-        let n = self.gaps().max(1) as f64;
-        let total: f64 = self
-            .counts
-            .iter()
-            .enumerate()
-            .map(|(k, &c)| {
-                let g = representative(k);
-                c as f64 * if g <= t { g } else { t + boot }
-            })
-            .sum();
-        total / n
-    }
-
-    fn quantile(&self, t: f64) -> f64 {
-        let below: u32 = self.counts.iter().enumerate().filter(|(k, _)| representative(*k) <= t).map(|(_, c)| c).sum();
-        below as f64 / self.gaps().max(1) as f64
+        add(&mut self.counts, gap);
     }
 
     /// Risk the guarantee still allows a new idle spell to take.
@@ -176,17 +257,35 @@ impl GapSummary {
 
     /// The idle duration for an instance of this shape that goes idle now.
     pub fn decide(&self, boot: Duration) -> AutoDecision {
+        self.decide_within(None, boot)
+    }
+
+    /// The idle duration for an instance of this shape that goes idle now in a context
+    /// (`key`, its histogram of gaps) with at least [`MIN_GAPS`] gaps, else from the
+    /// shape's histogram. The guard is the shape's either way.
+    pub fn decide_within(&self, context: Option<(&str, &[u32])>, boot: Duration) -> AutoDecision {
+        let (context, counts) = match context.filter(|(_, c)| total(c) >= MIN_GAPS) {
+            Some((key, counts)) => (Some(key.to_string()), counts),
+            None => (None, &self.counts[..]),
+        };
         let b = boot.as_secs_f64();
-        let gaps = self.gaps();
-        let ski =
-            AutoDecision { idle: boot, reason: Reason::Learning, gaps, quantile: 0.0, expected_saving: 0.0, risk: 0.0 };
+        let gaps = total(counts);
+        let ski = AutoDecision {
+            idle: boot,
+            reason: Reason::Learning,
+            gaps,
+            quantile: 0.0,
+            expected_saving: 0.0,
+            risk: 0.0,
+            context: None,
+        };
         if gaps < MIN_GAPS {
-            return AutoDecision { quantile: self.quantile(b), ..ski };
+            return AutoDecision { quantile: quantile(counts, b), ..ski };
         }
-        let ski_cost = self.expected_cost(b, b);
+        let ski_cost = expected_cost(counts, b, b);
         // Whole seconds, as an idle duration is written.
         let candidates = [0.0, b].into_iter().chain((0..BUCKETS).map(edge)).map(f64::ceil);
-        let cost_of = |t: f64| self.expected_cost(t, b);
+        let cost_of = |t: f64| expected_cost(counts, t, b);
         // Cheapest expected cost; among equals the one nearest one boot (least risk).
         let better =
             |x: &f64, y: &f64| cost_of(*x).total_cmp(&cost_of(*y)).then((x - b).abs().total_cmp(&(y - b).abs()));
@@ -201,9 +300,10 @@ impl GapSummary {
             idle: Duration::from_secs_f64(t),
             reason,
             gaps,
-            quantile: self.quantile(t),
+            quantile: quantile(counts, t),
             expected_saving: ski_cost - cost_of(t),
             risk: (t - b).abs(),
+            context,
         }
     }
 

@@ -99,6 +99,32 @@ pub fn pool_counts<'a>(instances: impl IntoIterator<Item = &'a Instance>) -> Poo
 /// What one instance has spent by `now` (nothing before its launch), and the runs it
 /// served ([`Spend`] says which count as reused).
 pub fn spend_of(inst: &Instance, now: jiff::Timestamp) -> crate::api::pool::Spend {
+    spend_within(inst, None, now)
+}
+
+/// [`spend_of`] for the part of the instance's life after `since`: dollars in proportion
+/// (busy and idle alike). Its runs and its spells against 5 minutes carry no times, so
+/// they count only for an instance launched after `since`.
+pub fn spend_within(inst: &Instance, since: Option<jiff::Timestamp>, now: jiff::Timestamp) -> crate::api::pool::Spend {
+    let whole = spend_whole(inst, now);
+    let Some(since) = since else { return whole };
+    let Some(st) = inst.status.as_ref() else { return whole };
+    let launched = st.usage.as_ref().and_then(|u| u.launched_at.as_ref()).map(|t| t.0);
+    if launched.is_some_and(|l| l >= since) {
+        return whole;
+    }
+    let per_second = st.offer.as_ref().map_or(0.0, |o| if o.price.is_finite() { o.price / 3600.0 } else { 0.0 });
+    let (total, busy, idle) = crate::core::instance::accrued_within(st, Some(since), now);
+    crate::api::pool::Spend {
+        dollars: total * per_second,
+        busy_dollars: busy * per_second,
+        idle_dollars: idle * per_second,
+        instances: u64::from(total > 0.0),
+        ..Default::default()
+    }
+}
+
+fn spend_whole(inst: &Instance, now: jiff::Timestamp) -> crate::api::pool::Spend {
     let Some(st) = inst.status.as_ref() else { return Default::default() };
     let Some(usage) = st.usage.as_ref().filter(|u| u.launched_at.is_some()) else { return Default::default() };
     let per_second = st.offer.as_ref().map_or(0.0, |o| if o.price.is_finite() { o.price / 3600.0 } else { 0.0 });
@@ -112,6 +138,9 @@ pub fn spend_of(inst: &Instance, now: jiff::Timestamp) -> crate::api::pool::Spen
         runs,
         reused_runs: runs - u64::from(first_was_its_own),
         instances: 1,
+        saved_vs_5m_dollars: usage.saved_vs_5m_seconds as f64 * per_second,
+        settled_vs_5m: u64::from(usage.settled_vs_5m),
+        unsettled_vs_5m: u64::from(usage.unsettled_vs_5m),
     }
 }
 

@@ -304,6 +304,8 @@ pub fn offline_bound(trace: &[TraceRun], config: &Config) -> PolicyReport {
         wait_p99: 0.0,
         waits: Vec::new(),
         timeline: Vec::new(),
+        saved_vs_5m: 0.0,
+        unsettled_vs_5m: 0,
     }
 }
 

@@ -9,10 +9,10 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::{quantile, Config, Policy, PolicyReport, Sample, TraceRun};
-use crate::api::instance::{InstancePhase, InstanceStatus, JobRef};
+use crate::api::instance::{AutoIdle, InstancePhase, InstanceStatus, JobRef};
 use crate::api::offer::Offer;
 use crate::api::run::RunStatus;
-use crate::core::idle_auto::{AutoDecision, GapSummary};
+use crate::core::idle_auto::spell::{self, ShapeGaps};
 use crate::core::instance::{self, Step};
 use crate::core::machine::{Machine, MachineState};
 use crate::core::matching::{assign, IdleInstance, PendingRun};
@@ -21,8 +21,6 @@ use crate::core::policy::{EffectivePolicy, Origin};
 use crate::core::run::{no_fit, NoFit};
 
 const NAMESPACE: &str = "sim";
-/// Expired instances whose gap is still unknown, kept per shape.
-const MAX_EXPIRED_KEPT: usize = 1000;
 
 /// Events at the same moment run in this order: runs end (freeing machines), machines
 /// become ready, idle deadlines fall due, then runs arrive.
@@ -49,15 +47,12 @@ struct Inst {
     busy_ms: i64,
     /// Counts idle spells, so a deadline of an earlier spell is ignored.
     spell: u64,
-    /// The `auto` decision of the current idle spell.
-    decision: Option<AutoDecision>,
+    /// The `auto` deadline of the current idle spell, as the instance's status records it.
+    auto: Option<AutoIdle>,
 }
 
-/// (pool, shape of the offer): what gap statistics are kept by.
+/// (pool, shape of the offer): what the clairvoyant's future is kept by.
 type ShapeKey = (String, String);
-
-/// An instance that expired: when it had gone idle (ms) and its `auto` deadline, if any.
-type Expired = (i64, Option<Duration>);
 
 fn shape(offer: &Offer) -> String {
     format!("{}/{}/{}{}", offer.backend, offer.region, offer.instance_type, if offer.spot { "/spot" } else { "" })
@@ -86,12 +81,11 @@ struct Sim<'a> {
     started: Vec<Option<i64>>,
     reused: usize,
     unplaceable: usize,
-    /// Learned gaps per (pool, shape), for `auto`.
-    stats: BTreeMap<ShapeKey, GapSummary>,
-    /// When instances that expired had gone idle, per (pool, shape), latest last: the next
-    /// run of that shape that launches a machine settles the guard's account of all of
-    /// them and closes the gap of the latest for the histogram.
-    expired_since: HashMap<ShapeKey, Vec<Expired>>,
+    /// Learned gaps per (pool, shape as a pool's `status.idleGaps` keys it), for `auto`:
+    /// what the controllers keep in each pool's status, updated by the same functions.
+    stats: BTreeMap<ShapeKey, ShapeGaps>,
+    /// When each pool's last run arrived (ms).
+    last_arrival: HashMap<String, i64>,
     timeline: Vec<Sample>,
     cost: f64,
     last_t: i64,
@@ -115,7 +109,7 @@ pub fn simulate(trace: &[TraceRun], config: &Config, policy: &Policy) -> PolicyR
         reused: 0,
         unplaceable: 0,
         stats: BTreeMap::new(),
-        expired_since: HashMap::new(),
+        last_arrival: HashMap::new(),
         timeline: Vec::new(),
         cost: 0.0,
         last_t: 0,
@@ -198,6 +192,9 @@ impl Sim<'_> {
     }
 
     fn arrive(&mut self, batch: &[usize], t: i64) {
+        for &r in batch {
+            self.last_arrival.insert(self.trace[r].pool.clone(), t);
+        }
         let mut order = batch.to_vec();
         order.sort_by_key(|&r| (Reverse(self.trace[r].priority), secs_to_ms(self.trace[r].arrival), r));
         let pending: Vec<PendingRun> = order
@@ -240,11 +237,16 @@ impl Sim<'_> {
 
     /// Instance `i` (idle) takes run `r` now.
     fn take(&mut self, i: usize, r: usize, t: i64) {
-        if let Some(d) = self.insts[i].decision.take() {
-            let since = self.insts[i].status.idle_since.as_ref().map(|s| ms_of(s.0)).unwrap_or(t);
-            let gap = Duration::from_millis((t - since).max(0) as u64);
-            let key = (self.insts[i].pool.clone(), shape(&self.insts[i].offer));
-            self.stats.entry(key).or_default().close_reused(&d, gap, self.config.boot);
+        if let Some(record) = self.insts[i].auto.take() {
+            let key = (self.insts[i].pool.clone(), spell::shape(&self.insts[i].status));
+            let gaps = self.stats.entry(key).or_default();
+            match self.insts[i].reserved_for == Some(r) {
+                true => spell::close_launched_for(gaps, &record),
+                false => {
+                    spell::close_reused(gaps, &record, ts(t));
+                    spell::saving_reused(&mut self.insts[i].status, &record, ts(t));
+                }
+            }
         }
         let job = self.job(r);
         let inst = &mut self.insts[i];
@@ -291,23 +293,6 @@ impl Sim<'_> {
             self.unplaceable += 1;
             return;
         };
-        // A run that launches a machine closes the gap of the latest instance of its
-        // shape that expired: that instance would have served it.
-        let key = (run.pool.clone(), shape(&offer));
-        // Every expired instance of the shape now knows its gap was at least this long:
-        // the guard settles them all.
-        if let Some(expired) = self.expired_since.get_mut(&key) {
-            let stats = self.stats.entry(key).or_default();
-            let gap = |since: i64| Duration::from_millis((t - since).max(0) as u64);
-            for (since, idle) in expired.iter_mut() {
-                if let Some(idle) = idle.take() {
-                    stats.settle(idle, gap(*since), self.config.boot);
-                }
-            }
-            if let Some((since, _)) = expired.pop() {
-                stats.observe(gap(since));
-            }
-        }
         let i = self.insts.len();
         let mut status = InstanceStatus {
             machine_name: Some(format!("m{i}")),
@@ -315,6 +300,10 @@ impl Sim<'_> {
             ..InstanceStatus::default()
         };
         instance::start_provisioning(&mut status, offer.clone(), ts(t));
+        // A run that launches a machine tells the gaps of the shape's expired spells.
+        if let Some(gaps) = self.stats.get_mut(&(run.pool.clone(), spell::shape(&status))) {
+            spell::launched(gaps, ts(t));
+        }
         self.insts.push(Inst {
             name: format!("i{i:07}"),
             pool: run.pool.clone(),
@@ -326,7 +315,7 @@ impl Sim<'_> {
             reserved_for: Some(r),
             busy_ms: 0,
             spell: 0,
-            decision: None,
+            auto: None,
         });
         self.queue.push(Reverse((t + self.boot_ms, Event::Ready(i))));
     }
@@ -347,28 +336,34 @@ impl Sim<'_> {
 
     fn finish(&mut self, i: usize, t: i64) {
         let foreseen = if *self.policy == Policy::Clairvoyant { self.clairvoyant(i, t) } else { Duration::ZERO };
-        let inst = &mut self.insts[i];
-        instance::release(&mut inst.status, ts(t));
-        inst.spell += 1;
+        instance::release(&mut self.insts[i].status, ts(t));
+        self.insts[i].spell += 1;
         let limit = match self.policy {
             Policy::NoReuse => Some(Duration::ZERO),
             Policy::Fixed(d) => Some(*d),
             Policy::KeepForever => None,
             Policy::SkiRental => Some(self.config.boot),
             Policy::Clairvoyant => Some(foreseen),
-            Policy::Auto => {
-                let key = (inst.pool.clone(), shape(&inst.offer));
-                let stats = self.stats.entry(key).or_default();
-                let d = stats.decide(self.config.boot);
-                stats.open(&d);
-                let idle = d.idle;
-                inst.decision = Some(d);
-                Some(idle)
-            }
+            Policy::Auto => self.decide_auto(i),
         };
+        let inst = &mut self.insts[i];
         inst.policy.idle_duration = limit;
         let spell = inst.spell;
         self.check_idle(i, spell, t);
+    }
+
+    /// The `auto` deadline of instance `i`, just gone idle, as the instance controller
+    /// chooses it: from the pool's learned gaps and the spell's context.
+    fn decide_auto(&mut self, i: usize) -> Option<Duration> {
+        let inst = &self.insts[i];
+        let last = self.last_arrival.get(&inst.pool).map(|&a| ts(a));
+        let live = self.insts.iter().filter(|o| o.terminated.is_none()).map(|o| (o.name.as_str(), &o.status));
+        let context = spell::context(&inst.name, &inst.status, live, last);
+        let gaps = self.stats.entry((inst.pool.clone(), spell::shape(&inst.status))).or_default();
+        let (record, decision) = spell::choose(&inst.status, Some(gaps), &context)?;
+        gaps.summary.open(&decision);
+        self.insts[i].auto = Some(record);
+        Some(decision.idle)
     }
 
     fn deadline(&mut self, i: usize, spell: u64, t: i64) {
@@ -385,17 +380,10 @@ impl Sim<'_> {
                 instance::terminate(&mut inst.status);
                 instance::gone(&mut inst.status, ts(t));
                 inst.terminated = Some(t);
-                let key = (inst.pool.clone(), shape(&inst.offer));
-                let since = inst.status.idle_since.as_ref().map(|s| ms_of(s.0)).unwrap_or(t);
-                let decision = inst.decision.take();
-                if let Some(d) = &decision {
-                    self.stats.entry(key.clone()).or_default().close_expired(d, self.config.boot);
-                }
-                let expired = self.expired_since.entry(key).or_default();
-                expired.push((since, decision.map(|d| d.idle)));
-                if expired.len() > MAX_EXPIRED_KEPT {
-                    // Oldest first: settle them as if no run ever came (no change).
-                    expired.remove(0);
+                if let Some(record) = inst.auto.take() {
+                    spell::saving_expired(&mut inst.status, &record);
+                    let key = (inst.pool.clone(), spell::shape(&inst.status));
+                    spell::close_expired(self.stats.entry(key).or_default(), &record);
                 }
             }
             Step::IdleUntil(Some(at)) => self.queue.push(Reverse((ms_of(at), Event::Deadline(i, spell)))),
@@ -413,7 +401,12 @@ impl Sim<'_> {
         let mut total = 0.0;
         let mut idle_cost = 0.0;
         let mut boot_cost = 0.0;
+        let (mut saved_vs_5m, mut unsettled_vs_5m) = (0.0, 0);
         for inst in &self.insts {
+            if let Some(u) = &inst.status.usage {
+                saved_vs_5m += u.saved_vs_5m_seconds as f64 * inst.offer.price / 3600.0;
+                unsettled_vs_5m += u64::from(u.unsettled_vs_5m);
+            }
             let life = inst.terminated.unwrap_or(self.last_t) - inst.launched;
             let boot = self.boot_ms.min(life);
             let rate = inst.offer.price / 3_600_000.0;
@@ -434,6 +427,8 @@ impl Sim<'_> {
             wait_p99: quantile(&waits, 0.99),
             waits,
             timeline: self.timeline,
+            saved_vs_5m,
+            unsettled_vs_5m,
         }
     }
 }

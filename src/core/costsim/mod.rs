@@ -345,6 +345,11 @@ pub struct PolicyReport {
     pub waits: Vec<f64>,
     /// The machines over time, one sample per moment something changed.
     pub timeline: Vec<Sample>,
+    /// Under `auto`: what the instances' statuses say auto saved against 5 minutes on the
+    /// spells they settled (`status.usage.savedVs5mSeconds` at their price), and how many
+    /// spells they left out; what `kubectl pool cost` would print.
+    pub saved_vs_5m: f64,
+    pub unsettled_vs_5m: u64,
 }
 
 impl PolicyReport {

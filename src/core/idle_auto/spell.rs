@@ -6,6 +6,7 @@
 //! ([`launched`]), as in the cost simulator: every expired spell is settled, the latest
 //! one's gap joins the histogram.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -13,8 +14,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{AutoDecision, GapSummary, Reason};
-use crate::api::instance::{AutoIdle, InstanceStatus};
+use super::{add, AutoDecision, GapSummary, Reason, SpellContext, MAX_CONTEXTS};
+use crate::api::instance::{AutoIdle, InstancePhase, InstanceStatus};
 
 /// The boot time assumed for an instance that has no `status.bootSeconds` (it was
 /// never seen provisioning, e.g. a host added by hand or an instance from before kpool
@@ -34,6 +35,42 @@ pub struct ShapeGaps {
     /// machine) is not known yet, latest last.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub expired: Vec<ExpiredSpell>,
+    /// The same gaps again, split by the context their spell started in
+    /// ([`SpellContext::key`]): histograms without trailing empty buckets, at most
+    /// [`MAX_CONTEXTS`]. A status from before contexts reads as none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub contexts: BTreeMap<String, Vec<u32>>,
+}
+
+impl ShapeGaps {
+    /// A gap of a spell that started in context `key` (if known) joins the shape's
+    /// histogram and the context's.
+    pub fn observe(&mut self, gap: Duration, key: Option<&str>) {
+        self.summary.observe(gap);
+        if let Some(key) = key {
+            self.observe_context(key, gap);
+        }
+    }
+
+    /// A gap of a spell that started in context `key` joins the context's histogram.
+    pub fn observe_context(&mut self, key: &str, gap: Duration) {
+        if !self.contexts.contains_key(key) && self.contexts.len() >= MAX_CONTEXTS {
+            return;
+        }
+        let counts = self.contexts.entry(key.to_string()).or_default();
+        add(counts, gap);
+        while counts.last() == Some(&0) {
+            counts.pop();
+        }
+    }
+
+    /// The deadline for a spell starting in `context`: from the context's gaps once
+    /// there are enough of them, else the shape's.
+    pub fn decide(&self, context: &SpellContext, boot: Duration) -> AutoDecision {
+        let key = context.key(boot);
+        let local = self.contexts.get(&key).map(|c| (key.as_str(), &c[..]));
+        self.summary.decide_within(local, boot)
+    }
 }
 
 /// An idle spell that ran out.
@@ -47,6 +84,23 @@ pub struct ExpiredSpell {
     pub idle_seconds: Option<u64>,
     /// The boot time its deadline weighed, in seconds.
     pub boot_seconds: u64,
+    /// The context the spell started in ([`SpellContext::key`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    /// How many spells this stands for: past [`MAX_EXPIRED_KEPT`], the oldest spell that
+    /// has a later one alike (same idle and boot seconds) is merged into it, which keeps the later
+    /// `since` (its gap, shorter, never overstates theirs; the guard settles each), and
+    /// its context only when theirs was the same.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub count: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 /// The key of an instance's shape in the pool's `status.idleGaps`: `BACKEND/INSTANCE_TYPE`.
@@ -55,6 +109,27 @@ pub fn shape(status: &InstanceStatus) -> String {
         Some(o) => format!("{}/{}", o.backend, o.instance_type),
         None => "unknown/unknown".to_string(),
     }
+}
+
+/// The context of the idle spell an instance (`name`, `status`) starts: the other
+/// instances of its pool and shape idle among `instances` (name, status), and the time
+/// from the pool's last run arrival up to the spell's start.
+pub fn context<'a>(
+    name: &str,
+    status: &InstanceStatus,
+    instances: impl IntoIterator<Item = (&'a str, &'a InstanceStatus)>,
+    last_arrival: Option<Timestamp>,
+) -> SpellContext {
+    let me = shape(status);
+    let idle_others = instances
+        .into_iter()
+        .filter(|(n, s)| *n != name && s.phase == InstancePhase::Idle && s.pool == status.pool && shape(s) == me)
+        .count() as u32;
+    let since_arrival = match (&status.idle_since, last_arrival) {
+        (Some(since), Some(at)) => Some(between(at, since.0)),
+        _ => None,
+    };
+    SpellContext { idle_others, since_arrival }
 }
 
 /// What a new machine of this shape takes to boot: the instance's own launch-to-ready
@@ -69,12 +144,17 @@ pub fn current(status: &InstanceStatus) -> Option<&AutoIdle> {
     status.idle_auto.as_ref().filter(|a| a.since == *since)
 }
 
-/// Chooses the deadline of the current idle spell from the shape's learned gaps
-/// (`None`: nothing learned yet). `None` when the instance is not idle.
-pub fn choose(status: &InstanceStatus, gaps: Option<&GapSummary>) -> Option<(AutoIdle, AutoDecision)> {
+/// Chooses the deadline of the current idle spell, started in `context`, from the
+/// shape's learned gaps (`None`: nothing learned yet). `None` when the instance is not
+/// idle.
+pub fn choose(
+    status: &InstanceStatus,
+    gaps: Option<&ShapeGaps>,
+    context: &SpellContext,
+) -> Option<(AutoIdle, AutoDecision)> {
     let since = status.idle_since.as_ref()?.0;
     let boot = boot(status);
-    let decision = gaps.cloned().unwrap_or_default().decide(boot);
+    let decision = gaps.cloned().unwrap_or_default().decide(context, boot);
     let idle_seconds = decision.idle.as_secs();
     let deadline = since.checked_add(jiff::SignedDuration::from_secs(idle_seconds as i64)).unwrap_or(Timestamp::MAX);
     let price = status.offer.as_ref().map_or(0.0, |o| o.price);
@@ -86,6 +166,7 @@ pub fn choose(status: &InstanceStatus, gaps: Option<&GapSummary>) -> Option<(Aut
         boot_seconds: boot.as_secs(),
         risk_seconds: decision.risk,
         reason: decision.explain(price),
+        context: Some(context.key(boot)),
     };
     Some((record, decision))
 }
@@ -100,6 +181,7 @@ pub fn decision_of(record: &AutoIdle) -> AutoDecision {
         quantile: 0.0,
         expected_saving: 0.0,
         risk: record.risk_seconds,
+        context: record.context.clone(),
     }
 }
 
@@ -111,6 +193,9 @@ fn between(since: Timestamp, until: Timestamp) -> Duration {
 pub fn close_reused(gaps: &mut ShapeGaps, record: &AutoIdle, now: Timestamp) {
     let gap = between(record.since.0, now);
     gaps.summary.close_reused(&decision_of(record), gap, Duration::from_secs(record.boot_seconds));
+    if let Some(key) = &record.context {
+        gaps.observe_context(key, gap);
+    }
 }
 
 /// The run the instance was launched for took it: no idle gap of the pool's work, only
@@ -127,10 +212,57 @@ pub fn close_expired(gaps: &mut ShapeGaps, record: &AutoIdle) {
         since: record.since.clone(),
         idle_seconds: Some(record.idle_seconds),
         boot_seconds: record.boot_seconds,
+        context: record.context.clone(),
+        count: 1,
     });
-    let excess = gaps.expired.len().saturating_sub(MAX_EXPIRED_KEPT);
-    // The oldest are dropped as if no run ever came: their costs stay as counted.
-    gaps.expired.drain(..excess);
+    while gaps.expired.len() > MAX_EXPIRED_KEPT {
+        let class = |e: &ExpiredSpell| (e.idle_seconds, e.boot_seconds);
+        let e = &gaps.expired;
+        let pair = (0..e.len()).find_map(|i| (i + 1..e.len()).find(|&j| class(&e[j]) == class(&e[i])).map(|j| (i, j)));
+        let Some((older, later)) = pair else {
+            // All unlike: the oldest is dropped as if no run ever came (its costs stay as
+            // counted).
+            gaps.expired.remove(0);
+            continue;
+        };
+        let older = gaps.expired.remove(older);
+        let e = &mut gaps.expired[later - 1];
+        e.count += older.count;
+        e.since = e.since.clone().max(older.since);
+        if e.context != older.context {
+            e.context = None;
+        }
+    }
+}
+
+/// The fixed idle duration auto's savings are measured against.
+pub const FIVE_MINUTES: u64 = 300;
+
+/// A run took the instance at `now`, ending the spell `record` was chosen for: what a
+/// fixed 5 minutes would have spent on that spell (`min(g, 5m)`, plus a boot when the
+/// gap `g` passed 5 minutes) against auto's `g`, into the instance's usage.
+pub fn saving_reused(status: &mut InstanceStatus, record: &AutoIdle, now: Timestamp) {
+    let g = between(record.since.0, now).as_secs();
+    let five = g.min(FIVE_MINUTES) + if g > FIVE_MINUTES { record.boot_seconds } else { 0 };
+    settle_saving(status, five as i64 - g as i64);
+}
+
+/// Auto ended the spell `record` was chosen for at its deadline. At or past 5 minutes a
+/// fixed 5 minutes would have ended it too, at 5 minutes (the next run pays a boot
+/// either way); before, whether a run would have come in time is unknown: counted
+/// apart, not guessed.
+pub fn saving_expired(status: &mut InstanceStatus, record: &AutoIdle) {
+    if record.idle_seconds >= FIVE_MINUTES {
+        settle_saving(status, FIVE_MINUTES as i64 - record.idle_seconds as i64);
+    } else {
+        status.usage.get_or_insert_with(Default::default).unsettled_vs_5m += 1;
+    }
+}
+
+fn settle_saving(status: &mut InstanceStatus, seconds: i64) {
+    let usage = status.usage.get_or_insert_with(Default::default);
+    usage.saved_vs_5m_seconds += seconds;
+    usage.settled_vs_5m += 1;
 }
 
 /// A run that arrived at `arrival` had to launch a machine of this shape: every expired
@@ -142,19 +274,25 @@ pub fn launched(gaps: &mut ShapeGaps, arrival: Timestamp) {
     for e in gaps.expired.iter_mut().filter(|e| e.since.0 <= arrival) {
         if let Some(idle) = e.idle_seconds.take() {
             let boot = Duration::from_secs(e.boot_seconds);
-            gaps.summary.settle(Duration::from_secs(idle), between(e.since.0, arrival), boot);
+            for _ in 0..e.count {
+                gaps.summary.settle(Duration::from_secs(idle), between(e.since.0, arrival), boot);
+            }
         }
     }
     if let Some(latest) = gaps.expired.iter().rposition(|e| e.since.0 <= arrival) {
-        let latest = gaps.expired.remove(latest);
-        gaps.summary.observe(between(latest.since.0, arrival));
+        let e = &mut gaps.expired[latest];
+        let (gap, context) = (between(e.since.0, arrival), e.context.clone());
+        e.count -= 1;
+        if e.count == 0 {
+            gaps.expired.remove(latest);
+        }
+        gaps.observe(gap, context.as_deref());
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::instance::InstancePhase;
     use crate::core::instance::{idle_deadline, next_step, Step};
     use crate::core::policy::{effective_policy, Origin};
 
@@ -179,7 +317,7 @@ mod tests {
         let policy = effective_policy(&[&spec], Origin::Run).unwrap();
         let mut st = idle_status(0, Some(90));
         assert_eq!(next_step(&st, &policy, at(1)), Step::DecideIdle);
-        let (record, decision) = choose(&st, None).unwrap();
+        let (record, decision) = choose(&st, None, &Default::default()).unwrap();
         assert_eq!((record.idle_seconds, record.boot_seconds, decision.reason), (90, 90, Reason::Learning));
         assert!(record.reason.contains("one boot, ski-rental"), "{}", record.reason);
         st.idle_auto = Some(record);
@@ -190,13 +328,16 @@ mod tests {
         st.idle_since = Some(Time(at(500)));
         assert_eq!(next_step(&st, &policy, at(501)), Step::DecideIdle);
         // Without its own boot time, the default one.
-        assert_eq!(choose(&idle_status(0, None), None).unwrap().0.idle_seconds, DEFAULT_BOOT.as_secs());
+        assert_eq!(
+            choose(&idle_status(0, None), None, &Default::default()).unwrap().0.idle_seconds,
+            DEFAULT_BOOT.as_secs()
+        );
     }
 
     #[test]
     fn expired_spells_wait_for_a_launch_to_tell_their_gap() {
         let st = idle_status(0, Some(100));
-        let (record, _) = choose(&st, None).unwrap();
+        let (record, _) = choose(&st, None, &Default::default()).unwrap();
         let mut gaps = ShapeGaps::default();
         close_expired(&mut gaps, &record);
         assert_eq!((gaps.summary.auto_cost, gaps.summary.bound_cost), (200.0, 100.0));
@@ -238,11 +379,98 @@ mod tests {
     fn a_reused_spell_closes_with_its_gap_and_frees_its_risk() {
         let st = idle_status(0, Some(100));
         let mut gaps = ShapeGaps::default();
-        let mut record = choose(&st, None).unwrap().0;
+        let mut record = choose(&st, None, &Default::default()).unwrap().0;
         record.risk_seconds = 30.0;
         gaps.summary.reserved = 30.0;
         close_reused(&mut gaps, &record, at(40));
         assert_eq!((gaps.summary.reserved, gaps.summary.auto_cost, gaps.summary.bound_cost), (0.0, 40.0, 40.0));
+        assert_eq!(gaps.summary.gaps(), 1);
+    }
+
+    fn on(shape: &str, pool: &str, phase: InstancePhase) -> InstanceStatus {
+        let (backend, instance_type) = shape.split_once('/').unwrap();
+        InstanceStatus {
+            phase,
+            pool: Some(pool.into()),
+            offer: Some(crate::api::offer::Offer {
+                backend: backend.into(),
+                instance_type: instance_type.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_spells_context_counts_the_pools_other_idle_instances_of_its_shape_and_the_last_arrival() {
+        let mut me = on("aws/m5", "p", InstancePhase::Idle);
+        me.idle_since = Some(Time(at(100)));
+        let others = [
+            ("me", me.clone()),
+            ("a", on("aws/m5", "p", InstancePhase::Idle)),
+            ("b", on("aws/m5", "p", InstancePhase::Idle)),
+            ("busy", on("aws/m5", "p", InstancePhase::Busy)),
+            ("other-pool", on("aws/m5", "q", InstancePhase::Idle)),
+            ("other-shape", on("aws/c5", "p", InstancePhase::Idle)),
+        ];
+        let c = context("me", &me, others.iter().map(|(n, s)| (*n, s)), Some(at(40)));
+        assert_eq!(c, SpellContext { idle_others: 2, since_arrival: Some(Duration::from_secs(60)) });
+        assert_eq!(context("me", &me, [], None), SpellContext { idle_others: 0, since_arrival: None });
+        // The context is recorded with the deadline, and keys what the spell teaches.
+        let mut st = idle_status(100, Some(180));
+        st.offer = me.offer.clone();
+        let (record, _) = choose(&st, None, &c).unwrap();
+        assert_eq!(record.context.as_deref(), Some("i2a1"));
+        let mut gaps = ShapeGaps::default();
+        close_reused(&mut gaps, &record, at(130));
+        assert_eq!((gaps.summary.gaps(), gaps.contexts["i2a1"].iter().sum::<u32>()), (1, 1));
+        close_expired(&mut gaps, &record);
+        launched(&mut gaps, at(1000));
+        assert_eq!((gaps.summary.gaps(), gaps.contexts["i2a1"].iter().sum::<u32>()), (2, 2));
+    }
+
+    /// Against 5 minutes, by hand (boot 100 s): reused after 200 s: 5m idles 200 s too,
+    /// saved 0; after 350 s: 5m idles 300 s then boots 100 s, saved 50; after 1000 s: 5m
+    /// pays 400, auto 1000, saved -600; ended by auto at 600 s: 5m would have ended it at
+    /// 300 s, saved -300; at 60 s: not known, counted apart.
+    #[test]
+    fn auto_spells_are_weighed_against_five_minutes() {
+        let mut st = idle_status(0, Some(100));
+        let (mut record, _) = choose(&st, None, &Default::default()).unwrap();
+        for gap in [200, 350, 1000] {
+            saving_reused(&mut st, &record, at(gap));
+        }
+        let u = st.usage.clone().unwrap();
+        assert_eq!((u.saved_vs_5m_seconds, u.settled_vs_5m, u.unsettled_vs_5m), (-550, 3, 0));
+        record.idle_seconds = 600;
+        saving_expired(&mut st, &record);
+        record.idle_seconds = 60;
+        saving_expired(&mut st, &record);
+        let u = st.usage.clone().unwrap();
+        assert_eq!((u.saved_vs_5m_seconds, u.settled_vs_5m, u.unsettled_vs_5m), (-850, 4, 1));
+    }
+
+    /// Past the cap, spells alike merge, and a spell unlike the others (the one a short
+    /// deadline ended) is kept: the guard settles it at the next launch. Dropping the
+    /// oldest instead lost that settlement on every batch sweep (auto fell to ski-rental).
+    #[test]
+    fn past_the_cap_alike_expired_spells_merge_and_a_unique_one_is_kept_for_the_guard() {
+        let mut gaps = ShapeGaps::default();
+        let (mut quick, _) = choose(&idle_status(0, Some(100)), None, &Default::default()).unwrap();
+        quick.idle_seconds = 0;
+        close_expired(&mut gaps, &quick);
+        let (ski, _) = choose(&idle_status(10, Some(100)), None, &Default::default()).unwrap();
+        for _ in 0..MAX_EXPIRED_KEPT + 4 {
+            close_expired(&mut gaps, &ski);
+        }
+        assert_eq!(gaps.expired.len(), MAX_EXPIRED_KEPT);
+        assert_eq!(gaps.expired.iter().map(|e| e.count).sum::<u32>(), MAX_EXPIRED_KEPT as u32 + 5);
+        assert_eq!((gaps.expired[0].idle_seconds, gaps.expired[0].count), (Some(0), 1));
+        // A launch an hour later: the planner would have paid a boot on each spell, which
+        // only the quick one had not been counted at (min(0, 100) at expiry).
+        let before = gaps.summary.bound_cost;
+        launched(&mut gaps, at(3600));
+        assert_eq!(gaps.summary.bound_cost - before, 100.0);
         assert_eq!(gaps.summary.gaps(), 1);
     }
 }

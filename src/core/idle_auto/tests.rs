@@ -142,6 +142,7 @@ fn reused_spells_count_their_gap_and_the_planners_share() {
         quantile: 0.5,
         expected_saving: 1.0,
         risk: 120.0,
+        context: None,
     };
     s.open(&d);
     assert_eq!(s.reserved, 120.0);
@@ -179,6 +180,7 @@ fn a_gap_learned_after_expiry_gives_the_planner_its_true_share() {
         quantile: 0.0,
         expected_saving: 0.0,
         risk: 180.0,
+        context: None,
     };
     s.open(&d);
     s.close_expired(&d, BOOT);
@@ -204,4 +206,79 @@ fn settling_counts_the_known_gap_but_never_less_than_at_expiry() {
     s.settle(secs(60.0), secs(30.0), BOOT);
     assert_eq!(s.bound_cost, 160.0);
     assert_eq!(s.gaps(), 0, "settling alone does not feed the histogram");
+}
+
+#[test]
+fn a_spells_context_buckets_the_other_idle_instances_and_the_time_since_the_last_arrival() {
+    let at = |idle_others, since: Option<f64>| SpellContext { idle_others, since_arrival: since.map(secs) }.key(BOOT);
+    // Boot 180 s: under 45 s, under 180 s, longer (or no arrival seen).
+    assert_eq!(at(0, Some(44.0)), "i0a0");
+    assert_eq!(at(1, Some(45.0)), "i1a1");
+    assert_eq!(at(3, Some(179.0)), "i2a1");
+    assert_eq!(at(4, Some(180.0)), "i4a2");
+    assert_eq!(at(40, None), "i4a2");
+    assert_eq!(
+        SpellContext::describe("i2a0"),
+        "2-3 others idle, the last run arrived under a quarter of a boot before"
+    );
+}
+
+/// One shape, two kinds of spell: those that start alone right after an arrival are
+/// taken within 30 s; those that start with four others idle long after the last arrival
+/// wait 10 h. The shape's histogram mixes them; each context decides from its own.
+#[test]
+fn a_context_with_enough_gaps_decides_from_its_own() {
+    let busy = SpellContext { idle_others: 0, since_arrival: Some(secs(10.0)) };
+    let quiet = SpellContext { idle_others: 5, since_arrival: Some(secs(3600.0)) };
+    let mut g = spell::ShapeGaps::default();
+    for _ in 0..20 {
+        g.observe(secs(30.0), Some(&busy.key(BOOT)));
+        g.observe(secs(36_000.0), Some(&quiet.key(BOOT)));
+    }
+    g.summary.bound_cost = 1e6; // Slack enough: the guard is not what this is about.
+    let shape = g.summary.decide(BOOT);
+    assert!(shape.idle >= secs(30.0), "the mix keeps past the short gaps: {:?}", shape.idle);
+    let d = g.decide(&quiet, BOOT);
+    assert_eq!((d.idle, d.context.as_deref(), d.gaps), (Duration::ZERO, Some("i4a2"), 20));
+    assert!(
+        d.explain(1.0).contains("i4a2: 4 or more others idle, no run arrived for a boot or more"),
+        "{}",
+        d.explain(1.0)
+    );
+    // Every gap of its own is short: anything past them costs the same, and the deadline
+    // nearest one boot (least risk) is kept.
+    let d = g.decide(&busy, BOOT);
+    assert_eq!((d.idle, d.quantile), (BOOT, 1.0));
+    assert_eq!(d.context.as_deref(), Some("i0a0"));
+    // A context with too few gaps falls back on the shape's histogram.
+    let rare = SpellContext { idle_others: 1, since_arrival: None };
+    assert_eq!(g.decide(&rare, BOOT), AutoDecision { context: None, ..shape });
+}
+
+#[test]
+fn context_histograms_are_trimmed_and_bounded() {
+    let mut g = spell::ShapeGaps::default();
+    g.observe(secs(30.0), Some("i0a0"));
+    assert_eq!(g.contexts["i0a0"].len(), bucket_of(30.0) + 1, "no trailing empty buckets");
+    for k in 0..MAX_CONTEXTS + 5 {
+        g.observe(secs(30.0), Some(&format!("k{k}")));
+    }
+    assert_eq!(g.contexts.len(), MAX_CONTEXTS);
+    assert_eq!(g.summary.gaps(), MAX_CONTEXTS as u32 + 6, "every gap still counts for the shape");
+}
+
+/// A pool status written before contexts (no `contexts`, records without `context`)
+/// still reads, and decides as the shape's histogram did.
+#[test]
+fn a_status_from_before_contexts_still_reads() {
+    let old = r#"{"summary": {"counts": [0,0,0,0,0,0,0,0,0,20], "autoCost": 10.0, "boundCost": 500.0},
+        "expired": [{"since": "2026-01-01T00:00:00Z", "idleSeconds": 30, "bootSeconds": 180}]}"#;
+    let g: spell::ShapeGaps = serde_json::from_str(old).unwrap();
+    assert!(g.contexts.is_empty());
+    assert_eq!(g.expired[0].context, None);
+    let any = SpellContext { idle_others: 0, since_arrival: Some(secs(5.0)) };
+    assert_eq!(g.decide(&any, BOOT), g.summary.decide(BOOT));
+    assert_eq!(g.decide(&any, BOOT).context, None);
+    let back: spell::ShapeGaps = serde_json::from_str(&serde_json::to_string(&g).unwrap()).unwrap();
+    assert_eq!(back, g);
 }
