@@ -182,10 +182,7 @@ fn claim_before_write(h: &Harness, victim: &str, claimer: &str, spec: RunSpec) -
         let hit = req.method() == http::Method::PATCH && req.uri().path().ends_with(&target);
         async move {
             if hit && !done.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                let mut run = kpool::api::run::Run::new(&claimer, spec);
-                run.metadata.namespace = Some(NS.into());
-                run.metadata.finalizers = Some(vec![HOLD.to_string()]);
-                run.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
+                let run = as_created(kpool::api::run::Run::new(&claimer, spec), now);
                 let api = kube::Api::<kpool::api::run::Run>::namespaced(inner.clone(), NS);
                 api.create(&Default::default(), &run).await?;
                 // Its first passes add its finalizer and resolve its pool; then it claims.

@@ -347,12 +347,12 @@ impl Context {
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
     {
         let (Some(uid), Some(version)) = (obj.uid(), obj.resource_version()) else { return Ok(true) };
-        match self.written.lock().expect("written").get(&uid) {
-            None => return Ok(true),
-            Some(w) if w.last == version => return Ok(true),
-            // A version this process wrote before its last write: older than that.
-            Some(w) if w.earlier.contains(&version) => return Ok(false),
-            Some(_) => {}
+        let last = self.written.lock().expect("written").get(&uid).map(|w| w.last.clone());
+        if last.is_none_or(|w| w == version) {
+            return Ok(true);
+        }
+        if self.known_stale(obj) {
+            return Ok(false);
         }
         let api: Api<K> = Api::namespaced(self.client.clone(), &obj.namespace().unwrap_or_default());
         let fresh = api.get_opt(&obj.name_any()).await?;

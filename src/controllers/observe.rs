@@ -5,11 +5,12 @@ use std::collections::HashSet;
 use kube::ResourceExt;
 
 use super::{Context, Error};
-use crate::api::instance::Instance;
+use crate::api::instance::{Instance, InstancePhase};
 use crate::api::policy::PolicySpec;
 use crate::api::pool::Pool;
 use crate::api::resources::SpecError;
 use crate::api::run::Run;
+use crate::core::matching::IdleInstance;
 use crate::core::policy::{effective_policy, EffectivePolicy, Origin};
 use crate::core::pool::{holds_capacity, resolve_pool_name};
 
@@ -59,6 +60,33 @@ pub async fn instances(ctx: &Context, ns: &str) -> Result<Vec<Instance>, Error> 
 /// Every run of the namespace.
 pub async fn runs(ctx: &Context, ns: &str) -> Result<Vec<Run>, Error> {
     ctx.list_in(ns, |c| &c.runs).await
+}
+
+/// The idle instances of namespace `ns` as matching sees them ([`IdleInstance`]): Idle,
+/// holding no run, not being deleted, each reserved for the run that waits for it (a
+/// run not finished whose `provisioningInstance` names it). `runs` are the namespace's.
+pub fn idle_for_matching(all: &[Instance], runs: &[Run], ns: &str) -> Vec<IdleInstance> {
+    let reservations: std::collections::HashMap<&str, String> = runs
+        .iter()
+        .filter_map(|r| {
+            let s = r.status.as_ref()?;
+            let p = s.provisioning_instance.as_deref().filter(|_| !s.phase.is_finished())?;
+            Some((p, r.name_any()))
+        })
+        .collect();
+    all.iter()
+        .filter(|i| i.metadata.deletion_timestamp.is_none())
+        .filter_map(|i| {
+            let s = i.status.as_ref().filter(|s| s.phase == InstancePhase::Idle && s.run.is_none())?;
+            Some(IdleInstance {
+                name: i.name_any(),
+                namespace: ns.to_string(),
+                pool: s.pool.clone()?,
+                offer: s.offer.clone()?,
+                reserved_for: reservations.get(i.name_any().as_str()).cloned(),
+            })
+        })
+        .collect()
 }
 
 /// The pool an instance was resolved to, if it was.

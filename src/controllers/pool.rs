@@ -197,46 +197,37 @@ async fn keep_warm(pool: &Pool, all: &[Instance], holding: u32, ctx: &Context) -
 
 /// The idle instances of `pool` its waiting runs take next: one pass of the runs' own
 /// assignment ([`assign`](crate::core::matching::assign)) over the waiting runs in queue
-/// order, each with its own requirements and policy, and the pool's idle instances.
+/// order, each with its own requirements and policy, and the idle instances as the runs
+/// see them ([`idle_for_matching`](super::observe::idle_for_matching); `assign` gives
+/// each run only instances of its pool).
 async fn taken_by_waiting_runs(
     pool: &Pool,
     all: &[Instance],
     ctx: &Context,
 ) -> Result<std::collections::HashSet<String>, Error> {
-    use crate::core::matching::{assign, IdleInstance, PendingRun};
+    use crate::core::matching::{assign, PendingRun};
     let ns = pool.namespace().unwrap_or_default();
     let name = pool.name_any();
-    let reserved: BTreeMap<String, String> =
-        all.iter().filter_map(|i| Some((i.name_any(), i.provisioned_for()?.to_string()))).collect();
-    let idle: Vec<IdleInstance> = all
-        .iter()
-        .filter(|i| i.metadata.deletion_timestamp.is_none() && instance_pool(i) == Some(&name))
-        .filter_map(|i| {
-            let s = i.status.as_ref().filter(|s| s.phase == InstancePhase::Idle && s.run.is_none())?;
-            Some(IdleInstance {
-                name: i.name_any(),
-                namespace: ns.clone(),
-                pool: name.clone(),
-                offer: s.offer.clone()?,
-                reserved_for: reserved.get(&i.name_any()).cloned(),
-            })
-        })
-        .collect();
+    let runs = super::observe::runs(ctx, &ns).await?;
+    let idle = super::observe::idle_for_matching(all, &runs, &ns);
     if idle.is_empty() {
         return Ok(Default::default());
     }
-    let mut waiting: Vec<crate::api::run::Run> = super::observe::runs(ctx, &ns)
-        .await?
-        .into_iter()
-        .filter(crate::core::run::is_waiting)
-        .filter(|r| {
-            let st = r.status.as_ref().and_then(|s| s.pool.as_deref());
-            st.or(r.spec.pool.as_deref()).unwrap_or(crate::api::pool::DEFAULT_POOL_NAME) == name
+    // A run not reconciled yet waits in the pool its spec resolves to, as its first pass
+    // will resolve it.
+    let pools = ctx.list_in(&ns, |c| &c.pools).await?;
+    let pools: Vec<&Pool> = pools.iter().collect();
+    let mut waiting: Vec<&crate::api::run::Run> = runs
+        .iter()
+        .filter(|r| crate::core::run::is_waiting(r))
+        .filter(|r| match r.status.as_ref().and_then(|s| s.pool.as_deref()) {
+            Some(p) => p == name,
+            None => crate::core::pool::resolve_pool_name(r.spec.pool.as_deref(), &pools) == name,
         })
         .collect();
-    waiting.sort_by_key(crate::core::run::queue_key);
+    waiting.sort_by_key(|r| crate::core::run::queue_key(r));
     let mut queue = Vec::with_capacity(waiting.len());
-    for r in &waiting {
+    for r in waiting {
         let Ok(requirements) = r.spec.resources.resolve() else { continue };
         let policy = super::observe::policy_of(
             ctx,

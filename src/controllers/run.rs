@@ -200,31 +200,7 @@ async fn place(
     let position = queue_position(&run, &runs, &pool_name);
     let moved = st.queue_position != Some(position);
     st.queue_position = Some(position);
-    let reservations: std::collections::HashMap<String, String> = runs
-        .iter()
-        .filter_map(|r| {
-            let s = r.status.as_ref()?;
-            let p = s.provisioning_instance.clone().filter(|_| !s.phase.is_finished())?;
-            Some((p, r.name_any()))
-        })
-        .collect();
-    let idle: Vec<IdleInstance> = all
-        .iter()
-        .filter(|i| i.metadata.deletion_timestamp.is_none())
-        .filter_map(|i| {
-            let s = i.status.as_ref()?;
-            if s.phase != InstancePhase::Idle || s.run.is_some() {
-                return None;
-            }
-            Some(IdleInstance {
-                name: i.name_any(),
-                namespace: ns.clone(),
-                pool: s.pool.clone()?,
-                offer: s.offer.clone()?,
-                reserved_for: reservations.get(&i.name_any()).cloned(),
-            })
-        })
-        .collect();
+    let idle = super::observe::idle_for_matching(&all, &runs, &ns);
     let pending = PendingRun {
         name: run.name_any(),
         namespace: ns.clone(),

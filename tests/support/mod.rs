@@ -48,6 +48,17 @@ pub const INSTALLATION: &str = "kpool-test";
 /// Placeholder finalizer on objects made by the harness (see the module docs).
 pub const HOLD: &str = "test.kpool.dev/hold";
 
+/// `obj` as [`Harness::create`] creates it: in the test namespace, held by [`HOLD`], and
+/// created at `now` unless it says otherwise.
+pub fn as_created<K: Resource>(mut obj: K, now: Timestamp) -> K {
+    obj.meta_mut().namespace = Some(NS.into());
+    obj.meta_mut().finalizers.get_or_insert_with(Vec::new).push(HOLD.to_string());
+    if obj.meta().creation_timestamp.is_none() {
+        obj.meta_mut().creation_timestamp = Some(Time(now));
+    }
+    obj
+}
+
 pub fn t0() -> Timestamp {
     "2026-11-28T10:00:00Z".parse().unwrap()
 }
@@ -320,7 +331,7 @@ impl Harness {
         Api::namespaced(self.client.clone(), NS)
     }
 
-    pub async fn create<K>(&self, mut obj: K) -> K
+    pub async fn create<K>(&self, obj: K) -> K
     where
         K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
             + Clone
@@ -328,11 +339,7 @@ impl Harness {
             + DeserializeOwned
             + std::fmt::Debug,
     {
-        obj.meta_mut().namespace = Some(NS.into());
-        obj.meta_mut().finalizers.get_or_insert_with(Vec::new).push(HOLD.to_string());
-        if obj.meta().creation_timestamp.is_none() {
-            obj.meta_mut().creation_timestamp = Some(Time(self.clock_now()));
-        }
+        let obj = as_created(obj, self.clock_now());
         self.api::<K>().create(&PostParams::default(), &obj).await.expect("create")
     }
 
