@@ -113,7 +113,7 @@ pub fn spend_within(inst: &Instance, since: Option<jiff::Timestamp>, now: jiff::
     if launched.is_some_and(|l| l >= since) {
         return whole;
     }
-    let per_second = st.offer.as_ref().map_or(0.0, |o| if o.price.is_finite() { o.price / 3600.0 } else { 0.0 });
+    let per_second = price_per_second(st);
     let (total, busy, idle) = crate::core::instance::accrued_within(st, Some(since), now);
     crate::api::pool::Spend {
         dollars: total * per_second,
@@ -124,10 +124,15 @@ pub fn spend_within(inst: &Instance, since: Option<jiff::Timestamp>, now: jiff::
     }
 }
 
+/// The instance's offer price per second (0 without an offer or a finite price).
+fn price_per_second(st: &crate::api::instance::InstanceStatus) -> f64 {
+    st.offer.as_ref().map_or(0.0, |o| if o.price.is_finite() { o.price / 3600.0 } else { 0.0 })
+}
+
 fn spend_whole(inst: &Instance, now: jiff::Timestamp) -> crate::api::pool::Spend {
     let Some(st) = inst.status.as_ref() else { return Default::default() };
     let Some(usage) = st.usage.as_ref().filter(|u| u.launched_at.is_some()) else { return Default::default() };
-    let per_second = st.offer.as_ref().map_or(0.0, |o| if o.price.is_finite() { o.price / 3600.0 } else { 0.0 });
+    let per_second = price_per_second(st);
     let a = crate::core::instance::accrued(st, now);
     let runs = u64::from(usage.runs);
     let first_was_its_own = inst.provisioned_for().is_some() && runs > 0;
