@@ -153,7 +153,11 @@ async fn keep_warm(pool: &Pool, all: &[Instance], holding: u32, ctx: &Context) -
     // so that one a run claims meanwhile is left alone (the claim wins, or this does).
     // One a waiting run of the pool is about to take is not surplus: ending it would make
     // that run launch (and wait for) another machine.
-    let wanted_by_runs = taken_by_waiting_runs(pool, all, ctx).await?;
+    // (Looked up only when there is a surplus: it resolves every waiting run's policy.)
+    let wanted_by_runs = match ready > min_idle {
+        true => taken_by_waiting_runs(pool, all, ctx).await?,
+        false => Default::default(),
+    };
     let mut surplus: Vec<&Instance> =
         idle.iter().copied().filter(|i| !wanted_by_runs.contains(&i.name_any())).collect();
     surplus.sort_by_key(|i| std::cmp::Reverse(i.name_any()));
