@@ -404,6 +404,7 @@ impl Sim {
             instances: instances.into_iter().map(|i: kpool::api::instance::Instance| (i.name_any(), i)).collect(),
             machines: self.h.backend.live_machines_at(),
             max_instances: self.max_instances,
+            launchable: self.backend == BackendLife::Live,
         }
     }
 

@@ -303,3 +303,36 @@ async fn an_idle_warm_instance_a_waiting_run_fits_is_not_ended_as_surplus() {
     }
     assert_eq!(h.backend.creates().len(), launched, "no machine launched while fitting ones were idle");
 }
+
+#[tokio::test]
+async fn a_warm_instance_no_offer_fits_is_not_replaced_before_the_back_off_and_the_pool_says_why() {
+    let h = Harness::new().await;
+    // No offer has 512 CPUs: the warm instance fails as soon as it looks for one.
+    let spec = WarmSpec { min_idle: 1, resources: cpu("512"), ..Default::default() };
+    h.pool("gpu", PoolSpec { warm: Some(spec), ..Default::default() }).await;
+    let warm_instances = || async {
+        let all = h.api::<kpool::api::instance::Instance>().list(&Default::default()).await.unwrap().items;
+        let warm = all.into_iter().filter(|i| i.labels().contains_key(WARM_LABEL));
+        warm.map(|i| (i.name_any(), i.status.map_or(InstancePhase::Pending, |s| s.phase))).collect::<Vec<_>>()
+    };
+    h.settle(6).await;
+    let failed = vec![("gpu-warm-0".to_string(), InstancePhase::Failed)];
+    assert_eq!(warm_instances().await, failed, "one launch, kept with its reason");
+    let st = h.api::<Pool>().get("gpu").await.unwrap().status.unwrap();
+    let c = find(&st.conditions, "Warm").expect("a Warm condition");
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "WarmLaunchFailed"), "{c:?}");
+    assert!(c.message.contains("gpu-warm-0 failed to launch (NoOffers: no offer fits cpu=512"), "{}", c.message);
+    assert!(c.message.contains("the next is launched at 2026-"), "{}", c.message);
+    // The pool wakes when the back-off ends.
+    assert_eq!(reconcile_pool(&h).await, Action::requeue(Duration::from_secs(60)));
+
+    // Within the back-off: nothing new, however often the controllers look.
+    h.advance(Duration::from_secs(30));
+    h.settle(6).await;
+    assert_eq!(warm_instances().await, failed);
+
+    // After it: the failed one is removed and the next launched (and fails again).
+    h.advance(Duration::from_secs(31));
+    h.settle(6).await;
+    assert_eq!(warm_instances().await, vec![("gpu-warm-1".to_string(), InstancePhase::Failed)]);
+}

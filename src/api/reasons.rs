@@ -165,6 +165,9 @@ reasons! {
     Starting,
     /// Pool `Warm` False: `maxInstances` leaves no room for the warm minimum.
     NoRoom,
+    /// Pool `Warm` False: a warm instance failed to launch (no offer fits, or every
+    /// launch was refused); the next one is launched after a back-off.
+    WarmLaunchFailed,
     /// Backend `Ready` True: its configuration, credentials and catalog could be read.
     Configured,
     /// Backend `InUse` True: instances with machines still use it.

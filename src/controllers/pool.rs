@@ -59,16 +59,17 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action, Err
     ];
     // The pool also wakes when a warm window next opens or closes.
     let mut requeue = RECHECK;
-    if let Some(Warmth { status: w, message, invalid }) = warm {
+    if let Some(Warmth { status: w, message, invalid, relaunch_at }) = warm {
         let ok = w.ready >= w.wanted && invalid.is_none();
         let (reason, message) = match invalid {
             Some(e) => (Reason::InvalidWindow, format!("{e}; this window is ignored; {message}")),
             None if ok => (Reason::Ready, message),
             None if w.starting > 0 => (Reason::Starting, message),
+            None if relaunch_at.is_some() => (Reason::WarmLaunchFailed, message),
             None => (Reason::NoRoom, message),
         };
-        if let Some(t) = w.next_change.as_ref() {
-            requeue = requeue.min(super::instance::until(now, t.0));
+        for t in w.next_change.iter().map(|t| t.0).chain(relaunch_at) {
+            requeue = requeue.min(super::instance::until(now, t));
         }
         let c = condition(&previous.conditions, WARM, ok, reason, message, pool.metadata.generation, now);
         st.conditions.push(c);
@@ -96,6 +97,9 @@ struct Warmth {
     message: String,
     /// The first window that is not valid, named by field and value.
     invalid: Option<crate::api::resources::SpecError>,
+    /// When a warm instance is next launched, while the back-off after a failed launch
+    /// holds launches back.
+    relaunch_at: Option<jiff::Timestamp>,
 }
 
 /// Keeps the idle warm instances the pool wants now (`spec.warm.minIdle`, more while a
@@ -135,7 +139,15 @@ async fn keep_warm(pool: &Pool, all: &[Instance], holding: u32, ctx: &Context) -
     let starting = starting - ended;
     let room = room(pool.spec.max_instances, holding as usize, 0).map_or(u32::MAX, |r| r as u32);
     let missing = min_idle.saturating_sub(ready + starting);
-    let launch = missing.min(room);
+    // After a warm instance failed to launch, the next waits out a back-off: without it a
+    // pool whose warm resources no offer fits (or whose Backend is being deleted) would
+    // create, fail and remove an instance on every pass, as fast as the API answers.
+    // The failed one stays (with its reason) until the back-off has passed.
+    let backoff = crate::core::warm::relaunch_backoff(mine.iter().copied(), ctx.now());
+    let launch = match backoff {
+        Some(_) => 0,
+        None => missing.min(room),
+    };
     let api: Api<Instance> = Api::namespaced(ctx.client.clone(), &ns);
     let taken: std::collections::HashSet<String> = all.iter().map(|i| i.name_any()).collect();
     let mut next = 0;
@@ -165,15 +177,30 @@ async fn keep_warm(pool: &Pool, all: &[Instance], holding: u32, ctx: &Context) -
         let why = format!("pool {name} keeps {min_idle} warm now; this one is beyond that");
         super::instance::end_if_unchanged(inst, Reason::WarmSurplus, why, ctx).await?;
     }
-    // Ended warm instances are removed, so that their names do not pile up.
-    for inst in mine.iter().filter(|i| matches!(phase(i), InstancePhase::Terminated | InstancePhase::Failed)) {
+    // Ended warm instances are removed, so that their names do not pile up (failed ones
+    // once the back-off after them has passed).
+    let ended = mine.iter().filter(|i| match phase(i) {
+        InstancePhase::Terminated => true,
+        InstancePhase::Failed => backoff.is_none(),
+        _ => false,
+    });
+    for inst in ended {
         match api.delete(&inst.name_any(), &Default::default()).await {
             Ok(_) => {}
             Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(e.into()),
         }
     }
-    let mut message = if launch < missing {
+    let mut message = if let Some((inst, until)) = backoff {
+        let why = inst.status.as_ref().and_then(|s| crate::api::conditions::find(&s.conditions, READY));
+        let why = why.map_or_else(String::new, |c| format!(" ({}: {})", c.reason, c.message));
+        format!(
+            "{ready} of {min_idle} warm instances idle, {starting} starting; warm instance {} failed to launch{why}; \
+             the next is launched at {}",
+            inst.name_any(),
+            until.round(jiff::Unit::Second).unwrap_or(until)
+        )
+    } else if launch < missing {
         format!(
             "{ready} of {min_idle} warm instances idle, {starting} starting; maxInstances ({}) leaves no room for {} \
              more",
@@ -196,7 +223,8 @@ async fn keep_warm(pool: &Pool, all: &[Instance], holding: u32, ctx: &Context) -
         open_windows: wanted.open,
         next_change: wanted.next_change.map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time),
     };
-    Ok(Some(Warmth { status, message, invalid }))
+    let relaunch_at = backoff.map(|(_, until)| until);
+    Ok(Some(Warmth { status, message, invalid, relaunch_at }))
 }
 
 /// The idle instances of `pool` its waiting runs take next: one pass of the runs' own

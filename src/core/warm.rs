@@ -8,7 +8,9 @@ use jiff::tz::TimeZone;
 use jiff::Timestamp;
 
 use super::cron::Cron;
+use crate::api::conditions::{find, READY};
 use crate::api::duration::parse_duration;
+use crate::api::instance::{Instance, InstancePhase};
 use crate::api::pool::{WarmSpec, WarmWindow};
 use crate::api::resources::SpecError;
 
@@ -16,6 +18,34 @@ use crate::api::resources::SpecError;
 /// windows ends; past that, the window is taken to end at the last one seen plus its
 /// duration (the pool looks again then).
 const CHAIN: usize = 2_000;
+
+/// How long a warm pool waits after a warm instance failed to launch (no offer fits, or
+/// every launch was refused) before it launches the next: without it, a pool whose warm
+/// resources no offer fits (or whose Backend is being deleted) would create, fail and
+/// remove an instance on every pass, as fast as the API answers.
+pub const RELAUNCH_BACKOFF: jiff::SignedDuration = jiff::SignedDuration::from_secs(60);
+
+/// The pool's last failed warm instance and when the back-off after it ends, while it has
+/// not ended at `now` (`warm` are the pool's warm instances).
+pub fn relaunch_backoff<'a>(
+    warm: impl Iterator<Item = &'a Instance>,
+    now: Timestamp,
+) -> Option<(&'a Instance, Timestamp)> {
+    let failed = warm.filter(|i| i.status.as_ref().is_some_and(|s| s.phase == InstancePhase::Failed));
+    let last = failed.map(|i| (i, failed_at(i))).max_by_key(|(_, at)| *at)?;
+    Some((last.0, last.1 + RELAUNCH_BACKOFF)).filter(|(_, until)| *until > now)
+}
+
+/// When a Failed instance failed, as near as its status tells: the later of its last
+/// failed launch attempt and its `Ready` condition's last change (its creation without
+/// either).
+fn failed_at(inst: &Instance) -> Timestamp {
+    let st = inst.status.as_ref();
+    let ready = st.and_then(|s| find(&s.conditions, READY)).map(|c| c.last_transition_time.0);
+    let attempt = st.and_then(|s| s.attempts.iter().map(|a| a.at.0).max());
+    let created = inst.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    ready.max(attempt).or(created).unwrap_or_default()
+}
 
 /// What the warm spec asks for at one instant.
 #[derive(Clone, Debug, PartialEq)]

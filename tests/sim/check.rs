@@ -31,6 +31,9 @@ pub struct World {
     /// Live machines with their regions.
     pub machines: Vec<(Option<String>, Machine)>,
     pub max_instances: Option<u32>,
+    /// Whether the pool can launch: its Backend exists and is not being deleted (a
+    /// Backend being deleted launches nothing more; its offers are gone).
+    pub launchable: bool,
 }
 
 /// What the checker remembers between steps: since when each machine has had no live

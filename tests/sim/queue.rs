@@ -24,7 +24,10 @@
 //! `kpool.dev/warm`) that are Idle are *ready*, Pending or Provisioning are *starting*
 //! (a launch under way: however many steps the launch needs, it covers the gap).
 //! - (b1) Restored: ready + starting ≥ wanted whenever the pool has room (fewer live
-//!   instances than `maxInstances`, Pending ones included, as the pool counts them).
+//!   instances than `maxInstances`, Pending ones included, as the pool counts them) and
+//!   its Backend can launch (it exists and is not being deleted: without it no offer
+//!   fits, and a warm instance fails as soon as it is created; seed 297), and no warm
+//!   launch failed within the back-off (`core::warm::relaunch_backoff`).
 //! - (b2) Not beyond: ready ≤ wanted (the surplus is ended), and maxInstances holds
 //!   (checked with the other pool limits in `check.rs`).
 
@@ -155,7 +158,9 @@ pub fn check(w: &World, warm: Option<&WarmSpec>, now: Timestamp, mem: &mut Queue
             .count();
         let room = w.max_instances.is_none_or(|m| live < m as usize);
         let want = wanted.min_idle;
-        if ready + starting < want && room {
+        // After a warm launch failed, the pool waits out a back-off before the next.
+        let backing_off = kpool::core::warm::relaunch_backoff(mine(), now).is_some();
+        if ready + starting < want && room && w.launchable && !backing_off {
             let why = format!("warm headroom not restored for two steps: {ready} ready + {starting} starting < {want}");
             seen.insert((String::new(), String::new(), "b1"), why);
         }
