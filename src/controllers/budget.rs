@@ -34,7 +34,7 @@ pub async fn check_launch(
     ctx: &Context,
     inst: &Instance,
     pool_name: &str,
-    all: &[Instance],
+    all: &[std::sync::Arc<Instance>],
     price: f64,
     now: Timestamp,
 ) -> Result<Option<String>, Error> {
@@ -66,6 +66,7 @@ pub async fn check_launch(
         for (covers, budget) in &budgets {
             let members: Vec<&Instance> = all
                 .iter()
+                .map(|i| &**i)
                 .filter(|i| i.name_any() != me)
                 .filter(|i| covers.includes(instance_pool(i).unwrap_or_default(), profile_of(i, &pools)))
                 .collect();
@@ -81,12 +82,17 @@ pub async fn check_launch(
 /// to hold again (each with a status write conditional on the copy looked at, so a run
 /// claiming an idle one meanwhile keeps it, and the next pass looks again), and says when
 /// to look next: the moment the spend window fills up at the pool's present $/hour.
-pub async fn enforce(pool: &Pool, all: &[Instance], ctx: &Context) -> Result<Option<std::time::Duration>, Error> {
+pub async fn enforce(
+    pool: &Pool,
+    all: &[std::sync::Arc<Instance>],
+    ctx: &Context,
+) -> Result<Option<std::time::Duration>, Error> {
     let Some(budget) = pool.spec.budget.as_ref().filter(|b| b.enforce == Some(BudgetEnforce::Terminate)) else {
         return Ok(None);
     };
     let name = pool.name_any();
-    let members: Vec<&Instance> = all.iter().filter(|i| instance_pool(i) == Some(name.as_str())).collect();
+    let members: Vec<&Instance> =
+        all.iter().map(|i| &**i).filter(|i| instance_pool(i) == Some(name.as_str())).collect();
     let now = ctx.now();
     let (end, why) = crate::core::budget::to_end(budget, &members, now)?;
     for inst in end {

@@ -99,6 +99,9 @@ pub struct Context {
     /// Claims this process is making, by run UID: the instance a run is taking, until
     /// the run's status says so (see [`Self::claim_in_flight`]).
     claims: Mutex<HashMap<String, String>>,
+    /// Each pool's last queue-order assignment of its waiting runs, shared by their
+    /// reconciles (see [`super::placement`]).
+    pub plans: super::placement::Plans,
     /// Built backends by (namespace, name, resourceVersion of the `Backend` object).
     backends: Mutex<BackendCache>,
     /// When each live instance's machine was last looked at (by instance UID).
@@ -202,6 +205,7 @@ impl Context {
             launches: Mutex::default(),
             written: Mutex::default(),
             claims: Mutex::default(),
+            plans: Default::default(),
             backends: Mutex::default(),
             health_checked: Mutex::default(),
             caches: std::sync::OnceLock::new(),
@@ -232,6 +236,21 @@ impl Context {
         }
         let api: Api<K> = Api::namespaced(self.client.clone(), ns);
         Ok(api.list(&Default::default()).await?.items)
+    }
+
+    /// Like [`Self::list_in`], sharing the watch cache's copies instead of cloning them
+    /// and in no particular order: for passes that look at every object of a namespace
+    /// and keep few.
+    pub async fn list_shared<K>(&self, ns: &str, pick: impl Fn(&Caches) -> &Store<K>) -> Result<Vec<Arc<K>>, Error>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug + 'static,
+    {
+        if let Some(store) = self.caches.get().map(pick) {
+            let objects = store.state().into_iter().filter(|o| o.meta().namespace.as_deref() == Some(ns));
+            return Ok(objects.collect());
+        }
+        let api: Api<K> = Api::namespaced(self.client.clone(), ns);
+        Ok(api.list(&Default::default()).await?.items.into_iter().map(Arc::new).collect())
     }
 
     /// `K` named `name` in namespace `ns`: the watch cache's copy when the cache has listed

@@ -11,6 +11,7 @@ pub mod instance;
 pub mod leader;
 pub mod metrics;
 pub mod observe;
+pub mod placement;
 pub mod pool;
 pub mod pool_cost;
 pub mod requests;

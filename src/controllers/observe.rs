@@ -1,6 +1,8 @@
 //! Reading what a reconcile needs: the object's pool, profiles and instances.
 
+use std::borrow::Borrow;
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use kube::ResourceExt;
 
@@ -52,9 +54,10 @@ pub async fn policy_of(
     Ok(effective_policy(&layers, origin)?)
 }
 
-/// Every instance of the namespace.
-pub async fn instances(ctx: &Context, ns: &str) -> Result<Vec<Instance>, Error> {
-    ctx.list_in(ns, |c| &c.instances).await
+/// Every instance of the namespace, shared with the watch cache (not copied), in no
+/// particular order.
+pub async fn instances(ctx: &Context, ns: &str) -> Result<Vec<Arc<Instance>>, Error> {
+    ctx.list_shared(ns, |c| &c.instances).await
 }
 
 /// Every run of the namespace.
@@ -62,12 +65,18 @@ pub async fn runs(ctx: &Context, ns: &str) -> Result<Vec<Run>, Error> {
     ctx.list_in(ns, |c| &c.runs).await
 }
 
+/// Every run of the namespace, shared with the watch cache (not copied).
+pub async fn runs_shared(ctx: &Context, ns: &str) -> Result<Vec<Arc<Run>>, Error> {
+    ctx.list_shared(ns, |c| &c.runs).await
+}
+
 /// The idle instances of namespace `ns` as matching sees them ([`IdleInstance`]): Idle,
 /// holding no run, not being deleted, each reserved for the run that waits for it (a
 /// run not finished whose `provisioningInstance` names it). `runs` are the namespace's.
-pub fn idle_for_matching(all: &[Instance], runs: &[Run], ns: &str) -> Vec<IdleInstance> {
+pub fn idle_for_matching<I: Borrow<Instance>, R: Borrow<Run>>(all: &[I], runs: &[R], ns: &str) -> Vec<IdleInstance> {
     let reservations: std::collections::HashMap<&str, String> = runs
         .iter()
+        .map(Borrow::borrow)
         .filter_map(|r| {
             let s = r.status.as_ref()?;
             let p = s.provisioning_instance.as_deref().filter(|_| !s.phase.is_finished())?;
@@ -75,6 +84,7 @@ pub fn idle_for_matching(all: &[Instance], runs: &[Run], ns: &str) -> Vec<IdleIn
         })
         .collect();
     all.iter()
+        .map(Borrow::borrow)
         .filter(|i| i.metadata.deletion_timestamp.is_none())
         .filter_map(|i| {
             let s = i.status.as_ref().filter(|s| s.phase == InstancePhase::Idle && s.run.is_none())?;
@@ -95,7 +105,7 @@ pub fn instance_pool(i: &Instance) -> Option<&str> {
 }
 
 /// Names of the instances of `pool` that hold capacity, `except` one.
-pub fn holding_capacity(all: &[Instance], pool: &str, except: &str) -> HashSet<String> {
+pub fn holding_capacity(all: &[Arc<Instance>], pool: &str, except: &str) -> HashSet<String> {
     all.iter()
         .filter(|i| instance_pool(i) == Some(pool) && i.name_any() != except)
         .filter(|i| i.status.as_ref().is_some_and(|s| holds_capacity(s.phase)))

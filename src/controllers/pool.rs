@@ -22,7 +22,7 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action, Err
     let ns = pool.namespace().unwrap_or_default();
     let name = pool.name_any();
     let all = instances(&ctx, &ns).await?;
-    let mut st = pool_counts(all.iter().filter(|i| instance_pool(i) == Some(&name)));
+    let mut st = pool_counts(all.iter().map(|i| &**i).filter(|i| instance_pool(i) == Some(&name)));
     st.observed_generation = pool.metadata.generation;
     let previous = pool.status.clone().unwrap_or_default();
     // Written by the instance and run controllers (see `idle_gaps`); carried over, on the
@@ -106,7 +106,7 @@ struct Warmth {
 /// window is open): launches the missing ones (within `maxInstances`; `holding`
 /// instances of the pool hold capacity now) and ends idle ones beyond it. `None` without
 /// `spec.warm`.
-async fn keep_warm(pool: &Pool, all: &[Instance], holding: u32, ctx: &Context) -> Result<Option<Warmth>, Error> {
+async fn keep_warm(pool: &Pool, all: &[Arc<Instance>], holding: u32, ctx: &Context) -> Result<Option<Warmth>, Error> {
     let Some(warm) = pool.spec.warm.as_ref() else { return Ok(None) };
     let (wanted, invalid) = crate::core::warm::wanted(warm, ctx.now());
     let min_idle = wanted.min_idle;
@@ -115,6 +115,7 @@ async fn keep_warm(pool: &Pool, all: &[Instance], holding: u32, ctx: &Context) -
     let phase = |i: &Instance| i.status.as_ref().map_or(InstancePhase::Pending, |s| s.phase);
     let mine: Vec<&Instance> = all
         .iter()
+        .map(|i| &**i)
         .filter(|i| i.labels().get(WARM_LABEL) == Some(&name) && i.metadata.deletion_timestamp.is_none())
         .collect();
     let idle: Vec<&Instance> = mine.iter().copied().filter(|i| phase(i) == InstancePhase::Idle).collect();
@@ -227,61 +228,19 @@ async fn keep_warm(pool: &Pool, all: &[Instance], holding: u32, ctx: &Context) -
     Ok(Some(Warmth { status, message, invalid, relaunch_at }))
 }
 
-/// The idle instances of `pool` its waiting runs take next: one pass of the runs' own
-/// assignment ([`assign`](crate::core::matching::assign)) over the waiting runs in queue
-/// order, each with its own requirements and policy, and the idle instances as the runs
-/// see them ([`idle_for_matching`](super::observe::idle_for_matching); `assign` gives
-/// each run only instances of its pool).
+/// The idle instances of `pool` its waiting runs take next: the runs' own queue-order
+/// assignment ([`plan_now`](super::placement::plan_now)) over the pool's waiting runs,
+/// each with its own requirements and policy, and the idle instances as the runs see
+/// them.
 async fn taken_by_waiting_runs(
     pool: &Pool,
-    all: &[Instance],
+    all: &[Arc<Instance>],
     ctx: &Context,
 ) -> Result<std::collections::HashSet<String>, Error> {
-    use crate::core::matching::{assign, PendingRun};
     let ns = pool.namespace().unwrap_or_default();
-    let name = pool.name_any();
-    let runs = super::observe::runs(ctx, &ns).await?;
-    let idle = super::observe::idle_for_matching(all, &runs, &ns);
-    if idle.is_empty() {
-        return Ok(Default::default());
-    }
-    // A run not reconciled yet waits in the pool its spec resolves to, as its first pass
-    // will resolve it.
-    let pools = ctx.list_in(&ns, |c| &c.pools).await?;
-    let pools: Vec<&Pool> = pools.iter().collect();
-    let mut waiting: Vec<&crate::api::run::Run> = runs
-        .iter()
-        .filter(|r| crate::core::run::is_waiting(r))
-        .filter(|r| match r.status.as_ref().and_then(|s| s.pool.as_deref()) {
-            Some(p) => p == name,
-            None => crate::core::pool::resolve_pool_name(r.spec.pool.as_deref(), &pools) == name,
-        })
-        .collect();
-    waiting.sort_by_key(|r| crate::core::run::queue_key(r));
-    let mut queue = Vec::with_capacity(waiting.len());
-    for r in waiting {
-        let Ok(requirements) = r.spec.resources.resolve() else { continue };
-        let policy = super::observe::policy_of(
-            ctx,
-            &ns,
-            &r.spec.policy,
-            r.spec.profile.as_deref(),
-            Some(pool),
-            crate::core::policy::Origin::Run,
-        )
-        .await;
-        // A run whose policy does not resolve fails; it takes nothing.
-        let Ok(policy) = policy else { continue };
-        queue.push(PendingRun {
-            name: r.name_any(),
-            namespace: ns.clone(),
-            pool: name.clone(),
-            requirements,
-            policy,
-            pinned_instance: r.spec.instance.clone(),
-        });
-    }
-    Ok(assign(&queue, &idle).into_iter().map(|(_, i)| idle[i].name.clone()).collect())
+    let runs = super::observe::runs_shared(ctx, &ns).await?;
+    let plan = super::placement::plan_now(ctx, pool, all, &runs).await?;
+    Ok(plan.assigned().map(|(_, i)| i.to_string()).collect())
 }
 
 /// Creates warm instance `name` of `pool`: its resources and policies, never idling out.

@@ -54,7 +54,12 @@ const REFRESH: jiff::SignedDuration = jiff::SignedDuration::from_secs(3600);
 
 /// The pool's figures at `now`: what its existing instances (of `all`) spent, those
 /// already folded excepted, plus what the deleted ones had.
-pub fn current(pool: &str, previous: Option<&PoolCost>, all: &[Instance], now: jiff::Timestamp) -> PoolCost {
+pub fn current(
+    pool: &str,
+    previous: Option<&PoolCost>,
+    all: &[std::sync::Arc<Instance>],
+    now: jiff::Timestamp,
+) -> PoolCost {
     let mut out = previous.cloned().unwrap_or_default();
     let mut total = out.deleted.clone();
     for i in all.iter().filter(|i| super::observe::instance_pool(i) == Some(pool)) {

@@ -14,7 +14,7 @@ use kube::ResourceExt;
 
 use super::idle_gaps;
 use super::instance::until;
-use super::observe::{instances, policy_of, pool_of};
+use super::observe::{policy_of, pool_of};
 use super::{is_conflict, Context, Error};
 use crate::api::conditions::{
     clear_false, condition_tri, find, set_false_since, set_progress, upsert, Progress, QUEUED, READY, SCHEDULED,
@@ -28,7 +28,7 @@ use crate::api::pool::{Pool, PoolSpec, DEFAULT_POOL_NAME};
 use crate::api::reasons::Reason;
 use crate::api::run::{Run, RunPhase, RunStatus, RUN_FINALIZER};
 use crate::core::idle_auto::spell;
-use crate::core::matching::{assign, IdleInstance, PendingRun};
+use crate::core::matching::PendingRun;
 use crate::core::policy::{EffectivePolicy, Origin};
 use crate::core::pool::{fits, occupying};
 use crate::core::run::{self as sm, JobState, NoFit};
@@ -176,11 +176,13 @@ async fn place(
     // before it started.)
     let uid = run.uid().unwrap_or_default();
     let claim_in_flight = ctx.claim_in_flight(&uid);
-    let mut all = instances(ctx, &ns).await?;
+    // The namespace's instances and runs, shared with the watch caches: a wave of runs
+    // looks at all of them on every pass.
+    let mut all = super::observe::instances(ctx, &ns).await?;
     if let Some(name) = claim_in_flight {
         let fresh = Api::<Instance>::namespaced(ctx.client.clone(), &ns).get_opt(&name).await?;
         all.retain(|i| i.name_any() != name);
-        all.extend(fresh);
+        all.extend(fresh.map(Arc::new));
     }
 
     // An instance that already names this run (a claim whose run status write was lost).
@@ -190,17 +192,15 @@ async fn place(
         if !ctx.is_current(&run).await? {
             return Ok(Next::Stop(Action::requeue(CACHE_CATCH_UP)));
         }
-        return start(run, st, held.clone(), &policy, ctx).await;
+        return start(run, st, (**held).clone(), &policy, ctx).await;
     }
 
-    // An instance provisioned for a run is reserved for it while that run waits for it.
-    let runs = super::observe::runs(ctx, &ns).await?;
+    let runs = super::observe::runs_shared(ctx, &ns).await?;
     // Where the run stands in its pool's queue; a change alone is worth a status write
     // while it waits (nothing is written while the queue stands still).
     let position = queue_position(&run, &runs, &pool_name);
     let moved = st.queue_position != Some(position);
     st.queue_position = Some(position);
-    let idle = super::observe::idle_for_matching(&all, &runs, &ns);
     let pending = PendingRun {
         name: run.name_any(),
         namespace: ns.clone(),
@@ -209,13 +209,9 @@ async fn place(
         policy: policy.clone(),
         pinned_instance: run.spec.instance.clone(),
     };
-    // Runs an instance already names are not waiting, whatever their own (older) copy says.
-    let claimed: std::collections::HashSet<&str> = all
-        .iter()
-        .filter_map(|i| i.status.as_ref().filter(|s| s.phase == InstancePhase::Busy).and_then(|s| s.run.as_deref()))
-        .collect();
-    if let Some(ix) = pick_in_queue(&pending, &run, &runs, &claimed, &idle) {
-        let chosen = all.iter().find(|i| i.name_any() == idle[ix].name).cloned().expect("picked from all");
+    // The instance the pool's queue-order assignment gives this run (see `placement`).
+    if let Some(pick) = super::placement::pick(ctx, &run, pending, pool.as_ref(), &all, &runs).await? {
+        let chosen = all.iter().find(|i| i.name_any() == pick).map(|i| (**i).clone()).expect("picked from all");
         // The run must be as current as this process's writes before it takes an
         // instance: a stale copy (e.g. of a run that has already run) claims nothing and
         // starts nothing.
@@ -331,7 +327,7 @@ async fn place(
     }
 
     let max = pool.as_ref().and_then(|p| p.spec.max_instances);
-    let in_pool = occupying(&all, &pool_name);
+    let in_pool = occupying(all.iter().map(|i| &**i), &pool_name);
     // Free slots go to the runs ahead in the queue that wait for room first.
     let ahead = if max.is_some() { ahead_waiting_for_room(&run, &runs, &pool_name) } else { 0 };
     match sm::no_fit(&st, &policy, &pool_name, fits(max, in_pool, ahead), run.spec.instance.as_deref(), now) {
@@ -371,47 +367,6 @@ async fn place(
     }
 }
 
-/// The idle instance `pending` should claim, as an index into `idle`: what one pass of
-/// [`assign`] gives it over the pool's waiting runs in queue order (oldest first, then by
-/// name) and its idle instances. Every waiting run computes the same assignment from the
-/// same view, so runs woken together claim different instances instead of all racing for
-/// the cheapest one; a run that older runs leave nothing for goes on to provisioning.
-/// The other runs are assumed to share this run's policy (their own is not read here):
-/// a wrong guess costs a 409 and a retry, never a placement that does not fit, since
-/// this run's own requirements and policy decide what it may take.
-fn pick_in_queue(
-    pending: &PendingRun,
-    run: &Run,
-    runs: &[Run],
-    claimed: &std::collections::HashSet<&str>,
-    idle: &[IdleInstance],
-) -> Option<usize> {
-    let key = sm::queue_key;
-    let me = key(run);
-    let mut queue: Vec<(_, PendingRun)> = runs
-        .iter()
-        .filter(|r| r.name_any() != pending.name && sm::is_waiting(r))
-        .filter(|r| !claimed.contains(r.name_any().as_str()))
-        .filter(|r| key(r) < me)
-        .filter(|r| waits_in(r, run, &pending.pool))
-        .filter_map(|r| {
-            let requirements = r.spec.resources.resolve().ok()?;
-            let other = PendingRun {
-                name: r.name_any(),
-                requirements,
-                pinned_instance: r.spec.instance.clone(),
-                ..pending.clone()
-            };
-            Some((key(r), other))
-        })
-        .collect();
-    queue.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut queue: Vec<PendingRun> = queue.into_iter().map(|(_, p)| p).collect();
-    queue.push(pending.clone());
-    let last = queue.len() - 1;
-    assign(&queue, idle).into_iter().find(|&(r, _)| r == last).map(|(_, i)| i)
-}
-
 /// Whether the run `other` waits in `pool`, the pool of `run`. A run not reconciled yet
 /// (its first status write is its claim or its wait) waits in the pool its spec names,
 /// which resolves as `run`'s does when both name the same pool (or none).
@@ -424,11 +379,11 @@ fn waits_in(other: &Run, run: &Run, pool: &str) -> bool {
 
 /// The place of `run` in the queue of `pool`: 1 + the waiting runs of the pool served
 /// before it ([`sm::queue_key`]: priority, then age).
-fn queue_position(run: &Run, runs: &[Run], pool: &str) -> u32 {
+fn queue_position(run: &Run, runs: &[Arc<Run>], pool: &str) -> u32 {
     let me = sm::queue_key(run);
     let ahead = runs
         .iter()
-        .filter(|r| r.name_any() != run.name_any() && sm::is_waiting(r))
+        .filter(|r| r.metadata.name != run.metadata.name && sm::is_waiting(r))
         .filter(|r| waits_in(r, run, pool))
         .filter(|r| sm::queue_key(r) < me)
         .count();
@@ -439,10 +394,10 @@ fn queue_position(run: &Run, runs: &[Run], pool: &str) -> u32 {
 /// `Scheduled` condition says `PoolAtCapacity` and nothing is provisioned for them yet):
 /// the pool's free slots are theirs first, so that small newcomers cannot keep taking the
 /// slot an older or more urgent run waits for.
-fn ahead_waiting_for_room(run: &Run, runs: &[Run], pool: &str) -> usize {
+fn ahead_waiting_for_room(run: &Run, runs: &[Arc<Run>], pool: &str) -> usize {
     let me = sm::queue_key(run);
     runs.iter()
-        .filter(|r| r.name_any() != run.name_any() && sm::is_waiting(r))
+        .filter(|r| r.metadata.name != run.metadata.name && sm::is_waiting(r))
         .filter(|r| {
             r.status.as_ref().is_some_and(|s| {
                 s.pool.as_deref() == Some(pool)
