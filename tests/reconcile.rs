@@ -1025,3 +1025,59 @@ async fn add_run_finalizer(h: &Harness, name: &str) {
     let run = h.get_run(name).await;
     h.ctx.add_finalizer(&run, kpool::api::run::RUN_FINALIZER).await.unwrap().expect("a current copy");
 }
+
+/// Status writes of `resource` (`runs/status`, `instances/status`) among the controllers'
+/// API calls since `before`.
+fn status_writes(h: &Harness, before: usize, resource: &str) -> usize {
+    h.api_calls.lock().unwrap()[before..].iter().filter(|c| c.verb == "patch" && c.resource == resource).count()
+}
+
+/// Decide once, write once: each pass of the run's job check writes the run's status at
+/// most once, whatever it found (here, in one pass: the instance answers again, and the job
+/// has exited). The instance is written once too, when the run frees it.
+#[tokio::test]
+async fn one_pass_of_a_running_run_writes_its_status_once() {
+    let h = Harness::new().await;
+    idle_instance(&h, "cpu", cpu("4..")).await;
+    h.run("job", RunSpec { resources: cpu("4.."), ..Default::default() }).await;
+    h.settle(2).await;
+    h.exec.set_unreachable(true);
+    let before = h.api_calls.lock().unwrap().len();
+    h.reconcile_run("job").await.unwrap();
+    assert_eq!(status_writes(&h, before, "runs/status"), 1, "the instance does not answer: flagged in one write");
+    let before = h.api_calls.lock().unwrap().len();
+    h.reconcile_run("job").await.unwrap();
+    assert_eq!(status_writes(&h, before, "runs/status"), 0, "still not answering: nothing new to write");
+
+    h.advance(Duration::from_secs(30));
+    h.exec.set_unreachable(false);
+    h.exec.exit("job", 3);
+    let before = h.api_calls.lock().unwrap().len();
+    h.reconcile_run("job").await.unwrap();
+    assert_eq!(status_writes(&h, before, "runs/status"), 1, "answers again and exited: one write");
+    assert_eq!(status_writes(&h, before, "instances/status"), 1, "the instance is freed once");
+    let st = h.get_run("job").await.status.unwrap();
+    assert_eq!((st.phase, st.exit_code), (RunPhase::Failed, Some(3)));
+    let c = find(&st.conditions, "InstanceReachable").unwrap();
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Reachable"), "the same write says it answers again");
+    assert_eq!(h.get_instance("cpu").await.status.unwrap().phase, InstancePhase::Idle);
+}
+
+/// The same for a run given up on an unreachable instance: the instance is held (one
+/// write) before the run lets go of it (one write).
+#[tokio::test]
+async fn giving_up_on_an_unreachable_instance_writes_each_object_once() {
+    let h = Harness::new().await;
+    idle_instance(&h, "cpu", cpu("4..")).await;
+    h.run("job", RunSpec { resources: cpu("4.."), ..Default::default() }).await;
+    h.settle(2).await;
+    h.exec.set_unreachable(true);
+    h.reconcile_run("job").await.unwrap();
+    h.advance(Duration::from_secs(300));
+    let before = h.api_calls.lock().unwrap().len();
+    h.reconcile_run("job").await.unwrap();
+    assert_eq!(status_writes(&h, before, "runs/status"), 1);
+    assert_eq!(status_writes(&h, before, "instances/status"), 1);
+    let st = h.get_run("job").await.status.unwrap();
+    assert_eq!((st.phase, st.termination_reason.as_deref()), (RunPhase::Terminated, Some("InstanceUnreachable")));
+}

@@ -28,16 +28,10 @@ use kube::ResourceExt;
 
 use super::{chain, Context, Error};
 use crate::api::backend::Backend as BackendObject;
-use crate::api::conditions::{clear_false, condition_tri, set_false_since, upsert};
 use crate::api::instance::{Instance, InstanceStatus, JobRef};
 use crate::api::reasons::Reason;
-
-/// The instance condition that says whether the job of its last run is known to be
-/// stopped: False (reason `FencePending`) while kpool cannot stop it on the machine, True
-/// (reason `Fenced`) once it did.
-pub const JOB_FENCED: &str = "JobFenced";
-/// How often a held instance tries to fence its machine again.
-pub const FENCE_RETRY: Duration = Duration::from_secs(15);
+use crate::core::instance::fence::{self as verdict, Failed, Held, Site, Teardown};
+pub use crate::core::instance::fence::{FENCE_RETRY, JOB_FENCED};
 
 /// What became of a held instance's fence.
 pub enum Fence {
@@ -49,7 +43,8 @@ pub enum Fence {
     GiveUp(String),
 }
 
-/// Tries to stop `job` on the machine of `inst`, which holds it (see the module docs).
+/// Tries to stop `job` on the machine of `inst`, which holds it (see the module docs);
+/// the verdict is [`verdict::held_failed`]'s.
 pub async fn held(inst: &Instance, st: &mut InstanceStatus, job: &JobRef, ctx: &Context) -> Fence {
     let now = ctx.now();
     let err = match ctx.executor.fence(job, inst).await {
@@ -59,14 +54,12 @@ pub async fn held(inst: &Instance, st: &mut InstanceStatus, job: &JobRef, ctx: &
         }
         Err(e) => e,
     };
-    let (first, since) = pending(inst, st, job, &err, ctx).await;
     let grace = ctx.health.unreachable_grace;
-    let deadline = crate::core::add(since, grace);
-    if now >= deadline {
-        let msg = format!("could not stop the job of run {} for {}s: {}", job.run, grace.as_secs(), chain(&err));
-        return Fence::GiveUp(msg);
+    let out = verdict::held_failed(st, job, &chain(&err), grace, inst.metadata.generation, now);
+    match say_pending(inst, out, ctx).await {
+        Held::Pending { changed, retry_at } => Fence::Pending { changed, retry: super::instance::until(now, retry_at) },
+        Held::GiveUp { message } => Fence::GiveUp(message),
     }
-    Fence::Pending { changed: first, retry: super::instance::until(now, deadline).min(FENCE_RETRY) }
 }
 
 /// Before the machine of `inst` is deleted or given back: stops the job it may still run.
@@ -95,80 +88,34 @@ pub async fn before_teardown(
             .await?
             .is_some_and(|b| b.spec.is_cloud_vm()),
     };
-    if cloud_vm {
-        st.job = None;
-        let msg = format!("could not stop the job of run {} ({}); deleting the machine stops it", job.run, chain(&err));
-        clear_false(&mut st.conditions, JOB_FENCED, Reason::MachineDeleted, &msg, inst.metadata.generation, ctx.now());
-        ctx.event(inst, true, Reason::FenceByDeletion, msg).await;
-        return ctx.write_status(inst, st).await.map(Some);
-    }
-    let (first, since) = pending(inst, st, &job, &err, ctx).await;
-    let grace = ctx.health.unreachable_grace;
-    if inst.metadata.deletion_timestamp.is_some() && ctx.now() >= crate::core::add(since, grace) {
-        // Deleted by its owner, and the host has not answered for the whole grace: kpool
-        // lets go of the host as asked, and says plainly what may be left on it.
-        st.job = None;
-        let msg = format!(
-            "the job of run {} (attempt {}) may still run on the machine: it could not be stopped for {}s ({}); \
-             the Instance is deleted, so kpool forgets the machine",
-            job.run,
-            job.attempt,
-            grace.as_secs(),
-            chain(&err)
-        );
-        let c = condition_tri(
-            &st.conditions,
-            JOB_FENCED,
-            "Unknown",
-            Reason::Abandoned,
-            &msg,
-            inst.metadata.generation,
-            ctx.now(),
-        );
-        upsert(&mut st.conditions, c);
-        ctx.event(inst, true, Reason::FenceAbandoned, msg).await;
-        return ctx.write_status(inst, st).await.map(Some);
-    }
-    if first {
-        ctx.write_status(inst, st).await?;
-    }
-    Err(err.into())
+    let site = Site { cloud_vm, deleting: inst.metadata.deletion_timestamp.is_some() };
+    let (grace, generation) = (ctx.health.unreachable_grace, inst.metadata.generation);
+    let out = verdict::teardown_failed(st, &job, &chain(&err), site, grace, generation, ctx.now());
+    let (reason, message) = match say_pending(inst, out, ctx).await {
+        Teardown::ByDeletion { message } => (Reason::FenceByDeletion, message),
+        Teardown::Abandon { message } => (Reason::FenceAbandoned, message),
+        Teardown::Wait { changed } => {
+            if changed {
+                ctx.write_status(inst, st).await?;
+            }
+            return Err(err.into());
+        }
+    };
+    ctx.event(inst, true, reason, message).await;
+    ctx.write_status(inst, st).await.map(Some)
 }
 
-/// `JobFenced` False with `err`; an Event the first time. The condition's `since`.
-async fn pending(
-    inst: &Instance,
-    st: &mut InstanceStatus,
-    job: &JobRef,
-    err: &crate::exec::ExecError,
-    ctx: &Context,
-) -> (bool, jiff::Timestamp) {
-    let msg = format!(
-        "the job of run {} (attempt {}) may still run on the machine; the instance takes no other run and keeps \
-         its machine until it is stopped there: {}",
-        job.run,
-        job.attempt,
-        chain(err)
-    );
-    let (first, since) = set_false_since(
-        &mut st.conditions,
-        JOB_FENCED,
-        Reason::FencePending,
-        &msg,
-        inst.metadata.generation,
-        ctx.now(),
-    );
-    if first {
+/// Sends the `FencePending` Warning the verdict carries, if any; the verdict.
+async fn say_pending<V>(inst: &Instance, out: Failed<V>, ctx: &Context) -> V {
+    if let Some(msg) = out.pending_event {
         ctx.event(inst, true, Reason::FencePending, msg).await;
     }
-    (first, since)
+    out.verdict
 }
 
 /// The job is stopped: nothing of it holds the instance any more.
 async fn fenced(inst: &Instance, st: &mut InstanceStatus, job: &JobRef, ctx: &Context) {
-    st.job = None;
-    let msg = format!("the job of run {} is stopped on the machine", job.run);
-    if clear_false(&mut st.conditions, JOB_FENCED, Reason::Fenced, &msg, inst.metadata.generation, ctx.now()) {
+    if let Some(msg) = crate::core::instance::fence::fenced(st, job, inst.metadata.generation, ctx.now()) {
         ctx.event(inst, false, Reason::Fenced, msg).await;
     }
 }

@@ -30,7 +30,8 @@ use crate::backends::{machine_name, machine_tags, BackendError, MachineRef, Mach
 use crate::core::idle_auto::spell;
 use crate::core::instance::health::{self, Verdict, NOT_ANSWERING};
 use crate::core::instance::launch::{self as outcome, Lookup, Resolution};
-use crate::core::instance::{self as sm, LaunchFailure, NoOffer, Step, POLL_INTERVAL};
+use crate::core::instance::teardown;
+use crate::core::instance::{self as sm, LaunchFailure, LetGo, NoOffer, Step, POLL_INTERVAL};
 use crate::core::policy::{EffectivePolicy, Origin};
 use crate::exec::ssh::instance_key;
 
@@ -565,16 +566,14 @@ async fn awaited_by_its_run(inst: &Instance, ctx: &Context) -> Result<bool, Erro
         && run.status.as_ref().is_some_and(|s| crate::core::run::waits_for(s, &inst.name_any())))
 }
 
-/// A busy instance whose run no longer holds it (deleted, finished, or placed
-/// elsewhere) goes back to idle.
+/// A busy instance whose run no longer holds it ([`crate::core::run::holds`]: deleted,
+/// finished, or placed elsewhere) goes back to idle, or is held until its job is fenced
+/// ([`sm::run_let_go`]).
 async fn check_run(inst: Instance, mut st: InstanceStatus, run: &str, ctx: &Context) -> Result<Next, Error> {
     let ns = inst.namespace().unwrap_or_default();
-    let held_by = |r: &Run| {
-        r.status.as_ref().is_some_and(|s| !s.phase.is_finished() && s.instance.as_deref() == Some(&inst.name_any()))
-            || r.metadata.deletion_timestamp.is_none()
-                && r.status.as_ref().is_none_or(|s| !s.phase.is_finished() && s.instance.is_none())
-    };
-    let holds = ctx.get_in(&ns, run, |c| &c.runs, held_by).await?.is_some_and(|r| held_by(&r));
+    let name = inst.name_any();
+    let held_by = |r: &Run| crate::core::run::holds(Some(r), &name);
+    let holds = crate::core::run::holds(ctx.get_in(&ns, run, |c| &c.runs, held_by).await?.as_ref(), &name);
     if holds {
         if let Some(next) = check_health(&inst, &mut st, ctx).await? {
             return Ok(next);
@@ -582,28 +581,19 @@ async fn check_run(inst: Instance, mut st: InstanceStatus, run: &str, ctx: &Cont
         return Ok(Next::Stop(Action::requeue(RECHECK.min(health_wait(&inst, ctx)))));
     }
     let now = ctx.now();
-    if st.job.is_some() {
-        // Its job may still run on the machine: held until it is stopped there.
-        st.run = None;
-        ready(
-            &mut st,
-            &inst,
-            now,
-            Reason::Fencing,
-            &format!("run {run} no longer holds the instance; stopping its job"),
-        );
-        return Ok(Next::Continue(ctx.write_status(&inst, &st).await?));
+    match sm::run_let_go(&mut st, run, now) {
+        LetGo::Held { message } => {
+            ready(&mut st, &inst, now, Reason::Fencing, &message);
+        }
+        LetGo::Released { message, event } => {
+            ready(&mut st, &inst, now, Reason::Idle, &message);
+            ctx.event(&inst, false, Reason::Released, event).await;
+        }
     }
-    sm::release(&mut st, now);
-    ready(&mut st, &inst, now, Reason::Idle, &format!("run {run} no longer holds the instance"));
-    ctx.event(&inst, false, Reason::Released, format!("run {run} is gone or finished")).await;
     Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
 }
 
-/// The condition that says why deleting the instance's machine fails: `False` (reason
-/// `DeleteFailed`, the provider's error) while the backend cannot delete it or confirm it
-/// gone, `True` once it is deleted after such a failure; absent otherwise.
-pub const TEARDOWN: &str = "Teardown";
+pub use crate::core::instance::teardown::TEARDOWN;
 
 /// Time until the instance's next health check (a floor of a second, so a requeue
 /// never spins).
@@ -709,24 +699,9 @@ async fn teardown(inst: Instance, mut st: InstanceStatus, ctx: &Context) -> Resu
         Err(e) => return Err(teardown_failed(&inst, &mut st, e, ctx).await),
     };
     if deleted {
-        sm::gone(&mut st, now);
-        clear_false(
-            &mut st.conditions,
-            TEARDOWN,
-            Reason::Deleted,
-            "the machine is deleted",
-            inst.metadata.generation,
-            now,
-        );
-        let was = crate::api::conditions::find(&st.conditions, READY);
-        let (reason, message) = match was.and_then(|c| Reason::parse(&c.reason).map(|r| (r, c))) {
-            // Lost by the health check: the message says what happened, keep it.
-            Some((r, c)) if r.instance_lost() => (r, c.message.clone()),
-            Some((r, _)) if r != Reason::Terminating => (r, "the machine is deleted".to_string()),
-            _ => (Reason::Terminated, "the machine is deleted".to_string()),
-        };
+        let (reason, message) = teardown::machine_deleted(&mut st, inst.metadata.generation, now);
         ready(&mut st, &inst, now, reason, &message);
-        ctx.event(&inst, false, Reason::Terminated, "the machine is deleted".into()).await;
+        ctx.event(&inst, false, Reason::Terminated, teardown::DELETED.into()).await;
         ctx.forget_admission(&ns, st.pool.as_deref().unwrap_or_default(), &inst.name_any());
         return Ok(Next::Continue(ctx.write_status(&inst, &st).await?));
     }
@@ -739,11 +714,8 @@ async fn teardown(inst: Instance, mut st: InstanceStatus, ctx: &Context) -> Resu
 /// error back so the pass is retried. The instance is never marked gone while its machine
 /// may still run.
 async fn teardown_failed(inst: &Instance, st: &mut InstanceStatus, err: Error, ctx: &Context) -> Error {
-    let msg = format!("deleting the machine failed (retrying): {}", super::chain(&err));
-    if conditions::find(&st.conditions, TEARDOWN).is_some_and(|c| c.status == "False" && c.message == msg) {
-        return err;
-    }
-    set_false_since(&mut st.conditions, TEARDOWN, Reason::DeleteFailed, &msg, inst.metadata.generation, ctx.now());
+    let generation = inst.metadata.generation;
+    let Some(msg) = teardown::delete_failed(st, &super::chain(&err), generation, ctx.now()) else { return err };
     ctx.event(inst, true, Reason::DeleteFailed, msg).await;
     // Best effort: the error is returned (and logged) whether or not this is recorded.
     if let Err(e) = ctx.write_status(inst, st).await {

@@ -17,8 +17,7 @@ use super::instance::until;
 use super::observe::{policy_of, pool_of};
 use super::{is_conflict, Context, Error};
 use crate::api::conditions::{
-    clear_false, condition_tri, find, set_false_since, set_progress, upsert, Progress, QUEUED, READY, SCHEDULED,
-    SUCCEEDED,
+    clear_false, condition_tri, find, set_progress, upsert, Progress, QUEUED, READY, SCHEDULED, SUCCEEDED,
 };
 use crate::api::instance::{
     Instance, InstancePhase, InstanceSpec, JobRef, LaunchAttempt, LaunchOutcome, INSTANCE_FINALIZER,
@@ -37,11 +36,8 @@ use crate::exec::ExecError;
 const MAX_STEPS: usize = 8;
 /// How often a running job is polled.
 pub const JOB_POLL: Duration = Duration::from_secs(15);
-/// The run condition that says whether its instance answers.
-const REACHABLE: &str = "InstanceReachable";
-/// The run condition that says whether kpool can start, follow and stop the run's job on
-/// its instance (False, e.g. with `MissingBackend`, while it cannot).
-pub const JOB_CONTROL: &str = "JobControl";
+pub use crate::core::run::job::JOB_CONTROL;
+use crate::core::run::job::{self, Call, ExecVerdict, Failure, Fault, Unreachable, REACHABLE};
 /// How often a waiting run looks again when nothing else wakes it.
 pub const WAIT_RECHECK: Duration = Duration::from_secs(60);
 
@@ -186,9 +182,7 @@ async fn place(
     }
 
     // An instance that already names this run (a claim whose run status write was lost).
-    if let Some(held) = all.iter().find(|i| {
-        i.status.as_ref().is_some_and(|s| s.phase == InstancePhase::Busy && s.run.as_deref() == Some(&run.name_any()))
-    }) {
+    if let Some(held) = all.iter().find(|i| crate::core::instance::holds(i.status.as_ref(), &run.name_any())) {
         if !ctx.is_current(&run).await? {
             return Ok(Next::Stop(Action::requeue(CACHE_CATCH_UP)));
         }
@@ -425,18 +419,17 @@ async fn start(
     let now = ctx.now();
     match ctx.executor.start(&run, &inst).await {
         Ok(()) => {}
-        Err(e @ ExecError::Unsupported(_)) => {
-            // Executors refuse before anything runs on the machine.
-            release_instance(ctx, &run, Some(&inst.name_any()), true).await?;
-            let msg = e.to_string();
-            return finish(ctx, run, st, RunPhase::Failed, Reason::Unsupported, None, &msg).await;
-        }
         Err(e) => {
-            let limit =
-                policy.max_duration.map_or(ctx.health.unreachable_grace, |m| m.min(ctx.health.unreachable_grace));
-            let (reason, msg) = exec_failed(ctx, &run, &mut st, &inst.name_any(), "start", e, limit).await?;
-            // What a failed start may have left on the machine is stopped before it is reused.
-            return attempt_failed(ctx, run, st, policy, reason, &msg, &inst.name_any()).await;
+            let limit = job::exec_limit(Call::Start, policy, ctx.health.unreachable_grace);
+            match exec_failed(ctx, &run, &mut st, &inst.name_any(), Call::Start, e, limit).await? {
+                (Reason::Unsupported, msg) => {
+                    // Executors refuse before anything runs on the machine.
+                    release_instance(ctx, &run, Some(&inst.name_any()), true).await?;
+                    return finish(ctx, run, st, RunPhase::Failed, Reason::Unsupported, None, &msg).await;
+                }
+                // What a failed start may have left on the machine is stopped before it is reused.
+                (reason, msg) => return attempt_failed(ctx, run, st, policy, reason, &msg, &inst.name_any()).await,
+            }
         }
     }
     clear_false(&mut st.conditions, JOB_CONTROL, Reason::Controlled, "the job started", run.metadata.generation, now);
@@ -453,9 +446,7 @@ async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Con
     let ns = run.namespace().unwrap_or_default();
     let now = ctx.now();
     let name = st.instance.clone().unwrap_or_default();
-    let holds_run = |i: &Instance| {
-        i.status.as_ref().is_some_and(|s| s.phase == InstancePhase::Busy && s.run.as_deref() == Some(&run.name_any()))
-    };
+    let holds_run = |i: &Instance| crate::core::instance::holds(i.status.as_ref(), &run.name_any());
     let inst = ctx.get_in(&ns, &name, |c| &c.instances, holds_run).await?;
     let holds = inst.as_ref().is_some_and(holds_run);
     let Some(inst) = inst.clone().filter(|_| holds) else {
@@ -471,29 +462,28 @@ async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Con
         }
         return Ok(Next::Continue(ctx.write_status(&run, &st).await?));
     };
-    if let Some(deadline) = sm::max_duration_deadline(&st, policy) {
-        if now >= deadline {
-            let msg = match stop_job(ctx, &run, Some(&name)).await? {
-                None => "maxDuration reached; stopped".to_string(),
-                Some(why) => format!("maxDuration reached; {why}"),
-            };
-            return finish(ctx, run, st, RunPhase::Terminated, Reason::MaxDurationExceeded, None, &msg).await;
-        }
+    if sm::max_duration_reached(&st, policy, now) {
+        let msg = match stop_job(ctx, &run, Some(&name)).await? {
+            None => "maxDuration reached; stopped".to_string(),
+            Some(why) => format!("maxDuration reached; {why}"),
+        };
+        return finish(ctx, run, st, RunPhase::Terminated, Reason::MaxDurationExceeded, None, &msg).await;
     }
     let state = match ctx.executor.status(&run, &inst).await {
         Err(ExecError::Unreachable(why)) => return unreachable(run, st, policy, &inst, &why, ctx).await,
-        // The job cannot go on (e.g. its image cannot be pulled): stop what is left of it.
-        Err(e @ ExecError::Unsupported(_)) => {
-            let msg = match stop_job(ctx, &run, Some(&name)).await? {
-                None => e.to_string(),
-                Some(why) => format!("{e}; {why}"),
-            };
-            return finish(ctx, run, st, RunPhase::Failed, Reason::Unsupported, None, &msg).await;
-        }
         Err(e) => {
             let grace = ctx.health.unreachable_grace;
-            let (reason, msg) = exec_failed(ctx, &run, &mut st, &name, "follow", e, grace).await?;
-            return attempt_failed(ctx, run, st, policy, reason, &msg, &name).await;
+            match exec_failed(ctx, &run, &mut st, &name, Call::Follow, e, grace).await? {
+                // The job cannot go on (e.g. its image cannot be pulled): stop what is left of it.
+                (Reason::Unsupported, e) => {
+                    let msg = match stop_job(ctx, &run, Some(&name)).await? {
+                        None => e,
+                        Some(why) => format!("{e}; {why}"),
+                    };
+                    return finish(ctx, run, st, RunPhase::Failed, Reason::Unsupported, None, &msg).await;
+                }
+                (reason, msg) => return attempt_failed(ctx, run, st, policy, reason, &msg, &name).await,
+            }
         }
         Ok(state) => state,
     };
@@ -505,11 +495,13 @@ async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Con
     }
     let controlled_again =
         clear_false(&mut st.conditions, JOB_CONTROL, Reason::Controlled, "the job answers", generation, now);
-    if reachable_again || controlled_again {
-        st = ctx.write_status(&run, &st).await?.status.unwrap_or_default();
-    }
     match state {
         JobState::Running => {
+            // Written only when the conditions changed; a job that exited is written below,
+            // with them, in one write.
+            if reachable_again || controlled_again {
+                st = ctx.write_status(&run, &st).await?.status.unwrap_or_default();
+            }
             let poll = sm::max_duration_deadline(&st, policy).map(|d| until(now, d)).unwrap_or(JOB_POLL).min(JOB_POLL);
             Ok(Next::Stop(Action::requeue(poll)))
         }
@@ -533,38 +525,39 @@ async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Con
 }
 
 /// A call to the executor failed, not because the running job's instance does not answer
-/// (that is [`unreachable`]): the run's status says why (`JobControl` False, reason
-/// `MissingBackend` when the instance's Backend is gone) and, while the failures have
-/// lasted less than `limit` (from the first), the error goes back to the controller, which
-/// tries again. After that, `Ok((reason, message))`: the caller ends the attempt
+/// (that is [`unreachable`]); [`job::exec_failed`] decides. While the failures have lasted
+/// less than `limit` (from the first) the run's status says why (`JobControl` False,
+/// reason `MissingBackend` when the instance's Backend is gone), written when that
+/// changed, and the error goes back to the controller, which tries again. Otherwise
+/// `Ok((reason, message))`: `Unsupported` fails the run, any other reason ends the attempt
 /// ([`attempt_failed`]); `st` then carries the condition, unwritten.
 async fn exec_failed(
     ctx: &Context,
     run: &Run,
     st: &mut RunStatus,
     instance: &str,
-    verb: &str,
+    call: Call,
     err: ExecError,
     limit: Duration,
 ) -> Result<(Reason, String), Error> {
-    let now = ctx.now();
-    let msg = format!("failed to {verb} the job on instance {instance}: {}", super::chain(&err));
-    let reason = match &err {
-        ExecError::MissingBackend { .. } => Reason::MissingBackend,
-        ExecError::Unreachable(_) => Reason::InstanceUnreachable,
-        _ if verb == "start" => Reason::StartFailed,
-        _ => Reason::ExecutorError,
+    let fault = match &err {
+        ExecError::Unsupported(_) => Fault::Unsupported,
+        ExecError::MissingBackend { .. } => Fault::MissingBackend,
+        ExecError::Unreachable(_) => Fault::Unreachable,
+        ExecError::Other(_) => Fault::Other,
     };
-    let before = find(&st.conditions, JOB_CONTROL).cloned();
-    let (_, since) = set_false_since(&mut st.conditions, JOB_CONTROL, reason, &msg, run.metadata.generation, now);
-    if now >= crate::core::add(since, limit) {
-        return Ok((reason, format!("{msg} (for {}s)", limit.as_secs())));
+    let detail = super::chain(&err);
+    let failure = Failure { call, fault, detail: &detail };
+    match job::exec_failed(st, failure, instance, limit, run.metadata.generation, ctx.now()) {
+        ExecVerdict::Fail { reason, message } | ExecVerdict::EndAttempt { reason, message } => Ok((reason, message)),
+        ExecVerdict::Retry { reason, message, changed } => {
+            if changed {
+                ctx.event(run, true, reason, message).await;
+                ctx.write_status(run, st).await?;
+            }
+            Err(err.into())
+        }
     }
-    if find(&st.conditions, JOB_CONTROL) != before.as_ref() {
-        ctx.event(run, true, reason, msg).await;
-        ctx.write_status(run, st).await?;
-    }
-    Err(err.into())
 }
 
 /// The attempt on `instance` ends for `reason`: the run is retried when its policy retries
@@ -594,11 +587,12 @@ async fn attempt_failed(
     Ok(Next::Continue(run))
 }
 
-/// The run's instance does not answer. Marked at once in the `InstanceReachable`
-/// condition; after the unreachable grace (`--unreachable-grace`) the run is interrupted
-/// (retried when the policy retries on interruption, else Terminated with
-/// `InstanceUnreachable`) and lets go of the instance, which stays held until the job is
-/// stopped on its machine (see [`super::fence`]): the host takes no other run before.
+/// The run's instance does not answer; [`job::unreachable`] decides. Marked at once in
+/// the `InstanceReachable` condition; after the unreachable grace (`--unreachable-grace`)
+/// the run is interrupted (retried when the policy retries on interruption, else
+/// Terminated with `InstanceUnreachable`) and lets go of the instance, which stays held
+/// until the job is stopped on its machine (see [`super::fence`]): the host takes no
+/// other run before.
 async fn unreachable(
     run: Run,
     mut st: RunStatus,
@@ -608,36 +602,33 @@ async fn unreachable(
     ctx: &Context,
 ) -> Result<Next, Error> {
     let now = ctx.now();
-    let name = inst.name_any();
-    let msg = format!("instance {name} does not answer ({why})");
-    let (first, since) =
-        set_false_since(&mut st.conditions, REACHABLE, Reason::InstanceUnreachable, &msg, run.metadata.generation, now);
     let grace = ctx.health.unreachable_grace;
-    let deadline = crate::core::add(since, grace);
-    if now < deadline {
-        if first {
-            ctx.event(
-                &run,
-                true,
-                Reason::InstanceUnreachable,
-                format!("{msg}; giving up at {deadline} if it stays so"),
-            )
-            .await;
-            ctx.write_status(&run, &st).await?;
+    match job::unreachable(&mut st, policy, &inst.name_any(), why, grace, run.metadata.generation, now) {
+        Unreachable::Waiting { deadline, event } => {
+            if let Some(note) = event {
+                ctx.event(&run, true, Reason::InstanceUnreachable, note).await;
+                ctx.write_status(&run, &st).await?;
+            }
+            Ok(Next::Stop(Action::requeue(until(now, deadline).min(JOB_POLL))))
         }
-        return Ok(Next::Stop(Action::requeue(until(now, deadline).min(JOB_POLL))));
+        Unreachable::GaveUp { message, retried } => {
+            ctx.event(&run, true, Reason::InstanceUnreachable, message.clone()).await;
+            // Two writes, of two objects, in this order: the instance is held (no other run
+            // takes it) before the run lets go of it. Written the other way round, a crash
+            // in between would leave the instance Busy with a run that, retried and on no
+            // instance, still counts as holding it (`core::run::holds`), and the retry
+            // would start again on the host that does not answer.
+            let ist = inst.status.clone().unwrap_or_default();
+            let held = ist.job.clone().unwrap_or_else(|| JobRef::of(&run));
+            hold_instance(ctx, &run, inst, ist, held, &message).await?;
+            if retried {
+                scheduled(&mut st, &run, now, false, Reason::Retrying, &format!("{message}; retrying"));
+            } else {
+                summary(&mut st, &run, now, &message);
+            }
+            Ok(Next::Continue(ctx.write_status(&run, &st).await?))
+        }
     }
-    let msg = format!("{msg} for {}s; the instance is held until the job is stopped there", grace.as_secs());
-    ctx.event(&run, true, Reason::InstanceUnreachable, msg.clone()).await;
-    let ist = inst.status.clone().unwrap_or_default();
-    let job = ist.job.clone().unwrap_or_else(|| JobRef::of(&run));
-    hold_instance(ctx, &run, inst, ist, job, &msg).await?;
-    if sm::interrupted(&mut st, policy, Reason::InstanceUnreachable, now) {
-        scheduled(&mut st, &run, now, false, Reason::Retrying, &format!("{msg}; retrying"));
-    } else {
-        summary(&mut st, &run, now, &msg);
-    }
-    Ok(Next::Continue(ctx.write_status(&run, &st).await?))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -677,7 +668,7 @@ async fn stop_job(ctx: &Context, run: &Run, instance: Option<&str>) -> Result<Op
                 format!("the job could not be stopped ({}); instance {name} is held until it is", super::chain(&e));
             ctx.event(run, true, Reason::StopFailed, why.clone()).await;
             let ist = inst.status.clone().unwrap_or_default();
-            if ist.run.as_deref() == Some(&run.name_any()) && ist.phase == InstancePhase::Busy {
+            if crate::core::instance::holds(Some(&ist), &run.name_any()) {
                 let job = ist.job.clone().unwrap_or_else(|| JobRef::of(run));
                 hold_instance(ctx, run, &inst, ist, job, &why).await?;
             }
@@ -707,7 +698,7 @@ async fn release(ctx: &Context, run: &Run, instance: Option<&str>, fence: Option
     let api: Api<Instance> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
     let Some(inst) = api.get_opt(name).await? else { return Ok(()) };
     let Some(mut ist) = inst.status.clone() else { return Ok(()) };
-    if ist.run.as_deref() != Some(&run.name_any()) || ist.phase != InstancePhase::Busy {
+    if !crate::core::instance::holds(Some(&ist), &run.name_any()) {
         return Ok(());
     }
     if let Some(fallback) = fence {

@@ -2,8 +2,10 @@
 //! Terminated, plus Failed. Each transition is a function of (status, facts, now).
 //! Where launches went, and launches that got no answer: [`launch`].
 
+pub mod fence;
 pub mod health;
 pub mod launch;
+pub mod teardown;
 
 use std::time::Duration;
 
@@ -257,6 +259,36 @@ pub fn launch_failed(
             status.phase = InstancePhase::Failed;
             LaunchFailure::Fail(reason)
         }
+    }
+}
+
+/// Whether the instance holds run `run`: Busy with it (its claim is written).
+pub fn holds(status: Option<&InstanceStatus>, run: &str) -> bool {
+    status.is_some_and(|s| s.phase == InstancePhase::Busy && s.run.as_deref() == Some(run))
+}
+
+/// What a busy instance does when its run no longer holds it ([`super::run::holds`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum LetGo {
+    /// Its job may still run on the machine: the instance is held (Busy without a run,
+    /// `Fencing`) until the job is stopped there.
+    Held { message: String },
+    /// Its job is known to have ended: Idle now; `event` says so.
+    Released { message: String, event: String },
+}
+
+/// The run `run` no longer holds the busy instance (deleted, ended, or placed
+/// elsewhere): held for fencing while the instance records the run's job, else released.
+/// `status` carries the transition.
+pub fn run_let_go(status: &mut InstanceStatus, run: &str, now: Timestamp) -> LetGo {
+    if status.job.is_some() {
+        status.run = None;
+        return LetGo::Held { message: format!("run {run} no longer holds the instance; stopping its job") };
+    }
+    release(status, now);
+    LetGo::Released {
+        message: format!("run {run} no longer holds the instance"),
+        event: format!("run {run} is gone or finished"),
     }
 }
 

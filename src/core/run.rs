@@ -1,6 +1,8 @@
 //! The run state machine: Pending → Provisioning → Running → Succeeded / Failed /
 //! Terminated. Each transition is a function of (status, facts, now).
 
+pub mod job;
+
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -107,6 +109,18 @@ pub fn waits_for(status: &RunStatus, instance: &str) -> bool {
     !status.phase.is_finished() && status.provisioning_instance.as_deref() == Some(instance)
 }
 
+/// Whether `run` still holds the instance `instance`, as the instance's own check sees
+/// it: on it and not ended; or not ended, not being deleted and on no instance yet (it
+/// claimed `instance` and its own status write has not landed, or was lost: its next pass
+/// finds the instance that names it and goes on there). A run that is gone holds nothing.
+pub fn holds(run: Option<&crate::api::run::Run>, instance: &str) -> bool {
+    let Some(run) = run else { return false };
+    let status = run.status.as_ref();
+    status.is_some_and(|s| !s.phase.is_finished() && s.instance.as_deref() == Some(instance))
+        || run.metadata.deletion_timestamp.is_none()
+            && status.is_none_or(|s| !s.phase.is_finished() && s.instance.is_none())
+}
+
 /// The longest name an object may have (a DNS subdomain, as `Instance` names are).
 pub const MAX_OBJECT_NAME: usize = 253;
 
@@ -149,6 +163,12 @@ pub fn provisioning(status: &mut RunStatus, instance: &str) {
 pub fn max_duration_deadline(status: &RunStatus, policy: &EffectivePolicy) -> Option<Timestamp> {
     let started = status.started_at.as_ref()?.0;
     Some(add(started, policy.max_duration?))
+}
+
+/// Whether a running run has reached its `maxDuration` (at the deadline exactly, it has):
+/// its job is stopped and the run is Terminated with `MaxDurationExceeded`.
+pub fn max_duration_reached(status: &RunStatus, policy: &EffectivePolicy, now: Timestamp) -> bool {
+    max_duration_deadline(status, policy).is_some_and(|deadline| now >= deadline)
 }
 
 /// Ends the run.

@@ -254,3 +254,18 @@ fn a_lost_instance_retries_its_run_only_within_an_interruption_retry_window() {
         assert_eq!(s.history.last().map(|a| a.reason.as_str()), Some("Interrupted"));
     }
 }
+
+#[test]
+fn max_duration_is_reached_at_its_deadline_from_the_start_of_the_attempt() {
+    let p = policy(PolicySpec { max_duration: Some("2h".into()), ..Default::default() });
+    let mut s = submitted("2026-01-01T00:00:00Z");
+    assert!(!max_duration_reached(&s, &p, t("2026-01-01T05:00:00Z")), "not started: no deadline");
+    assigned(&mut s, "i", t("2026-01-01T00:10:00Z"));
+    for (at, reached) in
+        [("2026-01-01T02:09:59Z", false), ("2026-01-01T02:10:00Z", true), ("2026-01-01T02:10:01Z", true)]
+    {
+        assert_eq!(max_duration_reached(&s, &p, t(at)), reached, "{at}");
+    }
+    let unbounded = policy(PolicySpec::default());
+    assert!(!max_duration_reached(&s, &unbounded, t("2027-01-01T00:00:00Z")));
+}
