@@ -791,7 +791,7 @@ async fn a_copy_this_process_wrote_before_its_last_write_is_stale_without_a_read
     h.reconcile_run("a").await.unwrap();
     assert_eq!(h.get_run("a").await.status.unwrap().phase, RunPhase::Running);
 
-    let before = h.api_calls.lock().unwrap().len();
+    let before = h.calls_made();
     let _ = kpool::controllers::run::reconcile(std::sync::Arc::new(with_finalizer), h.ctx.clone()).await;
     let calls: Vec<ApiCall> = h.api_calls.lock().unwrap()[before..].to_vec();
     let reads_of_runs = calls.iter().filter(|c| c.verb == "get" && c.resource == "runs").count();
@@ -1026,12 +1026,6 @@ async fn add_run_finalizer(h: &Harness, name: &str) {
     h.ctx.add_finalizer(&run, kpool::api::run::RUN_FINALIZER).await.unwrap().expect("a current copy");
 }
 
-/// Status writes of `resource` (`runs/status`, `instances/status`) among the controllers'
-/// API calls since `before`.
-fn status_writes(h: &Harness, before: usize, resource: &str) -> usize {
-    h.api_calls.lock().unwrap()[before..].iter().filter(|c| c.verb == "patch" && c.resource == resource).count()
-}
-
 /// Decide once, write once: each pass of the run's job check writes the run's status at
 /// most once, whatever it found (here, in one pass: the instance answers again, and the job
 /// has exited). The instance is written once too, when the run frees it.
@@ -1042,20 +1036,20 @@ async fn one_pass_of_a_running_run_writes_its_status_once() {
     h.run("job", RunSpec { resources: cpu("4.."), ..Default::default() }).await;
     h.settle(2).await;
     h.exec.set_unreachable(true);
-    let before = h.api_calls.lock().unwrap().len();
+    let before = h.calls_made();
     h.reconcile_run("job").await.unwrap();
-    assert_eq!(status_writes(&h, before, "runs/status"), 1, "the instance does not answer: flagged in one write");
-    let before = h.api_calls.lock().unwrap().len();
+    assert_eq!(h.status_writes_since(before, "runs/status"), 1, "the instance does not answer: flagged in one write");
+    let before = h.calls_made();
     h.reconcile_run("job").await.unwrap();
-    assert_eq!(status_writes(&h, before, "runs/status"), 0, "still not answering: nothing new to write");
+    assert_eq!(h.status_writes_since(before, "runs/status"), 0, "still not answering: nothing new to write");
 
     h.advance(Duration::from_secs(30));
     h.exec.set_unreachable(false);
     h.exec.exit("job", 3);
-    let before = h.api_calls.lock().unwrap().len();
+    let before = h.calls_made();
     h.reconcile_run("job").await.unwrap();
-    assert_eq!(status_writes(&h, before, "runs/status"), 1, "answers again and exited: one write");
-    assert_eq!(status_writes(&h, before, "instances/status"), 1, "the instance is freed once");
+    assert_eq!(h.status_writes_since(before, "runs/status"), 1, "answers again and exited: one write");
+    assert_eq!(h.status_writes_since(before, "instances/status"), 1, "the instance is freed once");
     let st = h.get_run("job").await.status.unwrap();
     assert_eq!((st.phase, st.exit_code), (RunPhase::Failed, Some(3)));
     let c = find(&st.conditions, "InstanceReachable").unwrap();
@@ -1074,10 +1068,10 @@ async fn giving_up_on_an_unreachable_instance_writes_each_object_once() {
     h.exec.set_unreachable(true);
     h.reconcile_run("job").await.unwrap();
     h.advance(Duration::from_secs(300));
-    let before = h.api_calls.lock().unwrap().len();
+    let before = h.calls_made();
     h.reconcile_run("job").await.unwrap();
-    assert_eq!(status_writes(&h, before, "runs/status"), 1);
-    assert_eq!(status_writes(&h, before, "instances/status"), 1);
+    assert_eq!(h.status_writes_since(before, "runs/status"), 1);
+    assert_eq!(h.status_writes_since(before, "instances/status"), 1);
     let st = h.get_run("job").await.status.unwrap();
     assert_eq!((st.phase, st.termination_reason.as_deref()), (RunPhase::Terminated, Some("InstanceUnreachable")));
 }

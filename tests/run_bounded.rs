@@ -291,3 +291,23 @@ async fn a_job_that_cannot_be_followed_ends_its_run_after_the_grace() {
     assert!(condition(&st, "Succeeded").2.contains("no job of run job"), "{st:?}");
     assert_eq!(instance_phase(&h).await, (InstancePhase::Idle, None));
 }
+
+/// Decide once, write once: a pass of the deletion of a busy instance fences its job (or,
+/// on a cloud VM that does not answer, lets deleting the machine stop it) and asks for the
+/// machine's deletion, and records both in one status write.
+#[tokio::test]
+async fn a_pass_of_the_deletion_of_a_busy_instance_writes_its_status_once() {
+    for answers in [true, false] {
+        let h = Harness::new().await;
+        running(&h, PolicySpec::default()).await;
+        h.exec.set_unreachable(!answers);
+        let before = h.calls_made();
+        let _ = h.delete_instance("cpu").await;
+        assert_eq!(h.status_writes_since(before, "instances/status"), 1, "answers: {answers}");
+        let ist = h.get_instance("cpu").await.status.unwrap();
+        assert_eq!((ist.phase, ist.job.as_ref()), (InstancePhase::Terminating, None), "answers: {answers}");
+        // Stopped there, or (a cloud VM) stopped by deleting the machine.
+        assert_eq!(h.exec.fenced().len(), usize::from(answers), "answers: {answers}");
+        assert!(h.backend.calls().iter().any(|c| matches!(c, Call::Delete { .. })), "answers: {answers}");
+    }
+}

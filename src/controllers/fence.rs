@@ -63,19 +63,16 @@ pub async fn held(inst: &Instance, st: &mut InstanceStatus, job: &JobRef, ctx: &
 }
 
 /// Before the machine of `inst` is deleted or given back: stops the job it may still run.
-/// `Some(instance)` when that was recorded (go on from the object written); an error (the
-/// instance's status says why) when the job cannot be stopped and deleting the machine
-/// would not stop it either (see the module docs).
-pub async fn before_teardown(
-    inst: &Instance,
-    st: &mut InstanceStatus,
-    ctx: &Context,
-) -> Result<Option<Instance>, Error> {
-    let Some(job) = st.job.clone() else { return Ok(None) };
+/// `true` when `st` changed (the job is stopped, or let go of: the caller writes it, with
+/// whatever else its pass decides); an error (the instance's status says why, written
+/// here: it is the pass's only write) when the job cannot be stopped and deleting the
+/// machine would not stop it either (see the module docs).
+pub async fn before_teardown(inst: &Instance, st: &mut InstanceStatus, ctx: &Context) -> Result<bool, Error> {
+    let Some(job) = st.job.clone() else { return Ok(false) };
     let err = match ctx.executor.fence(&job, inst).await {
         Ok(()) => {
             fenced(inst, st, &job, ctx).await;
-            return ctx.write_status(inst, st).await.map(Some);
+            return Ok(true);
         }
         Err(e) => e,
     };
@@ -102,7 +99,7 @@ pub async fn before_teardown(
         }
     };
     ctx.event(inst, true, reason, message).await;
-    ctx.write_status(inst, st).await.map(Some)
+    Ok(true)
 }
 
 /// Sends the `FencePending` Warning the verdict carries, if any; the verdict.

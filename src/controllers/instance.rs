@@ -691,12 +691,13 @@ async fn give_up(
 async fn teardown(inst: Instance, mut st: InstanceStatus, ctx: &Context) -> Result<Next, Error> {
     let ns = inst.namespace().unwrap_or_default();
     let now = ctx.now();
-    if let Some(inst) = fence::before_teardown(&inst, &mut st, ctx).await? {
-        return Ok(Next::Continue(inst));
+    if fence::before_teardown(&inst, &mut st, ctx).await? {
+        // Recorded before the machine is deleted: the next step deletes it.
+        return Ok(Next::Continue(ctx.write_status(&inst, &st).await?));
     }
     let deleted = match delete_machine(&inst, &st, ctx).await {
         Ok(deleted) => deleted,
-        Err(e) => return Err(teardown_failed(&inst, &mut st, e, ctx).await),
+        Err(e) => return Err(teardown_failed(&inst, &mut st, e, false, ctx).await),
     };
     if deleted {
         let (reason, message) = teardown::machine_deleted(&mut st, inst.metadata.generation, now);
@@ -712,11 +713,15 @@ async fn teardown(inst: Instance, mut st: InstanceStatus, ctx: &Context) -> Resu
 /// does not answer, a missing Backend): says so, with the whole error, in the instance's
 /// [`TEARDOWN`] condition and a Warning Event (once per distinct error), and hands the
 /// error back so the pass is retried. The instance is never marked gone while its machine
-/// may still run.
-async fn teardown_failed(inst: &Instance, st: &mut InstanceStatus, err: Error, ctx: &Context) -> Error {
+/// may still run. `dirty`: the pass changed `st` before (it is written even when the
+/// failure is not news).
+async fn teardown_failed(inst: &Instance, st: &mut InstanceStatus, err: Error, dirty: bool, ctx: &Context) -> Error {
     let generation = inst.metadata.generation;
-    let Some(msg) = teardown::delete_failed(st, &super::chain(&err), generation, ctx.now()) else { return err };
-    ctx.event(inst, true, Reason::DeleteFailed, msg).await;
+    match teardown::delete_failed(st, &super::chain(&err), generation, ctx.now()) {
+        Some(msg) => ctx.event(inst, true, Reason::DeleteFailed, msg).await,
+        None if !dirty => return err,
+        None => {}
+    }
     // Best effort: the error is returned (and logged) whether or not this is recorded.
     if let Err(e) = ctx.write_status(inst, st).await {
         tracing::debug!(error = %e, "failed to record the teardown failure");
@@ -773,19 +778,23 @@ async fn delete_at(inst: &Instance, backend_name: &str, machine: &MachineRef, ct
 async fn cleanup(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = inst.namespace().unwrap_or_default();
     let mut st = inst.status.clone().unwrap_or_default();
-    // Later writes go on from the object the fence wrote, if it wrote one.
-    let inst = fence::before_teardown(&inst, &mut st, &ctx).await?.map(Arc::new).unwrap_or(inst);
+    // What the fence changed is written with the rest of the pass (once), unless the
+    // machine is gone and the Instance with it: nothing needs to land before the machine
+    // is deleted, since a pass that dies before its write fences again (a no-op) and
+    // decides the same.
+    let fenced = fence::before_teardown(&inst, &mut st, &ctx).await?;
     // Terminated: the teardown already saw the machine gone (and what it left at the
     // provider deleted), so the Backend is not needed again — it may be gone too.
     let deleted = if st.phase == InstancePhase::Terminated { Ok(true) } else { delete_machine(&inst, &st, &ctx).await };
     let deleted = match deleted {
         Ok(deleted) => deleted,
         Err(e) => {
-            if st.phase != InstancePhase::Terminating {
+            let terminating = st.phase != InstancePhase::Terminating;
+            if terminating {
                 sm::terminate(&mut st);
                 ready(&mut st, &inst, ctx.now(), Reason::Terminating, "instance deleted; deleting the machine");
             }
-            return Err(teardown_failed(&inst, &mut st, e, &ctx).await);
+            return Err(teardown_failed(&inst, &mut st, e, fenced || terminating, &ctx).await);
         }
     };
     if deleted {
@@ -797,7 +806,8 @@ async fn cleanup(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action, Error
         ctx.event(&*inst, false, Reason::Deleted, "the machine is gone; removing the instance".into()).await;
         return Ok(Action::await_change());
     }
-    if st.phase != InstancePhase::Terminating {
+    let terminating = st.phase != InstancePhase::Terminating;
+    if terminating {
         let now = ctx.now();
         if let Some(run) = &st.run {
             ctx.event(&*inst, true, Reason::Terminating, format!("instance deleted while run {run} was using it"))
@@ -805,6 +815,8 @@ async fn cleanup(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action, Error
         }
         sm::terminate(&mut st);
         ready(&mut st, &inst, now, Reason::Terminating, "instance deleted; deleting the machine");
+    }
+    if terminating || fenced {
         // Best effort: the object is going away; a conflict is retried by the next pass.
         if let Err(e) = ctx.write_status(&*inst, &st).await {
             tracing::debug!(error = %e, "failed to record Terminating");

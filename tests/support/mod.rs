@@ -514,6 +514,17 @@ impl Harness {
         r
     }
 
+    /// How many API requests the controllers have made so far.
+    pub fn calls_made(&self) -> usize {
+        self.api_calls.lock().unwrap().len()
+    }
+
+    /// Status writes of `resource` (`runs/status`, `instances/status`) among the
+    /// controllers' requests since the first `before` ([`Harness::calls_made`]).
+    pub fn status_writes_since(&self, before: usize, resource: &str) -> usize {
+        self.api_calls.lock().unwrap()[before..].iter().filter(|c| c.verb == "patch" && c.resource == resource).count()
+    }
+
     pub fn advance(&self, d: Duration) {
         self.clock.advance(d);
     }
