@@ -382,6 +382,7 @@ async fn cluster(a: &Args) {
     let all = wait_for("the wave", a.timeout, || seen.lock().unwrap().running.len() >= a.runs).await;
     let took = t.elapsed().as_secs_f64();
     let after = ctx.requests.snapshot();
+    println!("cluster: {} placement plans made for the wave (controllers::placement)", ctx.plans.made());
     let (placed, claim_lat, run_lat) = {
         let s = seen.lock().unwrap();
         let c = created.lock().unwrap();

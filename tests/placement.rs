@@ -97,3 +97,20 @@ async fn an_instance_idle_since_the_plan_goes_to_a_run_the_plan_left_without() {
     h.reconcile_run("a-first").await.unwrap();
     assert_eq!(on(&h, "a-first").await, (RunPhase::Running, Some("cpu-x".into())));
 }
+
+#[tokio::test]
+async fn runs_arriving_one_at_a_time_extend_the_plan_in_queue_order() {
+    let h = Harness::new().await;
+    for name in ["i00", "i01", "i02"] {
+        idle(&h, name).await;
+    }
+    let before = h.ctx.plans.made();
+    for (n, name) in ["r0", "r1", "r2"].into_iter().enumerate() {
+        h.run(name, reusing(0)).await;
+        h.reconcile_run(name).await.unwrap();
+        // Each newcomer is last in the queue: it takes the cheapest instance nobody
+        // ahead of it was given, ties by name, as a new assignment would.
+        assert_eq!(on(&h, name).await, (RunPhase::Running, Some(format!("i0{n}"))), "{name}");
+    }
+    assert_eq!(h.ctx.plans.made() - before, 1, "one plan, extended by each newcomer");
+}

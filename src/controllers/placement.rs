@@ -9,7 +9,9 @@
 //! as long as it is still what a new assignment would give them. The assignment is
 //! greedy in queue order, so it is when:
 //! - the run was waiting when the plan was made, and no run waiting ahead of it now was
-//!   unknown to the plan (a newcomer behind it changes nothing for it);
+//!   unknown to the plan (a newcomer behind it changes nothing for it); a newcomer
+//!   behind every run of the plan takes the best instance the plan gives nobody, and
+//!   the plan is extended with it (a wave created one run at a time makes one plan);
 //! - every run of the plan that still waits still finds its instance idle, as reserved
 //!   as it was (else a run ahead of this one may now take this one's instance);
 //! - every instance idle now was idle then, as reserved, and the run the plan gave it
@@ -49,6 +51,17 @@ pub struct Plan {
     assigned: HashMap<String, String>,
     /// The run each instance goes to, by instance.
     taker: HashMap<String, String>,
+    /// The queue key of its last waiting run.
+    last: Option<(std::cmp::Reverse<i32>, Option<jiff::Timestamp>, String)>,
+}
+
+/// What a plan says of one run.
+enum Answer<'p> {
+    /// The plan gives the run this instance, or none.
+    Planned(Option<&'p str>),
+    /// The run is new, behind every run of the plan: it takes what a new assignment would
+    /// give it last, the best of what the plan gives nobody.
+    Last,
 }
 
 impl Plan {
@@ -59,8 +72,12 @@ impl Plan {
 
     /// What the plan gives `run`, while a new assignment would give it the same (see the
     /// module docs); `None` when that may not be so. `key` is the run's queue key.
-    fn answer(&self, run: &str, key: QueueKey<'_>, now: &Now<'_>) -> Option<Option<&str>> {
-        if !self.waiting.contains(run) || now.waiting.iter().any(|(r, k)| *k < key && !self.waiting.contains(*r)) {
+    fn answer(&self, run: &str, key: QueueKey<'_>, now: &Now<'_>) -> Option<Answer<'_>> {
+        if now.waiting.iter().any(|(r, k)| *k < key && *r != run && !self.waiting.contains(*r)) {
+            return None;
+        }
+        let last = self.last.as_ref().is_none_or(|(p, t, n)| key > (*p, *t, n.as_str()));
+        if !self.waiting.contains(run) && !last {
             return None;
         }
         let same = |i: &str| match (self.idle.get(i), now.idle.get(i)) {
@@ -75,27 +92,69 @@ impl Plan {
                     .get(*i)
                     .is_none_or(|t| now.waiting.contains_key(t.as_str()) || now.holding.get(t.as_str()) == Some(i))
         });
-        (kept && nothing_freed).then(|| self.assigned.get(run).map(String::as_str))
+        if !(kept && nothing_freed) {
+            return None;
+        }
+        Some(match self.waiting.contains(run) {
+            true => Answer::Planned(self.assigned.get(run).map(String::as_str)),
+            false => Answer::Last,
+        })
     }
+
+    /// Adds `me`, behind every run of the plan, with the instance it takes.
+    fn extend(&mut self, me: &str, key: QueueKey<'_>, instance: Option<&str>) {
+        self.waiting.insert(me.to_string());
+        self.last = Some((key.0, key.1, key.2.to_string()));
+        if let Some(i) = instance {
+            self.assigned.insert(me.to_string(), i.to_string());
+            self.taker.insert(i.to_string(), me.to_string());
+        }
+    }
+}
+
+/// The instance `me` takes behind every run of `plan`: among the idle instances the plan
+/// gives nobody (reserved for nobody else, its pinned one if it is pinned), the cheapest
+/// that fits its requirements and policy, ties by name, as [`assign`] chooses.
+fn best_left<'a, I: Borrow<Instance>>(me: &PendingRun, plan: &Plan, now: &Now<'_>, all: &'a [I]) -> Option<&'a str> {
+    let query = crate::core::offers::OfferQuery::new(&me.requirements, &me.policy);
+    all.iter()
+        .map(Borrow::borrow)
+        .filter_map(|i| {
+            let name = i.metadata.name.as_deref()?;
+            let free = now.idle.get(name)?.is_none_or(|r| r == me.name);
+            let s = i.status.as_ref()?;
+            let offer = s.offer.as_ref()?;
+            let ok = free
+                && !plan.taker.contains_key(name)
+                && me.pinned_instance.as_deref().is_none_or(|p| p == name)
+                && s.pool.as_deref() == Some(me.pool.as_str())
+                && query.fits(offer);
+            ok.then_some((offer.price, name))
+        })
+        .min_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)))
+        .map(|(_, name)| name)
 }
 
 type QueueKey<'a> = (std::cmp::Reverse<i32>, Option<jiff::Timestamp>, &'a str);
 
+/// A pool's plan, shared by its runs' passes.
+type Shared = Arc<Mutex<Plan>>;
+
 /// The pools' plans, by (namespace, pool), and how many were made.
 #[derive(Default)]
 pub struct Plans {
-    plans: Mutex<HashMap<(String, String), Arc<Plan>>>,
+    plans: Mutex<HashMap<(String, String), Shared>>,
     made: AtomicU64,
 }
 
 impl Plans {
-    fn get(&self, ns: &str, pool: &str) -> Option<Arc<Plan>> {
+    fn get(&self, ns: &str, pool: &str) -> Option<Shared> {
         self.plans.lock().expect("plans").get(&(ns.to_string(), pool.to_string())).cloned()
     }
 
-    fn put(&self, ns: &str, pool: &str, plan: Arc<Plan>) {
+    fn put(&self, ns: &str, pool: &str, plan: Plan) {
         self.made.fetch_add(1, Ordering::Relaxed);
-        self.plans.lock().expect("plans").insert((ns.to_string(), pool.to_string()), plan);
+        self.plans.lock().expect("plans").insert((ns.to_string(), pool.to_string()), Arc::new(Mutex::new(plan)));
     }
 
     /// How many plans this process has made.
@@ -177,23 +236,30 @@ pub async fn pick<I: Borrow<Instance>, R: Borrow<Run>>(
     let pools: Vec<&Pool> = pools.iter().collect();
     let now = Now::of(all, runs, &pool_name, &pools);
     if let Some(plan) = ctx.plans.get(&ns, &pool_name) {
-        match plan.answer(&me.name, queue_key(run), &now) {
-            Some(None) => return Ok(None),
+        let mut plan = plan.lock().expect("plan");
+        let key = queue_key(run);
+        match plan.answer(&me.name, key, &now) {
+            Some(Answer::Planned(None)) => return Ok(None),
             // The plan was made with the policies of then: the run's own, as it resolves
             // now, must still allow the instance (a Profile may have changed since).
-            Some(Some(name)) => {
+            Some(Answer::Planned(Some(name))) => {
                 let inst = all.iter().map(Borrow::borrow).filter(|i| i.metadata.name.as_deref() == Some(name));
                 let inst: Vec<&Instance> = inst.collect();
                 if pick_instance(&me, &idle_for_matching(&inst, runs, &ns)) == Some(0) {
                     return Ok(Some(name.to_string()));
                 }
             }
+            Some(Answer::Last) => {
+                let best = best_left(&me, &plan, &now, all);
+                plan.extend(&me.name, key, best);
+                return Ok(best.map(str::to_string));
+            }
             None => {}
         }
     }
     let plan = make(ctx, pool, &pool_name, &ns, Some((run, me)), all, runs, &now, &pools).await?;
     let answer = plan.assigned.get(&run.name_any()).cloned();
-    ctx.plans.put(&ns, &pool_name, Arc::new(plan));
+    ctx.plans.put(&ns, &pool_name, plan);
     Ok(answer)
 }
 
@@ -263,7 +329,9 @@ async fn make<I: Borrow<Instance>, R: Borrow<Run>>(
     let idle = idle_for_matching(all, runs, ns);
     let assigned = assign(&queue, &idle).into_iter().map(|(r, i)| (queue[r].name.clone(), idle[i].name.clone()));
     let assigned: HashMap<String, String> = assigned.collect();
+    let last = waiting.last().map(|(k, _)| (k.0, k.1, k.2.to_string()));
     Ok(Plan {
+        last,
         idle: now.idle.iter().map(|(i, r)| (i.to_string(), r.map(str::to_string))).collect(),
         waiting: waiting.iter().map(|(_, r)| r.name_any()).collect(),
         taker: assigned.iter().map(|(r, i)| (i.clone(), r.clone())).collect(),
