@@ -352,8 +352,9 @@ pub fn saving_reused(status: &mut InstanceStatus, record: &AutoIdle, now: Timest
 
 /// Auto ended the spell `record` was chosen for at its deadline. At or past 5 minutes a
 /// fixed 5 minutes would have ended it too, at 5 minutes (the next run pays a boot
-/// either way); before, whether a run would have come in time is unknown: counted
-/// apart, not guessed.
+/// either way); before, whether a run would have come in time is not known yet: counted
+/// apart on the instance, and settled by the pool at the next launch of the shape
+/// ([`close_expired`] keeps it pending, [`settle_vs_5m`] settles it).
 pub fn saving_expired(status: &mut InstanceStatus, record: &AutoIdle) {
     if record.idle_seconds >= FIVE_MINUTES {
         settle_saving(status, FIVE_MINUTES as i64 - record.idle_seconds as i64);
@@ -626,5 +627,20 @@ mod tests {
         settle_vs_5m(&mut gaps, at(3600));
         assert_eq!(gaps.settled_vs_5m.spells, 40);
         assert!((gaps.settled_vs_5m.dollars - 40.0 * 0.24).abs() < 1e-9);
+    }
+
+    /// Pending spells are kept in the pool's status (a new controller settles them); what
+    /// one observation settled is not (the write that made it moves it into the pool's
+    /// cost).
+    #[test]
+    fn pending_spells_survive_in_the_pools_status_and_the_settled_figure_moves_out() {
+        let mut gaps = ShapeGaps::default();
+        close_expired(&mut gaps, &expired_at(0, 60), 3.6);
+        gaps.settled_vs_5m = SettledLater { dollars: 1.0, spells: 1 };
+        let json = serde_json::to_value(&gaps).unwrap();
+        assert_eq!(json["pendingVs5m"][0]["idleSeconds"], 60, "{json}");
+        assert!(json.get("settledVs5m").is_none(), "{json}");
+        let back: ShapeGaps = serde_json::from_value(json).unwrap();
+        assert_eq!((back.pending_vs_5m, back.settled_vs_5m), (gaps.pending_vs_5m, SettledLater::default()));
     }
 }
