@@ -197,10 +197,11 @@ fn run() -> Result<(), String> {
         );
         let _ = writeln!(
             summary,
-            "{:<12} auto saved vs fixed-5m: ${:.2} measured, ${:.2} by the instances' own account ({} spells ended before 5m left out)",
+            "{:<12} auto saved vs fixed-5m: ${:.2} measured, ${:.2} by the pool's own account ({} spells settled after their instance was gone, {} left out)",
             "",
             five.total_cost - auto.total_cost,
             auto.saved_vs_5m,
+            auto.settled_later_vs_5m,
             auto.unsettled_vs_5m
         );
         println!();

@@ -565,3 +565,57 @@ async fn cost_shows_what_auto_saved_against_five_minutes() {
     let table = pool_cmd(&h, "cost", None).await.unwrap();
     assert!(table.ends_with("auto saved $0.03 vs 5m over 2 idle spells\n"), "{table}");
 }
+
+/// A spell auto ended before 5 minutes is settled once its pool sees the next launch of
+/// its shape, by hand: the machine (m5.2xlarge, $0.384/h) boots in 100 s. Run `a`
+/// launches it; once idle, auto (nothing learned yet: one boot, 100 s) ends it at 100 s,
+/// before 5 minutes: not known yet. Run `b` arrives 250 s after that spell started and
+/// launches a machine (100 s boot): 5 minutes would have kept the first one for `b`
+/// (250 s idle, no boot) where auto idled 100 s and booted 100 s: 50 s saved, $0.0053,
+/// in the pool's `status.cost.settledLaterVs5m`, and `cost` counts it as settled.
+#[tokio::test]
+async fn cost_settles_a_spell_auto_ended_early_at_the_next_launch() {
+    use std::time::Duration;
+    let h = Harness::new().await;
+    let auto = kpool::api::policy::PolicySpec { idle_duration: Some("auto".into()), ..Default::default() };
+    let spec = || RunSpec { resources: cpu("8.."), policy: auto.clone(), ..Default::default() };
+    h.backend.set_pending_polls(u32::MAX);
+    h.run("a", spec()).await;
+    h.settle(2).await;
+    h.advance(Duration::from_secs(100));
+    h.backend.set_pending_polls(0);
+    h.settle(3).await;
+    let first = h.get_run("a").await.status.unwrap().instance.unwrap();
+    h.exec.exit("a", 0);
+    h.settle(2).await;
+    assert_eq!(h.get_instance(&first).await.status.unwrap().idle_auto.map(|a| a.idle_seconds), Some(100));
+    h.advance(Duration::from_secs(101));
+    h.settle(2).await;
+    let usage = h.get_instance(&first).await.status.unwrap().usage.unwrap();
+    assert_eq!((usage.settled_vs_5m, usage.unsettled_vs_5m), (0, 1), "ended at 100 s: not known yet");
+    let table = pool_cmd(&h, "cost", None).await.unwrap();
+    assert!(table.contains("1 spells auto ended before 5 minutes are not counted yet"), "{table}");
+
+    h.advance(Duration::from_secs(149));
+    h.backend.set_pending_polls(u32::MAX);
+    h.run("b", spec()).await;
+    h.settle(2).await;
+    h.advance(Duration::from_secs(100));
+    h.backend.set_pending_polls(0);
+    h.settle(3).await;
+    let second = h.get_run("b").await.status.unwrap().instance.unwrap();
+    assert_ne!(second, first, "b launched a machine");
+    let pool = h.api::<kpool::api::pool::Pool>().get("default-pool").await.unwrap();
+    let later = pool.status.unwrap().cost.unwrap().settled_later_vs_5m;
+    let saved = (50.0 * 0.384 / 3600.0 * 10_000.0_f64).round() / 10_000.0;
+    assert_eq!((later.dollars, later.spells), (saved, 1));
+    let json: serde_json::Value = serde_json::from_str(&pool_cmd(&h, "cost -o json", None).await.unwrap()).unwrap();
+    let total = &json["total"];
+    assert_eq!(
+        (total["savedVs5m"].as_f64(), total["settledVs5m"].as_u64(), total["unsettledVs5m"].as_u64()),
+        (Some(saved), Some(1), Some(0)),
+        "{json}"
+    );
+    let table = pool_cmd(&h, "cost", None).await.unwrap();
+    assert!(table.ends_with("auto saved $0.01 vs 5m over 1 idle spells\n"), "{table}");
+}

@@ -266,6 +266,37 @@ pub struct PoolCost {
     /// retried after a crash is not counted twice.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recently_deleted: Vec<String>,
+    /// Auto idle spells that ended before 5 minutes (an instance's `unsettledVs5m`),
+    /// weighed against 5 minutes once the pool saw what 5 minutes would have met: a run of
+    /// the shape launching a machine within 5 minutes of the spell's start (5 minutes
+    /// would have kept the instance for it), or none (5 minutes would have idled that
+    /// long).
+    #[serde(default, skip_serializing_if = "SettledLater::is_empty")]
+    pub settled_later_vs_5m: SettledLater,
+}
+
+/// What auto saved against 5 minutes on spells settled after their instance was gone.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SettledLater {
+    /// US dollars saved (negative: auto cost more).
+    #[serde(default)]
+    pub dollars: f64,
+    /// Spells settled.
+    #[serde(default)]
+    pub spells: u64,
+}
+
+impl SettledLater {
+    pub fn is_empty(&self) -> bool {
+        self.spells == 0
+    }
+
+    /// Adds `o` to these figures, dollars rounded to 1/10,000 (what status shows).
+    pub fn add(&mut self, o: &SettledLater) {
+        self.dollars = ((self.dollars + o.dollars) * 10_000.0).round() / 10_000.0;
+        self.spells += o.spells;
+    }
 }
 
 /// Observed state of a `Pool`.

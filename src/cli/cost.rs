@@ -11,7 +11,9 @@
 //! launched inside the window count them, and deleted instances are left out.
 //!
 //! Under `idleDuration: auto`, the last line says what auto saved against a fixed
-//! 5-minute idle duration on the idle spells it could settle, and how many it could not.
+//! 5-minute idle duration on the idle spells it could settle (those auto ended before 5
+//! minutes once their pool saw whether a run would have come: `status.cost.settledLaterVs5m`),
+//! and how many it could not yet.
 
 use std::collections::BTreeMap;
 
@@ -66,6 +68,19 @@ pub fn report(
     out
 }
 
+/// Adds to `total` the spells `pools` settled against 5 minutes after their instances
+/// were gone (`status.cost.settledLaterVs5m`): counted as settled, no longer as left out.
+pub fn add_settled_later<'a>(total: &mut Spend, pools: impl IntoIterator<Item = &'a Pool>) {
+    for p in pools {
+        let Some(later) = p.status.as_ref().and_then(|s| s.cost.as_ref()).map(|c| &c.settled_later_vs_5m) else {
+            continue;
+        };
+        total.saved_vs_5m_dollars = round(total.saved_vs_5m_dollars + later.dollars);
+        total.settled_vs_5m += later.spells;
+        total.unsettled_vs_5m = total.unsettled_vs_5m.saturating_sub(later.spells);
+    }
+}
+
 /// `auto saved $X vs 5m …`, or nothing when no auto spell ended.
 pub fn saved_line(total: &Spend) -> Option<String> {
     if total.settled_vs_5m + total.unsettled_vs_5m == 0 {
@@ -76,7 +91,7 @@ pub fn saved_line(total: &Spend) -> Option<String> {
     let mut line = format!("auto {verb} ${:.2} vs 5m over {} idle spells", saved.abs(), total.settled_vs_5m);
     if total.unsettled_vs_5m > 0 {
         line += &format!(
-            "; {} spells auto ended before 5 minutes are not counted (5m's cost depends on whether a run would have come)",
+            "; {} spells auto ended before 5 minutes are not counted yet (until a run of their shape launches a machine, 5m's cost depends on whether one would have come)",
             total.unsettled_vs_5m
         );
     }
@@ -100,6 +115,10 @@ pub async fn cost(args: &CostArgs, client: &Client, namespace: &str, term: &mut 
     let mut total = Spend::default();
     for l in lines.values() {
         total.add(l);
+    }
+    if since.is_none() {
+        let chosen = pools.iter().filter(|p| args.pool.as_ref().is_none_or(|n| *n == p.name_any()));
+        add_settled_later(&mut total, chosen);
     }
     let reuse = |l: &Spend| if l.runs == 0 { None } else { Some(l.reused_runs as f64 / l.runs as f64) };
     if args.output == Format::Json {

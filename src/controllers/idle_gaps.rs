@@ -11,7 +11,8 @@
 //! reconciler or another instance wrote meanwhile) reads the pool afresh and applies the
 //! observation again to the new summary. Weakness: a crash, or an API error that outlasts
 //! the retries, between the instance write and the pool write loses that observation
-//! (a gap unseen, or a spell's reserved risk left open: both only make auto more careful).
+//! (a gap unseen, or a spell's reserved risk left open: both only make auto more careful;
+//! or a spell's 5-minute counterfactual, which then stays unsettled).
 
 use kube::ResourceExt;
 
@@ -30,7 +31,13 @@ pub async fn record(
     observe: impl Fn(&mut ShapeGaps),
 ) -> Result<(), Error> {
     update_status(ctx, ns, pool, FirstRead::Cache, GiveUp::Warn("idle gap"), |st| {
-        observe(st.idle_gaps.entry(shape.to_string()).or_default());
+        let gaps = st.idle_gaps.entry(shape.to_string()).or_default();
+        observe(gaps);
+        // Spells the observation settled against 5 minutes: into the pool's cost.
+        let settled = std::mem::take(&mut gaps.settled_vs_5m);
+        if !settled.is_empty() {
+            st.cost.get_or_insert_with(Default::default).settled_later_vs_5m.add(&settled);
+        }
         true
     })
     .await

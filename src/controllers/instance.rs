@@ -212,7 +212,9 @@ async fn step(inst: Instance, ctx: &Context) -> Result<Next, Error> {
             ctx.event(&inst, false, Reason::IdleTimeout, msg).await;
             let written = ctx.write_status(&inst, &st).await?;
             if let Some(record) = spell::current(&status) {
-                idle_gaps::record(ctx, &ns, &pool_name, &record.shape, |g| spell::close_expired(g, record)).await?;
+                let price = status.offer.as_ref().map_or(0.0, |o| o.price);
+                idle_gaps::record(ctx, &ns, &pool_name, &record.shape, |g| spell::close_expired(g, record, price))
+                    .await?;
             }
             Ok(Next::Continue(written))
         }

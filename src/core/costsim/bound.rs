@@ -306,6 +306,7 @@ pub fn offline_bound(trace: &[TraceRun], config: &Config) -> PolicyReport {
         timeline: Vec::new(),
         saved_vs_5m: 0.0,
         unsettled_vs_5m: 0,
+        settled_later_vs_5m: 0,
     }
 }
 

@@ -383,7 +383,7 @@ impl Sim<'_> {
                 if let Some(record) = inst.auto.take() {
                     spell::saving_expired(&mut inst.status, &record);
                     let key = (inst.pool.clone(), spell::shape(&inst.status));
-                    spell::close_expired(self.stats.entry(key).or_default(), &record);
+                    spell::close_expired(self.stats.entry(key).or_default(), &record, inst.offer.price);
                 }
             }
             Step::IdleUntil(Some(at)) => self.queue.push(Reverse((ms_of(at), Event::Deadline(i, spell)))),
@@ -402,6 +402,10 @@ impl Sim<'_> {
         let mut idle_cost = 0.0;
         let mut boot_cost = 0.0;
         let (mut saved_vs_5m, mut unsettled_vs_5m) = (0.0, 0);
+        // Spells settled after their instance was gone, as the pool's cost keeps them.
+        let later = self.stats.values().map(|g| &g.settled_vs_5m);
+        let settled_later = later.clone().map(|s| s.spells).sum::<u64>();
+        saved_vs_5m += later.map(|s| s.dollars).sum::<f64>();
         for inst in &self.insts {
             if let Some(u) = &inst.status.usage {
                 saved_vs_5m += u.saved_vs_5m_seconds as f64 * inst.offer.price / 3600.0;
@@ -428,7 +432,8 @@ impl Sim<'_> {
             waits,
             timeline: self.timeline,
             saved_vs_5m,
-            unsettled_vs_5m,
+            unsettled_vs_5m: unsettled_vs_5m - settled_later,
+            settled_later_vs_5m: settled_later,
         }
     }
 }

@@ -346,10 +346,15 @@ pub struct PolicyReport {
     /// The machines over time, one sample per moment something changed.
     pub timeline: Vec<Sample>,
     /// Under `auto`: what the instances' statuses say auto saved against 5 minutes on the
-    /// spells they settled (`status.usage.savedVs5mSeconds` at their price), and how many
-    /// spells they left out; what `kubectl pool cost` would print.
+    /// spells they settled (`status.usage.savedVs5mSeconds` at their price, and the pool's
+    /// `cost.settledLaterVs5m`), and how many spells they left out; what `kubectl pool
+    /// cost` would print.
     pub saved_vs_5m: f64,
     pub unsettled_vs_5m: u64,
+    /// Of the spells ended before 5 minutes, those settled later, once a launch of their
+    /// shape told what 5 minutes would have met (the pool's `cost.settledLaterVs5m`; in
+    /// `saved_vs_5m`, not in `unsettled_vs_5m`).
+    pub settled_later_vs_5m: u64,
 }
 
 impl PolicyReport {

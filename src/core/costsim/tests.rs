@@ -312,3 +312,24 @@ fn the_bound_is_the_optimum_assignment_and_below_every_schedule() {
     eprintln!("bound equal to the best schedule: {tight}/200 priced, {plain_tight}/200 plain");
     assert!(tight > plain_tight, "{tight} vs {plain_tight}");
 }
+
+/// Auto's account against 5 minutes, by hand. Nothing learned yet: auto keeps A's
+/// machine one boot (180 s) from 780 and ends it at 960, before 5 minutes; B's launch
+/// settles that spell. B at 1000 (gap 220 s): 5 minutes would have kept the machine for B
+/// (220 s idle, no boot) where auto idled 180 s and B booted a machine (180 s): −140 s.
+/// B at 1200 (gap 420 s): 5 minutes would have idled 300 s, auto 180 s: +120 s. The last
+/// spell (B's machine, ended at 180 s) waits for a launch that never comes and is left
+/// out; there 5 minutes would have idled 300 s, so the measured difference is the
+/// account plus 120 s.
+#[test]
+fn auto_spells_ended_before_five_minutes_are_settled_at_the_next_launch() {
+    for (second, account) in [(1000.0, -140.0), (1200.0, 120.0)] {
+        let trace = two_runs(second);
+        let auto = simulate(&trace, &config(), &by_name("auto"));
+        let five = simulate(&trace, &config(), &by_name("fixed-5m"));
+        assert!((auto.saved_vs_5m - cost_of(account)).abs() < 1e-9, "B at {second}: {}", auto.saved_vs_5m);
+        assert_eq!((auto.settled_later_vs_5m, auto.unsettled_vs_5m), (1, 1), "B at {second}");
+        let measured = five.total_cost - auto.total_cost;
+        assert!((measured - cost_of(account + 120.0)).abs() < 1e-9, "B at {second}: measured {measured}");
+    }
+}

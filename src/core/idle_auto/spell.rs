@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{add, AutoDecision, GapSummary, Reason, SpellContext, MAX_CONTEXTS};
 use crate::api::instance::{AutoIdle, InstancePhase, InstanceStatus};
+use crate::api::pool::SettledLater;
 
 /// The boot time assumed for an instance that has no `status.bootSeconds` (it was
 /// never seen provisioning, e.g. a host added by hand or an instance from before kpool
@@ -40,7 +41,37 @@ pub struct ShapeGaps {
     /// [`MAX_CONTEXTS`]. A status from before contexts reads as none.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub contexts: BTreeMap<String, Vec<u32>>,
+    /// Auto spells that ended before 5 minutes, waiting for a launch of the shape to tell
+    /// what 5 minutes would have cost ([`settle_vs_5m`]), oldest first, at most
+    /// [`MAX_PENDING_VS_5M`] (past it the oldest stays unsettled).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_vs_5m: Vec<PendingVs5m>,
+    /// What the last observation settled against 5 minutes, for the caller to add to the
+    /// pool's `status.cost.settledLaterVs5m` in the same write (not kept here).
+    #[serde(skip)]
+    pub settled_vs_5m: SettledLater,
 }
+
+/// An auto spell that ended at `idleSeconds`, before 5 minutes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingVs5m {
+    /// When the instance had gone idle.
+    pub since: Time,
+    pub idle_seconds: u64,
+    pub boot_seconds: u64,
+    /// The instance's price, US dollars per hour.
+    pub price: f64,
+    /// How many spells this stands for: past [`MAX_PENDING_VS_5M`], the oldest spell
+    /// that has a later one alike (same idle and boot seconds, same price) is merged into
+    /// it, keeping the later `since` (a launch within its 5 minutes is then counted for
+    /// one of them; the others wait).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub count: u32,
+}
+
+/// Auto spells kept per shape until their 5-minute counterfactual is known.
+pub const MAX_PENDING_VS_5M: usize = 32;
 
 impl ShapeGaps {
     /// A gap of a spell that started in context `key` (if known) joins the shape's
@@ -204,9 +235,33 @@ pub fn close_launched_for(gaps: &mut ShapeGaps, record: &AutoIdle) {
     gaps.summary.reserved = (gaps.summary.reserved - record.risk_seconds).max(0.0);
 }
 
-/// The spell `record` was chosen for ran out: the instance is terminated. Its gap stays
-/// open until the next launch of the shape.
-pub fn close_expired(gaps: &mut ShapeGaps, record: &AutoIdle) {
+/// The spell `record` was chosen for ran out: the instance (at `price` $/hour) is
+/// terminated. Its gap stays open until the next launch of the shape, and so does its
+/// 5-minute counterfactual when it ended before 5 minutes.
+pub fn close_expired(gaps: &mut ShapeGaps, record: &AutoIdle, price: f64) {
+    if record.idle_seconds < FIVE_MINUTES {
+        gaps.pending_vs_5m.push(PendingVs5m {
+            since: record.since.clone(),
+            idle_seconds: record.idle_seconds,
+            boot_seconds: record.boot_seconds,
+            price,
+            count: 1,
+        });
+        while gaps.pending_vs_5m.len() > MAX_PENDING_VS_5M {
+            let p = &gaps.pending_vs_5m;
+            let alike = |a: &PendingVs5m, b: &PendingVs5m| {
+                (a.idle_seconds, a.boot_seconds, a.price) == (b.idle_seconds, b.boot_seconds, b.price)
+            };
+            let pair = (0..p.len()).find_map(|i| (i + 1..p.len()).find(|&j| alike(&p[i], &p[j])).map(|j| (i, j)));
+            let Some((older, later)) = pair else {
+                // All unlike: the oldest stays unsettled.
+                gaps.pending_vs_5m.remove(0);
+                continue;
+            };
+            let older = gaps.pending_vs_5m.remove(older);
+            gaps.pending_vs_5m[later - 1].count += older.count;
+        }
+    }
     gaps.summary.close_expired(&decision_of(record), Duration::from_secs(record.boot_seconds));
     gaps.expired.push(ExpiredSpell {
         since: record.since.clone(),
@@ -235,6 +290,54 @@ pub fn close_expired(gaps: &mut ShapeGaps, record: &AutoIdle) {
     }
 }
 
+/// A run that arrived at `arrival` launched a machine of the shape (launches are seen in
+/// arrival order): the 5-minute counterfactual of pending spells (auto ended them at
+/// `d` before 5 minutes) is known for those whose 5 minutes ended before it, no launch
+/// having come in time (5 minutes would have idled 300 s; both then pay the boot of the
+/// launch to come: saved `300 − d`), and for the oldest one whose 5 minutes cover it, `g`
+/// after its start (5 minutes would have idled `g` and kept the instance for this run;
+/// auto idled `d` and this run paid a boot: saved `g − d − boot`). The rest wait for a
+/// later launch. Each sum goes into `gaps.settled_vs_5m`.
+///
+/// Not known to the controller, so not counted: a run that arrived within those 5
+/// minutes and was taken by another idle instance (5 minutes would have had one more
+/// instance idle for it, which changes no run's boot).
+pub fn settle_vs_5m(gaps: &mut ShapeGaps, arrival: Timestamp) {
+    let mut settle = |p: &PendingVs5m, seconds: f64, spells: u32| {
+        gaps.settled_vs_5m.dollars += seconds * p.price / 3600.0 * f64::from(spells);
+        gaps.settled_vs_5m.spells += u64::from(spells);
+    };
+    let five = FIVE_MINUTES as f64;
+    let mut kept = Vec::new();
+    let mut reused = false;
+    for mut p in std::mem::take(&mut gaps.pending_vs_5m) {
+        let d = p.idle_seconds as f64;
+        match p.since.0 <= arrival {
+            false => kept.push(p),
+            true => {
+                let g = between(p.since.0, arrival).as_secs_f64();
+                if g < d {
+                    // A run that launched while the instance was still idle: not one it
+                    // would have served.
+                    kept.push(p);
+                } else if g > five {
+                    settle(&p, five - d, p.count);
+                } else if !reused {
+                    reused = true;
+                    settle(&p, g - d - p.boot_seconds as f64, 1);
+                    p.count -= 1;
+                    if p.count > 0 {
+                        kept.push(p);
+                    }
+                } else {
+                    kept.push(p);
+                }
+            }
+        }
+    }
+    gaps.pending_vs_5m = kept;
+}
+
 /// The fixed idle duration auto's savings are measured against.
 pub const FIVE_MINUTES: u64 = 300;
 
@@ -249,8 +352,9 @@ pub fn saving_reused(status: &mut InstanceStatus, record: &AutoIdle, now: Timest
 
 /// Auto ended the spell `record` was chosen for at its deadline. At or past 5 minutes a
 /// fixed 5 minutes would have ended it too, at 5 minutes (the next run pays a boot
-/// either way); before, whether a run would have come in time is unknown: counted
-/// apart, not guessed.
+/// either way); before, whether a run would have come in time is not known yet: counted
+/// apart on the instance, and settled by the pool at the next launch of the shape
+/// ([`close_expired`] keeps it pending, [`settle_vs_5m`] settles it).
 pub fn saving_expired(status: &mut InstanceStatus, record: &AutoIdle) {
     if record.idle_seconds >= FIVE_MINUTES {
         settle_saving(status, FIVE_MINUTES as i64 - record.idle_seconds as i64);
@@ -271,6 +375,7 @@ fn settle_saving(status: &mut InstanceStatus, seconds: i64) {
 /// Spells that went idle after `arrival` (recorded before this launch was seen) are
 /// left for a later one.
 pub fn launched(gaps: &mut ShapeGaps, arrival: Timestamp) {
+    settle_vs_5m(gaps, arrival);
     for e in gaps.expired.iter_mut().filter(|e| e.since.0 <= arrival) {
         if let Some(idle) = e.idle_seconds.take() {
             let boot = Duration::from_secs(e.boot_seconds);
@@ -339,7 +444,7 @@ mod tests {
         let st = idle_status(0, Some(100));
         let (record, _) = choose(&st, None, &Default::default()).unwrap();
         let mut gaps = ShapeGaps::default();
-        close_expired(&mut gaps, &record);
+        close_expired(&mut gaps, &record, 1.0);
         assert_eq!((gaps.summary.auto_cost, gaps.summary.bound_cost), (200.0, 100.0));
         assert_eq!(gaps.summary.gaps(), 0);
         // A launch for a run that arrived before this spell began tells nothing of it.
@@ -351,7 +456,7 @@ mod tests {
         assert_eq!((gaps.summary.gaps(), gaps.summary.bound_cost), (1, 100.0));
         // Only so many expired spells are kept.
         for _ in 0..MAX_EXPIRED_KEPT + 3 {
-            close_expired(&mut gaps, &record);
+            close_expired(&mut gaps, &record, 1.0);
         }
         assert_eq!(gaps.expired.len(), MAX_EXPIRED_KEPT);
     }
@@ -424,7 +529,7 @@ mod tests {
         let mut gaps = ShapeGaps::default();
         close_reused(&mut gaps, &record, at(130));
         assert_eq!((gaps.summary.gaps(), gaps.contexts["i2a1"].iter().sum::<u32>()), (1, 1));
-        close_expired(&mut gaps, &record);
+        close_expired(&mut gaps, &record, 1.0);
         launched(&mut gaps, at(1000));
         assert_eq!((gaps.summary.gaps(), gaps.contexts["i2a1"].iter().sum::<u32>()), (2, 2));
     }
@@ -458,10 +563,10 @@ mod tests {
         let mut gaps = ShapeGaps::default();
         let (mut quick, _) = choose(&idle_status(0, Some(100)), None, &Default::default()).unwrap();
         quick.idle_seconds = 0;
-        close_expired(&mut gaps, &quick);
+        close_expired(&mut gaps, &quick, 1.0);
         let (ski, _) = choose(&idle_status(10, Some(100)), None, &Default::default()).unwrap();
         for _ in 0..MAX_EXPIRED_KEPT + 4 {
-            close_expired(&mut gaps, &ski);
+            close_expired(&mut gaps, &ski, 1.0);
         }
         assert_eq!(gaps.expired.len(), MAX_EXPIRED_KEPT);
         assert_eq!(gaps.expired.iter().map(|e| e.count).sum::<u32>(), MAX_EXPIRED_KEPT as u32 + 5);
@@ -472,5 +577,70 @@ mod tests {
         launched(&mut gaps, at(3600));
         assert_eq!(gaps.summary.bound_cost - before, 100.0);
         assert_eq!(gaps.summary.gaps(), 1);
+    }
+
+    fn expired_at(since: i64, idle_seconds: u64) -> AutoIdle {
+        let (mut record, _) = choose(&idle_status(since, Some(100)), None, &Default::default()).unwrap();
+        record.idle_seconds = idle_seconds;
+        record
+    }
+
+    /// By hand, boot 100 s at $3.60/h ($0.001 a second). Spells ended by auto at 60 s,
+    /// started at 0, 10 and 500 s; one ended at 300 s (5 minutes would have ended it too:
+    /// not pending). A launch for a run that arrived at 200: the oldest spell (gap 200 s)
+    /// would have been kept for it by 5 minutes (200 s idle, no boot) against auto's 60 s
+    /// and a boot (160 s): +$0.040; the one from 10 s waits. A launch at 400: the spell from 10 s
+    /// saw none within its 5 minutes (5 minutes: 300 s idle, auto 60 s): +$0.240. A launch
+    /// at 520 came while the spell from 500 s was still idle: not its run. One at 700
+    /// (gap 200 s): +$0.040. In all +$0.320 over 3 spells.
+    #[test]
+    fn spells_auto_ended_before_five_minutes_are_settled_by_the_next_launches() {
+        let mut gaps = ShapeGaps::default();
+        for (since, idle) in [(0, 60), (10, 60), (500, 60), (1000, 300)] {
+            close_expired(&mut gaps, &expired_at(since, idle), 3.6);
+        }
+        assert_eq!(gaps.pending_vs_5m.len(), 3);
+        let mut seen = Vec::new();
+        for arrival in [200, 400, 520, 700] {
+            settle_vs_5m(&mut gaps, at(arrival));
+            let s = std::mem::take(&mut gaps.settled_vs_5m);
+            seen.push(((s.dollars * 1000.0).round() as i64, s.spells));
+        }
+        assert_eq!(seen, [(40, 1), (240, 1), (0, 0), (40, 1)]);
+        assert!(gaps.pending_vs_5m.is_empty());
+        // `launched` settles them too (a shape's launch is the one event that tells them).
+        close_expired(&mut gaps, &expired_at(2000, 60), 3.6);
+        launched(&mut gaps, at(2400));
+        assert_eq!(gaps.settled_vs_5m, SettledLater { dollars: 0.24, spells: 1 });
+    }
+
+    /// Past the cap, alike pending spells merge (a batch of instances ending together) and
+    /// are settled together: 40 spells of 60 s, then a launch an hour later: 40 × 240 s.
+    #[test]
+    fn past_the_cap_alike_pending_spells_merge_and_all_settle() {
+        let mut gaps = ShapeGaps::default();
+        for i in 0..40 {
+            close_expired(&mut gaps, &expired_at(i, 60), 3.6);
+        }
+        assert_eq!(gaps.pending_vs_5m.len(), MAX_PENDING_VS_5M);
+        assert_eq!(gaps.pending_vs_5m.iter().map(|p| p.count).sum::<u32>(), 40);
+        settle_vs_5m(&mut gaps, at(3600));
+        assert_eq!(gaps.settled_vs_5m.spells, 40);
+        assert!((gaps.settled_vs_5m.dollars - 40.0 * 0.24).abs() < 1e-9);
+    }
+
+    /// Pending spells are kept in the pool's status (a new controller settles them); what
+    /// one observation settled is not (the write that made it moves it into the pool's
+    /// cost).
+    #[test]
+    fn pending_spells_survive_in_the_pools_status_and_the_settled_figure_moves_out() {
+        let mut gaps = ShapeGaps::default();
+        close_expired(&mut gaps, &expired_at(0, 60), 3.6);
+        gaps.settled_vs_5m = SettledLater { dollars: 1.0, spells: 1 };
+        let json = serde_json::to_value(&gaps).unwrap();
+        assert_eq!(json["pendingVs5m"][0]["idleSeconds"], 60, "{json}");
+        assert!(json.get("settledVs5m").is_none(), "{json}");
+        let back: ShapeGaps = serde_json::from_value(json).unwrap();
+        assert_eq!((back.pending_vs_5m, back.settled_vs_5m), (gaps.pending_vs_5m, SettledLater::default()));
     }
 }
