@@ -522,6 +522,24 @@ async fn cost_sums_each_instances_billed_time_at_its_price_with_idle_time_and_re
     assert!(lines[1].contains("$0.54") && lines[1].contains("$0.29") && lines[1].contains("50%"), "{table}");
 }
 
+/// A run of 8 CPUs or more under `idleDuration: auto`.
+fn auto_run() -> RunSpec {
+    let auto = kpool::api::policy::PolicySpec { idle_duration: Some("auto".into()), ..Default::default() };
+    RunSpec { resources: cpu("8.."), policy: auto, ..Default::default() }
+}
+
+/// Creates run `name` under `idleDuration: auto` (8 CPUs or more, so an m5.2xlarge) and
+/// lets the machine it launches boot in `boot`; the instance it runs on.
+async fn auto_run_booted(h: &Harness, name: &str, boot: std::time::Duration) -> String {
+    h.backend.set_pending_polls(u32::MAX);
+    h.run(name, auto_run()).await;
+    h.settle(2).await;
+    h.advance(boot);
+    h.backend.set_pending_polls(0);
+    h.settle(3).await;
+    h.get_run(name).await.status.unwrap().instance.unwrap()
+}
+
 /// `cost` says what `idleDuration: auto` saved against 5 minutes, by hand: the machine
 /// (m5.2xlarge, $0.384/h) boots in 400 s. Run `a` launches it; once idle, auto (nothing
 /// learned yet: one boot, 400 s) keeps it, and run `b` takes it 350 s later: 5 minutes
@@ -532,21 +550,13 @@ async fn cost_sums_each_instances_billed_time_at_its_price_with_idle_time_and_re
 async fn cost_shows_what_auto_saved_against_five_minutes() {
     use std::time::Duration;
     let h = Harness::new().await;
-    let auto = kpool::api::policy::PolicySpec { idle_duration: Some("auto".into()), ..Default::default() };
-    let spec = || RunSpec { resources: cpu("8.."), policy: auto.clone(), ..Default::default() };
-    h.backend.set_pending_polls(u32::MAX);
-    h.run("a", spec()).await;
-    h.settle(2).await;
-    h.advance(Duration::from_secs(400));
-    h.backend.set_pending_polls(0);
-    h.settle(3).await;
-    let on = h.get_run("a").await.status.unwrap().instance.unwrap();
+    let on = auto_run_booted(&h, "a", Duration::from_secs(400)).await;
     assert_eq!(h.get_instance(&on).await.status.unwrap().boot_seconds, Some(400));
     h.exec.exit("a", 0);
     h.settle(2).await;
     assert_eq!(h.get_instance(&on).await.status.unwrap().idle_auto.map(|a| a.idle_seconds), Some(400));
     h.advance(Duration::from_secs(350));
-    h.run("b", spec()).await;
+    h.run("b", auto_run()).await;
     h.settle(2).await;
     assert_eq!(h.get_run("b").await.status.unwrap().instance.as_deref(), Some(on.as_str()), "b reuses it");
     let usage = h.get_instance(&on).await.status.unwrap().usage.unwrap();
@@ -577,15 +587,7 @@ async fn cost_shows_what_auto_saved_against_five_minutes() {
 async fn cost_settles_a_spell_auto_ended_early_at_the_next_launch() {
     use std::time::Duration;
     let h = Harness::new().await;
-    let auto = kpool::api::policy::PolicySpec { idle_duration: Some("auto".into()), ..Default::default() };
-    let spec = || RunSpec { resources: cpu("8.."), policy: auto.clone(), ..Default::default() };
-    h.backend.set_pending_polls(u32::MAX);
-    h.run("a", spec()).await;
-    h.settle(2).await;
-    h.advance(Duration::from_secs(100));
-    h.backend.set_pending_polls(0);
-    h.settle(3).await;
-    let first = h.get_run("a").await.status.unwrap().instance.unwrap();
+    let first = auto_run_booted(&h, "a", Duration::from_secs(100)).await;
     h.exec.exit("a", 0);
     h.settle(2).await;
     assert_eq!(h.get_instance(&first).await.status.unwrap().idle_auto.map(|a| a.idle_seconds), Some(100));
@@ -597,13 +599,7 @@ async fn cost_settles_a_spell_auto_ended_early_at_the_next_launch() {
     assert!(table.contains("1 spells auto ended before 5 minutes are not counted yet"), "{table}");
 
     h.advance(Duration::from_secs(149));
-    h.backend.set_pending_polls(u32::MAX);
-    h.run("b", spec()).await;
-    h.settle(2).await;
-    h.advance(Duration::from_secs(100));
-    h.backend.set_pending_polls(0);
-    h.settle(3).await;
-    let second = h.get_run("b").await.status.unwrap().instance.unwrap();
+    let second = auto_run_booted(&h, "b", Duration::from_secs(100)).await;
     assert_ne!(second, first, "b launched a machine");
     let pool = h.api::<kpool::api::pool::Pool>().get("default-pool").await.unwrap();
     let later = pool.status.unwrap().cost.unwrap().settled_later_vs_5m;
