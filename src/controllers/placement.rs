@@ -73,7 +73,7 @@ impl Plan {
     /// What the plan gives `run`, while a new assignment would give it the same (see the
     /// module docs); `None` when that may not be so. `key` is the run's queue key.
     fn answer(&self, run: &str, key: QueueKey<'_>, now: &Now<'_>) -> Option<Answer<'_>> {
-        if now.waiting.iter().any(|(r, k)| *k < key && *r != run && !self.waiting.contains(*r)) {
+        if now.waiting.iter().any(|(r, (k, _))| *k < key && *r != run && !self.waiting.contains(*r)) {
             return None;
         }
         let last = self.last.as_ref().is_none_or(|(p, t, n)| key > (*p, *t, n.as_str()));
@@ -164,13 +164,12 @@ impl Plans {
 }
 
 /// What a pass sees now: the idle instances (with the run each is reserved for), the
-/// pool's waiting runs (with their queue keys), the instance each run's own status says
-/// it holds, and the runs an instance names.
+/// pool's waiting runs (with their queue keys; a run an instance names does not wait),
+/// and the instance each run's own status says it holds.
 struct Now<'a> {
     idle: HashMap<&'a str, Option<&'a str>>,
-    waiting: HashMap<&'a str, QueueKey<'a>>,
+    waiting: HashMap<&'a str, (QueueKey<'a>, &'a Run)>,
     holding: HashMap<&'a str, &'a str>,
-    claimed: HashSet<&'a str>,
 }
 
 impl<'a> Now<'a> {
@@ -201,10 +200,10 @@ impl<'a> Now<'a> {
                 }
             }
             if waits_in(r, pool, &claimed, pools) {
-                waiting.insert(name, queue_key(r));
+                waiting.insert(name, (queue_key(r), r));
             }
         }
-        Now { idle, waiting, holding, claimed }
+        Now { idle, waiting, holding }
     }
 }
 
@@ -257,7 +256,7 @@ pub async fn pick<I: Borrow<Instance>, R: Borrow<Run>>(
             None => {}
         }
     }
-    let plan = make(ctx, pool, &pool_name, &ns, Some((run, me)), all, runs, &now, &pools).await?;
+    let plan = make(ctx, pool, &pool_name, &ns, Some((run, me)), all, runs, &now).await?;
     let answer = plan.assigned.get(&run.name_any()).cloned();
     ctx.plans.put(&ns, &pool_name, plan);
     Ok(answer)
@@ -276,7 +275,7 @@ pub async fn plan_now<I: Borrow<Instance>, R: Borrow<Run>>(
     let pools = ctx.list_in(&ns, |c| &c.pools).await?;
     let pools: Vec<&Pool> = pools.iter().collect();
     let name = pool.name_any();
-    make(ctx, Some(pool), &name, &ns, None, all, runs, &Now::of(all, runs, &name, &pools), &pools).await
+    make(ctx, Some(pool), &name, &ns, None, all, runs, &Now::of(all, runs, &name, &pools)).await
 }
 
 /// One pass of [`assign`] over the waiting runs of `pool_name` in queue order (`me`
@@ -293,16 +292,10 @@ async fn make<I: Borrow<Instance>, R: Borrow<Run>>(
     all: &[I],
     runs: &[R],
     now: &Now<'_>,
-    pools: &[&Pool],
 ) -> Result<Plan, Error> {
     let me_name = me.as_ref().map(|(_, p)| p.name.clone());
-    let mut waiting: Vec<(_, &Run)> = runs
-        .iter()
-        .map(Borrow::borrow)
-        .filter(|r| me_name.as_deref() != r.metadata.name.as_deref())
-        .filter(|r| waits_in(r, pool_name, &now.claimed, pools))
-        .map(|r| (queue_key(r), r))
-        .collect();
+    let mut waiting: Vec<(_, &Run)> =
+        now.waiting.iter().filter(|(n, _)| me_name.as_deref() != Some(**n)).map(|(_, (k, r))| (*k, *r)).collect();
     if let Some((run, _)) = &me {
         waiting.push((queue_key(run), run));
     }
