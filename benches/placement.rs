@@ -57,6 +57,7 @@ struct Args {
     stream_rate: usize,
     stream_seconds: u64,
     settle_seconds: u64,
+    ceiling: usize,
 }
 
 fn args() -> Args {
@@ -68,6 +69,7 @@ fn args() -> Args {
         stream_rate: 0,
         stream_seconds: 20,
         settle_seconds: 60,
+        ceiling: 0,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     // `cargo test --all-targets` runs this binary without `--bench`: a quick smoke run
@@ -90,6 +92,7 @@ fn args() -> Args {
             "--stream-rate" => a.stream_rate = number(value()) as usize,
             "--stream-seconds" => a.stream_seconds = number(value()),
             "--settle-seconds" => a.settle_seconds = number(value()),
+            "--ceiling" => a.ceiling = number(value()) as usize,
             other => panic!("unknown flag {other:?} (see the docs at the top of benches/placement.rs)"),
         }
     }
@@ -124,6 +127,41 @@ fn rss_mib() -> (f64, f64) {
             .unwrap_or(0.0)
     };
     (kib("VmHWM:") / 1024.0, kib("VmRSS:") / 1024.0)
+}
+
+/// CPU seconds (user + system) process `pid` has used (Linux; 100 ticks a second).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
+}
+
+/// CPU seconds used so far by this process (controllers and benchmark), and by every
+/// `kube-apiserver` and `etcd` process of the machine.
+fn cpu() -> [f64; 3] {
+    let mut out = [cpu_seconds("self"), 0.0, 0.0];
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = e.file_name().to_string_lossy().to_string();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        match comm.trim() {
+            "kube-apiserver" => out[1] += cpu_seconds(&pid),
+            "etcd" => out[2] += cpu_seconds(&pid),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn report_cpu(label: &str, before: [f64; 3], wall: f64) {
+    let after = cpu();
+    let d: Vec<f64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    println!(
+        "{label}: CPU seconds over {wall:.1}s: controllers+benchmark {:.1}, kube-apiserver {:.1}, etcd {:.1}",
+        d[0], d[1], d[2]
+    );
 }
 
 type Counts = BTreeMap<(ApiCall, &'static str), u64>;
@@ -348,8 +386,30 @@ async fn cluster(a: &Args) {
     let instances: Api<Instance> = Api::namespaced(client.clone(), &ns);
     let runs: Api<Run> = Api::namespaced(client.clone(), &ns);
 
+    // What the API server takes with nothing else running: creates of small ConfigMaps,
+    // 64 at a time (no controller watches them).
+    if a.ceiling > 0 {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        let objects = (0..a.ceiling).map(|i| {
+            let mut m = ConfigMap::default();
+            m.metadata.name = Some(format!("ceiling-{i:05}"));
+            m.data = Some([("k".to_string(), "v".to_string())].into());
+            m
+        });
+        let (t, before) = (Instant::now(), cpu());
+        create_all(&maps, objects.collect(), 64).await;
+        let took = t.elapsed().as_secs_f64();
+        println!(
+            "cluster: the API server's write rate: {} ConfigMaps created in {took:.2}s ({:.0}/s, 64 at a time)",
+            a.ceiling,
+            a.ceiling as f64 / took
+        );
+        report_cpu("cluster: those writes", before, took);
+    }
+
     let (ctx, controllers) = start_controllers(client.clone(), &ns);
-    let t = Instant::now();
+    let (t, cpu0) = (Instant::now(), cpu());
     create_all(&instances, (0..a.instances).map(instance).collect(), 32).await;
     let idle = |i: &Instance| i.status.as_ref().is_some_and(|s| s.phase == InstancePhase::Idle);
     let mut n = 0;
@@ -358,13 +418,14 @@ async fn cluster(a: &Args) {
         n = count_phase(&instances, idle).await;
     }
     println!("cluster: {n}/{} instances idle in {:.1}s", a.instances, t.elapsed().as_secs_f64());
+    report_cpu("cluster: the instances", cpu0, t.elapsed().as_secs_f64());
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // The wave: N runs at once.
     let seen = Arc::new(Mutex::new(Seen::default()));
     let follower = follow_runs(runs.clone(), seen.clone());
     let before = ctx.requests.snapshot();
-    let t = Instant::now();
+    let (t, cpu0) = (Instant::now(), cpu());
     let created = Arc::new(Mutex::new(HashMap::new()));
     futures::stream::iter(0..a.runs)
         .map(|i| {
@@ -401,6 +462,7 @@ async fn cluster(a: &Args) {
     );
     latencies("cluster: creation → claimed", claim_lat);
     latencies("cluster: creation → Running", run_lat);
+    report_cpu("cluster: the wave", cpu0, took);
     report_requests("cluster: the wave", &delta(&after, &before), placed);
     let (peak, now) = rss_mib();
     println!("cluster: RSS peak {peak:.0} MiB, now {now:.0} MiB (controllers + this benchmark's watch of the runs)");

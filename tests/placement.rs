@@ -47,8 +47,14 @@ async fn a_wave_of_waiting_runs_is_placed_from_one_plan() {
         idle(&h, &format!("i{i:02}")).await;
     }
     let before = h.ctx.plans.made();
-    // Newest first, the order that made every run reassign everything ahead of it.
-    for i in (0..n).rev() {
+    // Newest first, the order that made every run reassign everything ahead of it. The
+    // first pass writes every run's claim (a batch); the others start where theirs is.
+    h.reconcile_run(&format!("r{:02}", n - 1)).await.unwrap();
+    for i in 0..n {
+        let st = h.get_instance(&format!("i{i:02}")).await.status.unwrap();
+        assert_eq!(st.phase, InstancePhase::Busy, "i{i:02} claimed by the first pass");
+    }
+    for i in (0..n - 1).rev() {
         h.reconcile_run(&format!("r{i:02}")).await.unwrap();
     }
     let mut taken = std::collections::BTreeSet::new();
@@ -60,21 +66,28 @@ async fn a_wave_of_waiting_runs_is_placed_from_one_plan() {
     assert_eq!(h.ctx.plans.made() - before, 1, "one plan for the wave");
 }
 
+/// A plan's claims are written by the pass that makes it (a batch), except for a run
+/// that waits for an instance provisioned for it: its own pass claims (and lets that
+/// instance go). Such a run follows the plan later, unless a run ahead of it came since.
 #[tokio::test]
 async fn a_newcomer_ahead_in_the_queue_is_not_passed_over_by_an_older_plan() {
     let h = Harness::new().await;
-    h.run("a-older", reusing(0)).await;
-    h.settle(1).await;
+    // a-older provisions an instance (not launched yet) and waits for it.
+    h.run("a-older", RunSpec { resources: cpu("4.."), ..Default::default() }).await;
+    h.reconcile_run("a-older").await.unwrap();
+    let provisioning = h.get_run("a-older").await.status.unwrap().provisioning_instance;
+    assert!(provisioning.is_some(), "a-older provisions");
     idle(&h, "cpu-x").await;
     // A plan is made (a-older takes cpu-x) by another run's pass: b-other, which fits
-    // nothing the plan gives it.
+    // nothing the plan gives it. The batch leaves a-older's claim to a-older.
     h.run("b-other", RunSpec { resources: cpu("64.."), ..reusing(0) }).await;
     h.reconcile_run("b-other").await.unwrap();
     assert_eq!(on(&h, "b-other").await, (RunPhase::Pending, None));
+    assert_eq!(h.get_instance("cpu-x").await.status.unwrap().phase, InstancePhase::Idle);
     // An urgent run arrives before a-older claims.
     h.run("c-urgent", reusing(10)).await;
     h.reconcile_run("a-older").await.unwrap();
-    assert_eq!(on(&h, "a-older").await, (RunPhase::Pending, None), "the urgent run is served first");
+    assert_eq!(on(&h, "a-older").await.1, None, "the urgent run is served first");
     h.reconcile_run("c-urgent").await.unwrap();
     assert_eq!(on(&h, "c-urgent").await, (RunPhase::Running, Some("cpu-x".into())));
 }
@@ -113,4 +126,37 @@ async fn runs_arriving_one_at_a_time_extend_the_plan_in_queue_order() {
         assert_eq!(on(&h, name).await, (RunPhase::Running, Some(format!("i0{n}"))), "{name}");
     }
     assert_eq!(h.ctx.plans.made() - before, 1, "one plan, extended by each newcomer");
+}
+
+/// What an instance's change wakes (`runtime::runs_woken_by`, the run controller's watch
+/// of instances): a claim wakes the claiming run alone; an instance that went idle wakes
+/// the runs waiting in its own pool, not another pool's. Waking every waiting run on
+/// every claim made a wave of N runs N² placement passes.
+#[tokio::test]
+async fn a_claim_wakes_its_run_alone_and_an_idle_instance_the_runs_waiting_in_its_pool() {
+    use kpool::api::pool::PoolSpec;
+    use kpool::controllers::runtime::runs_woken_by;
+    let h = Harness::new().await;
+    h.pool("other", PoolSpec::default()).await;
+    for r in ["r0", "r1", "r2"] {
+        h.run(r, reusing(0)).await;
+    }
+    h.run("elsewhere", RunSpec { pool: Some("other".into()), ..reusing(0) }).await;
+    h.settle(1).await;
+    idle(&h, "i0").await;
+    let runs = || async {
+        let runs: Vec<_> = h.api::<kpool::api::run::Run>().list(&Default::default()).await.unwrap().items;
+        runs.into_iter().map(std::sync::Arc::new).collect::<Vec<_>>()
+    };
+    let woken = |i: &kpool::api::instance::Instance, runs: &[_]| {
+        let mut names: Vec<String> = runs_woken_by(i, runs).into_iter().map(|r| r.name).collect();
+        names.sort();
+        names
+    };
+    let free = h.get_instance("i0").await;
+    assert_eq!(woken(&free, &runs().await), ["r0", "r1", "r2"], "an idle instance wakes its pool's waiting runs");
+    h.reconcile_run("r0").await.unwrap();
+    let claimed = h.get_instance("i0").await;
+    assert_eq!(claimed.status.as_ref().unwrap().run.as_deref(), Some("r0"));
+    assert_eq!(woken(&claimed, &runs().await), ["r0"], "a claim wakes its run alone");
 }

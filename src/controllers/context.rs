@@ -446,6 +446,7 @@ impl Context {
     pub fn forget_object(&self, uid: &str) {
         self.written.lock().expect("written").remove(uid);
         self.claims.lock().expect("claims").remove(uid);
+        self.plans.forget(uid);
     }
 
     /// Records that the run with UID `run` is claiming `instance` (before the claim is

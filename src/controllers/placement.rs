@@ -18,23 +18,39 @@
 //!   to still waits or holds it (else an instance went free that this run may take).
 //!
 //! Claims that follow the plan keep it: the claiming run stops waiting as its instance
-//! stops being idle. Each run still writes its own claim, conditional on the instance's
-//! resourceVersion, so a plan made from a copy the watch had not caught up with costs a
-//! 409 and a new plan, never a second placement. The run's own requirements and policy,
-//! as they resolve at its pass, must still allow the instance the plan gives it.
+//! stops being idle. Every claim is conditional on the instance's resourceVersion, so a
+//! plan made from a copy the watch had not caught up with costs a 409 and a new plan,
+//! never a second placement. The run's own requirements and policy, as they resolve at
+//! its pass, must still allow the instance the plan gives it.
+//!
+//! **Batches.** A pass that makes a plan for more than one waiting run writes the claims
+//! of all of them itself, [`BATCH_CONCURRENCY`] at a time, in queue order; each run's own
+//! pass then only starts its job on the instance claimed for it ([`Pick::Claimed`]).
+//! While a pool's plan is being made or its batch written, the other passes of its runs
+//! do nothing but note that they came ([`Plans::defers`], no scan of the namespace), and
+//! are woken when the batch ends: a wave of N runs costs one O(N + M) plan per batch
+//! instead of one per run. A run that comes ahead of the batch's last run in the queue
+//! stops the batch (the claims not yet sent are not sent) so that it is planned first.
+//! A claim made by the batch that the cache has not caught up with is the process's
+//! own write: the next plan counts its instance as taken ([`Context::known_stale`]).
 
 use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use futures::StreamExt;
+use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
 
+use super::idle_gaps;
 use super::observe::{idle_for_matching, policy_of};
-use super::{Context, Error};
-use crate::api::instance::{Instance, InstancePhase};
+use super::{is_conflict, Context, Error};
+use crate::api::instance::{Instance, InstancePhase, JobRef};
 use crate::api::pool::Pool;
+use crate::api::reasons::Reason;
 use crate::api::run::Run;
+use crate::core::idle_auto::spell;
 use crate::core::matching::{assign, pick_instance, PendingRun};
 use crate::core::policy::Origin;
 use crate::core::pool::resolve_pool_name;
@@ -140,11 +156,34 @@ type QueueKey<'a> = (std::cmp::Reverse<i32>, Option<jiff::Timestamp>, &'a str);
 /// A pool's plan, shared by its runs' passes.
 type Shared = Arc<Mutex<Plan>>;
 
-/// The pools' plans, by (namespace, pool), and how many were made.
+/// How many claims a batch sends at once.
+pub const BATCH_CONCURRENCY: usize = 32;
+
+/// The pools' plans, by (namespace, pool), and how many were made; the pools whose plan
+/// is being made or whose batch is being written; the claims batches wrote for runs
+/// whose own pass has not taken them yet.
 #[derive(Default)]
 pub struct Plans {
     plans: Mutex<HashMap<(String, String), Shared>>,
     made: AtomicU64,
+    busy: Mutex<HashMap<(String, String), Busy>>,
+    /// Claims written by a batch, by run UID, as the API returned them.
+    written: Mutex<HashMap<String, Instance>>,
+    /// Wakes a run's reconcile (the run controller's queue), once the controllers run.
+    waker: std::sync::OnceLock<futures::channel::mpsc::UnboundedSender<ObjectRef<Run>>>,
+}
+
+/// A pool whose plan is being made or whose batch is being written.
+#[derive(Default)]
+struct Busy {
+    /// The runs whose passes came meanwhile: woken when it ends.
+    deferred: Vec<String>,
+    /// The batch's runs, and the queue key of its last.
+    members: HashSet<String>,
+    last: Option<(std::cmp::Reverse<i32>, Option<jiff::Timestamp>, String)>,
+    /// A run came that is not in the batch and is ahead of its last run: the claims not
+    /// sent yet are not sent.
+    ahead: bool,
 }
 
 impl Plans {
@@ -161,6 +200,77 @@ impl Plans {
     pub fn made(&self) -> u64 {
         self.made.load(Ordering::Relaxed)
     }
+
+    /// Lets batches wake the runs they end for (the run controller reads `ObjectRef`s
+    /// from the other end). Without it (reconcile tests) a deferred run waits for its
+    /// requeue.
+    pub fn set_waker(&self, waker: futures::channel::mpsc::UnboundedSender<ObjectRef<Run>>) {
+        let _ = self.waker.set(waker);
+    }
+
+    /// Whether `run`'s pass leaves its placement to the pass that is making its pool's
+    /// plan or writing its batch (which wakes it when done). Costs no scan.
+    pub fn defers(&self, ns: &str, pool: &str, run: &Run) -> bool {
+        let mut busy = self.busy.lock().expect("busy");
+        let Some(b) = busy.get_mut(&(ns.to_string(), pool.to_string())) else { return false };
+        let name = run.name_any();
+        let key = queue_key(run);
+        if !b.members.contains(&name) && b.last.as_ref().is_some_and(|(p, t, n)| key < (*p, *t, n.as_str())) {
+            b.ahead = true;
+        }
+        b.deferred.push(name);
+        true
+    }
+
+    /// Marks `pool` busy, unless it is: the guard ends it and wakes the runs deferred.
+    fn enter<'p>(&'p self, ns: &str, pool: &str) -> Option<BusyGuard<'p>> {
+        let key = (ns.to_string(), pool.to_string());
+        let mut busy = self.busy.lock().expect("busy");
+        if busy.contains_key(&key) {
+            return None;
+        }
+        busy.insert(key.clone(), Busy::default());
+        Some(BusyGuard { plans: self, key })
+    }
+
+    /// The claim a batch wrote for the run with UID `uid`, once.
+    pub fn take_written(&self, uid: &str) -> Option<Instance> {
+        self.written.lock().expect("written").remove(uid)
+    }
+
+    /// Forgets what is kept for the run with UID `uid` (it is gone).
+    pub fn forget(&self, uid: &str) {
+        self.written.lock().expect("written").remove(uid);
+    }
+
+    fn wake(&self, ns: &str, runs: impl IntoIterator<Item = String>) {
+        if let Some(w) = self.waker.get() {
+            for r in runs {
+                let _ = w.unbounded_send(ObjectRef::new(&r).within(ns));
+            }
+        }
+    }
+}
+
+/// A pool marked busy ([`Plans::enter`]) until dropped, whatever way the pass ends.
+struct BusyGuard<'p> {
+    plans: &'p Plans,
+    key: (String, String),
+}
+
+impl BusyGuard<'_> {
+    fn with<T>(&self, f: impl FnOnce(&mut Busy) -> T) -> T {
+        f(self.plans.busy.lock().expect("busy").get_mut(&self.key).expect("held by this guard"))
+    }
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        let ended = self.plans.busy.lock().map(|mut b| b.remove(&self.key)).ok().flatten();
+        if let Some(b) = ended {
+            self.plans.wake(&self.key.0, b.deferred);
+        }
+    }
 }
 
 /// What a pass sees now: the idle instances (with the run each is reserved for), the
@@ -173,7 +283,15 @@ struct Now<'a> {
 }
 
 impl<'a> Now<'a> {
-    fn of<I: Borrow<Instance>, R: Borrow<Run>>(all: &'a [I], runs: &'a [R], pool: &str, pools: &[&Pool]) -> Self {
+    /// `taken`: an idle copy of an instance a batch of this process has claimed since
+    /// (the cache has not caught up with the claim): not idle.
+    fn of<I: Borrow<Instance>, R: Borrow<Run>>(
+        all: &'a [I],
+        runs: &'a [R],
+        pool: &str,
+        pools: &[&Pool],
+        taken: impl Fn(&Instance) -> bool,
+    ) -> Self {
         let mut idle = HashMap::new();
         let mut claimed = HashSet::new();
         for i in all.iter().map(Borrow::borrow) {
@@ -182,7 +300,7 @@ impl<'a> Now<'a> {
                 (InstancePhase::Busy, Some(run)) => {
                     claimed.insert(run);
                 }
-                (InstancePhase::Idle, None) if i.metadata.deletion_timestamp.is_none() => {
+                (InstancePhase::Idle, None) if i.metadata.deletion_timestamp.is_none() && !taken(i) => {
                     idle.insert(i.metadata.name.as_deref().unwrap_or_default(), None);
                 }
                 _ => {}
@@ -207,6 +325,34 @@ impl<'a> Now<'a> {
     }
 }
 
+/// What a run's pass does, as its pool's plan says ([`pick`]).
+#[derive(Debug)]
+pub enum Pick {
+    /// Claim this idle instance.
+    Take(String),
+    /// A batch wrote the run's claim on this instance: start there.
+    Claimed(Box<Instance>),
+    /// No idle instance is the run's.
+    Nothing,
+    /// Another pass is making the pool's plan or writing its batch: it wakes this run
+    /// when it is done.
+    Deferred,
+    /// The claim the batch wrote for this run failed (the instance changed): look again.
+    Again,
+}
+
+/// Idle instances of namespace `ns` a batch of this process claimed whose cached copy
+/// is older than the claim.
+fn taken_by_batches<'c>(ctx: &'c Context, ns: &str) -> impl Fn(&Instance) -> bool + 'c {
+    let written = ctx.plans.written.lock().expect("written");
+    let names: HashSet<String> = written
+        .values()
+        .filter(|i| i.metadata.namespace.as_deref() == Some(ns))
+        .filter_map(|i| i.metadata.name.clone())
+        .collect();
+    move |i: &Instance| i.metadata.name.as_ref().is_some_and(|n| names.contains(n)) && ctx.known_stale(i)
+}
+
 /// Whether `r` waits in `pool`'s queue: waiting ([`is_waiting`]), named by no instance,
 /// and in the pool (a run not reconciled yet in the one its spec resolves to, as its
 /// first pass will resolve it).
@@ -219,9 +365,10 @@ fn waits_in(r: &Run, pool: &str, claimed: &HashSet<&str>, pools: &[&Pool]) -> bo
         }
 }
 
-/// The idle instance `me` takes in its pool's queue order (by name), if any: from the
-/// pool's plan while it holds for `me`, else from a new plan. `run` is `me`'s object;
-/// `all` and `runs` are the namespace's instances and runs.
+/// What `me` does in its pool's queue order: from the pool's plan while it holds for
+/// `me`, else from a new plan, whose claims this pass writes itself when it places more
+/// than `me` (a batch). `run` is `me`'s object; `all` and `runs` are the namespace's
+/// instances and runs.
 pub async fn pick<I: Borrow<Instance>, R: Borrow<Run>>(
     ctx: &Context,
     run: &Run,
@@ -229,37 +376,196 @@ pub async fn pick<I: Borrow<Instance>, R: Borrow<Run>>(
     pool: Option<&Pool>,
     all: &[I],
     runs: &[R],
-) -> Result<Option<String>, Error> {
+) -> Result<Pick, Error> {
     let (ns, pool_name) = (me.namespace.clone(), me.pool.clone());
     let pools = ctx.list_in(&ns, |c| &c.pools).await?;
     let pools: Vec<&Pool> = pools.iter().collect();
-    let now = Now::of(all, runs, &pool_name, &pools);
+    let now = Now::of(all, runs, &pool_name, &pools, taken_by_batches(ctx, &ns));
     if let Some(plan) = ctx.plans.get(&ns, &pool_name) {
         let mut plan = plan.lock().expect("plan");
         let key = queue_key(run);
+        // Newcomers besides `me` are planned together (a batch) rather than each
+        // extending the plan on its own pass.
+        let newcomers = now.waiting.keys().filter(|r| !plan.waiting.contains(**r)).count();
         match plan.answer(&me.name, key, &now) {
-            Some(Answer::Planned(None)) => return Ok(None),
+            Some(Answer::Planned(None)) => return Ok(Pick::Nothing),
             // The plan was made with the policies of then: the run's own, as it resolves
             // now, must still allow the instance (a Profile may have changed since).
             Some(Answer::Planned(Some(name))) => {
                 let inst = all.iter().map(Borrow::borrow).filter(|i| i.metadata.name.as_deref() == Some(name));
                 let inst: Vec<&Instance> = inst.collect();
                 if pick_instance(&me, &idle_for_matching(&inst, runs, &ns)) == Some(0) {
-                    return Ok(Some(name.to_string()));
+                    return Ok(Pick::Take(name.to_string()));
                 }
             }
-            Some(Answer::Last) => {
+            Some(Answer::Last) if newcomers <= 1 => {
                 let best = best_left(&me, &plan, &now, all);
                 plan.extend(&me.name, key, best);
-                return Ok(best.map(str::to_string));
+                return Ok(best.map_or(Pick::Nothing, |b| Pick::Take(b.to_string())));
             }
+            _ => {}
+        }
+    }
+    // One pass at a time makes a pool's plan (and writes its batch); the others wait
+    // for it to wake them.
+    let Some(busy) = ctx.plans.enter(&ns, &pool_name) else {
+        return Ok(if ctx.plans.defers(&ns, &pool_name, run) { Pick::Deferred } else { Pick::Again });
+    };
+    let plan = make(ctx, pool, &pool_name, &ns, Some((run, me)), all, runs, &now).await?;
+    let mine = plan.assigned.get(&run.name_any()).cloned();
+    let others = plan.assigned.len() - usize::from(mine.is_some());
+    let order = if others > 0 { batch_order(&plan, all, runs) } else { Vec::new() };
+    ctx.plans.put(&ns, &pool_name, plan);
+    if order.is_empty() {
+        return Ok(mine.map_or(Pick::Nothing, Pick::Take));
+    }
+    Ok(batch(ctx, &busy, run, pool, order).await)
+}
+
+/// The runs a plan gives an instance, with it, in queue order.
+fn batch_order<'a, I: Borrow<Instance>, R: Borrow<Run>>(
+    plan: &Plan,
+    all: &'a [I],
+    runs: &'a [R],
+) -> Vec<(&'a Run, &'a Instance)> {
+    let instances: HashMap<&str, &Instance> = all
+        .iter()
+        .map(Borrow::borrow)
+        .filter(|i| plan.taker.contains_key(i.metadata.name.as_deref().unwrap_or_default()))
+        .map(|i| (i.metadata.name.as_deref().unwrap_or_default(), i))
+        .collect();
+    let mut order: Vec<(&Run, &Instance)> = runs
+        .iter()
+        .map(Borrow::borrow)
+        .filter_map(|r| {
+            let i = plan.assigned.get(r.metadata.name.as_deref().unwrap_or_default())?;
+            Some((r, *instances.get(i.as_str())?))
+        })
+        .collect();
+    order.sort_by(|a, b| queue_key(a.0).cmp(&queue_key(b.0)));
+    order
+}
+
+/// Writes the claims of `order` ([`BATCH_CONCURRENCY`] at a time; none more once a run
+/// ahead of the batch's last came), keeps each other run's written claim for its pass
+/// ([`Plans::take_written`]) and says what `me` does. The runs left without their claim
+/// (a conflict, a run this process has written since the plan's copy) are woken when
+/// the pool stops being busy.
+async fn batch(
+    ctx: &Context,
+    busy: &BusyGuard<'_>,
+    me: &Run,
+    pool: Option<&Pool>,
+    order: Vec<(&Run, &Instance)>,
+) -> Pick {
+    busy.with(|b| {
+        b.members = order.iter().map(|(r, _)| r.name_any()).collect();
+        b.last = order.last().map(|(r, _)| {
+            let k = queue_key(r);
+            (k.0, k.1, k.2.to_string())
+        });
+    });
+    let me_name = me.name_any();
+    let in_batch = order.iter().any(|(r, _)| r.name_any() == me_name);
+    let claims: Vec<_> =
+        order.into_iter().map(|(r, i)| batch_claim(ctx, busy, r, i, r.name_any() == me_name)).collect();
+    let outcomes: Vec<_> = futures::stream::iter(claims).buffer_unordered(BATCH_CONCURRENCY).collect().await;
+    let mut pick = if in_batch { Pick::Again } else { Pick::Nothing };
+    let (mut left, mut placed) = (Vec::new(), 0);
+    for (name, written) in outcomes {
+        match written {
+            Some(Some(w)) => {
+                pick = Pick::Claimed(Box::new(w));
+                placed += 1;
+            }
+            Some(None) => placed += 1,
+            None if name != me_name => left.push(name),
             None => {}
         }
     }
-    let plan = make(ctx, pool, &pool_name, &ns, Some((run, me)), all, runs, &now).await?;
-    let answer = plan.assigned.get(&run.name_any()).cloned();
-    ctx.plans.put(&ns, &pool_name, plan);
-    Ok(answer)
+    // One Event for the batch instead of one per run.
+    if let Some(pool) = pool.filter(|_| placed > 0) {
+        let note = format!(
+            "placed {placed} waiting run(s) on idle instances in one batch; {} left to their own pass",
+            left.len()
+        );
+        ctx.event(pool, false, Reason::Assigned, note).await;
+    }
+    busy.with(|b| b.deferred.extend(left));
+    pick
+}
+
+/// One claim of a batch, unless a run ahead of the batch came, or this process wrote the
+/// run or the instance since the copies the plan was made from, or the run (if it is not
+/// the batch's own, whose pass does that) waits for an instance provisioned for it: its
+/// own pass claims, and lets that one go. The run's name and, if its claim was written,
+/// the claim (kept for its pass if the run is not `mine`).
+async fn batch_claim(
+    ctx: &Context,
+    busy: &BusyGuard<'_>,
+    r: &Run,
+    i: &Instance,
+    mine: bool,
+) -> (String, Option<Option<Instance>>) {
+    let name = r.name_any();
+    let provisioning = r.status.as_ref().is_some_and(|s| s.provisioning_instance.is_some());
+    let skip = busy.with(|b| b.ahead) || ctx.known_stale(r) || (!mine && provisioning) || ctx.known_stale(i);
+    if skip {
+        return (name, None);
+    }
+    match claim(ctx, r, i).await {
+        // Kept for the run's pass at once: the instance's change wakes it.
+        Ok(Some(w)) if !mine => {
+            ctx.plans.written.lock().expect("written").insert(r.uid().unwrap_or_default(), w);
+            (name, Some(None))
+        }
+        Ok(written) => (name, written.map(Some)),
+        Err(e) => {
+            tracing::warn!(run = %name, instance = %i.name_any(), error = %e, "a batch's claim failed");
+            (name, None)
+        }
+    }
+}
+
+/// Writes `run`'s claim on the idle instance `chosen` (the copy the decision was made
+/// on): conditional on its resourceVersion, so that if anything changed the instance
+/// since (another run claimed it) it fails with 409, and `None` is returned. An auto
+/// idle spell the claim ends is settled with it, and the pool learns the gap.
+pub async fn claim(ctx: &Context, run: &Run, chosen: &Instance) -> Result<Option<Instance>, Error> {
+    let now = ctx.now();
+    let (uid, name) = (run.uid().unwrap_or_default(), run.name_any());
+    ctx.set_claim_in_flight(&uid, Some(&chosen.name_any()));
+    let mut ist = chosen.status.clone().unwrap_or_default();
+    let own = chosen.provisioned_for() == Some(name.as_str());
+    // An auto spell a run other than the instance's own ends: what 5 minutes would have
+    // cost on it, with the claim.
+    if let Some(record) = spell::current(&ist).filter(|_| !own) {
+        let record = record.clone();
+        spell::saving_reused(&mut ist, &record, now);
+    }
+    crate::core::instance::claim(&mut ist, JobRef::of(run), now);
+    let claimed = match ctx.write_status(chosen, &ist).await {
+        Ok(i) => i,
+        Err(Error::Kube(e)) if is_conflict(&e) => {
+            // Not written: the run claims nothing.
+            ctx.set_claim_in_flight(&uid, None);
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let backend = chosen.status.as_ref().and_then(|s| s.offer.as_ref()).map(|o| o.backend.as_str());
+    ctx.metrics.run_placed(backend.unwrap_or_default(), !own);
+    // Under `idleDuration: auto`, the gap this claim ended is what the pool learns from.
+    // (Not when the run takes the machine it launched: that wait was a boot, not a gap.)
+    if let Some((pool, record)) = chosen.status.as_ref().and_then(|s| Some((s.pool.as_deref()?, spell::current(s)?))) {
+        let ns = run.namespace().unwrap_or_default();
+        idle_gaps::record(ctx, &ns, pool, &record.shape, |g| match own {
+            true => spell::close_launched_for(g, record),
+            false => spell::close_reused(g, record, ctx.now()),
+        })
+        .await?;
+    }
+    Ok(Some(claimed))
 }
 
 /// A new plan for pool `pool_name` of namespace `ns` (`pool` its object, if it exists),
@@ -275,7 +581,8 @@ pub async fn plan_now<I: Borrow<Instance>, R: Borrow<Run>>(
     let pools = ctx.list_in(&ns, |c| &c.pools).await?;
     let pools: Vec<&Pool> = pools.iter().collect();
     let name = pool.name_any();
-    make(ctx, Some(pool), &name, &ns, None, all, runs, &Now::of(all, runs, &name, &pools)).await
+    let now = Now::of(all, runs, &name, &pools, taken_by_batches(ctx, &ns));
+    make(ctx, Some(pool), &name, &ns, None, all, runs, &now).await
 }
 
 /// One pass of [`assign`] over the waiting runs of `pool_name` in queue order (`me`
@@ -319,7 +626,8 @@ async fn make<I: Borrow<Instance>, R: Borrow<Run>>(
             pinned_instance: r.spec.instance.clone(),
         });
     }
-    let idle = idle_for_matching(all, runs, ns);
+    let mut idle = idle_for_matching(all, runs, ns);
+    idle.retain(|i| now.idle.contains_key(i.name.as_str()));
     let assigned = assign(&queue, &idle).into_iter().map(|(r, i)| (queue[r].name.clone(), idle[i].name.clone()));
     let assigned: HashMap<String, String> = assigned.collect();
     let last = waiting.last().map(|(k, _)| (k.0, k.1, k.2.to_string()));

@@ -12,9 +12,9 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::ResourceExt;
 
-use super::idle_gaps;
 use super::instance::until;
 use super::observe::{policy_of, pool_of};
+use super::placement::Pick;
 use super::{is_conflict, Context, Error};
 use crate::api::conditions::{
     clear_false, condition_tri, find, set_progress, upsert, Progress, QUEUED, READY, SCHEDULED, SUCCEEDED,
@@ -26,7 +26,6 @@ use crate::api::instance::{
 use crate::api::pool::{Pool, PoolSpec, DEFAULT_POOL_NAME};
 use crate::api::reasons::Reason;
 use crate::api::run::{Run, RunPhase, RunStatus, RUN_FINALIZER};
-use crate::core::idle_auto::spell;
 use crate::core::matching::PendingRun;
 use crate::core::policy::{EffectivePolicy, Origin};
 use crate::core::pool::{fits, occupying};
@@ -171,6 +170,15 @@ async fn place(
     // that is there is found and not made twice. (A new process lists everything written
     // before it started.)
     let uid = run.uid().unwrap_or_default();
+    // A batch of this pool's placement wrote this run's claim: start there, without
+    // looking at the namespace again.
+    if let Some(claimed) = ctx.plans.take_written(&uid) {
+        return start_claimed(run, st, claimed, &policy, ctx, false).await;
+    }
+    // Another pass is making the pool's plan or writing its batch: it wakes this run.
+    if ctx.plans.defers(&ns, &pool_name, &run) {
+        return Ok(Next::Stop(Action::requeue(WAIT_RECHECK)));
+    }
     let claim_in_flight = ctx.claim_in_flight(&uid);
     // The namespace's instances and runs, shared with the watch caches: a wave of runs
     // looks at all of them on every pass.
@@ -186,7 +194,7 @@ async fn place(
         if !ctx.is_current(&run).await? {
             return Ok(Next::Stop(Action::requeue(CACHE_CATCH_UP)));
         }
-        return start(run, st, (**held).clone(), &policy, ctx).await;
+        return start(run, st, (**held).clone(), &policy, ctx, true).await;
     }
 
     let runs = super::observe::runs_shared(ctx, &ns).await?;
@@ -203,52 +211,34 @@ async fn place(
         policy: policy.clone(),
         pinned_instance: run.spec.instance.clone(),
     };
-    // The instance the pool's queue-order assignment gives this run (see `placement`).
-    if let Some(pick) = super::placement::pick(ctx, &run, pending, pool.as_ref(), &all, &runs).await? {
-        let chosen = all.iter().find(|i| i.name_any() == pick).map(|i| (**i).clone()).expect("picked from all");
-        // The run must be as current as this process's writes before it takes an
-        // instance: a stale copy (e.g. of a run that has already run) claims nothing and
-        // starts nothing.
-        if !ctx.is_current(&run).await? {
-            return Ok(Next::Stop(Action::requeue(CACHE_CATCH_UP)));
+    // What the pool's queue-order assignment gives this run (see `placement`).
+    let claimed = match super::placement::pick(ctx, &run, pending, pool.as_ref(), &all, &runs).await? {
+        Pick::Take(pick) => {
+            let chosen = all.iter().find(|i| i.name_any() == pick).expect("picked from all");
+            // The run must be as current as this process's writes before it takes an
+            // instance: a stale copy (e.g. of a run that has already run) claims nothing
+            // and starts nothing.
+            if !ctx.is_current(&run).await? {
+                return Ok(Next::Stop(Action::requeue(CACHE_CATCH_UP)));
+            }
+            let Some(claimed) = super::placement::claim(ctx, &run, chosen).await? else {
+                // Another run claimed it since the cache's copy: look again.
+                return Ok(Next::Stop(Action::requeue(Duration::ZERO)));
+            };
+            Some((claimed, true))
         }
-        ctx.set_claim_in_flight(&uid, Some(&chosen.name_any()));
-        let mut ist = chosen.status.clone().unwrap_or_default();
-        // An auto spell a run other than the instance's own ends: what 5 minutes would
-        // have cost on it, with the claim.
-        if let Some(record) = spell::current(&ist).filter(|_| chosen.provisioned_for() != Some(&run.name_any())) {
-            let record = record.clone();
-            spell::saving_reused(&mut ist, &record, now);
-        }
-        crate::core::instance::claim(&mut ist, JobRef::of(&run), now);
-        // The claim carries the instance's resourceVersion: if anything else changed
-        // the instance since we looked (another run claimed it), this fails with 409.
-        let claimed = match ctx.write_status(&chosen, &ist).await {
-            Ok(i) => i,
-            Err(Error::Kube(e)) if is_conflict(&e) => return Ok(Next::Stop(Action::requeue(Duration::ZERO))),
-            Err(e) => return Err(e),
-        };
-        let backend = chosen.status.as_ref().and_then(|s| s.offer.as_ref()).map(|o| o.backend.as_str());
-        let reused = chosen.provisioned_for() != Some(run.name_any().as_str());
-        ctx.metrics.run_placed(backend.unwrap_or_default(), reused);
-        // Under `idleDuration: auto`, the gap this claim ended is what the pool learns from.
-        // (Not when the run takes the machine it launched: that wait was a boot, not a gap.)
-        if let Some((pool, record)) =
-            chosen.status.as_ref().and_then(|s| Some((s.pool.as_deref()?, spell::current(s)?)))
-        {
-            let (now, own) = (ctx.now(), chosen.provisioned_for() == Some(run.name_any().as_str()));
-            idle_gaps::record(ctx, &ns, pool, &record.shape, |g| match own {
-                true => spell::close_launched_for(g, record),
-                false => spell::close_reused(g, record, now),
-            })
-            .await?;
-        }
+        Pick::Claimed(claimed) => Some((*claimed, false)),
+        Pick::Deferred => return Ok(Next::Stop(Action::requeue(WAIT_RECHECK))),
+        Pick::Again => return Ok(Next::Stop(Action::requeue(Duration::ZERO))),
+        Pick::Nothing => None,
+    };
+    if let Some((claimed, announce)) = claimed {
         // A pending instance provisioned for this run is no longer needed.
         if let Some(p) = st.provisioning_instance.clone().filter(|p| *p != claimed.name_any()) {
             let why = format!("run {} found instance {} first", run.name_any(), claimed.name_any());
             delete_if_unlaunched(ctx, &ns, &p, &why).await?;
         }
-        return start(run, st, claimed, &policy, ctx).await;
+        return start_claimed(run, st, claimed, &policy, ctx, announce).await;
     }
 
     // Nothing idle fits. Follow an instance being provisioned for us, if any.
@@ -407,14 +397,34 @@ fn ahead_waiting_for_room(run: &Run, runs: &[Arc<Run>], pool: &str) -> usize {
 /// waits for the cache to catch up.
 const CACHE_CATCH_UP: Duration = Duration::from_millis(200);
 
+/// Starts the job of `run` on `inst`, whose claim is written, once the run's copy is as
+/// current as this process's writes of it.
+async fn start_claimed(
+    run: Run,
+    st: RunStatus,
+    inst: Instance,
+    policy: &EffectivePolicy,
+    ctx: &Context,
+    announce: bool,
+) -> Result<Next, Error> {
+    if !ctx.is_current(&run).await? {
+        // The claim stays in flight: the next pass reads the instance from the API.
+        return Ok(Next::Stop(Action::requeue(CACHE_CATCH_UP)));
+    }
+    start(run, st, inst, policy, ctx, announce).await
+}
+
 /// Starts the job of `run`, whose claim on `inst` is written. A start
-/// that keeps failing ends the attempt after the grace of [`exec_failed`].
+/// that keeps failing ends the attempt after the grace of [`exec_failed`]. `announce`:
+/// publish an `Assigned` Event (a run placed by a batch has none: the batch publishes
+/// one on the pool, and the run's `Scheduled` condition says where it runs).
 async fn start(
     run: Run,
     mut st: RunStatus,
     inst: Instance,
     policy: &EffectivePolicy,
     ctx: &Context,
+    announce: bool,
 ) -> Result<Next, Error> {
     let now = ctx.now();
     match ctx.executor.start(&run, &inst).await {
@@ -435,7 +445,9 @@ async fn start(
     clear_false(&mut st.conditions, JOB_CONTROL, Reason::Controlled, "the job started", run.metadata.generation, now);
     sm::assigned(&mut st, &inst.name_any(), now);
     scheduled(&mut st, &run, now, true, Reason::Assigned, &format!("running on instance {}", inst.name_any()));
-    ctx.event(&run, false, Reason::Assigned, format!("running on instance {}", inst.name_any())).await;
+    if announce {
+        ctx.event(&run, false, Reason::Assigned, format!("running on instance {}", inst.name_any())).await;
+    }
     let run = ctx.write_status(&run, &st).await?;
     ctx.set_claim_in_flight(&run.uid().unwrap_or_default(), None);
     Ok(Next::Continue(run))

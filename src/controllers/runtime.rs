@@ -58,28 +58,18 @@ pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig, namespace: Option<S
         .run(|o, c| timed("instance", c.clone(), instance::reconcile(o, c)), error_policy, ctx.clone())
         .for_each(|r| async move { log_result("instance", r) });
 
-    // A run wakes up when an instance it holds or waits for changes, and pending runs
-    // of the namespace wake up when an instance there becomes idle.
+    // A run wakes up when an instance it holds or waits for changes, and the runs waiting
+    // in a pool when one of its instances may let them go on (`runs_woken_by`).
     let run_controller = Controller::for_shared_stream(run_events, run_store.clone());
+    // Runs a placement batch leaves to their own pass (see `placement`).
+    let (waker, woken) = futures::channel::mpsc::unbounded();
+    ctx.plans.set_waker(waker);
     let runs_cache = run_store.clone();
     let run_ctl = run_controller
         .watches_shared_stream(instance_events.clone(), move |inst: Arc<Instance>| {
-            let ns = inst.namespace().unwrap_or_default();
-            let mut refs: Vec<ObjectRef<Run>> = Vec::new();
-            if let Some(r) = inst.status.as_ref().and_then(|s| s.run.clone()) {
-                refs.push(ObjectRef::new(&r).within(&ns));
-            }
-            if let Some(r) = inst.provisioned_for() {
-                refs.push(ObjectRef::new(r).within(&ns));
-            }
-            for r in run_store.state() {
-                let waiting = r.status.as_ref().is_none_or(|s| s.instance.is_none() && !s.phase.is_finished());
-                if r.namespace().as_deref() == Some(ns.as_str()) && waiting {
-                    refs.push(ObjectRef::from_obj(&*r));
-                }
-            }
-            refs
+            runs_woken_by(&inst, &run_store.state())
         })
+        .reconcile_on(woken)
         .with_config(controller_config())
         .shutdown_on_signal()
         .run(|o, c| timed("run", c.clone(), run::reconcile(o, c)), error_policy, ctx.clone())
@@ -179,6 +169,48 @@ fn slim<K: kube::Resource>(o: &mut K) {
 /// How many instance changes the shared watch holds for a controller that has not taken
 /// them yet; the watch waits when one is that far behind.
 const SHARED_BUFFER: usize = 4096;
+
+/// The runs a change of `inst` wakes, among `runs` (the watch cache): the run it names and
+/// the one it was provisioned for, and, when the change may let runs waiting in its pool
+/// go on ([`frees`]), those runs. A claim wakes its run alone: in a wave of N runs on N
+/// idle instances, waking every waiting run on every claim made N² wake-ups, each a
+/// placement pass.
+pub fn runs_woken_by(inst: &Instance, runs: &[Arc<Run>]) -> Vec<ObjectRef<Run>> {
+    let ns = inst.namespace().unwrap_or_default();
+    let mut refs: Vec<ObjectRef<Run>> = Vec::new();
+    if let Some(r) = inst.status.as_ref().and_then(|s| s.run.as_deref()) {
+        refs.push(ObjectRef::new(r).within(&ns));
+    }
+    if let Some(r) = inst.provisioned_for() {
+        refs.push(ObjectRef::new(r).within(&ns));
+    }
+    if !frees(inst) {
+        return refs;
+    }
+    let pool = inst.status.as_ref().and_then(|s| s.pool.as_deref());
+    for r in runs {
+        let Some(s) = r.status.as_ref() else { continue };
+        let waiting = s.instance.is_none() && !s.phase.is_finished();
+        if waiting && r.namespace().as_deref() == Some(ns.as_str()) && pool.is_none_or(|p| s.pool.as_deref() == Some(p))
+        {
+            refs.push(ObjectRef::from_obj(&**r));
+        }
+    }
+    refs
+}
+
+/// Whether a change of `inst` may let a run waiting in its pool go on: it is idle and
+/// free (a run may take it), or it is going or gone (room in the pool). A run not
+/// reconciled yet needs no wake-up: its first pass is coming.
+fn frees(inst: &Instance) -> bool {
+    use crate::api::instance::InstancePhase::*;
+    inst.metadata.deletion_timestamp.is_some()
+        || inst.status.as_ref().is_some_and(|s| match s.phase {
+            Idle => s.run.is_none(),
+            Terminating | Terminated | Failed => true,
+            _ => false,
+        })
+}
 
 /// How many objects of one kind are reconciled at once. Unbounded, a wave of a thousand
 /// runs became a thousand concurrent reconciles, each holding its own copy of the
