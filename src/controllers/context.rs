@@ -459,6 +459,17 @@ impl Context {
         };
     }
 
+    /// Records that the run with UID `run` is claiming `instance`, unless this process
+    /// has a claim for it already that its status does not show yet: then `false`.
+    pub fn begin_claim(&self, run: &str, instance: &str) -> bool {
+        let mut claims = self.claims.lock().expect("claims");
+        if claims.contains_key(run) {
+            return false;
+        }
+        claims.insert(run.to_string(), instance.to_string());
+        true
+    }
+
     /// The instance the run with UID `run` was claiming in this process when its pass
     /// ended before its status said so (the claim may be written but not in the cache yet).
     pub fn claim_in_flight(&self, run: &str) -> Option<String> {

@@ -166,6 +166,7 @@ pub const BATCH_CONCURRENCY: usize = 32;
 pub struct Plans {
     plans: Mutex<HashMap<(String, String), Shared>>,
     made: AtomicU64,
+    woken: AtomicU64,
     busy: Mutex<HashMap<(String, String), Busy>>,
     /// Claims written by a batch, by run UID, as the API returned them.
     written: Mutex<HashMap<String, Instance>>,
@@ -244,11 +245,18 @@ impl Plans {
     }
 
     fn wake(&self, ns: &str, runs: impl IntoIterator<Item = String>) {
-        if let Some(w) = self.waker.get() {
-            for r in runs {
+        for r in runs {
+            self.woken.fetch_add(1, Ordering::Relaxed);
+            if let Some(w) = self.waker.get() {
                 let _ = w.unbounded_send(ObjectRef::new(&r).within(ns));
             }
         }
+    }
+
+    /// How many wake-ups of runs this process has asked for (the reconcile tests' loops
+    /// play on while there are new ones, as the run controller's queue would).
+    pub fn woken(&self) -> u64 {
+        self.woken.load(Ordering::Relaxed)
     }
 }
 
@@ -328,17 +336,20 @@ impl<'a> Now<'a> {
 /// What a run's pass does, as its pool's plan says ([`pick`]).
 #[derive(Debug)]
 pub enum Pick {
-    /// Claim this idle instance.
-    Take(String),
-    /// A batch wrote the run's claim on this instance: start there.
-    Claimed(Box<Instance>),
+    /// The run's claim on this instance is written: start there. `announce`: with an
+    /// `Assigned` Event of its own (a batch publishes one for all its runs, on the pool).
+    Claimed { instance: Box<Instance>, announce: bool },
     /// No idle instance is the run's.
     Nothing,
     /// Another pass is making the pool's plan or writing its batch: it wakes this run
     /// when it is done.
     Deferred,
-    /// The claim the batch wrote for this run failed (the instance changed): look again.
+    /// The claim written for this run failed (the instance changed), or the pool was
+    /// busy a moment ago: look again.
     Again,
+    /// The run's copy is older than this process's last write of it: look again once
+    /// the cache caught up.
+    Stale,
 }
 
 /// Idle instances of namespace `ns` a batch of this process claimed whose cached copy
@@ -365,9 +376,9 @@ fn waits_in(r: &Run, pool: &str, claimed: &HashSet<&str>, pools: &[&Pool]) -> bo
         }
 }
 
-/// What `me` does in its pool's queue order: from the pool's plan while it holds for
-/// `me`, else from a new plan, whose claims this pass writes itself when it places more
-/// than `me` (a batch). `run` is `me`'s object; `all` and `runs` are the namespace's
+/// Places `me` in its pool's queue order: from the pool's plan while it holds for `me`,
+/// else from a new plan, whose claims this pass writes itself when it places more than
+/// `me` (a batch). `run` is `me`'s object; `all` and `runs` are the namespace's
 /// instances and runs.
 pub async fn pick<I: Borrow<Instance>, R: Borrow<Run>>(
     ctx: &Context,
@@ -381,45 +392,61 @@ pub async fn pick<I: Borrow<Instance>, R: Borrow<Run>>(
     let pools = ctx.list_in(&ns, |c| &c.pools).await?;
     let pools: Vec<&Pool> = pools.iter().collect();
     let now = Now::of(all, runs, &pool_name, &pools, taken_by_batches(ctx, &ns));
-    if let Some(plan) = ctx.plans.get(&ns, &pool_name) {
+    let followed = ctx.plans.get(&ns, &pool_name).and_then(|plan| {
         let mut plan = plan.lock().expect("plan");
         let key = queue_key(run);
         // Newcomers besides `me` are planned together (a batch) rather than each
         // extending the plan on its own pass.
         let newcomers = now.waiting.keys().filter(|r| !plan.waiting.contains(**r)).count();
-        match plan.answer(&me.name, key, &now) {
-            Some(Answer::Planned(None)) => return Ok(Pick::Nothing),
+        match plan.answer(&me.name, key, &now)? {
+            Answer::Planned(None) => Some(None),
             // The plan was made with the policies of then: the run's own, as it resolves
             // now, must still allow the instance (a Profile may have changed since).
-            Some(Answer::Planned(Some(name))) => {
+            Answer::Planned(Some(name)) => {
                 let inst = all.iter().map(Borrow::borrow).filter(|i| i.metadata.name.as_deref() == Some(name));
                 let inst: Vec<&Instance> = inst.collect();
-                if pick_instance(&me, &idle_for_matching(&inst, runs, &ns)) == Some(0) {
-                    return Ok(Pick::Take(name.to_string()));
-                }
+                (pick_instance(&me, &idle_for_matching(&inst, runs, &ns)) == Some(0)).then(|| Some(name.to_string()))
             }
-            Some(Answer::Last) if newcomers <= 1 => {
+            Answer::Last if newcomers <= 1 => {
                 let best = best_left(&me, &plan, &now, all);
                 plan.extend(&me.name, key, best);
-                return Ok(best.map_or(Pick::Nothing, |b| Pick::Take(b.to_string())));
+                Some(best.map(str::to_string))
             }
-            _ => {}
+            Answer::Last => None,
         }
-    }
-    // One pass at a time makes a pool's plan (and writes its batch); the others wait
-    // for it to wake them.
-    let Some(busy) = ctx.plans.enter(&ns, &pool_name) else {
-        return Ok(if ctx.plans.defers(&ns, &pool_name, run) { Pick::Deferred } else { Pick::Again });
+    });
+    let choice = match followed {
+        Some(choice) => choice,
+        None => {
+            // One pass at a time makes a pool's plan (and writes its batch); the others
+            // wait for it to wake them.
+            let Some(busy) = ctx.plans.enter(&ns, &pool_name) else {
+                return Ok(if ctx.plans.defers(&ns, &pool_name, run) { Pick::Deferred } else { Pick::Again });
+            };
+            let plan = make(ctx, pool, &pool_name, &ns, Some((run, me)), all, runs, &now).await?;
+            let mine = plan.assigned.get(&run.name_any()).cloned();
+            let others = plan.assigned.len() - usize::from(mine.is_some());
+            let order = if others > 0 { batch_order(&plan, all, runs) } else { Vec::new() };
+            ctx.plans.put(&ns, &pool_name, plan);
+            if !order.is_empty() {
+                return Ok(batch(ctx, &busy, run, pool, order).await);
+            }
+            mine
+        }
     };
-    let plan = make(ctx, pool, &pool_name, &ns, Some((run, me)), all, runs, &now).await?;
-    let mine = plan.assigned.get(&run.name_any()).cloned();
-    let others = plan.assigned.len() - usize::from(mine.is_some());
-    let order = if others > 0 { batch_order(&plan, all, runs) } else { Vec::new() };
-    ctx.plans.put(&ns, &pool_name, plan);
-    if order.is_empty() {
-        return Ok(mine.map_or(Pick::Nothing, Pick::Take));
+    let Some(name) = choice else { return Ok(Pick::Nothing) };
+    let chosen = all.iter().map(Borrow::borrow).find(|i| i.metadata.name.as_deref() == Some(name.as_str()));
+    let chosen = chosen.expect("planned from all");
+    // The run must be as current as this process's writes before it takes an instance:
+    // a stale copy (e.g. of a run that has already run) claims nothing and starts nothing.
+    if !ctx.is_current(run).await? {
+        return Ok(Pick::Stale);
     }
-    Ok(batch(ctx, &busy, run, pool, order).await)
+    Ok(match claim(ctx, run, chosen).await? {
+        Some(claimed) => Pick::Claimed { instance: Box::new(claimed), announce: true },
+        // Another run claimed it since the cache's copy: look again.
+        None => Pick::Again,
+    })
 }
 
 /// The runs a plan gives an instance, with it, in queue order.
@@ -475,7 +502,7 @@ async fn batch(
     for (name, written) in outcomes {
         match written {
             Some(Some(w)) => {
-                pick = Pick::Claimed(Box::new(w));
+                pick = Pick::Claimed { instance: Box::new(w), announce: false };
                 placed += 1;
             }
             Some(None) => placed += 1,
@@ -497,8 +524,9 @@ async fn batch(
 
 /// One claim of a batch, unless a run ahead of the batch came, or this process wrote the
 /// run or the instance since the copies the plan was made from, or the run (if it is not
-/// the batch's own, whose pass does that) waits for an instance provisioned for it: its
-/// own pass claims, and lets that one go. The run's name and, if its claim was written,
+/// the batch's own, whose pass saw to these) waits for an instance provisioned for it
+/// (its own pass claims, and lets that one go) or has a claim of this process not in its
+/// status yet. The run's name and, if its claim was written,
 /// the claim (kept for its pass if the run is not `mine`).
 async fn batch_claim(
     ctx: &Context,
@@ -509,7 +537,9 @@ async fn batch_claim(
 ) -> (String, Option<Option<Instance>>) {
     let name = r.name_any();
     let provisioning = r.status.as_ref().is_some_and(|s| s.provisioning_instance.is_some());
-    let skip = busy.with(|b| b.ahead) || ctx.known_stale(r) || (!mine && provisioning) || ctx.known_stale(i);
+    let in_flight = !mine && ctx.claim_in_flight(&r.uid().unwrap_or_default()).is_some();
+    let skip =
+        busy.with(|b| b.ahead) || ctx.known_stale(r) || (!mine && provisioning) || in_flight || ctx.known_stale(i);
     if skip {
         return (name, None);
     }
@@ -529,12 +559,18 @@ async fn batch_claim(
 
 /// Writes `run`'s claim on the idle instance `chosen` (the copy the decision was made
 /// on): conditional on its resourceVersion, so that if anything changed the instance
-/// since (another run claimed it) it fails with 409, and `None` is returned. An auto
+/// since (another run claimed it) it fails with 409, and `None` is returned; `None`
+/// too when this process has a claim for the run already that its status does not show
+/// yet. An auto
 /// idle spell the claim ends is settled with it, and the pool learns the gap.
 pub async fn claim(ctx: &Context, run: &Run, chosen: &Instance) -> Result<Option<Instance>, Error> {
     let now = ctx.now();
     let (uid, name) = (run.uid().unwrap_or_default(), run.name_any());
-    ctx.set_claim_in_flight(&uid, Some(&chosen.name_any()));
+    // This process claims one instance at a time for a run: a batch and the run's own
+    // pass that both planned for it cannot both write a claim.
+    if !ctx.begin_claim(&uid, &chosen.name_any()) {
+        return Ok(None);
+    }
     let mut ist = chosen.status.clone().unwrap_or_default();
     let own = chosen.provisioned_for() == Some(name.as_str());
     // An auto spell a run other than the instance's own ends: what 5 minutes would have

@@ -185,6 +185,10 @@ async fn place(
     let mut all = super::observe::instances(ctx, &ns).await?;
     if let Some(name) = claim_in_flight {
         let fresh = Api::<Instance>::namespaced(ctx.client.clone(), &ns).get_opt(&name).await?;
+        if !fresh.as_ref().is_some_and(|i| crate::core::instance::holds(i.status.as_ref(), &run.name_any())) {
+            // It did not land: the run claims nothing so far.
+            ctx.set_claim_in_flight(&uid, None);
+        }
         all.retain(|i| i.name_any() != name);
         all.extend(fresh.map(Arc::new));
     }
@@ -213,23 +217,10 @@ async fn place(
     };
     // What the pool's queue-order assignment gives this run (see `placement`).
     let claimed = match super::placement::pick(ctx, &run, pending, pool.as_ref(), &all, &runs).await? {
-        Pick::Take(pick) => {
-            let chosen = all.iter().find(|i| i.name_any() == pick).expect("picked from all");
-            // The run must be as current as this process's writes before it takes an
-            // instance: a stale copy (e.g. of a run that has already run) claims nothing
-            // and starts nothing.
-            if !ctx.is_current(&run).await? {
-                return Ok(Next::Stop(Action::requeue(CACHE_CATCH_UP)));
-            }
-            let Some(claimed) = super::placement::claim(ctx, &run, chosen).await? else {
-                // Another run claimed it since the cache's copy: look again.
-                return Ok(Next::Stop(Action::requeue(Duration::ZERO)));
-            };
-            Some((claimed, true))
-        }
-        Pick::Claimed(claimed) => Some((*claimed, false)),
+        Pick::Claimed { instance, announce } => Some((*instance, announce)),
         Pick::Deferred => return Ok(Next::Stop(Action::requeue(WAIT_RECHECK))),
         Pick::Again => return Ok(Next::Stop(Action::requeue(Duration::ZERO))),
+        Pick::Stale => return Ok(Next::Stop(Action::requeue(CACHE_CATCH_UP))),
         Pick::Nothing => None,
     };
     if let Some((claimed, announce)) = claimed {

@@ -443,7 +443,7 @@ impl Harness {
     pub async fn settle(&self, rounds: usize) -> Vec<String> {
         let mut errors = Vec::new();
         for round in 0..30 {
-            let before = self.versions().await;
+            let (before, woken) = (self.versions().await, self.ctx.plans.woken());
             errors.clear();
             for job in self.reconcile_each("run", run::reconcile).await {
                 errors.extend(job.await);
@@ -454,7 +454,8 @@ impl Harness {
             for job in self.reconcile_each("pool", pool::reconcile).await {
                 errors.extend(job.await);
             }
-            if round + 1 >= rounds && before == self.versions().await {
+            // A run woken by another's pass (see `placement`) is looked at again.
+            if round + 1 >= rounds && before == self.versions().await && woken == self.ctx.plans.woken() {
                 break;
             }
         }
@@ -471,7 +472,7 @@ impl Harness {
         // failed somewhere is played again, at most twice.
         let mut retries = 0;
         for _ in 0..30 {
-            let before = self.versions().await;
+            let (before, woken) = (self.versions().await, self.ctx.plans.woken());
             let mut jobs = self.reconcile_each("run", run::reconcile).await;
             jobs.extend(self.reconcile_each("instance", instance::reconcile).await);
             jobs.extend(self.reconcile_each("pool", pool::reconcile).await);
@@ -481,7 +482,7 @@ impl Harness {
                 jobs.swap(k, (*seed >> 33) as usize % (k + 1));
             }
             errors = futures::future::join_all(jobs).await.into_iter().flatten().collect();
-            if before == self.versions().await {
+            if before == self.versions().await && woken == self.ctx.plans.woken() {
                 if errors.is_empty() || retries == 2 {
                     break;
                 }
