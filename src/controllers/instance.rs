@@ -18,7 +18,7 @@ use super::observe::{holding_capacity, instances, policy_of, pool_of};
 use super::{Context, Error};
 use crate::api::backend::BackendType;
 use crate::api::conditions::{
-    self, clear_false, condition_tri, set_false_since, set_progress, upsert, Progress, REACHABLE, READY,
+    self, clear_false, condition_tri, set_false_since, set_progress, upsert, Progress, READY,
 };
 use crate::api::instance::{
     AutoIdle, Instance, InstancePhase, InstanceStatus, INSTANCE_FINALIZER, PROVISIONED_FOR_ANNOTATION,
@@ -28,11 +28,12 @@ use crate::api::reasons::Reason;
 use crate::api::run::Run;
 use crate::backends::{machine_name, machine_tags, BackendError, MachineRef, MachineSpec, MachineState};
 use crate::core::idle_auto::spell;
-use crate::core::instance::health::{self, Verdict, NOT_ANSWERING};
+use crate::core::instance::health::{self, Verdict};
 use crate::core::instance::launch::{self as outcome, Lookup, Resolution};
 use crate::core::instance::teardown;
-use crate::core::instance::{self as sm, LaunchFailure, LetGo, NoOffer, Step, POLL_INTERVAL};
+use crate::core::instance::{self as sm, LaunchFailure, NoOffer, Step, POLL_INTERVAL};
 use crate::core::policy::{EffectivePolicy, Origin};
+use crate::core::transition::{Effect, Transition};
 use crate::exec::ssh::instance_key;
 
 /// Steps taken in one reconcile before handing back to the controller.
@@ -221,15 +222,12 @@ async fn step(inst: Instance, ctx: &Context) -> Result<Next, Error> {
         Step::CheckRun(run) => check_run(inst, st, &run, ctx).await,
         Step::Fence(job) => match fence::held(&inst, &mut st, &job, ctx).await {
             Fence::Done => {
-                sm::release(&mut st, now);
-                ready(&mut st, &inst, now, Reason::Idle, &format!("the job of run {} is stopped; idle", job.run));
-                Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
+                let t = sm::fence::released(&mut st, &job, now);
+                let written = apply_transition(&inst, &mut st, t, ctx).await?;
+                Ok(Next::Continue(written.expect("a release is written")))
             }
             Fence::Pending { changed, retry } => {
-                let msg = format!("run {} let go of the instance; stopping its job on the machine", job.run);
-                if ready(&mut st, &inst, now, Reason::Fencing, &msg) || changed {
-                    ctx.write_status(&inst, &st).await?;
-                }
+                apply_transition(&inst, &mut st, sm::fence::still_held(&job, changed), ctx).await?;
                 Ok(Next::Stop(Action::requeue(retry)))
             }
             Fence::GiveUp(msg) => give_up(&inst, &mut st, Reason::Unreachable, &msg, ctx).await,
@@ -582,17 +580,9 @@ async fn check_run(inst: Instance, mut st: InstanceStatus, run: &str, ctx: &Cont
         }
         return Ok(Next::Stop(Action::requeue(RECHECK.min(health_wait(&inst, ctx)))));
     }
-    let now = ctx.now();
-    match sm::run_let_go(&mut st, run, now) {
-        LetGo::Held { message } => {
-            ready(&mut st, &inst, now, Reason::Fencing, &message);
-        }
-        LetGo::Released { message, event } => {
-            ready(&mut st, &inst, now, Reason::Idle, &message);
-            ctx.event(&inst, false, Reason::Released, event).await;
-        }
-    }
-    Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
+    let t = sm::run_let_go(&mut st, run, ctx.now());
+    let written = apply_transition(&inst, &mut st, t, ctx).await?;
+    Ok(Next::Continue(written.expect("a run letting go is written")))
 }
 
 pub use crate::core::instance::teardown::TEARDOWN;
@@ -636,45 +626,43 @@ async fn check_health(inst: &Instance, st: &mut InstanceStatus, ctx: &Context) -
     let machine = MachineRef { name, ..MachineRef::of(st).unwrap_or_default() };
     let answer = backend.get_at(&machine).await;
     let (grace, interval) = (ctx.health.unreachable_grace, ctx.health.interval);
-    let gen = inst.metadata.generation;
-    match health::verdict(answer.as_ref(), st, offer.spot, grace, interval, now) {
-        Verdict::Unknown => {
-            if let Err(e) = &answer {
-                tracing::warn!(instance = %inst.name_any(), error = %e, "health check failed: provider did not answer");
-            }
-            ctx.metrics.health_check_failed(&offer.backend);
-            Ok(None)
-        }
-        Verdict::Reachable => {
-            let back = "the machine answers again";
-            if !clear_false(&mut st.conditions, REACHABLE, Reason::Reachable, back, gen, now) {
-                return Ok(None);
-            }
-            ctx.event(inst, false, Reason::Reachable, back.into()).await;
-            Ok(Some(Next::Continue(ctx.write_status(inst, st).await?)))
-        }
-        Verdict::Settling => Ok(None),
-        Verdict::Unreachable { deadline } => {
-            let (first, _) =
-                set_false_since(&mut st.conditions, REACHABLE, Reason::Unreachable, NOT_ANSWERING, gen, now);
-            if !first {
-                return Ok(None);
-            }
-            let note = format!("{NOT_ANSWERING}; the instance is terminated at {deadline} if it stays so");
-            ctx.event(inst, true, Reason::Unreachable, note).await;
-            Ok(Some(Next::Continue(ctx.write_status(inst, st).await?)))
-        }
-        Verdict::Lost { reason, message } => {
-            if reason == Reason::Unreachable {
-                set_false_since(&mut st.conditions, REACHABLE, Reason::Unreachable, NOT_ANSWERING, gen, now);
-            }
-            give_up(inst, st, reason, &message, ctx).await.map(Some)
-        }
+    let verdict = health::verdict(answer.as_ref(), st, offer.spot, grace, interval, now);
+    if let (Verdict::Unknown, Err(e)) = (&verdict, &answer) {
+        tracing::warn!(instance = %inst.name_any(), error = %e, "health check failed: provider did not answer");
     }
+    if verdict == Verdict::Unknown {
+        ctx.metrics.health_check_failed(&offer.backend);
+    }
+    let t = health::transition(verdict, st, inst.metadata.generation, now);
+    Ok(apply_transition(inst, st, t, ctx).await?.map(Next::Continue))
 }
 
-/// A live instance that cannot be used any more: Terminating with `reason`, so that the
-/// teardown deletes (or confirms the loss of) its machine.
+/// Applies a transition the core decided (see [`crate::core::transition`]): `Ready` as it
+/// says, one status write when anything changed, then the Event and what the effect
+/// needs. The instance as written, if it was.
+async fn apply_transition(
+    inst: &Instance,
+    st: &mut InstanceStatus,
+    t: Transition,
+    ctx: &Context,
+) -> Result<Option<Instance>, Error> {
+    let now = ctx.now();
+    let said = t.said.is_some_and(|s| ready(st, inst, now, s.reason, &s.message));
+    let written = match t.write || said {
+        true => Some(ctx.write_status(inst, st).await?),
+        false => None,
+    };
+    if let Some(e) = t.event {
+        ctx.event(inst, e.warning, e.reason, e.message).await;
+    }
+    if let Effect::Teardown { reason } = t.effect {
+        ctx.metrics.instance_lost(st.offer.as_ref().map(|o| o.backend.as_str()).unwrap_or_default(), reason.as_str());
+    }
+    Ok(written)
+}
+
+/// A live instance that cannot be used any more ([`sm::give_up`]): Terminating with
+/// `reason`, so that the teardown deletes (or confirms the loss of) its machine.
 async fn give_up(
     inst: &Instance,
     st: &mut InstanceStatus,
@@ -682,12 +670,9 @@ async fn give_up(
     msg: &str,
     ctx: &Context,
 ) -> Result<Next, Error> {
-    let now = ctx.now();
-    sm::terminate(st);
-    ready(st, inst, now, reason, msg);
-    ctx.event(inst, true, reason, msg.to_string()).await;
-    ctx.metrics.instance_lost(st.offer.as_ref().map(|o| o.backend.as_str()).unwrap_or_default(), reason.as_str());
-    Ok(Next::Continue(ctx.write_status(inst, st).await?))
+    let t = sm::give_up(st, reason, msg);
+    let written = apply_transition(inst, st, t, ctx).await?;
+    Ok(Next::Continue(written.expect("a give-up is written")))
 }
 
 async fn teardown(inst: Instance, mut st: InstanceStatus, ctx: &Context) -> Result<Next, Error> {

@@ -29,7 +29,8 @@ use crate::api::run::{Run, RunPhase, RunStatus, RUN_FINALIZER};
 use crate::core::matching::PendingRun;
 use crate::core::policy::{EffectivePolicy, Origin};
 use crate::core::pool::{fits, occupying};
-use crate::core::run::{self as sm, JobState, NoFit};
+use crate::core::run::{self as sm, provision, JobState, NoFit};
+use crate::core::transition::{Effect, Transition};
 use crate::exec::ExecError;
 
 const MAX_STEPS: usize = 8;
@@ -234,71 +235,17 @@ async fn place(
 
     // Nothing idle fits. Follow an instance being provisioned for us, if any.
     if let Some(name) = st.provisioning_instance.clone() {
-        let Some(inst) = all.iter().find(|i| i.name_any() == name) else {
-            // Recorded but not there: its create failed after the status write (or its
-            // answer was lost). Create it now; a failure is an API error, retried, never
-            // a provisioning failure. A 409 means it exists after all.
-            create_instance(ctx, &run, &name, &pool_name).await?;
-            return Ok(Next::Stop(Action::requeue(WAIT_RECHECK)));
-        };
-        let phase = inst.status.as_ref().map(|s| s.phase);
-        // What the instance's Ready condition says, if it says anything.
-        let ready = inst.status.as_ref().and_then(|s| find(&s.conditions, READY));
-        match phase {
-            Some(InstancePhase::Failed) | Some(InstancePhase::Terminated) | Some(InstancePhase::Terminating) => {
-                let why = ready.map(|c| c.message.clone()).unwrap_or_else(|| format!("instance {name} is gone"));
-                let open = sm::retry_deadline(&st, &policy, crate::api::policy::RetryEvent::NoCapacity)
-                    .is_some_and(|d| now < d);
-                if !open {
-                    return finish(
-                        ctx,
-                        run,
-                        st,
-                        RunPhase::Failed,
-                        Reason::NoCapacity,
-                        None,
-                        &format!("could not provision: {why}"),
-                    )
-                    .await;
-                }
-                sm::provisioning_failed(&mut st, now);
-                scheduled(
-                    &mut st,
-                    &run,
-                    now,
-                    false,
-                    Reason::Retrying,
-                    &format!("provisioning failed ({why}); retrying"),
-                );
-                return Ok(Next::Continue(ctx.write_status(&run, &st).await?));
-            }
-            // Not launched yet (waiting for room in its pool) when the run's retry window
-            // ends: the run fails as it would waiting in Pending, and the instance goes.
-            Some(InstancePhase::Pending) | None
-                if sm::retry_deadline(&st, &policy, crate::api::policy::RetryEvent::NoCapacity)
-                    .is_some_and(|d| now >= d) =>
-            {
-                let why = ready.map(|c| c.message.clone()).unwrap_or_else(|| format!("instance {name} did not start"));
-                let ended = format!("run {}'s retry window ended before a launch", run.name_any());
-                if !delete_if_unlaunched(ctx, &ns, &name, &ended).await? {
-                    // It started launching meanwhile: the run waits for it.
-                    return Ok(Next::Stop(Action::requeue(Duration::ZERO)));
-                }
-                let msg = format!("retry window ended: instance {name} was never launched: {why}");
-                return finish(ctx, run, st, RunPhase::Failed, Reason::NoCapacity, None, &msg).await;
-            }
-            _ => {
-                let why = ready
-                    .map(|c| format!("{}: {}", c.reason, c.message))
-                    .unwrap_or_else(|| "waiting for the instance to start".into());
-                if scheduled(&mut st, &run, now, false, Reason::Provisioning, &format!("instance {name}: {why}"))
-                    || moved
-                {
-                    return Ok(Next::Continue(ctx.write_status(&run, &st).await?));
-                }
-                return Ok(Next::Stop(Action::requeue(WAIT_RECHECK)));
-            }
-        }
+        // Recorded but not there: its create failed after the status write (or its answer
+        // was lost). Created now; a failure is an API error, retried, never a provisioning
+        // failure. A 409 means it exists after all.
+        let inst = all.iter().find(|i| i.name_any() == name);
+        let ready = inst.and_then(|i| i.status.as_ref()).and_then(|s| find(&s.conditions, READY));
+        let seen = inst.map(|i| provision::Seen {
+            phase: i.status.as_ref().map(|s| s.phase),
+            ready: ready.map(|c| (c.reason.as_str(), c.message.as_str())),
+        });
+        let t = provision::follow(&mut st, &policy, &run.name_any(), &name, seen, moved, now);
+        return apply_transition(ctx, run, st, t, WAIT_RECHECK).await;
     }
 
     let max = pool.as_ref().and_then(|p| p.spec.max_instances);
@@ -457,13 +404,7 @@ async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Con
         let ready = inst.as_ref().and_then(|i| i.status.as_ref()).and_then(|s| find(&s.conditions, READY));
         let lost =
             sm::instance_lost(&mut st, policy, &name, ready.map(|c| (c.reason.as_str(), c.message.as_str())), now);
-        ctx.event(&run, true, lost.reason, lost.message.clone()).await;
-        if lost.retried {
-            scheduled(&mut st, &run, now, false, Reason::Retrying, &format!("{}; retrying", lost.message));
-        } else {
-            summary(&mut st, &run, now, &lost.message);
-        }
-        return Ok(Next::Continue(ctx.write_status(&run, &st).await?));
+        return apply_transition(ctx, run, st, lost.transition(), WAIT_RECHECK).await;
     };
     if sm::max_duration_reached(&st, policy, now) {
         let msg = match stop_job(ctx, &run, Some(&name)).await? {
@@ -509,20 +450,8 @@ async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Con
             Ok(Next::Stop(Action::requeue(poll)))
         }
         JobState::Exited(code) => {
-            let retried = sm::job_exited(&mut st, policy, code, now);
-            let msg = format!("the job exited with code {code}");
-            if retried {
-                scheduled(&mut st, &run, now, false, Reason::Retrying, &format!("{msg}; retrying"));
-            } else {
-                summary(&mut st, &run, now, &msg);
-            }
-            // The outcome first, then the instance: a crash in between leaves the instance
-            // held by a run that has ended, which either controller frees again; freed
-            // first, the next pass would take the run for interrupted and lose its exit.
-            let run = ctx.write_status(&run, &st).await?;
-            release_instance(ctx, &run, Some(&name), true).await?;
-            ctx.event(&run, code != 0, if code == 0 { Reason::Succeeded } else { Reason::Failed }, msg).await;
-            Ok(Next::Continue(run))
+            let t = sm::exited(&mut st, policy, &name, code, now);
+            apply_transition(ctx, run, st, t, JOB_POLL).await
         }
     }
 }
@@ -634,7 +563,6 @@ async fn unreachable(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn finish(
     ctx: &Context,
     run: Run,
@@ -644,17 +572,61 @@ async fn finish(
     exit: Option<i32>,
     message: &str,
 ) -> Result<Next, Error> {
+    // Recorded before the instance is freed, as when a job exits (see `follow`). Fenced
+    // first unless the job is known to have ended: a path that stopped it pays a second,
+    // no-op stop rather than freeing the instance before the outcome is recorded.
+    let t = sm::ended(&mut st, phase, reason, exit, message, ctx.now());
+    apply_transition(ctx, run, st, t, WAIT_RECHECK).await
+}
+
+/// Applies a transition the core decided (see [`crate::core::transition`]), in this
+/// order: an effect that must come first (an unlaunched instance deleted: when it has
+/// started launching the transition is dropped and the run looks again at once); the
+/// condition it says (`Scheduled` while the run waits or runs, its summary once it
+/// ended); one status write when anything changed; the effect that comes after (an
+/// instance created, the instance freed); the Event. `recheck`: when to look again if
+/// nothing was written.
+async fn apply_transition(
+    ctx: &Context,
+    run: Run,
+    mut st: RunStatus,
+    t: Transition,
+    recheck: Duration,
+) -> Result<Next, Error> {
     let now = ctx.now();
-    let instance = st.instance.clone();
-    sm::finish(&mut st, phase, reason, exit, now);
-    summary(&mut st, &run, now, message);
-    // Recorded before the instance is freed, as when a job exits (see `follow`).
-    let run = ctx.write_status(&run, &st).await?;
-    // Fenced first unless the job is known to have ended: a path that stopped it pays a
-    // second, no-op stop rather than freeing the instance before the outcome is recorded.
-    release_instance(ctx, &run, instance.as_deref(), false).await?;
-    ctx.event(&run, phase != RunPhase::Succeeded, reason, message.to_string()).await;
-    Ok(Next::Continue(run))
+    if let Effect::DeleteUnlaunched { name, why } = &t.effect {
+        if !delete_if_unlaunched(ctx, &run.namespace().unwrap_or_default(), name, why).await? {
+            // It started launching meanwhile: the run waits for it.
+            return Ok(Next::Stop(Action::requeue(Duration::ZERO)));
+        }
+    }
+    let mut write = t.write;
+    if let Some(said) = &t.said {
+        let (finished, running) = (st.phase.is_finished(), st.phase == RunPhase::Running);
+        match finished {
+            true => summary(&mut st, &run, now, &said.message),
+            false => write |= scheduled(&mut st, &run, now, running, said.reason, &said.message),
+        }
+    }
+    let written = match write {
+        true => Some(ctx.write_status(&run, &st).await?),
+        false => None,
+    };
+    let on = written.as_ref().unwrap_or(&run);
+    match &t.effect {
+        Effect::CreateInstance { name } => {
+            create_instance(ctx, on, name, st.pool.as_deref().unwrap_or_default()).await?
+        }
+        Effect::Release { instance, ended } => release_instance(ctx, on, Some(instance), *ended).await?,
+        Effect::None | Effect::DeleteUnlaunched { .. } | Effect::Teardown { .. } => {}
+    }
+    if let Some(e) = t.event {
+        ctx.event(on, e.warning, e.reason, e.message).await;
+    }
+    Ok(match written {
+        Some(run) => Next::Continue(run),
+        None => Next::Stop(Action::requeue(recheck)),
+    })
 }
 
 /// Stops the run's job on `instance`. When the job cannot be stopped the instance is held

@@ -21,6 +21,7 @@ use crate::api::offer::Offer;
 use crate::api::policy::RetryEvent;
 use crate::api::reasons::Reason;
 use crate::core::machine::{BackendError, Machine, MachineState};
+use crate::core::transition::{Effect, Transition};
 
 /// At most this many failed attempts are kept in status.
 pub const MAX_ATTEMPTS_KEPT: usize = 20;
@@ -267,29 +268,22 @@ pub fn holds(status: Option<&InstanceStatus>, run: &str) -> bool {
     status.is_some_and(|s| s.phase == InstancePhase::Busy && s.run.as_deref() == Some(run))
 }
 
-/// What a busy instance does when its run no longer holds it ([`super::run::holds`]).
-#[derive(Clone, Debug, PartialEq)]
-pub enum LetGo {
-    /// Its job may still run on the machine: the instance is held (Busy without a run,
-    /// `Fencing`) until the job is stopped there.
-    Held { message: String },
-    /// Its job is known to have ended: Idle now; `event` says so.
-    Released { message: String, event: String },
-}
-
-/// The run `run` no longer holds the busy instance (deleted, ended, or placed
-/// elsewhere): held for fencing while the instance records the run's job, else released.
-/// `status` carries the transition.
-pub fn run_let_go(status: &mut InstanceStatus, run: &str, now: Timestamp) -> LetGo {
+/// The run `run` no longer holds the busy instance (deleted, ended, or placed elsewhere,
+/// see [`super::run::holds`]). While the instance records the run's job, which may still
+/// run on the machine, it is held (Busy without a run, `Fencing`) until the job is stopped
+/// there; else it is released: Idle now, with a `Released` Event.
+pub fn run_let_go(status: &mut InstanceStatus, run: &str, now: Timestamp) -> Transition {
     if status.job.is_some() {
         status.run = None;
-        return LetGo::Held { message: format!("run {run} no longer holds the instance; stopping its job") };
+        return Transition::write()
+            .said(Reason::Fencing, format!("run {run} no longer holds the instance; stopping its job"));
     }
     release(status, now);
-    LetGo::Released {
-        message: format!("run {run} no longer holds the instance"),
-        event: format!("run {run} is gone or finished"),
-    }
+    Transition::write().said(Reason::Idle, format!("run {run} no longer holds the instance")).event(
+        false,
+        Reason::Released,
+        format!("run {run} is gone or finished"),
+    )
 }
 
 /// Idle → Busy for `run`.
@@ -368,6 +362,15 @@ pub fn accrued(status: &InstanceStatus, now: Timestamp) -> Accrued {
 /// Any live phase → Terminating.
 pub fn terminate(status: &mut InstanceStatus) {
     status.phase = InstancePhase::Terminating;
+}
+
+/// A live instance that cannot be used any more (lost at the provider, not answering, its
+/// held job not stoppable): Terminating with `reason`, said in `Ready` and a Warning, so
+/// that the teardown deletes (or confirms the loss of) its machine.
+pub fn give_up(status: &mut InstanceStatus, reason: Reason, message: impl Into<String>) -> Transition {
+    let message = message.into();
+    terminate(status);
+    Transition::write().said(reason, message.clone()).event(true, reason, message).effect(Effect::Teardown { reason })
 }
 
 /// Whether an instance is Pending and holds no machine: never launched, or only launches

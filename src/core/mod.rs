@@ -13,6 +13,7 @@ pub mod offers;
 pub mod policy;
 pub mod pool;
 pub mod run;
+pub mod transition;
 pub mod warm;
 
 use std::time::Duration;

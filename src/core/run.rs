@@ -2,6 +2,7 @@
 //! Terminated. Each transition is a function of (status, facts, now).
 
 pub mod job;
+pub mod provision;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -11,6 +12,7 @@ use super::policy::EffectivePolicy;
 use crate::api::policy::{CreationPolicy, RetryEvent};
 use crate::api::reasons::Reason;
 use crate::api::run::{RunAttempt, RunPhase, RunStatus};
+use crate::core::transition::{Effect, Transition};
 
 /// At most this many ended attempts are kept in `status.history`.
 pub const MAX_HISTORY: usize = 20;
@@ -184,6 +186,26 @@ pub fn finish(status: &mut RunStatus, phase: RunPhase, reason: Reason, exit_code
     status.provisioning_instance = None;
 }
 
+/// Ends the run ([`finish`]) and says so with `message`: its summary condition and an
+/// Event (a Warning unless it succeeded). The instance it was on is freed after the status
+/// write, its job fenced first ([`Effect::Release`]).
+pub fn ended(
+    status: &mut RunStatus,
+    phase: RunPhase,
+    reason: Reason,
+    exit_code: Option<i32>,
+    message: &str,
+    now: Timestamp,
+) -> Transition {
+    let instance = status.instance.clone();
+    finish(status, phase, reason, exit_code, now);
+    let t = Transition::write().said(reason, message).event(phase != RunPhase::Succeeded, reason, message);
+    match instance {
+        Some(instance) => t.effect(Effect::Release { instance, ended: false }),
+        None => t,
+    }
+}
+
 /// The job exited: Succeeded on 0; on an error, retried when the policy says so.
 /// Returns true when the run goes back to Pending for another attempt.
 pub fn job_exited(status: &mut RunStatus, policy: &EffectivePolicy, code: i32, now: Timestamp) -> bool {
@@ -198,6 +220,32 @@ pub fn job_exited(status: &mut RunStatus, policy: &EffectivePolicy, code: i32, n
     }
     finish(status, RunPhase::Failed, Reason::ContainerExitedWithError, Some(code), now);
     false
+}
+
+/// The job on `instance` exited with `code` ([`job_exited`]) and says so: `Retrying` when
+/// the run goes back to Pending, else its summary; an Event (a Warning unless the code is
+/// 0). The instance is freed after the status write (the outcome first: a crash in between
+/// leaves the instance held by a run that has ended, which either controller frees again;
+/// freed first, the next pass would take the run for interrupted and lose its exit),
+/// without a fence: the job has ended.
+pub fn exited(
+    status: &mut RunStatus,
+    policy: &EffectivePolicy,
+    instance: &str,
+    code: i32,
+    now: Timestamp,
+) -> Transition {
+    let retried = job_exited(status, policy, code, now);
+    let message = format!("the job exited with code {code}");
+    let said = match retried {
+        true => (Reason::Retrying, format!("{message}; retrying")),
+        false => (Reason::Completed, message.clone()),
+    };
+    let event = if code == 0 { Reason::Succeeded } else { Reason::Failed };
+    Transition::write()
+        .said(said.0, said.1)
+        .event(code != 0, event, message)
+        .effect(Effect::Release { instance: instance.to_string(), ended: true })
 }
 
 /// The run's instance went away (terminated, reclaimed, unreachable). Returns true
@@ -222,6 +270,18 @@ pub struct Interruption {
     pub message: String,
     /// Whether the run goes back to Pending for another attempt; else it is Terminated.
     pub retried: bool,
+}
+
+impl Interruption {
+    /// What the run says: a Warning with the message, and `Retrying` when it goes back to
+    /// Pending (else its summary: it is Terminated).
+    pub fn transition(&self) -> Transition {
+        let t = Transition::write().event(true, self.reason, self.message.clone());
+        match self.retried {
+            true => t.said(Reason::Retrying, format!("{}; retrying", self.message)),
+            false => t.said(self.reason, self.message.clone()),
+        }
+    }
 }
 
 /// The run's instance `instance` no longer holds the run. `ready` is the instance's

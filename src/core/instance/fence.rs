@@ -19,6 +19,7 @@ use crate::api::conditions::{clear_false, condition_tri, set_false_since, upsert
 use crate::api::instance::{InstanceStatus, JobRef};
 use crate::api::reasons::Reason;
 use crate::core::add;
+use crate::core::transition::Transition;
 
 /// The instance condition that says whether the job of its last run is known to be
 /// stopped: False (reason `FencePending`) while kpool cannot stop it on the machine, True
@@ -153,6 +154,19 @@ pub fn fenced(status: &mut InstanceStatus, job: &JobRef, generation: Option<i64>
     clear_false(&mut status.conditions, JOB_FENCED, Reason::Fenced, &message, generation, now).then_some(message)
 }
 
+/// A held instance whose job is stopped ([`fenced`]): Idle again, and its `Ready` says so.
+pub fn released(status: &mut InstanceStatus, job: &JobRef, now: Timestamp) -> Transition {
+    super::release(status, now);
+    Transition::write().said(Reason::Idle, format!("the job of run {} is stopped; idle", job.run))
+}
+
+/// A held instance whose job is not stopped yet ([`held_failed`]): its `Ready` says it is
+/// `Fencing`; written when that or `JobFenced` (`changed`) changed.
+pub fn still_held(job: &JobRef, changed: bool) -> Transition {
+    let message = format!("run {} let go of the instance; stopping its job on the machine", job.run);
+    Transition { write: changed, ..Transition::none() }.said(Reason::Fencing, message)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,5 +271,19 @@ mod tests {
         let said = fenced(&mut st, &job, None, t("2026-01-01T00:01:00Z"));
         assert_eq!(said.as_deref(), Some("the job of run r is stopped on the machine"));
         assert_eq!(state(&st), ("True".into(), "Fenced".into()));
+    }
+
+    #[test]
+    fn a_fenced_instance_is_idle_and_one_still_held_says_fencing() {
+        let (mut st, job) = held();
+        let now = t("2026-01-01T00:00:00Z");
+        let idle = Transition::write().said(Reason::Idle, "the job of run r is stopped; idle");
+        assert_eq!(released(&mut st, &job, now), idle);
+        assert_eq!((st.phase, st.job.as_ref(), st.idle_since.map(|t| t.0)), (InstancePhase::Idle, None, Some(now)));
+        for changed in [false, true] {
+            let tr = still_held(&job, changed);
+            let said = "run r let go of the instance; stopping its job on the machine";
+            assert_eq!(tr, Transition { write: changed, ..Transition::none() }.said(Reason::Fencing, said));
+        }
     }
 }

@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use crate::api::conditions::{find, REACHABLE};
+use crate::api::conditions::{clear_false, find, set_false_since, REACHABLE};
 use crate::api::instance::{InstancePhase, InstanceStatus};
 use crate::api::reasons::Reason;
 use crate::core::add;
 use crate::core::machine::{BackendError, Machine, MachineState};
+use crate::core::transition::Transition;
 
 /// The message of the `Reachable` condition while the machine does not answer.
 pub const NOT_ANSWERING: &str = "the machine does not answer";
@@ -79,6 +80,48 @@ pub fn verdict(
         Ok(m) => gone(format!("the provider reports machine {} {:?}", m.provider_id, m.state)),
         Err(BackendError::NotFound(_)) => gone("the provider no longer has the machine".to_string()),
         Err(_) => Verdict::Unknown,
+    }
+}
+
+/// The message of the `Reachable` condition (and its Event) when the machine answers again.
+pub const ANSWERS_AGAIN: &str = "the machine answers again";
+
+/// What the verdict makes of the instance: `status` carries the change, the transition
+/// says what to write and say. Reachable again -> `Reachable` True, written with a Normal
+/// Event (nothing when it was not False); not answering -> `Reachable` False since the
+/// first time, written with a Warning saying when the instance is given up (the first time
+/// only); lost -> [`give_up`](super::give_up) with the verdict's reason (`Reachable` False
+/// too when it is `Unreachable`); unknown or settling -> nothing.
+pub fn transition(
+    verdict: Verdict,
+    status: &mut InstanceStatus,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Transition {
+    let conditions = &mut status.conditions;
+    match verdict {
+        Verdict::Unknown | Verdict::Settling => Transition::none(),
+        Verdict::Reachable => {
+            match clear_false(conditions, REACHABLE, Reason::Reachable, ANSWERS_AGAIN, generation, now) {
+                true => Transition::write().event(false, Reason::Reachable, ANSWERS_AGAIN),
+                false => Transition::none(),
+            }
+        }
+        Verdict::Unreachable { deadline } => {
+            let (first, _) =
+                set_false_since(conditions, REACHABLE, Reason::Unreachable, NOT_ANSWERING, generation, now);
+            if !first {
+                return Transition::none();
+            }
+            let note = format!("{NOT_ANSWERING}; the instance is terminated at {deadline} if it stays so");
+            Transition::write().event(true, Reason::Unreachable, note)
+        }
+        Verdict::Lost { reason, message } => {
+            if reason == Reason::Unreachable {
+                set_false_since(conditions, REACHABLE, Reason::Unreachable, NOT_ANSWERING, generation, now);
+            }
+            super::give_up(status, reason, message)
+        }
     }
 }
 
@@ -186,5 +229,57 @@ mod tests {
             verdict(Ok(&m), &st, false, GRACE, INTERVAL, t("2026-01-01T00:00:30Z")),
             Verdict::Unreachable { .. }
         ));
+    }
+
+    #[test]
+    fn the_verdict_is_written_and_said_only_when_it_is_news() {
+        use crate::core::transition::{Effect, Event};
+        let first = t("2026-01-01T00:00:00Z");
+        let later = t("2026-01-01T00:01:00Z");
+        let deadline = t("2026-01-01T00:05:00Z");
+        let down = || {
+            let mut st = busy(Some("r"));
+            st.conditions = vec![condition(&[], REACHABLE, false, Reason::Unreachable, NOT_ANSWERING, None, first)];
+            st
+        };
+        let state = |st: &InstanceStatus| find(&st.conditions, REACHABLE).map(|c| (c.status.clone(), c.reason.clone()));
+        // Nothing known or settling: nothing, whatever the status says.
+        for v in [Verdict::Unknown, Verdict::Settling] {
+            let mut st = down();
+            assert_eq!(transition(v.clone(), &mut st, Some(1), later), Transition::none(), "{v:?}");
+            assert_eq!(st, down());
+        }
+        // Answering again: news only when it was not answering.
+        let mut st = down();
+        let want = Transition::write().event(false, Reason::Reachable, ANSWERS_AGAIN);
+        assert_eq!(transition(Verdict::Reachable, &mut st, Some(1), later), want);
+        assert_eq!(state(&st), Some(("True".into(), "Reachable".into())));
+        assert_eq!(transition(Verdict::Reachable, &mut st, Some(1), later), Transition::none());
+        let mut fresh = busy(None);
+        assert_eq!(transition(Verdict::Reachable, &mut fresh, Some(1), later), Transition::none());
+        // Not answering: said the first time only, with the deadline.
+        let mut st = busy(None);
+        let note = "the machine does not answer; the instance is terminated at 2026-01-01T00:05:00Z if it stays so";
+        let want = Transition::write().event(true, Reason::Unreachable, note);
+        assert_eq!(transition(Verdict::Unreachable { deadline }, &mut st, Some(1), first), want);
+        assert_eq!(state(&st), Some(("False".into(), "Unreachable".into())));
+        assert_eq!(transition(Verdict::Unreachable { deadline }, &mut st, Some(1), later), Transition::none());
+        // Lost: given up (Terminating) with the reason, counted; `Reachable` False only
+        // when it is for not answering.
+        for (reason, reachable) in [
+            (Reason::Unreachable, Some(("False".to_string(), "Unreachable".to_string()))),
+            (Reason::Reclaimed, None),
+            (Reason::MachineGone, None),
+        ] {
+            let mut st = busy(Some("r"));
+            let lost = Verdict::Lost { reason, message: "gone".into() };
+            let tr = transition(lost, &mut st, Some(1), later);
+            assert_eq!(st.phase, InstancePhase::Terminating, "{reason:?}");
+            assert!(tr.write);
+            assert_eq!(tr.said.map(|s| (s.reason, s.message)), Some((reason, "gone".to_string())));
+            assert_eq!(tr.event, Some(Event { warning: true, reason, message: "gone".into() }));
+            assert_eq!(tr.effect, Effect::Teardown { reason });
+            assert_eq!(state(&st), reachable, "{reason:?}");
+        }
     }
 }

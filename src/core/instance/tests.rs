@@ -213,3 +213,36 @@ fn an_instance_its_run_waits_for_outlives_a_zero_idle_duration_for_the_claim_win
     assert_eq!(next_step_awaited(&s, &p, t("2026-01-01T00:04:00Z")), Step::IdleUntil(Some(t("2026-01-01T00:05:00Z"))));
     assert_eq!(next_step_awaited(&s, &p, t("2026-01-01T00:05:00Z")), Step::Expire);
 }
+
+#[test]
+fn a_busy_instance_its_run_let_go_of_is_held_while_it_records_the_job_else_released() {
+    use crate::core::transition::Transition;
+    let now = t("2026-01-01T00:10:00Z");
+    let job = JobRef { run: "r".into(), run_uid: "u".into(), attempt: 0 };
+    let busy =
+        |job: Option<JobRef>| InstanceStatus { phase: InstancePhase::Busy, run: Some("r".into()), job, ..identified() };
+    let mut s = busy(Some(job.clone()));
+    let held = Transition::write().said(Reason::Fencing, "run r no longer holds the instance; stopping its job");
+    assert_eq!(run_let_go(&mut s, "r", now), held);
+    assert_eq!((s.phase, s.run.as_deref(), s.job.as_ref()), (InstancePhase::Busy, None, Some(&job)));
+    let mut s = busy(None);
+    let released = Transition::write().said(Reason::Idle, "run r no longer holds the instance").event(
+        false,
+        Reason::Released,
+        "run r is gone or finished",
+    );
+    assert_eq!(run_let_go(&mut s, "r", now), released);
+    assert_eq!((s.phase, s.run.as_deref(), s.idle_since.map(|t| t.0)), (InstancePhase::Idle, None, Some(now)));
+}
+
+#[test]
+fn a_given_up_instance_is_terminating_said_and_counted() {
+    use crate::core::transition::{Effect, Transition};
+    let mut s = InstanceStatus { phase: InstancePhase::Idle, ..identified() };
+    let want = Transition::write()
+        .said(Reason::Reclaimed, "taken back")
+        .event(true, Reason::Reclaimed, "taken back")
+        .effect(Effect::Teardown { reason: Reason::Reclaimed });
+    assert_eq!(give_up(&mut s, Reason::Reclaimed, "taken back"), want);
+    assert_eq!(s.phase, InstancePhase::Terminating);
+}

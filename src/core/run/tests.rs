@@ -269,3 +269,67 @@ fn max_duration_is_reached_at_its_deadline_from_the_start_of_the_attempt() {
     let unbounded = policy(PolicySpec::default());
     assert!(!max_duration_reached(&s, &unbounded, t("2027-01-01T00:00:00Z")));
 }
+
+#[test]
+fn an_ended_run_says_so_and_frees_the_instance_it_was_on() {
+    use crate::core::transition::{Effect, Transition};
+    let now = t("2026-01-01T00:10:00Z");
+    let mut s = submitted("2026-01-01T00:00:00Z");
+    assigned(&mut s, "i", t("2026-01-01T00:01:00Z"));
+    let want = Transition::write()
+        .said(Reason::Stopped, "stopped by the user")
+        .event(true, Reason::Stopped, "stopped by the user")
+        .effect(Effect::Release { instance: "i".into(), ended: false });
+    assert_eq!(ended(&mut s, RunPhase::Terminated, Reason::Stopped, None, "stopped by the user", now), want);
+    assert_eq!((s.phase, s.termination_reason.as_deref()), (RunPhase::Terminated, Some("Stopped")));
+    // Succeeded is no Warning; a run on no instance frees none.
+    let mut s = submitted("2026-01-01T00:00:00Z");
+    let tr = ended(&mut s, RunPhase::Succeeded, Reason::Completed, Some(0), "done", now);
+    assert_eq!((tr.event.map(|e| e.warning), tr.effect), (Some(false), Effect::None));
+}
+
+#[test]
+fn an_interrupted_run_warns_and_says_retrying_only_when_it_is_retried() {
+    use crate::core::transition::Transition;
+    let i = |retried| Interruption { reason: Reason::Interrupted, message: "instance i went away".into(), retried };
+    let warn = Transition::write().event(true, Reason::Interrupted, "instance i went away");
+    assert_eq!(i(true).transition(), warn.clone().said(Reason::Retrying, "instance i went away; retrying"));
+    assert_eq!(i(false).transition(), warn.said(Reason::Interrupted, "instance i went away"));
+}
+
+#[test]
+fn an_exited_job_says_its_code_and_frees_the_instance_without_a_fence() {
+    use crate::core::transition::{Effect, Transition};
+    let now = t("2026-01-01T00:10:00Z");
+    let running = || {
+        let mut s = submitted("2026-01-01T00:00:00Z");
+        assigned(&mut s, "i", t("2026-01-01T00:01:00Z"));
+        s
+    };
+    let retry = policy(PolicySpec {
+        retry: Some(RetrySpec { on: Some(vec![RetryEvent::Error]), duration: Some("1h".into()) }),
+        ..Default::default()
+    });
+    let none = policy(PolicySpec::default());
+    let free = Effect::Release { instance: "i".into(), ended: true };
+    for (p, code, said, event, phase) in [
+        (&none, 0, (Reason::Completed, "the job exited with code 0"), (false, Reason::Succeeded), RunPhase::Succeeded),
+        (&retry, 0, (Reason::Completed, "the job exited with code 0"), (false, Reason::Succeeded), RunPhase::Succeeded),
+        (&none, 3, (Reason::Completed, "the job exited with code 3"), (true, Reason::Failed), RunPhase::Failed),
+        (
+            &retry,
+            3,
+            (Reason::Retrying, "the job exited with code 3; retrying"),
+            (true, Reason::Failed),
+            RunPhase::Pending,
+        ),
+    ] {
+        let mut s = running();
+        let want = Transition::write()
+            .said(said.0, said.1)
+            .event(event.0, event.1, format!("the job exited with code {code}"))
+            .effect(free.clone());
+        assert_eq!(exited(&mut s, p, "i", code, now), want, "{code}");
+        assert_eq!(s.phase, phase, "{code}");
+    }
+}
