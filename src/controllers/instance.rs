@@ -223,8 +223,7 @@ async fn step(inst: Instance, ctx: &Context) -> Result<Next, Error> {
         Step::Fence(job) => match fence::held(&inst, &mut st, &job, ctx).await {
             Fence::Done => {
                 let t = sm::fence::released(&mut st, &job, now);
-                let written = apply_transition(&inst, &mut st, t, ctx).await?;
-                Ok(Next::Continue(written.expect("a release is written")))
+                apply_and_go_on(&inst, &mut st, t, ctx).await
             }
             Fence::Pending { changed, retry } => {
                 apply_transition(&inst, &mut st, sm::fence::still_held(&job, changed), ctx).await?;
@@ -581,8 +580,7 @@ async fn check_run(inst: Instance, mut st: InstanceStatus, run: &str, ctx: &Cont
         return Ok(Next::Stop(Action::requeue(RECHECK.min(health_wait(&inst, ctx)))));
     }
     let t = sm::run_let_go(&mut st, run, ctx.now());
-    let written = apply_transition(&inst, &mut st, t, ctx).await?;
-    Ok(Next::Continue(written.expect("a run letting go is written")))
+    apply_and_go_on(&inst, &mut st, t, ctx).await
 }
 
 pub use crate::core::instance::teardown::TEARDOWN;
@@ -661,6 +659,19 @@ async fn apply_transition(
     Ok(written)
 }
 
+/// [`apply_transition`], and the pass goes on from the instance as written (every caller's
+/// transition changes the status; were nothing written, the instance is looked at again
+/// at the next recheck).
+async fn apply_and_go_on(
+    inst: &Instance,
+    st: &mut InstanceStatus,
+    t: Transition,
+    ctx: &Context,
+) -> Result<Next, Error> {
+    let written = apply_transition(inst, st, t, ctx).await?;
+    Ok(written.map_or(Next::Stop(Action::requeue(RECHECK)), Next::Continue))
+}
+
 /// A live instance that cannot be used any more ([`sm::give_up`]): Terminating with
 /// `reason`, so that the teardown deletes (or confirms the loss of) its machine.
 async fn give_up(
@@ -671,8 +682,7 @@ async fn give_up(
     ctx: &Context,
 ) -> Result<Next, Error> {
     let t = sm::give_up(st, reason, msg);
-    let written = apply_transition(inst, st, t, ctx).await?;
-    Ok(Next::Continue(written.expect("a give-up is written")))
+    apply_and_go_on(inst, st, t, ctx).await
 }
 
 async fn teardown(inst: Instance, mut st: InstanceStatus, ctx: &Context) -> Result<Next, Error> {
@@ -687,11 +697,9 @@ async fn teardown(inst: Instance, mut st: InstanceStatus, ctx: &Context) -> Resu
         Err(e) => return Err(teardown_failed(&inst, &mut st, e, false, ctx).await),
     };
     if deleted {
-        let (reason, message) = teardown::machine_deleted(&mut st, inst.metadata.generation, now);
-        ready(&mut st, &inst, now, reason, &message);
-        ctx.event(&inst, false, Reason::Terminated, teardown::DELETED.into()).await;
+        let t = teardown::machine_deleted(&mut st, inst.metadata.generation, now);
         ctx.forget_admission(&ns, st.pool.as_deref().unwrap_or_default(), &inst.name_any());
-        return Ok(Next::Continue(ctx.write_status(&inst, &st).await?));
+        return apply_and_go_on(&inst, &mut st, t, ctx).await;
     }
     Ok(Next::Stop(Action::requeue(POLL_INTERVAL)))
 }

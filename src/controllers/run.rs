@@ -233,11 +233,10 @@ async fn place(
         return start_claimed(run, st, claimed, &policy, ctx, announce).await;
     }
 
-    // Nothing idle fits. Follow an instance being provisioned for us, if any.
+    // Nothing idle fits. Follow an instance being provisioned for us, if any
+    // ([`provision::follow`]). One recorded but not there is created now: a failure is an
+    // API error, retried, never a provisioning failure; a 409 means it exists after all.
     if let Some(name) = st.provisioning_instance.clone() {
-        // Recorded but not there: its create failed after the status write (or its answer
-        // was lost). Created now; a failure is an API error, retried, never a provisioning
-        // failure. A 409 means it exists after all.
         let inst = all.iter().find(|i| i.name_any() == name);
         let ready = inst.and_then(|i| i.status.as_ref()).and_then(|s| find(&s.conditions, READY));
         let seen = inst.map(|i| provision::Seen {

@@ -6,6 +6,7 @@ use jiff::Timestamp;
 use crate::api::conditions::{clear_false, find, set_false_since};
 use crate::api::instance::InstanceStatus;
 use crate::api::reasons::Reason;
+use crate::core::transition::Transition;
 
 /// The condition that says why deleting the instance's machine fails: `False` (reason
 /// `DeleteFailed`, the provider's error) while the backend cannot delete it or confirm it
@@ -15,20 +16,21 @@ pub const TEARDOWN: &str = "Teardown";
 /// The message of a deleted machine.
 pub const DELETED: &str = "the machine is deleted";
 
-/// The machine is gone: Terminated, [`TEARDOWN`] True if it was False. Returns the
-/// instance's last `Ready` reason and message: the reason it was ended for (a loss the
-/// health check found keeps its message, which says what happened; any other reason
-/// keeps its name, and says the machine is deleted), or `Terminated` when nothing said
-/// why (it was only `Terminating`).
-pub fn machine_deleted(status: &mut InstanceStatus, generation: Option<i64>, now: Timestamp) -> (Reason, String) {
+/// The machine is gone: Terminated, [`TEARDOWN`] True if it was False, written with a
+/// `Terminated` Event. The instance's last `Ready` says the reason it was ended for (a
+/// loss the health check found keeps its message, which says what happened; any other
+/// reason keeps its name, and says the machine is deleted), or `Terminated` when nothing
+/// said why (it was only `Terminating`).
+pub fn machine_deleted(status: &mut InstanceStatus, generation: Option<i64>, now: Timestamp) -> Transition {
     super::gone(status, now);
     clear_false(&mut status.conditions, TEARDOWN, Reason::Deleted, DELETED, generation, now);
     let was = find(&status.conditions, crate::api::conditions::READY);
-    match was.and_then(|c| Reason::parse(&c.reason).map(|r| (r, c))) {
+    let (reason, message) = match was.and_then(|c| Reason::parse(&c.reason).map(|r| (r, c))) {
         Some((r, c)) if r.instance_lost() => (r, c.message.clone()),
         Some((r, _)) if r != Reason::Terminating => (r, DELETED.to_string()),
         _ => (Reason::Terminated, DELETED.to_string()),
-    }
+    };
+    Transition::write().said(reason, message).event(false, Reason::Terminated, DELETED)
 }
 
 /// Deleting the machine failed with `error` (the whole chain): [`TEARDOWN`] False with
@@ -85,11 +87,8 @@ mod tests {
             (None, Reason::Terminated, DELETED),
         ] {
             let mut st = terminating(ready);
-            assert_eq!(
-                machine_deleted(&mut st, None, t("2026-01-01T00:01:00Z")),
-                (reason, message.to_string()),
-                "{ready:?}"
-            );
+            let want = Transition::write().said(reason, message).event(false, Reason::Terminated, DELETED);
+            assert_eq!(machine_deleted(&mut st, None, t("2026-01-01T00:01:00Z")), want, "{ready:?}");
             assert_eq!((st.phase, st.address.as_deref()), (InstancePhase::Terminated, None));
         }
     }
