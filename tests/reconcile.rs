@@ -890,7 +890,12 @@ async fn a_run_whose_instance_waits_for_room_fails_when_its_retry_window_ends() 
     let ready = find(&h.get_instance("r-0").await.status.unwrap().conditions, "Ready").cloned().unwrap();
     assert_eq!(ready.reason, "PoolAtCapacity");
     h.reconcile_run("r").await.unwrap();
-    assert_eq!(h.get_run("r").await.status.unwrap().phase, RunPhase::Provisioning);
+    let st = h.get_run("r").await.status.unwrap();
+    assert_eq!(st.phase, RunPhase::Provisioning);
+    // Its `Scheduled` says what the instance says: that alone is written.
+    let c = find(&st.conditions, "Scheduled").unwrap();
+    let said = format!("instance r-0: PoolAtCapacity: {}", ready.message);
+    assert_eq!((c.status.as_str(), c.reason.as_str(), c.message.as_str()), ("False", "Provisioning", said.as_str()));
 
     h.advance(Duration::from_secs(601));
     h.reconcile_run("r").await.unwrap();
