@@ -104,6 +104,49 @@ pub struct Metrics {
 struct Samples {
     by_uid: HashMap<String, InstanceSample>,
     accrued_until: Option<std::time::Instant>,
+    totals: Totals,
+}
+
+/// Sums over the samples, kept as each changes: a change costs the labels it touches,
+/// not a pass over every instance (which made a wave of N instance changes N²).
+#[derive(Default)]
+struct Totals {
+    /// Instances by (phase, backend).
+    count: HashMap<(&'static str, String), i64>,
+    /// $/hour by backend, of every priced machine and of the idle ones, each with how
+    /// many machines make it (a sum of none is 0 exactly, whatever rounding left).
+    price: HashMap<String, (f64, i64)>,
+    idle: HashMap<String, (f64, i64)>,
+    /// $/hour by backend and spend state, of the machines with a finite price.
+    rate: HashMap<(String, &'static str), (f64, i64)>,
+}
+
+/// The spend state of a phase.
+fn spend_state(phase: &str) -> &'static str {
+    match phase {
+        "Busy" => "busy",
+        "Idle" => "idle",
+        _ => "other",
+    }
+}
+
+impl Totals {
+    /// Adds (`sign` 1) or takes away (`sign` -1) one sample.
+    fn apply(&mut self, s: &InstanceSample, sign: i64) {
+        *self.count.entry((s.phase, s.backend.clone())).or_default() += sign;
+        let Some(p) = s.price else { return };
+        let add = |sum: &mut (f64, i64)| {
+            sum.1 += sign;
+            sum.0 = if sum.1 == 0 { 0.0 } else { sum.0 + sign as f64 * p };
+        };
+        add(self.price.entry(s.backend.clone()).or_default());
+        if s.phase == "Idle" {
+            add(self.idle.entry(s.backend.clone()).or_default());
+        }
+        if p.is_finite() {
+            add(self.rate.entry((s.backend.clone(), spend_state(s.phase))).or_default());
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -249,15 +292,11 @@ impl Metrics {
     fn accrue(&self, samples: &mut Samples, now: std::time::Instant) {
         let from = samples.accrued_until.replace(now);
         let Some(hours) = from.map(|f| now.saturating_duration_since(f).as_secs_f64() / 3600.0) else { return };
-        for s in samples.by_uid.values() {
-            let Some(price) = s.price.filter(|p| p.is_finite()) else { continue };
-            let state = match s.phase {
-                "Busy" => "busy",
-                "Idle" => "idle",
-                _ => "other",
-            };
-            let labels = SpendLabels { backend: s.backend.clone(), state: state.to_string() };
-            self.spend.get_or_create(&labels).inc_by(price * hours);
+        for ((backend, state), (rate, n)) in &samples.totals.rate {
+            if *n > 0 {
+                let labels = SpendLabels { backend: backend.clone(), state: state.to_string() };
+                self.spend.get_or_create(&labels).inc_by(rate * hours);
+            }
         }
     }
 
@@ -274,34 +313,33 @@ impl Metrics {
         }
         // What the machines cost until this change, at the prices before it.
         self.accrue(samples, now);
-        match sample {
+        let old = match sample {
             Some(s) => {
-                samples.by_uid.insert(uid.to_string(), s);
+                samples.totals.apply(&s, 1);
+                samples.by_uid.insert(uid.to_string(), s)
             }
-            None => {
-                samples.by_uid.remove(uid);
-            }
+            None => samples.by_uid.remove(uid),
+        };
+        if let Some(old) = &old {
+            samples.totals.apply(old, -1);
         }
-        let samples = &samples.by_uid;
-        self.instances.clear();
-        self.price.clear();
-        self.idle_cost.clear();
-        let mut price: HashMap<&str, f64> = HashMap::new();
-        let mut idle: HashMap<&str, f64> = HashMap::new();
-        for s in samples.values() {
-            self.instances.get_or_create(&PhaseLabels { phase: s.phase.to_string(), backend: s.backend.clone() }).inc();
-            if let Some(p) = s.price {
-                *price.entry(&s.backend).or_default() += p;
-                if s.phase == "Idle" {
-                    *idle.entry(&s.backend).or_default() += p;
+        // The gauges of the labels the change touched.
+        let touched = [old.as_ref(), samples.by_uid.get(uid)];
+        for s in touched.into_iter().flatten() {
+            let t = &samples.totals;
+            let n = t.count.get(&(s.phase, s.backend.clone())).copied().unwrap_or(0);
+            let labels = PhaseLabels { phase: s.phase.to_string(), backend: s.backend.clone() };
+            match n {
+                0 => drop(self.instances.remove(&labels)),
+                n => drop(self.instances.get_or_create(&labels).set(n)),
+            };
+            for (family, sums) in [(&self.price, &t.price), (&self.idle_cost, &t.idle)] {
+                let labels = BackendLabels { backend: s.backend.clone() };
+                match sums.get(&s.backend) {
+                    Some((sum, n)) if *n > 0 => drop(family.get_or_create(&labels).set(*sum)),
+                    _ => drop(family.remove(&labels)),
                 }
             }
-        }
-        for (b, p) in price {
-            self.price.get_or_create(&BackendLabels { backend: b.to_string() }).set(p);
-        }
-        for (b, p) in idle {
-            self.idle_cost.get_or_create(&BackendLabels { backend: b.to_string() }).set(p);
         }
     }
 
@@ -374,6 +412,53 @@ mod tests {
         assert!(!text.contains("phase=\"Idle\""), "{text}");
         assert!(text.contains("kpool_price_dollars_per_hour{backend=\"aws\"} 2.0"), "{text}");
         assert!(!text.contains("kpool_idle_cost_dollars_per_hour{"), "{text}");
+    }
+
+    /// The gauges are kept by adding and taking away each change: after any sequence of
+    /// changes they say what a count over the instances as they are now says.
+    #[test]
+    fn instance_gauges_kept_change_by_change_match_a_count_over_all() {
+        let m = Metrics::new();
+        let mut now: HashMap<String, InstanceSample> = HashMap::new();
+        let mut seed = 7u64;
+        let mut next = |n: u64| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        for _ in 0..400 {
+            let uid = format!("u{}", next(12));
+            let sample = match next(5) {
+                0 => None,
+                k => Some(InstanceSample {
+                    phase: ["Idle", "Busy", "Pending"][next(3) as usize],
+                    backend: ["aws", "lambda"][next(2) as usize].into(),
+                    price: (k > 1).then(|| [0.5, 1.25, 2.0][next(3) as usize]),
+                }),
+            };
+            match &sample {
+                Some(s) => now.insert(uid.clone(), s.clone()),
+                None => now.remove(&uid),
+            };
+            m.observe_instance(&uid, sample);
+        }
+        let text = m.render();
+        for backend in ["aws", "lambda"] {
+            for phase in ["Idle", "Busy", "Pending"] {
+                let n = now.values().filter(|s| s.phase == phase && s.backend == backend).count();
+                let line = format!("kpool_instances{{phase=\"{phase}\",backend=\"{backend}\"}} ");
+                match n {
+                    0 => assert!(!text.contains(&line), "{line} in {text}"),
+                    n => assert!(text.contains(&format!("{line}{n}\n")), "{line}{n} not in {text}"),
+                }
+            }
+            let priced = now.values().filter(|s| s.backend == backend && s.price.is_some());
+            let sum: f64 = priced.clone().filter_map(|s| s.price).sum();
+            let line = format!("kpool_price_dollars_per_hour{{backend=\"{backend}\"}} ");
+            match priced.count() {
+                0 => assert!(!text.contains(&line), "{line} in {text}"),
+                _ => assert!(text.contains(&format!("{line}{sum:?}\n")), "{line}{sum:?} not in {text}"),
+            }
+        }
     }
 
     #[test]
