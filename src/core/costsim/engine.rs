@@ -42,7 +42,9 @@ struct Inst {
     policy: EffectivePolicy,
     launched: i64,
     terminated: Option<i64>,
-    /// The run this machine was launched for, until it takes it.
+    /// The run this machine was launched for, until it takes it; under
+    /// [`Policy::Clairvoyant`] also the run an idle machine is kept for, so that no other
+    /// run takes it (matching gives a run the instance reserved for it).
     reserved_for: Option<usize>,
     busy_ms: i64,
     /// Counts idle spells, so a deadline of an earlier spell is ignored.
@@ -274,6 +276,10 @@ impl Sim<'_> {
         match next {
             Some(r) if secs_to_ms(self.trace[r].arrival) - t < self.boot_ms => {
                 self.promised[r] = true;
+                // The run it is kept for takes it: were another run to, this instance
+                // would be gone when that run arrives, and the one kept for the other
+                // would idle for nothing.
+                self.insts[i].reserved_for = Some(r);
                 // One millisecond past the arrival: deadlines fall due before arrivals of
                 // the same moment.
                 Duration::from_millis((secs_to_ms(self.trace[r].arrival) - t + 1) as u64)

@@ -218,6 +218,24 @@ fn the_bound_knows_a_run_that_waited_for_its_boot_ends_one_boot_later() {
     }
 }
 
+/// A (0, 70 s) and B (10, 50 s) boot; B's machine is idle from 240, A's from 250. C
+/// arrives at 300 (200 s), D at 400 (100 s). The cheapest schedule keeps B's machine for
+/// C (60 s) and A's for D (150 s): 990 machine-seconds, two launches. The clairvoyant
+/// keeps each for that run, and each must take the one kept for it: were C to take A's
+/// machine (the first by name), B's would idle 60 s for nothing and D would boot a third
+/// (1,070 machine-seconds).
+#[test]
+fn the_clairvoyant_run_takes_the_machine_kept_for_it() {
+    let trace =
+        parse_trace("arrival,duration,gpu\n0,70,A100:1\n10,50,A100:1\n300,200,A100:1\n400,100,A100:1\n").unwrap();
+    let b = offline_bound(&trace, &config());
+    assert!((b.total_cost - cost_of(990.0)).abs() < 1e-9, "{}", b.total_cost);
+    let c = simulate(&trace, &config(), &Policy::Clairvoyant);
+    assert_eq!((c.launched, c.reused), (2, 2));
+    assert!((c.total_cost - cost_of(990.0)).abs() < 1e-9, "{} vs {}", c.total_cost, cost_of(990.0));
+    assert!((c.idle_cost - cost_of(210.0)).abs() < 1e-9, "{}", c.idle_cost);
+}
+
 /// Random traces of up to 7 runs. With its prices at 0 the bound is exactly the cheapest
 /// assignment of ends (each run's, at `e` or `e + b`) to starts, by brute force over all
 /// of them (mixed prices too). Priced, it stays at or below the cheapest schedule (brute
