@@ -524,10 +524,9 @@ async fn batch(
 
 /// One claim of a batch, unless a run ahead of the batch came, or this process wrote the
 /// run or the instance since the copies the plan was made from, or the run (if it is not
-/// the batch's own, whose pass saw to these) waits for an instance provisioned for it
-/// (its own pass claims, and lets that one go) or has a claim of this process not in its
-/// status yet. The run's name and, if its claim was written,
-/// the claim (kept for its pass if the run is not `mine`).
+/// the batch's own, whose pass saw to that) waits for an instance provisioned for it
+/// (its own pass claims, and lets that one go). The run's name and, if its claim was
+/// written, the claim (kept for its pass if the run is not `mine`).
 async fn batch_claim(
     ctx: &Context,
     busy: &BusyGuard<'_>,
@@ -537,9 +536,8 @@ async fn batch_claim(
 ) -> (String, Option<Option<Instance>>) {
     let name = r.name_any();
     let provisioning = r.status.as_ref().is_some_and(|s| s.provisioning_instance.is_some());
-    let in_flight = !mine && ctx.claim_in_flight(&r.uid().unwrap_or_default()).is_some();
-    let skip =
-        busy.with(|b| b.ahead) || ctx.known_stale(r) || (!mine && provisioning) || in_flight || ctx.known_stale(i);
+    // (A run with a claim of this process its status does not show yet: `claim` refuses.)
+    let skip = busy.with(|b| b.ahead) || ctx.known_stale(r) || (!mine && provisioning) || ctx.known_stale(i);
     if skip {
         return (name, None);
     }

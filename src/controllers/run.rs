@@ -196,10 +196,7 @@ async fn place(
 
     // An instance that already names this run (a claim whose run status write was lost).
     if let Some(held) = all.iter().find(|i| crate::core::instance::holds(i.status.as_ref(), &run.name_any())) {
-        if !ctx.is_current(&run).await? {
-            return Ok(Next::Stop(Action::requeue(CACHE_CATCH_UP)));
-        }
-        return start(run, st, (**held).clone(), &policy, ctx, true).await;
+        return start_claimed(run, st, (**held).clone(), &policy, ctx, true).await;
     }
 
     let runs = super::observe::runs_shared(ctx, &ns).await?;
@@ -345,7 +342,7 @@ async fn start_claimed(
     announce: bool,
 ) -> Result<Next, Error> {
     if !ctx.is_current(&run).await? {
-        // The claim stays in flight: the next pass reads the instance from the API.
+        // The claim stays: the next pass finds it again (in flight, or naming the run).
         return Ok(Next::Stop(Action::requeue(CACHE_CATCH_UP)));
     }
     start(run, st, inst, policy, ctx, announce).await
