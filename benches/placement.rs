@@ -20,7 +20,8 @@
 //!
 //! Printed: seconds from the runs' creation to all Running, p50/p99 of creation → claimed,
 //! API requests by verb and resource during the wave, requests and conflicts (409) per
-//! placed run, peak RSS of this process (controllers plus the benchmark's own watch), and
+//! placed run, peak RSS of this process (controllers plus the benchmark's own watch) beside
+//! the heap bytes in use (a counting allocator: RSS minus what the allocator keeps), and
 //! on the real API the requests per minute once everything settled, the latency of a
 //! stream of arrivals, and the time a fresh controller takes to place one more run.
 
@@ -113,6 +114,41 @@ fn run(i: usize) -> Run {
     let spec =
         RunSpec { pool: Some(POOL.into()), resources: shape(), commands: vec!["train".into()], ..Default::default() };
     Run::new(&format!("run-{i:05}"), spec)
+}
+
+/// The system allocator, counting the bytes in use and their peak: what the process holds,
+/// apart from what the allocator keeps from the system without handing it out (RSS
+/// includes that).
+struct Counting;
+
+static HEAP: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static HEAP_PEAK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc` is passed on unchanged.
+        let p = unsafe { std::alloc::System.alloc(layout) };
+        if !p.is_null() {
+            let now = HEAP.fetch_add(layout.size(), std::sync::atomic::Ordering::Relaxed) + layout.size();
+            HEAP_PEAK.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: as for `alloc`.
+        unsafe { std::alloc::System.dealloc(ptr, layout) };
+        HEAP.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// Heap bytes in use at their peak and now, in MiB.
+fn heap_mib() -> (f64, f64) {
+    let mib = |a: &std::sync::atomic::AtomicUsize| a.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1048576.0;
+    (mib(&HEAP_PEAK), mib(&HEAP))
 }
 
 /// Peak and current resident memory of this process, in MiB (Linux).
@@ -291,8 +327,7 @@ async fn memory(a: &Args) {
     assert_eq!(placed, a.runs, "every run placed on the {} idle instances", a.instances);
     latencies("memory: creation → Running", claimed.into_values().collect());
     report_requests("memory: the wave", &delta(&ctx.requests.snapshot(), &before), placed);
-    let (peak, now) = rss_mib();
-    println!("memory: RSS peak {peak:.0} MiB, now {now:.0} MiB (the in-memory API's objects included)");
+    memory_line("memory: (the in-memory API's objects included)");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -366,7 +401,18 @@ where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     F: Fn(&K) -> bool,
 {
-    api.list(&Default::default()).await.map(|l| l.items.iter().filter(|o| pred(o)).count()).unwrap_or(0)
+    // In pages, so that counting 10k objects does not hold them all at once (the memory
+    // figures are the controllers').
+    let mut lp = kube::api::ListParams::default().limit(500);
+    let mut n = 0;
+    loop {
+        let Ok(page) = api.list(&lp).await else { return n };
+        n += page.items.iter().filter(|o| pred(o)).count();
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(c) => lp = lp.continue_token(&c),
+            None => return n,
+        }
+    }
 }
 
 async fn cluster(a: &Args) {
@@ -419,6 +465,7 @@ async fn cluster(a: &Args) {
     }
     println!("cluster: {n}/{} instances idle in {:.1}s", a.instances, t.elapsed().as_secs_f64());
     report_cpu("cluster: the instances", cpu0, t.elapsed().as_secs_f64());
+    memory_line("cluster: instances idle, before the wave");
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // The wave: N runs at once.
@@ -464,8 +511,7 @@ async fn cluster(a: &Args) {
     latencies("cluster: creation → Running", run_lat);
     report_cpu("cluster: the wave", cpu0, took);
     report_requests("cluster: the wave", &delta(&after, &before), placed);
-    let (peak, now) = rss_mib();
-    println!("cluster: RSS peak {peak:.0} MiB, now {now:.0} MiB (controllers + this benchmark's watch of the runs)");
+    memory_line("cluster: after the wave");
 
     // Steady state: nothing changes; what do the controllers still ask?
     if a.settle_seconds > 0 {
@@ -559,6 +605,14 @@ async fn cluster(a: &Args) {
     follower.abort();
     let _ = namespaces.delete(&ns, &Default::default()).await;
     println!("cluster: namespace {ns} deleted (its objects go with it)");
+}
+
+/// Prints RSS and heap in use, peak and now.
+fn memory_line(what: &str) {
+    let ((rss_peak, rss), (heap_peak, heap)) = (rss_mib(), heap_mib());
+    println!(
+        "{what}: RSS peak {rss_peak:.0} MiB, now {rss:.0} MiB; heap in use peak {heap_peak:.0} MiB, now {heap:.0} MiB"
+    );
 }
 
 fn main() {

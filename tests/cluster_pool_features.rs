@@ -117,5 +117,19 @@ async fn warm_headroom_a_budget_and_queue_positions_hold_on_the_real_api_server(
     })
     .await;
     assert_eq!(cost.total.reused_runs, 3, "every run found its warm instance up: {cost:?}");
+
+    // A running run deleted with kubectl: it carries no finalizer, so it is gone at once;
+    // its instance stops the job and goes to the run still waiting in the queue.
+    assert!(b.finalizers().is_empty(), "a run carries no finalizer: {:?}", b.finalizers());
+    let b_job = job_pod(&pods, &b).await;
+    runs.delete("b", &Default::default()).await.unwrap();
+    assert!(runs.get_opt("b").await.unwrap().is_none(), "run b is gone at once");
+    let c_later = run_in_phase(&runs, "c-later", RunPhase::Running).await;
+    let took = c_later.status.and_then(|s| s.instance);
+    assert_eq!(took, b.status.as_ref().and_then(|s| s.instance.clone()), "c-later took b's instance");
+    eventually("run b's job Pod gone", WAIT, || async {
+        pods.get_opt(&b_job.name_any()).await.ok()?.is_none().then_some(())
+    })
+    .await;
     let _ = c.kubectl().args(["delete", "namespace", &ns, "--wait=false"]).output();
 }

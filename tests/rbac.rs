@@ -95,6 +95,11 @@ async fn exercise(h: &Harness) {
     h.settle(1).await;
     h.delete_run("new").await.unwrap();
     h.settle(1).await;
+    // A run made when runs carried a finalizer: its deletion removes it (a patch).
+    let mut legacy = kpool::api::run::Run::new("legacy", RunSpec { resources: cpu("4.."), ..Default::default() });
+    legacy.metadata.finalizers = Some(vec![kpool::api::run::RUN_FINALIZER.to_string()]);
+    h.create(legacy).await;
+    h.delete_run("legacy").await.unwrap();
     // The first call starts deleting the machine, the second sees it gone.
     let _ = h.delete_instance("manual").await;
     h.delete_instance("manual").await.unwrap();

@@ -317,8 +317,35 @@ async fn deleting_a_running_run_stops_the_job_and_frees_the_instance() {
     h.settle(1).await;
     h.delete_run("train").await.unwrap();
     assert!(h.api::<kpool::api::run::Run>().get_opt("train").await.unwrap().is_none());
-    assert_eq!(h.exec.stopped(), vec!["train".to_string()]);
-    assert_eq!(h.get_instance("a10g").await.status.unwrap().phase, InstancePhase::Idle);
+    // The instance, woken by the delete, stops the job it records (fences it) and is
+    // idle again.
+    let fenced: Vec<String> = h.exec.fenced().into_iter().map(|j| j.run).collect();
+    assert_eq!(fenced, vec!["train".to_string()]);
+    let ist = h.get_instance("a10g").await.status.unwrap();
+    assert_eq!((ist.phase, ist.run.as_deref(), ist.job.as_ref()), (InstancePhase::Idle, None, None), "{ist:?}");
+}
+
+/// A run carries no finalizer: deleting it removes it at once, and the instance being
+/// provisioned for it, woken by the delete, drops itself before anything is launched.
+#[tokio::test]
+async fn a_run_deleted_while_its_instance_waits_to_launch_leaves_no_instance_and_no_machine() {
+    let h = Harness::new().await;
+    h.run("train", RunSpec { resources: gpu("A10G"), ..Default::default() }).await;
+    h.reconcile_run("train").await.unwrap();
+    let run = h.get_run("train").await;
+    assert!(run.finalizers().iter().all(|f| f == support::HOLD), "no finalizer: {:?}", run.finalizers());
+    let st = run.status.unwrap();
+    assert_eq!(st.provisioning_instance.as_deref(), Some("train-0"), "{st:?}");
+    assert!(h.get_instance("train-0").await.status.is_none(), "not reconciled yet");
+
+    h.delete_run("train").await.unwrap();
+    assert!(h.api::<kpool::api::run::Run>().get_opt("train").await.unwrap().is_none());
+    assert!(
+        h.api::<kpool::api::instance::Instance>().get_opt("train-0").await.unwrap().is_none(),
+        "the instance is dropped"
+    );
+    h.settle(2).await;
+    assert!(h.backend.creates().is_empty(), "nothing launched: {:?}", h.backend.calls());
 }
 
 #[tokio::test]
@@ -625,7 +652,6 @@ async fn a_run_on_an_instance_whose_backend_is_missing_says_so_and_starts_nothin
     h.api::<kpool::api::backend::Backend>().delete("aws", &Default::default()).await.unwrap();
 
     h.run("train", RunSpec { resources: gpu("A10G"), ..Default::default() }).await;
-    add_run_finalizer(&h, "train").await;
     let err = h.reconcile_run("train").await.unwrap_err();
     assert_eq!(err.category(), "MissingBackend", "{}", kpool::controllers::chain(&err));
 
@@ -651,7 +677,6 @@ async fn a_running_run_whose_backend_goes_away_says_so() {
     kpool::core::instance::claim(&mut ist, job, h.clock_now());
     h.ctx.write_status(&inst, &ist).await.unwrap();
     h.run("train", RunSpec { resources: gpu("A10G"), ..Default::default() }).await;
-    add_run_finalizer(&h, "train").await;
     let run = h.get_run("train").await;
     let mut st = RunStatus {
         pool: Some("default-pool".into()),
@@ -729,7 +754,6 @@ async fn a_run_with_a_200_character_name_provisions_and_runs() {
 async fn a_failed_instance_create_after_the_status_write_is_retried_not_read_as_no_capacity() {
     let h = Harness::new().await;
     h.run("train", RunSpec { resources: gpu("A10G"), ..Default::default() }).await;
-    add_run_finalizer(&h, "train").await;
     h.fail_instance_creates.store(1, std::sync::atomic::Ordering::SeqCst);
     let err = h.reconcile_run("train").await.unwrap_err();
     assert_eq!(err.category(), "KubeApi", "{}", kpool::controllers::chain(&err));
@@ -1023,12 +1047,6 @@ async fn waiting_runs_show_their_queue_position_and_why_they_wait() {
         assert_eq!(st.queue_position, Some(position), "{name}: {st:?}");
         assert!(queued(&st).message.starts_with(&format!("position {position} ")), "{st:?}");
     }
-}
-
-/// Adds the run's finalizer as its first pass would, and nothing else.
-async fn add_run_finalizer(h: &Harness, name: &str) {
-    let run = h.get_run(name).await;
-    h.ctx.add_finalizer(&run, kpool::api::run::RUN_FINALIZER).await.unwrap().expect("a current copy");
 }
 
 /// Decide once, write once: each pass of the run's job check writes the run's status at

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use super::policy::PolicySpec;
 use super::resources::ResourcesSpec;
 
-/// Finalizer that frees the run's instance when the run is deleted.
+/// The finalizer runs carried at first: runs that still carry it are
+/// cleaned up by the run controller when deleted, which then removes it. New runs carry
+/// none (see `controllers::run::reconcile`).
 pub const RUN_FINALIZER: &str = "kpool.dev/run";
 
 /// Lifecycle phase of a run.

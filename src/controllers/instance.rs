@@ -140,6 +140,18 @@ async fn step(inst: Instance, ctx: &Context) -> Result<Next, Error> {
     if next == Step::Expire && awaited_by_its_run(&inst, ctx).await? {
         next = sm::next_step_awaited(&status, &policy, now);
     }
+    // Runs carry no finalizer (see `run::reconcile`): an instance made for a run that is
+    // gone is dropped here, before anything is launched for it.
+    if matches!(next, Step::ChooseOffer | Step::Launch) {
+        if let Some(run) = inst.provisioned_for().filter(|_| status.phase == InstancePhase::Pending) {
+            if run_gone(&inst, run, ctx).await? {
+                let why = format!("run {run} was deleted before a launch");
+                if super::run::delete_if_unlaunched(ctx, &ns, &inst.name_any(), &why).await? {
+                    return Ok(Next::Stop(Action::await_change()));
+                }
+            }
+        }
+    }
     match next {
         Step::RecordIdentity => {
             st.machine_name = Some(machine_name(&inst.uid().unwrap_or_default()));
@@ -549,6 +561,20 @@ async fn poll(inst: Instance, mut st: InstanceStatus, policy: &EffectivePolicy, 
         }
         Err(e) => Err(Error::Backend { backend: offer.backend, source: e }),
     }
+}
+
+/// Whether `run`, the run this instance was provisioned for, is gone: deleted, being
+/// deleted, or replaced by another run of the same name. A cached copy that is there is
+/// taken; its absence is read again from the API (the watch may not have seen the run's
+/// creation yet).
+async fn run_gone(inst: &Instance, run: &str, ctx: &Context) -> Result<bool, Error> {
+    let ns = inst.namespace().unwrap_or_default();
+    let same = |r: &Run| {
+        !inst.annotations().contains_key(PROVISIONED_FOR_ANNOTATION)
+            || inst.labels().get(PROVISIONED_FOR_LABEL) == r.metadata.uid.as_ref()
+    };
+    let alive = |r: &Run| same(r) && r.metadata.deletion_timestamp.is_none();
+    Ok(!ctx.get_in(&ns, run, |c| &c.runs, alive).await?.as_ref().is_some_and(alive))
 }
 
 /// Whether the run this instance was provisioned for still waits to claim it.

@@ -42,19 +42,24 @@ use crate::core::run::job::{self, Call, ExecVerdict, Failure, Fault, Unreachable
 pub const WAIT_RECHECK: Duration = Duration::from_secs(60);
 
 /// Reconciles one `Run`.
+///
+/// A run carries no finalizer: what its deletion must undo is recorded on the instances
+/// (the claim names the run and its job; an instance provisioned for it names it too),
+/// and the instance controller undoes it when the run is gone, woken by the run watch's
+/// delete ([`super::runtime`]): a busy instance fences the job and goes idle
+/// ([`crate::core::instance::run_let_go`]), an instance not launched yet is dropped.
+/// That saves every run the write that added the finalizer and the one that removed it,
+/// and holds across a crash: a restarted controller looks at every instance. Runs made
+/// by earlier versions still carry [`RUN_FINALIZER`]: their deletion is cleaned up here
+/// and the finalizer removed.
 pub async fn reconcile(run: Arc<Run>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let ns = run.namespace().unwrap_or_default();
-    let api: Api<Run> = Api::namespaced(ctx.client.clone(), &ns);
-    // The finalizer is added here rather than by `finalizer` (which ends the pass after
-    // adding it): the pass goes on with the object as written, one watch round trip
-    // sooner, and a copy older than that write does not add it again.
-    let mut run = run;
-    if run.metadata.deletion_timestamp.is_none() && !run.finalizers().iter().any(|f| f == RUN_FINALIZER) {
-        match ctx.add_finalizer(run.as_ref(), RUN_FINALIZER).await? {
-            Some(written) => run = Arc::new(written),
-            None => return Ok(Action::requeue(CACHE_CATCH_UP)),
-        }
+    if run.metadata.deletion_timestamp.is_none() {
+        return apply(run, ctx).await;
     }
+    if !run.finalizers().iter().any(|f| f == RUN_FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let api: Api<Run> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
     finalizer(&api, RUN_FINALIZER, run, |event| async {
         match event {
             Finalizer::Apply(r) => apply(r, ctx.clone()).await,
@@ -764,7 +769,7 @@ async fn create_instance(ctx: &Context, run: &Run, name: &str, pool: &str) -> Re
 /// never launched. Only then is it deleted. A delete alone raced a launch in flight: the
 /// machine started after the check was paid for and torn down again, or, where a delete
 /// takes effect at once, kept running with no Instance left (found by the simulation).
-async fn delete_if_unlaunched(ctx: &Context, ns: &str, name: &str, why: &str) -> Result<bool, Error> {
+pub(super) async fn delete_if_unlaunched(ctx: &Context, ns: &str, name: &str, why: &str) -> Result<bool, Error> {
     let api: Api<Instance> = Api::namespaced(ctx.client.clone(), ns);
     let Some(inst) = api.get_opt(name).await? else { return Ok(true) };
     let mut st = inst.status.clone().unwrap_or_default();
@@ -803,8 +808,9 @@ async fn create_default_pool(ctx: &Context, ns: &str) -> Result<(), Error> {
     }
 }
 
-/// Deletion: stop the job, free the instance (held until its job is stopped when that
-/// fails), drop an unlaunched instance made for it.
+/// Deletion of a run that carries [`RUN_FINALIZER`] (made by an earlier version): stop the
+/// job, free the instance (held until its job is stopped when that fails), drop an
+/// unlaunched instance made for it.
 async fn cleanup(run: Arc<Run>, ctx: Arc<Context>) -> Result<Action, Error> {
     let st = run.status.clone().unwrap_or_default();
     if !st.phase.is_finished() {

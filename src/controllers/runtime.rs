@@ -47,12 +47,22 @@ pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig, namespace: Option<S
     // a store fills even while its controller runs its most reconciles at once: when a
     // controller drove its own store, a restarted controller's first 16 runs waited for a
     // store that only that busy controller could fill, until the 30 s read timeout.
-    let (instance_store, instance_events, instance_watch) = shared_watch(instances, &cfg, "instances");
-    let (run_store, run_events, run_watch) = shared_watch(runs, &cfg, "runs");
-    let (pool_store, pool_events, pool_watch) = shared_watch(pools, &cfg, "pools");
-    let (backend_store, backend_events, backend_watch) = shared_watch(backends, &cfg, "backends");
+    let (instance_store, instance_events, instance_watch) = shared_watch(instances, &cfg, "instances", |_| {});
+    // Runs carry no finalizer (see `run::reconcile`): a deleted run wakes the instances it
+    // held or was having made, whose controller undoes what the run left there.
+    let (let_go, runs_gone) = futures::channel::mpsc::unbounded();
+    let forget = ctx.clone();
+    let (run_store, run_events, run_watch) = shared_watch(runs, &cfg, "runs", move |r: &Run| {
+        forget.forget_object(&r.uid().unwrap_or_default());
+        for i in instances_of_deleted(r) {
+            let _ = let_go.unbounded_send(i);
+        }
+    });
+    let (pool_store, pool_events, pool_watch) = shared_watch(pools, &cfg, "pools", |_| {});
+    let (backend_store, backend_events, backend_watch) = shared_watch(backends, &cfg, "backends", |_| {});
     let instance_controller = Controller::for_shared_stream(instance_events.clone(), instance_store.clone());
     let instance_ctl = instance_controller
+        .reconcile_on(runs_gone)
         .with_config(controller_config())
         .shutdown_on_signal()
         .run(|o, c| timed("instance", c.clone(), instance::reconcile(o, c)), error_policy, ctx.clone())
@@ -132,26 +142,43 @@ pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig, namespace: Option<S
 
 /// A shared watch of `api`'s objects, driven by a task of its own: the store it keeps,
 /// a stream of the objects it applied (for controllers to subscribe to), and the task.
+/// `deleted` is called with each object the watch sees deleted (a deletion missed while
+/// the watch was down is not: the relist that follows wakes every subscriber instead).
 fn shared_watch<K>(
     api: Api<K>,
     cfg: &watcher::Config,
     what: &'static str,
+    deleted: impl Fn(&K) + Send + 'static,
 ) -> (reflector::Store<K>, impl futures::Stream<Item = Arc<K>> + Clone + Send + 'static, tokio::task::JoinHandle<()>)
 where
     K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store_shared(SHARED_BUFFER);
     let events = writer.subscribe().expect("a shared store has subscribers");
-    let task = tokio::spawn(
-        watcher(api, cfg.clone()).default_backoff().modify(slim).reflect_shared(writer).applied_objects().for_each(
-            move |r| async move {
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, kind = what, "a watch failed; retrying");
-                }
-            },
-        ),
-    );
+    let task = tokio::spawn(watcher(api, cfg.clone()).default_backoff().modify(slim).reflect_shared(writer).for_each(
+        move |event| {
+            match event {
+                Ok(watcher::Event::Delete(o)) => deleted(&o),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, kind = what, "a watch failed; retrying"),
+            }
+            futures::future::ready(())
+        },
+    ));
     (store, events, task)
+}
+
+/// The instances a deleted run leaves something on: the one it held (its job may still
+/// run there) and the one being provisioned for it (not needed any more if it has not
+/// launched).
+pub fn instances_of_deleted(run: &Run) -> Vec<ObjectRef<Instance>> {
+    let ns = run.namespace().unwrap_or_default();
+    let Some(st) = run.status.as_ref() else { return Vec::new() };
+    [st.instance.as_deref(), st.provisioning_instance.as_deref()]
+        .into_iter()
+        .flatten()
+        .map(|i| ObjectRef::new(i).within(&ns))
+        .collect()
 }
 
 /// What the caches keep of an object: everything but the field managers' bookkeeping

@@ -504,15 +504,36 @@ impl Harness {
         r
     }
 
-    /// As [`Harness::delete_instance`], for a run.
+    /// Deletes a run as the API server and the controller do: a run carries no finalizer,
+    /// so it is removed at once, and the instances its deletion wakes (the run watch's
+    /// delete, `controllers::runtime::instances_of_deleted`) are reconciled until they
+    /// settle. A run with the finalizer of earlier versions is marked, reconciled (which
+    /// cleans up and removes it), then removed. Returns the last reconcile's outcome.
     pub async fn delete_run(&self, name: &str) -> Result<Action, Error> {
         let mut obj = self.get_run(name).await;
-        obj.metadata.deletion_timestamp = Some(Time(self.clock_now()));
-        let r = run::reconcile(Arc::new(obj), self.ctx.clone()).await;
-        if self.get_run(name).await.finalizers().iter().all(|f| f == HOLD) {
-            self.api::<Run>().delete(name, &Default::default()).await.expect("delete");
+        if obj.finalizers().iter().any(|f| f == kpool::api::run::RUN_FINALIZER) {
+            obj.metadata.deletion_timestamp = Some(Time(self.clock_now()));
+            let r = run::reconcile(Arc::new(obj), self.ctx.clone()).await;
+            if self.get_run(name).await.finalizers().iter().all(|f| f == HOLD) {
+                self.api::<Run>().delete(name, &Default::default()).await.expect("delete");
+            }
+            return r;
         }
-        r
+        self.api::<Run>().delete(name, &Default::default()).await.expect("delete");
+        self.ctx.forget_object(&obj.uid().unwrap_or_default());
+        let mut last = Ok(Action::await_change());
+        for inst in kpool::controllers::runtime::instances_of_deleted(&obj) {
+            for _ in 0..8 {
+                let Some(i) = self.api::<Instance>().get_opt(&inst.name).await.unwrap() else { break };
+                let version = i.resource_version();
+                last = instance::reconcile(Arc::new(i), self.ctx.clone()).await;
+                let now = self.api::<Instance>().get_opt(&inst.name).await.unwrap();
+                if now.is_none_or(|n| n.resource_version() == version) {
+                    break;
+                }
+            }
+        }
+        last
     }
 
     /// How many API requests the controllers have made so far.
