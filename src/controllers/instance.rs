@@ -650,7 +650,7 @@ async fn apply_transition(
         true => Some(ctx.write_status(inst, st).await?),
         false => None,
     };
-    if let Some(e) = t.event {
+    for e in t.events {
         ctx.event(inst, e.warning, e.reason, e.message).await;
     }
     if let Effect::Teardown { reason } = t.effect {
