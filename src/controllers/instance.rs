@@ -14,7 +14,7 @@ use kube::ResourceExt;
 use super::fence::{self, Fence};
 use super::idle_gaps;
 use super::metrics::InstanceSample;
-use super::observe::{holding_capacity, instances, policy_of, pool_of};
+use super::observe::{instances, policy_of, pool_of};
 use super::{Context, Error};
 use crate::api::backend::BackendType;
 use crate::api::conditions::{self, condition_tri, set_progress, upsert, Progress, READY};
@@ -255,7 +255,8 @@ async fn choose_offer(
         }
     };
     let all = instances(ctx, &ns).await?;
-    let holding = holding_capacity(&all, &pool, &inst.name_any());
+    // Admission's count (see `core::pool`): machines held or launching, not waiters.
+    let holding = crate::core::pool::holding(all.iter().map(|i| &**i), &pool, &inst.name_any());
     if !ctx.admit(&ns, &pool, &inst.name_any(), max_instances, &holding) {
         apply_transition(&inst, &mut st, provisioning::no_room(&pool, max_instances), ctx).await?;
         return Ok(Next::Stop(Action::requeue(CAPACITY_RECHECK)));
