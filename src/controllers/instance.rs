@@ -205,15 +205,18 @@ async fn step(inst: Instance, ctx: &Context) -> Result<Next, Error> {
         }
         Step::CheckRun(run) => check_run(inst, st, &run, ctx).await,
         Step::Fence(job) => match fence::held(&inst, &mut st, &job, ctx).await {
-            Fence::Done => {
-                let t = sm::fence::released(&mut st, &job, now);
+            Fence::Done(stopped) => {
+                let t = stopped.then(sm::fence::released(&mut st, &job, now));
                 apply_and_go_on(&inst, &mut st, t, ctx).await
             }
-            Fence::Pending { changed, retry } => {
-                apply_transition(&inst, &mut st, sm::fence::still_held(&job, changed), ctx).await?;
+            Fence::Pending { pending, changed, retry } => {
+                apply_transition(&inst, &mut st, pending.then(sm::fence::still_held(&job, changed)), ctx).await?;
                 Ok(Next::Stop(Action::requeue(retry)))
             }
-            Fence::GiveUp(msg) => give_up(&inst, &mut st, Reason::Unreachable, &msg, ctx).await,
+            Fence::GiveUp { pending, message } => {
+                let t = pending.then(sm::give_up(&mut st, Reason::Unreachable, message));
+                apply_and_go_on(&inst, &mut st, t, ctx).await
+            }
         },
         Step::Teardown => teardown(inst, st, ctx).await,
         Step::Done => {
@@ -518,7 +521,7 @@ async fn check_health(inst: &Instance, st: &mut InstanceStatus, ctx: &Context) -
 /// Applies a transition the core decided (see [`crate::core::transition`]): `Ready` as it
 /// says, one status write when anything changed, then the Event and what the effect
 /// needs. The instance as written, if it was.
-async fn apply_transition(
+pub(super) async fn apply_transition(
     inst: &Instance,
     st: &mut InstanceStatus,
     t: Transition,
@@ -559,25 +562,12 @@ async fn apply_and_go_on(
     Ok(written.map_or(Next::Stop(Action::requeue(RECHECK)), Next::Continue))
 }
 
-/// A live instance that cannot be used any more ([`sm::give_up`]): Terminating with
-/// `reason`, so that the teardown deletes (or confirms the loss of) its machine.
-async fn give_up(
-    inst: &Instance,
-    st: &mut InstanceStatus,
-    reason: Reason,
-    msg: &str,
-    ctx: &Context,
-) -> Result<Next, Error> {
-    let t = sm::give_up(st, reason, msg);
-    apply_and_go_on(inst, st, t, ctx).await
-}
-
 async fn teardown(inst: Instance, mut st: InstanceStatus, ctx: &Context) -> Result<Next, Error> {
     let ns = inst.namespace().unwrap_or_default();
     let now = ctx.now();
-    if fence::before_teardown(&inst, &mut st, ctx).await? {
+    if let Some(t) = fence::before_teardown(&inst, &mut st, ctx).await? {
         // Recorded before the machine is deleted: the next step deletes it.
-        return Ok(Next::Continue(ctx.write_status(&inst, &st).await?));
+        return apply_and_go_on(&inst, &mut st, t, ctx).await;
     }
     let deleted = match delete_machine(&inst, &st, ctx).await {
         Ok(deleted) => deleted,
@@ -664,7 +654,16 @@ async fn cleanup(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action, Error
     // machine is gone and the Instance with it: nothing needs to land before the machine
     // is deleted, since a pass that dies before its write fences again (a no-op) and
     // decides the same.
-    let fenced = fence::before_teardown(&inst, &mut st, &ctx).await?;
+    let fenced = match fence::before_teardown(&inst, &mut st, &ctx).await? {
+        // Said at once: the object may be gone before anything else is written.
+        Some(t) => {
+            for e in t.events {
+                ctx.event(&*inst, e.warning, e.reason, e.message).await;
+            }
+            true
+        }
+        None => false,
+    };
     // Terminated: the teardown already saw the machine gone (and what it left at the
     // provider deleted), so the Backend is not needed again — it may be gone too.
     let deleted = if st.phase == InstancePhase::Terminated { Ok(true) } else { delete_machine(&inst, &st, &ctx).await };

@@ -118,6 +118,19 @@ impl Transition {
         self
     }
 
+    /// This transition, then `next` (decided after it, on the status it left): written if
+    /// either is, `next`'s condition and effect where it has them, the Events of both in
+    /// order.
+    pub fn then(mut self, next: Transition) -> Self {
+        self.write |= next.write;
+        self.said = next.said.or(self.said);
+        self.events.extend(next.events);
+        if next.effect != Effect::None {
+            self.effect = next.effect;
+        }
+        self
+    }
+
     /// With the external effect `effect`.
     pub fn effect(mut self, effect: Effect) -> Self {
         self.effect = effect;
