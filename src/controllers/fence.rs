@@ -29,18 +29,21 @@ use kube::ResourceExt;
 use super::{chain, Context, Error};
 use crate::api::backend::Backend as BackendObject;
 use crate::api::instance::{Instance, InstanceStatus, JobRef};
-use crate::api::reasons::Reason;
-use crate::core::instance::fence::{self as verdict, Failed, Held, Site, Teardown};
+use crate::core::instance::fence::{self as verdict, Held, Site};
 pub use crate::core::instance::fence::{FENCE_RETRY, JOB_FENCED};
+use crate::core::transition::Transition;
 
-/// What became of a held instance's fence.
+/// What became of a held instance's fence. Each carries what it says, for the caller to
+/// apply with its own transition (one status write).
 pub enum Fence {
-    /// The job is stopped (or had ended): the instance can be Idle.
-    Done,
-    /// Not yet; `changed` when the status must be written; try again after `retry`.
-    Pending { changed: bool, retry: Duration },
+    /// The job is stopped (or had ended): the instance can be Idle; `stopped` records it
+    /// ([`verdict::stopped`]).
+    Done(Transition),
+    /// Not yet: `pending` says so when it is news ([`verdict::pending_said`]); `changed`
+    /// when the status must be written; try again after `retry`.
+    Pending { pending: Transition, changed: bool, retry: Duration },
     /// It failed for the whole grace: give the instance up, with this message.
-    GiveUp(String),
+    GiveUp { pending: Transition, message: String },
 }
 
 /// Tries to stop `job` on the machine of `inst`, which holds it (see the module docs);
@@ -48,32 +51,33 @@ pub enum Fence {
 pub async fn held(inst: &Instance, st: &mut InstanceStatus, job: &JobRef, ctx: &Context) -> Fence {
     let now = ctx.now();
     let err = match ctx.executor.fence(job, inst).await {
-        Ok(()) => {
-            fenced(inst, st, job, ctx).await;
-            return Fence::Done;
-        }
+        Ok(()) => return Fence::Done(verdict::stopped(st, job, inst.metadata.generation, now)),
         Err(e) => e,
     };
     let grace = ctx.health.unreachable_grace;
     let out = verdict::held_failed(st, job, &chain(&err), grace, inst.metadata.generation, now);
-    match say_pending(inst, out, ctx).await {
-        Held::Pending { changed, retry_at } => Fence::Pending { changed, retry: super::instance::until(now, retry_at) },
-        Held::GiveUp { message } => Fence::GiveUp(message),
+    let pending = verdict::pending_said(&out);
+    match out.verdict {
+        Held::Pending { changed, retry_at } => {
+            Fence::Pending { pending, changed, retry: super::instance::until(now, retry_at) }
+        }
+        Held::GiveUp { message } => Fence::GiveUp { pending, message },
     }
 }
 
 /// Before the machine of `inst` is deleted or given back: stops the job it may still run.
-/// `true` when `st` changed (the job is stopped, or let go of: the caller writes it, with
-/// whatever else its pass decides); an error (the instance's status says why, written
-/// here: it is the pass's only write) when the job cannot be stopped and deleting the
-/// machine would not stop it either (see the module docs).
-pub async fn before_teardown(inst: &Instance, st: &mut InstanceStatus, ctx: &Context) -> Result<bool, Error> {
-    let Some(job) = st.job.clone() else { return Ok(false) };
+/// `Some(transition)` when `st` changed (the job is stopped, or let go of): the caller
+/// applies it with whatever else its pass decides. An error (the instance's status says
+/// why, written here: it is the pass's only write) when the job cannot be stopped and
+/// deleting the machine would not stop it either (see the module docs).
+pub async fn before_teardown(
+    inst: &Instance,
+    st: &mut InstanceStatus,
+    ctx: &Context,
+) -> Result<Option<Transition>, Error> {
+    let Some(job) = st.job.clone() else { return Ok(None) };
     let err = match ctx.executor.fence(&job, inst).await {
-        Ok(()) => {
-            fenced(inst, st, &job, ctx).await;
-            return Ok(true);
-        }
+        Ok(()) => return Ok(Some(verdict::stopped(st, &job, inst.metadata.generation, ctx.now()))),
         Err(e) => e,
     };
     let ns = inst.namespace().unwrap_or_default();
@@ -88,31 +92,11 @@ pub async fn before_teardown(inst: &Instance, st: &mut InstanceStatus, ctx: &Con
     let site = Site { cloud_vm, deleting: inst.metadata.deletion_timestamp.is_some() };
     let (grace, generation) = (ctx.health.unreachable_grace, inst.metadata.generation);
     let out = verdict::teardown_failed(st, &job, &chain(&err), site, grace, generation, ctx.now());
-    let (reason, message) = match say_pending(inst, out, ctx).await {
-        Teardown::ByDeletion { message } => (Reason::FenceByDeletion, message),
-        Teardown::Abandon { message } => (Reason::FenceAbandoned, message),
-        Teardown::Wait { changed } => {
-            if changed {
-                ctx.write_status(inst, st).await?;
-            }
-            return Err(err.into());
+    match verdict::teardown_transition(out) {
+        (t, true) => Ok(Some(t)),
+        (t, false) => {
+            super::instance::apply_transition(inst, st, t, ctx).await?;
+            Err(err.into())
         }
-    };
-    ctx.event(inst, true, reason, message).await;
-    Ok(true)
-}
-
-/// Sends the `FencePending` Warning the verdict carries, if any; the verdict.
-async fn say_pending<V>(inst: &Instance, out: Failed<V>, ctx: &Context) -> V {
-    if let Some(msg) = out.pending_event {
-        ctx.event(inst, true, Reason::FencePending, msg).await;
-    }
-    out.verdict
-}
-
-/// The job is stopped: nothing of it holds the instance any more.
-async fn fenced(inst: &Instance, st: &mut InstanceStatus, job: &JobRef, ctx: &Context) {
-    if let Some(msg) = crate::core::instance::fence::fenced(st, job, inst.metadata.generation, ctx.now()) {
-        ctx.event(inst, false, Reason::Fenced, msg).await;
     }
 }

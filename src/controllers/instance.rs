@@ -14,22 +14,21 @@ use kube::ResourceExt;
 use super::fence::{self, Fence};
 use super::idle_gaps;
 use super::metrics::InstanceSample;
-use super::observe::{holding_capacity, instances, policy_of, pool_of};
+use super::observe::{instances, policy_of, pool_of};
 use super::{Context, Error};
 use crate::api::backend::BackendType;
-use crate::api::conditions::{
-    self, clear_false, condition_tri, set_false_since, set_progress, upsert, Progress, READY,
-};
+use crate::api::conditions::{self, condition_tri, set_progress, upsert, Progress, READY};
 use crate::api::instance::{
-    AutoIdle, Instance, InstancePhase, InstanceStatus, INSTANCE_FINALIZER, PROVISIONED_FOR_ANNOTATION,
-    PROVISIONED_FOR_LABEL,
+    Instance, InstancePhase, InstanceStatus, INSTANCE_FINALIZER, PROVISIONED_FOR_ANNOTATION, PROVISIONED_FOR_LABEL,
 };
 use crate::api::reasons::Reason;
 use crate::api::run::Run;
 use crate::backends::{machine_name, machine_tags, BackendError, MachineRef, MachineSpec, MachineState};
 use crate::core::idle_auto::spell;
 use crate::core::instance::health::{self, Verdict};
-use crate::core::instance::launch::{self as outcome, Lookup, Resolution};
+use crate::core::instance::idle;
+use crate::core::instance::launch as outcome;
+use crate::core::instance::provisioning::{self, Resolved};
 use crate::core::instance::teardown;
 use crate::core::instance::{self as sm, LaunchFailure, NoOffer, Step, POLL_INTERVAL};
 use crate::core::policy::{EffectivePolicy, Origin};
@@ -121,13 +120,9 @@ async fn step(inst: Instance, ctx: &Context) -> Result<Next, Error> {
         Ok(p) => p,
         Err(Error::Invalid(e)) if status.phase == InstancePhase::Pending => {
             let mut st = status;
-            st.pool = Some(pool_name);
-            st.machine_name.get_or_insert_with(|| machine_name(&inst.uid().unwrap_or_default()));
-            st.phase = InstancePhase::Failed;
-            let msg = format!("{e}; fix the spec or the profile");
-            ready(&mut st, &inst, now, Reason::InvalidSpec, &msg);
-            ctx.event(&inst, true, Reason::InvalidSpec, msg).await;
-            ctx.write_status(&inst, &st).await?;
+            let name = machine_name(&inst.uid().unwrap_or_default());
+            let t = provisioning::invalid_policy(&mut st, name, pool_name, &e.to_string());
+            apply_transition(&inst, &mut st, t, ctx).await?;
             return Ok(Next::Stop(Action::await_change()));
         }
         // Once a machine may exist, a broken profile must not strand it: keep going
@@ -154,10 +149,8 @@ async fn step(inst: Instance, ctx: &Context) -> Result<Next, Error> {
     }
     match next {
         Step::RecordIdentity => {
-            st.machine_name = Some(machine_name(&inst.uid().unwrap_or_default()));
-            st.pool = Some(pool_name);
-            ready(&mut st, &inst, now, Reason::Pending, "waiting for an offer");
-            Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
+            let t = provisioning::identity(&mut st, machine_name(&inst.uid().unwrap_or_default()), pool_name);
+            apply_and_go_on(&inst, &mut st, t, ctx).await
         }
         Step::ChooseOffer => {
             let max = pool.and_then(|p| p.spec.max_instances);
@@ -188,9 +181,10 @@ async fn step(inst: Instance, ctx: &Context) -> Result<Next, Error> {
             let Some((record, decision)) = spell::choose(&st, Some(&gaps), &context) else {
                 return Ok(Next::Stop(Action::requeue(RECHECK)));
             };
-            ready(&mut st, &inst, now, Reason::Idle, &idle_message(Some(record.deadline.0), Some(&record)));
-            st.idle_auto = Some(record);
-            let written = ctx.write_status(&inst, &st).await?;
+            let t = idle::spell_chosen(&mut st, record);
+            let Some(written) = apply_transition(&inst, &mut st, t, ctx).await? else {
+                return Ok(Next::Stop(Action::requeue(RECHECK)));
+            };
             idle_gaps::record(ctx, &ns, &pool_name, &shape, |g| {
                 if let Some(t) = arrival {
                     spell::launched(g, t);
@@ -204,44 +198,37 @@ async fn step(inst: Instance, ctx: &Context) -> Result<Next, Error> {
             if let Some(next) = check_health(&inst, &mut st, ctx).await? {
                 return Ok(next);
             }
-            let reason = if st.phase == InstancePhase::Busy { Reason::Busy } else { Reason::Idle };
-            let msg = idle_message(deadline, spell::current(&st).filter(|_| policy.auto_idle()));
-            if st.phase == InstancePhase::Idle && ready(&mut st, &inst, now, reason, &msg) {
-                ctx.write_status(&inst, &st).await?;
-            }
+            let t = idle::waiting(&st, deadline, policy.auto_idle());
+            apply_transition(&inst, &mut st, t, ctx).await?;
             let wait = deadline.map(|d| until(now, d)).unwrap_or(RECHECK).min(RECHECK);
             Ok(Next::Stop(Action::requeue(wait.min(health_wait(&inst, ctx)))))
         }
         Step::Expire => {
-            sm::terminate(&mut st);
-            if let Some(record) = spell::current(&status) {
-                spell::saving_expired(&mut st, record);
-            }
-            let msg = match spell::current(&status) {
-                Some(auto) => format!("idle deadline elapsed ({}); terminating the machine", auto.reason),
-                None => "idle duration elapsed; terminating the machine".to_string(),
+            let (t, spell_ended) = idle::expired(&mut st);
+            let Some(written) = apply_transition(&inst, &mut st, t, ctx).await? else {
+                return Ok(Next::Stop(Action::requeue(RECHECK)));
             };
-            ready(&mut st, &inst, now, Reason::IdleTimeout, &msg);
-            ctx.event(&inst, false, Reason::IdleTimeout, msg).await;
-            let written = ctx.write_status(&inst, &st).await?;
-            if let Some(record) = spell::current(&status) {
+            if let Some(record) = spell_ended {
                 let price = status.offer.as_ref().map_or(0.0, |o| o.price);
-                idle_gaps::record(ctx, &ns, &pool_name, &record.shape, |g| spell::close_expired(g, record, price))
+                idle_gaps::record(ctx, &ns, &pool_name, &record.shape, |g| spell::close_expired(g, &record, price))
                     .await?;
             }
             Ok(Next::Continue(written))
         }
         Step::CheckRun(run) => check_run(inst, st, &run, ctx).await,
         Step::Fence(job) => match fence::held(&inst, &mut st, &job, ctx).await {
-            Fence::Done => {
-                let t = sm::fence::released(&mut st, &job, now);
+            Fence::Done(stopped) => {
+                let t = stopped.then(sm::fence::released(&mut st, &job, now));
                 apply_and_go_on(&inst, &mut st, t, ctx).await
             }
-            Fence::Pending { changed, retry } => {
-                apply_transition(&inst, &mut st, sm::fence::still_held(&job, changed), ctx).await?;
+            Fence::Pending { pending, changed, retry } => {
+                apply_transition(&inst, &mut st, pending.then(sm::fence::still_held(&job, changed)), ctx).await?;
                 Ok(Next::Stop(Action::requeue(retry)))
             }
-            Fence::GiveUp(msg) => give_up(&inst, &mut st, Reason::Unreachable, &msg, ctx).await,
+            Fence::GiveUp { pending, message } => {
+                let t = pending.then(sm::give_up(&mut st, Reason::Unreachable, message));
+                apply_and_go_on(&inst, &mut st, t, ctx).await
+            }
         },
         Step::Teardown => teardown(inst, st, ctx).await,
         Step::Done => {
@@ -277,22 +264,16 @@ async fn choose_offer(
     let req = match inst.spec.resources.resolve() {
         Ok(r) => r,
         Err(e) => {
-            st.phase = InstancePhase::Failed;
-            let msg = format!("{e}; create a new Instance with valid resources");
-            ready(&mut st, &inst, now, Reason::InvalidSpec, &msg);
-            ctx.event(&inst, true, Reason::InvalidSpec, msg).await;
-            ctx.write_status(&inst, &st).await?;
+            let t = provisioning::invalid_resources(&mut st, &e.to_string());
+            apply_transition(&inst, &mut st, t, ctx).await?;
             return Ok(Next::Stop(Action::await_change()));
         }
     };
     let all = instances(ctx, &ns).await?;
-    let holding = holding_capacity(&all, &pool, &inst.name_any());
+    // Admission's count (see `core::pool`): machines held or launching, not waiters.
+    let holding = crate::core::pool::holding(all.iter().map(|i| &**i), &pool, &inst.name_any());
     if !ctx.admit(&ns, &pool, &inst.name_any(), max_instances, &holding) {
-        let msg = format!("pool {pool} has reached maxInstances ({}); waiting for room", max_instances.unwrap_or(0));
-        if ready(&mut st, &inst, now, Reason::PoolAtCapacity, &msg) {
-            ctx.event(&inst, false, Reason::PoolAtCapacity, msg).await;
-            ctx.write_status(&inst, &st).await?;
-        }
+        apply_transition(&inst, &mut st, provisioning::no_room(&pool, max_instances), ctx).await?;
         return Ok(Next::Stop(Action::requeue(CAPACITY_RECHECK)));
     }
     let (policy, fallback) = launch_policy(&inst, &st, policy, now);
@@ -301,48 +282,24 @@ async fn choose_offer(
     match sm::choose_offer(&st, &ranked, policy, now) {
         Ok(offer) => {
             if let Some(why) = super::budget::check_launch(ctx, &inst, &pool, &all, offer.price, now).await? {
-                let msg = format!("{why}; waiting");
-                if ready(&mut st, &inst, now, Reason::BudgetExceeded, &msg) {
-                    ctx.event(&inst, true, Reason::BudgetExceeded, msg).await;
-                    ctx.write_status(&inst, &st).await?;
-                }
+                apply_transition(&inst, &mut st, provisioning::over_budget(&why), ctx).await?;
                 // Holds no slot of maxInstances while it waits.
                 ctx.forget_admission(&ns, &pool, &inst.name_any());
                 return Ok(Next::Stop(Action::requeue(CAPACITY_RECHECK)));
             }
-            let mut msg = format!(
-                "launching {} in {} on {} at ${}/h",
-                offer.instance_type, offer.region, offer.backend, offer.price
-            );
-            if let Some(why) = fallback {
-                msg.push_str(&format!(" ({why})"));
-                ctx.event(&inst, false, Reason::SpotFallback, why).await;
-            }
-            sm::start_provisioning(&mut st, offer, now);
-            ready(&mut st, &inst, now, Reason::Provisioning, &msg);
-            ctx.event(&inst, false, Reason::Provisioning, msg).await;
-            Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
+            let t = provisioning::offer_chosen(&mut st, offer, fallback, now);
+            apply_and_go_on(&inst, &mut st, t, ctx).await
         }
         Err(no) => {
             let mut msg = format!("no offer fits {}", req_summary(&inst));
             if !failed.is_empty() {
                 msg.push_str(&format!("; backends not reachable: {}", join(&failed)));
             }
+            let t = provisioning::no_offer(&mut st, &no, &msg, now);
+            apply_transition(&inst, &mut st, t, ctx).await?;
             match no {
-                NoOffer::RetryAt(at) => {
-                    if st.provisioning_started_at.is_none() {
-                        st.provisioning_started_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
-                    }
-                    st.next_attempt_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at));
-                    ready(&mut st, &inst, now, Reason::WaitingForCapacity, &format!("{msg}; retrying"));
-                    ctx.write_status(&inst, &st).await?;
-                    Ok(Next::Stop(Action::requeue(until(now, at))))
-                }
-                NoOffer::Fail(reason) => {
-                    st.phase = InstancePhase::Failed;
-                    ready(&mut st, &inst, now, reason, &msg);
-                    ctx.event(&inst, true, reason, msg).await;
-                    ctx.write_status(&inst, &st).await?;
+                NoOffer::RetryAt(at) => Ok(Next::Stop(Action::requeue(until(now, at)))),
+                NoOffer::Fail(_) => {
                     ctx.forget_admission(&ns, &pool, &inst.name_any());
                     Ok(Next::Stop(Action::await_change()))
                 }
@@ -360,8 +317,8 @@ async fn launch(
     let ns = inst.namespace().unwrap_or_default();
     let now = ctx.now();
     let Some(offer) = st.offer.clone() else {
-        st.phase = InstancePhase::Pending;
-        return Ok(Next::Continue(ctx.write_status(&inst, &st).await?));
+        let t = provisioning::no_offer_to_launch(&mut st);
+        return apply_and_go_on(&inst, &mut st, t, ctx).await;
     };
     let (backend, object) = ctx.backend_and_object(&ns, &offer.backend).await?;
     // Instances of cloud VM backends get a key of their own before their machine exists,
@@ -380,22 +337,15 @@ async fn launch(
     ctx.metrics.launch_attempted(&offer.backend);
     match backend.create(&spec).await {
         Ok(machine) => {
-            sm::launched(&mut st, &machine, now);
-            let msg = format!("machine {} launched ({})", machine.provider_id, offer.instance_type);
-            let reason = if st.phase == InstancePhase::Idle { Reason::Idle } else { Reason::Provisioning };
-            ready(&mut st, &inst, now, reason, &msg);
-            ctx.event(&inst, false, Reason::Launched, msg).await;
-            Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
+            let t = provisioning::machine_launched(&mut st, &machine, now);
+            apply_and_go_on(&inst, &mut st, t, ctx).await
         }
         Err(err) if err.outcome_unknown() => launch_unanswered(inst, st, err, ctx).await,
         Err(err) => launch_failed(inst, st, policy, err, ctx).await,
     }
 }
 
-/// The condition that says whether kpool knows what came of a launch that got no answer
-/// (see [`outcome`]): `False` (reason `Resolving`) while it looks the machine up, `True`
-/// once it knows (`MachineFound`, `NoMachine`); absent when every launch was answered.
-pub const LAUNCH_RESOLVED: &str = "LaunchResolved";
+pub use crate::core::instance::provisioning::LAUNCH_RESOLVED;
 
 /// A launch that got no answer may have started the machine: no other offer is tried
 /// until it is looked up where it was launched ([`resolve`]).
@@ -406,36 +356,17 @@ async fn launch_unanswered(
     ctx: &Context,
 ) -> Result<Next, Error> {
     let now = ctx.now();
-    let offer = st.offer.clone().unwrap_or_default();
-    let at = outcome::record_unknown(&mut st, now);
-    ctx.metrics.launch_failed(&offer.backend, err.category());
-    let name = st.machine_name.clone().unwrap_or_default();
-    let msg = format!(
-        "launch of {} in {} on {} got no answer ({err}); looking for machine {name} there before trying any other offer",
-        offer.instance_type, offer.region, offer.backend
-    );
-    ctx.event(&inst, true, Reason::LaunchUnanswered, msg.clone()).await;
-    still_resolving(&inst, &mut st, &msg, at, ctx).await
-}
-
-/// Says that the launch's outcome is being resolved, and when the next look-up is.
-async fn still_resolving(
-    inst: &Instance,
-    st: &mut InstanceStatus,
-    msg: &str,
-    next: Timestamp,
-    ctx: &Context,
-) -> Result<Next, Error> {
-    let now = ctx.now();
-    set_false_since(&mut st.conditions, LAUNCH_RESOLVED, Reason::Resolving, msg, inst.metadata.generation, now);
-    ready(st, inst, now, Reason::ResolvingLaunch, msg);
-    ctx.write_status(inst, st).await?;
-    Ok(Next::Stop(Action::requeue(until(now, next))))
+    let backend = st.offer.as_ref().map(|o| o.backend.clone()).unwrap_or_default();
+    ctx.metrics.launch_failed(&backend, err.category());
+    let (t, at) = provisioning::unanswered(&mut st, &err, inst.metadata.generation, now);
+    apply_transition(&inst, &mut st, t, ctx).await?;
+    Ok(Next::Stop(Action::requeue(until(now, at))))
 }
 
 /// Looks up the machine of a launch that got no answer, at the backend and region it was
 /// sent to: found -> it is the instance's machine; absent (see [`outcome::ABSENT_AFTER`])
-/// -> the launch failed, the next offer is tried; no answer -> look again later.
+/// -> the launch failed, the next offer is tried; no answer -> look again later
+/// ([`provisioning::resolved`]).
 async fn resolve(
     inst: Instance,
     mut st: InstanceStatus,
@@ -444,7 +375,6 @@ async fn resolve(
 ) -> Result<Next, Error> {
     let ns = inst.namespace().unwrap_or_default();
     let now = ctx.now();
-    let gen = inst.metadata.generation;
     let offer = st.offer.clone().unwrap_or_default();
     let machine = MachineRef::of(&st).unwrap_or_default();
     let looked = match ctx.backend(&ns, &offer.backend).await {
@@ -452,44 +382,12 @@ async fn resolve(
         // The Backend object is missing or cannot be built: nothing is known yet.
         Err(e) => Err(BackendError::Other(super::chain(&e))),
     };
-    let lookup = match &looked {
-        Ok(m) => Lookup::Found(m),
-        Err(BackendError::NotFound(_)) => Lookup::NotThere,
-        Err(e) => Lookup::Failed(e),
-    };
-    match outcome::resolve(&mut st, lookup, now) {
-        Resolution::Adopt => {
-            let m = looked.expect("a machine was found");
-            sm::launched(&mut st, &m, now);
-            let msg = format!(
-                "machine {} ({}) found where the unanswered launch went; it is this instance's",
-                m.provider_id, machine.name
-            );
-            clear_false(&mut st.conditions, LAUNCH_RESOLVED, Reason::MachineFound, &msg, gen, now);
-            let reason = if st.phase == InstancePhase::Idle { Reason::Idle } else { Reason::Provisioning };
-            ready(&mut st, &inst, now, reason, &msg);
-            ctx.event(&inst, false, Reason::Launched, msg).await;
-            Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
-        }
-        Resolution::Absent => {
-            let msg = format!(
-                "no machine {} in {} on {}: the unanswered launch started none",
-                machine.name, offer.region, offer.backend
-            );
-            clear_false(&mut st.conditions, LAUNCH_RESOLVED, Reason::NoMachine, &msg, gen, now);
-            let err = BackendError::Unanswered(format!("the launch got no answer and started no machine ({msg})"));
-            launch_failed(inst, st, policy, err, ctx).await
-        }
-        Resolution::LookAgainAt(at) => {
-            let why = match &looked {
-                Err(BackendError::NotFound(_)) | Ok(_) => "not there yet".to_string(),
-                Err(e) => format!("the look-up failed: {e}"),
-            };
-            let msg = format!(
-                "launch of {} in {} on {} got no answer; machine {}: {why}; looking again at {at} before trying any other offer",
-                offer.instance_type, offer.region, offer.backend, machine.name
-            );
-            still_resolving(&inst, &mut st, &msg, at, ctx).await
+    match provisioning::resolved(&mut st, looked.as_ref(), inst.metadata.generation, now) {
+        Resolved::Adopted(t) => apply_and_go_on(&inst, &mut st, t, ctx).await,
+        Resolved::Absent(err) => launch_failed(inst, st, policy, err, ctx).await,
+        Resolved::LookAgainAt(t, at) => {
+            apply_transition(&inst, &mut st, t, ctx).await?;
+            Ok(Next::Stop(Action::requeue(until(now, at))))
         }
     }
 }
@@ -507,26 +405,16 @@ async fn launch_failed(
     let (policy, _) = launch_policy(&inst, &st, policy, now);
     let policy = &policy;
     let (ranked, _) = ctx.ranked_offers(&ns, &req, policy).await?;
-    let tried = st.offer.as_ref().map(|o| format!("{} in {}", o.instance_type, o.region)).unwrap_or_default();
-    ctx.event(&inst, true, err.category(), format!("failed to launch {tried}: {err}")).await;
     ctx.metrics.launch_failed(st.offer.as_ref().map(|o| o.backend.as_str()).unwrap_or_default(), err.category());
-    match sm::launch_failed(&mut st, &err, &ranked, policy, now) {
-        LaunchFailure::NextOffer => {
-            let o = st.offer.clone().unwrap_or_default();
-            let msg = format!("{tried} failed ({}); trying {} in {}", err.category(), o.instance_type, o.region);
-            ready(&mut st, &inst, now, Reason::Provisioning, &msg);
-            Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
-        }
+    let (t, next) = provisioning::failed_launch(&mut st, &err, &ranked, policy, now);
+    match next {
+        LaunchFailure::NextOffer => apply_and_go_on(&inst, &mut st, t, ctx).await,
         LaunchFailure::RetryAt(at) => {
-            ready(&mut st, &inst, now, Reason::WaitingForCapacity, &format!("{tried} failed: {err}; retrying"));
-            ctx.write_status(&inst, &st).await?;
+            apply_transition(&inst, &mut st, t, ctx).await?;
             Ok(Next::Stop(Action::requeue(until(now, at))))
         }
-        LaunchFailure::Fail(reason) => {
-            let msg = format!("every offer failed, the last with: {err}");
-            ready(&mut st, &inst, now, reason, &msg);
-            ctx.event(&inst, true, reason, msg).await;
-            ctx.write_status(&inst, &st).await?;
+        LaunchFailure::Fail(_) => {
+            apply_transition(&inst, &mut st, t, ctx).await?;
             ctx.forget_admission(&ns, st.pool.as_deref().unwrap_or_default(), &inst.name_any());
             Ok(Next::Stop(Action::await_change()))
         }
@@ -541,22 +429,17 @@ async fn poll(inst: Instance, mut st: InstanceStatus, policy: &EffectivePolicy, 
     let machine = MachineRef::of(&st).unwrap_or_default();
     match backend.get_at(&machine).await {
         Ok(m) if m.state == MachineState::Running => {
-            sm::observe_machine(&mut st, &m, now);
-            ready(&mut st, &inst, now, Reason::Idle, "machine is up; ready for runs");
-            ctx.event(&inst, false, Reason::Ready, format!("machine {} is up", m.provider_id)).await;
-            Ok(Next::Continue(ctx.write_status(&inst, &st).await?))
+            let t = provisioning::machine_up(&mut st, &m, now);
+            apply_and_go_on(&inst, &mut st, t, ctx).await
         }
         Ok(m) if m.state == MachineState::Pending => {
-            if m.address.is_some() && m.address != st.address {
-                sm::observe_machine(&mut st, &m, now);
-                ctx.write_status(&inst, &st).await?;
-            }
+            let t = provisioning::machine_starting(&mut st, &m, now);
+            apply_transition(&inst, &mut st, t, ctx).await?;
             Ok(Next::Stop(Action::requeue(POLL_INTERVAL)))
         }
         // Gone or going while provisioning: this offer failed.
         Ok(_) | Err(BackendError::NotFound(_)) => {
-            st.provider_id = None;
-            let err = BackendError::InsufficientCapacity("the machine went away while starting".into());
+            let err = provisioning::machine_went_away(&mut st);
             launch_failed(inst, st, policy, err, ctx).await
         }
         Err(e) => Err(Error::Backend { backend: offer.backend, source: e }),
@@ -664,19 +547,26 @@ async fn check_health(inst: &Instance, st: &mut InstanceStatus, ctx: &Context) -
 /// Applies a transition the core decided (see [`crate::core::transition`]): `Ready` as it
 /// says, one status write when anything changed, then the Event and what the effect
 /// needs. The instance as written, if it was.
-async fn apply_transition(
+pub(super) async fn apply_transition(
     inst: &Instance,
     st: &mut InstanceStatus,
     t: Transition,
     ctx: &Context,
 ) -> Result<Option<Instance>, Error> {
     let now = ctx.now();
-    let said = t.said.is_some_and(|s| ready(st, inst, now, s.reason, &s.message));
+    let mut events = t.events;
+    let mut said = false;
+    if let Some(s) = t.said {
+        said = ready(st, inst, now, s.reason, &s.message);
+        if let Some(warning) = s.announce.filter(|_| said) {
+            events.insert(0, crate::core::transition::Event { warning, reason: s.reason, message: s.message });
+        }
+    }
     let written = match t.write || said {
         true => Some(ctx.write_status(inst, st).await?),
         false => None,
     };
-    if let Some(e) = t.event {
+    for e in events {
         ctx.event(inst, e.warning, e.reason, e.message).await;
     }
     if let Effect::Teardown { reason } = t.effect {
@@ -698,25 +588,12 @@ async fn apply_and_go_on(
     Ok(written.map_or(Next::Stop(Action::requeue(RECHECK)), Next::Continue))
 }
 
-/// A live instance that cannot be used any more ([`sm::give_up`]): Terminating with
-/// `reason`, so that the teardown deletes (or confirms the loss of) its machine.
-async fn give_up(
-    inst: &Instance,
-    st: &mut InstanceStatus,
-    reason: Reason,
-    msg: &str,
-    ctx: &Context,
-) -> Result<Next, Error> {
-    let t = sm::give_up(st, reason, msg);
-    apply_and_go_on(inst, st, t, ctx).await
-}
-
 async fn teardown(inst: Instance, mut st: InstanceStatus, ctx: &Context) -> Result<Next, Error> {
     let ns = inst.namespace().unwrap_or_default();
     let now = ctx.now();
-    if fence::before_teardown(&inst, &mut st, ctx).await? {
+    if let Some(t) = fence::before_teardown(&inst, &mut st, ctx).await? {
         // Recorded before the machine is deleted: the next step deletes it.
-        return Ok(Next::Continue(ctx.write_status(&inst, &st).await?));
+        return apply_and_go_on(&inst, &mut st, t, ctx).await;
     }
     let deleted = match delete_machine(&inst, &st, ctx).await {
         Ok(deleted) => deleted,
@@ -803,7 +680,16 @@ async fn cleanup(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action, Error
     // machine is gone and the Instance with it: nothing needs to land before the machine
     // is deleted, since a pass that dies before its write fences again (a no-op) and
     // decides the same.
-    let fenced = fence::before_teardown(&inst, &mut st, &ctx).await?;
+    let fenced = match fence::before_teardown(&inst, &mut st, &ctx).await? {
+        // Said at once: the object may be gone before anything else is written.
+        Some(t) => {
+            for e in t.events {
+                ctx.event(&*inst, e.warning, e.reason, e.message).await;
+            }
+            true
+        }
+        None => false,
+    };
     // Terminated: the teardown already saw the machine gone (and what it left at the
     // provider deleted), so the Backend is not needed again — it may be gone too.
     let deleted = if st.phase == InstancePhase::Terminated { Ok(true) } else { delete_machine(&inst, &st, &ctx).await };
@@ -905,15 +791,6 @@ fn req_summary(inst: &Instance) -> String {
 
 fn join(m: &BTreeMap<String, String>) -> String {
     m.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join("; ")
-}
-
-/// The `Ready` message of an idle instance: its deadline, and why under `idleDuration: auto`.
-fn idle_message(deadline: Option<Timestamp>, auto: Option<&AutoIdle>) -> String {
-    match (deadline, auto) {
-        (Some(d), Some(a)) => format!("{}; terminates at {d} unless a run takes it", a.reason),
-        (Some(d), None) => format!("idle; terminates at {d} unless a run takes it"),
-        (None, _) => "idle; kept until removed".to_string(),
-    }
 }
 
 /// Time from `now` until `t`, zero if past.

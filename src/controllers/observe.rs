@@ -1,7 +1,6 @@
 //! Reading what a reconcile needs: the object's pool, profiles and instances.
 
 use std::borrow::Borrow;
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use kube::ResourceExt;
@@ -14,7 +13,7 @@ use crate::api::resources::SpecError;
 use crate::api::run::Run;
 use crate::core::matching::IdleInstance;
 use crate::core::policy::{effective_policy, EffectivePolicy, Origin};
-use crate::core::pool::{holds_capacity, resolve_pool_name};
+use crate::core::pool::resolve_pool_name;
 
 /// The pool an object belongs to, and the `Pool` object if it exists.
 pub async fn pool_of(ctx: &Context, ns: &str, spec_pool: Option<&str>) -> Result<(String, Option<Pool>), Error> {
@@ -102,13 +101,4 @@ pub fn idle_for_matching<I: Borrow<Instance>, R: Borrow<Run>>(all: &[I], runs: &
 /// The pool an instance was resolved to, if it was.
 pub fn instance_pool(i: &Instance) -> Option<&str> {
     i.status.as_ref().and_then(|s| s.pool.as_deref())
-}
-
-/// Names of the instances of `pool` that hold capacity, `except` one.
-pub fn holding_capacity(all: &[Arc<Instance>], pool: &str, except: &str) -> HashSet<String> {
-    all.iter()
-        .filter(|i| instance_pool(i) == Some(pool) && i.name_any() != except)
-        .filter(|i| i.status.as_ref().is_some_and(|s| holds_capacity(s.phase)))
-        .map(|i| i.name_any())
-        .collect()
 }

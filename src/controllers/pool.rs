@@ -15,20 +15,22 @@ use crate::api::conditions::{condition, AT_CAPACITY, READY, WARM};
 use crate::api::instance::{Instance, InstancePhase, InstanceSpec, INSTANCE_FINALIZER, POOL_LABEL, WARM_LABEL};
 use crate::api::pool::{Pool, PoolStatus, WarmStatus};
 use crate::api::reasons::Reason;
-use crate::core::pool::{fits, pool_counts, room};
+use crate::core::pool::{fits, occupying, pool_counts, room};
 
 /// Reconciles one `Pool`: writes counts and conditions when they changed.
 pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = pool.namespace().unwrap_or_default();
     let name = pool.name_any();
     let all = instances(&ctx, &ns).await?;
-    let mut st = pool_counts(all.iter().map(|i| &**i).filter(|i| instance_pool(i) == Some(&name)));
+    let mine = || all.iter().map(|i| &**i).filter(|i| instance_pool(i) == Some(&name));
+    let mut st = pool_counts(mine());
     st.observed_generation = pool.metadata.generation;
     let previous = pool.status.clone().unwrap_or_default();
     // Written by the instance and run controllers (see `idle_gaps`); carried over, on the
     // resourceVersion this write is conditional on.
     st.idle_gaps = previous.idle_gaps.clone();
-    let holding = (st.provisioning + st.idle + st.busy + st.terminating) as usize;
+    // Creation's count (see `core::pool`): every instance of the pool not ended.
+    let holding = occupying(mine(), &name);
     let at_capacity = !fits(pool.spec.max_instances, holding, 0);
     let now = ctx.now();
     let warm = keep_warm(&pool, &all, holding as u32, &ctx).await?;

@@ -17,7 +17,7 @@ use super::observe::{policy_of, pool_of};
 use super::placement::Pick;
 use super::{is_conflict, Context, Error};
 use crate::api::conditions::{
-    clear_false, condition_tri, find, set_progress, upsert, Progress, QUEUED, READY, SCHEDULED, SUCCEEDED,
+    condition_tri, find, set_progress, upsert, Progress, QUEUED, READY, SCHEDULED, SUCCEEDED,
 };
 use crate::api::instance::{
     Instance, InstancePhase, InstanceSpec, JobRef, LaunchAttempt, LaunchOutcome, INSTANCE_FINALIZER,
@@ -28,8 +28,10 @@ use crate::api::reasons::Reason;
 use crate::api::run::{Run, RunPhase, RunStatus, RUN_FINALIZER};
 use crate::core::matching::PendingRun;
 use crate::core::policy::{EffectivePolicy, Origin};
-use crate::core::pool::{fits, occupying};
-use crate::core::run::{self as sm, provision, JobState, NoFit};
+use crate::core::pool::occupying;
+use crate::core::run::attempt::{self, Exec};
+use crate::core::run::unplaced::{unplaced, Room, Unplaced};
+use crate::core::run::{self as sm, provision, JobState};
 use crate::core::transition::{Effect, Transition};
 use crate::exec::ExecError;
 
@@ -37,7 +39,7 @@ const MAX_STEPS: usize = 8;
 /// How often a running job is polled.
 pub const JOB_POLL: Duration = Duration::from_secs(15);
 pub use crate::core::run::job::JOB_CONTROL;
-use crate::core::run::job::{self, Call, ExecVerdict, Failure, Fault, Unreachable, REACHABLE};
+use crate::core::run::job::{self, Call, Failure, Fault, Unreachable};
 /// How often a waiting run looks again when nothing else wakes it.
 pub const WAIT_RECHECK: Duration = Duration::from_secs(60);
 
@@ -250,43 +252,16 @@ async fn place(
     }
 
     let max = pool.as_ref().and_then(|p| p.spec.max_instances);
-    let in_pool = occupying(all.iter().map(|i| &**i), &pool_name);
+    let occupied = occupying(all.iter().map(|i| &**i), &pool_name);
     // Free slots go to the runs ahead in the queue that wait for room first.
     let ahead = if max.is_some() { ahead_waiting_for_room(&run, &runs, &pool_name) } else { 0 };
-    match sm::no_fit(&st, &policy, &pool_name, fits(max, in_pool, ahead), run.spec.instance.as_deref(), now) {
-        NoFit::Provision => {
-            let name = sm::instance_name_for(&run.name_any(), st.attempts);
-            sm::provisioning(&mut st, &name);
-            scheduled(
-                &mut st,
-                &run,
-                now,
-                false,
-                Reason::Provisioning,
-                &format!("no idle instance fits; provisioning {name}"),
-            );
-            // Record the name first: a crash after this write cannot create a second one.
-            let run = ctx.write_status(&run, &st).await?;
-            create_instance(ctx, &run, &name, &pool_name).await?;
-            Ok(Next::Continue(run))
-        }
-        NoFit::Wait { reason, mut message, retry_at } => {
-            if reason == Reason::PoolAtCapacity && fits(max, in_pool, 0) {
-                message = format!(
-                    "pool {pool_name} has a free slot, held for the {ahead} run(s) ahead of this one in its queue \
-                     (priority, then age)"
-                );
-            }
-            if scheduled(&mut st, &run, now, false, reason, &message) {
-                ctx.event(&run, false, reason, message).await;
-                ctx.write_status(&run, &st).await?;
-            } else if moved {
-                ctx.write_status(&run, &st).await?;
-            }
+    let room = Room { max, occupied, ahead };
+    match unplaced(&mut st, &policy, &run.name_any(), &pool_name, room, run.spec.instance.as_deref(), moved, now) {
+        Unplaced::Go(t) => apply_transition(ctx, run, st, t, WAIT_RECHECK).await,
+        Unplaced::Wait(t, retry_at) => {
             let wait = retry_at.map(|t| until(now, t)).unwrap_or(WAIT_RECHECK).min(WAIT_RECHECK);
-            Ok(Next::Stop(Action::requeue(wait)))
+            apply_and_wait(ctx, run, st, t, wait).await
         }
-        NoFit::Fail { reason, message } => finish(ctx, run, st, RunPhase::Failed, reason, None, &message).await,
     }
 }
 
@@ -366,30 +341,28 @@ async fn start(
     announce: bool,
 ) -> Result<Next, Error> {
     let now = ctx.now();
-    match ctx.executor.start(&run, &inst).await {
-        Ok(()) => {}
-        Err(e) => {
-            let limit = job::exec_limit(Call::Start, policy, ctx.health.unreachable_grace);
-            match exec_failed(ctx, &run, &mut st, &inst.name_any(), Call::Start, e, limit).await? {
-                (Reason::Unsupported, msg) => {
-                    // Executors refuse before anything runs on the machine.
-                    release_instance(ctx, &run, Some(&inst.name_any()), true).await?;
-                    return finish(ctx, run, st, RunPhase::Failed, Reason::Unsupported, None, &msg).await;
-                }
-                // What a failed start may have left on the machine is stopped before it is reused.
-                (reason, msg) => return attempt_failed(ctx, run, st, policy, reason, &msg, &inst.name_any()).await,
+    let name = inst.name_any();
+    let generation = run.metadata.generation;
+    if let Err(e) = ctx.executor.start(&run, &inst).await {
+        let limit = job::exec_limit(Call::Start, policy, ctx.health.unreachable_grace);
+        let t = match exec_verdict(&run, &mut st, policy, &name, Call::Start, &e, limit, now) {
+            // Executors refuse before anything runs on the machine.
+            Exec::Unsupported(msg) => attempt::start_refused(&mut st, &name, &msg, now),
+            Exec::Again(t) => {
+                carry_out(ctx, run, st, t, None).await?;
+                return Err(e.into());
             }
-        }
+            // What a failed start may have left on the machine is stopped before it is reused.
+            Exec::Ended(t) => t,
+        };
+        return apply_transition(ctx, run, st, t, WAIT_RECHECK).await;
     }
-    clear_false(&mut st.conditions, JOB_CONTROL, Reason::Controlled, "the job started", run.metadata.generation, now);
-    sm::assigned(&mut st, &inst.name_any(), now);
-    scheduled(&mut st, &run, now, true, Reason::Assigned, &format!("running on instance {}", inst.name_any()));
-    if announce {
-        ctx.event(&run, false, Reason::Assigned, format!("running on instance {}", inst.name_any())).await;
+    let t = attempt::started(&mut st, &name, announce, generation, now);
+    let next = apply_transition(ctx, run, st, t, WAIT_RECHECK).await?;
+    if let Next::Continue(run) = &next {
+        ctx.set_claim_in_flight(&run.uid().unwrap_or_default(), None);
     }
-    let run = ctx.write_status(&run, &st).await?;
-    ctx.set_claim_in_flight(&run.uid().unwrap_or_default(), None);
-    Ok(Next::Continue(run))
+    Ok(next)
 }
 
 /// Running: the instance must still hold the run; the job's exit ends the run.
@@ -414,110 +387,69 @@ async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Con
         };
         return finish(ctx, run, st, RunPhase::Terminated, Reason::MaxDurationExceeded, None, &msg).await;
     }
+    let generation = run.metadata.generation;
     let state = match ctx.executor.status(&run, &inst).await {
         Err(ExecError::Unreachable(why)) => return unreachable(run, st, policy, &inst, &why, ctx).await,
         Err(e) => {
             let grace = ctx.health.unreachable_grace;
-            match exec_failed(ctx, &run, &mut st, &name, Call::Follow, e, grace).await? {
+            let t = match exec_verdict(&run, &mut st, policy, &name, Call::Follow, &e, grace, now) {
                 // The job cannot go on (e.g. its image cannot be pulled): stop what is left of it.
-                (Reason::Unsupported, e) => {
+                Exec::Unsupported(e) => {
                     let msg = match stop_job(ctx, &run, Some(&name)).await? {
                         None => e,
                         Some(why) => format!("{e}; {why}"),
                     };
                     return finish(ctx, run, st, RunPhase::Failed, Reason::Unsupported, None, &msg).await;
                 }
-                (reason, msg) => return attempt_failed(ctx, run, st, policy, reason, &msg, &name).await,
-            }
+                Exec::Again(t) => {
+                    carry_out(ctx, run, st, t, None).await?;
+                    return Err(e.into());
+                }
+                Exec::Ended(t) => t,
+            };
+            return apply_transition(ctx, run, st, t, WAIT_RECHECK).await;
         }
         Ok(state) => state,
     };
-    let generation = run.metadata.generation;
-    let back = "the instance answers again";
-    let reachable_again = clear_false(&mut st.conditions, REACHABLE, Reason::Reachable, back, generation, now);
-    if reachable_again {
-        ctx.event(&run, false, Reason::Reachable, format!("instance {name} answers again")).await;
-    }
-    let controlled_again =
-        clear_false(&mut st.conditions, JOB_CONTROL, Reason::Controlled, "the job answers", generation, now);
+    let t = attempt::answered(&mut st, policy, &name, &state, generation, now);
     match state {
         JobState::Running => {
-            // Written only when the conditions changed; a job that exited is written below,
-            // with them, in one write.
-            if reachable_again || controlled_again {
-                st = ctx.write_status(&run, &st).await?.status.unwrap_or_default();
-            }
             let poll = sm::max_duration_deadline(&st, policy).map(|d| until(now, d)).unwrap_or(JOB_POLL).min(JOB_POLL);
-            Ok(Next::Stop(Action::requeue(poll)))
+            apply_and_wait(ctx, run, st, t, poll).await
         }
-        JobState::Exited(code) => {
-            let t = sm::exited(&mut st, policy, &name, code, now);
-            apply_transition(ctx, run, st, t, JOB_POLL).await
-        }
+        JobState::Exited(_) => apply_transition(ctx, run, st, t, JOB_POLL).await,
     }
 }
 
 /// A call to the executor failed, not because the running job's instance does not answer
-/// (that is [`unreachable`]); [`job::exec_failed`] decides. While the failures have lasted
-/// less than `limit` (from the first) the run's status says why (`JobControl` False,
-/// reason `MissingBackend` when the instance's Backend is gone), written when that
-/// changed, and the error goes back to the controller, which tries again. Otherwise
-/// `Ok((reason, message))`: `Unsupported` fails the run, any other reason ends the attempt
-/// ([`attempt_failed`]); `st` then carries the condition, unwritten.
-async fn exec_failed(
-    ctx: &Context,
+/// (that is [`unreachable`]); [`job::exec_failed`] decides and [`attempt::exec`] says what
+/// it comes to. While the failures have lasted less than `limit` (from the first) the
+/// run's status says why (`JobControl` False, reason `MissingBackend` when the instance's
+/// Backend is gone) and the error goes back to the controller, which tries again.
+/// Otherwise `Unsupported` fails the run, any other reason ends the attempt
+/// ([`attempt::attempt_ended`]).
+#[allow(clippy::too_many_arguments)]
+fn exec_verdict(
     run: &Run,
     st: &mut RunStatus,
+    policy: &EffectivePolicy,
     instance: &str,
     call: Call,
-    err: ExecError,
+    err: &ExecError,
     limit: Duration,
-) -> Result<(Reason, String), Error> {
-    let fault = match &err {
+    now: Timestamp,
+) -> Exec {
+    let fault = match err {
         ExecError::Unsupported(_) => Fault::Unsupported,
         ExecError::MissingBackend { .. } => Fault::MissingBackend,
         ExecError::Unreachable(_) => Fault::Unreachable,
         ExecError::Other(_) => Fault::Other,
     };
-    let detail = super::chain(&err);
+    let detail = super::chain(err);
     let failure = Failure { call, fault, detail: &detail };
-    match job::exec_failed(st, failure, instance, limit, run.metadata.generation, ctx.now()) {
-        ExecVerdict::Fail { reason, message } | ExecVerdict::EndAttempt { reason, message } => Ok((reason, message)),
-        ExecVerdict::Retry { reason, message, changed } => {
-            if changed {
-                ctx.event(run, true, reason, message).await;
-                ctx.write_status(run, st).await?;
-            }
-            Err(err.into())
-        }
-    }
-}
-
-/// The attempt on `instance` ends for `reason`: the run is retried when its policy retries
-/// on errors and the window is open, else Failed. The outcome is recorded first, then the
-/// instance is freed once the job is fenced (held until it is).
-async fn attempt_failed(
-    ctx: &Context,
-    run: Run,
-    mut st: RunStatus,
-    policy: &EffectivePolicy,
-    reason: Reason,
-    msg: &str,
-    instance: &str,
-) -> Result<Next, Error> {
-    let now = ctx.now();
-    let job = JobRef::of(&run);
-    ctx.event(&run, true, reason, msg.to_string()).await;
-    if sm::attempt_failed(&mut st, policy, reason, now) {
-        let generation = run.metadata.generation;
-        clear_false(&mut st.conditions, JOB_CONTROL, Reason::Retrying, "a new attempt starts", generation, now);
-        scheduled(&mut st, &run, now, false, Reason::Retrying, &format!("{msg}; retrying"));
-    } else {
-        summary(&mut st, &run, now, msg);
-    }
-    let run = ctx.write_status(&run, &st).await?;
-    release_attempt(ctx, &run, instance, job).await?;
-    Ok(Next::Continue(run))
+    let generation = run.metadata.generation;
+    let verdict = job::exec_failed(st, failure, instance, limit, generation, now);
+    attempt::exec(verdict, st, policy, instance, generation, now)
 }
 
 /// The run's instance does not answer; [`job::unreachable`] decides. Marked at once in
@@ -536,31 +468,21 @@ async fn unreachable(
 ) -> Result<Next, Error> {
     let now = ctx.now();
     let grace = ctx.health.unreachable_grace;
-    match job::unreachable(&mut st, policy, &inst.name_any(), why, grace, run.metadata.generation, now) {
-        Unreachable::Waiting { deadline, event } => {
-            if let Some(note) = event {
-                ctx.event(&run, true, Reason::InstanceUnreachable, note).await;
-                ctx.write_status(&run, &st).await?;
-            }
-            Ok(Next::Stop(Action::requeue(until(now, deadline).min(JOB_POLL))))
-        }
-        Unreachable::GaveUp { message, retried } => {
-            ctx.event(&run, true, Reason::InstanceUnreachable, message.clone()).await;
-            // Two writes, of two objects, in this order: the instance is held (no other run
-            // takes it) before the run lets go of it. Written the other way round, a crash
-            // in between would leave the instance Busy with a run that, retried and on no
-            // instance, still counts as holding it (`core::run::holds`), and the retry
-            // would start again on the host that does not answer.
-            let ist = inst.status.clone().unwrap_or_default();
-            let held = ist.job.clone().unwrap_or_else(|| JobRef::of(&run));
-            hold_instance(ctx, &run, inst, ist, held, &message).await?;
-            if retried {
-                scheduled(&mut st, &run, now, false, Reason::Retrying, &format!("{message}; retrying"));
-            } else {
-                summary(&mut st, &run, now, &message);
-            }
-            Ok(Next::Continue(ctx.write_status(&run, &st).await?))
-        }
+    let name = inst.name_any();
+    let verdict = job::unreachable(&mut st, policy, &name, why, grace, run.metadata.generation, now);
+    let wait = match &verdict {
+        Unreachable::Waiting { deadline, .. } => Some(until(now, *deadline).min(JOB_POLL)),
+        Unreachable::GaveUp { .. } => None,
+    };
+    // The job that may still run there: the one the instance records, else this attempt's.
+    let held = inst.status.as_ref().and_then(|s| s.job.clone()).unwrap_or_else(|| JobRef::of(&run));
+    let t = attempt::unreachable(verdict, &name, held);
+    match wait {
+        Some(wait) => apply_and_wait(ctx, run, st, t, wait).await,
+        None => Ok(match carry_out(ctx, run, st, t, Some(inst)).await? {
+            Applied::Dropped => Next::Stop(Action::requeue(Duration::ZERO)),
+            Applied::Done(written) => written.map_or(Next::Stop(Action::requeue(WAIT_RECHECK)), Next::Continue),
+        }),
     }
 }
 
@@ -580,33 +502,97 @@ async fn finish(
     apply_transition(ctx, run, st, t, WAIT_RECHECK).await
 }
 
-/// Applies a transition the core decided (see [`crate::core::transition`]), in this
-/// order: an effect that must come first (an unlaunched instance deleted: when it has
-/// started launching the transition is dropped and the run looks again at once); the
-/// condition it says (`Scheduled` while the run waits or runs, its summary once it
-/// ended); one status write when anything changed; the effect that comes after (an
-/// instance created, the instance freed); the Event. `recheck`: when to look again if
-/// nothing was written.
+/// What applying a transition came to.
+// A transient return value, as `Next`.
+#[allow(clippy::large_enum_variant)]
+enum Applied {
+    /// An effect that comes first refused: the unlaunched instance started launching
+    /// meanwhile, and the run waits for it. Nothing else was done.
+    Dropped,
+    /// Applied: the run as written, if it was.
+    Done(Option<Run>),
+}
+
+/// Applies a transition the core decided ([`carry_out`]); the pass goes on from the run
+/// as written, or looks again after `recheck` when nothing was written (at once when the
+/// transition was dropped).
 async fn apply_transition(
+    ctx: &Context,
+    run: Run,
+    st: RunStatus,
+    t: Transition,
+    recheck: Duration,
+) -> Result<Next, Error> {
+    Ok(match carry_out(ctx, run, st, t, None).await? {
+        Applied::Dropped => Next::Stop(Action::requeue(Duration::ZERO)),
+        Applied::Done(Some(run)) => Next::Continue(run),
+        Applied::Done(None) => Next::Stop(Action::requeue(recheck)),
+    })
+}
+
+/// [`apply_transition`] for a run that waits: the pass ends and the run looks again after
+/// `wait` whether or not anything was written (a write that says why it waits, or that
+/// its job still runs, does not end the wait).
+async fn apply_and_wait(ctx: &Context, run: Run, st: RunStatus, t: Transition, wait: Duration) -> Result<Next, Error> {
+    Ok(match carry_out(ctx, run, st, t, None).await? {
+        Applied::Dropped => Next::Stop(Action::requeue(Duration::ZERO)),
+        Applied::Done(_) => Next::Stop(Action::requeue(wait)),
+    })
+}
+
+/// Carries out a transition the core decided (see [`crate::core::transition`]), in this
+/// order: an effect that must come first (an unlaunched instance deleted: when it has
+/// started launching the transition is dropped; an unstarted instance freed; the instance
+/// held, on the copy `seen` the decision was made on when it is that one); the condition
+/// it says (`Scheduled` while the run waits or runs, announced when it changed and the
+/// transition asks; its summary once it ended); one status write when anything changed;
+/// the effect that comes after (an instance created, the instance freed); the Events.
+async fn carry_out(
     ctx: &Context,
     run: Run,
     mut st: RunStatus,
     t: Transition,
-    recheck: Duration,
-) -> Result<Next, Error> {
+    seen: Option<&Instance>,
+) -> Result<Applied, Error> {
     let now = ctx.now();
+    let ns = run.namespace().unwrap_or_default();
     if let Effect::DeleteUnlaunched { name, why } = &t.effect {
-        if !delete_if_unlaunched(ctx, &run.namespace().unwrap_or_default(), name, why).await? {
-            // It started launching meanwhile: the run waits for it.
-            return Ok(Next::Stop(Action::requeue(Duration::ZERO)));
+        if !delete_if_unlaunched(ctx, &ns, name, why).await? {
+            return Ok(Applied::Dropped);
         }
     }
+    match &t.effect {
+        Effect::FreeUnstarted { instance } => release_instance(ctx, &run, Some(instance), true).await?,
+        Effect::Hold { instance, job, why } => {
+            // The hold is written conditional on the copy the decision saw: a change since
+            // (another controller moved the instance on) fails it, and the pass is retried.
+            let read;
+            let inst = match seen.filter(|i| i.name_any() == *instance) {
+                Some(i) => i,
+                None => {
+                    read = Api::<Instance>::namespaced(ctx.client.clone(), &ns).get(instance).await?;
+                    &read
+                }
+            };
+            let ist = inst.status.clone().unwrap_or_default();
+            hold_instance(ctx, &run, inst, ist, job.clone(), why).await?;
+        }
+        _ => {}
+    }
+    let mut events = t.events;
     let mut write = t.write;
     if let Some(said) = &t.said {
         let (finished, running) = (st.phase.is_finished(), st.phase == RunPhase::Running);
         match finished {
             true => summary(&mut st, &run, now, &said.message),
-            false => write |= scheduled(&mut st, &run, now, running, said.reason, &said.message),
+            false => {
+                let changed = scheduled(&mut st, &run, now, running, said.reason, &said.message);
+                write |= changed;
+                if let Some(warning) = said.announce.filter(|_| changed) {
+                    let message = said.message.clone();
+                    events.insert(0, crate::core::transition::Event { warning, reason: said.reason, message });
+                }
+            }
         }
     }
     let written = match write {
@@ -619,15 +605,19 @@ async fn apply_transition(
             create_instance(ctx, on, name, st.pool.as_deref().unwrap_or_default()).await?
         }
         Effect::Release { instance, ended } => release_instance(ctx, on, Some(instance), *ended).await?,
-        Effect::None | Effect::DeleteUnlaunched { .. } | Effect::Teardown { .. } => {}
+        Effect::ReleaseAttempt { instance, attempt } => {
+            release_attempt(ctx, on, instance, JobRef { attempt: *attempt, ..JobRef::of(on) }).await?
+        }
+        Effect::None
+        | Effect::DeleteUnlaunched { .. }
+        | Effect::FreeUnstarted { .. }
+        | Effect::Hold { .. }
+        | Effect::Teardown { .. } => {}
     }
-    if let Some(e) = t.event {
+    for e in events {
         ctx.event(on, e.warning, e.reason, e.message).await;
     }
-    Ok(match written {
-        Some(run) => Next::Continue(run),
-        None => Next::Stop(Action::requeue(recheck)),
-    })
+    Ok(Applied::Done(written))
 }
 
 /// Stops the run's job on `instance`. When the job cannot be stopped the instance is held

@@ -4,7 +4,9 @@
 
 pub mod fence;
 pub mod health;
+pub mod idle;
 pub mod launch;
+pub mod provisioning;
 pub mod teardown;
 
 use std::time::Duration;

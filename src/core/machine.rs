@@ -36,6 +36,11 @@ pub enum BackendError {
 impl BackendError {
     /// A bounded string for Event reasons, status and metric labels.
     pub fn category(&self) -> &'static str {
+        self.reason().as_str()
+    }
+
+    /// [`category`](Self::category) as a reason.
+    pub fn reason(&self) -> Reason {
         match self {
             BackendError::NotFound(_) => Reason::NotFound,
             BackendError::InsufficientCapacity(_) => Reason::InsufficientCapacity,
@@ -44,7 +49,6 @@ impl BackendError {
             BackendError::Unanswered(_) => Reason::Unanswered,
             BackendError::Other(_) => Reason::Other,
         }
-        .as_str()
     }
 
     /// Whether a `create` that failed so may still have launched its machine: only when

@@ -1,5 +1,22 @@
 //! Pools: which pool an object belongs to, whether the pool has room, and what the
 //! pool's status says.
+//!
+//! # The capacity rules
+//! A pool's `maxInstances` is counted for two questions, each with its own rule, and
+//! nowhere else:
+//! - **Admission** — may this Pending instance launch now? [`holding`]: the instances
+//!   that hold a machine or are launching one ([`holds_capacity`]); Pending ones, which
+//!   wait for admission themselves, do not count.
+//! - **Creation** — may one more instance be created (for a run, or to keep the pool
+//!   warm), and is the pool at capacity? [`occupying`]: every instance that has not
+//!   ended, admitted or not ([`occupies_slot`]).
+//!
+//! They differ on purpose, and must: counted for admission, Pending instances that wait
+//! for the last slot would each count the other and none would ever launch; counted only
+//! once launched for creation, waiting runs would each create an instance past
+//! `maxInstances` that could only wait for admission. Both reach [`fits`]/[`room`].
+
+use std::collections::HashSet;
 
 use crate::api::instance::{Instance, InstancePhase, InstanceStatus};
 use crate::api::pool::{Pool, PoolStatus, DEFAULT_POOL_ANNOTATION, DEFAULT_POOL_NAME};
@@ -26,7 +43,7 @@ pub fn resolve_pool_name(spec_pool: Option<&str>, pools_in_namespace: &[&Pool]) 
 }
 
 /// Whether an instance in this phase holds (or is about to hold) a machine and so
-/// counts against `maxInstances`.
+/// counts against `maxInstances` when a launch is admitted ([`holding`]).
 pub fn holds_capacity(phase: InstancePhase) -> bool {
     matches!(
         phase,
@@ -42,8 +59,21 @@ pub fn occupies_slot(status: Option<&InstanceStatus>) -> bool {
     status.is_none_or(|s| !matches!(s.phase, InstancePhase::Terminated | InstancePhase::Failed))
 }
 
-/// The instances of `pool` that occupy a slot ([`occupies_slot`]); instances not yet
-/// resolved to a pool count too, as they may turn out to be this pool's.
+/// Admission's count (see the module docs): the names of the instances of `pool` that
+/// hold capacity ([`holds_capacity`]), `except` the one whose launch is being admitted.
+/// Launches admitted but not shown yet are reserved on top by the caller.
+pub fn holding<'a>(instances: impl IntoIterator<Item = &'a Instance>, pool: &str, except: &str) -> HashSet<String> {
+    instances
+        .into_iter()
+        .filter(|i| i.metadata.name.as_deref() != Some(except))
+        .filter(|i| i.status.as_ref().is_some_and(|s| s.pool.as_deref() == Some(pool) && holds_capacity(s.phase)))
+        .filter_map(|i| i.metadata.name.clone())
+        .collect()
+}
+
+/// Creation's count (see the module docs): the instances of `pool` that occupy a slot
+/// ([`occupies_slot`]); instances not yet resolved to a pool count too, as they may turn
+/// out to be this pool's.
 pub fn occupying<'a>(instances: impl IntoIterator<Item = &'a Instance>, pool: &str) -> usize {
     instances
         .into_iter()
@@ -220,6 +250,61 @@ mod tests {
         ];
         assert_eq!(occupying(&all, "p"), 5);
         assert_eq!(occupying(&all, "q"), 3);
+    }
+
+    fn member(name: &str, phase: InstancePhase) -> Instance {
+        let mut i = Instance::new(name, Default::default());
+        i.status = Some(InstanceStatus { phase, pool: Some("p".into()), ..Default::default() });
+        i
+    }
+
+    #[test]
+    fn admission_counts_only_machines_so_instances_waiting_for_the_last_slot_cannot_block_each_other() {
+        // maxInstances 2: one machine up, two instances waiting for the last slot.
+        let all = [
+            member("up", InstancePhase::Idle),
+            member("a", InstancePhase::Pending),
+            member("b", InstancePhase::Pending),
+        ];
+        let held = holding(&all, "p", "a");
+        assert_eq!(held, HashSet::from(["up".to_string()]));
+        assert!(fits(Some(2), held.len(), 0), "a is admitted");
+        // Had admission counted every instance not ended, a and b would each count the
+        // other and neither would ever launch.
+        assert!(!fits(Some(2), occupying(all.iter().filter(|i| i.metadata.name.as_deref() != Some("a")), "p"), 0));
+        // Every phase that holds or is about to hold a machine counts; ended ones and
+        // other pools' do not.
+        let all = [
+            member("launching", InstancePhase::Provisioning),
+            member("busy", InstancePhase::Busy),
+            member("ending", InstancePhase::Terminating),
+            member("ended", InstancePhase::Terminated),
+            member("failed", InstancePhase::Failed),
+            Instance {
+                status: Some(InstanceStatus {
+                    phase: InstancePhase::Idle,
+                    pool: Some("q".into()),
+                    ..Default::default()
+                }),
+                ..Instance::new("other", Default::default())
+            },
+        ];
+        assert_eq!(holding(&all, "p", "me").len(), 3);
+    }
+
+    #[test]
+    fn creation_counts_every_instance_not_ended_so_runs_create_none_that_could_only_wait() {
+        // maxInstances 2: one busy machine, one instance created for a waiting run and not
+        // admitted yet. Another run must wait rather than create a third.
+        let all = [member("busy", InstancePhase::Busy), member("for-r1", InstancePhase::Pending)];
+        assert!(!fits(Some(2), occupying(&all, "p"), 0));
+        // Had creation counted only machines, it would create an instance that could only
+        // wait for admission.
+        assert!(fits(Some(2), holding(&all, "p", "").len(), 0));
+        // The pool's status says the same as creation: its instances in use are the ones
+        // occupying a slot.
+        let s = pool_counts(all.iter());
+        assert_eq!((s.provisioning + s.idle + s.busy + s.terminating) as usize, occupying(&all, "p"));
     }
 
     #[test]

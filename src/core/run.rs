@@ -1,8 +1,10 @@
 //! The run state machine: Pending → Provisioning → Running → Succeeded / Failed /
 //! Terminated. Each transition is a function of (status, facts, now).
 
+pub mod attempt;
 pub mod job;
 pub mod provision;
+pub mod unplaced;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;

@@ -154,6 +154,42 @@ pub fn fenced(status: &mut InstanceStatus, job: &JobRef, generation: Option<i64>
     clear_false(&mut status.conditions, JOB_FENCED, Reason::Fenced, &message, generation, now).then_some(message)
 }
 
+/// [`fenced`] as a transition: the status is written, with a Normal `Fenced` Event when
+/// `JobFenced` changed.
+pub fn stopped(status: &mut InstanceStatus, job: &JobRef, generation: Option<i64>, now: Timestamp) -> Transition {
+    match fenced(status, job, generation, now) {
+        Some(message) => Transition::write().event(false, Reason::Fenced, message),
+        None => Transition::write(),
+    }
+}
+
+/// The `FencePending` Warning a failed fence carries, if any: a transition that says only
+/// that (its status change goes with the transition applied with it).
+pub fn pending_said<V>(out: &Failed<V>) -> Transition {
+    match &out.pending_event {
+        Some(message) => Transition::none().event(true, Reason::FencePending, message.clone()),
+        None => Transition::none(),
+    }
+}
+
+/// A failed fence before the machine is deleted ([`teardown_failed`]) as a transition,
+/// and whether the teardown goes on. It goes on after a `FenceByDeletion` or
+/// `FenceAbandoned` Warning, the status written with the teardown's next write; it waits
+/// otherwise, the status written only when `JobFenced` went False now (and the pass
+/// retried: the caller hands the error back).
+pub fn teardown_transition(out: Failed<Teardown>) -> (Transition, bool) {
+    let said = pending_said(&out);
+    match out.verdict {
+        Teardown::Wait { changed } => (Transition { write: changed, ..said }, false),
+        Teardown::ByDeletion { message } => {
+            (said.then(Transition::write().event(true, Reason::FenceByDeletion, message)), true)
+        }
+        Teardown::Abandon { message } => {
+            (said.then(Transition::write().event(true, Reason::FenceAbandoned, message)), true)
+        }
+    }
+}
+
 /// A held instance whose job is stopped ([`fenced`]): Idle again, and its `Ready` says so.
 pub fn released(status: &mut InstanceStatus, job: &JobRef, now: Timestamp) -> Transition {
     super::release(status, now);
@@ -285,5 +321,66 @@ mod tests {
             let said = "run r let go of the instance; stopping its job on the machine";
             assert_eq!(tr, Transition { write: changed, ..Transition::none() }.said(Reason::Fencing, said));
         }
+    }
+
+    #[test]
+    fn a_stopped_job_is_written_and_said_once() {
+        let (mut st, job) = held();
+        let (at, later) = (t("2026-01-01T00:00:00Z"), t("2026-01-01T00:00:15Z"));
+        held_failed(&mut st, &job, "timeout", GRACE, Some(1), at);
+        let said = "the job of run r is stopped on the machine";
+        assert_eq!(stopped(&mut st, &job, Some(1), later), Transition::write().event(false, Reason::Fenced, said));
+        assert_eq!(st.job, None);
+        // Nothing was pending: still written (the job is let go of), nothing said.
+        let (mut st, job) = held();
+        assert_eq!(stopped(&mut st, &job, Some(1), later), Transition::write());
+    }
+
+    #[test]
+    fn a_failed_fence_says_pending_once_and_a_teardown_goes_on_only_when_deleting_stops_the_job() {
+        let (at, later) = (t("2026-01-01T00:00:00Z"), t("2026-01-01T00:00:15Z"));
+        let host = Site { cloud_vm: false, deleting: false };
+        // Another machine waits: written and said the first time, then neither.
+        let (mut st, job) = held();
+        let (first, go_on) = teardown_transition(teardown_failed(&mut st, &job, "timeout", host, GRACE, Some(1), at));
+        assert!(!go_on);
+        assert!(first.write);
+        assert_eq!(
+            first.events.iter().map(|e| (e.warning, e.reason)).collect::<Vec<_>>(),
+            [(true, Reason::FencePending)]
+        );
+        let (again, go_on) =
+            teardown_transition(teardown_failed(&mut st, &job, "timeout", host, GRACE, Some(1), later));
+        assert_eq!((again, go_on), (Transition::none(), false));
+        // A cloud VM goes on, said by FenceByDeletion; an abandoned job by FenceAbandoned
+        // after the pending Warning it had.
+        let (mut st, job) = held();
+        let vm = Site { cloud_vm: true, deleting: false };
+        let (t1, go_on) = teardown_transition(teardown_failed(&mut st, &job, "timeout", vm, GRACE, Some(1), at));
+        assert!(go_on && t1.write);
+        assert_eq!(t1.events.iter().map(|e| e.reason).collect::<Vec<_>>(), [Reason::FenceByDeletion]);
+        let (mut st, job) = held();
+        let deleted = Site { cloud_vm: false, deleting: true };
+        let (t2, go_on) =
+            teardown_transition(teardown_failed(&mut st, &job, "timeout", deleted, Duration::ZERO, Some(1), at));
+        assert!(go_on && t2.write);
+        assert_eq!(
+            t2.events.iter().map(|e| e.reason).collect::<Vec<_>>(),
+            [Reason::FencePending, Reason::FenceAbandoned]
+        );
+    }
+
+    #[test]
+    fn one_transition_then_another_writes_once_with_both_events_and_the_later_condition() {
+        let first = Transition::none().event(true, Reason::FencePending, "a").said(Reason::Fencing, "x");
+        let next = Transition::write().said(Reason::Idle, "y").event(false, Reason::Released, "b");
+        let both = first.then(next);
+        let want = Transition::write().said(Reason::Idle, "y").event(true, Reason::FencePending, "a").event(
+            false,
+            Reason::Released,
+            "b",
+        );
+        assert_eq!(both, want);
+        assert_eq!(Transition::write().then(Transition::none()), Transition::write());
     }
 }

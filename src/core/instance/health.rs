@@ -277,7 +277,7 @@ mod tests {
             assert_eq!(st.phase, InstancePhase::Terminating, "{reason:?}");
             assert!(tr.write);
             assert_eq!(tr.said.map(|s| (s.reason, s.message)), Some((reason, "gone".to_string())));
-            assert_eq!(tr.event, Some(Event { warning: true, reason, message: "gone".into() }));
+            assert_eq!(tr.events, vec![Event { warning: true, reason, message: "gone".into() }]);
             assert_eq!(tr.effect, Effect::Teardown { reason });
             assert_eq!(state(&st), reachable, "{reason:?}");
         }

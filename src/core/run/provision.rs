@@ -155,7 +155,7 @@ mod tests {
                 why: "run r's retry window ended before a launch".into(),
             };
             assert_eq!(tr.effect, effect, "{phase:?}");
-            assert_eq!(tr.event, Some(Event { warning: true, reason: Reason::NoCapacity, message: message.clone() }));
+            assert_eq!(tr.events, vec![Event { warning: true, reason: Reason::NoCapacity, message: message.clone() }]);
             assert!(tr.write);
             assert_eq!((s.phase, s.termination_reason.as_deref()), (RunPhase::Failed, Some("NoCapacity")));
             // Before the end, or without a window: it waits for the instance.

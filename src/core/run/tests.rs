@@ -285,7 +285,7 @@ fn an_ended_run_says_so_and_frees_the_instance_it_was_on() {
     // Succeeded is no Warning; a run on no instance frees none.
     let mut s = submitted("2026-01-01T00:00:00Z");
     let tr = ended(&mut s, RunPhase::Succeeded, Reason::Completed, Some(0), "done", now);
-    assert_eq!((tr.event.map(|e| e.warning), tr.effect), (Some(false), Effect::None));
+    assert_eq!((tr.events.iter().map(|e| e.warning).collect::<Vec<_>>(), tr.effect), (vec![false], Effect::None));
 }
 
 #[test]
