@@ -452,12 +452,16 @@ async fn poll(inst: Instance, mut st: InstanceStatus, policy: &EffectivePolicy, 
 /// creation yet).
 async fn run_gone(inst: &Instance, run: &str, ctx: &Context) -> Result<bool, Error> {
     let ns = inst.namespace().unwrap_or_default();
-    let same = |r: &Run| {
-        !inst.annotations().contains_key(PROVISIONED_FOR_ANNOTATION)
-            || inst.labels().get(PROVISIONED_FOR_LABEL) == r.metadata.uid.as_ref()
-    };
-    let alive = |r: &Run| same(r) && r.metadata.deletion_timestamp.is_none();
+    let alive = |r: &Run| provisioned_for_this(inst, r) && r.metadata.deletion_timestamp.is_none();
     Ok(!ctx.get_in(&ns, run, |c| &c.runs, alive).await?.as_ref().is_some_and(alive))
+}
+
+/// Whether `run`, named as the run this instance was provisioned for, is that run: the
+/// label holds the UID of the run (where the annotation holds its name), so a run made
+/// later under the same name is another run.
+fn provisioned_for_this(inst: &Instance, run: &Run) -> bool {
+    !inst.annotations().contains_key(PROVISIONED_FOR_ANNOTATION)
+        || inst.labels().get(PROVISIONED_FOR_LABEL) == run.metadata.uid.as_ref()
 }
 
 /// Whether the run this instance was provisioned for still waits to claim it.
@@ -465,11 +469,7 @@ async fn awaited_by_its_run(inst: &Instance, ctx: &Context) -> Result<bool, Erro
     let Some(name) = inst.provisioned_for() else { return Ok(false) };
     let api: Api<Run> = Api::namespaced(ctx.client.clone(), &inst.namespace().unwrap_or_default());
     let Some(run) = api.get_opt(name).await? else { return Ok(false) };
-    // The label holds the UID of the run (where the annotation holds its name): a run
-    // made later under the same name is another run.
-    let same = !inst.annotations().contains_key(PROVISIONED_FOR_ANNOTATION)
-        || inst.labels().get(PROVISIONED_FOR_LABEL) == run.metadata.uid.as_ref();
-    Ok(same
+    Ok(provisioned_for_this(inst, &run)
         && run.metadata.deletion_timestamp.is_none()
         && run.status.as_ref().is_some_and(|s| crate::core::run::waits_for(s, &inst.name_any())))
 }
