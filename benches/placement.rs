@@ -357,6 +357,8 @@ async fn install_crds(client: &Client) {
 struct Seen {
     claimed: HashMap<String, Instant>,
     running: HashMap<String, Instant>,
+    /// Each status a run was seen with: when, its phase and its conditions' reasons.
+    steps: HashMap<String, Vec<(Instant, String)>>,
 }
 
 fn follow_runs(api: Api<Run>, seen: Arc<Mutex<Seen>>) -> tokio::task::JoinHandle<()> {
@@ -372,8 +374,28 @@ fn follow_runs(api: Api<Run>, seen: Arc<Mutex<Seen>>) -> tokio::task::JoinHandle
             if st.phase == RunPhase::Running {
                 s.running.entry(r.name_any()).or_insert(now);
             }
+            let reasons: Vec<&str> = st.conditions.iter().map(|c| c.reason.as_str()).collect();
+            let step =
+                format!("{:?} [{}] rv {}", st.phase, reasons.join(","), r.resource_version().unwrap_or_default());
+            s.steps.entry(r.name_any()).or_default().push((now, step));
         }
     })
+}
+
+/// The `n` runs claimed last after their creation, with every status the watch saw them
+/// with: where a slow claim spent its time.
+fn slowest(seen: &Seen, created: &HashMap<String, Instant>, n: usize) {
+    let mut lat: Vec<(f64, &String)> = created
+        .iter()
+        .filter_map(|(k, t0)| Some((seen.claimed.get(k)?.saturating_duration_since(*t0).as_secs_f64(), k)))
+        .collect();
+    lat.sort_by(|a, b| b.0.total_cmp(&a.0));
+    for (l, name) in lat.into_iter().take(n) {
+        println!("cluster:   slow claim {name}: {l:.3}s");
+        for (at, step) in seen.steps.get(name).into_iter().flatten() {
+            println!("cluster:     +{:.3}s {step}", at.saturating_duration_since(created[name]).as_secs_f64());
+        }
+    }
 }
 
 async fn wait_for<F: Fn() -> bool>(what: &str, timeout: Duration, done: F) -> bool {
@@ -541,11 +563,22 @@ async fn cluster(a: &Args) {
             .buffer_unordered(32)
             .collect::<Vec<()>>()
             .await;
+        // Every instance the wave used is released first (each deletion frees one: a fence
+        // and a status write), so that the stream is measured on idle capacity and not
+        // beside a thousand releases.
         let free = |i: &Instance| i.status.as_ref().is_some_and(|s| s.phase == InstancePhase::Idle);
         let t = Instant::now();
-        while count_phase(&instances, free).await < n.min(a.instances) && t.elapsed() < a.timeout {
+        let mut idle = 0;
+        while idle < a.instances && t.elapsed() < a.timeout {
             tokio::time::sleep(Duration::from_secs(1)).await;
+            idle = count_phase(&instances, free).await;
         }
+        println!(
+            "cluster: {idle}/{} instances idle again {:.1}s after the wave's runs were deleted",
+            a.instances,
+            t.elapsed().as_secs_f64()
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
         let before = ctx.requests.snapshot();
         let created = Arc::new(Mutex::new(HashMap::new()));
         let t = Instant::now();
@@ -578,6 +611,7 @@ async fn cluster(a: &Args) {
         };
         println!("cluster: stream of {} runs/s for {}s ({n} runs)", a.stream_rate, a.stream_seconds);
         latencies("cluster: stream creation → claimed", lat);
+        slowest(&seen.lock().unwrap(), &created.lock().unwrap(), 3);
         report_requests("cluster: the stream", &delta(&ctx.requests.snapshot(), &before), n);
     }
 

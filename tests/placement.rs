@@ -160,3 +160,32 @@ async fn a_claim_wakes_its_run_alone_and_an_idle_instance_the_runs_waiting_in_it
     assert_eq!(claimed.status.as_ref().unwrap().run.as_deref(), Some("r0"));
     assert_eq!(woken(&claimed, &runs().await), ["r0"], "a claim wakes its run alone");
 }
+
+/// A run whose pass finds its pool's plan being made (another pass holds the pool) waits
+/// to be woken and writes nothing: the pass that places it records the generation with
+/// its decision. Recording it on the deferred pass cost a read and a status write per
+/// run of a stream (and another pass, woken by that write).
+#[tokio::test]
+async fn a_run_deferred_to_the_pass_placing_its_pool_writes_nothing_until_it_is_placed() {
+    use kpool::api::pool::DEFAULT_POOL_NAME;
+    use kpool::api::run::{Run, RunStatus};
+    let h = Harness::new().await;
+    idle(&h, "i00").await;
+    // As the API server creates it: the status the schema defaults (phase Pending,
+    // generation 0 observed).
+    let mut run = Run::new("r0", reusing(0));
+    run.metadata.generation = Some(1);
+    run.status = Some(RunStatus { observed_generation: Some(0), ..Default::default() });
+    let created = h.create(run).await;
+    let busy = h.ctx.plans.enter(NS, DEFAULT_POOL_NAME).expect("nobody else holds the pool");
+    let woken = h.ctx.plans.woken();
+    h.reconcile_run("r0").await.unwrap();
+    let deferred = h.get_run("r0").await;
+    assert_eq!(deferred.metadata.resource_version, created.metadata.resource_version, "a deferred pass writes nothing");
+    drop(busy);
+    assert_eq!(h.ctx.plans.woken() - woken, 1, "the run is woken when the pool is free");
+    h.reconcile_run("r0").await.unwrap();
+    let placed = h.get_run("r0").await.status.unwrap();
+    assert_eq!((placed.phase, placed.instance.as_deref()), (RunPhase::Running, Some("i00")));
+    assert_eq!(placed.observed_generation, Some(1), "recorded with the claim");
+}

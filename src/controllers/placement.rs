@@ -179,7 +179,8 @@ pub struct Plans {
 struct Busy {
     /// The runs whose passes came meanwhile: woken when it ends.
     deferred: Vec<String>,
-    /// The batch's runs, and the queue key of its last.
+    /// The runs the batch's plan knew (given an instance or not), and the queue key of
+    /// the batch's last run.
     members: HashSet<String>,
     last: Option<(std::cmp::Reverse<i32>, Option<jiff::Timestamp>, String)>,
     /// A run came that is not in the batch and is ahead of its last run: the claims not
@@ -223,8 +224,10 @@ impl Plans {
         true
     }
 
-    /// Marks `pool` busy, unless it is: the guard ends it and wakes the runs deferred.
-    fn enter<'p>(&'p self, ns: &str, pool: &str) -> Option<BusyGuard<'p>> {
+    /// Marks `pool` of namespace `ns` busy, as the pass making its plan or writing its
+    /// batch does, unless it is: its runs' passes defer ([`Self::defers`]) until the guard
+    /// is dropped, which wakes them.
+    pub fn enter<'p>(&'p self, ns: &str, pool: &str) -> Option<BusyGuard<'p>> {
         let key = (ns.to_string(), pool.to_string());
         let mut busy = self.busy.lock().expect("busy");
         if busy.contains_key(&key) {
@@ -261,7 +264,7 @@ impl Plans {
 }
 
 /// A pool marked busy ([`Plans::enter`]) until dropped, whatever way the pass ends.
-struct BusyGuard<'p> {
+pub struct BusyGuard<'p> {
     plans: &'p Plans,
     key: (String, String),
 }
@@ -427,9 +430,12 @@ pub async fn pick<I: Borrow<Instance>, R: Borrow<Run>>(
             let mine = plan.assigned.get(&run.name_any()).cloned();
             let others = plan.assigned.len() - usize::from(mine.is_some());
             let order = if others > 0 { batch_order(&plan, all, runs) } else { Vec::new() };
+            // Every run the plan knew is accounted for by it, those it gives nothing too:
+            // only a run it did not know can come ahead of the batch.
+            let known = if order.is_empty() { HashSet::new() } else { plan.waiting.clone() };
             ctx.plans.put(&ns, &pool_name, plan);
             if !order.is_empty() {
-                return Ok(batch(ctx, &busy, run, pool, order).await);
+                return Ok(batch(ctx, &busy, run, pool, known, order).await);
             }
             mine
         }
@@ -474,7 +480,7 @@ fn batch_order<'a, I: Borrow<Instance>, R: Borrow<Run>>(
 }
 
 /// Writes the claims of `order` ([`BATCH_CONCURRENCY`] at a time; none more once a run
-/// ahead of the batch's last came), keeps each other run's written claim for its pass
+/// the plan did not know (`known`) came ahead of the batch's last), keeps each other run's written claim for its pass
 /// ([`Plans::take_written`]) and says what `me` does. The runs left without their claim
 /// (a conflict, a run this process has written since the plan's copy) are woken when
 /// the pool stops being busy.
@@ -483,10 +489,11 @@ async fn batch(
     busy: &BusyGuard<'_>,
     me: &Run,
     pool: Option<&Pool>,
+    known: HashSet<String>,
     order: Vec<(&Run, &Instance)>,
 ) -> Pick {
     busy.with(|b| {
-        b.members = order.iter().map(|(r, _)| r.name_any()).collect();
+        b.members = known;
         b.last = order.last().map(|(r, _)| {
             let k = queue_key(r);
             (k.0, k.1, k.2.to_string())

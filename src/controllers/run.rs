@@ -77,6 +77,10 @@ pub async fn reconcile(run: Arc<Run>, ctx: Arc<Context>) -> Result<Action, Error
 enum Next {
     Continue(Run),
     Stop(Action),
+    /// The pass decided nothing and looks again soon (another pass is placing the run's
+    /// pool, the cache is behind this process's writes): the pass that decides records
+    /// the generation, with its decision.
+    Later(Action),
 }
 
 async fn apply(run: Arc<Run>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -104,6 +108,7 @@ async fn apply(run: Arc<Run>, ctx: Arc<Context>) -> Result<Action, Error> {
                 }
                 return Ok(a);
             }
+            Next::Later(a) => return Ok(a),
         }
     }
     Ok(Action::requeue(Duration::ZERO))
@@ -185,7 +190,7 @@ async fn place(
     }
     // Another pass is making the pool's plan or writing its batch: it wakes this run.
     if ctx.plans.defers(&ns, &pool_name, &run) {
-        return Ok(Next::Stop(Action::requeue(WAIT_RECHECK)));
+        return Ok(Next::Later(Action::requeue(WAIT_RECHECK)));
     }
     let claim_in_flight = ctx.claim_in_flight(&uid);
     // The namespace's instances and runs, shared with the watch caches: a wave of runs
@@ -223,9 +228,9 @@ async fn place(
     // What the pool's queue-order assignment gives this run (see `placement`).
     let claimed = match super::placement::pick(ctx, &run, pending, pool.as_ref(), &all, &runs).await? {
         Pick::Claimed { instance, announce } => Some((*instance, announce)),
-        Pick::Deferred => return Ok(Next::Stop(Action::requeue(WAIT_RECHECK))),
-        Pick::Again => return Ok(Next::Stop(Action::requeue(Duration::ZERO))),
-        Pick::Stale => return Ok(Next::Stop(Action::requeue(CACHE_CATCH_UP))),
+        Pick::Deferred => return Ok(Next::Later(Action::requeue(WAIT_RECHECK))),
+        Pick::Again => return Ok(Next::Later(Action::requeue(Duration::ZERO))),
+        Pick::Stale => return Ok(Next::Later(Action::requeue(CACHE_CATCH_UP))),
         Pick::Nothing => None,
     };
     if let Some((claimed, announce)) = claimed {
@@ -323,7 +328,7 @@ async fn start_claimed(
 ) -> Result<Next, Error> {
     if !ctx.is_current(&run).await? {
         // The claim stays: the next pass finds it again (in flight, or naming the run).
-        return Ok(Next::Stop(Action::requeue(CACHE_CATCH_UP)));
+        return Ok(Next::Later(Action::requeue(CACHE_CATCH_UP)));
     }
     start(run, st, inst, policy, ctx, announce).await
 }
