@@ -189,3 +189,37 @@ async fn a_run_deferred_to_the_pass_placing_its_pool_writes_nothing_until_it_is_
     assert_eq!((placed.phase, placed.instance.as_deref()), (RunPhase::Running, Some("i00")));
     assert_eq!(placed.observed_generation, Some(1), "recorded with the claim");
 }
+
+/// A change of a pool's counts alone (a claim: one instance less idle, one more busy) is
+/// written at most once per `COUNTS_INTERVAL`; the pool looks again when it ends and
+/// writes the counts as they are then. A stream of runs wrote the pool once per run.
+#[tokio::test]
+async fn a_pool_writes_a_change_of_its_counts_alone_at_most_once_per_interval() {
+    use kpool::api::pool::{Pool, PoolSpec, DEFAULT_POOL_NAME};
+    use kpool::controllers::context::COUNTS_INTERVAL;
+    use kube::runtime::controller::Action;
+    let h = Harness::new().await;
+    h.pool(DEFAULT_POOL_NAME, PoolSpec::default()).await;
+    idle(&h, "i00").await;
+    idle(&h, "i01").await;
+    let reconcile = || async {
+        let pool = h.api::<Pool>().get(DEFAULT_POOL_NAME).await.unwrap();
+        kpool::controllers::pool::reconcile(std::sync::Arc::new(pool), h.ctx.clone()).await.unwrap()
+    };
+    let counts = || async {
+        let st = h.api::<Pool>().get(DEFAULT_POOL_NAME).await.unwrap().status.unwrap();
+        (st.idle, st.busy)
+    };
+    reconcile().await;
+    assert_eq!(counts().await, (2, 0));
+    h.run("r0", reusing(0)).await;
+    h.reconcile_run("r0").await.unwrap();
+    assert_eq!(on(&h, "r0").await.0, RunPhase::Running);
+    let before = h.calls_made();
+    assert_eq!(reconcile().await, Action::requeue(COUNTS_INTERVAL), "looks again when the interval ends");
+    assert_eq!(h.status_writes_since(before, "pools/status"), 0, "counts alone wait for the interval");
+    assert_eq!(counts().await, (2, 0));
+    h.advance(COUNTS_INTERVAL);
+    reconcile().await;
+    assert_eq!(counts().await, (1, 1), "written once the interval is over");
+}

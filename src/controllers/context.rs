@@ -106,6 +106,9 @@ pub struct Context {
     backends: Mutex<BackendCache>,
     /// When each live instance's machine was last looked at (by instance UID).
     health_checked: Mutex<HashMap<String, Timestamp>>,
+    /// When each pool's status was last written, by (namespace, name) (see
+    /// [`Self::counts_due`]).
+    pool_written: Mutex<HashMap<(String, String), Timestamp>>,
     /// The controllers' watch caches, once they run (reconcile tests run without).
     caches: std::sync::OnceLock<Caches>,
 }
@@ -208,6 +211,7 @@ impl Context {
             plans: Default::default(),
             backends: Mutex::default(),
             health_checked: Mutex::default(),
+            pool_written: Mutex::default(),
             caches: std::sync::OnceLock::new(),
         }
     }
@@ -597,6 +601,21 @@ impl Context {
     /// of launches approved earlier that the cache does not show yet (`shown`: instances
     /// whose offer it shows), and says why the launch would go beyond, if it would. An
     /// approved launch is recorded until the cache shows it or [`Self::forget_admission`].
+    /// How long a write of the pool `name` of namespace `ns` that would change only its
+    /// counts waits: zero when its status was last written [`COUNTS_INTERVAL`] ago or more
+    /// (or never by this process), else what is left of that interval.
+    pub fn counts_due(&self, ns: &str, name: &str) -> std::time::Duration {
+        let last = self.pool_written.lock().expect("pools").get(&(ns.to_string(), name.to_string())).copied();
+        let Some(last) = last else { return std::time::Duration::ZERO };
+        let since = std::time::Duration::try_from(self.now().duration_since(last)).unwrap_or_default();
+        COUNTS_INTERVAL.saturating_sub(since)
+    }
+
+    /// Notes that the status of pool `name` of namespace `ns` was written now.
+    pub fn pool_written(&self, ns: &str, name: &str) {
+        self.pool_written.lock().expect("pools").insert((ns.to_string(), name.to_string()), self.now());
+    }
+
     pub fn approve_launch(
         &self,
         ns: &str,
@@ -622,6 +641,11 @@ impl Context {
         Ok(why)
     }
 }
+
+/// The least time between two writes of a pool's status that change only its counts
+/// (instances idle, busy, …): every claim and release changes them, and a stream of runs
+/// wrote the pool once per run. A change of its conditions is written at once.
+pub const COUNTS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A launch approved against budgets (see [`Context::approve_launch`]).
 #[derive(Clone, Debug, PartialEq)]

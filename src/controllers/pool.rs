@@ -83,8 +83,18 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action, Err
     let stale = super::pool_cost::is_stale(previous.cost.as_ref(), &cost, st.price_per_hour, now);
     st.cost = previous.cost.clone();
     if !same_except_times(&previous, &st) || stale {
-        st.cost = Some(cost);
-        ctx.write_status(&*pool, &st).await?;
+        // A change of the counts alone (its instances', its cost's runs) waits for the
+        // interval since the last write: the pool looks again then, and writes the
+        // counts as they are by that time.
+        let counts = counts_only(&previous, &st) && previous.cost.is_some();
+        let due = if counts { ctx.counts_due(&ns, &name) } else { Duration::ZERO };
+        if due.is_zero() {
+            st.cost = Some(cost);
+            ctx.write_status(&*pool, &st).await?;
+            ctx.pool_written(&ns, &name);
+        } else {
+            requeue = requeue.min(due);
+        }
     }
     Ok(Action::requeue(enforce_again.map_or(requeue, |d| d.min(requeue))))
 }
@@ -261,6 +271,21 @@ async fn create_warm(api: &Api<Instance>, pool: &Pool, name: &str) -> Result<(),
         Err(e) if is_conflict(&e) => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Whether `new` differs from `old` in its instance counts alone (see
+/// [`super::context::COUNTS_INTERVAL`]).
+fn counts_only(old: &PoolStatus, new: &PoolStatus) -> bool {
+    let with_old_counts = PoolStatus {
+        total: old.total,
+        provisioning: old.provisioning,
+        idle: old.idle,
+        busy: old.busy,
+        terminating: old.terminating,
+        failed: old.failed,
+        ..new.clone()
+    };
+    same_except_times(old, &with_old_counts)
 }
 
 fn same_except_times(a: &PoolStatus, b: &PoolStatus) -> bool {
