@@ -198,7 +198,18 @@ async fn a_pool_writes_a_change_of_its_counts_alone_at_most_once_per_interval() 
     use kpool::api::pool::{Pool, PoolSpec, DEFAULT_POOL_NAME};
     use kpool::controllers::context::COUNTS_INTERVAL;
     use kube::runtime::controller::Action;
-    let h = Harness::new().await;
+    let mut h = Harness::new().await;
+    // The production interval (the harness writes counts at once).
+    let fake: std::sync::Arc<dyn kpool::backends::BackendFactory> =
+        std::sync::Arc::new(kpool::backends::fake::FakeFactory::with([h.backend.clone()]));
+    let ctx = kpool::controllers::Context::new(
+        h.ctx.client.clone(),
+        fake,
+        std::sync::Arc::new(h.exec.clone()),
+        std::sync::Arc::new(h.clock.clone()),
+    );
+    assert_eq!(ctx.counts_interval, COUNTS_INTERVAL);
+    h.ctx = std::sync::Arc::new(ctx);
     h.pool(DEFAULT_POOL_NAME, PoolSpec::default()).await;
     idle(&h, "i00").await;
     idle(&h, "i01").await;

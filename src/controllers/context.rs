@@ -84,6 +84,9 @@ pub struct Context {
     pub site_defaults: SiteDefaults,
     /// Health checks of live instances.
     pub health: HealthConfig,
+    /// The least time between two writes of a pool's status that change only its counts
+    /// ([`COUNTS_INTERVAL`] unless set otherwise).
+    pub counts_interval: std::time::Duration,
     recorder: Recorder,
     /// Instances this process admitted to a pool whose admission may not be visible in
     /// the API yet, per (namespace, pool). With a single active controller this makes
@@ -204,6 +207,7 @@ impl Context {
             requests,
             site_defaults: SiteDefaults::default(),
             health: HealthConfig::default(),
+            counts_interval: COUNTS_INTERVAL,
             admissions: Mutex::default(),
             launches: Mutex::default(),
             written: Mutex::default(),
@@ -602,13 +606,13 @@ impl Context {
     /// whose offer it shows), and says why the launch would go beyond, if it would. An
     /// approved launch is recorded until the cache shows it or [`Self::forget_admission`].
     /// How long a write of the pool `name` of namespace `ns` that would change only its
-    /// counts waits: zero when its status was last written [`COUNTS_INTERVAL`] ago or more
+    /// counts waits: zero when its status was last written `counts_interval` ago or more
     /// (or never by this process), else what is left of that interval.
     pub fn counts_due(&self, ns: &str, name: &str) -> std::time::Duration {
         let last = self.pool_written.lock().expect("pools").get(&(ns.to_string(), name.to_string())).copied();
         let Some(last) = last else { return std::time::Duration::ZERO };
         let since = std::time::Duration::try_from(self.now().duration_since(last)).unwrap_or_default();
-        COUNTS_INTERVAL.saturating_sub(since)
+        self.counts_interval.saturating_sub(since)
     }
 
     /// Notes that the status of pool `name` of namespace `ns` was written now.
@@ -643,8 +647,9 @@ impl Context {
 }
 
 /// The least time between two writes of a pool's status that change only its counts
-/// (instances idle, busy, …): every claim and release changes them, and a stream of runs
-/// wrote the pool once per run. A change of its conditions is written at once.
+/// (instances idle, busy, …, and its cost's runs): every claim and release changes them,
+/// and a stream of runs wrote the pool once per run. A change of its conditions is
+/// written at once.
 pub const COUNTS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A launch approved against budgets (see [`Context::approve_launch`]).

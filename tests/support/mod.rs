@@ -59,6 +59,20 @@ pub fn as_created<K: Resource>(mut obj: K, now: Timestamp) -> K {
     obj
 }
 
+/// The controllers' context for a harness: as production's, but a pool writes a change
+/// of its counts at once (`counts_interval` zero), since tests read them right after a
+/// pass on a clock that only moves when told; `tests/placement.rs` checks the interval.
+pub fn context(
+    client: Client,
+    factory: Arc<dyn kpool::backends::BackendFactory>,
+    executor: Arc<dyn kpool::exec::Executor>,
+    clock: &ManualClock,
+) -> Arc<Context> {
+    let mut ctx = Context::new(client, factory, executor, Arc::new(clock.clone()));
+    ctx.counts_interval = Duration::ZERO;
+    Arc::new(ctx)
+}
+
 pub fn t0() -> Timestamp {
     "2026-11-28T10:00:00Z".parse().unwrap()
 }
@@ -203,7 +217,7 @@ impl Harness {
                 .with_allowances(allowances),
         );
         let executor = Arc::new(kpool::exec::DispatchExecutor::new(client.clone(), factory.clone()));
-        h.ctx = Arc::new(Context::new(client, factory, executor, Arc::new(h.clock.clone())));
+        h.ctx = context(client, factory, executor, &h.clock);
         h
     }
 
@@ -219,7 +233,7 @@ impl Harness {
         let factory = Arc::new(kpool::backends::factory::DefaultFactory::new(client.clone()));
         let executor = Arc::new(kpool::exec::DispatchExecutor::new(client.clone(), factory));
         let fake: Arc<dyn kpool::backends::BackendFactory> = Arc::new(FakeFactory::with([h.backend.clone()]));
-        h.ctx = Arc::new(Context::new(client, fake, executor, Arc::new(h.clock.clone())));
+        h.ctx = context(client, fake, executor, &h.clock);
         h
     }
 
@@ -307,7 +321,7 @@ impl Harness {
             } else {
                 (Arc::new(FakeFactory::with([backend.clone()])), Arc::new(exec.clone()))
             };
-        let ctx = Arc::new(Context::new(controller_client, factory, executor, Arc::new(clock.clone())));
+        let ctx = context(controller_client, factory, executor, &clock);
         let h = Harness {
             client,
             ctx,
