@@ -26,6 +26,7 @@ use crate::api::instance::{
 use crate::api::pool::{Pool, PoolSpec, DEFAULT_POOL_NAME};
 use crate::api::reasons::Reason;
 use crate::api::run::{Run, RunPhase, RunStatus, RUN_FINALIZER};
+use crate::core::instance::let_go::{self, Unfenced};
 use crate::core::matching::PendingRun;
 use crate::core::policy::{EffectivePolicy, Origin};
 use crate::core::pool::occupying;
@@ -574,8 +575,7 @@ async fn carry_out(
                     &read
                 }
             };
-            let ist = inst.status.clone().unwrap_or_default();
-            hold_instance(ctx, &run, inst, ist, job.clone(), why).await?;
+            hold_instance(ctx, &run, inst, job.clone(), why).await?;
         }
         _ => {}
     }
@@ -636,7 +636,7 @@ async fn stop_job(ctx: &Context, run: &Run, instance: Option<&str>) -> Result<Op
             let ist = inst.status.clone().unwrap_or_default();
             if crate::core::instance::holds(Some(&ist), &run.name_any()) {
                 let job = ist.job.clone().unwrap_or_else(|| JobRef::of(run));
-                hold_instance(ctx, run, &inst, ist, job, &why).await?;
+                hold_instance(ctx, run, &inst, job, &why).await?;
             }
             Ok(Some(why))
         }
@@ -658,7 +658,7 @@ async fn release_attempt(ctx: &Context, run: &Run, instance: &str, job: JobRef) 
 }
 
 /// Frees the instance if this run holds it; `fence`: the job to fence first, unless the
-/// instance records its own.
+/// instance records its own. What that comes to is [`let_go::run_ended`]'s.
 async fn release(ctx: &Context, run: &Run, instance: Option<&str>, fence: Option<JobRef>) -> Result<(), Error> {
     let Some(name) = instance else { return Ok(()) };
     let api: Api<Instance> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
@@ -667,48 +667,25 @@ async fn release(ctx: &Context, run: &Run, instance: Option<&str>, fence: Option
     if !crate::core::instance::holds(Some(&ist), &run.name_any()) {
         return Ok(());
     }
-    if let Some(fallback) = fence {
-        let job = ist.job.clone().unwrap_or(fallback);
-        if let Err(e) = ctx.executor.fence(&job, &inst).await {
-            let why = format!("the job could not be stopped ({}); held until it is", super::chain(&e));
-            return hold_instance(ctx, run, &inst, ist, job, &why).await;
+    let fenced = match fence {
+        Some(fallback) => {
+            let job = ist.job.clone().unwrap_or(fallback);
+            ctx.executor.fence(&job, &inst).await.map_err(|e| Unfenced { job, error: super::chain(&e) })
         }
-    }
-    let now = ctx.now();
-    crate::core::instance::release(&mut ist, now);
-    let c = condition_tri(
-        &ist.conditions,
-        READY,
-        "True",
-        Reason::Idle,
-        format!("run {} ended; idle", run.name_any()),
-        inst.metadata.generation,
-        now,
-    );
-    upsert(&mut ist.conditions, c);
-    ctx.write_status(&inst, &ist).await?;
-    ctx.event(&inst, false, Reason::Released, format!("run {} ended; the instance is idle", run.name_any())).await;
+        None => Ok(()),
+    };
+    let t = let_go::run_ended(&mut ist, &run.name_any(), fenced, ctx.now());
+    super::instance::apply_transition(&inst, &mut ist, t, ctx).await?;
     Ok(())
 }
 
 /// The run lets go of `inst` while `job` may still run there: the instance stays Busy
-/// without a run, held for the instance controller to fence (see [`super::fence`]).
-async fn hold_instance(
-    ctx: &Context,
-    run: &Run,
-    inst: &Instance,
-    mut ist: crate::api::instance::InstanceStatus,
-    job: JobRef,
-    why: &str,
-) -> Result<(), Error> {
-    let now = ctx.now();
-    ist.run = None;
-    ist.job = Some(job);
-    let msg = format!("run {} let go of the instance: {why}", run.name_any());
-    let c = condition_tri(&ist.conditions, READY, "True", Reason::Fencing, msg.clone(), inst.metadata.generation, now);
-    upsert(&mut ist.conditions, c);
-    ctx.write_status(inst, &ist).await?;
-    ctx.event(inst, true, Reason::Fencing, msg).await;
+/// without a run, held for the instance controller to fence (see [`super::fence`] and
+/// [`let_go::held`]).
+async fn hold_instance(ctx: &Context, run: &Run, inst: &Instance, job: JobRef, why: &str) -> Result<(), Error> {
+    let mut ist = inst.status.clone().unwrap_or_default();
+    let t = let_go::held(&mut ist, &run.name_any(), job, why);
+    super::instance::apply_transition(inst, &mut ist, t, ctx).await?;
     Ok(())
 }
 

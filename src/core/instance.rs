@@ -6,6 +6,7 @@ pub mod fence;
 pub mod health;
 pub mod idle;
 pub mod launch;
+pub mod let_go;
 pub mod provisioning;
 pub mod teardown;
 
