@@ -31,6 +31,7 @@ use crate::core::matching::PendingRun;
 use crate::core::policy::{EffectivePolicy, Origin};
 use crate::core::pool::occupying;
 use crate::core::run::attempt::{self, Exec};
+use crate::core::run::stop::{self, Cause, Stop};
 use crate::core::run::unplaced::{unplaced, Room, Unplaced};
 use crate::core::run::{self as sm, provision, JobState};
 use crate::core::transition::{Effect, Transition};
@@ -149,11 +150,7 @@ async fn step(run: Run, ctx: &Context) -> Result<Next, Error> {
     };
 
     if run.spec.stop {
-        let msg = match stop_job(ctx, &run, st.instance.as_deref()).await? {
-            None => "stopped by the user".to_string(),
-            Some(why) => format!("stopped by the user; {why}"),
-        };
-        return finish(ctx, run, st, RunPhase::Terminated, Reason::Stopped, None, &msg).await;
+        return stop_and_end(ctx, run, st, Cause::User).await;
     }
 
     match st.phase {
@@ -382,11 +379,7 @@ async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Con
         return apply_transition(ctx, run, st, lost.transition(), WAIT_RECHECK).await;
     };
     if sm::max_duration_reached(&st, policy, now) {
-        let msg = match stop_job(ctx, &run, Some(&name)).await? {
-            None => "maxDuration reached; stopped".to_string(),
-            Some(why) => format!("maxDuration reached; {why}"),
-        };
-        return finish(ctx, run, st, RunPhase::Terminated, Reason::MaxDurationExceeded, None, &msg).await;
+        return stop_and_end(ctx, run, st, Cause::MaxDuration).await;
     }
     let generation = run.metadata.generation;
     let state = match ctx.executor.status(&run, &inst).await {
@@ -395,13 +388,7 @@ async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Con
             let grace = ctx.health.unreachable_grace;
             let t = match exec_verdict(&run, &mut st, policy, &name, Call::Follow, &e, grace, now) {
                 // The job cannot go on (e.g. its image cannot be pulled): stop what is left of it.
-                Exec::Unsupported(e) => {
-                    let msg = match stop_job(ctx, &run, Some(&name)).await? {
-                        None => e,
-                        Some(why) => format!("{e}; {why}"),
-                    };
-                    return finish(ctx, run, st, RunPhase::Failed, Reason::Unsupported, None, &msg).await;
-                }
+                Exec::Unsupported(e) => return stop_and_end(ctx, run, st, Cause::Unsupported(e)).await,
                 Exec::Again(t) => {
                     carry_out(ctx, run, st, t, None).await?;
                     return Err(e.into());
@@ -480,11 +467,17 @@ async fn unreachable(
     let t = attempt::unreachable(verdict, &name, held);
     match wait {
         Some(wait) => apply_and_wait(ctx, run, st, t, wait).await,
-        None => Ok(match carry_out(ctx, run, st, t, Some(inst)).await? {
-            Applied::Dropped => Next::Stop(Action::requeue(Duration::ZERO)),
-            Applied::Done(written) => written.map_or(Next::Stop(Action::requeue(WAIT_RECHECK)), Next::Continue),
-        }),
+        None => apply_seen(ctx, run, st, t, Some(inst), WAIT_RECHECK).await,
     }
+}
+
+/// Stops the run's job for `cause` and ends the run as [`stop::stopped`] decides from what
+/// that came to (the instance held, on the copy the stop was tried on, when the job could
+/// not be stopped).
+async fn stop_and_end(ctx: &Context, run: Run, mut st: RunStatus, cause: Cause) -> Result<Next, Error> {
+    let (stop, seen) = stop_job(ctx, &run, st.instance.as_deref()).await?;
+    let t = stop::stopped(&mut st, &cause, stop, ctx.now());
+    apply_seen(ctx, run, st, t, seen.as_ref(), WAIT_RECHECK).await
 }
 
 async fn finish(
@@ -524,7 +517,20 @@ async fn apply_transition(
     t: Transition,
     recheck: Duration,
 ) -> Result<Next, Error> {
-    Ok(match carry_out(ctx, run, st, t, None).await? {
+    apply_seen(ctx, run, st, t, None, recheck).await
+}
+
+/// [`apply_transition`] of a transition decided on the copy `seen` of the run's instance
+/// (an instance it holds is held on that copy, see [`carry_out`]).
+async fn apply_seen(
+    ctx: &Context,
+    run: Run,
+    st: RunStatus,
+    t: Transition,
+    seen: Option<&Instance>,
+    recheck: Duration,
+) -> Result<Next, Error> {
+    Ok(match carry_out(ctx, run, st, t, seen).await? {
         Applied::Dropped => Next::Stop(Action::requeue(Duration::ZERO)),
         Applied::Done(Some(run)) => Next::Continue(run),
         Applied::Done(None) => Next::Stop(Action::requeue(recheck)),
@@ -620,27 +626,25 @@ async fn carry_out(
     Ok(Applied::Done(written))
 }
 
-/// Stops the run's job on `instance`. When the job cannot be stopped the instance is held
-/// until it is (see [`super::fence`]) and the run goes on without
-/// waiting: `Some(why)` says so.
-async fn stop_job(ctx: &Context, run: &Run, instance: Option<&str>) -> Result<Option<String>, Error> {
-    let Some(name) = instance else { return Ok(None) };
+/// Stops the run's job on `instance`: what that came to ([`Stop`], for the core to decide
+/// on), and the copy of the instance it was tried on.
+async fn stop_job(ctx: &Context, run: &Run, instance: Option<&str>) -> Result<(Stop, Option<Instance>), Error> {
+    let Some(name) = instance else { return Ok((Stop::Done, None)) };
     let api: Api<Instance> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
-    let Some(inst) = api.get_opt(name).await? else { return Ok(None) };
-    match ctx.executor.stop(run, &inst).await {
-        Ok(()) => Ok(None),
+    let Some(inst) = api.get_opt(name).await? else { return Ok((Stop::Done, None)) };
+    let stop = match ctx.executor.stop(run, &inst).await {
+        Ok(()) => Stop::Done,
         Err(e) => {
-            let why =
-                format!("the job could not be stopped ({}); instance {name} is held until it is", super::chain(&e));
-            ctx.event(run, true, Reason::StopFailed, why.clone()).await;
-            let ist = inst.status.clone().unwrap_or_default();
-            if crate::core::instance::holds(Some(&ist), &run.name_any()) {
-                let job = ist.job.clone().unwrap_or_else(|| JobRef::of(run));
-                hold_instance(ctx, run, &inst, job, &why).await?;
+            let ist = inst.status.as_ref();
+            Stop::Failed {
+                instance: name.to_string(),
+                holds: crate::core::instance::holds(ist, &run.name_any()),
+                job: ist.and_then(|s| s.job.clone()).unwrap_or_else(|| JobRef::of(run)),
+                error: super::chain(&e),
             }
-            Ok(Some(why))
         }
-    }
+    };
+    Ok((stop, Some(inst)))
 }
 
 /// Frees the instance if this run holds it: Busy → Idle, the idle clock starts now.
@@ -780,10 +784,12 @@ async fn create_default_pool(ctx: &Context, ns: &str) -> Result<(), Error> {
 /// unlaunched instance made for it.
 async fn cleanup(run: Arc<Run>, ctx: Arc<Context>) -> Result<Action, Error> {
     let st = run.status.clone().unwrap_or_default();
-    if !st.phase.is_finished() {
-        stop_job(&ctx, &run, st.instance.as_deref()).await?;
-    }
-    release_instance(&ctx, &run, st.instance.as_deref(), false).await?;
+    let (stop, seen) = match st.phase.is_finished() {
+        false => stop_job(&ctx, &run, st.instance.as_deref()).await?,
+        true => (Stop::Done, None),
+    };
+    let t = stop::let_go(st.instance.as_deref(), stop);
+    carry_out(&ctx, (*run).clone(), st.clone(), t, seen.as_ref()).await?;
     if let Some(p) = &st.provisioning_instance {
         let why = format!("run {} was deleted before a launch", run.name_any());
         delete_if_unlaunched(&ctx, &run.namespace().unwrap_or_default(), p, &why).await?;

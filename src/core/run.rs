@@ -4,6 +4,7 @@
 pub mod attempt;
 pub mod job;
 pub mod provision;
+pub mod stop;
 pub mod unplaced;
 
 use jiff::Timestamp;
