@@ -130,7 +130,8 @@ async fn step(run: Run, ctx: &Context) -> Result<Next, Error> {
         // costs one status write less.
     }
     if st.phase.is_finished() {
-        release_instance(ctx, &run, st.instance.as_deref(), false).await?;
+        let t = sm::already_ended(&st);
+        carry_out(ctx, run, st, t, None).await?;
         return Ok(Next::Stop(Action::await_change()));
     }
     let pool_name = st.pool.clone().unwrap_or_default();

@@ -209,6 +209,16 @@ pub fn ended(
     }
 }
 
+/// A run found ended: nothing to write; the instance it was on is freed if the run still
+/// holds it, its job fenced first ([`Effect::Release`], a no-op once freed). A pass that
+/// ended the run and stopped before freeing the instance left it so.
+pub fn already_ended(status: &RunStatus) -> Transition {
+    match status.instance.clone().filter(|_| status.phase.is_finished()) {
+        Some(instance) => Transition::none().effect(Effect::Release { instance, ended: false }),
+        None => Transition::none(),
+    }
+}
+
 /// The job exited: Succeeded on 0; on an error, retried when the policy says so.
 /// Returns true when the run goes back to Pending for another attempt.
 pub fn job_exited(status: &mut RunStatus, policy: &EffectivePolicy, code: i32, now: Timestamp) -> bool {
