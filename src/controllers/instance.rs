@@ -721,13 +721,9 @@ pub(super) async fn end_if_unchanged(
     ctx: &Context,
 ) -> Result<bool, Error> {
     let mut st = inst.status.clone().unwrap_or_default();
-    sm::terminate(&mut st);
-    ready(&mut st, inst, ctx.now(), reason, &why);
-    match ctx.write_status(inst, &st).await {
-        Ok(_) => {
-            ctx.event(inst, reason == Reason::BudgetExceeded, reason, why).await;
-            Ok(true)
-        }
+    let t = sm::retire(&mut st, reason, why);
+    match apply_transition(inst, &mut st, t, ctx).await {
+        Ok(_) => Ok(true),
         Err(Error::Kube(e)) if super::is_conflict(&e) || super::is_not_found(&e) => Ok(false),
         Err(e) => Err(e),
     }

@@ -376,6 +376,16 @@ pub fn give_up(status: &mut InstanceStatus, reason: Reason, message: impl Into<S
     Transition::write().said(reason, message.clone()).event(true, reason, message).effect(Effect::Teardown { reason })
 }
 
+/// A live instance its pool no longer wants (`reason`: over its pool's budget, a warm
+/// surplus), on a decision made on a copy that must still be current when written:
+/// Terminating, `Ready` says `why`, and so does an Event, a Warning when the instance is
+/// over its budget (money was spent against a limit), else Normal.
+pub fn retire(status: &mut InstanceStatus, reason: Reason, why: impl Into<String>) -> Transition {
+    let message = why.into();
+    terminate(status);
+    Transition::write().said(reason, message.clone()).event(reason == Reason::BudgetExceeded, reason, message)
+}
+
 /// Whether an instance is Pending and holds no machine: never launched, or only launches
 /// that were refused or found absent. Ending it needs no teardown.
 pub fn unlaunched(status: &InstanceStatus) -> bool {

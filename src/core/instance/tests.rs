@@ -246,3 +246,14 @@ fn a_given_up_instance_is_terminating_said_and_counted() {
     assert_eq!(give_up(&mut s, Reason::Reclaimed, "taken back"), want);
     assert_eq!(s.phase, InstancePhase::Terminating);
 }
+
+#[test]
+fn a_retired_instance_is_terminating_and_warns_only_when_over_its_budget() {
+    use crate::core::transition::Transition;
+    for (reason, warning) in [(Reason::BudgetExceeded, true), (Reason::WarmSurplus, false)] {
+        let mut s = InstanceStatus { phase: InstancePhase::Idle, ..identified() };
+        let want = Transition::write().said(reason, "why").event(warning, reason, "why");
+        assert_eq!(retire(&mut s, reason, "why"), want, "{reason}");
+        assert_eq!(s.phase, InstancePhase::Terminating, "{reason}");
+    }
+}
