@@ -20,13 +20,14 @@ use crate::api::conditions::{
     condition_tri, find, set_progress, upsert, Progress, QUEUED, READY, SCHEDULED, SUCCEEDED,
 };
 use crate::api::instance::{
-    Instance, InstancePhase, InstanceSpec, JobRef, LaunchAttempt, LaunchOutcome, INSTANCE_FINALIZER,
-    INTERRUPTIONS_ANNOTATION, POOL_LABEL, PROVISIONED_FOR_ANNOTATION, PROVISIONED_FOR_LABEL,
+    Instance, InstanceSpec, JobRef, INSTANCE_FINALIZER, INTERRUPTIONS_ANNOTATION, POOL_LABEL,
+    PROVISIONED_FOR_ANNOTATION, PROVISIONED_FOR_LABEL,
 };
 use crate::api::pool::{Pool, PoolSpec, DEFAULT_POOL_NAME};
 use crate::api::reasons::Reason;
 use crate::api::run::{Run, RunPhase, RunStatus, RUN_FINALIZER};
 use crate::core::instance::let_go::{self, Unfenced};
+use crate::core::instance::Unneeded;
 use crate::core::matching::PendingRun;
 use crate::core::policy::{EffectivePolicy, Origin};
 use crate::core::pool::occupying;
@@ -745,22 +746,16 @@ pub(super) async fn delete_if_unlaunched(ctx: &Context, ns: &str, name: &str, wh
     let api: Api<Instance> = Api::namespaced(ctx.client.clone(), ns);
     let Some(inst) = api.get_opt(name).await? else { return Ok(true) };
     let mut st = inst.status.clone().unwrap_or_default();
-    let ended = matches!(st.phase, InstancePhase::Terminated | InstancePhase::Failed) && st.provider_id.is_none();
-    if !ended {
-        // Pending again after launches that were refused or found absent holds no machine.
-        let machineless = |a: &LaunchAttempt| matches!(a.outcome, LaunchOutcome::Refused | LaunchOutcome::Absent);
-        if st.phase != InstancePhase::Pending || !st.launch_attempts.iter().all(machineless) {
-            return Ok(false);
-        }
-        st.phase = InstancePhase::Terminated;
-        super::instance::ready(&mut st, &inst, ctx.now(), Reason::NotNeeded, why);
-        match ctx.write_status(&inst, &st).await {
-            Ok(_) => {}
-            // It moved on (Provisioning) since it was read: look again next pass.
-            Err(Error::Kube(e)) if is_conflict(&e) => return Ok(false),
-            Err(Error::Kube(e)) if super::is_not_found(&e) => return Ok(true),
-            Err(e) => return Err(e),
-        }
+    let t = match crate::core::instance::not_needed(&mut st, why) {
+        Unneeded::Kept => return Ok(false),
+        Unneeded::Delete(t) => t,
+    };
+    match super::instance::apply_transition(&inst, &mut st, t, ctx).await {
+        Ok(_) => {}
+        // It moved on (Provisioning) since it was read: look again next pass.
+        Err(Error::Kube(e)) if is_conflict(&e) => return Ok(false),
+        Err(Error::Kube(e)) if super::is_not_found(&e) => return Ok(true),
+        Err(e) => return Err(e),
     }
     match api.delete(name, &Default::default()).await {
         Ok(_) => Ok(true),
