@@ -29,7 +29,7 @@ use crate::core::instance::health::{self, Verdict};
 use crate::core::instance::idle;
 use crate::core::instance::launch as outcome;
 use crate::core::instance::provisioning::{self, Resolved};
-use crate::core::instance::teardown;
+use crate::core::instance::teardown::{self, Deleting};
 use crate::core::instance::{self as sm, LaunchFailure, NoOffer, Step, POLL_INTERVAL};
 use crate::core::policy::{EffectivePolicy, Origin};
 use crate::core::transition::{Effect, Transition};
@@ -597,7 +597,11 @@ async fn teardown(inst: Instance, mut st: InstanceStatus, ctx: &Context) -> Resu
     }
     let deleted = match delete_machine(&inst, &st, ctx).await {
         Ok(deleted) => deleted,
-        Err(e) => return Err(teardown_failed(&inst, &mut st, e, false, ctx).await),
+        Err(e) => {
+            let t = teardown::failed(&mut st, &super::chain(&e), inst.metadata.generation, now);
+            record(&inst, &mut st, t, ctx).await;
+            return Err(e);
+        }
     };
     if deleted {
         let t = teardown::machine_deleted(&mut st, inst.metadata.generation, now);
@@ -607,24 +611,13 @@ async fn teardown(inst: Instance, mut st: InstanceStatus, ctx: &Context) -> Resu
     Ok(Next::Stop(Action::requeue(POLL_INTERVAL)))
 }
 
-/// A teardown that failed (new credentials that cannot see the machine, an endpoint that
-/// does not answer, a missing Backend): says so, with the whole error, in the instance's
-/// [`TEARDOWN`] condition and a Warning Event (once per distinct error), and hands the
-/// error back so the pass is retried. The instance is never marked gone while its machine
-/// may still run. `dirty`: the pass changed `st` before (it is written even when the
-/// failure is not news).
-async fn teardown_failed(inst: &Instance, st: &mut InstanceStatus, err: Error, dirty: bool, ctx: &Context) -> Error {
-    let generation = inst.metadata.generation;
-    match teardown::delete_failed(st, &super::chain(&err), generation, ctx.now()) {
-        Some(msg) => ctx.event(inst, true, Reason::DeleteFailed, msg).await,
-        None if !dirty => return err,
-        None => {}
+/// Applies what a teardown pass that does not end (it failed, or waits for the machine to
+/// go) says, best effort: the pass's error is handed back (and logged) whether or not this
+/// lands, and the next pass decides again.
+async fn record(inst: &Instance, st: &mut InstanceStatus, t: Transition, ctx: &Context) {
+    if let Err(e) = apply_transition(inst, st, t, ctx).await {
+        tracing::debug!(error = %e, "failed to record the teardown's progress");
     }
-    // Best effort: the error is returned (and logged) whether or not this is recorded.
-    if let Err(e) = ctx.write_status(inst, st).await {
-        tracing::debug!(error = %e, "failed to record the teardown failure");
-    }
-    err
 }
 
 /// Deletes the instance's machine wherever it may be: at the current offer's place and at
@@ -693,43 +686,28 @@ async fn cleanup(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action, Error
     // Terminated: the teardown already saw the machine gone (and what it left at the
     // provider deleted), so the Backend is not needed again — it may be gone too.
     let deleted = if st.phase == InstancePhase::Terminated { Ok(true) } else { delete_machine(&inst, &st, &ctx).await };
-    let deleted = match deleted {
-        Ok(deleted) => deleted,
-        Err(e) => {
-            let terminating = st.phase != InstancePhase::Terminating;
-            if terminating {
-                sm::terminate(&mut st);
-                ready(&mut st, &inst, ctx.now(), Reason::Terminating, "instance deleted; deleting the machine");
-            }
-            return Err(teardown_failed(&inst, &mut st, e, fenced || terminating, &ctx).await);
-        }
+    let machine = match &deleted {
+        Ok(true) => Deleting::Gone,
+        Ok(false) => Deleting::Pending,
+        Err(e) => Deleting::Failed(super::chain(e)),
     };
-    if deleted {
-        // What it spent stays in its pool's figures once the object is gone.
-        super::pool_cost::fold(&ctx, &inst, &st).await?;
-        ctx.metrics.observe_instance(&inst.uid().unwrap_or_default(), None);
-        ctx.forget_admission(&ns, st.pool.as_deref().unwrap_or_default(), &inst.name_any());
-        ctx.forget_object(&inst.uid().unwrap_or_default());
-        ctx.event(&*inst, false, Reason::Deleted, "the machine is gone; removing the instance".into()).await;
-        return Ok(Action::await_change());
-    }
-    let terminating = st.phase != InstancePhase::Terminating;
-    if terminating {
-        let now = ctx.now();
-        if let Some(run) = &st.run {
-            ctx.event(&*inst, true, Reason::Terminating, format!("instance deleted while run {run} was using it"))
-                .await;
+    let t = teardown::instance_deleted(&mut st, machine, inst.metadata.generation, ctx.now());
+    match deleted {
+        Ok(true) => {
+            // What it spent stays in its pool's figures once the object is gone.
+            super::pool_cost::fold(&ctx, &inst, &st).await?;
+            ctx.metrics.observe_instance(&inst.uid().unwrap_or_default(), None);
+            ctx.forget_admission(&ns, st.pool.as_deref().unwrap_or_default(), &inst.name_any());
+            ctx.forget_object(&inst.uid().unwrap_or_default());
+            apply_transition(&inst, &mut st, t, &ctx).await?;
+            Ok(Action::await_change())
         }
-        sm::terminate(&mut st);
-        ready(&mut st, &inst, now, Reason::Terminating, "instance deleted; deleting the machine");
-    }
-    if terminating || fenced {
-        // Best effort: the object is going away; a conflict is retried by the next pass.
-        if let Err(e) = ctx.write_status(&*inst, &st).await {
-            tracing::debug!(error = %e, "failed to record Terminating");
+        deleted => {
+            // The object is going away: a write that fails is retried by the next pass.
+            record(&inst, &mut st, Transition { write: fenced, ..Transition::none() }.then(t), &ctx).await;
+            Err(deleted.err().unwrap_or_else(|| Error::StillDeleting(st.machine_name.unwrap_or_default())))
         }
     }
-    Err(Error::StillDeleting(st.machine_name.unwrap_or_default()))
 }
 
 /// Ends a live instance for `reason` (Terminating; the teardown deletes its machine) with
@@ -743,13 +721,9 @@ pub(super) async fn end_if_unchanged(
     ctx: &Context,
 ) -> Result<bool, Error> {
     let mut st = inst.status.clone().unwrap_or_default();
-    sm::terminate(&mut st);
-    ready(&mut st, inst, ctx.now(), reason, &why);
-    match ctx.write_status(inst, &st).await {
-        Ok(_) => {
-            ctx.event(inst, reason == Reason::BudgetExceeded, reason, why).await;
-            Ok(true)
-        }
+    let t = sm::retire(&mut st, reason, why);
+    match apply_transition(inst, &mut st, t, ctx).await {
+        Ok(_) => Ok(true),
         Err(Error::Kube(e)) if super::is_conflict(&e) || super::is_not_found(&e) => Ok(false),
         Err(e) => Err(e),
     }

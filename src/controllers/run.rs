@@ -20,16 +20,19 @@ use crate::api::conditions::{
     condition_tri, find, set_progress, upsert, Progress, QUEUED, READY, SCHEDULED, SUCCEEDED,
 };
 use crate::api::instance::{
-    Instance, InstancePhase, InstanceSpec, JobRef, LaunchAttempt, LaunchOutcome, INSTANCE_FINALIZER,
-    INTERRUPTIONS_ANNOTATION, POOL_LABEL, PROVISIONED_FOR_ANNOTATION, PROVISIONED_FOR_LABEL,
+    Instance, InstanceSpec, JobRef, INSTANCE_FINALIZER, INTERRUPTIONS_ANNOTATION, POOL_LABEL,
+    PROVISIONED_FOR_ANNOTATION, PROVISIONED_FOR_LABEL,
 };
 use crate::api::pool::{Pool, PoolSpec, DEFAULT_POOL_NAME};
 use crate::api::reasons::Reason;
 use crate::api::run::{Run, RunPhase, RunStatus, RUN_FINALIZER};
+use crate::core::instance::let_go::{self, Unfenced};
+use crate::core::instance::Unneeded;
 use crate::core::matching::PendingRun;
 use crate::core::policy::{EffectivePolicy, Origin};
 use crate::core::pool::occupying;
 use crate::core::run::attempt::{self, Exec};
+use crate::core::run::stop::{self, Cause, Stop};
 use crate::core::run::unplaced::{unplaced, Room, Unplaced};
 use crate::core::run::{self as sm, provision, JobState};
 use crate::core::transition::{Effect, Transition};
@@ -133,7 +136,8 @@ async fn step(run: Run, ctx: &Context) -> Result<Next, Error> {
         // costs one status write less.
     }
     if st.phase.is_finished() {
-        release_instance(ctx, &run, st.instance.as_deref(), false).await?;
+        let t = sm::already_ended(&st);
+        carry_out(ctx, run, st, t, None).await?;
         return Ok(Next::Stop(Action::await_change()));
     }
     let pool_name = st.pool.clone().unwrap_or_default();
@@ -153,11 +157,7 @@ async fn step(run: Run, ctx: &Context) -> Result<Next, Error> {
     };
 
     if run.spec.stop {
-        let msg = match stop_job(ctx, &run, st.instance.as_deref()).await? {
-            None => "stopped by the user".to_string(),
-            Some(why) => format!("stopped by the user; {why}"),
-        };
-        return finish(ctx, run, st, RunPhase::Terminated, Reason::Stopped, None, &msg).await;
+        return stop_and_end(ctx, run, st, Cause::User).await;
     }
 
     match st.phase {
@@ -386,11 +386,7 @@ async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Con
         return apply_transition(ctx, run, st, lost.transition(), WAIT_RECHECK).await;
     };
     if sm::max_duration_reached(&st, policy, now) {
-        let msg = match stop_job(ctx, &run, Some(&name)).await? {
-            None => "maxDuration reached; stopped".to_string(),
-            Some(why) => format!("maxDuration reached; {why}"),
-        };
-        return finish(ctx, run, st, RunPhase::Terminated, Reason::MaxDurationExceeded, None, &msg).await;
+        return stop_and_end(ctx, run, st, Cause::MaxDuration).await;
     }
     let generation = run.metadata.generation;
     let state = match ctx.executor.status(&run, &inst).await {
@@ -399,13 +395,7 @@ async fn follow(run: Run, mut st: RunStatus, policy: &EffectivePolicy, ctx: &Con
             let grace = ctx.health.unreachable_grace;
             let t = match exec_verdict(&run, &mut st, policy, &name, Call::Follow, &e, grace, now) {
                 // The job cannot go on (e.g. its image cannot be pulled): stop what is left of it.
-                Exec::Unsupported(e) => {
-                    let msg = match stop_job(ctx, &run, Some(&name)).await? {
-                        None => e,
-                        Some(why) => format!("{e}; {why}"),
-                    };
-                    return finish(ctx, run, st, RunPhase::Failed, Reason::Unsupported, None, &msg).await;
-                }
+                Exec::Unsupported(e) => return stop_and_end(ctx, run, st, Cause::Unsupported(e)).await,
                 Exec::Again(t) => {
                     carry_out(ctx, run, st, t, None).await?;
                     return Err(e.into());
@@ -484,11 +474,17 @@ async fn unreachable(
     let t = attempt::unreachable(verdict, &name, held);
     match wait {
         Some(wait) => apply_and_wait(ctx, run, st, t, wait).await,
-        None => Ok(match carry_out(ctx, run, st, t, Some(inst)).await? {
-            Applied::Dropped => Next::Stop(Action::requeue(Duration::ZERO)),
-            Applied::Done(written) => written.map_or(Next::Stop(Action::requeue(WAIT_RECHECK)), Next::Continue),
-        }),
+        None => apply_seen(ctx, run, st, t, Some(inst), WAIT_RECHECK).await,
     }
+}
+
+/// Stops the run's job for `cause` and ends the run as [`stop::stopped`] decides from what
+/// that came to (the instance held, on the copy the stop was tried on, when the job could
+/// not be stopped).
+async fn stop_and_end(ctx: &Context, run: Run, mut st: RunStatus, cause: Cause) -> Result<Next, Error> {
+    let (stop, seen) = stop_job(ctx, &run, st.instance.as_deref()).await?;
+    let t = stop::stopped(&mut st, &cause, stop, ctx.now());
+    apply_seen(ctx, run, st, t, seen.as_ref(), WAIT_RECHECK).await
 }
 
 async fn finish(
@@ -528,7 +524,20 @@ async fn apply_transition(
     t: Transition,
     recheck: Duration,
 ) -> Result<Next, Error> {
-    Ok(match carry_out(ctx, run, st, t, None).await? {
+    apply_seen(ctx, run, st, t, None, recheck).await
+}
+
+/// [`apply_transition`] of a transition decided on the copy `seen` of the run's instance
+/// (an instance it holds is held on that copy, see [`carry_out`]).
+async fn apply_seen(
+    ctx: &Context,
+    run: Run,
+    st: RunStatus,
+    t: Transition,
+    seen: Option<&Instance>,
+    recheck: Duration,
+) -> Result<Next, Error> {
+    Ok(match carry_out(ctx, run, st, t, seen).await? {
         Applied::Dropped => Next::Stop(Action::requeue(Duration::ZERO)),
         Applied::Done(Some(run)) => Next::Continue(run),
         Applied::Done(None) => Next::Stop(Action::requeue(recheck)),
@@ -579,8 +588,7 @@ async fn carry_out(
                     &read
                 }
             };
-            let ist = inst.status.clone().unwrap_or_default();
-            hold_instance(ctx, &run, inst, ist, job.clone(), why).await?;
+            hold_instance(ctx, &run, inst, job.clone(), why).await?;
         }
         _ => {}
     }
@@ -625,27 +633,25 @@ async fn carry_out(
     Ok(Applied::Done(written))
 }
 
-/// Stops the run's job on `instance`. When the job cannot be stopped the instance is held
-/// until it is (see [`super::fence`]) and the run goes on without
-/// waiting: `Some(why)` says so.
-async fn stop_job(ctx: &Context, run: &Run, instance: Option<&str>) -> Result<Option<String>, Error> {
-    let Some(name) = instance else { return Ok(None) };
+/// Stops the run's job on `instance`: what that came to ([`Stop`], for the core to decide
+/// on), and the copy of the instance it was tried on.
+async fn stop_job(ctx: &Context, run: &Run, instance: Option<&str>) -> Result<(Stop, Option<Instance>), Error> {
+    let Some(name) = instance else { return Ok((Stop::Done, None)) };
     let api: Api<Instance> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
-    let Some(inst) = api.get_opt(name).await? else { return Ok(None) };
-    match ctx.executor.stop(run, &inst).await {
-        Ok(()) => Ok(None),
+    let Some(inst) = api.get_opt(name).await? else { return Ok((Stop::Done, None)) };
+    let stop = match ctx.executor.stop(run, &inst).await {
+        Ok(()) => Stop::Done,
         Err(e) => {
-            let why =
-                format!("the job could not be stopped ({}); instance {name} is held until it is", super::chain(&e));
-            ctx.event(run, true, Reason::StopFailed, why.clone()).await;
-            let ist = inst.status.clone().unwrap_or_default();
-            if crate::core::instance::holds(Some(&ist), &run.name_any()) {
-                let job = ist.job.clone().unwrap_or_else(|| JobRef::of(run));
-                hold_instance(ctx, run, &inst, ist, job, &why).await?;
+            let ist = inst.status.as_ref();
+            Stop::Failed {
+                instance: name.to_string(),
+                holds: crate::core::instance::holds(ist, &run.name_any()),
+                job: ist.and_then(|s| s.job.clone()).unwrap_or_else(|| JobRef::of(run)),
+                error: super::chain(&e),
             }
-            Ok(Some(why))
         }
-    }
+    };
+    Ok((stop, Some(inst)))
 }
 
 /// Frees the instance if this run holds it: Busy → Idle, the idle clock starts now.
@@ -663,7 +669,7 @@ async fn release_attempt(ctx: &Context, run: &Run, instance: &str, job: JobRef) 
 }
 
 /// Frees the instance if this run holds it; `fence`: the job to fence first, unless the
-/// instance records its own.
+/// instance records its own. What that comes to is [`let_go::run_ended`]'s.
 async fn release(ctx: &Context, run: &Run, instance: Option<&str>, fence: Option<JobRef>) -> Result<(), Error> {
     let Some(name) = instance else { return Ok(()) };
     let api: Api<Instance> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
@@ -672,48 +678,25 @@ async fn release(ctx: &Context, run: &Run, instance: Option<&str>, fence: Option
     if !crate::core::instance::holds(Some(&ist), &run.name_any()) {
         return Ok(());
     }
-    if let Some(fallback) = fence {
-        let job = ist.job.clone().unwrap_or(fallback);
-        if let Err(e) = ctx.executor.fence(&job, &inst).await {
-            let why = format!("the job could not be stopped ({}); held until it is", super::chain(&e));
-            return hold_instance(ctx, run, &inst, ist, job, &why).await;
+    let fenced = match fence {
+        Some(fallback) => {
+            let job = ist.job.clone().unwrap_or(fallback);
+            ctx.executor.fence(&job, &inst).await.map_err(|e| Unfenced { job, error: super::chain(&e) })
         }
-    }
-    let now = ctx.now();
-    crate::core::instance::release(&mut ist, now);
-    let c = condition_tri(
-        &ist.conditions,
-        READY,
-        "True",
-        Reason::Idle,
-        format!("run {} ended; idle", run.name_any()),
-        inst.metadata.generation,
-        now,
-    );
-    upsert(&mut ist.conditions, c);
-    ctx.write_status(&inst, &ist).await?;
-    ctx.event(&inst, false, Reason::Released, format!("run {} ended; the instance is idle", run.name_any())).await;
+        None => Ok(()),
+    };
+    let t = let_go::run_ended(&mut ist, &run.name_any(), fenced, ctx.now());
+    super::instance::apply_transition(&inst, &mut ist, t, ctx).await?;
     Ok(())
 }
 
 /// The run lets go of `inst` while `job` may still run there: the instance stays Busy
-/// without a run, held for the instance controller to fence (see [`super::fence`]).
-async fn hold_instance(
-    ctx: &Context,
-    run: &Run,
-    inst: &Instance,
-    mut ist: crate::api::instance::InstanceStatus,
-    job: JobRef,
-    why: &str,
-) -> Result<(), Error> {
-    let now = ctx.now();
-    ist.run = None;
-    ist.job = Some(job);
-    let msg = format!("run {} let go of the instance: {why}", run.name_any());
-    let c = condition_tri(&ist.conditions, READY, "True", Reason::Fencing, msg.clone(), inst.metadata.generation, now);
-    upsert(&mut ist.conditions, c);
-    ctx.write_status(inst, &ist).await?;
-    ctx.event(inst, true, Reason::Fencing, msg).await;
+/// without a run, held for the instance controller to fence (see [`super::fence`] and
+/// [`let_go::held`]).
+async fn hold_instance(ctx: &Context, run: &Run, inst: &Instance, job: JobRef, why: &str) -> Result<(), Error> {
+    let mut ist = inst.status.clone().unwrap_or_default();
+    let t = let_go::held(&mut ist, &run.name_any(), job, why);
+    super::instance::apply_transition(inst, &mut ist, t, ctx).await?;
     Ok(())
 }
 
@@ -768,22 +751,16 @@ pub(super) async fn delete_if_unlaunched(ctx: &Context, ns: &str, name: &str, wh
     let api: Api<Instance> = Api::namespaced(ctx.client.clone(), ns);
     let Some(inst) = api.get_opt(name).await? else { return Ok(true) };
     let mut st = inst.status.clone().unwrap_or_default();
-    let ended = matches!(st.phase, InstancePhase::Terminated | InstancePhase::Failed) && st.provider_id.is_none();
-    if !ended {
-        // Pending again after launches that were refused or found absent holds no machine.
-        let machineless = |a: &LaunchAttempt| matches!(a.outcome, LaunchOutcome::Refused | LaunchOutcome::Absent);
-        if st.phase != InstancePhase::Pending || !st.launch_attempts.iter().all(machineless) {
-            return Ok(false);
-        }
-        st.phase = InstancePhase::Terminated;
-        super::instance::ready(&mut st, &inst, ctx.now(), Reason::NotNeeded, why);
-        match ctx.write_status(&inst, &st).await {
-            Ok(_) => {}
-            // It moved on (Provisioning) since it was read: look again next pass.
-            Err(Error::Kube(e)) if is_conflict(&e) => return Ok(false),
-            Err(Error::Kube(e)) if super::is_not_found(&e) => return Ok(true),
-            Err(e) => return Err(e),
-        }
+    let t = match crate::core::instance::not_needed(&mut st, why) {
+        Unneeded::Kept => return Ok(false),
+        Unneeded::Delete(t) => t,
+    };
+    match super::instance::apply_transition(&inst, &mut st, t, ctx).await {
+        Ok(_) => {}
+        // It moved on (Provisioning) since it was read: look again next pass.
+        Err(Error::Kube(e)) if is_conflict(&e) => return Ok(false),
+        Err(Error::Kube(e)) if super::is_not_found(&e) => return Ok(true),
+        Err(e) => return Err(e),
     }
     match api.delete(name, &Default::default()).await {
         Ok(_) => Ok(true),
@@ -808,10 +785,12 @@ async fn create_default_pool(ctx: &Context, ns: &str) -> Result<(), Error> {
 /// unlaunched instance made for it.
 async fn cleanup(run: Arc<Run>, ctx: Arc<Context>) -> Result<Action, Error> {
     let st = run.status.clone().unwrap_or_default();
-    if !st.phase.is_finished() {
-        stop_job(&ctx, &run, st.instance.as_deref()).await?;
-    }
-    release_instance(&ctx, &run, st.instance.as_deref(), false).await?;
+    let (stop, seen) = match st.phase.is_finished() {
+        false => stop_job(&ctx, &run, st.instance.as_deref()).await?,
+        true => (Stop::Done, None),
+    };
+    let t = stop::let_go(st.instance.as_deref(), stop);
+    carry_out(&ctx, (*run).clone(), st.clone(), t, seen.as_ref()).await?;
     if let Some(p) = &st.provisioning_instance {
         let why = format!("run {} was deleted before a launch", run.name_any());
         delete_if_unlaunched(&ctx, &run.namespace().unwrap_or_default(), p, &why).await?;

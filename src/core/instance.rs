@@ -6,6 +6,7 @@ pub mod fence;
 pub mod health;
 pub mod idle;
 pub mod launch;
+pub mod let_go;
 pub mod provisioning;
 pub mod teardown;
 
@@ -373,6 +374,45 @@ pub fn give_up(status: &mut InstanceStatus, reason: Reason, message: impl Into<S
     let message = message.into();
     terminate(status);
     Transition::write().said(reason, message.clone()).event(true, reason, message).effect(Effect::Teardown { reason })
+}
+
+/// A live instance its pool no longer wants (`reason`: over its pool's budget, a warm
+/// surplus), on a decision made on a copy that must still be current when written:
+/// Terminating, `Ready` says `why`, and so does an Event, a Warning when the instance is
+/// over its budget (money was spent against a limit), else Normal.
+pub fn retire(status: &mut InstanceStatus, reason: Reason, why: impl Into<String>) -> Transition {
+    let message = why.into();
+    terminate(status);
+    Transition::write().said(reason, message.clone()).event(reason == Reason::BudgetExceeded, reason, message)
+}
+
+/// What ending an instance provisioned for a run that no longer needs it (the run found
+/// another, or was deleted) comes to.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Unneeded {
+    /// It has started launching: kept (it joins the pool once up, and idles out if no run
+    /// takes it).
+    Kept,
+    /// Delete the `Instance` once this is written: Terminated with `NotNeeded`, which a
+    /// launch in flight cannot overtake (nothing to write when it had already ended
+    /// without a machine).
+    Delete(Transition),
+}
+
+/// Ends an instance no run needs any more ([`Unneeded`]) unless it may hold a machine:
+/// only one that never launched, or whose launches were refused or found absent
+/// ([`unlaunched`]), is ended, Terminated with `why`.
+pub fn not_needed(status: &mut InstanceStatus, why: &str) -> Unneeded {
+    let ended =
+        matches!(status.phase, InstancePhase::Terminated | InstancePhase::Failed) && status.provider_id.is_none();
+    if ended {
+        return Unneeded::Delete(Transition::none());
+    }
+    if !unlaunched(status) {
+        return Unneeded::Kept;
+    }
+    status.phase = InstancePhase::Terminated;
+    Unneeded::Delete(Transition::write().said(Reason::NotNeeded, why))
 }
 
 /// Whether an instance is Pending and holds no machine: never launched, or only launches

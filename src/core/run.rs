@@ -4,6 +4,7 @@
 pub mod attempt;
 pub mod job;
 pub mod provision;
+pub mod stop;
 pub mod unplaced;
 
 use jiff::Timestamp;
@@ -205,6 +206,16 @@ pub fn ended(
     match instance {
         Some(instance) => t.effect(Effect::Release { instance, ended: false }),
         None => t,
+    }
+}
+
+/// A run found ended: nothing to write; the instance it was on is freed if the run still
+/// holds it, its job fenced first ([`Effect::Release`], a no-op once freed). A pass that
+/// ended the run and stopped before freeing the instance left it so.
+pub fn already_ended(status: &RunStatus) -> Transition {
+    match status.instance.clone().filter(|_| status.phase.is_finished()) {
+        Some(instance) => Transition::none().effect(Effect::Release { instance, ended: false }),
+        None => Transition::none(),
     }
 }
 

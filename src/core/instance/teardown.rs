@@ -4,7 +4,7 @@
 use jiff::Timestamp;
 
 use crate::api::conditions::{clear_false, find, set_false_since};
-use crate::api::instance::InstanceStatus;
+use crate::api::instance::{InstancePhase, InstanceStatus};
 use crate::api::reasons::Reason;
 use crate::core::transition::Transition;
 
@@ -50,11 +50,66 @@ pub fn delete_failed(
     Some(message)
 }
 
+/// A teardown that failed (new credentials that cannot see the machine, an endpoint that
+/// does not answer, a missing Backend) says so ([`delete_failed`]): written with a
+/// `DeleteFailed` Warning once per distinct error, nothing otherwise. The pass is retried
+/// (the controller hands the error back): the instance is never marked gone while its
+/// machine may still run.
+pub fn failed(status: &mut InstanceStatus, error: &str, generation: Option<i64>, now: Timestamp) -> Transition {
+    match delete_failed(status, error, generation, now) {
+        Some(message) => Transition::write().event(true, Reason::DeleteFailed, message),
+        None => Transition::none(),
+    }
+}
+
+/// Where deleting the machine of a deleted `Instance` stands after a pass.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Deleting {
+    /// The backend says it is gone: the finalizer goes, and the object with it.
+    Gone,
+    /// Asked to delete it; not gone yet.
+    Pending,
+    /// Deleting it failed with this error (the whole chain).
+    Failed(String),
+}
+
+/// The message of an instance whose `Instance` is deleted while its machine is not gone.
+pub const DELETING: &str = "instance deleted; deleting the machine";
+/// The message of an instance whose machine is gone, its `Instance` deleted.
+pub const REMOVED: &str = "the machine is gone; removing the instance";
+
+/// The `Instance` is deleted, and deleting its machine stands at `machine`. Gone: a Normal
+/// `Deleted` Event, nothing written (the object goes). Otherwise the instance is
+/// Terminating, said in `Ready` the first time (a Warning names the run that was on it when
+/// deleting it is under way), and a failure is said as [`failed`] says it.
+pub fn instance_deleted(
+    status: &mut InstanceStatus,
+    machine: Deleting,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Transition {
+    if machine == Deleting::Gone {
+        return Transition::none().event(false, Reason::Deleted, REMOVED);
+    }
+    let mut t = Transition::none();
+    if status.phase != InstancePhase::Terminating {
+        if let (Some(run), Deleting::Pending) = (&status.run, &machine) {
+            let message = format!("instance deleted while run {run} was using it");
+            t = t.event(true, Reason::Terminating, message);
+        }
+        super::terminate(status);
+        t = Transition::write().said(Reason::Terminating, DELETING).then(t);
+    }
+    match machine {
+        Deleting::Failed(error) => t.then(failed(status, &error, generation, now)),
+        Deleting::Gone | Deleting::Pending => t,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::conditions::{condition, READY};
-    use crate::api::instance::InstancePhase;
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()
@@ -110,5 +165,46 @@ mod tests {
         let mut st = terminating(None);
         machine_deleted(&mut st, None, now);
         assert_eq!(find(&st.conditions, TEARDOWN), None);
+    }
+
+    #[test]
+    fn a_failed_teardown_is_written_and_said_once_per_distinct_error() {
+        let mut st = terminating(None);
+        let said = "deleting the machine failed (retrying): denied";
+        let warned = Transition::write().event(true, Reason::DeleteFailed, said);
+        assert_eq!(failed(&mut st, "denied", None, t("2026-01-01T00:00:00Z")), warned);
+        assert_eq!(failed(&mut st, "denied", None, t("2026-01-01T00:01:00Z")), Transition::none());
+        assert_eq!(failed(&mut st, "timeout", None, t("2026-01-01T00:02:00Z")).events.len(), 1);
+    }
+
+    #[test]
+    fn a_deleted_instance_says_terminating_once_and_removed_when_its_machine_is_gone() {
+        let now = t("2026-01-01T00:00:00Z");
+        let busy = || InstanceStatus { phase: InstancePhase::Busy, run: Some("r".into()), ..Default::default() };
+        let term = Transition::write().said(Reason::Terminating, DELETING);
+        let denied = "deleting the machine failed (retrying): denied";
+        let warned = |t: Transition| t.event(true, Reason::DeleteFailed, denied);
+        let failed = || Deleting::Failed("denied".into());
+        // (status, where the machine stands, transition, phase after)
+        for (mut st, machine, want, phase) in [
+            (busy(), Deleting::Gone, Transition::none().event(false, Reason::Deleted, REMOVED), InstancePhase::Busy),
+            (
+                busy(),
+                Deleting::Pending,
+                term.clone().event(true, Reason::Terminating, "instance deleted while run r was using it"),
+                InstancePhase::Terminating,
+            ),
+            (busy(), failed(), warned(term.clone()), InstancePhase::Terminating),
+            (terminating(None), Deleting::Pending, Transition::none(), InstancePhase::Terminating),
+            (terminating(None), failed(), warned(Transition::write()), InstancePhase::Terminating),
+        ] {
+            let out = instance_deleted(&mut st, machine.clone(), None, now);
+            assert_eq!(out, want, "{machine:?}");
+            assert_eq!(st.phase, phase, "{machine:?}");
+        }
+        // Failing again the same way says nothing and writes nothing.
+        let mut st = terminating(None);
+        instance_deleted(&mut st, failed(), None, now);
+        assert_eq!(instance_deleted(&mut st, failed(), None, now), Transition::none());
     }
 }

@@ -246,3 +246,54 @@ fn a_given_up_instance_is_terminating_said_and_counted() {
     assert_eq!(give_up(&mut s, Reason::Reclaimed, "taken back"), want);
     assert_eq!(s.phase, InstancePhase::Terminating);
 }
+
+#[test]
+fn a_retired_instance_is_terminating_and_warns_only_when_over_its_budget() {
+    use crate::core::transition::Transition;
+    for (reason, warning) in [(Reason::BudgetExceeded, true), (Reason::WarmSurplus, false)] {
+        let mut s = InstanceStatus { phase: InstancePhase::Idle, ..identified() };
+        let want = Transition::write().said(reason, "why").event(warning, reason, "why");
+        assert_eq!(retire(&mut s, reason, "why"), want, "{reason}");
+        assert_eq!(s.phase, InstancePhase::Terminating, "{reason}");
+    }
+}
+
+#[test]
+fn an_instance_no_run_needs_is_ended_only_while_it_holds_no_machine() {
+    use crate::api::instance::{LaunchAttempt, LaunchOutcome};
+    use crate::core::transition::Transition;
+    let attempt = |outcome| LaunchAttempt {
+        backend: "b".into(),
+        region: "r".into(),
+        instance_type: "t".into(),
+        outcome,
+        at: Time(t("2026-01-01T00:00:00Z")),
+        lookups: 0,
+    };
+    let at = |phase, outcomes: &[LaunchOutcome], provider: Option<&str>| InstanceStatus {
+        phase,
+        launch_attempts: outcomes.iter().map(|o| attempt(*o)).collect(),
+        provider_id: provider.map(str::to_string),
+        ..identified()
+    };
+    use InstancePhase::*;
+    use LaunchOutcome::*;
+    let ended = Unneeded::Delete(Transition::write().said(Reason::NotNeeded, "run r found i"));
+    let gone = Unneeded::Delete(Transition::none());
+    // (status, decision, phase after)
+    for (mut s, want, phase) in [
+        (at(Pending, &[], None), ended.clone(), Terminated),
+        (at(Pending, &[Refused, Absent], None), ended.clone(), Terminated),
+        (at(Pending, &[Refused, Unknown], None), Unneeded::Kept, Pending),
+        (at(Pending, &[Launched], None), Unneeded::Kept, Pending),
+        (at(Provisioning, &[Sent], None), Unneeded::Kept, Provisioning),
+        (at(Idle, &[Launched], Some("i-1")), Unneeded::Kept, Idle),
+        (at(Terminated, &[], None), gone.clone(), Terminated),
+        (at(Failed, &[Refused], None), gone.clone(), Failed),
+        (at(Failed, &[Launched], Some("i-1")), Unneeded::Kept, Failed),
+    ] {
+        let before = (s.phase, s.launch_attempts.len(), s.provider_id.clone());
+        assert_eq!(not_needed(&mut s, "run r found i"), want, "{before:?}");
+        assert_eq!(s.phase, phase, "{before:?}");
+    }
+}

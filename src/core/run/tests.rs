@@ -333,3 +333,18 @@ fn an_exited_job_says_its_code_and_frees_the_instance_without_a_fence() {
         assert_eq!(s.phase, phase, "{code}");
     }
 }
+
+#[test]
+fn a_run_found_ended_writes_nothing_and_frees_the_instance_it_was_on() {
+    use crate::core::transition::{Effect, Transition};
+    let now = t("2026-01-01T00:10:00Z");
+    let mut s = submitted("2026-01-01T00:00:00Z");
+    assigned(&mut s, "i", t("2026-01-01T00:01:00Z"));
+    assert_eq!(already_ended(&s), Transition::none(), "running: not ended");
+    finish(&mut s, RunPhase::Failed, Reason::Unsupported, None, now);
+    let free = Transition::none().effect(Effect::Release { instance: "i".into(), ended: false });
+    assert_eq!(already_ended(&s), free);
+    let mut s = submitted("2026-01-01T00:00:00Z");
+    finish(&mut s, RunPhase::Terminated, Reason::Stopped, None, now);
+    assert_eq!(already_ended(&s), Transition::none(), "on no instance");
+}
