@@ -248,6 +248,15 @@ async fn max_duration_holds_when_the_stop_fails() {
     assert_eq!(instance_phase(&h).await, (InstancePhase::Idle, None));
 }
 
+/// The user stops run `job` (`spec.stop`): after a pass it is Terminated, `Stopped`.
+async fn stop_by_user(h: &Harness) {
+    let patch = serde_json::json!({"spec": {"stop": true}});
+    h.api::<kpool::api::run::Run>().patch("job", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    h.settle(1).await;
+    let st = h.get_run("job").await.status.unwrap();
+    assert_eq!((st.phase, st.termination_reason.as_deref()), (RunPhase::Terminated, Some("Stopped")));
+}
+
 /// A run that ended frees its instance only once the job there is fenced: when the stop
 /// worked but the fence that comes before freeing the instance fails, the instance is held
 /// (Busy without a run, `Fencing`), never Idle while the job may still run there.
@@ -256,11 +265,7 @@ async fn an_ended_runs_instance_whose_fence_fails_is_held_not_freed() {
     let h = Harness::new().await;
     running(&h, PolicySpec::default()).await;
     h.exec.fail("fence", Some(ExecError::Other("injected: host went away".into())));
-    let patch = serde_json::json!({"spec": {"stop": true}});
-    h.api::<kpool::api::run::Run>().patch("job", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
-    h.settle(1).await;
-    let st = h.get_run("job").await.status.unwrap();
-    assert_eq!((st.phase, st.termination_reason.as_deref()), (RunPhase::Terminated, Some("Stopped")));
+    stop_by_user(&h).await;
     assert_eq!(instance_phase(&h).await, (InstancePhase::Busy, None), "held while its job may run");
     let ist = h.get_instance("cpu").await.status.unwrap();
     assert_eq!(find(&ist.conditions, "Ready").unwrap().reason, "Fencing");
@@ -280,11 +285,7 @@ async fn a_stop_that_fails_neither_blocks_the_users_stop_nor_the_runs_deletion()
     running(&h, PolicySpec::default()).await;
     h.exec.fail("stop", Some(ExecError::Other("injected".into())));
     h.exec.fail("fence", Some(ExecError::Other("injected".into())));
-    let patch = serde_json::json!({"spec": {"stop": true}});
-    h.api::<kpool::api::run::Run>().patch("job", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
-    h.settle(1).await;
-    let st = h.get_run("job").await.status.unwrap();
-    assert_eq!((st.phase, st.termination_reason.as_deref()), (RunPhase::Terminated, Some("Stopped")));
+    stop_by_user(&h).await;
     assert_eq!(instance_phase(&h).await, (InstancePhase::Busy, None), "held");
 
     // A second run on a second instance, deleted while its stop fails.
