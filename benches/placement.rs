@@ -23,7 +23,9 @@
 //! placed run, peak RSS of this process (controllers plus the benchmark's own watch) beside
 //! the heap bytes in use (a counting allocator: RSS minus what the allocator keeps), and
 //! on the real API the requests per minute once everything settled, the latency of a
-//! stream of arrivals, and the time a fresh controller takes to place one more run.
+//! stream of arrivals, and the time a fresh controller takes to place one more run (with
+//! its CPU seconds and requests: it starts on the same in-process provider and hosts, as
+//! a new leader finds the machines and jobs of the old one).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -410,9 +412,16 @@ async fn wait_for<F: Fn() -> bool>(what: &str, timeout: Duration, done: F) -> bo
     true
 }
 
-fn start_controllers(client: Client, ns: &str) -> (Arc<Context>, tokio::task::JoinHandle<()>) {
-    let factory = Arc::new(FakeFactory::with([backend()]));
-    let ctx = Arc::new(Context::new(client, factory, Arc::new(ScriptedExecutor::default()), Arc::new(SystemClock)));
+/// The provider's machines and the jobs on them: they outlive a controller (a fresh one
+/// finds the machines and jobs its predecessor started).
+struct World {
+    cloud: FakeBackend,
+    hosts: Arc<ScriptedExecutor>,
+}
+
+fn start_controllers(client: Client, ns: &str, world: &World) -> (Arc<Context>, tokio::task::JoinHandle<()>) {
+    let (factory, hosts) = (Arc::new(FakeFactory::with([world.cloud.clone()])), world.hosts.clone());
+    let ctx = Arc::new(Context::new(client, factory, hosts.clone(), Arc::new(SystemClock)));
     let gc = GcConfig { report_only: true, ..GcConfig::default() };
     let task = tokio::spawn(kpool::controllers::runtime::run_all(ctx.clone(), gc, Some(ns.to_string())));
     (ctx, task)
@@ -476,7 +485,8 @@ async fn cluster(a: &Args) {
         report_cpu("cluster: those writes", before, took);
     }
 
-    let (ctx, controllers) = start_controllers(client.clone(), &ns);
+    let world = World { cloud: backend(), hosts: Arc::new(ScriptedExecutor::default()) };
+    let (ctx, controllers) = start_controllers(client.clone(), &ns, &world);
     let (t, cpu0) = (Instant::now(), cpu());
     create_all(&instances, (0..a.instances).map(instance).collect(), 32).await;
     let idle = |i: &Instance| i.status.as_ref().is_some_and(|s| s.phase == InstancePhase::Idle);
@@ -628,13 +638,16 @@ async fn cluster(a: &Args) {
     }
     runs.create(&PostParams::default(), &extra).await.expect("create the extra run");
     let t = Instant::now();
-    let (_ctx, controllers) = start_controllers(client.clone(), &ns);
+    let cpu0 = cpu();
+    let (fresh, controllers) = start_controllers(client.clone(), &ns, &world);
     wait_for("the fresh controller", a.timeout, || seen.lock().unwrap().claimed.contains_key(&name)).await;
+    let took = t.elapsed().as_secs_f64();
+    let requests = fresh.requests.snapshot();
     let objects = count_phase(&instances, |_| true).await + count_phase(&runs, |_| true).await;
-    println!(
-        "cluster: a fresh controller on {objects} objects claimed an instance for a new run in {:.2}s",
-        t.elapsed().as_secs_f64()
-    );
+    println!("cluster: a fresh controller on {objects} objects claimed an instance for a new run in {took:.2}s");
+    report_cpu("cluster: the fresh controller", cpu0, took);
+    report_requests("cluster: the fresh controller", &requests, 1);
+    memory_line("cluster: the fresh controller");
     controllers.abort();
     follower.abort();
     let _ = namespaces.delete(&ns, &Default::default()).await;

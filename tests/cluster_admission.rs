@@ -436,3 +436,65 @@ async fn the_real_api_server_answers_every_case_of_the_corpus_as_the_in_memory_a
     assert!(failures.is_empty(), "{} of {} cases:\n{}", failures.len(), cases.len(), failures.join("\n"));
     delete_namespace(cluster, &ns);
 }
+
+/// kpool's Events as the API server validates them (`events.k8s.io/v1`: event time,
+/// reporting controller and instance, action, series with a count of 2 or more, a note
+/// that never changes): the same Event about an object within the series window raises
+/// the first one's count by a patch; another note, type or reason starts a new Event.
+#[tokio::test]
+async fn a_repeated_event_becomes_a_series_and_another_note_a_new_event() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use k8s_openapi::api::events::v1::Event;
+    use kpool::controllers::events::Publisher;
+    use kube::Resource;
+
+    let c = cluster();
+    let client = c.client().await;
+    let ns = c.namespace("events").await;
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let mut map = ConfigMap::default();
+    map.metadata.name = Some("subject".into());
+    let map = maps.create(&PostParams::default(), &map).await.expect("create the ConfigMap");
+    let publisher = Publisher::new(client.clone(), "kpool", Some("kpool-test-pod".into()));
+    let published = [
+        (true, "LaunchFailed", "no capacity"),
+        (true, "LaunchFailed", "no capacity"),
+        (true, "LaunchFailed", "quota exceeded"),
+        (true, "LaunchFailed", "no capacity"),
+        (false, "Launched", "launched"),
+    ];
+    for (warning, reason, note) in published {
+        publisher.publish(map.object_ref(&()), warning, reason, note.into()).await.expect("publish");
+    }
+
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let mut list = events.list(&Default::default()).await.expect("list Events").items;
+    list.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+    let summary: Vec<_> = list
+        .iter()
+        .map(|e| {
+            (
+                e.type_.clone().unwrap_or_default(),
+                e.series.as_ref().map(|s| s.count),
+                e.note.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let want = |t: &str, count: Option<i32>, note: &str| (t.to_string(), count, note.to_string());
+    assert_eq!(
+        summary,
+        vec![
+            want("Warning", Some(3), "no capacity"),
+            want("Warning", None, "quota exceeded"),
+            want("Normal", None, "launched")
+        ],
+        "a series of three, another note, another reason"
+    );
+    let e = &list[0];
+    assert_eq!(e.reporting_controller.as_deref(), Some("kpool"));
+    assert_eq!(e.reporting_instance.as_deref(), Some("kpool-test-pod"));
+    assert_eq!(e.action.as_deref(), Some("LaunchFailed"));
+    assert_eq!(e.regarding.as_ref().and_then(|r| r.uid.clone()), map.metadata.uid);
+    assert_eq!(publisher.kept(), 3);
+    delete_namespace(c, &ns);
+}

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use jiff::Timestamp;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -87,7 +86,7 @@ pub struct Context {
     /// The least time between two writes of a pool's status that change only its counts
     /// ([`COUNTS_INTERVAL`] unless set otherwise).
     pub counts_interval: std::time::Duration,
-    recorder: Recorder,
+    events: super::events::Publisher,
     /// Instances this process admitted to a pool whose admission may not be visible in
     /// the API yet, per (namespace, pool). With a single active controller this makes
     /// `maxInstances` strict even when two instances are reconciled at once.
@@ -191,14 +190,13 @@ impl Context {
         executor: Arc<dyn Executor>,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        let reporter = Reporter { controller: "kpool".into(), instance: std::env::var("POD_NAME").ok() };
         let metrics = Arc::new(Metrics::new());
         let counted = metrics.clone();
         let requests =
             ApiRequests::with_hook(move |call, outcome| counted.api_request(&call.verb, &call.resource, outcome));
         let client = counting(client, requests.clone());
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: super::events::Publisher::new(client.clone(), "kpool", std::env::var("POD_NAME").ok()),
             client,
             factory,
             executor,
@@ -299,14 +297,7 @@ impl Context {
         K: Resource<DynamicType = ()>,
     {
         let reason = reason.as_ref();
-        let ev = Event {
-            type_: if warning { EventType::Warning } else { EventType::Normal },
-            reason: reason.to_string(),
-            note: Some(note),
-            action: reason.to_string(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+        if let Err(e) = self.events.publish(obj.object_ref(&()), warning, reason, note).await {
             tracing::debug!(error = %e, reason, "failed to publish event");
         }
     }
@@ -357,8 +348,12 @@ impl Context {
             "status": status,
         });
         let pp = PatchParams::apply(FIELD_MANAGER).force();
-        let written = api.patch_status(&obj.name_any(), &pp, &Patch::Apply(&body)).await?;
+        let mut written = api.patch_status(&obj.name_any(), &pp, &Patch::Apply(&body)).await?;
         self.record_write(obj, &written);
+        // Kept as the watch caches keep objects: a batch holds the claims it wrote until
+        // their runs' passes take them, and the field managers' bookkeeping was most of
+        // each (at 4,000 claims, 25 MB of 168 MB in use).
+        super::runtime::slim(&mut written);
         Ok(written)
     }
 

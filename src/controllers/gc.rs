@@ -57,6 +57,9 @@ pub struct GcReport {
 }
 
 /// The collector's memory between passes.
+/// Instances read per request by a garbage-collection pass.
+const GC_PAGE: u32 = 500;
+
 #[derive(Default)]
 pub struct Collector {
     first_seen: HashMap<(String, String), HashMap<String, Timestamp>>,
@@ -74,13 +77,24 @@ impl Collector {
         // Per Backend (namespace, name): the machine names of the instances that may hold
         // their machine there. A Failed or Terminated instance holds none, and a live one
         // only at its offer's backend and where a launch of it is in flight or unresolved.
+        // From the API, not the watch cache: a machine is only ever deleted against what
+        // the API says now. In pages (one consistent snapshot), so that a pass over
+        // 10,000 instances does not hold them all at once.
         let mut claims: HashMap<(String, String), HashSet<String>> = HashMap::new();
-        for inst in insts.list(&Default::default()).await?.items {
-            let ns = inst.namespace().unwrap_or_default();
-            let Some(st) = inst.status else { continue };
-            let Some(name) = st.machine_name.clone() else { continue };
-            for backend in claimed_backends(&st) {
-                claims.entry((ns.clone(), backend)).or_default().insert(name.clone());
+        let mut page = kube::api::ListParams::default().limit(GC_PAGE);
+        loop {
+            let list = insts.list(&page).await?;
+            for inst in list.items {
+                let ns = inst.namespace().unwrap_or_default();
+                let Some(st) = inst.status else { continue };
+                let Some(name) = st.machine_name.clone() else { continue };
+                for backend in claimed_backends(&st) {
+                    claims.entry((ns.clone(), backend)).or_default().insert(name.clone());
+                }
+            }
+            match list.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => page = page.continue_token(&token),
+                None => break,
             }
         }
         let none = HashSet::new();

@@ -55,7 +55,7 @@ pub async fn spell_context(
 ) -> Result<SpellContext, Error> {
     let all = observe::instances(ctx, ns).await?;
     let since = st.idle_since.as_ref().map(|t| t.0);
-    let last_arrival = observe::runs(ctx, ns)
+    let last_arrival = observe::runs_shared(ctx, ns)
         .await?
         .iter()
         .filter_map(|r| r.status.as_ref())

@@ -3,6 +3,7 @@
 pub mod backend;
 pub mod budget;
 pub mod context;
+pub mod events;
 pub mod fence;
 pub mod gc;
 pub mod idle_gaps;

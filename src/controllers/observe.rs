@@ -59,11 +59,6 @@ pub async fn instances(ctx: &Context, ns: &str) -> Result<Vec<Arc<Instance>>, Er
     ctx.list_shared(ns, |c| &c.instances).await
 }
 
-/// Every run of the namespace.
-pub async fn runs(ctx: &Context, ns: &str) -> Result<Vec<Run>, Error> {
-    ctx.list_in(ns, |c| &c.runs).await
-}
-
 /// Every run of the namespace, shared with the watch cache (not copied).
 pub async fn runs_shared(ctx: &Context, ns: &str) -> Result<Vec<Arc<Run>>, Error> {
     ctx.list_shared(ns, |c| &c.runs).await

@@ -77,7 +77,11 @@ pub async fn run_all(ctx: Arc<Context>, gc_config: GcConfig, namespace: Option<S
     let runs_cache = run_store.clone();
     let run_ctl = run_controller
         .watches_shared_stream(instance_events.clone(), move |inst: Arc<Instance>| {
-            runs_woken_by(&inst, &run_store.state())
+            // The run cache is looked through only when waiting runs may be woken: a
+            // fresh controller's first list of 10,000 instances copied 10,000 run
+            // handles per instance.
+            let runs = if frees(&inst) { run_store.state() } else { Vec::new() };
+            runs_woken_by(&inst, &runs)
         })
         .reconcile_on(woken)
         .with_config(controller_config())
@@ -185,7 +189,7 @@ pub fn instances_of_deleted(run: &Run) -> Vec<ObjectRef<Instance>> {
 /// (`metadata.managedFields`, often the largest part of a small object) and kubectl's
 /// copy of the last applied manifest, which no reconcile reads. kpool writes statuses by
 /// patches that never carry `metadata`, so a slim copy never writes them away.
-fn slim<K: kube::Resource>(o: &mut K) {
+pub(crate) fn slim<K: kube::Resource>(o: &mut K) {
     let meta = o.meta_mut();
     meta.managed_fields = None;
     if let Some(a) = meta.annotations.as_mut() {
