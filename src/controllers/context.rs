@@ -259,6 +259,17 @@ impl Context {
         Ok(api.list(&Default::default()).await?.items.into_iter().map(Arc::new).collect())
     }
 
+    /// Every `K` of the watch cache `pick` chooses, of namespace `ns` or of all, shared
+    /// with it; `None` without caches (reconcile tests, the CLI).
+    pub fn cached<K>(&self, ns: Option<&str>, pick: impl Fn(&Caches) -> &Store<K>) -> Option<Vec<Arc<K>>>
+    where
+        K: Resource<DynamicType = ()> + Clone + 'static,
+    {
+        let store = self.caches.get().map(pick)?;
+        let all = store.state().into_iter();
+        Some(all.filter(|o| ns.is_none_or(|ns| o.meta().namespace.as_deref() == Some(ns))).collect())
+    }
+
     /// `K` named `name` in namespace `ns`: the watch cache's copy when the cache has listed
     /// everything and `trusted` accepts that copy, else the API's. A watch may lag behind
     /// the API by a moment, so only an answer that is safe to act on while a little stale

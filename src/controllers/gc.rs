@@ -29,6 +29,7 @@ use crate::api::instance::Instance;
 use crate::api::reasons::Reason;
 use crate::core::gc::orphans;
 use crate::core::instance::launch::claimed_backends;
+use crate::core::machine::{Machine, MachineState};
 
 /// Settings of the garbage collector.
 #[derive(Clone, Debug)]
@@ -57,8 +58,40 @@ pub struct GcReport {
 }
 
 /// The collector's memory between passes.
-/// Instances read per request by a garbage-collection pass.
+/// Instances read per request when a pass lists them from the API.
 const GC_PAGE: u32 = 500;
+
+/// Per Backend (namespace, name): the machine names of `instances` that may hold their
+/// machine there. A Failed or Terminated instance holds none, and a live one only at its
+/// offer's backend and where a launch of it is in flight or unresolved.
+fn claims_of<'a>(instances: impl Iterator<Item = &'a Instance>) -> HashMap<(String, String), HashSet<String>> {
+    let mut claims: HashMap<(String, String), HashSet<String>> = HashMap::new();
+    for inst in instances {
+        let Some(st) = inst.status.as_ref() else { continue };
+        let Some(name) = st.machine_name.as_ref() else { continue };
+        let ns = inst.namespace().unwrap_or_default();
+        for backend in claimed_backends(st) {
+            claims.entry((ns.clone(), backend)).or_default().insert(name.clone());
+        }
+    }
+    claims
+}
+
+/// [`claims_of`] the instances the API lists now, 500 at a time.
+async fn claims_from_api(insts: &Api<Instance>) -> Result<HashMap<(String, String), HashSet<String>>, Error> {
+    let mut claims: HashMap<(String, String), HashSet<String>> = HashMap::new();
+    let mut page = kube::api::ListParams::default().limit(GC_PAGE);
+    loop {
+        let list = insts.list(&page).await?;
+        for (key, names) in claims_of(list.items.iter()) {
+            claims.entry(key).or_default().extend(names);
+        }
+        match list.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => page = page.continue_token(&token),
+            None => return Ok(claims),
+        }
+    }
+}
 
 #[derive(Default)]
 pub struct Collector {
@@ -69,38 +102,33 @@ pub struct Collector {
 
 impl Collector {
     /// One pass over every `Backend` in the cluster (or in `namespace`).
+    ///
+    /// Which machines the instances hold is read from the watch cache first: when it
+    /// accounts for every machine a backend lists, the pass makes no request to the API
+    /// server (a quiet cluster stays quiet). A machine the cache does not account for is
+    /// a candidate only: the instances are then listed from the API (in pages, one
+    /// consistent snapshot), and only what the API says now can make a machine an orphan.
+    /// A cache can only lag behind the API, so it may keep an orphan one pass longer,
+    /// never make one.
     pub async fn pass(&mut self, ctx: &Context, cfg: &GcConfig, namespace: Option<&str>) -> Result<GcReport, Error> {
         let (backends, insts): (Api<BackendObject>, Api<Instance>) = match namespace {
             Some(ns) => (Api::namespaced(ctx.client.clone(), ns), Api::namespaced(ctx.client.clone(), ns)),
             None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
         };
-        // Per Backend (namespace, name): the machine names of the instances that may hold
-        // their machine there. A Failed or Terminated instance holds none, and a live one
-        // only at its offer's backend and where a launch of it is in flight or unresolved.
-        // From the API, not the watch cache: a machine is only ever deleted against what
-        // the API says now. In pages (one consistent snapshot), so that a pass over
-        // 10,000 instances does not hold them all at once.
-        let mut claims: HashMap<(String, String), HashSet<String>> = HashMap::new();
-        let mut page = kube::api::ListParams::default().limit(GC_PAGE);
-        loop {
-            let list = insts.list(&page).await?;
-            for inst in list.items {
-                let ns = inst.namespace().unwrap_or_default();
-                let Some(st) = inst.status else { continue };
-                let Some(name) = st.machine_name.clone() else { continue };
-                for backend in claimed_backends(&st) {
-                    claims.entry((ns.clone(), backend)).or_default().insert(name.clone());
-                }
-            }
-            match list.metadata.continue_.filter(|c| !c.is_empty()) {
-                Some(token) => page = page.continue_token(&token),
-                None => break,
-            }
-        }
+        let cached = ctx.cached(namespace, |c| &c.instances);
+        let mut from_api = cached.is_none();
+        let mut claims = match cached {
+            Some(all) => claims_of(all.iter().map(|i| &**i)),
+            None => claims_from_api(&insts).await?,
+        };
+        let backend_objects: Vec<BackendObject> = match ctx.cached(namespace, |c| &c.backends) {
+            Some(all) => all.iter().map(|b| (**b).clone()).collect(),
+            None => backends.list(&Default::default()).await?.items,
+        };
         let none = HashSet::new();
         let mut report = GcReport::default();
         let now = ctx.now();
-        for obj in backends.list(&Default::default()).await?.items {
+        for obj in backend_objects {
             let ns = obj.namespace().unwrap_or_default();
             let backend = match ctx.backend(&ns, &obj.name_any()).await {
                 Ok(b) => b,
@@ -116,9 +144,19 @@ impl Collector {
                     continue;
                 }
             };
+            let unattributed = backend.list_unattributed().await;
             let key = (ns.clone(), obj.name_any());
+            let unowned = |claims: &HashMap<(String, String), HashSet<String>>, m: &[Machine]| {
+                let owned = claims.get(&key).unwrap_or(&none);
+                m.iter().any(|m| m.state != MachineState::Terminated && !owned.contains(&m.name))
+            };
+            let candidates = unowned(&claims, &machines) || unattributed.as_ref().is_ok_and(|u| unowned(&claims, u));
+            if candidates && !from_api {
+                claims = claims_from_api(&insts).await?;
+                from_api = true;
+            }
             let owned = claims.get(&key).unwrap_or(&none);
-            match backend.list_unattributed().await {
+            match unattributed {
                 Ok(unattributed) => {
                     let seen = self.first_seen_unattributed.entry(key.clone()).or_default();
                     for name in orphans(&unattributed, owned, seen, now, cfg.grace) {
