@@ -18,8 +18,9 @@
 //! region) with offers in two regions. After every step the invariants of DESIGN.md are
 //! checked ([`check`]); the hosts' side of jobs sees every start ([`faults::SimExecutor`]).
 //!
-//! `cargo test --test simulation -- --nocapture` runs 500 seeds (CI, debug build, about 13
-//! minutes on two cores; `KPOOL_SIM_SEEDS=20` for a quick look);
+//! `cargo test --test simulation -- --nocapture` runs 500 seeds (CI, debug build with
+//! optimised dependencies, about 13 minutes on two cores; `KPOOL_SIM_SEEDS=20` for a quick
+//! look);
 //! `KPOOL_SIM_SEEDS=10000 cargo test --release --test simulation -- --nocapture` runs
 //! 10,000. `KPOOL_SIM_FIRST_SEED=N KPOOL_SIM_SEEDS=1` replays seed N and prints its
 //! violations. `KPOOL_SIM_LOST_CREATES=0` turns lost create answers off.
