@@ -40,7 +40,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use support_aws::moto;
-use support_kube::{cluster, eventually, try_exit_job, Kpool};
+use support_kube::{cluster, eventually, tail, try_exit_job, Kpool};
 use support_ssh::Sshd;
 
 /// Idle duration of every instance of these tests.
@@ -700,6 +700,7 @@ async fn ssh_hosts_keep_every_run_once_while_the_controller_is_killed() {
         left.iter().all(|i| i.status.as_ref().is_some_and(|s| ended(s.phase))).then_some(())
     })
     .await;
+    let controller_log = kpool.log();
     drop(kpool);
 
     let runs = run_api.list(&ListParams::default()).await.unwrap().items;
@@ -710,7 +711,21 @@ async fn ssh_hosts_keep_every_run_once_while_the_controller_is_killed() {
         let st = r.status.as_ref().unwrap();
         assert_eq!((st.phase, st.exit_code), (RunPhase::Succeeded, Some(0)), "run {}: {st:?}", r.name_any());
         let times = log.lines().filter(|l| *l == r.name_any()).count();
-        assert_eq!(times, 1, "run {} executed {times} times; executions:\n{log}", r.name_any());
+        if times != 1 {
+            // What a second execution left to look at: the run's attempts and the job
+            // directories of its UID (one per attempt), and the controllers' logs.
+            let uid = r.uid().unwrap_or_default();
+            let dirs: Vec<String> = std::fs::read_dir(&runs_dir)
+                .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            let dirs: Vec<&String> = dirs.iter().filter(|d| d.starts_with(&uid)).collect();
+            panic!(
+                "run {} executed {times} times; executions:\n{log}\nstatus: {st:?}\njob directories: {dirs:?}\n\
+                 the controllers' log (every restart):\n{}",
+                r.name_any(),
+                tail(&controller_log, 200)
+            );
+        }
         // Nothing of the job is left running on the host.
         let dir = runs_dir.join(r.uid().unwrap());
         let ps = std::process::Command::new("pgrep").args(["-f", &dir.display().to_string()]).output().unwrap();
