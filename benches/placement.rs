@@ -420,8 +420,8 @@ struct World {
 }
 
 fn start_controllers(client: Client, ns: &str, world: &World) -> (Arc<Context>, tokio::task::JoinHandle<()>) {
-    let (factory, hosts) = (Arc::new(FakeFactory::with([world.cloud.clone()])), world.hosts.clone());
-    let ctx = Arc::new(Context::new(client, factory, hosts.clone(), Arc::new(SystemClock)));
+    let factory = Arc::new(FakeFactory::with([world.cloud.clone()]));
+    let ctx = Arc::new(Context::new(client, factory, world.hosts.clone(), Arc::new(SystemClock)));
     let gc = GcConfig { report_only: true, ..GcConfig::default() };
     let task = tokio::spawn(kpool::controllers::runtime::run_all(ctx.clone(), gc, Some(ns.to_string())));
     (ctx, task)

@@ -230,13 +230,8 @@ impl Context {
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug + 'static,
     {
-        if let Some(store) = self.caches.get().map(pick) {
-            let mut objects: Vec<K> = store
-                .state()
-                .into_iter()
-                .filter(|o| o.meta().namespace.as_deref() == Some(ns))
-                .map(|o| (*o).clone())
-                .collect();
+        if let Some(shared) = self.cached(Some(ns), pick) {
+            let mut objects: Vec<K> = shared.into_iter().map(|o| (*o).clone()).collect();
             objects.sort_by(|a, b| a.meta().name.cmp(&b.meta().name));
             return Ok(objects);
         }
@@ -251,9 +246,8 @@ impl Context {
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug + 'static,
     {
-        if let Some(store) = self.caches.get().map(pick) {
-            let objects = store.state().into_iter().filter(|o| o.meta().namespace.as_deref() == Some(ns));
-            return Ok(objects.collect());
+        if let Some(objects) = self.cached(Some(ns), pick) {
+            return Ok(objects);
         }
         let api: Api<K> = Api::namespaced(self.client.clone(), ns);
         Ok(api.list(&Default::default()).await?.items.into_iter().map(Arc::new).collect())

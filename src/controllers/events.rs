@@ -143,7 +143,7 @@ impl Publisher {
         Ok(())
     }
 
-    /// Series entries kept now (for tests and the memory benchmark).
+    /// Series entries kept now (for tests).
     pub fn kept(&self) -> usize {
         self.series.lock().expect("events").by_key.len()
     }

@@ -27,9 +27,8 @@ use super::{Context, Error};
 use crate::api::backend::Backend as BackendObject;
 use crate::api::instance::Instance;
 use crate::api::reasons::Reason;
-use crate::core::gc::orphans;
+use crate::core::gc::{orphans, unowned};
 use crate::core::instance::launch::claimed_backends;
-use crate::core::machine::{Machine, MachineState};
 
 /// Settings of the garbage collector.
 #[derive(Clone, Debug)]
@@ -57,7 +56,6 @@ pub struct GcReport {
     pub unattributed: Vec<String>,
 }
 
-/// The collector's memory between passes.
 /// Instances read per request when a pass lists them from the API.
 const GC_PAGE: u32 = 500;
 
@@ -93,6 +91,7 @@ async fn claims_from_api(insts: &Api<Instance>) -> Result<HashMap<(String, Strin
     }
 }
 
+/// The collector's memory between passes.
 #[derive(Default)]
 pub struct Collector {
     first_seen: HashMap<(String, String), HashMap<String, Timestamp>>,
@@ -121,14 +120,15 @@ impl Collector {
             Some(all) => claims_of(all.iter().map(|i| &**i)),
             None => claims_from_api(&insts).await?,
         };
-        let backend_objects: Vec<BackendObject> = match ctx.cached(namespace, |c| &c.backends) {
-            Some(all) => all.iter().map(|b| (**b).clone()).collect(),
-            None => backends.list(&Default::default()).await?.items,
+        let backend_objects: Vec<Arc<BackendObject>> = match ctx.cached(namespace, |c| &c.backends) {
+            Some(all) => all,
+            None => backends.list(&Default::default()).await?.items.into_iter().map(Arc::new).collect(),
         };
         let none = HashSet::new();
         let mut report = GcReport::default();
         let now = ctx.now();
-        for obj in backend_objects {
+        for obj in &backend_objects {
+            let obj = &**obj;
             let ns = obj.namespace().unwrap_or_default();
             let backend = match ctx.backend(&ns, &obj.name_any()).await {
                 Ok(b) => b,
@@ -146,11 +146,9 @@ impl Collector {
             };
             let unattributed = backend.list_unattributed().await;
             let key = (ns.clone(), obj.name_any());
-            let unowned = |claims: &HashMap<(String, String), HashSet<String>>, m: &[Machine]| {
-                let owned = claims.get(&key).unwrap_or(&none);
-                m.iter().any(|m| m.state != MachineState::Terminated && !owned.contains(&m.name))
-            };
-            let candidates = unowned(&claims, &machines) || unattributed.as_ref().is_ok_and(|u| unowned(&claims, u));
+            let owned = claims.get(&key).unwrap_or(&none);
+            let candidates = unowned(&machines, owned).next().is_some()
+                || unattributed.as_ref().is_ok_and(|u| unowned(u, owned).next().is_some());
             if candidates && !from_api {
                 claims = claims_from_api(&insts).await?;
                 from_api = true;
@@ -165,7 +163,7 @@ impl Collector {
                              before kpool tagged machines with one) and no Instance here owns it; kpool never \
                              deletes such machines: delete it by hand if no other installation uses it"
                         );
-                        ctx.event(&obj, true, Reason::UnattributedMachine, note).await;
+                        ctx.event(obj, true, Reason::UnattributedMachine, note).await;
                         report.unattributed.push(name);
                     }
                 }
@@ -177,7 +175,7 @@ impl Collector {
             for name in orphans(&machines, owned, seen, now, cfg.grace) {
                 if cfg.report_only {
                     ctx.event(
-                        &obj,
+                        obj,
                         true,
                         Reason::OrphanedMachine,
                         format!("machine {name} is tagged as kpool's but no Instance owns it"),
@@ -189,7 +187,7 @@ impl Collector {
                 match backend.delete(&name).await {
                     Ok(()) | Err(crate::backends::BackendError::NotFound(_)) => {
                         ctx.event(
-                            &obj,
+                            obj,
                             true,
                             Reason::OrphanDeleted,
                             format!("deleted machine {name}: no Instance owns it"),

@@ -8,6 +8,12 @@ use jiff::Timestamp;
 use super::add;
 use crate::core::machine::{Machine, MachineState};
 
+/// The names of the machines no instance owns (`owned`), not terminated: the orphan
+/// candidates of a pass.
+pub fn unowned<'a>(machines: &'a [Machine], owned: &'a HashSet<String>) -> impl Iterator<Item = &'a str> {
+    machines.iter().filter(|m| m.state != MachineState::Terminated && !owned.contains(&m.name)).map(|m| m.name.as_str())
+}
+
 /// Machines to collect: tagged as ours, not owned by any live instance, and seen
 /// orphaned for at least `grace` (so a machine whose `Instance` status write is still
 /// in flight is never collected). `first_seen` carries the orphan sightings between
@@ -19,11 +25,7 @@ pub fn orphans(
     now: Timestamp,
     grace: Duration,
 ) -> Vec<String> {
-    let orphaned: HashSet<&str> = machines
-        .iter()
-        .filter(|m| m.state != MachineState::Terminated && !owned.contains(&m.name))
-        .map(|m| m.name.as_str())
-        .collect();
+    let orphaned: HashSet<&str> = unowned(machines, owned).collect();
     first_seen.retain(|name, _| orphaned.contains(name.as_str()));
     let mut due: Vec<String> = orphaned
         .into_iter()
